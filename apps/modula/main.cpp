@@ -1,1 +1,22 @@
-int main(){return 0;}
+// modula: thin CLI over the library. Parse, call, print.
+#include "commands.h"
+
+#include <iostream>
+
+int main(int argc, char** argv) {
+  CLI::App app{"modula: modular deep learning engine (backbones, modules, routing, aggregation)"};
+  app.require_subcommand(1);
+  modula::cli::add_inspect(app);
+  modula::cli::add_tokenize(app);
+  modula::cli::add_generate(app);
+  modula::cli::add_conformance(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,60 @@
+#include "modula/backbone/generate.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+namespace modula {
+
+void GenerateOptions::validate() const {
+  auto bad = [](const std::string& m) { throw std::invalid_argument("[generate] " + m); };
+  if (max_new_tokens < 0) bad("max_new_tokens must be >= 0");
+  if (temperature < 0) bad("temperature must be >= 0");
+  if (top_k < 0) bad("top_k must be >= 0");
+  if (!(top_p > 0 && top_p <= 1)) bad("top_p must be in (0, 1]");
+}
+
+int64_t sample_next(const torch::Tensor& logits, const GenerateOptions& o, torch::Generator& gen) {
+  auto l = logits.to(torch::kFloat32).cpu();
+  if (o.temperature == 0) return l.argmax().item<int64_t>();
+  l = l / o.temperature;
+  if (o.top_k > 0 && o.top_k < l.size(0)) {
+    auto kth = std::get<0>(l.topk(o.top_k)).min();
+    l = l.masked_fill(l < kth, -std::numeric_limits<float>::infinity());
+  }
+  if (o.top_p < 1) {
+    // Nucleus sampling (Holtzman et al. 2020): drop tokens outside the top-p mass.
+    auto [sorted, index] = l.sort(/*dim=*/0, /*descending=*/true);
+    auto cum = sorted.softmax(0).cumsum(0);
+    auto drop_sorted = (cum - sorted.softmax(0)) >= o.top_p;  // mass before this token already >= p
+    auto drop = torch::zeros_like(drop_sorted).scatter(0, index, drop_sorted);
+    l = l.masked_fill(drop, -std::numeric_limits<float>::infinity());
+  }
+  return torch::multinomial(l.softmax(0), 1, false, gen).item<int64_t>();
+}
+
+std::vector<int64_t> generate(Backbone& model, const std::vector<int64_t>& prompt, const GenerateOptions& o,
+                              const std::function<bool(int64_t)>& on_token) {
+  o.validate();
+  if (!model.causal() || model.head() != Head::CausalLM)
+    throw std::invalid_argument("[generate] the model has no causal LM head (" + to_string(model.head()) + ")");
+  if (prompt.empty()) throw std::invalid_argument("[generate] empty prompt");
+  torch::NoGradGuard no_grad;
+  auto device = model.parameters().front().device();
+  torch::Generator gen = at::detail::createCPUGenerator(o.seed);
+  KVCache cache;
+  auto ids = torch::tensor(prompt, torch::kInt64).view({1, -1}).to(device);
+  std::vector<int64_t> out;
+  for (int64_t step = 0; step < o.max_new_tokens; ++step) {
+    BackboneInput in;
+    in.input_ids = ids;
+    in.cache = &cache;
+    auto logits = model.forward(in).logits;
+    int64_t next = sample_next(logits[0][-1], o, gen);
+    out.push_back(next);
+    if (on_token && !on_token(next)) break;
+    if (std::find(o.stop_ids.begin(), o.stop_ids.end(), next) != o.stop_ids.end()) break;
+    ids = torch::full({1, 1}, next, torch::dtype(torch::kInt64).device(device));
+  }
+  return out;
+}
+
+}  // namespace modula

@@ -1,0 +1,175 @@
+// Case kinds and their checks. Kinds that later subsystems implement SKIP until then.
+#include "modula/conformance.h"
+#include "modula/backbone/registry.h"
+#include "modula/io/safetensors.h"
+#include "modula/text/tokenizer.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace modula {
+namespace {
+
+json read_json(const fs::path& p) {
+  std::ifstream in(p);
+  if (!in) throw std::runtime_error("[conformance] cannot open " + p.string());
+  try {
+    return json::parse(in);
+  } catch (const json::parse_error& e) {
+    throw std::runtime_error("[conformance] " + p.string() + ": invalid JSON: " + e.what());
+  }
+}
+
+// Max |a-b| over positions where mask is 1 (mask [B,T] broadcast over trailing dims);
+// sets `ok` false if any compared value exceeds atol + rtol*|b|.
+double compare(const torch::Tensor& got, const torch::Tensor& want, const torch::Tensor& mask,
+               const ConformanceOptions& o, bool& ok, const std::string& what) {
+  if (got.sizes() != want.sizes())
+    throw std::runtime_error("[conformance] " + what + ": shape " + c10::str(got.sizes()) + ", expected " +
+                             c10::str(want.sizes()));
+  auto a = got.detach().to(torch::kFloat64).cpu(), b = want.to(torch::kFloat64);
+  auto keep = torch::ones_like(b, torch::kBool);
+  if (mask.defined()) {
+    auto m = mask.to(torch::kBool);
+    while (m.dim() < b.dim()) m = m.unsqueeze(-1);
+    keep = m.expand_as(b);
+  }
+  auto diff = (a - b).abs().masked_fill(keep.logical_not(), 0);
+  auto bound = o.atol + o.rtol * b.abs();
+  if ((diff > bound).any().item<bool>()) ok = false;
+  if (a.isnan().logical_and(keep).any().item<bool>()) {
+    ok = false;
+    return std::numeric_limits<double>::infinity();
+  }
+  return diff.numel() ? diff.max().item<double>() : 0.0;
+}
+
+CaseResult model_case(const fs::path& dir, const json& spec, const ConformanceOptions& o) {
+  CaseResult r;
+  auto model = load_backbone(dir.string());
+  auto expected = io::SafetensorsFile::open((dir / "expected.safetensors").string());
+  BackboneInput in;
+  in.input_ids = expected.get("input_ids").clone();
+  in.attention_mask = expected.get("attention_mask").clone();
+  if (expected.contains("token_type_ids")) in.token_type_ids = expected.get("token_type_ids").clone();
+  torch::NoGradGuard no_grad;
+  auto out = model->forward(in);
+  bool ok = true;
+  double worst = 0;
+  if (expected.contains("last_hidden_state"))
+    worst = std::max(worst, compare(out.last_hidden_state, expected.get("last_hidden_state"), in.attention_mask, o, ok,
+                                    "last_hidden_state"));
+  if (expected.contains("logits")) {
+    auto want = expected.get("logits");
+    auto mask = want.dim() == 3 ? in.attention_mask : torch::Tensor();  // [B,L] heads: every row
+    worst = std::max(worst, compare(out.logits, want, mask, o, ok, "logits"));
+  }
+  r.status = ok ? CaseStatus::Pass : CaseStatus::Fail;
+  r.max_abs_diff = worst;
+  if (!ok) r.detail = "outside atol/rtol " + std::to_string(o.atol);
+  return r;
+}
+
+// expected.json {"cases": {name: [{text, ids, decoded}]}}; name.json or name.model beside it.
+CaseResult tokenizers_case(const fs::path& dir, const json& spec, const ConformanceOptions&) {
+  CaseResult r;
+  auto expected = read_json(dir / "expected.json");
+  if (!expected.contains("cases") || !expected["cases"].is_object())
+    throw std::runtime_error("[conformance] " + (dir / "expected.json").string() + ": missing object 'cases'");
+  int mismatches = 0, probes = 0;
+  std::string first_bad;
+  for (const auto& [name, probes_json] : expected["cases"].items()) {
+    fs::path file = dir / (name + ".json");
+    if (!fs::exists(file)) file = dir / (name + ".model");
+    auto tok = text::Tokenizer::from_file(file.string());
+    for (const auto& probe : probes_json) {
+      ++probes;
+      auto text = probe.at("text").get<std::string>();
+      auto want_ids = probe.at("ids").get<std::vector<int64_t>>();
+      auto ids = tok->encode(text);
+      bool ok = ids == want_ids;
+      if (ok && probe.contains("decoded")) ok = tok->decode(want_ids) == probe["decoded"].get<std::string>();
+      if (!ok) {
+        ++mismatches;
+        if (first_bad.empty()) first_bad = name + ": " + json(text).dump();
+      }
+    }
+  }
+  r.status = mismatches == 0 ? CaseStatus::Pass : CaseStatus::Fail;
+  r.max_abs_diff = mismatches;
+  r.detail = mismatches ? std::to_string(mismatches) + "/" + std::to_string(probes) + " probes differ, first " + first_bad
+                        : std::to_string(probes) + " probes";
+  return r;
+}
+
+using CaseFn = std::function<CaseResult(const fs::path&, const json&, const ConformanceOptions&)>;
+
+const std::map<std::string, CaseFn>& case_kinds() {
+  static const std::map<std::string, CaseFn> kinds = {
+      {"model", model_case},
+      {"tokenizers", tokenizers_case},
+  };
+  return kinds;
+}
+
+}  // namespace
+
+CaseResult run_case(const std::string& case_dir, const ConformanceOptions& options) {
+  CaseResult r;
+  r.path = case_dir;
+  try {
+    auto spec = read_json(fs::path(case_dir) / "case.json");
+    r.kind = spec.value("kind", "");
+    auto it = case_kinds().find(r.kind);
+    if (it == case_kinds().end()) {
+      r.status = CaseStatus::Skip;
+      r.detail = "kind '" + r.kind + "' not implemented yet";
+      return r;
+    }
+    auto result = it->second(fs::path(case_dir), spec, options);
+    result.path = r.path;
+    result.kind = r.kind;
+    return result;
+  } catch (const std::exception& e) {
+    r.status = CaseStatus::Fail;
+    r.detail = e.what();
+    return r;
+  }
+}
+
+std::vector<CaseResult> run_conformance(const std::string& root, const ConformanceOptions& options) {
+  if (!fs::is_directory(root)) throw std::runtime_error("[conformance] not a folder: " + root);
+  std::vector<std::string> dirs;
+  for (const auto& entry : fs::recursive_directory_iterator(root))
+    if (entry.is_regular_file() && entry.path().filename() == "case.json") dirs.push_back(entry.path().parent_path().string());
+  std::sort(dirs.begin(), dirs.end());
+  std::vector<CaseResult> results;
+  for (const auto& d : dirs) results.push_back(run_case(d, options));
+  return results;
+}
+
+std::string format(const CaseResult& r) {
+  static const char* names[] = {"PASS", "FAIL", "SKIP"};
+  std::ostringstream s;
+  s << names[static_cast<int>(r.status)] << "  " << r.path;
+  if (r.status != CaseStatus::Skip) s << "  max_abs_diff=" << r.max_abs_diff;
+  if (!r.detail.empty() && r.status != CaseStatus::Pass) s << "  (" << r.detail << ")";
+  return s.str();
+}
+
+std::string summary(const std::vector<CaseResult>& results) {
+  int n[3] = {0, 0, 0};
+  for (const auto& r : results) ++n[static_cast<int>(r.status)];
+  return std::to_string(n[0]) + " passed, " + std::to_string(n[1]) + " failed, " + std::to_string(n[2]) + " skipped";
+}
+
+}  // namespace modula

@@ -55,6 +55,9 @@ class SafetensorsFile {
   // The tensor as a CPU tensor sharing the mapped memory (copy-on-write mapping,
   // so writing to it never changes the file). Falls back to a copy when the data
   // is not aligned for its dtype. The mapping lives as long as any returned tensor.
+  // All gets of one opened file share that mapping: an in-place write to one returned
+  // tensor is seen by later gets of the same key (clone() to get a private copy).
+  // Truncating the file on disk while it is mapped is undefined (SIGBUS), as with any mmap.
   torch::Tensor get(const std::string& name) const;
 
  private:
@@ -68,8 +71,11 @@ class SafetensorsFile {
 
 using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
-// Writes tensors (made contiguous, moved to CPU) in the given order with
-// 8-byte-aligned header. Atomic: writes path + ".tmp", fsyncs, renames.
+// Writes tensors (made contiguous, moved to CPU) with the header keys in the given
+// order (__metadata__ first when non-empty), header padded with spaces to 8 bytes.
+// The data buffer is ordered by element size, largest first (stable, as the Python
+// library does), so every tensor is aligned for zero-copy reading.
+// Atomic: writes path + ".tmp", fsyncs, renames (the .tmp is removed on failure).
 // Throws SafetensorsError on duplicate names, unsupported dtypes or I/O failure
 // (disk full included); the original file is left untouched on failure.
 void save_safetensors(const std::string& path, const NamedTensors& tensors,

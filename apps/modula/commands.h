@@ -1,0 +1,13 @@
+// Subcommands of the modula CLI: each adds itself to the app and runs the library.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace modula::cli {
+
+void add_inspect(CLI::App& app);
+void add_tokenize(CLI::App& app);
+void add_generate(CLI::App& app);
+void add_conformance(CLI::App& app);
+
+}  // namespace modula::cli

@@ -1,0 +1,62 @@
+#include "commands.h"
+#include "modula/backbone/generate.h"
+#include "modula/backbone/registry.h"
+#include "modula/text/tokenizer.h"
+
+#include <filesystem>
+#include <iostream>
+
+namespace modula::cli {
+
+void add_generate(CLI::App& app) {
+  auto* cmd = app.add_subcommand("generate", "Generate text with a causal LM, streaming tokens as they come");
+  static std::string model_dir, prompt, tokenizer_path, device = "cpu";
+  static std::vector<int64_t> prompt_ids;
+  static GenerateOptions o;
+  static bool ignore_eos = false;
+  cmd->add_option("--model,-m", model_dir, "Model folder")->required();
+  cmd->add_option("--prompt,-p", prompt, "Prompt text (needs a tokenizer)");
+  cmd->add_option("--prompt-ids", prompt_ids, "Prompt as comma-separated ids instead of text")->delimiter(',');
+  cmd->add_option("--tokenizer,-t", tokenizer_path, "Tokenizer file or folder (default: the model folder)");
+  cmd->add_option("--max-new-tokens,-n", o.max_new_tokens, "Tokens to generate")->capture_default_str();
+  cmd->add_option("--temperature", o.temperature, "0 = greedy")->capture_default_str();
+  cmd->add_option("--top-k", o.top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
+  cmd->add_option("--top-p", o.top_p, "Nucleus mass (1 = off)")->capture_default_str();
+  cmd->add_option("--seed", o.seed, "Sampling seed")->capture_default_str();
+  cmd->add_option("--device", device, "cpu or cuda")->capture_default_str();
+  cmd->add_flag("--ignore-eos", ignore_eos, "Keep going after the end-of-sequence token");
+  cmd->callback([] {
+    LoadOptions lo;
+    lo.device = torch::Device(device);
+    auto model = load_backbone(model_dir, lo);
+    std::unique_ptr<text::Tokenizer> tok;
+    std::string tpath = tokenizer_path.empty() ? model_dir : tokenizer_path;
+    bool has_tokenizer = !tokenizer_path.empty() || std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.json") ||
+                         std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.model");
+    if (has_tokenizer) tok = text::Tokenizer::from_file(tpath);
+    std::vector<int64_t> ids = prompt_ids;
+    if (ids.empty()) {
+      if (!tok) throw std::invalid_argument("[generate] no tokenizer in " + model_dir + ": pass --tokenizer or --prompt-ids");
+      ids = tok->encode(prompt, false);
+    }
+    if (!ignore_eos) o.stop_ids = model->config().eos_token_ids;
+    // Stream: print the newly decoded suffix after each token (multi-byte safe).
+    std::vector<int64_t> generated;
+    std::string shown;
+    std::cout << (tok ? prompt : "") << std::flush;
+    generate(*model, ids, o, [&](int64_t id) {
+      generated.push_back(id);
+      if (!tok) {
+        std::cout << (generated.size() > 1 ? " " : "") << id << std::flush;
+        return true;
+      }
+      std::string text = tok->decode(generated);
+      if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0) std::cout << text.substr(shown.size()) << std::flush;
+      shown = text;
+      return true;
+    });
+    std::cout << "\n";
+  });
+}
+
+}  // namespace modula::cli

@@ -1,0 +1,91 @@
+// Building blocks shared by the backbone families. Each follows the HF formula it
+// names so that outputs match transformers to float rounding.
+#pragma once
+
+#include "modula/io/hf_config.h"
+
+#include <torch/torch.h>
+
+#include <string>
+
+namespace modula {
+
+// y = x W^T + b, the site where parameter-composition modules attach.
+// `conv1d_layout`: weight stored [in, out] as GPT-2's Conv1D (PEFT fan_in_fan_out).
+struct LinearOptions {
+  LinearOptions(int64_t in, int64_t out) : in_features_(in), out_features_(out) {}
+  TORCH_ARG(int64_t, in_features);
+  TORCH_ARG(int64_t, out_features);
+  TORCH_ARG(bool, bias) = true;
+  TORCH_ARG(bool, conv1d_layout) = false;
+};
+
+class LinearImpl : public torch::nn::Module {
+ public:
+  explicit LinearImpl(const LinearOptions& options);
+  void reset();
+  torch::Tensor forward(const torch::Tensor& x);  // [.., in] -> [.., out]
+  // The weight as [out, in] whatever the storage layout.
+  torch::Tensor weight_out_in() const { return options.conv1d_layout() ? weight.t() : weight; }
+
+  LinearOptions options;
+  torch::Tensor weight, bias;
+};
+TORCH_MODULE(Linear);
+
+// RMSNorm (Zhang & Sennrich 2019), HF LlamaRMSNorm: w * x / sqrt(mean(x^2) + eps), in fp32.
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight;
+  double eps;
+};
+TORCH_MODULE(RMSNorm);
+
+// Activation by HF name: silu/swish, gelu (erf), gelu_new/gelu_pytorch_tanh (tanh approx), relu, tanh.
+torch::Tensor activation(const std::string& name, const torch::Tensor& x);
+// Throws io::ConfigError for names activation() does not know.
+void check_activation(const std::string& name);
+
+// Rotary position embedding (Su et al. 2021) with HF's default/linear/llama3 frequencies.
+class Rotary {
+ public:
+  Rotary(const io::ModelConfig& c);
+  // cos, sin: [B,T,D] for position_ids [B,T].
+  std::pair<torch::Tensor, torch::Tensor> cos_sin(const torch::Tensor& position_ids, torch::ScalarType dtype) const;
+  // x [B,H,T,D]: x*cos + rotate_half(x)*sin, rotate_half(x) = cat(-x2, x1).
+  static torch::Tensor apply(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+
+ private:
+  torch::Tensor inv_freq_;  // [D/2] fp32
+};
+
+// Additive attention mask [B,1,T,S]: 0 where query t may see key s, dtype-lowest elsewhere.
+// Keys are masked by attention_mask [B,S] (undefined = none); `causal` also hides
+// keys after the query (query t sits at position past + t); `window` > 0 hides keys
+// more than window-1 positions back (Mistral sliding window).
+torch::Tensor attention_bias(const torch::Tensor& attention_mask, int64_t B, int64_t T, int64_t S, bool causal,
+                             int64_t window, torch::ScalarType dtype, torch::Device device);
+
+}  // namespace modula
+
+namespace modula {
+
+// Registers `module` under a dotted path ("attention.self.query"), creating empty
+// intermediate modules, so parameter names match HF state-dict keys.
+template <typename M>
+std::shared_ptr<M> register_at(torch::nn::Module& root, const std::string& dotted, std::shared_ptr<M> module) {
+  torch::nn::Module* parent = &root;
+  std::string rest = dotted;
+  for (auto dot = rest.find('.'); dot != std::string::npos; dot = rest.find('.')) {
+    std::string name = rest.substr(0, dot);
+    rest = rest.substr(dot + 1);
+    auto children = parent->named_children();
+    auto found = children.find(name);
+    parent = found ? found->get() : parent->register_module(name, std::make_shared<torch::nn::Module>()).get();
+  }
+  return parent->register_module(rest, std::move(module));
+}
+
+}  // namespace modula

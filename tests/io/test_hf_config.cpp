@@ -1,0 +1,140 @@
+// config.json parsing: both rope spellings, family defaults, and clear errors.
+#include "modula/io/hf_config.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+using modula::io::ConfigError;
+using modula::io::parse_hf_config;
+using nlohmann::json;
+
+namespace {
+
+std::string fixture(const std::string& rel) { return std::string(MODULA_FIXTURES) + "/" + rel; }
+
+json llama() {
+  return json{{"model_type", "llama"}, {"architectures", {"LlamaForCausalLM"}}, {"vocab_size", 100},
+              {"hidden_size", 32}, {"intermediate_size", 64}, {"num_hidden_layers", 2},
+              {"num_attention_heads", 4}, {"num_key_value_heads", 2}};
+}
+
+std::string error_of(const json& j) {
+  try {
+    parse_hf_config(j, "cfg.json");
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(HfConfig, ReadsFixtures) {
+  auto l = modula::io::load_hf_config(fixture("hf/models/llama"));
+  EXPECT_EQ(l.model_type, "llama");
+  EXPECT_EQ(l.num_key_value_heads, 2);
+  EXPECT_EQ(l.head_dim, 16);
+  EXPECT_DOUBLE_EQ(l.rope_theta, 10000.0);
+  EXPECT_FALSE(l.tie_word_embeddings);
+  auto q = modula::io::load_hf_config(fixture("hf/models/qwen2/config.json"));
+  EXPECT_TRUE(q.qkv_bias);
+  EXPECT_FALSE(q.o_bias);
+  EXPECT_TRUE(q.tie_word_embeddings);
+  auto g = modula::io::load_hf_config(fixture("hf/models/gpt2"));
+  EXPECT_EQ(g.hidden_size, 64);
+  EXPECT_EQ(g.intermediate_size, 256);  // n_inner null -> 4 * n_embd
+  EXPECT_EQ(g.hidden_act, "gelu_new");
+  auto x = modula::io::load_hf_config(fixture("hf/models/xlm-roberta"));
+  EXPECT_EQ(x.pad_token_id.value(), 1);
+  EXPECT_EQ(x.type_vocab_size, 1);
+  EXPECT_EQ(modula::io::load_hf_config(fixture("hf/models/bert-cls")).num_labels, 3);
+}
+
+TEST(HfConfig, BothRopeSpellings) {
+  auto legacy = llama();
+  legacy["rope_theta"] = 500000.0;
+  legacy["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  auto v5 = llama();
+  v5["rope_parameters"] = {{"rope_theta", 500000.0}, {"rope_type", "linear"}, {"factor", 2.0}};
+  for (const auto& j : {legacy, v5}) {
+    auto c = parse_hf_config(j);
+    EXPECT_DOUBLE_EQ(c.rope_theta, 500000.0);
+    EXPECT_EQ(c.rope_scaling.type, "linear");
+    EXPECT_DOUBLE_EQ(c.rope_scaling.factor, 2.0);
+  }
+  auto l3 = llama();
+  l3["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                        {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
+  EXPECT_EQ(parse_hf_config(l3).rope_scaling.type, "llama3");
+}
+
+TEST(HfConfig, HeadDimAndGqa) {
+  auto j = llama();
+  EXPECT_EQ(parse_hf_config(j).head_dim, 8);
+  j["head_dim"] = 16;
+  EXPECT_EQ(parse_hf_config(j).head_dim, 16);
+  auto mha = llama();
+  mha.erase("num_key_value_heads");
+  EXPECT_EQ(parse_hf_config(mha).num_key_value_heads, 4);
+}
+
+TEST(HfConfig, ClearErrors) {
+  auto missing = llama();
+  missing.erase("model_type");
+  EXPECT_NE(error_of(missing).find("model_type"), std::string::npos);
+
+  auto unknown = llama();
+  unknown["model_type"] = "mamba";
+  EXPECT_NE(error_of(unknown).find("mamba"), std::string::npos);
+
+  auto wrong_type = llama();
+  wrong_type["hidden_size"] = "big";
+  EXPECT_NE(error_of(wrong_type).find("hidden_size"), std::string::npos);
+
+  auto indivisible = llama();
+  indivisible["hidden_size"] = 30;
+  EXPECT_NE(error_of(indivisible).find("divisible"), std::string::npos);
+
+  auto gqa = llama();
+  gqa["num_key_value_heads"] = 3;
+  EXPECT_NE(error_of(gqa).find("num_key_value_heads"), std::string::npos);
+
+  auto rope = llama();
+  rope["rope_scaling"] = {{"type", "yarn"}, {"factor", 4.0}};
+  EXPECT_NE(error_of(rope).find("yarn"), std::string::npos);
+
+  auto negative = llama();
+  negative["num_hidden_layers"] = -1;
+  EXPECT_NE(error_of(negative).find("num_hidden_layers"), std::string::npos);
+
+  EXPECT_NE(error_of(json::array()).find("object"), std::string::npos);
+  EXPECT_EQ(error_of(llama()), "");
+}
+
+TEST(HfConfig, MalformedFiles) {
+  auto dir = std::filesystem::temp_directory_path() / "modula-cfg-test";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "config.json") << "{\"model_type\": \"llama\", ";  // truncated
+  try {
+    modula::io::load_hf_config(dir.string());
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("invalid JSON"), std::string::npos);
+  }
+  EXPECT_THROW(modula::io::load_hf_config((dir / "nope").string()), ConfigError);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(HfConfig, RoundTripThroughHfJson) {
+  for (const char* arch : {"llama", "qwen2", "gpt2", "bert", "xlm-roberta"}) {
+    auto c = modula::io::load_hf_config(fixture(std::string("hf/models/") + arch));
+    auto again = parse_hf_config(modula::io::to_hf_json(c));
+    EXPECT_EQ(again.hidden_size, c.hidden_size) << arch;
+    EXPECT_EQ(again.num_key_value_heads, c.num_key_value_heads) << arch;
+    EXPECT_EQ(again.intermediate_size, c.intermediate_size) << arch;
+    EXPECT_EQ(again.tie_word_embeddings, c.tie_word_embeddings) << arch;
+    EXPECT_EQ(again.qkv_bias, c.qkv_bias) << arch;
+  }
+}
+
+}  // namespace
