@@ -9,5 +9,6 @@ void add_inspect(CLI::App& app);
 void add_tokenize(CLI::App& app);
 void add_generate(CLI::App& app);
 void add_conformance(CLI::App& app);
+void add_quickstart(CLI::App& app);
 
 }  // namespace modula::cli

@@ -16,7 +16,7 @@ void add_generate(CLI::App& app) {
   static bool ignore_eos = false;
   cmd->add_option("--model,-m", model_dir, "Model folder")->required();
   cmd->add_option("--prompt,-p", prompt, "Prompt text (needs a tokenizer)");
-  cmd->add_option("--prompt-ids", prompt_ids, "Prompt as comma-separated ids instead of text")->delimiter(',');
+  cmd->add_option("--prompt-ids", prompt_ids, "Prompt as comma-separated ids; prints ids")->delimiter(',');
   cmd->add_option("--tokenizer,-t", tokenizer_path, "Tokenizer file or folder (default: the model folder)");
   cmd->add_option("--max-new-tokens,-n", o.max_new_tokens, "Tokens to generate")->capture_default_str();
   cmd->add_option("--temperature", o.temperature, "0 = greedy")->capture_default_str();
@@ -33,7 +33,8 @@ void add_generate(CLI::App& app) {
     std::string tpath = tokenizer_path.empty() ? model_dir : tokenizer_path;
     bool has_tokenizer = !tokenizer_path.empty() || std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.json") ||
                          std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.model");
-    if (has_tokenizer) tok = text::Tokenizer::from_file(tpath);
+    // --prompt-ids works on ids end to end: it prints ids, not text.
+    if (has_tokenizer && prompt_ids.empty()) tok = text::Tokenizer::from_file(tpath);
     std::vector<int64_t> ids = prompt_ids;
     if (ids.empty()) {
       if (!tok) throw std::invalid_argument("[generate] no tokenizer in " + model_dir + ": pass --tokenizer or --prompt-ids");

@@ -6,6 +6,7 @@
 int main(int argc, char** argv) {
   CLI::App app{"modula: modular deep learning engine (backbones, modules, routing, aggregation)"};
   app.require_subcommand(1);
+  modula::cli::add_quickstart(app);
   modula::cli::add_inspect(app);
   modula::cli::add_tokenize(app);
   modula::cli::add_generate(app);

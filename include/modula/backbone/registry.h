@@ -44,3 +44,11 @@ io::NamedTensors state_dict(Backbone& model);
 void save_backbone(Backbone& model, const std::string& dir);
 
 }  // namespace modula
+
+namespace modula {
+
+// HF-style initialisation: linear and embedding weights ~ N(0, std), biases 0,
+// norm weights 1. Seeded, so the same seed gives the same model.
+void init_weights(Backbone& model, double std, uint64_t seed);
+
+}  // namespace modula
