@@ -1,0 +1,90 @@
+#include "text/sentencepiece.h"
+
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "text/unicode.h"
+
+namespace modula::text {
+
+namespace {
+
+// The shim: $MODULA_SPM_SHIM, else beside the executable, else where the build put it.
+std::string shim_path() {
+  if (const char* env = std::getenv("MODULA_SPM_SHIM")) return env;
+  std::error_code ec;
+  auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    auto beside = exe.parent_path() / "libmodula_spm.so";
+    if (std::filesystem::exists(beside)) return beside.string();
+  }
+  return MODULA_SPM_SHIM;
+}
+
+using Factory = SpmBackend* (*)();
+
+Factory load_factory() {
+  static Factory factory = []() -> Factory {
+    std::string path = shim_path();
+    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    if (!handle) throw TokenizerError(std::string("[tokenizer] cannot load the SentencePiece shim: ") + dlerror());
+    auto f = reinterpret_cast<Factory>(dlsym(handle, "modula_spm_create"));
+    if (!f) throw TokenizerError("[tokenizer] " + path + ": no modula_spm_create");
+    return f;
+  }();
+  return factory;
+}
+
+}  // namespace
+
+SentencePieceTokenizer::SentencePieceTokenizer(const std::string& path) : source_(path), processor_(load_factory()()) {
+  auto error = processor_->load(path);
+  if (!error.empty()) throw TokenizerError("[tokenizer] " + path + ": not a SentencePiece model (" + error + ")");
+}
+
+SentencePieceTokenizer::~SentencePieceTokenizer() = default;
+
+std::vector<int64_t> SentencePieceTokenizer::encode(const std::string& text, bool /*add_special_tokens*/) const {
+  std::vector<int> ids;
+  auto error = processor_->encode(unicode::to_valid_utf8(text), &ids);
+  if (!error.empty()) throw TokenizerError("[tokenizer] " + source_ + ": encode failed (" + error + ")");
+  return std::vector<int64_t>(ids.begin(), ids.end());
+}
+
+std::string SentencePieceTokenizer::decode(const std::vector<int64_t>& ids, bool /*skip_special_tokens*/) const {
+  std::vector<int> narrow;
+  narrow.reserve(ids.size());
+  for (int64_t id : ids) {
+    check_id(id, "decode");
+    narrow.push_back(static_cast<int>(id));
+  }
+  std::string text;
+  auto error = processor_->decode(narrow, &text);
+  if (!error.empty()) throw TokenizerError("[tokenizer] " + source_ + ": decode failed (" + error + ")");
+  return text;
+}
+
+int64_t SentencePieceTokenizer::vocab_size() const { return processor_->piece_size(); }
+
+std::optional<int64_t> SentencePieceTokenizer::token_to_id(const std::string& token) const {
+  int id = processor_->piece_to_id(token);
+  // PieceToId answers unk_id for unknown pieces.
+  if (id < 0 || processor_->id_to_piece(id) != token) return std::nullopt;
+  return id;
+}
+
+std::string SentencePieceTokenizer::id_to_token(int64_t id) const {
+  check_id(id, "id_to_token");
+  return processor_->id_to_piece(static_cast<int>(id));
+}
+
+void SentencePieceTokenizer::check_id(int64_t id, const char* what) const {
+  if (id < 0 || id >= vocab_size())
+    throw TokenizerError("[tokenizer] " + source_ + ": " + what + ": id " + std::to_string(id) + " out of range [0, " +
+                         std::to_string(vocab_size()) + ")");
+}
+
+}  // namespace modula::text
