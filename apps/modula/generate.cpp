@@ -1,7 +1,7 @@
 #include "commands.h"
 #include "modula/backbone/generate.h"
 #include "modula/backbone/registry.h"
-#include "modula/text/tokenizer.h"
+#include "modula/text/stream_decoder.h"
 
 #include <filesystem>
 #include <iostream>
@@ -41,21 +41,17 @@ void add_generate(CLI::App& app) {
       ids = tok->encode(prompt, false);
     }
     if (!ignore_eos) o.stop_ids = model->config().eos_token_ids;
-    // Stream: print the newly decoded suffix after each token (multi-byte safe).
-    std::vector<int64_t> generated;
-    std::string shown;
     std::cout << (tok ? prompt : "") << std::flush;
+    std::unique_ptr<text::StreamDecoder> stream;
+    if (tok) stream = std::make_unique<text::StreamDecoder>(*tok);
+    bool first = true;
     generate(*model, ids, o, [&](int64_t id) {
-      generated.push_back(id);
-      if (!tok) {
-        std::cout << (generated.size() > 1 ? " " : "") << id << std::flush;
-        return true;
-      }
-      std::string text = tok->decode(generated);
-      if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0) std::cout << text.substr(shown.size()) << std::flush;
-      shown = text;
+      if (stream) std::cout << stream->push(id) << std::flush;
+      else std::cout << (first ? "" : " ") << id << std::flush;
+      first = false;
       return true;
     });
+    if (stream) std::cout << stream->finish();
     std::cout << "\n";
   });
 }

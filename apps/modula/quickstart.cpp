@@ -3,7 +3,7 @@
 #include "commands.h"
 #include "modula/backbone/generate.h"
 #include "modula/backbone/registry.h"
-#include "modula/text/tokenizer.h"
+#include "modula/text/stream_decoder.h"
 
 #include <chrono>
 #include <filesystem>
@@ -15,17 +15,14 @@ namespace modula::cli {
 namespace {
 
 void stream(Backbone& model, const text::Tokenizer& tok, const std::string& prompt, const GenerateOptions& o) {
-  std::vector<int64_t> generated;
-  std::string shown;
+  text::StreamDecoder stream(tok);
   std::cout << "  " << prompt << std::flush;
   auto t0 = std::chrono::steady_clock::now();
-  generate(model, tok.encode(prompt, false), o, [&](int64_t id) {
-    generated.push_back(id);
-    std::string text = tok.decode(generated);
-    if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0) std::cout << text.substr(shown.size()) << std::flush;
-    shown = text;
+  auto generated = generate(model, tok.encode(prompt, false), o, [&](int64_t id) {
+    std::cout << stream.push(id) << std::flush;
     return true;
   });
+  std::cout << stream.finish();
   double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::cout << "\n  (" << generated.size() << " tokens, " << static_cast<int>(generated.size() / s) << " tok/s)\n";
 }

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# GPU machine only: build against the CUDA libtorch of the local PyTorch, run the test
+# suite (CUDA tests included), the conformance runner, the quickstart, and check that a
+# folder modula writes loads in HF transformers with the same greedy continuation.
+# ICU headers are missing on that image: pass MODULA_ICU_ROOT (static ICU, see CMakeLists).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TORCH_PREFIX=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+ICU_ARGS=()
+if [ -n "${MODULA_ICU_ROOT:-}" ]; then ICU_ARGS=(-DMODULA_ICU_ROOT="$MODULA_ICU_ROOT"); fi
+cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" "${ICU_ARGS[@]}"
+time cmake --build build-cuda -j "$(nproc)"
+(cd build-cuda && ctest --output-on-failure -j 8)
+build-cuda/apps/modula/modula conformance tests/fixtures | grep -v SKIP
+build-cuda/apps/modula/modula quickstart --out build-cuda/quickstart/tiny-llama
+python3 scripts/hf_check.py build-cuda/quickstart/tiny-llama build-cuda/apps/modula/modula
