@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM
 
 model_dir, modula = sys.argv[1], sys.argv[2]
 prompt = [5, 17, 42, 7]
-model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+model.generation_config.eos_token_id = None  # compare 12 tokens whatever they are
 with torch.no_grad():
     hf = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
                         eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
