@@ -2,8 +2,8 @@
 #include "modula/backbone/generate.h"
 #include "modula/backbone/registry.h"
 #include "modula/text/stream_decoder.h"
+#include "modula/util/fs.h"
 
-#include <filesystem>
 #include <iostream>
 
 namespace modula::cli {
@@ -31,8 +31,8 @@ void add_generate(CLI::App& app) {
     auto model = load_backbone(model_dir, lo);
     std::unique_ptr<text::Tokenizer> tok;
     std::string tpath = tokenizer_path.empty() ? model_dir : tokenizer_path;
-    bool has_tokenizer = !tokenizer_path.empty() || std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.json") ||
-                         std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.model");
+    bool has_tokenizer = !tokenizer_path.empty() || fs::exists(fs::join(model_dir, "tokenizer.json")) ||
+                         fs::exists(fs::join(model_dir, "tokenizer.model"));
     // --prompt-ids works on ids end to end: it prints ids, not text.
     if (has_tokenizer && prompt_ids.empty()) tok = text::Tokenizer::from_file(tpath);
     std::vector<int64_t> ids = prompt_ids;

@@ -2,7 +2,6 @@
 #include "modula/backbone/registry.h"
 #include "modula/io/safetensors.h"
 
-#include <filesystem>
 #include <iostream>
 #include <map>
 

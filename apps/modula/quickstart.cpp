@@ -4,12 +4,10 @@
 #include "modula/backbone/generate.h"
 #include "modula/backbone/registry.h"
 #include "modula/text/stream_decoder.h"
+#include "modula/util/fs.h"
 
 #include <chrono>
-#include <filesystem>
 #include <iostream>
-
-namespace fs = std::filesystem;
 
 namespace modula::cli {
 namespace {
@@ -40,9 +38,9 @@ void add_quickstart(CLI::App& app) {
     auto config = io::load_hf_config(assets);
     auto model = create_backbone(config);
     init_weights(*model, config.raw.value("initializer_range", 0.02), seed);
-    fs::create_directories(out);
+    fs::make_dirs(out);
     save_backbone(*model, out);
-    fs::copy_file(fs::path(assets) / "tokenizer.json", fs::path(out) / "tokenizer.json", fs::copy_options::overwrite_existing);
+    fs::copy_file(fs::join(assets, "tokenizer.json"), fs::join(out, "tokenizer.json"));
     std::cout << "modula quickstart: a tiny " << config.model_type << " (random weights, seed " << seed << ") written to "
               << out << "\n";
     auto loaded = load_backbone(out);  // round trip through safetensors + config.json

@@ -1,12 +1,10 @@
 // Checkpoint folder <-> backbone: HF state-dict keys are the parameter names.
 #include "modula/backbone/registry.h"
+#include "modula/util/fs.h"
 
-#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
-
-namespace fs = std::filesystem;
 
 namespace modula {
 namespace {
@@ -74,18 +72,18 @@ io::NamedTensors state_dict(Backbone& model) {
 }
 
 void save_backbone(Backbone& model, const std::string& dir) {
-  fs::create_directories(dir);
-  io::save_safetensors((fs::path(dir) / "model.safetensors").string(), state_dict(model), {{"format", "pt"}});
+  fs::make_dirs(dir);
+  io::save_safetensors(fs::join(dir, "model.safetensors"), state_dict(model), {{"format", "pt"}});
   auto config = model.config();
   auto dtype = model.parameters().empty() ? torch::kFloat32 : model.parameters().front().scalar_type();
   config.torch_dtype = dtype == torch::kBFloat16 ? "bfloat16" : dtype == torch::kHalf ? "float16" : "float32";
-  auto tmp = (fs::path(dir) / "config.json.tmp").string();
+  auto tmp = fs::join(dir, "config.json.tmp");
   {
     std::ofstream out(tmp);
     out << io::to_hf_json(config).dump(2) << "\n";
     if (!out) throw io::SafetensorsError("[save] cannot write " + tmp);
   }
-  fs::rename(tmp, fs::path(dir) / "config.json");
+  fs::rename(tmp, fs::join(dir, "config.json"));
 }
 
 }  // namespace modula

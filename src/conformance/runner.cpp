@@ -3,29 +3,28 @@
 #include "modula/backbone/registry.h"
 #include "modula/io/safetensors.h"
 #include "modula/text/tokenizer.h"
+#include "modula/util/fs.h"
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <sstream>
 
-namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace modula {
 namespace {
 
-json read_json(const fs::path& p) {
+json read_json(const std::string& p) {
   std::ifstream in(p);
-  if (!in) throw std::runtime_error("[conformance] cannot open " + p.string());
+  if (!in) throw std::runtime_error("[conformance] cannot open " + p);
   try {
     return json::parse(in);
   } catch (const json::parse_error& e) {
-    throw std::runtime_error("[conformance] " + p.string() + ": invalid JSON: " + e.what());
+    throw std::runtime_error("[conformance] " + p + ": invalid JSON: " + e.what());
   }
 }
 
@@ -53,10 +52,10 @@ double compare(const torch::Tensor& got, const torch::Tensor& want, const torch:
   return diff.numel() ? diff.max().item<double>() : 0.0;
 }
 
-CaseResult model_case(const fs::path& dir, const json& spec, const ConformanceOptions& o) {
+CaseResult model_case(const std::string& dir, const json& spec, const ConformanceOptions& o) {
   CaseResult r;
-  auto model = load_backbone(dir.string());
-  auto expected = io::SafetensorsFile::open((dir / "expected.safetensors").string());
+  auto model = load_backbone(dir);
+  auto expected = io::SafetensorsFile::open(fs::join(dir, "expected.safetensors"));
   BackboneInput in;
   in.input_ids = expected.get("input_ids").clone();
   in.attention_mask = expected.get("attention_mask").clone();
@@ -80,17 +79,17 @@ CaseResult model_case(const fs::path& dir, const json& spec, const ConformanceOp
 }
 
 // expected.json {"cases": {name: [{text, ids, decoded}]}}; name.json or name.model beside it.
-CaseResult tokenizers_case(const fs::path& dir, const json& spec, const ConformanceOptions&) {
+CaseResult tokenizers_case(const std::string& dir, const json& spec, const ConformanceOptions&) {
   CaseResult r;
-  auto expected = read_json(dir / "expected.json");
+  auto expected = read_json(fs::join(dir, "expected.json"));
   if (!expected.contains("cases") || !expected["cases"].is_object())
-    throw std::runtime_error("[conformance] " + (dir / "expected.json").string() + ": missing object 'cases'");
+    throw std::runtime_error("[conformance] " + fs::join(dir, "expected.json") + ": missing object 'cases'");
   int mismatches = 0, probes = 0;
   std::string first_bad;
   for (const auto& [name, probes_json] : expected["cases"].items()) {
-    fs::path file = dir / (name + ".json");
-    if (!fs::exists(file)) file = dir / (name + ".model");
-    auto tok = text::Tokenizer::from_file(file.string());
+    std::string file = fs::join(dir, name + ".json");
+    if (!fs::exists(file)) file = fs::join(dir, name + ".model");
+    auto tok = text::Tokenizer::from_file(file);
     for (const auto& probe : probes_json) {
       ++probes;
       auto text = probe.at("text").get<std::string>();
@@ -111,7 +110,7 @@ CaseResult tokenizers_case(const fs::path& dir, const json& spec, const Conforma
   return r;
 }
 
-using CaseFn = std::function<CaseResult(const fs::path&, const json&, const ConformanceOptions&)>;
+using CaseFn = std::function<CaseResult(const std::string&, const json&, const ConformanceOptions&)>;
 
 const std::map<std::string, CaseFn>& case_kinds() {
   static const std::map<std::string, CaseFn> kinds = {
@@ -127,7 +126,7 @@ CaseResult run_case(const std::string& case_dir, const ConformanceOptions& optio
   CaseResult r;
   r.path = case_dir;
   try {
-    auto spec = read_json(fs::path(case_dir) / "case.json");
+    auto spec = read_json(fs::join(case_dir, "case.json"));
     r.kind = spec.value("kind", "");
     auto it = case_kinds().find(r.kind);
     if (it == case_kinds().end()) {
@@ -135,7 +134,7 @@ CaseResult run_case(const std::string& case_dir, const ConformanceOptions& optio
       r.detail = "kind '" + r.kind + "' not implemented yet";
       return r;
     }
-    auto result = it->second(fs::path(case_dir), spec, options);
+    auto result = it->second(case_dir, spec, options);
     result.path = r.path;
     result.kind = r.kind;
     return result;
@@ -147,11 +146,9 @@ CaseResult run_case(const std::string& case_dir, const ConformanceOptions& optio
 }
 
 std::vector<CaseResult> run_conformance(const std::string& root, const ConformanceOptions& options) {
-  if (!fs::is_directory(root)) throw std::runtime_error("[conformance] not a folder: " + root);
+  if (!fs::is_dir(root)) throw std::runtime_error("[conformance] not a folder: " + root);
   std::vector<std::string> dirs;
-  for (const auto& entry : fs::recursive_directory_iterator(root))
-    if (entry.is_regular_file() && entry.path().filename() == "case.json") dirs.push_back(entry.path().parent_path().string());
-  std::sort(dirs.begin(), dirs.end());
+  for (const auto& file : fs::find_files(root, "case.json")) dirs.push_back(fs::parent(file));
   std::vector<CaseResult> results;
   for (const auto& d : dirs) results.push_back(run_case(d, options));
   return results;

@@ -1,10 +1,9 @@
 #include "modula/io/hf_config.h"
+#include "modula/util/fs.h"
 
-#include <filesystem>
 #include <fstream>
 #include <set>
 
-namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace modula::io {
@@ -177,17 +176,16 @@ ModelConfig parse_hf_config(const json& j, const std::string& source) {
 }
 
 ModelConfig load_hf_config(const std::string& path) {
-  fs::path p(path);
-  if (fs::is_directory(p)) p /= "config.json";
+  std::string p = fs::is_dir(path) ? fs::join(path, "config.json") : path;
   std::ifstream in(p);
-  if (!in) throw ConfigError("[config] cannot open " + p.string());
+  if (!in) throw ConfigError("[config] cannot open " + p);
   json j;
   try {
     j = json::parse(in);
   } catch (const json::parse_error& e) {
-    throw ConfigError("[config] " + p.string() + ": invalid JSON: " + e.what());
+    throw ConfigError("[config] " + p + ": invalid JSON: " + e.what());
   }
-  return parse_hf_config(j, p.string());
+  return parse_hf_config(j, p);
 }
 
 json to_hf_json(const ModelConfig& c) {

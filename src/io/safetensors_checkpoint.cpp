@@ -1,10 +1,6 @@
 // Checkpoint folders: one model.safetensors, shards from model.safetensors.index.json,
 // or a lone *.safetensors file.
-//
-// Uses POSIX calls, not std::filesystem: pip's libtorch 2.x exports its own copies of
-// the std::filesystem functions, which interpose on libstdc++'s (remove_all crashed there).
 #include <dirent.h>
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <fstream>
@@ -12,6 +8,7 @@
 #include <sstream>
 
 #include "modula/io/safetensors.h"
+#include "modula/util/fs.h"
 
 namespace modula::io {
 namespace {
@@ -29,20 +26,9 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-bool is_dir(const std::string& p) {
-  struct stat st {};
-  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-bool is_file(const std::string& p) {
-  struct stat st {};
-  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-std::string join(const std::string& dir, const std::string& name) {
-  if (dir.empty()) return name;
-  return dir.back() == '/' ? dir + name : dir + "/" + name;
-}
+using fs::is_dir;
+using fs::is_file;
+using fs::join;
 
 std::string parent_dir(const std::string& path) {
   const size_t slash = path.find_last_of('/');

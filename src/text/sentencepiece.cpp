@@ -4,9 +4,9 @@
 #include <unistd.h>
 
 #include <cstdlib>
-#include <filesystem>
 
 #include "text/unicode.h"
+#include "modula/util/fs.h"
 
 namespace modula::text {
 
@@ -15,12 +15,8 @@ namespace {
 // The shim: $MODULA_SPM_SHIM, else beside the executable, else where the build put it.
 std::string shim_path() {
   if (const char* env = std::getenv("MODULA_SPM_SHIM")) return env;
-  std::error_code ec;
-  auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
-  if (!ec) {
-    auto beside = exe.parent_path() / "libmodula_spm.so";
-    if (std::filesystem::exists(beside)) return beside.string();
-  }
+  std::string beside = fs::join(fs::executable_dir(), "libmodula_spm.so");
+  if (fs::is_file(beside)) return beside;
   return MODULA_SPM_SHIM;
 }
 

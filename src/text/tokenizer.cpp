@@ -2,17 +2,15 @@
 // failure into a TokenizerError naming the file.
 #include "modula/text/tokenizer.h"
 
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "text/hf_tokenizer.h"
 #include "text/sentencepiece.h"
+#include "modula/util/fs.h"
 
 namespace modula::text {
 namespace {
-
-namespace fs = std::filesystem;
 
 [[noreturn]] void fail(const std::string& path, const std::string& what) {
   throw TokenizerError("[tokenizer] " + path + ": " + what);
@@ -20,12 +18,11 @@ namespace fs = std::filesystem;
 
 // A folder resolves to tokenizer.json, then tokenizer.model.
 std::string resolve(const std::string& path) {
-  std::error_code ec;
-  if (!fs::exists(path, ec)) fail(path, "no such file or directory");
-  if (!fs::is_directory(path, ec)) return path;
+  if (!fs::exists(path)) fail(path, "no such file or directory");
+  if (!fs::is_dir(path)) return path;
   for (const char* name : {"tokenizer.json", "tokenizer.model"}) {
-    fs::path candidate = fs::path(path) / name;
-    if (fs::is_regular_file(candidate, ec)) return candidate.string();
+    std::string candidate = fs::join(path, name);
+    if (fs::is_file(candidate)) return candidate;
   }
   fail(path, "folder holds neither tokenizer.json nor tokenizer.model");
 }
@@ -40,8 +37,8 @@ std::string read_file(const std::string& path) {
 
 // JSON unless the file is a .model or does not start like a JSON object.
 bool looks_like_json(const std::string& path, const std::string& content) {
-  if (fs::path(path).extension() == ".json") return true;
-  if (fs::path(path).extension() == ".model") return false;
+  if (fs::extension(path) == ".json") return true;
+  if (fs::extension(path) == ".model") return false;
   size_t first = content.find_first_not_of(" \t\r\n");
   return first != std::string::npos && content[first] == '{';
 }

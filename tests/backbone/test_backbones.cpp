@@ -5,10 +5,8 @@
 
 #include <gtest/gtest.h>
 
-#include <filesystem>
 #include <fstream>
 
-namespace fs = std::filesystem;
 using modula::testing::fixture;
 using modula::testing::TempDir;
 
@@ -39,8 +37,8 @@ TEST(Backbone, SaveThenLoadGivesIdenticalLogits) {
   for (const std::string arch : {"llama", "gpt2", "xlm-roberta"}) {
     auto model = modula::load_backbone(fixture("hf/models/" + arch));
     TempDir dir;
-    modula::save_backbone(*model, dir.path.string());
-    auto again = modula::load_backbone(dir.path.string());
+    modula::save_backbone(*model, dir.path);
+    auto again = modula::load_backbone(dir.path);
     EXPECT_TRUE(torch::equal(logits_of(*model, probe_ids()), logits_of(*again, probe_ids()))) << arch;
   }
 }
@@ -49,11 +47,11 @@ TEST(Backbone, HalfPrecisionCheckpointsLoadIntoFp32) {
   auto model = modula::load_backbone(fixture("hf/models/llama"));
   for (auto dtype : {torch::kBFloat16, torch::kHalf}) {
     TempDir dir;
-    fs::copy_file(fixture("hf/models/llama/config.json"), dir / "config.json");
+    modula::fs::copy_file(fixture("hf/models/llama/config.json"), dir / "config.json");
     modula::io::NamedTensors tensors;
     for (auto& [k, v] : modula::state_dict(*model)) tensors.emplace_back(k, v.to(dtype));
     modula::io::save_safetensors(dir / "model.safetensors", tensors);
-    auto low = modula::load_backbone(dir.path.string());
+    auto low = modula::load_backbone(dir.path);
     EXPECT_EQ(low->parameters().front().scalar_type(), torch::kFloat32);
     auto diff = (logits_of(*low, probe_ids()) - logits_of(*model, probe_ids())).abs().max().item<double>();
     EXPECT_LT(diff, dtype == torch::kHalf ? 5e-2 : 2e-1) << c10::toString(dtype);
@@ -63,14 +61,14 @@ TEST(Backbone, HalfPrecisionCheckpointsLoadIntoFp32) {
 
 TEST(Backbone, MissingTensorIsNamed) {
   TempDir dir;
-  fs::copy_file(fixture("hf/models/gpt2/config.json"), dir / "config.json");
+  modula::fs::copy_file(fixture("hf/models/gpt2/config.json"), dir / "config.json");
   auto full = modula::io::SafetensorsFile::open(fixture("hf/models/gpt2/model.safetensors"));
   modula::io::NamedTensors tensors;
   for (const auto& k : full.keys())
     if (k != "transformer.h.1.mlp.c_fc.weight") tensors.emplace_back(k, full.get(k));
   modula::io::save_safetensors(dir / "model.safetensors", tensors);
   try {
-    modula::load_backbone(dir.path.string());
+    modula::load_backbone(dir.path);
     FAIL() << "expected an error";
   } catch (const modula::io::SafetensorsError& e) {
     EXPECT_NE(std::string(e.what()).find("transformer.h.1.mlp.c_fc.weight"), std::string::npos) << e.what();
@@ -79,14 +77,14 @@ TEST(Backbone, MissingTensorIsNamed) {
 
 TEST(Backbone, ShapeMismatchIsNamed) {
   TempDir dir;
-  fs::copy_file(fixture("hf/models/llama/config.json"), dir / "config.json");
+  modula::fs::copy_file(fixture("hf/models/llama/config.json"), dir / "config.json");
   auto full = modula::io::SafetensorsFile::open(fixture("hf/models/llama/model.safetensors"));
   modula::io::NamedTensors tensors;
   for (const auto& k : full.keys())
     tensors.emplace_back(k, k == "model.norm.weight" ? torch::ones({63}) : full.get(k));
   modula::io::save_safetensors(dir / "model.safetensors", tensors);
   try {
-    modula::load_backbone(dir.path.string());
+    modula::load_backbone(dir.path);
     FAIL() << "expected an error";
   } catch (const modula::io::SafetensorsError& e) {
     std::string msg = e.what();
@@ -107,7 +105,7 @@ TEST(Backbone, BareModelCheckpointLoadsWithoutPrefix) {
   for (const auto& k : full.keys())
     if (k.rfind("model.", 0) == 0) tensors.emplace_back(k.substr(6), full.get(k));
   modula::io::save_safetensors(dir / "model.safetensors", tensors);
-  auto bare = modula::load_backbone(dir.path.string());
+  auto bare = modula::load_backbone(dir.path);
   auto ref = modula::load_backbone(fixture("hf/models/llama"));
   EXPECT_EQ(bare->head(), modula::Head::None);
   torch::NoGradGuard g;

@@ -6,10 +6,8 @@
 
 #include <gtest/gtest.h>
 
-#include <filesystem>
 #include <fstream>
 
-namespace fs = std::filesystem;
 using modula::testing::fixture;
 using modula::testing::TempDir;
 
@@ -18,8 +16,8 @@ namespace {
 torch::Tensor logits_with_config(const nlohmann::json& config) {
   TempDir dir;
   std::ofstream(dir / "config.json") << config.dump();
-  fs::copy_file(fixture("hf/models/llama/model.safetensors"), dir / "model.safetensors");
-  auto model = modula::load_backbone(dir.path.string());
+  modula::fs::copy_file(fixture("hf/models/llama/model.safetensors"), dir / "model.safetensors");
+  auto model = modula::load_backbone(dir.path);
   torch::NoGradGuard g;
   modula::BackboneInput in;
   in.input_ids = torch::arange(1, 41, torch::kInt64).view({2, 20});

@@ -3,7 +3,7 @@
 
 #include <gtest/gtest.h>
 
-#include <filesystem>
+#include "modula/util/fs.h"
 #include <fstream>
 
 using modula::io::ConfigError;
@@ -112,17 +112,16 @@ TEST(HfConfig, ClearErrors) {
 }
 
 TEST(HfConfig, MalformedFiles) {
-  auto dir = std::filesystem::temp_directory_path() / "modula-cfg-test";
-  std::filesystem::create_directories(dir);
-  std::ofstream(dir / "config.json") << "{\"model_type\": \"llama\", ";  // truncated
+  auto dir = modula::fs::make_temp_dir("modula-cfg-test");
+  std::ofstream(modula::fs::join(dir, "config.json")) << "{\"model_type\": \"llama\", ";  // truncated
   try {
-    modula::io::load_hf_config(dir.string());
+    modula::io::load_hf_config(dir);
     FAIL();
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("invalid JSON"), std::string::npos);
   }
-  EXPECT_THROW(modula::io::load_hf_config((dir / "nope").string()), ConfigError);
-  std::filesystem::remove_all(dir);
+  EXPECT_THROW(modula::io::load_hf_config(modula::fs::join(dir, "nope")), ConfigError);
+  modula::fs::remove_tree(dir);
 }
 
 TEST(HfConfig, RoundTripThroughHfJson) {

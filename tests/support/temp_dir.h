@@ -1,24 +1,16 @@
-// A fresh temporary folder removed at scope exit.
+// A fresh temporary folder removed at scope exit (POSIX, see modula/util/fs.h).
 #pragma once
 
-#include <filesystem>
-#include <random>
+#include "modula/util/fs.h"
+
 #include <string>
 
 namespace modula::testing {
 
 struct TempDir {
-  std::filesystem::path path;
-  TempDir() {
-    std::random_device rd;
-    path = std::filesystem::temp_directory_path() / ("modula-test-" + std::to_string(rd()) + std::to_string(rd()));
-    std::filesystem::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
+  std::string path = fs::make_temp_dir("modula-test-");
+  ~TempDir() { fs::remove_tree(path); }
+  std::string operator/(const std::string& name) const { return fs::join(path, name); }
 };
 
 inline std::string fixture(const std::string& rel) { return std::string(MODULA_FIXTURES) + "/" + rel; }

@@ -4,7 +4,7 @@
 #include <unistd.h>
 
 #include <cctype>
-#include <filesystem>
+#include "modula/util/fs.h"
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
@@ -18,7 +18,7 @@ using nlohmann::json;
 
 namespace {
 
-namespace fs = std::filesystem;
+namespace fs = modula::fs;
 
 const std::string kDir = std::string(MODULA_FIXTURES) + "/hf/tokenizers";
 
@@ -51,18 +51,11 @@ std::string error_of(const std::string& path) {
 
 // A file under a fresh temporary folder, removed with the object.
 struct TempFile {
-  fs::path dir, path;
-  TempFile(const std::string& name, const std::string& content) {
-    dir = fs::temp_directory_path() / ("modula_text_" + std::to_string(::getpid()) + "_" +
-                                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir);
-    path = dir / name;
+  std::string dir = fs::make_temp_dir("modula_text_"), path;
+  TempFile(const std::string& name, const std::string& content) : path(fs::join(dir, name)) {
     std::ofstream(path, std::ios::binary) << content;
   }
-  ~TempFile() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
+  ~TempFile() { fs::remove_tree(dir); }
 };
 
 class Parity : public ::testing::TestWithParam<std::string> {};
@@ -152,7 +145,7 @@ TEST(Tokenizer, LoadsFromFolder) {
   std::ifstream in(kDir + "/wordpiece.json");
   std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   TempFile file("tokenizer.json", content);
-  auto tok = Tokenizer::from_file(file.dir.string());
+  auto tok = Tokenizer::from_file(file.dir);
   EXPECT_EQ(tok->encode("a"), (std::vector<int64_t>{2, 43, 3}));
 }
 
@@ -164,22 +157,22 @@ TEST(TokenizerErrors, MissingFile) {
 
 TEST(TokenizerErrors, FolderWithoutTokenizer) {
   TempFile file("README", "nothing here");
-  std::string msg = error_of(file.dir.string());
+  std::string msg = error_of(file.dir);
   EXPECT_NE(msg.find("tokenizer.json"), std::string::npos) << msg;
 }
 
 TEST(TokenizerErrors, MalformedJson) {
   TempFile file("tokenizer.json", "{\"model\": {\"type\": \"BPE\",");
-  std::string msg = error_of(file.path.string());
+  std::string msg = error_of(file.path);
   EXPECT_EQ(msg.rfind("[tokenizer] ", 0), 0u) << msg;
-  EXPECT_NE(msg.find(file.path.string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find(file.path), std::string::npos) << msg;
   EXPECT_NE(msg.find("invalid JSON"), std::string::npos) << msg;
 }
 
 TEST(TokenizerErrors, UnknownModelType) {
   TempFile file("tokenizer.json", R"({"model": {"type": "Transformer9000", "vocab": {}}})");
-  std::string msg = error_of(file.path.string());
-  EXPECT_NE(msg.find(file.path.string()), std::string::npos) << msg;
+  std::string msg = error_of(file.path);
+  EXPECT_NE(msg.find(file.path), std::string::npos) << msg;
   EXPECT_NE(msg.find("model.type"), std::string::npos) << msg;
   EXPECT_NE(msg.find("Transformer9000"), std::string::npos) << msg;
 }
@@ -187,22 +180,22 @@ TEST(TokenizerErrors, UnknownModelType) {
 TEST(TokenizerErrors, UnknownComponentTypesNameTheirKey) {
   const std::string model = R"("model": {"type": "WordLevel", "vocab": {"a": 0}, "unk_token": "a"})";
   TempFile n("n.json", "{" + model + R"(, "normalizer": {"type": "Sequence", "normalizers": [{"type": "Bogus"}]}})");
-  EXPECT_NE(error_of(n.path.string()).find("normalizer.normalizers[0].type"), std::string::npos);
+  EXPECT_NE(error_of(n.path).find("normalizer.normalizers[0].type"), std::string::npos);
   TempFile p("p.json", "{" + model + R"(, "pre_tokenizer": {"type": "Bogus"}})");
-  EXPECT_NE(error_of(p.path.string()).find("pre_tokenizer.type"), std::string::npos);
+  EXPECT_NE(error_of(p.path).find("pre_tokenizer.type"), std::string::npos);
   TempFile d("d.json", "{" + model + R"(, "decoder": {"type": "Bogus"}})");
-  EXPECT_NE(error_of(d.path.string()).find("decoder.type"), std::string::npos);
+  EXPECT_NE(error_of(d.path).find("decoder.type"), std::string::npos);
   TempFile m("m.json", R"({"normalizer": null})");
-  EXPECT_NE(error_of(m.path.string()).find("model"), std::string::npos);
+  EXPECT_NE(error_of(m.path).find("model"), std::string::npos);
   TempFile t("t.json", R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}})");
-  EXPECT_NE(error_of(t.path.string()).find("model.merges[0]"), std::string::npos);
+  EXPECT_NE(error_of(t.path).find("model.merges[0]"), std::string::npos);
 }
 
 TEST(TokenizerErrors, NotASentencePieceModel) {
   TempFile file("tokenizer.model", "definitely not a protobuf");
-  std::string msg = error_of(file.path.string());
+  std::string msg = error_of(file.path);
   EXPECT_EQ(msg.rfind("[tokenizer] ", 0), 0u) << msg;
-  EXPECT_NE(msg.find(file.path.string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find(file.path), std::string::npos) << msg;
 }
 
 TEST(TokenizerErrors, DecodeOutOfRangeId) {
