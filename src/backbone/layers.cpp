@@ -17,11 +17,55 @@ void LinearImpl::reset() {
   if (options.bias()) bias = register_parameter("bias", torch::zeros({options.out_features()}));
 }
 
-torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
+torch::Tensor LinearImpl::base_forward(const torch::Tensor& x) const {
   if (!options.conv1d_layout()) return torch::nn::functional::linear(x, weight, bias);
   // GPT-2 Conv1D: y = x @ W + b with W [in, out].
   auto y = torch::matmul(x, weight);
   return bias.defined() ? y + bias : y;
+}
+
+torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
+  if (modules_.empty()) return base_forward(x);
+  auto in = x;
+  for (auto& m : modules_)
+    if (m->enabled && !m->merged) in = m->transform_input(in);
+  auto y = base_forward(in);
+  for (auto& m : modules_)
+    if (m->enabled && !m->merged) y = m->transform_output(x, y, *this);
+  return y;
+}
+
+void LinearImpl::add_to_weight(const torch::Tensor& delta) {
+  torch::NoGradGuard no_grad;
+  weight.add_(options.conv1d_layout() ? delta.t() : delta);
+}
+
+void LinearImpl::attach(const std::string& name, std::shared_ptr<SiteModule> m) {
+  if (name.empty() || name.find('.') != std::string::npos)
+    throw std::invalid_argument("[site] module name '" + name + "' must be non-empty and contain no '.'");
+  if (module(name)) throw std::invalid_argument("[site] a module named '" + name + "' is already attached");
+  if (!adapters_) adapters_ = register_module("adapters", std::make_shared<torch::nn::Module>());
+  adapters_->register_module(name, m);
+  names_.push_back(name);
+  modules_.push_back(std::move(m));
+}
+
+void LinearImpl::detach(const std::string& name) {
+  for (size_t i = 0; i < names_.size(); ++i) {
+    if (names_[i] != name) continue;
+    if (modules_[i]->merged) throw std::invalid_argument("[site] unmerge '" + name + "' before detaching it");
+    adapters_->unregister_module(name);
+    names_.erase(names_.begin() + static_cast<long>(i));
+    modules_.erase(modules_.begin() + static_cast<long>(i));
+    return;
+  }
+  throw std::invalid_argument("[site] no module named '" + name + "' attached");
+}
+
+std::shared_ptr<SiteModule> LinearImpl::module(const std::string& name) const {
+  for (size_t i = 0; i < names_.size(); ++i)
+    if (names_[i] == name) return modules_[i];
+  return nullptr;
 }
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {

@@ -15,6 +15,9 @@ std::string strip_first(const std::string& key) {
   return dot == std::string::npos ? key : key.substr(dot + 1);
 }
 
+// Parameters of attached modules live under "<site>.adapters."; they are not backbone weights.
+bool is_module_param(const std::string& name) { return name.find(".adapters.") != std::string::npos; }
+
 torch::ScalarType default_dtype(const io::ModelConfig& c, const LoadOptions& o) {
   if (o.dtype) return *o.dtype;
   if (!o.device.is_cuda()) return torch::kFloat32;
@@ -43,8 +46,10 @@ LoadReport load_weights(Backbone& model, const io::Checkpoint& ckpt) {
     dst.copy_(src);
     used.insert(key);
   };
-  for (auto& p : model.named_parameters()) assign(p.key(), p.value());
-  for (auto& b : model.named_buffers()) assign(b.key(), b.value());
+  for (auto& p : model.named_parameters())
+    if (!is_module_param(p.key())) assign(p.key(), p.value());
+  for (auto& b : model.named_buffers())
+    if (!is_module_param(b.key())) assign(b.key(), b.value());
   for (const auto& key : ckpt.keys()) {
     if (used.count(key)) continue;
     if (tied.count(key) || tied.count("model." + key)) report.tied_keys.push_back(key);
@@ -66,8 +71,10 @@ std::shared_ptr<Backbone> load_backbone(const std::string& dir, const LoadOption
 
 io::NamedTensors state_dict(Backbone& model) {
   io::NamedTensors out;
-  for (auto& p : model.named_parameters()) out.emplace_back(p.key(), p.value().detach().cpu());
-  for (auto& b : model.named_buffers()) out.emplace_back(b.key(), b.value().detach().cpu());
+  for (auto& p : model.named_parameters())
+    if (!is_module_param(p.key())) out.emplace_back(p.key(), p.value().detach().cpu());
+  for (auto& b : model.named_buffers())
+    if (!is_module_param(b.key())) out.emplace_back(b.key(), b.value().detach().cpu());
   return out;
 }
 

@@ -1,7 +1,9 @@
 // Case kinds and their checks. Kinds that later subsystems implement SKIP until then.
 #include "modula/conformance.h"
 #include "modula/backbone/registry.h"
+#include "modula/io/peft.h"
 #include "modula/io/safetensors.h"
+#include "modula/modules/adapter.h"
 #include "modula/text/tokenizer.h"
 #include "modula/util/fs.h"
 
@@ -110,12 +112,42 @@ CaseResult tokenizers_case(const std::string& dir, const json& spec, const Confo
   return r;
 }
 
+// PEFT adapter folder beside case.json; base model from "base_model" (relative to the case).
+CaseResult adapter_case(const std::string& dir, const json& spec, const ConformanceOptions& o) {
+  CaseResult r;
+  auto peft_type = io::read_peft_folder(dir).peft_type;
+  auto types = supported_peft_types();
+  if (std::find(types.begin(), types.end(), peft_type) == types.end()) {
+    r.status = CaseStatus::Skip;
+    r.detail = "peft_type " + peft_type + " not implemented yet";
+    return r;
+  }
+  auto model = load_backbone(fs::join(dir, spec.at("base_model").get<std::string>()));
+  auto adapter = load_adapter(*model, dir);
+  auto expected = io::SafetensorsFile::open(fs::join(dir, "expected.safetensors"));
+  BackboneInput in;
+  in.input_ids = expected.get("input_ids").clone();
+  in.attention_mask = expected.get("attention_mask").clone();
+  torch::NoGradGuard no_grad;
+  auto out = forward_adapted(*model, adapter, in);
+  auto want = expected.get("logits");
+  auto mask = in.attention_mask;
+  if (want.dim() == 3 && want.size(1) > mask.size(1))  // prompt tuning: virtual positions are compared too
+    mask = torch::cat({torch::ones({mask.size(0), want.size(1) - mask.size(1)}, mask.options()), mask}, 1);
+  bool ok = true;
+  r.max_abs_diff = compare(out.logits, want, want.dim() == 3 ? mask : torch::Tensor(), o, ok, "logits");
+  r.status = ok ? CaseStatus::Pass : CaseStatus::Fail;
+  if (!ok) r.detail = "outside atol/rtol " + std::to_string(o.atol);
+  return r;
+}
+
 using CaseFn = std::function<CaseResult(const std::string&, const json&, const ConformanceOptions&)>;
 
 const std::map<std::string, CaseFn>& case_kinds() {
   static const std::map<std::string, CaseFn> kinds = {
       {"model", model_case},
       {"tokenizers", tokenizers_case},
+      {"adapter", adapter_case},
   };
   return kinds;
 }

@@ -2,6 +2,7 @@
 // names so that outputs match transformers to float rounding.
 #pragma once
 
+#include "modula/backbone/site.h"
 #include "modula/io/hf_config.h"
 
 #include <torch/torch.h>
@@ -24,12 +25,29 @@ class LinearImpl : public torch::nn::Module {
  public:
   explicit LinearImpl(const LinearOptions& options);
   void reset();
-  torch::Tensor forward(const torch::Tensor& x);  // [.., in] -> [.., out]
+  // [.., in] -> [.., out]: the base projection with every attached module applied.
+  torch::Tensor forward(const torch::Tensor& x);
+  // The base projection alone.
+  torch::Tensor base_forward(const torch::Tensor& x) const;
   // The weight as [out, in] whatever the storage layout.
   torch::Tensor weight_out_in() const { return options.conv1d_layout() ? weight.t() : weight; }
+  // Adds delta [out, in] to the weight in place (handles the Conv1D layout).
+  void add_to_weight(const torch::Tensor& delta_out_in);
+
+  // Modules attached by name (no dots); their parameters are named
+  // "<site>.adapters.<name>.<param>". Throws if the name is taken.
+  void attach(const std::string& name, std::shared_ptr<SiteModule> module);
+  void detach(const std::string& name);
+  std::shared_ptr<SiteModule> module(const std::string& name) const;  // nullptr if absent
+  const std::vector<std::string>& module_names() const { return names_; }
 
   LinearOptions options;
   torch::Tensor weight, bias;
+
+ private:
+  std::shared_ptr<torch::nn::Module> adapters_;  // registered lazily as "adapters"
+  std::vector<std::string> names_;
+  std::vector<std::shared_ptr<SiteModule>> modules_;
 };
 TORCH_MODULE(Linear);
 

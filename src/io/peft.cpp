@@ -1,0 +1,44 @@
+#include "modula/io/peft.h"
+#include "modula/util/fs.h"
+
+#include <fstream>
+
+namespace modula::io {
+
+PeftFolder read_peft_folder(const std::string& dir) {
+  PeftFolder f;
+  f.dir = dir;
+  const std::string config_path = fs::join(dir, "adapter_config.json");
+  std::ifstream in(config_path);
+  if (!in) throw std::runtime_error("[peft] cannot open " + config_path);
+  try {
+    f.config = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw std::runtime_error("[peft] " + config_path + ": invalid JSON: " + e.what());
+  }
+  if (!f.config.is_object() || !f.config.contains("peft_type") || !f.config["peft_type"].is_string())
+    throw std::runtime_error("[peft] " + config_path + ": missing string key 'peft_type'");
+  f.peft_type = f.config["peft_type"].get<std::string>();
+  const std::string weights = fs::join(dir, "adapter_model.safetensors");
+  if (!fs::is_file(weights)) {
+    std::string hint = fs::is_file(fs::join(dir, "adapter_model.bin")) ? " (adapter_model.bin is not supported: convert to safetensors)" : "";
+    throw std::runtime_error("[peft] " + weights + ": no such file" + hint);
+  }
+  auto file = SafetensorsFile::open(weights);
+  for (const auto& key : file.keys()) f.tensors[key] = file.get(key);
+  return f;
+}
+
+void write_peft_folder(const std::string& dir, const nlohmann::json& config, const NamedTensors& tensors) {
+  fs::make_dirs(dir);
+  save_safetensors(fs::join(dir, "adapter_model.safetensors"), tensors, {{"format", "pt"}});
+  const std::string tmp = fs::join(dir, "adapter_config.json.tmp");
+  {
+    std::ofstream out(tmp);
+    out << config.dump(2) << "\n";
+    if (!out) throw std::runtime_error("[peft] cannot write " + tmp);
+  }
+  fs::rename(tmp, fs::join(dir, "adapter_config.json"));
+}
+
+}  // namespace modula::io

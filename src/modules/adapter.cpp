@@ -1,0 +1,220 @@
+// PEFT-style adapters: build modules from a config (registry by peft_type), move
+// tensors between PEFT keys and module parameters.
+#include "modula/modules/adapter.h"
+#include "modula/io/peft.h"
+#include "modula/modules/ia3.h"
+#include "modula/modules/lora.h"
+#include "modula/modules/targets.h"
+
+#include <functional>
+#include <set>
+
+namespace modula {
+namespace {
+
+using json = nlohmann::json;
+
+[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("[adapter] " + msg); }
+
+template <typename T>
+T field(const json& c, const char* key, T fallback) {
+  if (!c.contains(key) || c[key].is_null()) return fallback;
+  try {
+    return c[key].get<T>();
+  } catch (const json::exception&) {
+    bad(std::string("config key '") + key + "' has the wrong type (" + c[key].type_name() + ")");
+  }
+}
+
+void build_lora(Backbone& model, Adapter& a) {
+  const auto& c = a.config;
+  if (field<std::string>(c, "bias", "none") != "none") bad("LoRA bias '" + c["bias"].get<std::string>() + "' is not supported (use \"none\")");
+  auto init = c.value("init_lora_weights", json(true));
+  if (!(init.is_boolean() || init == "gaussian")) bad("init_lora_weights " + init.dump() + " is not supported (true, false, \"gaussian\")");
+  json ranks = c.value("rank_pattern", json::object()), alphas = c.value("alpha_pattern", json::object());
+  for (auto& [path, layer] : select_sites(model, c)) {
+    const json* rp = pattern_value(ranks, path);
+    const json* ap = pattern_value(alphas, path);
+    auto o = LoraOptions(layer->options.in_features(), layer->options.out_features())
+                 .r(rp ? rp->get<int64_t>() : field<int64_t>(c, "r", 8))
+                 .alpha(ap ? ap->get<double>() : field<double>(c, "lora_alpha", 8.0))
+                 .dropout(field<double>(c, "lora_dropout", 0.0))
+                 .use_rslora(field<bool>(c, "use_rslora", false))
+                 .use_dora(field<bool>(c, "use_dora", false));
+    auto lora = std::make_shared<LoraImpl>(o);
+    torch::NoGradGuard no_grad;
+    if (init == false) lora->lora_B.normal_(0, 0.02);  // non-identity start, as PEFT's init_lora_weights=False
+    if (init == "gaussian") lora->lora_A.normal_(0, 1.0 / static_cast<double>(o.r()));
+    lora->to(layer->weight.device(), layer->weight.scalar_type());
+    if (o.use_dora()) lora->init_dora_magnitude(*layer);
+    std::map<std::string, std::string> keys = {{"lora_A", "lora_A.weight"}, {"lora_B", "lora_B.weight"}};
+    if (o.use_dora()) keys["lora_magnitude_vector"] = "lora_magnitude_vector";
+    a.modules.push_back({path, layer, lora, keys});
+  }
+}
+
+void build_ia3(Backbone& model, Adapter& a) {
+  json ff = a.config.value("feedforward_modules", json::array());
+  for (auto& [path, layer] : select_sites(model, a.config)) {
+    bool feedforward = !ff.is_null() && matches_target(ff, path);
+    auto ia3 = std::make_shared<Ia3Impl>(
+        Ia3Options(layer->options.in_features(), layer->options.out_features()).feedforward(feedforward));
+    ia3->to(layer->weight.device(), layer->weight.scalar_type());
+    a.modules.push_back({path, layer, ia3, {{"ia3_l", "ia3_l"}}});
+  }
+}
+
+void build_prompt(Backbone& model, Adapter& a) {
+  const auto& c = a.config;
+  std::string init = field<std::string>(c, "prompt_tuning_init", "RANDOM");
+  auto o = PromptTuningOptions(field<int64_t>(c, "num_virtual_tokens", 0), field<int64_t>(c, "token_dim", model.config().hidden_size));
+  if (init == "RANDOM") o.init("random");
+  else if (init == "SAMPLE_VOCAB") o.init("vocab");
+  else if (init == "TEXT") o.init("text").init_token_ids(field<std::vector<int64_t>>(c, "init_token_ids", {}));
+  else bad("prompt_tuning_init '" + init + "' is not supported (RANDOM, SAMPLE_VOCAB, TEXT)");
+  if (field<int64_t>(c, "num_transformer_submodules", 1) != 1) bad("prompt tuning for encoder-decoder models is not supported");
+  a.input = std::make_shared<PromptTuningImpl>(o, model);
+}
+
+void build_prefix(Backbone& model, Adapter& a) {
+  const auto& c = a.config;
+  const auto& mc = model.config();
+  int64_t heads = field<int64_t>(c, "num_attention_heads", mc.num_key_value_heads);
+  int64_t token_dim = field<int64_t>(c, "token_dim", mc.num_key_value_heads * mc.head_dim);
+  if (heads <= 0 || token_dim % heads != 0) bad("prefix token_dim must be a multiple of num_attention_heads");
+  auto o = PrefixTuningOptions(field<int64_t>(c, "num_virtual_tokens", 0), field<int64_t>(c, "num_layers", mc.num_hidden_layers),
+                               heads, token_dim / heads)
+               .projection(field<bool>(c, "prefix_projection", false))
+               .encoder_hidden(field<int64_t>(c, "encoder_hidden_size", 0));
+  auto prefix = std::make_shared<PrefixTuningImpl>(o);
+  prefix->to(model.parameters().front().device());
+  a.input = prefix;
+}
+
+using Builder = std::function<void(Backbone&, Adapter&)>;
+
+const std::map<std::string, Builder>& builders() {
+  static const std::map<std::string, Builder> table = {
+      {"LORA", build_lora}, {"IA3", build_ia3}, {"PROMPT_TUNING", build_prompt}, {"PREFIX_TUNING", build_prefix}};
+  return table;
+}
+
+}  // namespace
+
+std::vector<std::string> supported_peft_types() {
+  std::vector<std::string> names;
+  for (const auto& kv : builders()) names.push_back(kv.first);
+  return names;
+}
+
+std::vector<torch::Tensor> Adapter::parameters() const {
+  std::vector<torch::Tensor> out;
+  for (const auto& m : modules)
+    for (const auto& p : m.module->parameters()) out.push_back(p);
+  if (input)
+    for (const auto& p : input->parameters()) out.push_back(p);
+  return out;
+}
+
+int64_t Adapter::num_trainable() const {
+  int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+void Adapter::merge() {
+  if (input) bad("input modules (" + peft_type + ") cannot be merged into weights");
+  for (auto& m : modules) m.module->merge(*m.layer);
+}
+
+void Adapter::unmerge() {
+  for (auto& m : modules) m.module->unmerge(*m.layer);
+}
+
+void Adapter::set_enabled(bool on) {
+  for (auto& m : modules) m.module->enabled = on;
+}
+
+Adapter add_adapter(Backbone& model, const json& config, const std::string& name) {
+  Adapter a;
+  a.name = name;
+  a.config = config;
+  a.peft_type = field<std::string>(config, "peft_type", "");
+  auto it = builders().find(a.peft_type);
+  if (it == builders().end()) {
+    std::string known;
+    for (const auto& n : supported_peft_types()) known += (known.empty() ? "" : ", ") + n;
+    bad("unknown peft_type '" + a.peft_type + "' (supported: " + known + ")");
+  }
+  it->second(model, a);
+  for (auto& m : a.modules) {
+    m.layer->attach(name, m.module);
+    m.module->train(m.layer->is_training());  // follow the backbone's train/eval mode
+  }
+  return a;
+}
+
+Adapter load_adapter(Backbone& model, const std::string& dir, const std::string& name) {
+  auto folder = io::read_peft_folder(dir);
+  Adapter a = add_adapter(model, folder.config, name);
+  std::set<std::string> used;
+  auto copy = [&](const std::string& key, torch::Tensor dst) {
+    auto it = folder.tensors.find(key);
+    if (it == folder.tensors.end()) bad(dir + ": adapter_model.safetensors has no tensor '" + key + "'");
+    if (it->second.sizes() != dst.sizes())
+      bad(dir + ": tensor '" + key + "' has shape " + c10::str(it->second.sizes()) + ", expected " + c10::str(dst.sizes()));
+    torch::NoGradGuard no_grad;
+    dst.copy_(it->second);
+    used.insert(key);
+  };
+  for (auto& m : a.modules)
+    for (auto& p : m.module->named_parameters(/*recurse=*/false)) copy(io::kPeftPrefix + m.site + "." + m.peft_keys.at(p.key()), p.value());
+  if (auto prefix = std::dynamic_pointer_cast<PrefixTuningImpl>(a.input)) {
+    auto it = folder.tensors.find("prompt_embeddings");
+    if (it == folder.tensors.end()) bad(dir + ": adapter_model.safetensors has no tensor 'prompt_embeddings'");
+    prefix->set_prompt_embeddings(it->second.to(torch::kFloat32));
+    used.insert("prompt_embeddings");
+  } else if (auto prompt = std::dynamic_pointer_cast<PromptTuningImpl>(a.input)) {
+    copy("prompt_embeddings", prompt->embedding);
+  }
+  for (const auto& [key, t] : folder.tensors)
+    if (!used.count(key)) {
+      remove_adapter(a);
+      bad(dir + ": tensor '" + key + "' matches no module of this " + a.peft_type + " config (target_modules " +
+          a.config.value("target_modules", json()).dump() + ")");
+    }
+  return a;
+}
+
+void save_adapter(const Adapter& a, const std::string& dir) {
+  io::NamedTensors tensors;
+  for (const auto& m : a.modules)
+    for (const auto& p : m.module->named_parameters(false))
+      tensors.emplace_back(io::kPeftPrefix + m.site + "." + m.peft_keys.at(p.key()), p.value().detach().cpu().contiguous());
+  if (a.input) tensors.emplace_back("prompt_embeddings", a.input->prompt_embeddings().detach().cpu().contiguous());
+  json config = a.config;
+  config["peft_type"] = a.peft_type;
+  config["inference_mode"] = true;
+  io::write_peft_folder(dir, config, tensors);
+}
+
+void remove_adapter(Adapter& a) {
+  for (auto& m : a.modules) {
+    if (m.module->merged) m.module->unmerge(*m.layer);
+    m.layer->detach(a.name);
+  }
+  a.modules.clear();
+  a.input = nullptr;
+}
+
+void freeze_backbone(Backbone& model) {
+  for (auto& p : model.named_parameters())
+    if (p.key().find(".adapters.") == std::string::npos) p.value().set_requires_grad(false);
+}
+
+BackboneOutput forward_adapted(Backbone& model, const Adapter& adapter, BackboneInput in) {
+  if (!adapter.input) return model.forward(in);
+  return forward_with(model, {adapter.input}, std::move(in));
+}
+
+}  // namespace modula

@@ -1,0 +1,80 @@
+#include "modula/modules/lora.h"
+
+#include <cmath>
+
+namespace modula {
+
+void LoraOptions::validate() const {
+  auto bad = [](const std::string& m) { throw std::invalid_argument("[lora] " + m); };
+  if (in_features() <= 0 || out_features() <= 0) bad("in_features and out_features must be positive");
+  if (r() <= 0) bad("r must be positive (got " + std::to_string(r()) + ")");
+  if (!(dropout() >= 0 && dropout() < 1)) bad("dropout must be in [0, 1)");
+  if (!std::isfinite(alpha())) bad("alpha must be finite");
+}
+
+double LoraOptions::scaling() const {
+  return use_rslora() ? alpha() / std::sqrt(static_cast<double>(r())) : alpha() / static_cast<double>(r());
+}
+
+LoraImpl::LoraImpl(const LoraOptions& options_) : options(options_) {
+  options.validate();
+  reset();
+}
+
+void LoraImpl::reset() {
+  lora_A = register_parameter("lora_A", torch::empty({options.r(), options.in_features()}));
+  lora_B = register_parameter("lora_B", torch::zeros({options.out_features(), options.r()}));
+  torch::NoGradGuard no_grad;
+  torch::nn::init::kaiming_uniform_(lora_A, std::sqrt(5.0));
+  if (options.use_dora()) lora_magnitude_vector = register_parameter("lora_magnitude_vector", torch::ones({options.out_features()}));
+}
+
+void LoraImpl::init_dora_magnitude(const LinearImpl& base) {
+  torch::NoGradGuard no_grad;
+  lora_magnitude_vector.copy_(dora_weight_norm(base));
+}
+
+torch::Tensor LoraImpl::delta_weight() const { return options.scaling() * torch::matmul(lora_B, lora_A); }
+
+torch::Tensor LoraImpl::dora_weight_norm(const LinearImpl& base) const {
+  // PEFT DoRA: the norm is treated as a constant in backprop (Liu et al. 2024, sec. 4.3).
+  auto w = base.weight_out_in() + delta_weight();
+  return w.norm(2, /*dim=*/1).detach();
+}
+
+torch::Tensor LoraImpl::transform_output(const torch::Tensor& x, const torch::Tensor& y, const LinearImpl& base) {
+  auto h = options.dropout() > 0 ? torch::dropout(x, options.dropout(), is_training()) : x;
+  auto lora = torch::nn::functional::linear(torch::nn::functional::linear(h, lora_A), lora_B);
+  if (!options.use_dora()) return y + options.scaling() * lora;
+  // PEFT DoraLinearLayer: (m/||W'|| - 1) · W h + m/||W'|| · s · B A h, bias untouched.
+  auto scale = lora_magnitude_vector / dora_weight_norm(base);
+  auto base_out = torch::nn::functional::linear(h, base.weight_out_in());
+  return y + (scale - 1) * base_out + scale * options.scaling() * lora;
+}
+
+void LoraImpl::merge(LinearImpl& base) {
+  if (merged) throw std::logic_error("[lora] already merged");
+  torch::NoGradGuard no_grad;
+  if (options.use_dora()) {
+    merged_norm_ = dora_weight_norm(base);
+    auto w = base.weight_out_in() + delta_weight();
+    base.add_to_weight((lora_magnitude_vector / merged_norm_).unsqueeze(1) * w - base.weight_out_in());
+  } else {
+    base.add_to_weight(delta_weight());
+  }
+  merged = true;
+}
+
+void LoraImpl::unmerge(LinearImpl& base) {
+  if (!merged) throw std::logic_error("[lora] not merged");
+  torch::NoGradGuard no_grad;
+  if (options.use_dora()) {
+    auto w = base.weight_out_in() * (merged_norm_ / lora_magnitude_vector).unsqueeze(1) - delta_weight();
+    base.add_to_weight(w - base.weight_out_in());
+  } else {
+    base.add_to_weight(-delta_weight());
+  }
+  merged = false;
+}
+
+}  // namespace modula

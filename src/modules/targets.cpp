@@ -1,0 +1,81 @@
+#include "modula/modules/targets.h"
+
+#include <regex>
+
+namespace modula {
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool is_output_head(const std::string& path) {
+  return path == "lm_head" || ends_with(path, ".decoder") || path == "classifier" || ends_with(path, "out_proj") ||
+         path == "score";
+}
+
+// The layer index in paths like "model.layers.3.mlp" / "transformer.h.3.attn" / "encoder.layer.3.x".
+int64_t layer_index(const std::string& path) {
+  static const std::regex re(R"((?:^|\.)(?:layers|h|layer)\.(\d+)(?:\.|$))");
+  std::smatch m;
+  return std::regex_search(path, m, re) ? std::stoll(m[1]) : -1;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::shared_ptr<LinearImpl>>> linear_sites(Backbone& model) {
+  std::vector<std::pair<std::string, std::shared_ptr<LinearImpl>>> sites;
+  for (const auto& item : model.named_modules("", /*include_self=*/false))
+    if (auto linear = std::dynamic_pointer_cast<LinearImpl>(item.value())) sites.emplace_back(item.key(), linear);
+  return sites;
+}
+
+bool matches_target(const nlohmann::json& target, const std::string& path) {
+  if (target.is_string()) {
+    const auto t = target.get<std::string>();
+    if (t == "all-linear") return !is_output_head(path);
+    return std::regex_match(path, std::regex(t));
+  }
+  if (!target.is_array()) throw std::invalid_argument("[targets] target_modules must be a string or a list");
+  for (const auto& entry : target) {
+    const auto t = entry.get<std::string>();
+    if (path == t || ends_with(path, "." + t)) return true;
+  }
+  return false;
+}
+
+std::vector<std::pair<std::string, std::shared_ptr<LinearImpl>>> select_sites(Backbone& model, const nlohmann::json& config) {
+  if (!config.contains("target_modules") || config["target_modules"].is_null())
+    throw std::invalid_argument("[targets] config has no target_modules");
+  const auto& target = config["target_modules"];
+  const nlohmann::json exclude = config.value("exclude_modules", nlohmann::json());
+  std::vector<int64_t> layers;
+  if (config.contains("layers_to_transform") && !config["layers_to_transform"].is_null()) {
+    const auto& l = config["layers_to_transform"];
+    layers = l.is_array() ? l.get<std::vector<int64_t>>() : std::vector<int64_t>{l.get<int64_t>()};
+  }
+  auto all = linear_sites(model);
+  std::vector<std::pair<std::string, std::shared_ptr<LinearImpl>>> chosen;
+  for (auto& site : all) {
+    if (!matches_target(target, site.first)) continue;
+    if (!exclude.is_null() && matches_target(exclude, site.first)) continue;
+    if (!layers.empty() && std::find(layers.begin(), layers.end(), layer_index(site.first)) == layers.end()) continue;
+    chosen.push_back(site);
+  }
+  if (chosen.empty()) {
+    std::string names;
+    for (size_t i = 0; i < all.size() && i < 6; ++i) names += (i ? ", " : "") + all[i].first;
+    throw std::invalid_argument("[targets] target_modules " + target.dump() + " match no linear site (sites look like: " +
+                                names + ")");
+  }
+  return chosen;
+}
+
+const nlohmann::json* pattern_value(const nlohmann::json& patterns, const std::string& path) {
+  if (!patterns.is_object()) return nullptr;
+  for (auto it = patterns.begin(); it != patterns.end(); ++it)
+    if (std::regex_match(path, std::regex("(^|.*\\.)" + it.key() + "$"))) return &it.value();
+  return nullptr;
+}
+
+}  // namespace modula

@@ -1,0 +1,214 @@
+// Computation functions as PEFT-style adapters: identity at init, parameter counts,
+// gradients only into modules, save/load round trip, merge/unmerge, training.
+#include "modula/backbone/registry.h"
+#include "modula/io/peft.h"
+#include "modula/modules/adapter.h"
+#include "modula/modules/lora.h"
+#include "modula/modules/targets.h"
+#include "support/temp_dir.h"
+
+#include <gtest/gtest.h>
+
+using modula::testing::fixture;
+using modula::testing::TempDir;
+using json = nlohmann::json;
+
+namespace {
+
+std::shared_ptr<modula::Backbone> llama() { return modula::load_backbone(fixture("hf/models/llama")); }
+
+modula::BackboneInput batch() {
+  modula::BackboneInput in;
+  in.input_ids = torch::arange(10, 34, torch::kInt64).view({2, 12});
+  in.attention_mask = torch::ones({2, 12}, torch::kInt64);
+  return in;
+}
+
+const std::vector<json>& configs() {
+  static const std::vector<json> all = {
+      {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"target_modules", {"q_proj", "v_proj", "down_proj"}}},
+      {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"use_rslora", true}, {"target_modules", "all-linear"}},
+      {{"peft_type", "LORA"}, {"r", 2}, {"lora_alpha", 4}, {"use_dora", true}, {"target_modules", {"q_proj", "k_proj"}}},
+      {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"target_modules", {"q_proj", "down_proj"}},
+       {"rank_pattern", {{"q_proj", 2}}}, {"alpha_pattern", {{"down_proj", 3}}}},
+      {{"peft_type", "IA3"}, {"target_modules", {"k_proj", "v_proj", "down_proj"}}, {"feedforward_modules", {"down_proj"}}},
+      {{"peft_type", "PROMPT_TUNING"}, {"num_virtual_tokens", 5}, {"token_dim", 64}},
+      {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 3}, {"num_layers", 2}, {"num_attention_heads", 2},
+       {"token_dim", 32}},
+      {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 3}, {"num_layers", 2}, {"num_attention_heads", 2},
+       {"token_dim", 32}, {"prefix_projection", true}, {"encoder_hidden_size", 16}},
+  };
+  return all;
+}
+
+class EachModule : public ::testing::TestWithParam<size_t> {
+ protected:
+  const json& config() { return configs()[GetParam()]; }
+};
+
+// Logits at the real-token positions (prompt tuning prepends virtual ones).
+torch::Tensor real_logits(const torch::Tensor& logits, int64_t T) { return logits.narrow(1, logits.size(1) - T, T); }
+
+TEST_P(EachModule, SiteModulesStartAsIdentity) {
+  auto model = llama();
+  torch::NoGradGuard g;
+  auto before = model->forward(batch()).logits;
+  auto a = modula::add_adapter(*model, config());
+  if (a.input) GTEST_SKIP() << "input composition changes the input by design";
+  EXPECT_TRUE(torch::allclose(modula::forward_adapted(*model, a, batch()).logits, before, 1e-6, 1e-6));
+}
+
+int64_t expected_count(const json& c, modula::Backbone& model) {
+  const auto& mc = model.config();
+  const std::string type = c["peft_type"];
+  if (type == "PROMPT_TUNING") return c["num_virtual_tokens"].get<int64_t>() * mc.hidden_size;
+  if (type == "PREFIX_TUNING") {
+    int64_t n = c["num_virtual_tokens"], td = c["token_dim"], full = mc.num_hidden_layers * 2 * td;
+    if (!c.value("prefix_projection", false)) return n * full;
+    int64_t h = c["encoder_hidden_size"];
+    return n * td + (td * h + h) + (h * full + full);
+  }
+  int64_t total = 0;
+  for (auto& [path, layer] : modula::linear_sites(model)) {
+    if (!modula::matches_target(c["target_modules"], path)) continue;
+    int64_t in = layer->options.in_features(), out = layer->options.out_features();
+    if (type == "IA3") {
+      total += modula::matches_target(c["feedforward_modules"], path) ? in : out;
+      continue;
+    }
+    int64_t r = c["r"];
+    const json ranks = c.value("rank_pattern", json::object());
+    if (auto* rp = modula::pattern_value(ranks, path)) r = rp->get<int64_t>();
+    total += r * (in + out) + (c.value("use_dora", false) ? out : 0);
+  }
+  return total;
+}
+
+TEST_P(EachModule, TrainableCountEqualsFormula) {
+  auto model = llama();
+  auto a = modula::add_adapter(*model, config());
+  EXPECT_EQ(a.num_trainable(), expected_count(config(), *model));
+  EXPECT_GT(a.num_trainable(), 0);
+}
+
+torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& ids) {
+  auto T = ids.size(1);
+  auto l = real_logits(logits, T);
+  return torch::nn::functional::cross_entropy(l.narrow(1, 0, T - 1).reshape({-1, l.size(-1)}),
+                                              ids.narrow(1, 1, T - 1).reshape({-1}));
+}
+
+TEST_P(EachModule, GradientsReachOnlyModuleParameters) {
+  auto model = llama();
+  auto a = modula::add_adapter(*model, config());
+  modula::freeze_backbone(*model);
+  auto in = batch();
+  // Non-zero module outputs, so every module parameter gets a gradient.
+  { torch::NoGradGuard g; for (auto& p : a.parameters()) p.add_(torch::randn_like(p) * 0.01); }
+  lm_loss(modula::forward_adapted(*model, a, in).logits, in.input_ids).backward();
+  for (auto& p : model->named_parameters()) {
+    bool is_module = p.key().find(".adapters.") != std::string::npos;
+    if (is_module) {
+      ASSERT_TRUE(p.value().grad().defined()) << p.key();
+    } else {
+      EXPECT_FALSE(p.value().grad().defined()) << p.key();
+    }
+  }
+  for (auto& p : a.parameters()) {
+    ASSERT_TRUE(p.grad().defined());
+    EXPECT_GT(p.grad().abs().sum().item<double>(), 0);
+  }
+}
+
+TEST_P(EachModule, SaveLoadRoundTrip) {
+  auto model = llama();
+  auto a = modula::add_adapter(*model, config());
+  { torch::NoGradGuard g; for (auto& p : a.parameters()) p.add_(torch::randn_like(p) * 0.05); }
+  TempDir dir;
+  modula::save_adapter(a, dir.path);
+  torch::NoGradGuard g;
+  auto want = modula::forward_adapted(*model, a, batch()).logits;
+  auto fresh = llama();
+  auto b = modula::load_adapter(*fresh, dir.path);
+  EXPECT_TRUE(torch::allclose(modula::forward_adapted(*fresh, b, batch()).logits, want, 1e-5, 1e-5));
+}
+
+TEST_P(EachModule, MergeThenUnmergeRestoresBase) {
+  auto model = llama();
+  auto a = modula::add_adapter(*model, config());
+  if (a.input) {
+    EXPECT_THROW(a.merge(), std::invalid_argument);
+    return;
+  }
+  { torch::NoGradGuard g; for (auto& p : a.parameters()) p.add_(torch::randn_like(p) * 0.05); }
+  std::map<std::string, torch::Tensor> base;
+  for (auto& [k, v] : modula::state_dict(*model)) base[k] = v.clone();
+  torch::NoGradGuard g;
+  auto unmerged = modula::forward_adapted(*model, a, batch()).logits;
+  a.merge();
+  EXPECT_TRUE(torch::allclose(model->forward(batch()).logits, unmerged, 1e-4, 1e-4));
+  a.unmerge();
+  for (auto& [k, v] : modula::state_dict(*model))
+    EXPECT_LT((v - base[k]).abs().max().item<double>(), 1e-6) << k;
+}
+
+TEST_P(EachModule, TrainingLowersLoss) {
+  auto model = llama();
+  auto a = modula::add_adapter(*model, config());
+  modula::freeze_backbone(*model);
+  torch::optim::AdamW opt(a.parameters(), torch::optim::AdamWOptions(3e-2).weight_decay(0));
+  auto in = batch();
+  double first = 0, last = 0;
+  for (int step = 0; step < 25; ++step) {
+    opt.zero_grad();
+    auto loss = lm_loss(modula::forward_adapted(*model, a, in).logits, in.input_ids);
+    loss.backward();
+    opt.step();
+    (step == 0 ? first : last) = loss.item<double>();
+  }
+  EXPECT_LT(last, first * 0.95) << config().dump() << " first " << first << " last " << last;
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, EachModule, ::testing::Range<size_t>(0, 8));
+
+TEST(Adapters, ClearErrors) {
+  auto model = llama();
+  EXPECT_THROW(modula::add_adapter(*model, {{"peft_type", "VERA"}, {"target_modules", {"q_proj"}}}), std::invalid_argument);
+  try {
+    modula::add_adapter(*model, {{"peft_type", "LORA"}, {"target_modules", {"query"}}});
+    FAIL();
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("match no linear site"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(modula::add_adapter(*model, {{"peft_type", "LORA"}, {"r", 0}, {"target_modules", {"q_proj"}}}),
+               std::invalid_argument);
+  EXPECT_THROW(modula::add_adapter(*model, {{"peft_type", "LORA"}, {"r", "four"}, {"target_modules", {"q_proj"}}}),
+               std::invalid_argument);
+  // A file whose tensors do not fit the config.
+  auto a = modula::add_adapter(*model, configs()[0], "x");
+  TempDir dir;
+  modula::save_adapter(a, dir.path);
+  auto cfg = configs()[0];
+  cfg["r"] = 8;
+  modula::io::write_peft_folder(dir.path + "/bad", cfg, {{"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+                                                          torch::zeros({4, 64})}});
+  auto fresh = llama();
+  EXPECT_THROW(modula::load_adapter(*fresh, dir.path + "/bad"), std::invalid_argument);
+  EXPECT_THROW(modula::load_adapter(*fresh, dir.path + "/missing"), std::runtime_error);
+}
+
+TEST(Adapters, TwoAdaptersStackAndDetach) {
+  auto model = llama();
+  torch::NoGradGuard g;
+  auto base = model->forward(batch()).logits;
+  auto a = modula::add_adapter(*model, configs()[0], "a");
+  auto b = modula::add_adapter(*model, configs()[4], "b");
+  for (auto& p : a.parameters()) p.add_(0.05);
+  for (auto& p : b.parameters()) p.mul_(1.1);
+  EXPECT_FALSE(torch::allclose(model->forward(batch()).logits, base));
+  modula::remove_adapter(a);
+  modula::remove_adapter(b);
+  EXPECT_TRUE(torch::allclose(model->forward(batch()).logits, base, 1e-6, 1e-6));
+}
+
+}  // namespace
