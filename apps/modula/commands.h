@@ -10,5 +10,6 @@ void add_tokenize(CLI::App& app);
 void add_generate(CLI::App& app);
 void add_conformance(CLI::App& app);
 void add_quickstart(CLI::App& app);
+void add_export(CLI::App& app);
 
 }  // namespace modula::cli

@@ -1,3 +1,4 @@
+#include "adapters.h"
 #include "commands.h"
 #include "modula/backbone/generate.h"
 #include "modula/backbone/registry.h"
@@ -12,11 +13,13 @@ void add_generate(CLI::App& app) {
   auto* cmd = app.add_subcommand("generate", "Generate text with a causal LM, streaming tokens as they come");
   static std::string model_dir, prompt, tokenizer_path, device = "cpu";
   static std::vector<int64_t> prompt_ids;
+  static std::vector<std::string> adapter_specs;
   static GenerateOptions o;
   static bool ignore_eos = false;
   cmd->add_option("--model,-m", model_dir, "Model folder")->required();
   cmd->add_option("--prompt,-p", prompt, "Prompt text (needs a tokenizer)");
   cmd->add_option("--prompt-ids", prompt_ids, "Prompt as comma-separated ids; prints ids")->delimiter(',');
+  cmd->add_option("--adapter,-a", adapter_specs, "Adapter folder (PEFT or modula format), optionally DIR:SCALE; repeatable");
   cmd->add_option("--tokenizer,-t", tokenizer_path, "Tokenizer file or folder (default: the model folder)");
   cmd->add_option("--max-new-tokens,-n", o.max_new_tokens, "Tokens to generate")->capture_default_str();
   cmd->add_option("--temperature", o.temperature, "0 = greedy")->capture_default_str();
@@ -29,6 +32,12 @@ void add_generate(CLI::App& app) {
     LoadOptions lo;
     lo.device = torch::Device(device);
     auto model = load_backbone(model_dir, lo);
+    auto adapters = load_adapters(*model, adapter_specs);
+    PrepareInput prepare = [&](BackboneInput& in) {
+      KVCache unused;  // generate() supplies the cache
+      for (auto& a : adapters)
+        if (a.input) a.input->prepare(*model, in, unused);
+    };
     std::unique_ptr<text::Tokenizer> tok;
     std::string tpath = tokenizer_path.empty() ? model_dir : tokenizer_path;
     bool has_tokenizer = !tokenizer_path.empty() || fs::exists(fs::join(model_dir, "tokenizer.json")) ||
@@ -50,7 +59,7 @@ void add_generate(CLI::App& app) {
       else std::cout << (first ? "" : " ") << id << std::flush;
       first = false;
       return true;
-    });
+    }, prepare);
     if (stream) std::cout << stream->finish();
     std::cout << "\n";
   });

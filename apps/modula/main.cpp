@@ -10,6 +10,7 @@ int main(int argc, char** argv) {
   modula::cli::add_inspect(app);
   modula::cli::add_tokenize(app);
   modula::cli::add_generate(app);
+  modula::cli::add_export(app);
   modula::cli::add_conformance(app);
   try {
     app.parse(argc, argv);

@@ -32,7 +32,7 @@ int64_t sample_next(const torch::Tensor& logits, const GenerateOptions& o, torch
 }
 
 std::vector<int64_t> generate(Backbone& model, const std::vector<int64_t>& prompt, const GenerateOptions& o,
-                              const std::function<bool(int64_t)>& on_token) {
+                              const std::function<bool(int64_t)>& on_token, const PrepareInput& prepare) {
   o.validate();
   if (!model.causal() || model.head() != Head::CausalLM)
     throw std::invalid_argument("[generate] the model has no causal LM head (" + to_string(model.head()) + ")");
@@ -47,6 +47,7 @@ std::vector<int64_t> generate(Backbone& model, const std::vector<int64_t>& promp
     BackboneInput in;
     in.input_ids = ids;
     in.cache = &cache;
+    if (step == 0 && prepare) prepare(in);
     auto logits = model.forward(in).logits;
     int64_t next = sample_next(logits[0][-1], o, gen);
     out.push_back(next);

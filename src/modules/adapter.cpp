@@ -6,6 +6,7 @@
 #include "modula/modules/lora.h"
 #include "modula/modules/targets.h"
 
+#include <cmath>
 #include <functional>
 #include <set>
 
@@ -133,6 +134,15 @@ void Adapter::unmerge() {
 
 void Adapter::set_enabled(bool on) {
   for (auto& m : modules) m.module->enabled = on;
+}
+
+void Adapter::set_scale(double s) {
+  if (!std::isfinite(s)) bad("scale must be finite");
+  if (input && s != 1.0) bad(peft_type + " adapters have no scale (input composition)");
+  for (auto& m : modules) {
+    if (m.module->merged) bad("unmerge before changing the scale");
+    m.module->scale = s;
+  }
 }
 
 Adapter add_adapter(Backbone& model, const json& config, const std::string& name) {

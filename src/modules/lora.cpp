@@ -34,7 +34,7 @@ void LoraImpl::init_dora_magnitude(const LinearImpl& base) {
   lora_magnitude_vector.copy_(dora_weight_norm(base));
 }
 
-torch::Tensor LoraImpl::delta_weight() const { return options.scaling() * torch::matmul(lora_B, lora_A); }
+torch::Tensor LoraImpl::delta_weight() const { return scale * options.scaling() * torch::matmul(lora_B, lora_A); }
 
 torch::Tensor LoraImpl::dora_weight_norm(const LinearImpl& base) const {
   // PEFT DoRA: the norm is treated as a constant in backprop (Liu et al. 2024, sec. 4.3).
@@ -45,11 +45,11 @@ torch::Tensor LoraImpl::dora_weight_norm(const LinearImpl& base) const {
 torch::Tensor LoraImpl::transform_output(const torch::Tensor& x, const torch::Tensor& y, const LinearImpl& base) {
   auto h = options.dropout() > 0 ? torch::dropout(x, options.dropout(), is_training()) : x;
   auto lora = torch::nn::functional::linear(torch::nn::functional::linear(h, lora_A), lora_B);
-  if (!options.use_dora()) return y + options.scaling() * lora;
+  if (!options.use_dora()) return y + scale * options.scaling() * lora;
   // PEFT DoraLinearLayer: (m/||W'|| - 1) · W h + m/||W'|| · s · B A h, bias untouched.
-  auto scale = lora_magnitude_vector / dora_weight_norm(base);
+  auto mag = lora_magnitude_vector / dora_weight_norm(base);  // m / ||W + s B A||
   auto base_out = torch::nn::functional::linear(h, base.weight_out_in());
-  return y + (scale - 1) * base_out + scale * options.scaling() * lora;
+  return y + (mag - 1) * base_out + mag * scale * options.scaling() * lora;
 }
 
 void LoraImpl::merge(LinearImpl& base) {

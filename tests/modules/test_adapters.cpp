@@ -212,3 +212,36 @@ TEST(Adapters, TwoAdaptersStackAndDetach) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Adapters, MergedExportEqualsAdapterForward) {
+  auto model = llama();
+  auto a = modula::load_adapter(*model, fixture("hf/adapters/llama-lora-dora"));
+  torch::NoGradGuard g;
+  auto want = modula::forward_adapted(*model, a, batch()).logits;
+  a.merge();
+  TempDir dir;
+  modula::save_backbone(*model, dir.path);
+  auto exported = modula::load_backbone(dir.path);
+  EXPECT_TRUE(torch::allclose(exported->forward(batch()).logits, want, 1e-4, 1e-4));
+}
+
+TEST(Adapters, ScaleZeroIsBaseAndScaleOneIsAdapter) {
+  auto model = llama();
+  torch::NoGradGuard g;
+  auto base = model->forward(batch()).logits;
+  for (const char* name : {"llama-lora", "llama-ia3"}) {
+    auto a = modula::load_adapter(*model, fixture(std::string("hf/adapters/") + name));
+    auto full = model->forward(batch()).logits;
+    a.set_scale(0.0);
+    EXPECT_TRUE(torch::allclose(model->forward(batch()).logits, base, 1e-5, 1e-5)) << name;
+    a.set_scale(0.5);
+    auto half = model->forward(batch()).logits;
+    EXPECT_FALSE(torch::allclose(half, base, 1e-4, 1e-4)) << name;
+    EXPECT_FALSE(torch::allclose(half, full, 1e-4, 1e-4)) << name;
+    modula::remove_adapter(a);
+  }
+}
+
+}  // namespace

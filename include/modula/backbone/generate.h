@@ -22,9 +22,12 @@ struct GenerateOptions {
   void validate() const;
 };
 
+// Rewrites the first step's input (prompt/prefix tuning prepend virtual tokens or fill the cache).
+using PrepareInput = std::function<void(BackboneInput&)>;
+
 // Returns the new token ids (prompt excluded). `on_token` returns false to stop early.
 std::vector<int64_t> generate(Backbone& model, const std::vector<int64_t>& prompt, const GenerateOptions& options,
-                              const std::function<bool(int64_t)>& on_token = {});
+                              const std::function<bool(int64_t)>& on_token = {}, const PrepareInput& prepare = {});
 
 // Next-token choice from logits [V] (fp32), exposed for tests.
 int64_t sample_next(const torch::Tensor& logits, const GenerateOptions& options, torch::Generator& gen);

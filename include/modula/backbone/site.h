@@ -33,6 +33,7 @@ class SiteModule : public torch::nn::Module {
   }
 
   bool enabled = true;  // off: the site behaves as if the module were absent
+  double scale = 1.0;   // strength: LoRA scales its delta, (IA)³ interpolates 1 + scale·(l − 1)
   bool merged = false;  // folded into the base weights: skipped in forward
 };
 

@@ -34,6 +34,7 @@ struct Adapter {
   void merge();    // fold every site module into the base weights
   void unmerge();  // and back
   void set_enabled(bool on);
+  void set_scale(double scale);  // per-adapter strength (site modules); 1 = as trained
 };
 
 // Attaches freshly initialised modules described by a PEFT-style config.

@@ -28,6 +28,9 @@ class Ia3Impl : public SiteModule {
 
   Ia3Options options;
   torch::Tensor ia3_l;
+
+ private:
+  torch::Tensor scaled_l() const;
 };
 TORCH_MODULE(Ia3);
 
