@@ -14,3 +14,7 @@ time cmake --build build-cuda -j "$(nproc)"
 build-cuda/apps/modula/modula conformance tests/fixtures | grep -v SKIP
 build-cuda/apps/modula/modula quickstart --out build-cuda/quickstart/tiny-llama
 python3 scripts/hf_check.py build-cuda/quickstart/tiny-llama build-cuda/apps/modula/modula
+# Adapters written by modula load in PEFT unchanged and give the same logits.
+rm -rf build-cuda/peft-interop
+build-cuda/tests/peft_interop tests/fixtures build-cuda/peft-interop
+python3 scripts/peft_check.py tests/fixtures build-cuda/peft-interop
