@@ -17,4 +17,4 @@ python3 scripts/hf_check.py build-cuda/quickstart/tiny-llama build-cuda/apps/mod
 # Adapters written by modula load in PEFT unchanged and give the same logits.
 rm -rf build-cuda/peft-interop
 build-cuda/tests/peft_interop tests/fixtures build-cuda/peft-interop
-python3 scripts/peft_check.py tests/fixtures build-cuda/peft-interop
+python3 scripts/peft_check.py tests/fixtures build-cuda/peft-interop build-cuda/apps/modula/modula
