@@ -245,3 +245,34 @@ TEST(Adapters, ScaleZeroIsBaseAndScaleOneIsAdapter) {
 }
 
 }  // namespace
+
+namespace {
+
+// Incremental decoding with prompt/prefix tuning (first step prepared, then the cache
+// carries the virtual tokens) gives the logits of the full forward.
+TEST(InputModules, KVCacheDecodingEqualsFullForward) {
+  for (const char* name : {"llama-prompt", "llama-prefix", "gpt2-prefix", "qwen2-prompt"}) {
+    std::string arch = std::string(name).substr(0, std::string(name).find('-'));
+    auto model = modula::load_backbone(fixture("hf/models/" + arch));
+    auto a = modula::load_adapter(*model, fixture(std::string("hf/adapters/") + name));
+    torch::NoGradGuard g;
+    auto ids = torch::randint(3, model->config().vocab_size, {2, 8}, torch::kInt64);
+    modula::BackboneInput full;
+    full.input_ids = ids;
+    auto want = modula::forward_adapted(*model, a, full).logits;
+    want = want.narrow(1, want.size(1) - 8, 8);
+    modula::KVCache cache;
+    std::vector<torch::Tensor> steps;
+    for (int64_t t = 0; t < 8; t += t == 0 ? 5 : 1) {
+      int64_t len = t == 0 ? 5 : 1;
+      modula::BackboneInput step;
+      step.input_ids = ids.narrow(1, t, len);
+      step.cache = &cache;
+      auto logits = modula::forward_adapted(*model, a, step).logits;
+      steps.push_back(logits.narrow(1, logits.size(1) - len, len));
+    }
+    EXPECT_LT((torch::cat(steps, 1) - want).abs().max().item<double>(), 1e-5) << name;
+  }
+}
+
+}  // namespace
