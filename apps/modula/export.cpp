@@ -1,4 +1,4 @@
-#include "adapters.h"
+#include "modula/modules/module_folder.h"
 #include "commands.h"
 #include "modula/backbone/registry.h"
 #include "modula/util/fs.h"
@@ -11,18 +11,20 @@ void add_export(CLI::App& app) {
   auto* cmd = app.add_subcommand("export", "Merge adapters into the base weights and write an HF model folder");
   static std::string model_dir, out;
   static std::vector<std::string> adapter_specs;
+  static int64_t task = 0;
   cmd->add_option("--model,-m", model_dir, "Base model folder")->required();
   cmd->add_option("--adapter,-a", adapter_specs, "Adapter folder, optionally DIR:SCALE; repeatable")->required();
   cmd->add_option("--out,-o", out, "Output folder")->required();
+  cmd->add_option("--task", task, "Task row for hypernetwork adapters (MODULA_HYPER_LORA)")->capture_default_str();
   cmd->callback([] {
     auto model = load_backbone(model_dir);
-    auto adapters = load_adapters(*model, adapter_specs);
-    for (auto& a : adapters) a.merge();
+    auto modules = load_module_folders(*model, adapter_specs, task);
+    modules.merge(*model);
     save_backbone(*model, out);
     for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                           "generation_config.json"})
       if (fs::is_file(fs::join(model_dir, f))) fs::copy_file(fs::join(model_dir, f), fs::join(out, f));
-    std::cout << "merged " << adapters.size() << " adapter(s) into " << out << "\n";
+    std::cout << "merged " << modules.size() << " module folder(s) into " << out << "\n";
   });
 }
 

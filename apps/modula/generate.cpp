@@ -1,4 +1,4 @@
-#include "adapters.h"
+#include "modula/modules/module_folder.h"
 #include "commands.h"
 #include "modula/backbone/generate.h"
 #include "modula/backbone/registry.h"
@@ -14,6 +14,7 @@ void add_generate(CLI::App& app) {
   static std::string model_dir, prompt, tokenizer_path, device = "cpu";
   static std::vector<int64_t> prompt_ids;
   static std::vector<std::string> adapter_specs;
+  static int64_t task = 0;
   static GenerateOptions o;
   static bool ignore_eos = false;
   cmd->add_option("--model,-m", model_dir, "Model folder")->required();
@@ -27,15 +28,16 @@ void add_generate(CLI::App& app) {
   cmd->add_option("--top-p", o.top_p, "Nucleus mass (1 = off)")->capture_default_str();
   cmd->add_option("--seed", o.seed, "Sampling seed")->capture_default_str();
   cmd->add_option("--device", device, "cpu or cuda")->capture_default_str();
+  cmd->add_option("--task", task, "Task row for hypernetwork adapters (MODULA_HYPER_LORA)")->capture_default_str();
   cmd->add_flag("--ignore-eos", ignore_eos, "Keep going after the end-of-sequence token");
   cmd->callback([] {
     LoadOptions lo;
     lo.device = torch::Device(device);
     auto model = load_backbone(model_dir, lo);
-    auto adapters = load_adapters(*model, adapter_specs);
+    auto modules = load_module_folders(*model, adapter_specs, task);
     PrepareInput prepare = [&](BackboneInput& in) {
       KVCache unused;  // generate() supplies the cache
-      for (auto& a : adapters)
+      for (auto& a : modules.adapters)
         if (a.input) a.input->prepare(*model, in, unused);
     };
     std::unique_ptr<text::Tokenizer> tok;

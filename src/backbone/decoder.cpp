@@ -9,9 +9,10 @@
 namespace modula::detail {
 namespace {
 
-class AttentionImpl : public torch::nn::Module {
+// Block site "model.layers.N.self_attn": x = input_layernorm output, y = o_proj output.
+class AttentionImpl : public BlockSite {
  public:
-  AttentionImpl(const io::ModelConfig& c, size_t layer) : layer_(layer), heads_(c.num_attention_heads),
+  AttentionImpl(const io::ModelConfig& c, size_t layer) : BlockSite(BlockRole::Attention, c.hidden_size), layer_(layer), heads_(c.num_attention_heads),
       kv_heads_(c.num_key_value_heads), head_dim_(c.head_dim), window_(c.sliding_window.value_or(0)) {
     q_proj = register_module("q_proj", Linear(LinearOptions(c.hidden_size, heads_ * head_dim_).bias(c.qkv_bias)));
     k_proj = register_module("k_proj", Linear(LinearOptions(c.hidden_size, kv_heads_ * head_dim_).bias(c.qkv_bias)));
@@ -36,7 +37,7 @@ class AttentionImpl : public torch::nn::Module {
       v = v.repeat_interleave(rep, 1);
     }
     auto o = compat::attention(q, k, v, mask, 1.0 / std::sqrt(static_cast<double>(head_dim_)));
-    return o_proj(o.transpose(1, 2).reshape({B, T, heads_ * head_dim_}));
+    return adapt(x, o_proj(o.transpose(1, 2).reshape({B, T, heads_ * head_dim_})));
   }
 
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
@@ -48,14 +49,15 @@ class AttentionImpl : public torch::nn::Module {
 TORCH_MODULE(Attention);
 
 // SwiGLU (Shazeer 2020): down(act(gate(x)) * up(x)).
-class MlpImpl : public torch::nn::Module {
+// Block site "model.layers.N.mlp": x = post_attention_layernorm output, y = down_proj output.
+class MlpImpl : public BlockSite {
  public:
-  explicit MlpImpl(const io::ModelConfig& c) : act_(c.hidden_act) {
+  explicit MlpImpl(const io::ModelConfig& c) : BlockSite(BlockRole::FeedForward, c.hidden_size), act_(c.hidden_act) {
     gate_proj = register_module("gate_proj", Linear(LinearOptions(c.hidden_size, c.intermediate_size).bias(c.mlp_bias)));
     up_proj = register_module("up_proj", Linear(LinearOptions(c.hidden_size, c.intermediate_size).bias(c.mlp_bias)));
     down_proj = register_module("down_proj", Linear(LinearOptions(c.intermediate_size, c.hidden_size).bias(c.mlp_bias)));
   }
-  torch::Tensor forward(const torch::Tensor& x) { return down_proj(activation(act_, gate_proj(x)) * up_proj(x)); }
+  torch::Tensor forward(const torch::Tensor& x) { return adapt(x, down_proj(activation(act_, gate_proj(x)) * up_proj(x))); }
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 
  private:

@@ -18,16 +18,21 @@ LayerNorm layer_norm(const io::ModelConfig& c) {
 }
 Linear dense(int64_t in, int64_t out) { return Linear(LinearOptions(in, out)); }
 
+// Block sites (post-LN): "…encoder.layer.N.attention" (x = layer input, y = attention.output.dense
+// output) and "…encoder.layer.N.output" (x = the FFN input a, y = output.dense output), both
+// before their residual add + LayerNorm.
 class LayerImpl : public torch::nn::Module {
  public:
   LayerImpl(const io::ModelConfig& c) : heads_(c.num_attention_heads), head_dim_(c.hidden_size / c.num_attention_heads),
       act_(c.hidden_act) {
+    attention = register_module("attention", std::make_shared<BlockSite>(BlockRole::Attention, c.hidden_size));
     query = register_at(*this, "attention.self.query", dense(c.hidden_size, c.hidden_size).ptr());
     key = register_at(*this, "attention.self.key", dense(c.hidden_size, c.hidden_size).ptr());
     value = register_at(*this, "attention.self.value", dense(c.hidden_size, c.hidden_size).ptr());
     attn_out = register_at(*this, "attention.output.dense", dense(c.hidden_size, c.hidden_size).ptr());
     attn_norm = register_at(*this, "attention.output.LayerNorm", layer_norm(c).ptr());
     intermediate = register_at(*this, "intermediate.dense", dense(c.hidden_size, c.intermediate_size).ptr());
+    ffn = register_module("output", std::make_shared<BlockSite>(BlockRole::FeedForward, c.hidden_size));
     output = register_at(*this, "output.dense", dense(c.intermediate_size, c.hidden_size).ptr());
     output_norm = register_at(*this, "output.LayerNorm", layer_norm(c).ptr());
   }
@@ -37,12 +42,13 @@ class LayerImpl : public torch::nn::Module {
     auto heads = [&](const torch::Tensor& t) { return t.view({B, T, heads_, head_dim_}).transpose(1, 2); };
     auto o = compat::attention(heads(query->forward(x)), heads(key->forward(x)), heads(value->forward(x)), mask,
                                1.0 / std::sqrt(static_cast<double>(head_dim_)));
-    auto a = attn_norm->forward(x + attn_out->forward(o.transpose(1, 2).reshape({B, T, H})));
-    return output_norm->forward(a + output->forward(activation(act_, intermediate->forward(a))));
+    auto a = attn_norm->forward(x + attention->adapt(x, attn_out->forward(o.transpose(1, 2).reshape({B, T, H}))));
+    return output_norm->forward(a + ffn->adapt(a, output->forward(activation(act_, intermediate->forward(a)))));
   }
 
   std::shared_ptr<LinearImpl> query, key, value, attn_out, intermediate, output;
   std::shared_ptr<torch::nn::LayerNormImpl> attn_norm, output_norm;
+  std::shared_ptr<BlockSite> attention, ffn;  // block sites "attention" and "output"
 
  private:
   int64_t heads_, head_dim_;

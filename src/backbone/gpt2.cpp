@@ -11,9 +11,10 @@ namespace {
 
 LinearOptions conv1d(int64_t in, int64_t out) { return LinearOptions(in, out).conv1d_layout(true); }
 
-class AttentionImpl : public torch::nn::Module {
+// Block site "transformer.h.N.attn": x = ln_1 output, y = c_proj output.
+class AttentionImpl : public BlockSite {
  public:
-  AttentionImpl(const io::ModelConfig& c, size_t layer) : layer_(layer), heads_(c.num_attention_heads),
+  AttentionImpl(const io::ModelConfig& c, size_t layer) : BlockSite(BlockRole::Attention, c.hidden_size), layer_(layer), heads_(c.num_attention_heads),
       head_dim_(c.hidden_size / c.num_attention_heads) {
     c_attn = register_module("c_attn", Linear(conv1d(c.hidden_size, 3 * c.hidden_size)));
     c_proj = register_module("c_proj", Linear(conv1d(c.hidden_size, c.hidden_size)));
@@ -28,7 +29,7 @@ class AttentionImpl : public torch::nn::Module {
     auto q = heads(qkv[0]), k = heads(qkv[1]), v = heads(qkv[2]);
     if (cache) std::tie(k, v) = cache->append(layer_, k, v);
     auto o = compat::attention(q, k, v, mask, scale_);
-    return c_proj(o.transpose(1, 2).reshape({B, T, H}));
+    return adapt(x, c_proj(o.transpose(1, 2).reshape({B, T, H})));
   }
 
   Linear c_attn{nullptr}, c_proj{nullptr};
@@ -40,13 +41,14 @@ class AttentionImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Attention);
 
-class MlpImpl : public torch::nn::Module {
+// Block site "transformer.h.N.mlp": x = ln_2 output, y = c_proj output.
+class MlpImpl : public BlockSite {
  public:
-  explicit MlpImpl(const io::ModelConfig& c) : act_(c.hidden_act) {
+  explicit MlpImpl(const io::ModelConfig& c) : BlockSite(BlockRole::FeedForward, c.hidden_size), act_(c.hidden_act) {
     c_fc = register_module("c_fc", Linear(conv1d(c.hidden_size, c.intermediate_size)));
     c_proj = register_module("c_proj", Linear(conv1d(c.intermediate_size, c.hidden_size)));
   }
-  torch::Tensor forward(const torch::Tensor& x) { return c_proj(activation(act_, c_fc(x))); }
+  torch::Tensor forward(const torch::Tensor& x) { return adapt(x, c_proj(activation(act_, c_fc(x)))); }
   Linear c_fc{nullptr}, c_proj{nullptr};
 
  private:

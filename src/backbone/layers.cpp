@@ -4,7 +4,7 @@
 
 namespace modula {
 
-LinearImpl::LinearImpl(const LinearOptions& options_) : options(options_) { reset(); }
+LinearImpl::LinearImpl(const LinearOptions& options_) : SiteHost(SiteKind::Linear), options(options_) { reset(); }
 
 void LinearImpl::reset() {
   auto shape = options.conv1d_layout() ? std::vector<int64_t>{options.in_features(), options.out_features()}
@@ -25,13 +25,13 @@ torch::Tensor LinearImpl::base_forward(const torch::Tensor& x) const {
 }
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
-  if (modules_.empty()) return base_forward(x);
+  if (!has_modules()) return base_forward(x);
   auto in = x;
-  for (auto& m : modules_)
-    if (m->enabled && !m->merged) in = m->transform_input(in);
+  for (auto& m : site_modules())
+    if (m->active()) in = m->transform_input(in);
   auto y = base_forward(in);
-  for (auto& m : modules_)
-    if (m->enabled && !m->merged) y = m->transform_output(x, y, *this);
+  for (auto& m : site_modules())
+    if (m->active()) y = m->transform_output(x, y, *this);
   return y;
 }
 
@@ -40,32 +40,12 @@ void LinearImpl::add_to_weight(const torch::Tensor& delta) {
   weight.add_(options.conv1d_layout() ? delta.t() : delta);
 }
 
-void LinearImpl::attach(const std::string& name, std::shared_ptr<SiteModule> m) {
-  if (name.empty() || name.find('.') != std::string::npos)
-    throw std::invalid_argument("[site] module name '" + name + "' must be non-empty and contain no '.'");
-  if (module(name)) throw std::invalid_argument("[site] a module named '" + name + "' is already attached");
-  if (!adapters_) adapters_ = register_module("adapters", std::make_shared<torch::nn::Module>());
-  adapters_->register_module(name, m);
-  names_.push_back(name);
-  modules_.push_back(std::move(m));
-}
-
-void LinearImpl::detach(const std::string& name) {
-  for (size_t i = 0; i < names_.size(); ++i) {
-    if (names_[i] != name) continue;
-    if (modules_[i]->merged) throw std::invalid_argument("[site] unmerge '" + name + "' before detaching it");
-    adapters_->unregister_module(name);
-    names_.erase(names_.begin() + static_cast<long>(i));
-    modules_.erase(modules_.begin() + static_cast<long>(i));
-    return;
-  }
-  throw std::invalid_argument("[site] no module named '" + name + "' attached");
-}
-
-std::shared_ptr<SiteModule> LinearImpl::module(const std::string& name) const {
-  for (size_t i = 0; i < names_.size(); ++i)
-    if (names_[i] == name) return modules_[i];
-  return nullptr;
+torch::Tensor BlockSite::adapt(const torch::Tensor& x, const torch::Tensor& y) {
+  if (!has_modules()) return y;
+  auto out = y;
+  for (auto& m : site_modules())
+    if (m->active()) out = m->transform_block(x, out);
+  return out;
 }
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {

@@ -2,10 +2,12 @@
 // tensors between PEFT keys and module parameters.
 #include "modula/modules/adapter.h"
 #include "modula/io/peft.h"
+#include "modula/modules/bottleneck.h"
 #include "modula/modules/ia3.h"
 #include "modula/modules/lora.h"
 #include "modula/modules/targets.h"
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <set>
@@ -92,12 +94,54 @@ void build_prefix(Backbone& model, Adapter& a) {
   a.input = prefix;
 }
 
+// The config's target_modules, or else the block sites of the preset's roles by path.
+json bottleneck_targets(Backbone& model, const json& c, const BottleneckPreset& preset) {
+  json targets = c;
+  if (c.contains("target_modules") && !c["target_modules"].is_null()) return targets;
+  targets["target_modules"] = json::array();
+  for (auto& [path, site] : block_sites(model))
+    if (std::find(preset.blocks.begin(), preset.blocks.end(), site->role) != preset.blocks.end())
+      targets["target_modules"].push_back(path);
+  return targets;
+}
+
+// Bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2021; He et al. 2022) on block sites.
+void build_bottleneck(Backbone& model, Adapter& a) {
+  const auto& c = a.config;
+  if (!c.contains("config")) bad("MODULA_BOTTLENECK needs \"config\": \"pfeiffer\", \"houlsby\" or \"parallel\"");
+  const auto& preset = bottleneck_preset(field<std::string>(c, "config", ""));
+  const auto& d = preset.defaults;
+  for (auto& [path, site] : select_block_sites(model, bottleneck_targets(model, c, preset))) {
+    auto o = BottleneckOptions(site->features)
+                 .reduction_factor(field<double>(c, "reduction_factor", d.reduction_factor()))
+                 .non_linearity(field<std::string>(c, "non_linearity", d.non_linearity()))
+                 .residual(field<bool>(c, "residual", d.residual()))
+                 .ln_before(field<bool>(c, "ln_before", d.ln_before()))
+                 .scaling(field<double>(c, "scaling", d.scaling()))
+                 .mode(d.mode());
+    auto module = std::make_shared<BottleneckImpl>(o);
+    auto p = site->parameters().front();
+    module->to(p.device(), p.scalar_type());
+    std::map<std::string, std::string> keys;
+    for (const auto& param : module->named_parameters()) keys[param.key()] = param.key();
+    a.modules.push_back({path, nullptr, module, keys, site});
+  }
+}
+
 using Builder = std::function<void(Backbone&, Adapter&)>;
 
 const std::map<std::string, Builder>& builders() {
   static const std::map<std::string, Builder> table = {
-      {"LORA", build_lora}, {"IA3", build_ia3}, {"PROMPT_TUNING", build_prompt}, {"PREFIX_TUNING", build_prefix}};
+      {"LORA", build_lora}, {"IA3", build_ia3}, {"PROMPT_TUNING", build_prompt}, {"PREFIX_TUNING", build_prefix},
+      {"MODULA_BOTTLENECK", build_bottleneck}};
   return table;
+}
+
+// "base_model.model.<site>.<suffix>" for a module parameter.
+std::string peft_key(const AttachedModule& m, const std::string& param) {
+  auto it = m.peft_keys.find(param);
+  if (it == m.peft_keys.end()) bad("module parameter '" + param + "' at " + m.site + " has no PEFT key");
+  return io::kPeftPrefix + m.site + "." + it->second;
 }
 
 }  // namespace
@@ -125,11 +169,15 @@ int64_t Adapter::num_trainable() const {
 
 void Adapter::merge() {
   if (input) bad("input modules (" + peft_type + ") cannot be merged into weights");
+  for (auto& m : modules)
+    if (!m.module->mergeable() || !m.layer)
+      bad(peft_type + " modules are non-linear (site " + m.site + ") and cannot be merged into weights");
   for (auto& m : modules) m.module->merge(*m.layer);
 }
 
 void Adapter::unmerge() {
-  for (auto& m : modules) m.module->unmerge(*m.layer);
+  for (auto& m : modules)
+    if (m.layer) m.module->unmerge(*m.layer);  // block-site modules are never merged
 }
 
 void Adapter::set_enabled(bool on) {
@@ -158,8 +206,8 @@ Adapter add_adapter(Backbone& model, const json& config, const std::string& name
   }
   it->second(model, a);
   for (auto& m : a.modules) {
-    m.layer->attach(name, m.module);
-    m.module->train(m.layer->is_training());  // follow the backbone's train/eval mode
+    if (!m.host) m.host = m.layer;
+    m.host->attach(name, m.module);  // follows the backbone's train/eval mode
   }
   return a;
 }
@@ -178,7 +226,7 @@ Adapter load_adapter(Backbone& model, const std::string& dir, const std::string&
     used.insert(key);
   };
   for (auto& m : a.modules)
-    for (auto& p : m.module->named_parameters(/*recurse=*/false)) copy(io::kPeftPrefix + m.site + "." + m.peft_keys.at(p.key()), p.value());
+    for (auto& p : m.module->named_parameters()) copy(peft_key(m, p.key()), p.value());
   if (auto prefix = std::dynamic_pointer_cast<PrefixTuningImpl>(a.input)) {
     auto it = folder.tensors.find("prompt_embeddings");
     if (it == folder.tensors.end()) bad(dir + ": adapter_model.safetensors has no tensor 'prompt_embeddings'");
@@ -199,8 +247,8 @@ Adapter load_adapter(Backbone& model, const std::string& dir, const std::string&
 void save_adapter(const Adapter& a, const std::string& dir) {
   io::NamedTensors tensors;
   for (const auto& m : a.modules)
-    for (const auto& p : m.module->named_parameters(false))
-      tensors.emplace_back(io::kPeftPrefix + m.site + "." + m.peft_keys.at(p.key()), p.value().detach().cpu().contiguous());
+    for (const auto& p : m.module->named_parameters())
+      tensors.emplace_back(peft_key(m, p.key()), p.value().detach().cpu().contiguous());
   if (a.input) tensors.emplace_back("prompt_embeddings", a.input->prompt_embeddings().detach().cpu().contiguous());
   json config = a.config;
   config["peft_type"] = a.peft_type;
@@ -211,7 +259,7 @@ void save_adapter(const Adapter& a, const std::string& dir) {
 void remove_adapter(Adapter& a) {
   for (auto& m : a.modules) {
     if (m.module->merged) m.module->unmerge(*m.layer);
-    m.layer->detach(a.name);
+    m.host->detach(a.name);
   }
   a.modules.clear();
   a.input = nullptr;

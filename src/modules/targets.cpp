@@ -1,5 +1,6 @@
 #include "modula/modules/targets.h"
 
+#include <algorithm>
 #include <regex>
 
 namespace modula {
@@ -21,13 +22,55 @@ int64_t layer_index(const std::string& path) {
   return std::regex_search(path, m, re) ? std::stoll(m[1]) : -1;
 }
 
+template <typename Site>
+using Sites = std::vector<std::pair<std::string, std::shared_ptr<Site>>>;
+
+template <typename Site>
+Sites<Site> sites_of(Backbone& model) {
+  Sites<Site> sites;
+  for (const auto& item : model.named_modules("", /*include_self=*/false))
+    if (auto site = std::dynamic_pointer_cast<Site>(item.value())) sites.emplace_back(item.key(), site);
+  return sites;
+}
+
+std::vector<int64_t> layers_to_transform(const nlohmann::json& config) {
+  if (!config.contains("layers_to_transform") || config["layers_to_transform"].is_null()) return {};
+  const auto& l = config["layers_to_transform"];
+  return l.is_array() ? l.get<std::vector<int64_t>>() : std::vector<int64_t>{l.get<int64_t>()};
+}
+
+// PEFT's selection over `all`; `kind` names the sites in the error message.
+template <typename Site>
+Sites<Site> select(const Sites<Site>& all, const nlohmann::json& config, const std::string& kind) {
+  if (!config.contains("target_modules") || config["target_modules"].is_null())
+    throw std::invalid_argument("[targets] config has no target_modules");
+  const auto& target = config["target_modules"];
+  const nlohmann::json exclude = config.value("exclude_modules", nlohmann::json());
+  const auto layers = layers_to_transform(config);
+  Sites<Site> chosen;
+  for (auto& site : all) {
+    if (!matches_target(target, site.first)) continue;
+    if (!exclude.is_null() && matches_target(exclude, site.first)) continue;
+    if (!layers.empty() && std::find(layers.begin(), layers.end(), layer_index(site.first)) == layers.end()) continue;
+    chosen.push_back(site);
+  }
+  if (chosen.empty()) {
+    std::string names;
+    for (size_t i = 0; i < all.size() && i < 6; ++i) names += (i ? ", " : "") + all[i].first;
+    throw std::invalid_argument("[targets] target_modules " + target.dump() + " match no " + kind +
+                                " site (sites look like: " + names + ")");
+  }
+  return chosen;
+}
+
 }  // namespace
 
 std::vector<std::pair<std::string, std::shared_ptr<LinearImpl>>> linear_sites(Backbone& model) {
-  std::vector<std::pair<std::string, std::shared_ptr<LinearImpl>>> sites;
-  for (const auto& item : model.named_modules("", /*include_self=*/false))
-    if (auto linear = std::dynamic_pointer_cast<LinearImpl>(item.value())) sites.emplace_back(item.key(), linear);
-  return sites;
+  return sites_of<LinearImpl>(model);
+}
+
+std::vector<std::pair<std::string, std::shared_ptr<BlockSite>>> block_sites(Backbone& model) {
+  return sites_of<BlockSite>(model);
 }
 
 bool matches_target(const nlohmann::json& target, const std::string& path) {
@@ -45,30 +88,12 @@ bool matches_target(const nlohmann::json& target, const std::string& path) {
 }
 
 std::vector<std::pair<std::string, std::shared_ptr<LinearImpl>>> select_sites(Backbone& model, const nlohmann::json& config) {
-  if (!config.contains("target_modules") || config["target_modules"].is_null())
-    throw std::invalid_argument("[targets] config has no target_modules");
-  const auto& target = config["target_modules"];
-  const nlohmann::json exclude = config.value("exclude_modules", nlohmann::json());
-  std::vector<int64_t> layers;
-  if (config.contains("layers_to_transform") && !config["layers_to_transform"].is_null()) {
-    const auto& l = config["layers_to_transform"];
-    layers = l.is_array() ? l.get<std::vector<int64_t>>() : std::vector<int64_t>{l.get<int64_t>()};
-  }
-  auto all = linear_sites(model);
-  std::vector<std::pair<std::string, std::shared_ptr<LinearImpl>>> chosen;
-  for (auto& site : all) {
-    if (!matches_target(target, site.first)) continue;
-    if (!exclude.is_null() && matches_target(exclude, site.first)) continue;
-    if (!layers.empty() && std::find(layers.begin(), layers.end(), layer_index(site.first)) == layers.end()) continue;
-    chosen.push_back(site);
-  }
-  if (chosen.empty()) {
-    std::string names;
-    for (size_t i = 0; i < all.size() && i < 6; ++i) names += (i ? ", " : "") + all[i].first;
-    throw std::invalid_argument("[targets] target_modules " + target.dump() + " match no linear site (sites look like: " +
-                                names + ")");
-  }
-  return chosen;
+  return select(linear_sites(model), config, "linear");
+}
+
+std::vector<std::pair<std::string, std::shared_ptr<BlockSite>>> select_block_sites(Backbone& model,
+                                                                                   const nlohmann::json& config) {
+  return select(block_sites(model), config, "block");
 }
 
 const nlohmann::json* pattern_value(const nlohmann::json& patterns, const std::string& path) {

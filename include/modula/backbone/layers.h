@@ -21,7 +21,7 @@ struct LinearOptions {
   TORCH_ARG(bool, conv1d_layout) = false;
 };
 
-class LinearImpl : public torch::nn::Module {
+class LinearImpl : public torch::nn::Module, public SiteHost {
  public:
   explicit LinearImpl(const LinearOptions& options);
   void reset();
@@ -34,22 +34,28 @@ class LinearImpl : public torch::nn::Module {
   // Adds delta [out, in] to the weight in place (handles the Conv1D layout).
   void add_to_weight(const torch::Tensor& delta_out_in);
 
-  // Modules attached by name (no dots); their parameters are named
-  // "<site>.adapters.<name>.<param>". Throws if the name is taken.
-  void attach(const std::string& name, std::shared_ptr<SiteModule> module);
-  void detach(const std::string& name);
-  std::shared_ptr<SiteModule> module(const std::string& name) const;  // nullptr if absent
-  const std::vector<std::string>& module_names() const { return names_; }
-
+  // attach/detach/module/module_names come from SiteHost.
   LinearOptions options;
   torch::Tensor weight, bias;
-
- private:
-  std::shared_ptr<torch::nn::Module> adapters_;  // registered lazily as "adapters"
-  std::vector<std::string> names_;
-  std::vector<std::shared_ptr<SiteModule>> modules_;
 };
 TORCH_MODULE(Linear);
+
+// Which sub-layer a block site is: the attention block or the feed-forward block.
+enum class BlockRole { Attention, FeedForward };
+
+// A sub-layer block as a site (see site.h): x is the sub-layer input (after the pre-LN
+// for pre-LN models), y its output before the residual add, both [.., features].
+// Families derive their attention/MLP modules from it, or register a bare BlockSite
+// where the HF path has no module of its own.
+class BlockSite : public torch::nn::Module, public SiteHost {
+ public:
+  BlockSite(BlockRole block_role, int64_t hidden) : SiteHost(SiteKind::Block), role(block_role), features(hidden) {}
+  // y ← block(x, y) for each active module; y itself when none is attached.
+  torch::Tensor adapt(const torch::Tensor& x, const torch::Tensor& y);
+
+  BlockRole role;
+  int64_t features;  // hidden size H
+};
 
 // RMSNorm (Zhang & Sennrich 2019), HF LlamaRMSNorm: w * x / sqrt(mean(x^2) + eps), in fp32.
 class RMSNormImpl : public torch::nn::Module {

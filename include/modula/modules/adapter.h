@@ -1,6 +1,7 @@
 // An adapter: one named set of modules of one type attached to a backbone (PEFT's
 // unit of save/load). Module types register by peft_type: LORA (incl. rsLoRA, DoRA,
-// rank/alpha patterns), IA3, PROMPT_TUNING, PREFIX_TUNING.
+// rank/alpha patterns), IA3, PROMPT_TUNING, PREFIX_TUNING, and modula's own
+// MODULA_BOTTLENECK (bottleneck adapters on block sites, docs/module-formats.md).
 //
 //   auto a = modula::load_adapter(*model, "adapters/sst2");        // PEFT folder
 //   auto out = modula::forward_adapted(*model, a, input);
@@ -16,10 +17,11 @@
 namespace modula {
 
 struct AttachedModule {
-  std::string site;                       // HF path of the Linear site
-  std::shared_ptr<LinearImpl> layer;
+  std::string site;                       // HF path of the site
+  std::shared_ptr<LinearImpl> layer;      // the Linear site; null for block sites
   std::shared_ptr<SiteModule> module;
-  std::map<std::string, std::string> peft_keys;  // module parameter -> PEFT key suffix
+  std::map<std::string, std::string> peft_keys;  // module parameter (recursive name) -> PEFT key suffix
+  std::shared_ptr<SiteHost> host = nullptr;  // where the module attaches; add_adapter fills it from `layer` if unset
 };
 
 struct Adapter {

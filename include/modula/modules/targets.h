@@ -3,6 +3,7 @@
 //   a list matches a site whose path equals an entry or ends with "." + entry;
 //   "all-linear" matches every linear site but the output head.
 // layers_to_transform restricts to the given layer indices.
+// The same rules pick block sites ("model.layers.0.mlp", "bert.encoder.layer.0.output").
 #pragma once
 
 #include "modula/backbone/backbone.h"
@@ -21,6 +22,13 @@ bool matches_target(const nlohmann::json& target_modules, const std::string& pat
 // layers_to_transform). Throws std::invalid_argument listing a few site names when
 // nothing matches.
 std::vector<std::pair<std::string, std::shared_ptr<LinearImpl>>> select_sites(Backbone& model, const nlohmann::json& config);
+
+// Every block site (attention / feed-forward sub-layer) by HF path, in module order.
+std::vector<std::pair<std::string, std::shared_ptr<BlockSite>>> block_sites(Backbone& model);
+
+// The block sites a config selects, by the rules of select_sites.
+std::vector<std::pair<std::string, std::shared_ptr<BlockSite>>> select_block_sites(Backbone& model,
+                                                                                   const nlohmann::json& config);
 
 // PEFT rank_pattern / alpha_pattern lookup: the first key k with path matching
 // "(^|.*\.)k$"; nullptr if none.

@@ -1,0 +1,678 @@
+// Sparse fine-tuning: SparseDiff (θ = θ₀ + φ with a fixed mask), composition, LT-SFT
+// (Ansell et al. 2022, "Composable Sparse Fine-Tuning for Cross-Lingual Transfer") and the
+// MODULA_SPARSE_FT folder format.
+#include "modula/modules/sparse_ft.h"
+#include "modula/backbone/layers.h"
+#include "modula/io/peft.h"
+#include "modula/util/fs.h"
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <regex>
+#include <set>
+#include <unordered_set>
+
+namespace modula {
+namespace {
+
+using json = nlohmann::json;
+const char* const kSparseType = "MODULA_SPARSE_FT";
+
+[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("[sparse_ft] " + msg); }
+
+bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) { return c10::str(c10::IntArrayRef(shape)); }
+
+int64_t numel_of(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (auto d : shape) n *= d;
+  return n;
+}
+
+// Parameters of attached modules live under "<site>.adapters."; they are not backbone weights.
+bool is_module_param(const std::string& name) { return name.find(".adapters.") != std::string::npos; }
+
+struct Matcher {
+  std::string pattern;
+  bool is_regex = false;
+  std::regex re;
+  bool match(const std::string& name) const {
+    if (is_regex) return std::regex_match(name, re);
+    return name == pattern || ends_with(name, "." + pattern);
+  }
+};
+
+std::vector<Matcher> compile(const std::vector<std::string>& patterns, const std::string& tag, const std::string& field) {
+  std::vector<Matcher> out;
+  for (const auto& p : patterns) {
+    Matcher m;
+    m.pattern = p;
+    if (p.empty()) throw std::invalid_argument(tag + " " + field + " has an empty pattern");
+    if (starts_with(p, "re:")) {
+      m.is_regex = true;
+      try {
+        m.re = std::regex(p.substr(3));
+      } catch (const std::regex_error& e) {
+        throw std::invalid_argument(tag + " " + field + " pattern '" + p + "' is not a valid regex: " + e.what());
+      }
+    }
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+// Parameters claimed by an attached diff (one attached diff per parameter).
+std::mutex& claims_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::set<const void*>& claims() {
+  static std::set<const void*> s;
+  return s;
+}
+
+torch::Tensor find_param(torch::OrderedDict<std::string, torch::Tensor>& params, const Backbone& model,
+                         const std::string& name, const std::vector<int64_t>& shape) {
+  auto* p = params.find(name);
+  if (!p || is_module_param(name))
+    bad("parameter '" + name + "' is not in the " + model.config().model_type + " model");
+  if (p->sizes().vec() != shape)
+    bad("parameter '" + name + "' has shape " + c10::str(p->sizes()) + ", the diff was made for " + shape_str(shape));
+  return *p;
+}
+
+// Sorts indices (values along) and sums the values of repeated indices.
+std::pair<torch::Tensor, torch::Tensor> coalesce(const torch::Tensor& indices, const torch::Tensor& values) {
+  auto sorted = indices.sort();
+  auto v = values.index_select(0, std::get<1>(sorted));
+  auto uniq = torch::unique_consecutive(std::get<0>(sorted), /*return_inverse=*/true);
+  auto u = std::get<0>(uniq);
+  return {u, torch::zeros({u.size(0)}, v.options()).index_add_(0, std::get<1>(uniq), v)};
+}
+
+struct Chosen {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+
+// Splits sorted flat indices over the concatenation of `params` into per-parameter entries
+// of `diff`; `values_of(i, local)` gives the values of parameter i at local indices.
+template <typename ValuesOf>
+void add_split(SparseDiffImpl& diff, const std::vector<Chosen>& params, const torch::Tensor& global_sorted,
+               torch::Device device, ValuesOf values_of) {
+  auto g = global_sorted.to(torch::kCPU).contiguous();
+  const int64_t* data = g.data_ptr<int64_t>();
+  const int64_t n = g.numel();
+  int64_t offset = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const int64_t size = numel_of(params[i].shape);
+    const int64_t lo = std::lower_bound(data, data + n, offset) - data;
+    const int64_t hi = std::lower_bound(data, data + n, offset + size) - data;
+    offset += size;
+    if (hi == lo) continue;
+    auto local = (g.slice(0, lo, hi) - (offset - size)).to(device);
+    diff.add(params[i].name, params[i].shape, local, values_of(i, local));
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- selection
+
+bool matches_parameter(const std::string& pattern, const std::string& name) {
+  return compile({pattern}, "[sparse_ft]", "pattern").front().match(name);
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> select_parameters(Backbone& model,
+                                                                     const std::vector<std::string>& targets,
+                                                                     const std::vector<std::string>& exclude,
+                                                                     const std::string& tag) {
+  if (targets.empty()) throw std::invalid_argument(tag + " target_parameters is empty");
+  const auto want = compile(targets, tag, "target_parameters");
+  const auto skip = compile(exclude, tag, "exclude_parameters");
+  std::vector<bool> used(want.size(), false);
+  std::vector<std::pair<std::string, torch::Tensor>> chosen;
+  std::vector<std::string> names;
+  for (const auto& p : model.named_parameters()) {
+    if (is_module_param(p.key())) continue;
+    names.push_back(p.key());
+    bool hit = false;
+    for (size_t i = 0; i < want.size(); ++i)
+      if (want[i].match(p.key())) hit = used[i] = true;
+    if (!hit || std::any_of(skip.begin(), skip.end(), [&](const Matcher& m) { return m.match(p.key()); })) continue;
+    chosen.emplace_back(p.key(), p.value());
+  }
+  auto examples = [&] {
+    std::string s;
+    for (size_t i = 0; i < names.size() && i < 4; ++i) s += (i ? ", " : "") + names[i];
+    return s + (names.size() > 4 ? ", ..." : "");
+  };
+  for (size_t i = 0; i < want.size(); ++i)
+    if (!used[i])
+      throw std::invalid_argument(tag + " target_parameters pattern '" + want[i].pattern + "' matches no parameter of the " +
+                                  model.config().model_type + " model (names look like " + examples() + ")");
+  if (chosen.empty()) throw std::invalid_argument(tag + " exclude_parameters leave no target parameter");
+  return chosen;
+}
+
+// ---------------------------------------------------------------- options
+
+void SparseDiffOptions::validate() const {
+  if (target_parameters_.empty()) bad("target_parameters must name at least one parameter pattern");
+  compile(target_parameters_, "[sparse_ft]", "target_parameters");
+  compile(exclude_parameters_, "[sparse_ft]", "exclude_parameters");
+  if (k_ < 0) bad("k must be >= 0 (0 = use density), got " + std::to_string(k_));
+  if (k_ == 0 && !(density_ > 0.0 && density_ <= 1.0))
+    bad("density must be in (0, 1], got " + c10::str(density_));
+}
+
+int64_t SparseDiffOptions::num_entries(int64_t total) const {
+  const int64_t K = k_ > 0 ? k_ : std::max<int64_t>(1, std::llround(density_ * static_cast<double>(total)));
+  if (K > total) bad("k = " + std::to_string(K) + " exceeds the " + std::to_string(total) + " chosen entries");
+  return K;
+}
+
+void LtSftOptions::validate() const {
+  if (full_steps_ < 1) bad("full_steps must be >= 1, got " + std::to_string(full_steps_));
+  if (sparse_steps_ < 0) bad("sparse_steps must be >= 0, got " + std::to_string(sparse_steps_));
+  if (!(lr_ > 0.0) || !std::isfinite(lr_)) bad("lr must be > 0, got " + c10::str(lr_));
+  if (weight_decay_ < 0.0) bad("weight_decay must be >= 0, got " + c10::str(weight_decay_));
+  if (max_grad_norm_ < 0.0) bad("max_grad_norm must be >= 0, got " + c10::str(max_grad_norm_));
+}
+
+// ---------------------------------------------------------------- SparseDiff
+
+SparseDiffImpl::SparseDiffImpl(SparseDiffOptions options_) : options(std::move(options_)) {}
+
+SparseDiffImpl::~SparseDiffImpl() {
+  try {
+    detach();
+  } catch (...) {  // a destructor must not throw; detach() only fails on a broken tensor
+  }
+}
+
+void SparseDiffImpl::add(const std::string& name, std::vector<int64_t> shape, torch::Tensor indices,
+                         torch::Tensor values) {
+  if (attached()) throw std::logic_error("[sparse_ft] add() while attached: detach() first");
+  if (name.empty() || name.front() == '.' || name.back() == '.' || name.find("..") != std::string::npos)
+    bad("invalid parameter name '" + name + "'");
+  if (contains(name)) bad("parameter '" + name + "' added twice");
+  if (!indices.defined() || indices.dim() != 1) bad("indices of '" + name + "' must be a 1-D tensor");
+  if (indices.is_floating_point() || indices.scalar_type() == torch::kBool)
+    bad("indices of '" + name + "' must be integers");
+  auto idx = indices.detach().to(torch::kInt64);
+  auto val = values.defined() ? values.detach().to(idx.device(), torch::kFloat32)
+                              : torch::zeros({idx.numel()}, idx.options().dtype(torch::kFloat32));
+  if (val.dim() != 1 || val.numel() != idx.numel())
+    bad("values of '" + name + "' have shape " + c10::str(val.sizes()) + ", expected [" + std::to_string(idx.numel()) + "]");
+  const int64_t n = numel_of(shape);
+  if (idx.numel() > 0 && (idx.min().item<int64_t>() < 0 || idx.max().item<int64_t>() >= n))
+    bad("indices of '" + name + "' out of range [0, " + std::to_string(n) + ") for shape " + shape_str(shape));
+  auto sorted = idx.sort();
+  idx = std::get<0>(sorted).contiguous();
+  val = val.index_select(0, std::get<1>(sorted)).contiguous();
+  if (idx.numel() > 1 && !(idx.slice(0, 1) > idx.slice(0, 0, -1)).all().item<bool>())
+    bad("indices of '" + name + "' repeat an entry");
+  auto holder = register_at(*this, name, std::make_shared<torch::nn::Module>());
+  Entry e;
+  e.name = name;
+  e.shape = std::move(shape);
+  e.indices = holder->register_buffer("sft_indices", idx);
+  e.values = holder->register_parameter("sft_values", val);
+  entries_.push_back(std::move(e));
+}
+
+std::vector<std::string> SparseDiffImpl::names() const {
+  std::vector<std::string> out;
+  for (const auto& e : entries_) out.push_back(e.name);
+  return out;
+}
+
+bool SparseDiffImpl::contains(const std::string& name) const {
+  return std::any_of(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.name == name; });
+}
+
+const SparseDiffImpl::Entry& SparseDiffImpl::entry(const std::string& name) const {
+  for (const auto& e : entries_)
+    if (e.name == name) return e;
+  bad("the diff has no parameter '" + name + "'");
+}
+
+torch::Tensor SparseDiffImpl::indices(const std::string& name) const { return entry(name).indices; }
+torch::Tensor SparseDiffImpl::values(const std::string& name) const { return entry(name).values; }
+const std::vector<int64_t>& SparseDiffImpl::shape(const std::string& name) const { return entry(name).shape; }
+
+torch::Tensor SparseDiffImpl::dense(const std::string& name) const {
+  const auto& e = entry(name);
+  auto out = torch::zeros(e.shape, e.values.options());
+  return out.put_(e.indices, e.values);
+}
+
+int64_t SparseDiffImpl::num_trainable() const {
+  int64_t n = 0;
+  for (const auto& e : entries_) n += e.values.numel();
+  return n;
+}
+
+int64_t SparseDiffImpl::num_chosen() const {
+  int64_t n = 0;
+  for (const auto& e : entries_) n += numel_of(e.shape);
+  return n;
+}
+
+void SparseDiffImpl::add_scaled(Backbone& model, double scale) {
+  if (attached()) throw std::logic_error("[sparse_ft] apply()/remove() while attached: detach() first");
+  auto params = model.named_parameters();
+  std::vector<torch::Tensor> targets;
+  for (const auto& e : entries_) targets.push_back(find_param(params, model, e.name, e.shape));  // check all first
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    auto& p = targets[i];
+    const auto& e = entries_[i];
+    p.put_(e.indices.to(p.device()), (e.values * scale).to(p.options()), /*accumulate=*/true);
+  }
+}
+
+void SparseDiffImpl::apply(Backbone& model, double scale) { add_scaled(model, scale); }
+void SparseDiffImpl::remove(Backbone& model, double scale) { add_scaled(model, -scale); }
+
+void SparseDiffImpl::merge(Backbone& model) {
+  if (model_ == &model) detach();
+  add_scaled(model, 1.0);
+}
+
+void SparseDiffImpl::attach(Backbone& model) {
+  if (attached()) throw std::logic_error("[sparse_ft] attach(): the diff is already attached");
+  auto params = model.named_parameters();
+  std::vector<Attached> list;
+  for (const auto& e : entries_) {
+    auto p = find_param(params, model, e.name, e.shape);
+    if (!p.is_leaf()) throw std::logic_error("[sparse_ft] attach(): parameter '" + e.name + "' is not a leaf tensor");
+    list.push_back({&e, p, torch::Tensor(), p.requires_grad()});
+  }
+  {
+    std::lock_guard<std::mutex> lock(claims_mutex());
+    for (const auto& a : list)
+      if (claims().count(a.param.unsafeGetTensorImpl()))
+        throw std::logic_error("[sparse_ft] attach(): parameter '" + a.entry->name + "' already has an attached diff");
+    for (const auto& a : list) claims().insert(a.param.unsafeGetTensorImpl());
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& a : list) {
+    a.base = a.param.take(a.entry->indices.to(a.param.device())).clone();
+    a.param.set_requires_grad(false);  // frozen: autograd forbids in-place writes to leaves that require grad
+  }
+  attached_ = std::move(list);
+  model_ = &model;
+  torch::AutoGradMode grad(true);
+  refresh();
+}
+
+void SparseDiffImpl::refresh() {
+  if (!attached()) throw std::logic_error("[sparse_ft] refresh() needs attach(model) first");
+  for (auto& a : attached_) {
+    a.param.detach_();  // drop the previous step's graph, back to a frozen leaf
+    auto idx = a.entry->indices.to(a.param.device());
+    // θ[idx] = θ₀[idx] + φ: under grad mode the parameter becomes a non-leaf with grad to values only.
+    a.param.put_(idx, a.base + a.entry->values.to(a.base.scalar_type()));
+  }
+}
+
+void SparseDiffImpl::detach() {
+  if (!attached()) return;
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& a : attached_) {
+      a.param.detach_();
+      a.param.put_(a.entry->indices.to(a.param.device()), a.base);
+      a.param.set_requires_grad(a.requires_grad);
+    }
+  }
+  std::lock_guard<std::mutex> lock(claims_mutex());
+  for (const auto& a : attached_) claims().erase(a.param.unsafeGetTensorImpl());
+  attached_.clear();
+  model_ = nullptr;
+}
+
+BackboneOutput SparseDiffImpl::forward(Backbone& model, const BackboneInput& in) {
+  if (model_ != &model) throw std::logic_error("[sparse_ft] forward() needs attach(model) first (apply() for inference)");
+  refresh();
+  return model.forward(in);
+}
+
+// ---------------------------------------------------------------- composition
+
+SparseDiff compose(const std::vector<SparseDiff>& diffs, const std::vector<double>& scales) {
+  if (diffs.empty()) bad("compose() needs at least one diff");
+  if (!scales.empty() && scales.size() != diffs.size())
+    bad("compose(): " + std::to_string(scales.size()) + " scales for " + std::to_string(diffs.size()) + " diffs");
+  SparseDiffOptions o;
+  std::vector<std::string> order;
+  std::map<std::string, std::vector<int64_t>> shapes;
+  std::map<std::string, std::vector<torch::Tensor>> idx, val;
+  auto add_unique = [](std::vector<std::string>& list, const std::vector<std::string>& more) {
+    for (const auto& s : more)
+      if (std::find(list.begin(), list.end(), s) == list.end()) list.push_back(s);
+  };
+  for (size_t i = 0; i < diffs.size(); ++i) {
+    const auto& d = diffs[i];
+    if (!d) bad("compose(): diff " + std::to_string(i) + " is empty");
+    add_unique(o.target_parameters(), d->options.target_parameters());
+    add_unique(o.exclude_parameters(), d->options.exclude_parameters());
+    if (o.base_model_name_or_path().empty()) o.base_model_name_or_path(d->options.base_model_name_or_path());
+    const double s = scales.empty() ? 1.0 : scales[i];
+    for (const auto& name : d->names()) {
+      if (!shapes.count(name)) order.push_back(name), shapes[name] = d->shape(name);
+      if (shapes[name] != d->shape(name))
+        bad("compose(): parameter '" + name + "' has shape " + shape_str(d->shape(name)) + " in diff " + std::to_string(i) +
+            " but " + shape_str(shapes[name]) + " before");
+      idx[name].push_back(d->indices(name).to(torch::kCPU));
+      val[name].push_back(d->values(name).detach().to(torch::kCPU) * s);
+    }
+  }
+  SparseDiff out(o);
+  for (const auto& name : order) {
+    auto merged = coalesce(torch::cat(idx[name]), torch::cat(val[name]));
+    out->add(name, shapes[name], merged.first, merged.second);
+  }
+  auto device = diffs.front()->names().empty() ? torch::Device(torch::kCPU)
+                                               : diffs.front()->indices(diffs.front()->names().front()).device();
+  out->to(device);
+  out->options.k(out->num_trainable());
+  out->options.density(static_cast<double>(out->num_trainable()) / static_cast<double>(std::max<int64_t>(1, out->num_chosen())));
+  return out;
+}
+
+void apply_all(Backbone& model, const std::vector<SparseDiff>& diffs) {
+  for (const auto& d : diffs) d.ptr()->apply(model);
+}
+
+void remove_all(Backbone& model, const std::vector<SparseDiff>& diffs) {
+  for (auto it = diffs.rbegin(); it != diffs.rend(); ++it) it->ptr()->remove(model);
+}
+
+// ---------------------------------------------------------------- masks
+
+SparseDiff random_sparse_diff(Backbone& model, const SparseDiffOptions& options, uint64_t seed) {
+  options.validate();
+  auto params = select_parameters(model, options.target_parameters(), options.exclude_parameters());
+  std::vector<Chosen> chosen;
+  int64_t total = 0;
+  for (const auto& [name, p] : params) chosen.push_back({name, p.sizes().vec()}), total += p.numel();
+  const int64_t K = options.num_entries(total);
+  // Floyd's algorithm: K distinct draws from [0, total) in O(K).
+  std::mt19937_64 rng(seed);
+  std::unordered_set<int64_t> picked;
+  for (int64_t j = total - K; j < total; ++j) {
+    const int64_t t = std::uniform_int_distribution<int64_t>(0, j)(rng);
+    picked.insert(picked.count(t) ? j : t);
+  }
+  std::vector<int64_t> flat(picked.begin(), picked.end());
+  std::sort(flat.begin(), flat.end());
+  SparseDiff diff(options);
+  const auto device = params.front().second.device();
+  add_split(*diff, chosen, torch::tensor(flat, torch::kInt64), device, [](size_t, const torch::Tensor&) { return torch::Tensor(); });
+  return diff;
+}
+
+SparseDiff sparse_diff_from_delta(const std::vector<std::pair<std::string, torch::Tensor>>& deltas,
+                                  const SparseDiffOptions& options, bool keep_values) {
+  if (deltas.empty()) bad("sparse_diff_from_delta() needs at least one parameter");
+  SparseDiffOptions o = options;
+  if (o.target_parameters().empty())
+    for (const auto& d : deltas) o.target_parameters().push_back(d.first);
+  o.validate();
+  std::vector<Chosen> chosen;
+  std::vector<torch::Tensor> flat;
+  for (const auto& [name, d] : deltas) {
+    chosen.push_back({name, d.sizes().vec()});
+    flat.push_back(d.detach().reshape(-1).to(torch::kFloat32).abs());
+  }
+  auto all = torch::cat(flat);
+  const int64_t K = o.num_entries(all.numel());
+  // LT-SFT keeps the K entries that moved most in phase 1 (Ansell et al. 2022, §3).
+  auto top = std::get<1>(all.topk(K, 0, /*largest=*/true, /*sorted=*/false)).sort();
+  SparseDiff diff(o);
+  add_split(*diff, chosen, std::get<0>(top), deltas.front().second.device(), [&](size_t i, const torch::Tensor& local) {
+    return keep_values ? deltas[i].second.detach().reshape(-1).take(local).to(torch::kFloat32) : torch::Tensor();
+  });
+  return diff;
+}
+
+// ---------------------------------------------------------------- LT-SFT
+
+namespace {
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<torch::Tensor>& params, const LtSftOptions& o) {
+  switch (o.optimizer()) {
+    case SftOptimizer::AdamW:
+      return std::make_unique<torch::optim::AdamW>(params, torch::optim::AdamWOptions(o.lr()).weight_decay(o.weight_decay()));
+    case SftOptimizer::Adam:
+      return std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(o.lr()));
+    case SftOptimizer::SGD:
+      return std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(o.lr()));
+  }
+  bad("unknown optimizer");
+}
+
+// One optimisation step; returns the loss.
+double train_step(torch::optim::Optimizer& opt, const std::vector<torch::Tensor>& params,
+                  const std::function<torch::Tensor()>& step, const LtSftOptions& o, const std::string& phase, int64_t s) {
+  const std::string where = "[sparse_ft] LT-SFT " + phase + " step " + std::to_string(s) + ": ";
+  opt.zero_grad();
+  torch::Tensor loss = step();
+  if (!loss.defined() || loss.numel() != 1) throw std::runtime_error(where + "the step callback must return a scalar loss");
+  const double v = loss.item<double>();
+  if (!std::isfinite(v))
+    throw std::runtime_error(where + "loss is " + (std::isnan(v) ? "NaN" : "inf") +
+                             " (lower lr, clip gradients with max_grad_norm, or check the batch)");
+  if (!loss.requires_grad())
+    throw std::runtime_error(where + "the loss does not depend on the trained parameters (does the callback run the model?)");
+  loss.backward();
+  if (o.max_grad_norm() > 0) torch::nn::utils::clip_grad_norm_(params, o.max_grad_norm());
+  opt.step();
+  return v;
+}
+
+// Restores every backbone parameter's requires_grad flag at scope exit.
+class FlagGuard {
+ public:
+  explicit FlagGuard(Backbone& model) {
+    for (auto& p : model.parameters()) saved_.emplace_back(p, p.requires_grad());
+  }
+  ~FlagGuard() {
+    for (auto& [p, flag] : saved_)
+      if (p.is_leaf()) p.set_requires_grad(flag);
+  }
+  FlagGuard(const FlagGuard&) = delete;
+  FlagGuard& operator=(const FlagGuard&) = delete;
+
+ private:
+  std::vector<std::pair<torch::Tensor, bool>> saved_;
+};
+
+// Copies θ₀ back into the chosen parameters at scope exit unless dismissed.
+class RestoreGuard {
+ public:
+  RestoreGuard(std::vector<torch::Tensor> params, std::vector<torch::Tensor> theta0)
+      : params_(std::move(params)), theta0_(std::move(theta0)) {}
+  ~RestoreGuard() { restore(); }
+  RestoreGuard(const RestoreGuard&) = delete;
+  RestoreGuard& operator=(const RestoreGuard&) = delete;
+  void restore() {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < theta0_.size(); ++i) {
+      params_[i].copy_(theta0_[i]);
+      params_[i].mutable_grad() = torch::Tensor();
+    }
+    theta0_.clear();
+  }
+
+ private:
+  std::vector<torch::Tensor> params_, theta0_;
+};
+
+}  // namespace
+
+SparseDiff lt_sft(Backbone& model, const SparseDiffOptions& options, const LtSftOptions& train,
+                  const std::function<torch::Tensor()>& step, LtSftReport* report) {
+  options.validate();
+  train.validate();
+  if (!step) bad("lt_sft() needs a step callback");
+  auto chosen = select_parameters(model, options.target_parameters(), options.exclude_parameters());
+  FlagGuard flags(model);
+  for (auto& p : model.parameters()) p.set_requires_grad(false);
+  std::vector<torch::Tensor> params, theta0;
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& [name, p] : chosen) params.push_back(p), theta0.push_back(p.detach().clone());
+  }
+  RestoreGuard restore(params, theta0);
+  LtSftReport local;
+  LtSftReport& r = report ? *report : local;
+
+  // Phase 1: full fine-tuning of the chosen parameters.
+  for (auto& p : params) p.set_requires_grad(true);
+  {
+    auto opt = make_optimizer(params, train);
+    for (int64_t s = 0; s < train.full_steps(); ++s)
+      r.full_losses.push_back(train_step(*opt, params, step, train, "phase 1 (full fine-tuning)", s));
+  }
+  std::vector<std::pair<std::string, torch::Tensor>> deltas;
+  {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < chosen.size(); ++i)
+      deltas.emplace_back(chosen[i].first, params[i].detach().to(torch::kFloat32) - theta0[i].to(torch::kFloat32));
+  }
+  theta0.clear();
+  SparseDiff diff = sparse_diff_from_delta(deltas, options);
+  deltas.clear();
+  restore.restore();  // back to θ₀ (exact copy)
+  for (auto& p : params) p.set_requires_grad(false);
+
+  // Phase 2: train only the masked entries, θ = θ₀ + φ.
+  diff->to(params.front().device());
+  diff->attach(model);
+  {
+    auto values = diff->parameters();
+    auto opt = make_optimizer(values, train);
+    for (int64_t s = 0; s < train.sparse_steps(); ++s) {
+      diff->refresh();
+      r.sparse_losses.push_back(train_step(*opt, values, step, train, "phase 2 (sparse fine-tuning)", s));
+    }
+  }
+  diff->detach();
+  for (auto& v : diff->parameters()) v.mutable_grad() = torch::Tensor();
+  return diff;
+}
+
+// ---------------------------------------------------------------- folder format
+
+namespace {
+
+[[noreturn]] void corrupt(const std::string& file, const std::string& msg) {
+  throw std::runtime_error("[sparse_ft] " + file + ": " + msg);
+}
+
+template <typename T>
+T field(const json& c, const std::string& file, const char* key, T fallback) {
+  if (!c.contains(key) || c[key].is_null()) return fallback;
+  try {
+    return c[key].get<T>();
+  } catch (const json::exception&) {
+    corrupt(file, std::string("key '") + key + "' has the wrong type (" + c[key].type_name() + ")");
+  }
+}
+
+SparseDiffOptions options_from_config(const json& c, const std::string& file) {
+  SparseDiffOptions o;
+  o.target_parameters(field<std::vector<std::string>>(c, file, "target_parameters", {}));
+  o.exclude_parameters(field<std::vector<std::string>>(c, file, "exclude_parameters", {}));
+  o.density(field<double>(c, file, "density", 0.01));
+  o.k(field<int64_t>(c, file, "k", 0));
+  o.base_model_name_or_path(field<std::string>(c, file, "base_model_name_or_path", ""));
+  return o;
+}
+
+// Checks one parameter's tensors from the file against the model.
+void check_entry(const std::string& file, const std::string& name, const torch::Tensor& param, const torch::Tensor& idx,
+                 const torch::Tensor& val) {
+  const std::string ik = name + ".sft_indices", vk = name + ".sft_values";
+  if (idx.scalar_type() != torch::kInt64 || idx.dim() != 1) corrupt(file, "tensor '" + ik + "' must be a 1-D I64 tensor");
+  if (!val.is_floating_point() || val.dim() != 1) corrupt(file, "tensor '" + vk + "' must be a 1-D float tensor");
+  if (val.numel() != idx.numel())
+    corrupt(file, "shape mismatch: '" + vk + "' has " + std::to_string(val.numel()) + " values, '" + ik + "' " +
+                      std::to_string(idx.numel()) + " indices");
+  if (idx.numel() == 0) return;
+  const int64_t lo = idx.min().item<int64_t>(), hi = idx.max().item<int64_t>();
+  if (lo < 0 || hi >= param.numel())
+    corrupt(file, "tensor '" + ik + "': index " + std::to_string(lo < 0 ? lo : hi) + " out of range for parameter '" + name +
+                      "' with " + std::to_string(param.numel()) + " entries");
+  if (idx.numel() > 1 && !(idx.slice(0, 1) > idx.slice(0, 0, -1)).all().item<bool>())
+    corrupt(file, "tensor '" + ik + "': indices are not sorted and unique");
+}
+
+}  // namespace
+
+void save_sparse_diff(const SparseDiff& diff, const std::string& dir) {
+  if (!diff || diff->num_trainable() == 0) bad("save_sparse_diff(): the diff has no entries");
+  const auto& o = diff->options;
+  json shapes = json::object();
+  io::NamedTensors tensors;
+  for (const auto& name : diff->names()) {
+    shapes[name] = diff->shape(name);
+    tensors.emplace_back(name + ".sft_indices", diff->indices(name).to(torch::kCPU));
+    tensors.emplace_back(name + ".sft_values", diff->values(name).detach().to(torch::kCPU, torch::kFloat32));
+  }
+  json config = {{"peft_type", kSparseType},
+                 {"target_parameters", o.target_parameters()},
+                 {"exclude_parameters", o.exclude_parameters()},
+                 {"density", o.density()},
+                 {"k", o.k()},
+                 {"num_entries", diff->num_trainable()},
+                 {"parameter_shapes", shapes},
+                 {"base_model_name_or_path", o.base_model_name_or_path()}};
+  io::write_peft_folder(dir, config, tensors);
+}
+
+SparseDiff load_sparse_diff(Backbone& model, const std::string& dir) {
+  auto folder = io::read_peft_folder(dir);
+  const std::string cfg = fs::join(dir, "adapter_config.json"), file = fs::join(dir, "adapter_model.safetensors");
+  if (folder.peft_type != kSparseType) corrupt(cfg, "peft_type '" + folder.peft_type + "' is not " + kSparseType);
+  const json shapes = folder.config.value("parameter_shapes", json::object());
+  std::set<std::string> names;
+  for (const auto& [key, t] : folder.tensors) {
+    if (ends_with(key, ".sft_indices")) names.insert(key.substr(0, key.size() - 12));
+    else if (ends_with(key, ".sft_values")) names.insert(key.substr(0, key.size() - 11));
+    else corrupt(file, "unexpected tensor '" + key + "' (expected '<parameter>.sft_indices' / '.sft_values')");
+  }
+  auto params = model.named_parameters();
+  SparseDiff diff(options_from_config(folder.config, cfg));
+  for (const auto& p : params) {  // model order
+    const std::string& name = p.key();
+    if (!names.count(name) || is_module_param(name)) continue;
+    auto ii = folder.tensors.find(name + ".sft_indices"), vi = folder.tensors.find(name + ".sft_values");
+    if (ii == folder.tensors.end()) corrupt(file, "tensor '" + name + ".sft_values' has no partner '" + name + ".sft_indices'");
+    if (vi == folder.tensors.end()) corrupt(file, "tensor '" + name + ".sft_indices' has no partner '" + name + ".sft_values'");
+    if (shapes.contains(name) && shapes[name] != json(p.value().sizes().vec()))
+      corrupt(cfg, "shape mismatch for key '" + name + "': the adapter was made for " + shapes[name].dump() +
+                       ", the model's parameter is " + c10::str(p.value().sizes()));
+    check_entry(file, name, p.value(), ii->second, vi->second);
+    diff->add(name, p.value().sizes().vec(), ii->second.clone(), vi->second.to(torch::kFloat32).clone());
+    names.erase(name);
+  }
+  if (!names.empty())
+    corrupt(file, "tensor '" + *names.begin() + ".sft_indices' names parameter '" + *names.begin() + "', which the " +
+                      model.config().model_type + " model does not have");
+  if (!params.is_empty()) diff->to(params.values().front().device());
+  return diff;
+}
+
+}  // namespace modula
