@@ -22,4 +22,8 @@ double compare(const torch::Tensor& got, const torch::Tensor& want, const torch:
 // A case kind: runs the case in `dir` (its case.json parsed as `spec`).
 using CaseFn = CaseResult (*)(const std::string& dir, const nlohmann::json& spec, const ConformanceOptions& o);
 
+// mixed_case.cpp: "mixed-batch" (one LoRA adapter per row) and the POLY path of "adapter".
+CaseResult mixed_batch_case(const std::string& dir, const nlohmann::json& spec, const ConformanceOptions& o);
+CaseResult poly_case(const std::string& dir, const nlohmann::json& spec, const ConformanceOptions& o);
+
 }  // namespace modula

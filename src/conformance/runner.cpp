@@ -117,6 +117,7 @@ CaseResult tokenizers_case(const std::string& dir, const json& spec, const Confo
 CaseResult adapter_case(const std::string& dir, const json& spec, const ConformanceOptions& o) {
   CaseResult r;
   auto peft_type = io::read_peft_folder(dir).peft_type;
+  if (peft_type == "POLY") return poly_case(dir, spec, o);
   auto types = supported_peft_types();
   if (std::find(types.begin(), types.end(), peft_type) == types.end()) {
     r.status = CaseStatus::Skip;
@@ -147,6 +148,7 @@ const std::map<std::string, CaseFn>& case_kinds() {
       {"model", model_case},
       {"tokenizers", tokenizers_case},
       {"adapter", adapter_case},
+      {"mixed-batch", mixed_batch_case},
   };
   return kinds;
 }

@@ -1,0 +1,61 @@
+// A bank of M LoRA modules for one Linear site, stacked as tensors so that any routing
+// over them is one batched kernel (survey §3 computation function, §5 aggregation):
+//
+//   lora_A [M, r, in], lora_B [M, out, r], scaling [M]      (module m: s_m · B_m A_m)
+//
+// Modules of smaller rank are zero-padded to r; absent modules have zeros and s = 0.
+// x is [N, T, in] (N rows, T positions); every result is [N, T, out].
+#pragma once
+
+#include "modula/modules/lora.h"
+
+#include <torch/torch.h>
+
+namespace modula {
+
+struct LoraBankOptions {
+  LoraBankOptions(int64_t in, int64_t out, int64_t num_modules) : in_features_(in), out_features_(out), num_modules_(num_modules) {}
+  TORCH_ARG(int64_t, in_features);
+  TORCH_ARG(int64_t, out_features);
+  TORCH_ARG(int64_t, num_modules);
+  TORCH_ARG(int64_t, r) = 8;
+  TORCH_ARG(double, alpha) = 8.0;  // every module starts with s = alpha / r
+
+ public:
+  void validate() const;  // std::invalid_argument naming the bad field
+};
+
+class LoraBankImpl : public torch::nn::Module {
+ public:
+  // PEFT init per module: A kaiming-uniform(a = sqrt 5), B = 0.
+  explicit LoraBankImpl(const LoraBankOptions& options);
+  // Stacks existing LoRA modules (null = absent); ranks may differ, shapes must agree.
+  // Throws std::invalid_argument naming the module index for DoRA or a shape mismatch.
+  static std::shared_ptr<LoraBankImpl> stack(const std::vector<std::shared_ptr<LoraImpl>>& modules);
+
+  // Hard routing: Σ_k w[n,k] s_i B_i A_i x_n with i = idx[n,k] (idx -1 = none, weight 0).
+  // Gathers only the k routed modules per row: idx/w [N, k].
+  torch::Tensor selected(const torch::Tensor& x, const torch::Tensor& idx, const torch::Tensor& w) const;
+  // Soft routing, weighted sum of module outputs: Σ_m w[..,m] s_m B_m A_m x, w [N, M] or
+  // [N, T, M]; two matmuls over all M·r ranks at once.
+  torch::Tensor mixed(const torch::Tensor& x, const torch::Tensor& w) const;
+  // Parameter aggregation, SMEAR (Muqeeth et al. 2023): per example the merged module
+  // (Σ_m w_m s_m B_m)(Σ_m w_m A_m), w [N, M], then one bmm.
+  torch::Tensor averaged(const torch::Tensor& x, const torch::Tensor& w) const;
+  // The merged module of `averaged` for weights w [N, M]: A [N, r, in], B [N, out, r].
+  std::pair<torch::Tensor, torch::Tensor> average_parameters(const torch::Tensor& w) const;
+
+  int64_t num_modules() const { return lora_A.size(0); }
+  int64_t rank() const { return lora_A.size(1); }
+  int64_t in_features() const { return lora_A.size(2); }
+  int64_t out_features() const { return lora_B.size(1); }
+
+  torch::Tensor lora_A, lora_B, scaling;  // scaling is a buffer (not trained)
+
+ private:
+  LoraBankImpl() = default;
+  void check_input(const torch::Tensor& x, const torch::Tensor& w, const char* what) const;
+};
+TORCH_MODULE(LoraBank);
+
+}  // namespace modula

@@ -1,0 +1,108 @@
+#include "modula/composition/lora_bank.h"
+
+#include <cmath>
+#include <stdexcept>
+
+namespace modula {
+namespace {
+[[noreturn]] void bad(const std::string& m) { throw std::invalid_argument("[lora bank] " + m); }
+}  // namespace
+
+void LoraBankOptions::validate() const {
+  if (in_features() <= 0 || out_features() <= 0) bad("in_features and out_features must be positive");
+  if (num_modules() <= 0) bad("num_modules must be positive (got " + std::to_string(num_modules()) + ")");
+  if (r() <= 0) bad("r must be positive (got " + std::to_string(r()) + ")");
+  if (!std::isfinite(alpha())) bad("alpha must be finite");
+}
+
+LoraBankImpl::LoraBankImpl(const LoraBankOptions& o) {
+  o.validate();
+  lora_A = register_parameter("lora_A", torch::empty({o.num_modules(), o.r(), o.in_features()}));
+  lora_B = register_parameter("lora_B", torch::zeros({o.num_modules(), o.out_features(), o.r()}));
+  scaling = register_buffer("scaling", torch::full({o.num_modules()}, o.alpha() / static_cast<double>(o.r())));
+  torch::NoGradGuard no_grad;
+  for (int64_t m = 0; m < o.num_modules(); ++m) torch::nn::init::kaiming_uniform_(lora_A[m], std::sqrt(5.0));
+}
+
+std::shared_ptr<LoraBankImpl> LoraBankImpl::stack(const std::vector<std::shared_ptr<LoraImpl>>& modules) {
+  const LoraImpl* first = nullptr;
+  int64_t r = 0;
+  for (size_t m = 0; m < modules.size(); ++m) {
+    const auto& lora = modules[m];
+    if (!lora) continue;
+    if (lora->options.use_dora()) bad("module " + std::to_string(m) + " is DoRA, which is not linear in its inputs; cannot route over it");
+    if (!first) first = lora.get();
+    if (lora->options.in_features() != first->options.in_features() || lora->options.out_features() != first->options.out_features())
+      bad("module " + std::to_string(m) + " maps " + std::to_string(lora->options.in_features()) + " -> " +
+          std::to_string(lora->options.out_features()) + ", module 0 maps " + std::to_string(first->options.in_features()) +
+          " -> " + std::to_string(first->options.out_features()));
+    r = std::max(r, lora->options.r());
+  }
+  if (!first) bad("no modules to stack");
+  auto M = static_cast<int64_t>(modules.size());
+  auto opts = first->lora_A.options();
+  std::shared_ptr<LoraBankImpl> bank(new LoraBankImpl());
+  auto A = torch::zeros({M, r, first->options.in_features()}, opts);
+  auto B = torch::zeros({M, first->options.out_features(), r}, opts);
+  auto s = torch::zeros({M}, opts);
+  torch::NoGradGuard no_grad;
+  for (int64_t m = 0; m < M; ++m) {
+    const auto& lora = modules[m];
+    if (!lora) continue;
+    int64_t rm = lora->options.r();  // zero padding to r leaves B A unchanged
+    A[m].narrow(0, 0, rm).copy_(lora->lora_A);
+    B[m].narrow(1, 0, rm).copy_(lora->lora_B);
+    s[m] = lora->scale * lora->options.scaling();
+  }
+  bank->lora_A = bank->register_parameter("lora_A", A);
+  bank->lora_B = bank->register_parameter("lora_B", B);
+  bank->scaling = bank->register_buffer("scaling", s);
+  return bank;
+}
+
+void LoraBankImpl::check_input(const torch::Tensor& x, const torch::Tensor& w, const char* what) const {
+  if (x.dim() != 3 || x.size(2) != in_features())
+    bad(std::string(what) + ": input " + c10::str(x.sizes()) + ", expected [N, T, " + std::to_string(in_features()) + "]");
+  if (w.size(0) != x.size(0))
+    bad(std::string(what) + ": routing weights " + c10::str(w.sizes()) + " for " + std::to_string(x.size(0)) + " rows");
+}
+
+torch::Tensor LoraBankImpl::selected(const torch::Tensor& x, const torch::Tensor& idx, const torch::Tensor& w) const {
+  check_input(x, w, "selected");
+  int64_t N = x.size(0), k = idx.size(1), r = rank();
+  auto flat = idx.clamp_min(0).reshape({-1});                                  // [N·k]
+  auto A = lora_A.index_select(0, flat).view({N, k * r, in_features()});      // [N, k·r, in]
+  auto B = lora_B.index_select(0, flat).view({N, k, out_features(), r});      // [N, k, out, r]
+  auto coef = (w * scaling.index_select(0, flat).view({N, k})).to(x.scalar_type());  // [N, k]
+  auto h = torch::bmm(x, A.transpose(1, 2)).view({N, -1, k, r}) * coef.view({N, 1, k, 1});
+  return torch::bmm(h.view({N, -1, k * r}), B.permute({0, 1, 3, 2}).reshape({N, k * r, out_features()}));
+}
+
+torch::Tensor LoraBankImpl::mixed(const torch::Tensor& x, const torch::Tensor& w) const {
+  check_input(x, w, "mixed");
+  int64_t N = x.size(0), T = x.size(1), M = num_modules(), r = rank();
+  if (w.size(-1) != M || (w.dim() == 3 && w.size(1) != T) || w.dim() < 2 || w.dim() > 3)
+    bad("mixed: routing weights " + c10::str(w.sizes()) + ", expected [N, " + std::to_string(M) + "] or [N, " +
+        std::to_string(T) + ", " + std::to_string(M) + "]");
+  auto coef = (w * scaling).to(x.scalar_type());
+  coef = w.dim() == 2 ? coef.view({N, 1, M, 1}) : coef.view({N, T, M, 1});
+  auto h = torch::matmul(x, lora_A.reshape({M * r, in_features()}).t()).view({N, T, M, r}) * coef;  // [N, T, M, r]
+  return torch::matmul(h.view({N, T, M * r}), lora_B.permute({0, 2, 1}).reshape({M * r, out_features()}));
+}
+
+std::pair<torch::Tensor, torch::Tensor> LoraBankImpl::average_parameters(const torch::Tensor& w) const {
+  if (w.dim() != 2 || w.size(1) != num_modules())
+    bad("parameter averaging needs per-example weights [N, " + std::to_string(num_modules()) + "], got " + c10::str(w.sizes()));
+  auto wA = w.to(lora_A.scalar_type());
+  auto A = torch::einsum("nm,mri->nri", {wA, lora_A});             // Σ_m w_m A_m
+  auto B = torch::einsum("nm,mor->nor", {wA * scaling, lora_B});   // Σ_m w_m s_m B_m
+  return {A, B};
+}
+
+torch::Tensor LoraBankImpl::averaged(const torch::Tensor& x, const torch::Tensor& w) const {
+  check_input(x, w, "averaged");
+  auto [A, B] = average_parameters(w);
+  return torch::bmm(torch::bmm(x, A.transpose(1, 2).to(x.scalar_type())), B.transpose(1, 2).to(x.scalar_type()));
+}
+
+}  // namespace modula
