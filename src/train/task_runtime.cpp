@@ -1,0 +1,114 @@
+// Losses per task type: causal LM (next-token CE on scored labels), masked LM (CE at masked
+// positions), sequence classification (pooled hidden -> head), token classification.
+#include "task_runtime.h"
+
+#include "modula/modules/prompt.h"
+#include "modula/train/metrics.h"
+
+namespace modula::train::detail {
+
+Batch TaskRuntime::next_batch(int64_t batch_size) {
+  auto shuffle = [&] {
+    std::vector<int64_t> lengths(train.size());
+    for (size_t i = 0; i < train.size(); ++i) lengths[i] = train[i].length();
+    order = bucketed_batches(lengths, batch_size, data_seed + 1000003ULL * static_cast<uint64_t>(epoch));
+    order_epoch = epoch;
+  };
+  if (order_epoch != epoch) shuffle();
+  if (cursor >= static_cast<int64_t>(order.size())) {
+    ++epoch, cursor = 0;
+    shuffle();
+  }
+  std::vector<const Example*> rows;
+  for (int64_t i : order[cursor]) rows.push_back(&train[i]);
+  ++cursor;
+  return collate(rows, enc.pad_id(), cfg.type == TaskType::SequenceClassification);
+}
+
+BackboneOutput forward_batch(Backbone& model, const std::vector<const Adapter*>& inputs, const Batch& b) {
+  BackboneInput in;
+  in.input_ids = b.input_ids;
+  in.attention_mask = b.attention_mask;
+  if (!model.causal()) in.token_type_ids = b.token_type_ids;
+  std::vector<std::shared_ptr<InputModule>> modules;
+  for (const auto* a : inputs)
+    if (a->input) modules.push_back(a->input);
+  BackboneOutput out = modules.empty() ? model.forward(in) : forward_with(model, modules, in);
+  // Prompt tuning returns the virtual positions too: keep the batch's own T.
+  const int64_t T = b.input_ids.size(1);
+  auto own = [&](torch::Tensor t) { return t.defined() && t.dim() == 3 && t.size(1) > T ? t.narrow(1, t.size(1) - T, T) : t; };
+  out.last_hidden_state = own(out.last_hidden_state);
+  out.logits = own(out.logits);
+  return out;
+}
+
+namespace {
+
+// Per-position CE summed over scored positions; collects predictions for metrics.
+torch::Tensor token_ce(const torch::Tensor& logits, const torch::Tensor& labels, EvalSums* sums) {
+  auto flat = logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32);
+  auto y = labels.reshape({-1});
+  auto count = y.ne(kIgnoreIndex).sum();
+  auto total = torch::nn::functional::cross_entropy(
+      flat, y, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex).reduction(torch::kSum));
+  if (sums) {
+    auto keep = y.ne(kIgnoreIndex);
+    sums->nll += total.item<double>();
+    sums->count += count.item<int64_t>();
+    sums->preds.push_back(flat.argmax(-1).masked_select(keep).cpu());
+    sums->targets.push_back(y.masked_select(keep).cpu());
+  }
+  return total / count.clamp_min(1).to(total.dtype());
+}
+
+}  // namespace
+
+torch::Tensor batch_loss(Backbone& model, TaskRuntime& task, const std::vector<const Adapter*>& inputs, const Batch& b,
+                         EvalSums* sums) {
+  auto out = forward_batch(model, inputs, b);
+  switch (task.cfg.type) {
+    case TaskType::CausalLM: {
+      if (!out.logits.defined() || out.logits.dim() != 3)
+        throw TrainError("[train] task '" + task.cfg.name + "': causal_lm needs a model with a language-model head (" +
+                         model.config().architecture() + " has none)");
+      // Position t predicts token t+1.
+      const int64_t T = b.input_ids.size(1);
+      auto labels = b.labels.masked_fill(b.attention_mask.eq(0), kIgnoreIndex);
+      return token_ce(out.logits.narrow(1, 0, T - 1), labels.narrow(1, 1, T - 1), sums);
+    }
+    case TaskType::MaskedLM:
+      if (!out.logits.defined() || out.logits.dim() != 3)
+        throw TrainError("[train] task '" + task.cfg.name + "': masked_lm needs a model with a masked-LM head (" +
+                         model.config().architecture() + " has none)");
+      return token_ce(out.logits, b.labels, sums);
+    case TaskType::TokenClassification:
+      return token_ce(task.head(out.last_hidden_state.to(task.head->weight.scalar_type())), b.labels, sums);
+    case TaskType::SequenceClassification: {
+      // Pool: the first token ([CLS]) for encoders, the last real token for decoders.
+      const auto& h = out.last_hidden_state;
+      torch::Tensor pooled;
+      if (model.causal()) {
+        auto last = (b.attention_mask.sum(1) - 1).clamp_min(0);
+        pooled = h.index({torch::arange(h.size(0), last.options()), last});
+      } else {
+        pooled = h.select(1, 0);
+      }
+      return token_ce(task.head(pooled.to(task.head->weight.scalar_type())).unsqueeze(1), b.labels.unsqueeze(1), sums);
+    }
+  }
+  throw TrainError("[train] unknown task type");
+}
+
+std::map<std::string, double> finish_eval(const TaskRuntime& task, const EvalSums& sums) {
+  std::map<std::string, double> m;
+  m["loss"] = sums.count ? sums.nll / static_cast<double>(sums.count) : 0.0;
+  auto preds = sums.preds.empty() ? torch::empty({0}, torch::kInt64) : torch::cat(sums.preds);
+  auto targets = sums.targets.empty() ? torch::empty({0}, torch::kInt64) : torch::cat(sums.targets);
+  m["accuracy"] = accuracy(preds, targets);
+  if (task.classification()) m["macro_f1"] = macro_f1(preds, targets, task.num_labels());
+  else m["perplexity"] = perplexity(sums.nll, sums.count);
+  m["examples"] = static_cast<double>(task.eval.size());
+  return m;
+}
+
+}  // namespace modula::train::detail
