@@ -1,0 +1,302 @@
+// A composition spec applied to a model: validate where each module may go, then build
+// one composite per block site (aggregation/*.h) and attach it.
+#include "modula/composition/apply_spec.h"
+
+#include "modula/aggregation/average.h"
+#include "modula/aggregation/parallel.h"
+#include "modula/aggregation/prompt_concat.h"
+#include "modula/aggregation/routed.h"
+#include "modula/aggregation/stack.h"
+#include "modula/io/peft.h"
+#include "modula/modules/targets.h"
+#include "modula/routing/fixed.h"
+
+namespace modula {
+namespace {
+
+using Kind = SpecNode::Kind;
+using json = nlohmann::json;
+
+[[noreturn]] void bad(const SpecNode& n, const std::string& msg) {
+  throw std::invalid_argument("[compose] " + (n.where.empty() ? std::string() : n.where + ": ") + msg);
+}
+
+bool has_site_kind(const Adapter& a, SiteKind kind) {
+  for (const auto& m : a.modules)
+    if (m.module->site_kind() == kind) return true;
+  return false;
+}
+
+// w̄ of avg's arguments (uniform when none is weighted).
+std::vector<double> normalized_weights(const SpecNode& n) {
+  std::vector<double> w;
+  double sum = 0;
+  for (const auto& c : n.children) sum += c.weight.value_or(1.0);
+  for (const auto& c : n.children) w.push_back(c.weight.value_or(1.0) / sum);
+  return w;
+}
+
+struct Builder {
+  Backbone& model;
+  const std::map<std::string, const Adapter*>& adapters;
+  const std::map<std::string, FusionFolder>& fusion_folders;  // fuse node name → trained weights
+  const ComposeOptions& options;
+  Composition& comp;
+  std::map<const SpecNode*, size_t> fusion_of;
+  std::map<const SpecNode*, std::shared_ptr<RouterImpl>> router_of;
+  std::map<std::string, double> linear_scale;  // linear-site adapters: Σ of their path weights
+  std::set<std::string> frozen;                // members of fuse nodes
+
+  const Adapter& adapter(const SpecNode& n) const { return *adapters.at(n.name); }
+
+  // Checks where every module sits; collects scales, fusions and routers (no changes yet).
+  // `mixer`: "fuse"/"route" when under one; `top`: the root or an argument of a root stack.
+  void plan(const SpecNode& n, double weight, const std::string& mixer, bool top, bool in_concat, bool root) {
+    switch (n.kind) {
+      case Kind::Module: return plan_module(n, weight, mixer, top, in_concat);
+      case Kind::Concat:
+        if (!top) bad(n, "concat(…) joins prompts and must be at the top level (the spec or an argument of the outer stack)");
+        for (const auto& c : n.children) plan(c, weight, mixer, false, true, false);
+        return;
+      case Kind::Stack:
+        for (const auto& c : n.children) plan(c, weight, mixer, root, false, false);
+        return;
+      case Kind::Parallel:
+        for (const auto& c : n.children) plan(c, weight, mixer, false, false, false);
+        return;
+      case Kind::Average: {
+        auto w = normalized_weights(n);
+        for (size_t i = 0; i < n.children.size(); ++i) plan(n.children[i], weight * w[i], mixer, false, false, false);
+        return;
+      }
+      case Kind::Fuse: {
+        json config = options.fusion();
+        if (!n.name.empty()) config = fusion_folders.at(n.name).config;
+        for (const char* k : {"peft_type", "adapters", "sites", "inference_mode"}) config.erase(k);
+        AdapterFusion f;
+        f.name = n.name.empty() ? "fuse" + std::to_string(comp.fusions.size()) : n.name;
+        for (const auto& c : n.children) f.adapters.push_back(to_string(c));
+        f.config = FusionOptions::from_json(config, 1).to_json();  // validates
+        fusion_of[&n] = comp.fusions.size();
+        comp.fusions.push_back(std::move(f));
+        for (const auto& c : n.children) {
+          plan(c, weight, "fuse", false, false, false);
+          for (const auto& name : module_names(c)) frozen.insert(name);
+        }
+        return;
+      }
+      case Kind::Route: {
+        auto router = FixedRouter(FixedRouterOptions(static_cast<int64_t>(n.children.size())).key(n.name), comp.context);
+        router_of[&n] = router.ptr();
+        comp.routers.push_back(router.ptr());
+        for (const auto& c : n.children) plan(c, weight, "route", false, false, false);
+        return;
+      }
+    }
+  }
+
+  void plan_module(const SpecNode& n, double weight, const std::string& mixer, bool top, bool in_concat) {
+    const auto& a = adapter(n);
+    const auto what = "'" + n.name + "' (" + a.peft_type + ")";
+    if (a.input) {
+      if (!top && !in_concat)
+        bad(n, "prompt " + what + " can only be stacked at the top level or joined by concat(…)");
+      if (in_concat && !std::dynamic_pointer_cast<PromptTuningImpl>(a.input))
+        bad(n, "concat joins PROMPT_TUNING modules; " + what + " is not one");
+      return;
+    }
+    if (in_concat) bad(n, "concat joins prompt modules; " + what + " is not a prompt");
+    if (has_site_kind(a, SiteKind::Linear)) {
+      if (!mixer.empty())
+        bad(n, "linear-site adapter " + what + " cannot be under " + mixer +
+                   "(…): fuse and route combine block-site adapters (MODULA_BOTTLENECK)");
+      linear_scale[n.name] += weight;
+    }
+  }
+
+  // The module the node makes at block site `path`, or null where none of its members has
+  // a module there.
+  std::shared_ptr<SiteModule> build(const SpecNode& n, const std::string& path, BlockSite& site, int64_t site_index) {
+    if (n.kind == Kind::Module) {
+      for (const auto& m : adapter(n).modules)
+        if (m.site == path && m.module->site_kind() == SiteKind::Block) return m.module;
+      return nullptr;
+    }
+    if (n.kind == Kind::Concat) return nullptr;  // input composition
+    std::vector<std::shared_ptr<SiteModule>> kids;
+    std::vector<double> weights;
+    auto w = normalized_weights(n);
+    bool any = false;
+    for (size_t i = 0; i < n.children.size(); ++i) {
+      auto k = build(n.children[i], path, site, site_index);
+      any = any || k;
+      if (!k && n.kind != Kind::Route) continue;  // absent: the identity, contributes nothing
+      kids.push_back(k ? k : IdentityBlock().ptr());
+      weights.push_back(w[i]);
+    }
+    if (!any) return nullptr;
+    switch (n.kind) {
+      case Kind::Stack: return kids.size() == 1 ? kids[0] : Stack(kids).ptr();
+      case Kind::Parallel: return kids.size() == 1 ? kids[0] : Parallel(kids).ptr();
+      case Kind::Average: return kids.size() == 1 && weights[0] == 1.0 ? kids[0] : Average(kids, weights, false).ptr();
+      case Kind::Route: return Routed(router_of.at(&n), kids, /*owns_router=*/false).ptr();
+      case Kind::Fuse: {
+        auto& record = comp.fusions[fusion_of.at(&n)];
+        auto o = FusionOptions::from_json(record.config, site.features);
+        o.seed(o.seed() + static_cast<uint64_t>(site_index));  // distinct W_q, W_k per site
+        auto f = Fusion(o, kids).ptr();
+        auto p = site.parameters().front();
+        f->to(p.device(), p.scalar_type());
+        record.sites.emplace_back(path, f);
+        return f;
+      }
+      default: return nullptr;
+    }
+  }
+
+  void collect_inputs(const SpecNode& n, bool root) {
+    if (n.kind == Kind::Module && adapter(n).input) comp.inputs.push_back(adapter(n).input);
+    if (n.kind == Kind::Concat) {
+      std::vector<std::shared_ptr<PromptTuningImpl>> prompts;
+      for (const auto& c : n.children) prompts.push_back(std::dynamic_pointer_cast<PromptTuningImpl>(adapter(c).input));
+      comp.inputs.push_back(ConcatenatedPrompt(prompts).ptr());
+    }
+    if (n.kind == Kind::Stack && root)
+      for (const auto& c : n.children) collect_inputs(c, false);
+  }
+
+  void run() {
+    plan(comp.spec, 1.0, "", true, false, true);
+    collect_inputs(comp.spec, true);
+    int64_t index = 0;
+    for (auto& [path, site] : block_sites(model)) {
+      auto root = std::dynamic_pointer_cast<CompositeImpl>(build(comp.spec, path, *site, index));
+      if (!root) continue;  // nothing here, or a single member that runs natively
+      attach_composition(*site, comp.name, root);
+      comp.sites.emplace_back(path, site);
+      ++index;
+    }
+    for (auto& f : comp.fusions) {
+      auto it = fusion_folders.find(f.name);
+      if (it != fusion_folders.end()) load_fusion_weights(f, it->second);
+    }
+    for (const auto& [name, scale] : linear_scale)
+      if (scale != 1.0) const_cast<Adapter*>(adapters.at(name))->set_scale(scale);
+    for (const auto& name : frozen)
+      for (auto& p : adapters.at(name)->parameters()) p.set_requires_grad(false);
+  }
+};
+
+Composition compose(Backbone& model, Composition comp, const std::map<std::string, const Adapter*>& adapters,
+                    const std::map<std::string, FusionFolder>& fusion_folders, const ComposeOptions& options) {
+  options.validate();
+  std::set<std::string> known;
+  for (const auto& [name, a] : adapters) {
+    if (!a) throw std::invalid_argument("[compose] module '" + name + "' is null");
+    known.insert(name);
+  }
+  check_module_names(comp.spec, known);
+  comp.name = options.name();
+  comp.members = adapters;
+  try {
+    Builder{model, adapters, fusion_folders, options, comp}.run();
+  } catch (...) {
+    remove_composition(comp);
+    throw;
+  }
+  return comp;
+}
+
+// A name whose folder is a MODULA_FUSION becomes fuse(<its members>), named after it.
+SpecNode expand_fusions(const SpecNode& n, const std::map<std::string, FusionFolder>& fusions) {
+  if (n.kind == Kind::Module) {
+    auto it = fusions.find(n.name);
+    if (it == fusions.end()) return n;
+    SpecNode fuse;
+    fuse.kind = Kind::Fuse;
+    fuse.name = n.name;
+    fuse.weight = n.weight;
+    fuse.where = n.where;
+    for (const auto& member : it->second.adapters) {
+      SpecNode m;
+      m.name = member;
+      m.where = n.where + " (member of fusion '" + n.name + "')";
+      fuse.children.push_back(m);
+    }
+    return fuse;
+  }
+  SpecNode out = n;
+  for (auto& c : out.children) c = expand_fusions(c, fusions);
+  return out;
+}
+
+}  // namespace
+
+void ComposeOptions::validate() const {
+  if (name().empty() || name().find('.') != std::string::npos)
+    throw std::invalid_argument("[compose] name '" + name() + "' must be non-empty and contain no '.'");
+  if (!fusion().is_object()) throw std::invalid_argument("[compose] fusion options must be a JSON object, got " + fusion().dump());
+}
+
+void Composition::prepare(Backbone& model, BackboneInput& in) const {
+  KVCache scratch;
+  for (const auto& m : inputs) m->prepare(model, in, scratch);
+}
+
+BackboneOutput Composition::forward(Backbone& model, BackboneInput in) const {
+  prepare(model, in);
+  return model.forward(in);
+}
+
+std::vector<torch::Tensor> Composition::parameters() const {
+  std::vector<torch::Tensor> out;
+  for (const auto& f : fusions)
+    for (auto& p : f.parameters()) out.push_back(p);
+  return out;
+}
+
+Composition apply_spec(Backbone& model, const SpecNode& spec, const std::map<std::string, const Adapter*>& adapters,
+                       const ComposeOptions& options) {
+  Composition comp;
+  comp.spec = spec;
+  return compose(model, std::move(comp), adapters, {}, options);
+}
+
+Composition apply_spec(Backbone& model, const SpecNode& spec, const std::map<std::string, std::string>& folders,
+                       const ComposeOptions& options) {
+  std::set<std::string> known;
+  for (const auto& kv : folders) known.insert(kv.first);
+  check_module_names(spec, known);
+  std::map<std::string, FusionFolder> fusions;
+  for (const auto& name : module_names(spec)) {
+    const auto& dir = folders.at(name);
+    if (io::read_peft_folder(dir).peft_type == "MODULA_FUSION") fusions.emplace(name, read_fusion_folder(dir));
+  }
+  Composition comp;
+  comp.spec = expand_fusions(spec, fusions);
+  check_module_names(comp.spec, known);  // fusion members must be named too
+  std::map<std::string, const Adapter*> members;
+  try {
+    for (const auto& name : module_names(comp.spec)) {
+      comp.owned.emplace(name, load_adapter(model, folders.at(name), name));
+      members[name] = &comp.owned.at(name);
+    }
+  } catch (...) {
+    for (auto& [name, a] : comp.owned) remove_adapter(a);
+    throw;
+  }
+  return compose(model, std::move(comp), members, fusions, options);
+}
+
+void remove_composition(Composition& comp) {
+  for (auto& [path, site] : comp.sites)
+    if (site->module(comp.name)) detach_composition(*site, comp.name);
+  comp.sites.clear();
+  for (auto& f : comp.fusions) f.sites.clear();
+  for (auto& [name, a] : comp.owned) remove_adapter(a);
+  comp.owned.clear();
+  comp.members.clear();
+  comp.inputs.clear();
+}
+
+}  // namespace modula
