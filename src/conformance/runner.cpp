@@ -148,6 +148,7 @@ const std::map<std::string, CaseFn>& case_kinds() {
       {"model", model_case},
       {"tokenizers", tokenizers_case},
       {"adapter", adapter_case},
+      {"merge", merge_case},
       {"mixed-batch", mixed_batch_case},
   };
   return kinds;
