@@ -57,7 +57,9 @@ class MlpImpl : public BlockSite {
     up_proj = register_module("up_proj", Linear(LinearOptions(c.hidden_size, c.intermediate_size).bias(c.mlp_bias)));
     down_proj = register_module("down_proj", Linear(LinearOptions(c.intermediate_size, c.hidden_size).bias(c.mlp_bias)));
   }
-  torch::Tensor forward(const torch::Tensor& x) { return adapt(x, down_proj(activation(act_, gate_proj(x)) * up_proj(x))); }
+  torch::Tensor forward(const torch::Tensor& x) {
+    return adapt(x, [&] { return down_proj(activation(act_, gate_proj(x)) * up_proj(x)); });
+  }
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 
  private:

@@ -43,7 +43,8 @@ class LayerImpl : public torch::nn::Module {
     auto o = compat::attention(heads(query->forward(x)), heads(key->forward(x)), heads(value->forward(x)), mask,
                                1.0 / std::sqrt(static_cast<double>(head_dim_)));
     auto a = attn_norm->forward(x + attention->adapt(x, attn_out->forward(o.transpose(1, 2).reshape({B, T, H}))));
-    return output_norm->forward(a + ffn->adapt(a, output->forward(activation(act_, intermediate->forward(a)))));
+    auto f = ffn->adapt(a, [&] { return output->forward(activation(act_, intermediate->forward(a))); });
+    return output_norm->forward(a + f);
   }
 
   std::shared_ptr<LinearImpl> query, key, value, attn_out, intermediate, output;

@@ -48,7 +48,9 @@ class MlpImpl : public BlockSite {
     c_fc = register_module("c_fc", Linear(conv1d(c.hidden_size, c.intermediate_size)));
     c_proj = register_module("c_proj", Linear(conv1d(c.intermediate_size, c.hidden_size)));
   }
-  torch::Tensor forward(const torch::Tensor& x) { return adapt(x, c_proj(activation(act_, c_fc(x)))); }
+  torch::Tensor forward(const torch::Tensor& x) {
+    return adapt(x, [&] { return c_proj(activation(act_, c_fc(x))); });
+  }
   Linear c_fc{nullptr}, c_proj{nullptr};
 
  private:

@@ -48,6 +48,16 @@ torch::Tensor BlockSite::adapt(const torch::Tensor& x, const torch::Tensor& y) {
   return out;
 }
 
+bool BlockSite::needs_base() const {
+  for (const auto& m : site_modules())
+    if (m->active()) return !m->replaces_block();
+  return true;
+}
+
+torch::Tensor BlockSite::adapt(const torch::Tensor& x, const std::function<torch::Tensor()>& base) {
+  return adapt(x, needs_base() ? base() : torch::Tensor());
+}
+
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
   weight = register_parameter("weight", torch::ones({dim}));
 }

@@ -7,6 +7,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <string>
 
 namespace modula {
@@ -52,6 +53,11 @@ class BlockSite : public torch::nn::Module, public SiteHost {
   BlockSite(BlockRole block_role, int64_t hidden) : SiteHost(SiteKind::Block), role(block_role), features(hidden) {}
   // y ← block(x, y) for each active module; y itself when none is attached.
   torch::Tensor adapt(const torch::Tensor& x, const torch::Tensor& y);
+  // The same with the base output computed lazily: `base` is not run when the first active
+  // module replaces the block (SiteModule::replaces_block); it then sees an undefined y.
+  torch::Tensor adapt(const torch::Tensor& x, const std::function<torch::Tensor()>& base);
+  // Whether the base sub-layer output is needed (false: the first active module replaces it).
+  bool needs_base() const;
 
   BlockRole role;
   int64_t features;  // hidden size H

@@ -41,6 +41,10 @@ class SiteModule : public torch::nn::Module {
   }
   // Block sites: the new sub-layer output given its input x [..,H] and output y [..,H].
   virtual torch::Tensor transform_block(const torch::Tensor& x, const torch::Tensor& y) { return y; }
+  // Block sites: true when transform_block computes the block output from x alone and
+  // ignores y (a mixture-of-experts FFN replacing the feed-forward). When such a module is
+  // the first active one, the site skips the base sub-layer and passes an undefined y.
+  virtual bool replaces_block() const { return false; }
   // Whether merge() can fold the module into the base weights (non-linear modules cannot).
   virtual bool mergeable() const { return true; }
   // Folds the module into the base weights / restores them (merge then unmerge restores
