@@ -1,0 +1,160 @@
+// Algorithm 1 at a Linear site: fixed routing gathers the routed modules, soft routing with
+// one-hot weights equals it, SMEAR equals the hand-averaged module, gradients reach only
+// the routed modules.
+#include "modula/composition/modular_linear.h"
+#include "modula/routing/fixed.h"
+#include "modula/routing/softmax.h"
+
+#include <gtest/gtest.h>
+
+using namespace modula;
+
+namespace {
+
+// Routes with given weights (no indices): the soft path of Algorithm 1.
+class GivenRouter : public RouterImpl {
+ public:
+  explicit GivenRouter(torch::Tensor w) : weights(std::move(w)) {}
+  Routing route(const torch::Tensor&) override { return {weights, torch::Tensor()}; }
+  int64_t num_modules() const override { return weights.size(-1); }
+  torch::Tensor weights;
+};
+
+LoraBank random_bank(int64_t in, int64_t out, int64_t M, int64_t r) {
+  LoraBank bank(LoraBankOptions(in, out, M).r(r).alpha(2.0 * r));
+  torch::NoGradGuard no_grad;
+  bank->lora_B.normal_();
+  bank->scaling.copy_(torch::linspace(0.5, 2.0, M));
+  return bank;
+}
+
+// s_m B_m A_m x for one module m, x [T, in].
+torch::Tensor one_module(const LoraBank& bank, int64_t m, const torch::Tensor& x) {
+  return bank->scaling[m] * torch::matmul(torch::matmul(x, bank->lora_A[m].t()), bank->lora_B[m].t());
+}
+
+Linear base_layer(int64_t in, int64_t out) { return Linear(LinearOptions(in, out)); }
+
+}  // namespace
+
+TEST(ModularLinear, FixedRoutingEqualsEachRowAloneWithItsModule) {
+  torch::manual_seed(0);
+  auto ctx = std::make_shared<RoutingContext>();
+  auto bank = random_bank(6, 5, 4, 3);
+  auto layer = base_layer(6, 5);
+  layer->attach("tasks", ModularLinear(bank, FixedRouter(FixedRouterOptions(4), ctx).ptr()).ptr());
+  auto x = torch::randn({4, 7, 6});
+  std::vector<int64_t> ids = {3, -1, 0, 3};
+  ctx->set("task", torch::tensor(ids));
+  auto y = layer->forward(x);
+  for (int64_t n = 0; n < 4; ++n) {
+    auto want = layer->base_forward(x[n]);
+    if (ids[n] >= 0) want = want + one_module(bank, ids[n], x[n]);
+    EXPECT_TRUE(torch::allclose(y[n], want, 1e-5, 1e-6)) << "row " << n;
+  }
+}
+
+TEST(ModularLinear, SoftRoutingWithOneHotWeightsEqualsFixed) {
+  torch::manual_seed(1);
+  auto ctx = std::make_shared<RoutingContext>();
+  auto bank = random_bank(6, 5, 3, 2);
+  ctx->set("task", torch::tensor({2, 0, -1}));
+  ModularLinear fixed(bank, FixedRouter(FixedRouterOptions(3), ctx).ptr());
+  auto onehot = torch::tensor({{0., 0., 1.}, {1., 0., 0.}, {0., 0., 0.}});
+  ModularLinear soft(bank, std::make_shared<GivenRouter>(onehot));
+  ModularLinear smear(bank, std::make_shared<GivenRouter>(onehot), ModularLinearOptions().aggregation(Aggregation::ParameterAverage));
+  auto layer = base_layer(6, 5);
+  auto x = torch::randn({3, 4, 6}), y = layer->base_forward(x);
+  auto want = fixed->transform_output(x, y, *layer);
+  EXPECT_TRUE(torch::allclose(soft->transform_output(x, y, *layer), want, 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(smear->transform_output(x, y, *layer), want, 1e-5, 1e-6));
+  // Per-token soft weights: the same one-hot at every position.
+  ModularLinear token(bank, std::make_shared<GivenRouter>(onehot.unsqueeze(1).expand({3, 4, 3})));
+  EXPECT_TRUE(torch::allclose(token->transform_output(x, y, *layer), want, 1e-5, 1e-6));
+}
+
+TEST(ModularLinear, SoftRoutingIsWeightedSumOfModuleOutputs) {
+  torch::manual_seed(2);
+  auto bank = random_bank(6, 5, 3, 2);
+  auto w = torch::softmax(torch::randn({2, 4, 3}), -1);  // per token
+  ModularLinear soft(bank, std::make_shared<GivenRouter>(w));
+  auto layer = base_layer(6, 5);
+  auto x = torch::randn({2, 4, 6}), y = torch::zeros({2, 4, 5});
+  auto got = soft->transform_output(x, y, *layer);
+  for (int64_t n = 0; n < 2; ++n) {
+    auto want = torch::zeros({4, 5});
+    for (int64_t m = 0; m < 3; ++m) want += w[n].select(1, m).unsqueeze(1) * one_module(bank, m, x[n]);
+    EXPECT_TRUE(torch::allclose(got[n], want, 1e-5, 1e-6));
+  }
+}
+
+TEST(ModularLinear, SmearEqualsTheHandAveragedModule) {
+  torch::manual_seed(3);
+  auto bank = random_bank(6, 5, 3, 2);
+  auto w = torch::softmax(torch::randn({2, 3}), -1);
+  ModularLinear smear(bank, std::make_shared<GivenRouter>(w), ModularLinearOptions().aggregation(Aggregation::ParameterAverage));
+  auto layer = base_layer(6, 5);
+  auto x = torch::randn({2, 4, 6});
+  auto got = smear->transform_output(x, torch::zeros({2, 4, 5}), *layer);
+  for (int64_t n = 0; n < 2; ++n) {
+    auto A = torch::zeros({2, 6}), B = torch::zeros({5, 2});
+    for (int64_t m = 0; m < 3; ++m) {
+      A += w[n][m] * bank->lora_A[m];
+      B += w[n][m] * bank->scaling[m] * bank->lora_B[m];
+    }
+    EXPECT_TRUE(torch::allclose(got[n], torch::matmul(torch::matmul(x[n], A.t()), B.t()), 1e-5, 1e-6));
+  }
+  // SMEAR is not the weighted sum of outputs (B A is bilinear in the parameters).
+  ModularLinear sum(bank, std::make_shared<GivenRouter>(w));
+  EXPECT_FALSE(torch::allclose(sum->transform_output(x, torch::zeros({2, 4, 5}), *layer), got, 1e-3, 1e-4));
+  // Per-token weights cannot average parameters per example.
+  ModularLinear bad(bank, std::make_shared<GivenRouter>(torch::ones({2, 4, 3}) / 3),
+                    ModularLinearOptions().aggregation(Aggregation::ParameterAverage));
+  EXPECT_THROW(bad->transform_output(x, torch::zeros({2, 4, 5}), *layer), std::invalid_argument);
+}
+
+TEST(ModularLinear, GradientsReachOnlyRoutedModules) {
+  torch::manual_seed(4);
+  auto ctx = std::make_shared<RoutingContext>();
+  auto bank = random_bank(6, 5, 4, 2);
+  auto layer = base_layer(6, 5);
+  layer->attach("tasks", ModularLinear(bank, FixedRouter(FixedRouterOptions(4), ctx).ptr()).ptr());
+  ctx->set("task", torch::tensor({2, 0, 2, -1}));  // a multi-task batch
+  layer->forward(torch::randn({4, 3, 6})).pow(2).sum().backward();
+  auto gA = bank->lora_A.grad(), gB = bank->lora_B.grad();
+  ASSERT_TRUE(gA.defined() && gB.defined());
+  for (int64_t m : {0, 2}) {
+    EXPECT_GT(gA[m].abs().sum().item<double>(), 0) << m;
+    EXPECT_GT(gB[m].abs().sum().item<double>(), 0) << m;
+  }
+  for (int64_t m : {1, 3}) {
+    EXPECT_EQ(gA[m].abs().sum().item<double>(), 0) << m;
+    EXPECT_EQ(gB[m].abs().sum().item<double>(), 0) << m;
+  }
+}
+
+TEST(ModularLinear, SoftmaxRouterLearnsAndSharesAcrossSites) {
+  torch::manual_seed(5);
+  auto ctx = std::make_shared<RoutingContext>();
+  auto router = SoftmaxRouter(SoftmaxRouterOptions(6, 3), ctx);
+  auto owner = std::make_shared<torch::nn::Module>();
+  owner->register_module("router", router);  // one router shared by two sites
+  auto shared = ModularLinearOptions().owns_router(false);
+  auto l1 = base_layer(6, 6), l2 = base_layer(6, 5);
+  l1->attach("soft", ModularLinear(random_bank(6, 6, 3, 2), router.ptr(), shared).ptr());
+  l2->attach("soft", ModularLinear(random_bank(6, 5, 3, 2), router.ptr(), shared).ptr());
+  EXPECT_EQ(l1->named_parameters().find("adapters.soft.router.weight"), nullptr);
+  l2->forward(l1->forward(torch::randn({2, 4, 6}))).sum().backward();
+  EXPECT_GT(router->weight.grad().abs().sum().item<double>(), 0);
+  EXPECT_EQ(owner->parameters().size(), 2u);
+}
+
+TEST(ModularLinear, ErrorsAreClear) {
+  auto ctx = std::make_shared<RoutingContext>();
+  EXPECT_THROW(ModularLinear(random_bank(6, 5, 3, 2), FixedRouter(FixedRouterOptions(4), ctx).ptr()), std::invalid_argument);
+  EXPECT_THROW(LoraBankOptions(6, 5, 0).validate(), std::invalid_argument);
+  ModularLinear m(random_bank(6, 5, 3, 2), FixedRouter(FixedRouterOptions(3), ctx).ptr());
+  auto layer = base_layer(6, 5);
+  EXPECT_FALSE(m->mergeable());
+  EXPECT_THROW(m->merge(*layer), std::logic_error);
+}
