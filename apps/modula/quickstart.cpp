@@ -1,69 +1,56 @@
-// The main job until training lands: build a tiny Llama from the bundled config and
-// tokenizer, inspect it, and generate from it (greedy and sampled, streamed).
+// The main job: pretrain a tiny Llama on compositional sequence tasks, then run the
+// continual-learning and multi-task-interference experiments (modula/train/quickstart.h),
+// print the table and write the HTML report.
 #include "commands.h"
-#include "modula/backbone/generate.h"
-#include "modula/backbone/registry.h"
-#include "modula/text/stream_decoder.h"
+#include "modula/train/quickstart.h"
 #include "modula/util/fs.h"
 
-#include <chrono>
 #include <iostream>
 
 namespace modula::cli {
-namespace {
-
-void stream(Backbone& model, const text::Tokenizer& tok, const std::string& prompt, const GenerateOptions& o) {
-  text::StreamDecoder stream(tok);
-  std::cout << "  " << prompt << std::flush;
-  auto t0 = std::chrono::steady_clock::now();
-  auto generated = generate(model, tok.encode(prompt, false), o, [&](int64_t id) {
-    std::cout << stream.push(id) << std::flush;
-    return true;
-  });
-  std::cout << stream.finish();
-  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::cout << "\n  (" << generated.size() << " tokens, " << static_cast<int>(generated.size() / s) << " tok/s)\n";
-}
-
-}  // namespace
 
 void add_quickstart(CLI::App& app) {
-  auto* cmd = app.add_subcommand("quickstart", "Main job: build, inspect and generate with a bundled tiny model");
-  static std::string assets = MODULA_ASSETS "/tiny-llama", out = "build/quickstart/tiny-llama";
-  static uint64_t seed = 0;
-  cmd->add_option("--assets", assets, "Folder with config.json + tokenizer.json")->capture_default_str();
-  cmd->add_option("--out", out, "Where the initialised model folder is written")->capture_default_str();
-  cmd->add_option("--seed", seed, "Initialisation and sampling seed")->capture_default_str();
+  auto* cmd = app.add_subcommand("quickstart",
+                                 "Main job: pretrain a tiny model, then continual learning and multi-task interference "
+                                 "with per-task modules vs shared weights; table + HTML report");
+  struct Flags {
+    bool full = false, tiny = false;
+    std::string out = "build/quickstart";
+    uint64_t seed = 0;
+    int64_t pretrain_steps = 0, finetune_steps = 0, threads = 0;
+    std::vector<std::string> experiments, continual, interference;
+  };
+  static Flags f;
+  cmd->add_flag("--full", f.full, "Longer, stronger run (bigger model, more steps and tasks)");
+  cmd->add_flag("--tiny", f.tiny, "A few steps of everything (a smoke test, seconds)");
+  cmd->add_option("--out", f.out, "Folder for the backbone, the per-task modules and report.html")->capture_default_str();
+  cmd->add_option("--seed", f.seed, "Seed of initialisation and data")->capture_default_str();
+  cmd->add_option("--pretrain-steps", f.pretrain_steps, "Override the pretraining steps");
+  cmd->add_option("--finetune-steps", f.finetune_steps, "Override the fine-tuning steps per task");
+  cmd->add_option("--experiments", f.experiments, "Subset of: continual interference");
+  cmd->add_option("--continual-tasks", f.continual, "Task sequence for (a), e.g. reverse shift sort+shift");
+  cmd->add_option("--interference-tasks", f.interference, "Conflicting tasks for (b)");
+  cmd->add_option("--threads", f.threads, "Intra-op threads (default: libtorch's choice)");
   cmd->callback([] {
-    auto config = io::load_hf_config(assets);
-    auto model = create_backbone(config);
-    init_weights(*model, config.raw.value("initializer_range", 0.02), seed);
-    fs::make_dirs(out);
-    save_backbone(*model, out);
-    fs::copy_file(fs::join(assets, "tokenizer.json"), fs::join(out, "tokenizer.json"));
-    std::cout << "modula quickstart: a tiny " << config.model_type << " (random weights, seed " << seed << ") written to "
-              << out << "\n";
-    auto loaded = load_backbone(out);  // round trip through safetensors + config.json
-    int64_t params = 0;
-    for (const auto& p : loaded->parameters()) params += p.numel();
-    std::cout << "  layers " << config.num_hidden_layers << ", hidden " << config.hidden_size << ", heads "
-              << config.num_attention_heads << "/" << config.num_key_value_heads << " (GQA), vocab " << config.vocab_size
-              << ", parameters " << params << "\n";
-    auto tok = text::Tokenizer::from_file(out);
-    auto ids = tok->encode("Modular deep learning", false);
-    std::cout << "  tokenize \"Modular deep learning\" ->";
-    for (auto id : ids) std::cout << " " << id;
-    std::cout << "\n\ngreedy:\n";
-    GenerateOptions o;
-    o.max_new_tokens = 24;
-    stream(*loaded, *tok, "Modular deep learning", o);
-    std::cout << "sampled (temperature 0.8, top-k 40, top-p 0.95, seed " << seed << "):\n";
-    o.temperature = 0.8;
-    o.top_k = 40;
-    o.top_p = 0.95;
-    o.seed = seed;
-    stream(*loaded, *tok, "Modular deep learning", o);
-    std::cout << "\nThe weights are random: the text is noise until a model is trained (modula train).\n";
+    if (f.full && f.tiny) throw std::invalid_argument("choose one of --full and --tiny");
+    auto o = f.full ? train::QuickstartOptions::full() : f.tiny ? train::QuickstartOptions::tiny() : train::QuickstartOptions();
+    o.output(f.out).seed(f.seed);
+    if (f.pretrain_steps) o.pretrain_steps(f.pretrain_steps);
+    if (f.finetune_steps) o.finetune_steps(f.finetune_steps);
+    if (!f.experiments.empty()) o.experiments(f.experiments);
+    if (!f.continual.empty()) o.continual_tasks(f.continual);
+    if (!f.interference.empty()) o.interference_tasks(f.interference);
+    if (f.threads > 0) torch::set_num_threads(static_cast<int>(f.threads));
+    std::cout << "modula quickstart" << (f.full ? " --full" : f.tiny ? " --tiny" : "") << " (seed " << f.seed << ", "
+              << torch::get_num_threads() << " threads)\n";
+    auto result = train::run_quickstart(o, [](const std::string& line) { std::cout << line << "\n" << std::flush; });
+    std::cout << "\n" << train::format_table(result.summary_table());
+    for (const auto& e : result.experiments)
+      for (const auto& m : result.accuracy_matrices(e)) std::cout << "\n" << train::format_matrix(m);
+    if (!result.output.empty())
+      std::cout << "\nreport: " << fs::join(result.output, "report.html") << "  (modules: "
+                << fs::join(result.output, "modules") << ", backbone: " << fs::join(result.output, "backbone") << ")\n";
+    std::cout << "total " << static_cast<int>(result.seconds) << " s\n";
   });
 }
 

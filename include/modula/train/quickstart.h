@@ -1,0 +1,118 @@
+// The main job (`modula quickstart`): pretrain a tiny Llama on compositional sequence
+// tasks (tasks_synthetic.h), then test two of the survey's claims end to end:
+//
+//  (a) continual learning (§6.4): tasks arrive one after another with no task marker in
+//      the text. Per-task modules on a frozen backbone keep every earlier task's accuracy
+//      (forgetting exactly 0); full fine-tuning and one shared module forget.
+//  (b) multi-task interference (§6.3): conflicting tasks (same inputs, different outputs)
+//      learned jointly by one shared module interfere; per-task modules do not.
+//
+// Accuracy is exact match over the whole answer on held-out generated inputs (teacher-
+// forced argmax, equal to greedy decoding's exact match). Forgetting of task j is
+// max_{t<T} a[t][j] - a[T][j] (Chaudhry et al. 2018), averaged over all but the last task.
+// The experiment list is open: further experiments (systematic generalisation with
+// routing, mixtures of LoRA experts) append ExperimentResults to the same table/report.
+//
+//   auto result = modula::train::run_quickstart(QuickstartOptions());
+//   std::cout << format_table(result.summary_table());
+//   result.report().write_html("build/quickstart/report.html");
+#pragma once
+
+#include "modula/train/report.h"
+#include "modula/train/tasks_synthetic.h"
+
+#include <functional>
+#include <map>
+
+namespace modula::train {
+
+struct QuickstartOptions {
+  TORCH_ARG(uint64_t, seed) = 0;
+  TORCH_ARG(SequenceTaskOptions, data) = SequenceTaskOptions();
+  // The tiny Llama built in code.
+  TORCH_ARG(int64_t, hidden_size) = 64;
+  TORCH_ARG(int64_t, num_layers) = 2;
+  TORCH_ARG(int64_t, num_heads) = 4;
+  TORCH_ARG(int64_t, intermediate_size) = 128;
+  // Pretraining: the primitive skills, task marker in the text.
+  TORCH_ARG(std::vector<std::string>, pretrain_tasks) =
+      std::vector<std::string>{"reverse", "sort", "shift", "duplicate"};
+  TORCH_ARG(int64_t, pretrain_steps) = 1500;
+  TORCH_ARG(double, pretrain_lr) = 3e-3;
+  // Fine-tuning tasks (no marker): (a) in this order, (b) jointly.
+  TORCH_ARG(std::vector<std::string>, continual_tasks) = std::vector<std::string>{"reverse", "shift", "sort"};
+  TORCH_ARG(std::vector<std::string>, interference_tasks) = std::vector<std::string>{"reverse", "shift", "sort"};
+  TORCH_ARG(int64_t, finetune_steps) = 150;  // per task (joint training: per task × tasks)
+  TORCH_ARG(double, module_lr) = 3e-3;
+  TORCH_ARG(double, full_lr) = 1e-3;
+  // The modules: LoRA on every linear site of the backbone.
+  TORCH_ARG(int64_t, lora_r) = 4;
+  TORCH_ARG(double, lora_alpha) = 8.0;
+  TORCH_ARG(int64_t, batch_size) = 64;
+  TORCH_ARG(int64_t, eval_examples) = 256;  // held-out, per task
+  TORCH_ARG(int64_t, log_every) = 25;       // loss curve resolution and progress lines
+  // Which experiments: "continual", "interference".
+  TORCH_ARG(std::vector<std::string>, experiments) = std::vector<std::string>{"continual", "interference"};
+  // Where the backbone, the per-task modules and report.html go ("" = nothing written).
+  TORCH_ARG(std::string, output) = "build/quickstart";
+
+ public:
+  // The CTest variant: a few steps of everything (seconds).
+  static QuickstartOptions tiny();
+  // `--full`: longer, stronger run.
+  static QuickstartOptions full();
+  // Throws std::invalid_argument naming the bad field.
+  void validate() const;
+};
+
+struct LossCurve {
+  std::string name;
+  std::vector<double> step, loss;  // mean loss over each log_every window
+};
+
+// One method in one experiment.
+struct MethodResult {
+  std::string method;                         // "per-task LoRA", "full fine-tuning", ...
+  int64_t trainable_parameters = 0;           // all the method trains (over every task)
+  std::vector<std::string> stages;            // row labels of `accuracy`
+  std::vector<std::vector<double>> accuracy;  // [stage][task], NaN = task not seen yet
+  double final_accuracy = 0;                  // mean over tasks of the last row
+  double forgetting = NAN;                    // continual only
+  LossCurve loss;
+  double seconds = 0;
+};
+
+struct ExperimentResult {
+  std::string key;    // "continual", "interference"
+  std::string title;  // "(a) continual learning"
+  std::string claim;  // the survey's claim this tests, one sentence
+  std::vector<std::string> tasks;
+  std::vector<MethodResult> methods;
+  const MethodResult& method(const std::string& name) const;  // throws naming it
+};
+
+struct QuickstartResult {
+  QuickstartOptions options;
+  int64_t backbone_parameters = 0;
+  LossCurve pretrain_loss;
+  std::map<std::string, double> pretrain_accuracy;  // held-out, with the marker, per task
+  std::vector<ExperimentResult> experiments;
+  double seconds = 0;
+  std::string output;  // folder written ("" if none)
+
+  // Experiment | Method | Trainable params | Final accuracy | Forgetting | Seconds.
+  Table summary_table() const;
+  // Accuracy matrices (stage × task) of one experiment, one per method.
+  std::vector<Matrix> accuracy_matrices(const ExperimentResult& e) const;
+  Report report() const;
+};
+
+// Forgetting (Chaudhry et al. 2018): mean over j < T of max_{t<T} a[t][j] - a[T][j]
+// for a [T+1 stages][tasks] accuracy matrix with stage t training task t.
+double average_forgetting(const std::vector<std::vector<double>>& accuracy);
+
+// Progress lines for the CLI (the library never prints).
+using Progress = std::function<void(const std::string&)>;
+QuickstartResult run_quickstart(const QuickstartOptions& options, const Progress& progress = {});
+
+}  // namespace modula::train
