@@ -2,6 +2,7 @@
 // MHR-z (routing only) and MHR-μ (averaged skills).
 #include "modula/backbone/registry.h"
 #include "modula/composition/poly_lora.h"
+#include "modula/io/peft.h"
 #include "modula/io/safetensors.h"
 #include "support/temp_dir.h"
 
