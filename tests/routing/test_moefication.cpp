@@ -1,0 +1,120 @@
+// MoEfication (Zhang et al. 2022): balanced k-means groups, a MoE-fied FFN with every expert
+// active equals the dense FFN (Llama / GPT-2 / BERT), top-k < E routes and the router
+// distillation loss falls while the routers train, clear errors.
+#include "modula/backbone/registry.h"
+#include "modula/composition/moefication.h"
+#include "modula/modules/lora.h"
+#include "modula/routing/top_k.h"
+#include "support/temp_dir.h"
+
+#include <gtest/gtest.h>
+
+namespace {
+
+using modula::MoefyOptions;
+using modula::testing::fixture;
+
+modula::BackboneInput batch() {
+  modula::BackboneInput in;
+  in.input_ids = torch::arange(5, 29, torch::kLong).view({2, 12});
+  in.attention_mask = torch::ones({2, 12}, torch::kLong);
+  return in;
+}
+
+TEST(Moefication, BalancedKmeansRecoversSeparatedGroups) {
+  // Three well-separated groups of four points, shuffled: the partition must be recovered.
+  torch::manual_seed(0);
+  auto centres = torch::tensor({10.f, 0.f, 0.f, 0.f, 10.f, 0.f, 0.f, 0.f, 10.f}).view({3, 3});
+  auto truth = torch::tensor({2, 0, 1, 1, 0, 2, 2, 1, 0, 0, 1, 2}, torch::kLong);
+  auto points = centres.index_select(0, truth) + 0.1 * torch::randn({12, 3});
+  for (uint64_t seed : {0u, 1u, 7u}) {
+    auto group = modula::balanced_kmeans(points, 3, 10, seed);
+    EXPECT_TRUE(torch::equal(torch::bincount(group, {}, 3), torch::full({3}, 4, torch::kLong)));
+    // Same truth label <=> same group.
+    auto same_truth = truth.unsqueeze(0) == truth.unsqueeze(1);
+    auto same_group = group.unsqueeze(0) == group.unsqueeze(1);
+    EXPECT_TRUE(torch::equal(same_truth, same_group)) << seed;
+  }
+  // Balanced even when the data is not: 6 points near one centre, 2 near another -> 4 + 4.
+  auto lopsided = torch::cat({torch::zeros({6, 2}), torch::ones({2, 2}) * 5}) + 0.01 * torch::randn({8, 2});
+  auto g = modula::balanced_kmeans(lopsided, 2, 10, 3);
+  EXPECT_TRUE(torch::equal(torch::bincount(g, {}, 2), torch::full({2}, 4, torch::kLong)));
+  EXPECT_TRUE(torch::equal(g, modula::balanced_kmeans(lopsided, 2, 10, 3)));  // seeded: reproducible
+}
+
+TEST(Moefication, AllExpertsActiveEqualsTheDenseModel) {
+  for (std::string family : {"llama", "gpt2", "bert"}) {
+    auto model = modula::load_backbone(fixture("hf/models/" + family));
+    model->eval();
+    auto dense = model->forward(batch());
+    const int64_t E = 4;
+    auto moes = modula::moefy(*model, MoefyOptions(E).k(E));
+    ASSERT_EQ(static_cast<int64_t>(moes.size()), model->config().num_hidden_layers) << family;
+    auto moefied = model->forward(batch());
+    EXPECT_TRUE(torch::allclose(moefied.last_hidden_state, dense.last_hidden_state, 1e-5, 1e-5)) << family;
+    EXPECT_LT((moefied.logits - dense.logits).abs().max().item<double>(), 1e-5) << family;
+    // Each expert holds I / E neurons.
+    EXPECT_EQ(moes[0].second->options.expert_size(), model->config().intermediate_size / E) << family;
+  }
+}
+
+TEST(Moefication, TopKRoutesAndTheRouterLearnsTheLargestGroups) {
+  torch::manual_seed(0);
+  auto model = modula::load_backbone(fixture("hf/models/llama"));
+  model->eval();
+  auto dense = model->forward(batch()).logits.detach();
+  const int64_t E = 8, k = 2;
+  auto moes = modula::moefy(*model, MoefyOptions(E).k(k).layers({1}).seed(3));
+  ASSERT_EQ(moes.size(), 1u);
+  EXPECT_EQ(moes[0].first, "model.layers.1.mlp");
+  auto& moe = moes[0].second;
+  auto error = [&] { return (model->forward(batch()).logits - dense).pow(2).mean().item<double>(); };
+  const double error_before = error();
+  EXPECT_GT(error_before, 0);  // only k of E groups run
+  EXPECT_EQ(moe->last_routing.indices.size(-1), k);
+
+  // Train the router alone on its distillation loss (left in aux_loss).
+  std::vector<torch::Tensor> router_params = moe->router->parameters();
+  for (auto& p : model->parameters()) p.set_requires_grad(false);
+  for (auto& p : router_params) p.set_requires_grad(true);
+  torch::optim::Adam opt(router_params, torch::optim::AdamOptions(1e-2));
+  model->train();
+  double first = 0, last = 0;
+  for (int step = 0; step < 40; ++step) {
+    opt.zero_grad();
+    model->forward(batch());
+    auto loss = modula::collect_aux_loss(*model);
+    loss.backward();
+    opt.step();
+    (step == 0 ? first : last) = loss.item<double>();
+  }
+  EXPECT_LT(last, 0.8 * first) << first << " -> " << last;
+  model->eval();
+  EXPECT_LT(error(), error_before) << "routing to the learned groups approximates the dense FFN better";
+}
+
+TEST(Moefication, ClearErrors) {
+  auto model = modula::load_backbone(fixture("hf/models/llama"));  // intermediate 176
+  auto expect_error = [](auto f, const std::string& part) {
+    try {
+      f();
+      ADD_FAILURE() << "expected an error mentioning '" << part << "'";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  expect_error([&] { modula::moefy(*model, MoefyOptions(5)); }, "176 is not divisible by num_experts 5");
+  expect_error([&] { modula::moefy(*model, MoefyOptions(4).k(5)); }, "k must be in [1, num_experts = 4], got 5");
+  expect_error([&] { modula::dense_ffn(*model, "model.layers.0.self_attn"); }, "is not a feed-forward block site");
+  expect_error([&] { modula::balanced_kmeans(torch::randn({7, 2}), 2, 5, 0); }, "cannot split 7 neurons into 2");
+  // Projections carrying modules must be merged first; a site is MoE-fied once.
+  auto modules = model->named_modules();
+  auto up = std::dynamic_pointer_cast<modula::LinearImpl>(modules["model.layers.0.mlp.up_proj"]);
+  up->attach("lora", modula::Lora(modula::LoraOptions(64, 176)).ptr());
+  expect_error([&] { modula::moefy(*model, MoefyOptions(4).layers({0})); }, "carries attached modules");
+  up->detach("lora");
+  modula::moefy(*model, MoefyOptions(4).layers({0}));
+  expect_error([&] { modula::moefy(*model, MoefyOptions(4).layers({0})); }, "already carries block modules");
+}
+
+}  // namespace
