@@ -327,7 +327,7 @@ SpecNode parse_spec_yaml(const std::string& yaml) {
 
 SpecNode parse_spec(const std::string& text) {
   auto first = text.find_first_not_of(" \t\r\n");
-  if (first != std::string::npos && text[first] == '{') {
+  if (first != std::string::npos && (text[first] == '{' || text[first] == '"')) {
     if (json::accept(text)) return parse_spec_json(json::parse(text));
     return parse_spec_yaml(text);  // a YAML flow mapping such as {stack: [a, b]}
   }

@@ -44,7 +44,7 @@ class SpecError : public std::invalid_argument {
   std::string where;
 };
 
-// Parses either form: text starting with '{' is JSON, "op:" or a newline-separated
+// Parses either form: text starting with '{' or '"' is JSON (or a YAML flow mapping), "op:" or a newline-separated
 // mapping is YAML, anything else the text form. Checks operators, arity (stack, parallel,
 // avg, concat: ≥ 2; fuse ≥ 1; route: a key and ≥ 1 module), weights (numbers, only in
 // avg, on every argument or none). Throws SpecError.

@@ -1,0 +1,167 @@
+// The composition spec: text, JSON and YAML forms parse to the same AST, print back to
+// themselves, and every malformed spec is rejected with a message naming the problem and
+// where it is.
+#include "modula/composition/spec.h"
+
+#include <gtest/gtest.h>
+
+using json = nlohmann::json;
+using modula::SpecNode;
+using Kind = modula::SpecNode::Kind;
+
+namespace {
+
+const std::vector<std::string> kSpecs = {
+    "a",
+    "stack(lang:de, fuse(task:a, task:b))",
+    "parallel(a, b)",
+    "avg(a:0.7, b:0.3)",
+    "avg(a, b, c)",
+    "route(task, a, b, c)",
+    "concat(p1, p2)",
+    "stack(concat(p1, p2), avg(stack(x, y):0.25, parallel(z, w):0.75), route(lang, de, fr))",
+    "fuse(a)",
+    "avg(lang:de:-0.5, task:a:1.5)",
+};
+
+TEST(Spec, ParsesTheTreeItDescribes) {
+  auto n = modula::parse_spec("stack(lang:de, fuse(task:a, task:b))");
+  EXPECT_EQ(n.kind, Kind::Stack);
+  ASSERT_EQ(n.children.size(), 2u);
+  EXPECT_EQ(n.children[0].kind, Kind::Module);
+  EXPECT_EQ(n.children[0].name, "lang:de");  // ':' + a non-number belongs to the name
+  EXPECT_EQ(n.children[1].kind, Kind::Fuse);
+  EXPECT_EQ(n.children[1].children[1].name, "task:b");
+  EXPECT_EQ(n.children[1].where, "column 16");
+
+  auto avg = modula::parse_spec("avg(a:0.7, b:0.3)");
+  EXPECT_EQ(avg.kind, Kind::Average);
+  EXPECT_EQ(avg.children[0].name, "a");
+  EXPECT_DOUBLE_EQ(*avg.children[0].weight, 0.7);
+  EXPECT_DOUBLE_EQ(*avg.children[1].weight, 0.3);
+
+  auto route = modula::parse_spec("route(task, a, b, c)");
+  EXPECT_EQ(route.kind, Kind::Route);
+  EXPECT_EQ(route.name, "task");
+  EXPECT_EQ(route.children.size(), 3u);
+  EXPECT_EQ(modula::module_names(modula::parse_spec("stack(a, parallel(b, a), c)")),
+            (std::vector<std::string>{"a", "b", "c"}));
+}
+
+TEST(Spec, TextRoundTrips) {
+  for (const auto& text : kSpecs) {
+    auto n = modula::parse_spec(text);
+    EXPECT_EQ(modula::to_string(n), text);
+    EXPECT_EQ(modula::parse_spec(modula::to_string(n)), n) << text;
+  }
+  // Spacing is free; the canonical form is ", "-separated.
+  EXPECT_EQ(modula::to_string(modula::parse_spec("  stack( a ,b,\n fuse( c ) )  ")), "stack(a, b, fuse(c))");
+  EXPECT_EQ(modula::to_string(modula::parse_spec("avg(stack(a,b) : 0.5, c:0.5)")), "avg(stack(a, b):0.5, c:0.5)");
+}
+
+TEST(Spec, JsonRoundTripsAndMatchesTheText) {
+  for (const auto& text : kSpecs) {
+    auto n = modula::parse_spec(text);
+    auto j = modula::to_json(n);
+    EXPECT_EQ(modula::parse_spec_json(j), n) << j.dump();
+    EXPECT_EQ(modula::parse_spec(j.dump()), n) << j.dump();
+  }
+  EXPECT_EQ(modula::parse_spec(R"({"stack": ["lang:de", {"fuse": ["task:a", "task:b"]}]})"),
+            modula::parse_spec("stack(lang:de, fuse(task:a, task:b))"));
+  EXPECT_EQ(modula::to_json(modula::parse_spec("avg(a:0.7, b:0.3)")), json::parse(R"({"avg": ["a", "b"], "weights": [0.7, 0.3]})"));
+  EXPECT_EQ(modula::to_json(modula::parse_spec("route(task, a, b)")), json::parse(R"({"route": ["a", "b"], "key": "task"})"));
+}
+
+TEST(Spec, YamlMatchesTheText) {
+  EXPECT_EQ(modula::parse_spec("stack: [lang:de, {fuse: [task:a, task:b]}]"),
+            modula::parse_spec("stack(lang:de, fuse(task:a, task:b))"));
+  EXPECT_EQ(modula::parse_spec("avg:\n  - a\n  - b\nweights: [0.7, 0.3]\n"), modula::parse_spec("avg(a:0.7, b:0.3)"));
+  EXPECT_EQ(modula::parse_spec("{route: [a, b, c], key: task}"), modula::parse_spec("route(task, a, b, c)"));
+  EXPECT_EQ(modula::parse_spec_yaml("concat: [p1, p2]"), modula::parse_spec("concat(p1, p2)"));
+}
+
+struct Bad {
+  std::string spec;
+  std::string message;  // a part of what() that names the problem
+  std::string where;    // SpecError::where
+};
+
+TEST(Spec, RejectsMalformedTextNamingTheProblemAndColumn) {
+  const std::vector<Bad> cases = {
+      {"", "empty spec", "column 1"},
+      {"stack(a, b", "unbalanced '(': no matching ')'", "column 6"},
+      {"stack(a, fuse(b, c)", "unbalanced '('", "column 6"},
+      {"stack(a, b))", "unbalanced ')': no '(' to close", "column 12"},
+      {"stack(lang:de, fusee(a, b))", "unknown operator 'fusee' (operators: stack, parallel, avg, fuse, route, concat)",
+       "column 16"},
+      {"stack(a)", "stack needs at least 2 modules, got 1", "column 1"},
+      {"parallel()", "parallel needs at least 2 modules, got 0", "column 1"},
+      {"fuse()", "fuse needs at least 1 module, got 0", "column 1"},
+      {"route(task)", "route needs at least 1 module, got 0", "column 1"},
+      {"route()", "route needs a metadata key", "column 1"},
+      {"route(fuse(a), a, b)", "route's first argument must be a metadata key", "column 7"},
+      {"avg(a:0.7x, b:0.3)", "weight '0.7x' is not a number", "column 7"},
+      {"avg(a:0.7, b:x)", "avg argument 2 has no weight but others do", "column 12"},
+      {"avg(stack(a, b):heavy, c:1)", "weight after ':' must be a number, got 'heavy'", "column 17"},
+      {"avg(a:1, b:-1)", "avg weights sum to zero", "column 1"},
+      {"parallel(a:0.5, b)", "weights (':number') are only allowed inside avg", "column 10"},
+      {"a:0.5", "only allowed inside avg", "column 1"},
+      {"stack(a,,b)", "expected a module name or an operator, got ','", "column 9"},
+      {"stack(a b)", "expected ',' or ')', got 'b'", "column 9"},
+      {"stack(a, b) c", "unexpected 'c' after the end of the spec", "column 13"},
+      {"stack(task.a, b)", "module name 'task.a' may not contain '.'", "column 11"},
+      {"concat(p, stack(a, b))", "concat joins prompt modules; argument 2 is stack(…)", "column 11"},
+      {"stack(a, :0.5)", "empty module name", "column 10"},
+  };
+  for (const auto& c : cases) {
+    try {
+      modula::parse_spec(c.spec);
+      ADD_FAILURE() << "accepted: " << c.spec;
+    } catch (const modula::SpecError& e) {
+      EXPECT_NE(std::string(e.what()).find(c.message), std::string::npos) << c.spec << " -> " << e.what();
+      EXPECT_EQ(e.where, c.where) << c.spec << " -> " << e.what();
+      EXPECT_NE(std::string(e.what()).find("    " + c.spec), std::string::npos) << "quotes the text: " << e.what();
+    }
+  }
+}
+
+TEST(Spec, RejectsMalformedJsonAndYamlNamingThePath) {
+  const std::vector<Bad> cases = {
+      {R"({"stack": "a"})", "stack takes a list of modules", "/stack"},
+      {R"({"stack": ["a", {"fusee": ["b", "c"]}]})", "unknown operator 'fusee'", "/stack/1"},
+      {R"({"stack": ["a", 3]})", "expected a module name or an operator object, got 3", "/stack/1"},
+      {R"({"stack": ["a", "b"], "fuse": ["c"]})", "one operator per object", "/"},
+      {R"({"weights": [1]})", "object has no operator", "/"},
+      {R"({"avg": ["a", "b"], "weights": [0.5, "x"]})", "weight is not a number: \"x\"", "/weights/1"},
+      {R"({"avg": ["a", "b"], "weights": [0.5]})", "weights must be a list of 2 numbers", "/weights"},
+      {R"({"parallel": ["a", "b"], "weights": [0.5, 0.5]})", "weights belong to avg only", "/weights"},
+      {R"({"route": ["a", "b"]})", "route needs \"key\"", "/"},
+      {R"({"stack": ["a"]})", "stack needs at least 2 modules, got 1", "/"},
+      {R"({"stack": ["a", {"parallel": ["b:0.5", "c"]}]})", "only allowed inside avg", "/stack/1/parallel/0"},
+      {"stack: [a, {fuse: [b, c]}", "YAML line 1, column 1: end of sequence flow not found", "line 1, column 1"},  // yaml-cpp's mark
+      {"avg: [a, b]\nweights: [0.5, heavy]\n", "weight is not a number: \"heavy\"", "/weights/1"},
+  };
+  for (const auto& c : cases) {
+    try {
+      modula::parse_spec(c.spec);
+      ADD_FAILURE() << "accepted: " << c.spec;
+    } catch (const modula::SpecError& e) {
+      EXPECT_NE(std::string(e.what()).find(c.message), std::string::npos) << c.spec << " -> " << e.what();
+      EXPECT_EQ(e.where, c.where) << c.spec << " -> " << e.what();
+    }
+  }
+}
+
+TEST(Spec, UnknownModuleNamesAreNamedWithTheirColumn) {
+  auto n = modula::parse_spec("stack(a, fuse(b, c))");
+  EXPECT_NO_THROW(modula::check_module_names(n, {"a", "b", "c"}));
+  try {
+    modula::check_module_names(n, {"a", "b"});
+    FAIL() << "c is unknown";
+  } catch (const modula::SpecError& e) {
+    EXPECT_NE(std::string(e.what()).find("column 18: unknown module name 'c' (known: a, b)"), std::string::npos) << e.what();
+    EXPECT_EQ(e.where, "column 18");
+  }
+}
+
+}  // namespace
