@@ -74,6 +74,10 @@ torch::Tensor LoraBankImpl::selected(const torch::Tensor& x, const torch::Tensor
   auto A = lora_A.index_select(0, flat).view({N, k * r, in_features()});      // [N, k·r, in]
   auto B = lora_B.index_select(0, flat).view({N, k, out_features(), r});      // [N, k, out, r]
   auto coef = (w * scaling.index_select(0, flat).view({N, k})).to(x.scalar_type());  // [N, k]
+  if (k == 1) {  // one module per row: no copies of B, the scale on the [N, T, r] activations
+    auto h = torch::bmm(x, lora_A.index_select(0, flat).transpose(1, 2)) * coef.view({N, 1, 1});
+    return torch::bmm(h, lora_B.index_select(0, flat).transpose(1, 2));
+  }
   auto h = torch::bmm(x, A.transpose(1, 2)).view({N, -1, k, r}) * coef.view({N, 1, k, 1});
   return torch::bmm(h.view({N, -1, k * r}), B.permute({0, 1, 3, 2}).reshape({N, k * r, out_features()}));
 }
