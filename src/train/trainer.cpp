@@ -407,8 +407,7 @@ struct Trainer::State {
       opt->load(ar);
       step = resume_from->data.state.at("step");
       const json& loop = resume_from->data.state.at("loop");
-      best = loop.value("best", double(INFINITY));
-      if (loop.contains("best") && loop["best"].is_null()) best = INFINITY;
+      best = loop.contains("best") && loop["best"].is_number() ? loop["best"].get<double>() : INFINITY;
       bad_evals = loop.value("bad_evals", int64_t{0});
       last_loss = loop.value("last_loss", 0.0);
       note("resumed " + ph.label() + " at step " + std::to_string(step) + " from " + resume_from->dir);
@@ -419,7 +418,9 @@ struct Trainer::State {
     int64_t tokens = 0, first_step = step;
     bool stopped = false;
     while (step < o.max_steps && !stopped) {
-      opt->zero_grad();
+      // Gradients to none (not zero): a parameter without a gradient this step (the head of a
+      // task not sampled) is left alone by AdamW, on every torch version and after a resume.
+      for (auto& p : params) p.mutable_grad() = torch::Tensor();
       double loss_sum = 0;
       std::string task_name;
       for (int64_t micro = 0; micro < o.grad_accum; ++micro) {
