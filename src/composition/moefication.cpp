@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <functional>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -159,23 +160,30 @@ MoeFfn moefy_ffn(const DenseFfn& ffn, const MoefyOptions& options) {
   return moe;
 }
 
-std::vector<std::pair<std::string, MoeFfn>> moefy(Backbone& model, const MoefyOptions& options) {
-  options.validate();
+std::vector<std::pair<std::string, MoeFfn>> replace_ffns(Backbone& model, const std::vector<int64_t>& layers,
+                                                        const std::string& name,
+                                                        const std::function<MoeFfn(const DenseFfn&)>& make) {
   nlohmann::json select = {{"target_modules", ".*"}};
-  if (!options.layers().empty()) select["layers_to_transform"] = options.layers();
+  if (!layers.empty()) select["layers_to_transform"] = layers;
   std::vector<std::pair<std::string, MoeFfn>> result;
   for (auto& [path, site] : select_block_sites(model, select)) {
     if (site->role != BlockRole::FeedForward) continue;
     if (site->has_modules())  // a replacing module must come first: it ignores what earlier ones computed
-      fail("'" + path + "' already carries block modules; MoE-fy before attaching others");
-    auto moe = moefy_ffn(dense_ffn(model, path), options);
+      fail("'" + path + "' already carries block modules; replace the FFN before attaching others");
+    auto moe = make(dense_ffn(model, path));
     auto like = dense_ffn_weight(*site);
     moe->to(like.device(), like.scalar_type());
-    site->attach(options.name(), moe.ptr());
+    site->attach(name, moe.ptr());
     result.emplace_back(path, moe);
   }
-  if (result.empty()) fail("no feed-forward block matched layers " + nlohmann::json(options.layers()).dump());
+  if (result.empty()) fail("no feed-forward block matched layers " + nlohmann::json(layers).dump());
   return result;
+}
+
+std::vector<std::pair<std::string, MoeFfn>> moefy(Backbone& model, const MoefyOptions& options) {
+  options.validate();
+  return replace_ffns(model, options.layers(), options.name(),
+                      [&](const DenseFfn& ffn) { return moefy_ffn(ffn, options); });
 }
 
 }  // namespace modula

@@ -1,7 +1,9 @@
 // MoEfication (Zhang et al. 2022): balanced k-means groups, a MoE-fied FFN with every expert
 // active equals the dense FFN (Llama / GPT-2 / BERT), top-k < E routes and the router
-// distillation loss falls while the routers train, clear errors.
+// distillation loss falls while the routers train, clear errors. Sparse upcycling
+// (Komatsuzaki et al. 2023) starts equal to the dense model.
 #include "modula/backbone/registry.h"
+#include "modula/composition/moe_upcycle.h"
 #include "modula/composition/moefication.h"
 #include "modula/modules/lora.h"
 #include "modula/routing/top_k.h"
@@ -93,6 +95,40 @@ TEST(Moefication, TopKRoutesAndTheRouterLearnsTheLargestGroups) {
   EXPECT_LT(error(), error_before) << "routing to the learned groups approximates the dense FFN better";
 }
 
+TEST(Upcycling, StartsEqualToTheDenseModelThenTrains) {
+  torch::manual_seed(0);
+  for (std::string family : {"llama", "gpt2"}) {
+    auto model = modula::load_backbone(fixture("hf/models/" + family));
+    model->eval();
+    auto dense = model->forward(batch()).logits;
+    auto moes = modula::upcycle(*model, modula::UpcycleOptions(4).k(2));
+    ASSERT_EQ(static_cast<int64_t>(moes.size()), model->config().num_hidden_layers);
+    // Identical experts, renormalised weights: the same function, though only 2 of 4 run.
+    EXPECT_LT((model->forward(batch()).logits - dense).abs().max().item<double>(), 1e-5) << family;
+    EXPECT_EQ(moes[0].second->last_routing.indices.size(-1), 2);
+    // Once the experts differ, training reaches routers and experts, with the router losses.
+    {
+      torch::NoGradGuard g;
+      for (auto& [path, moe] : moes) moe->w_down.add_(torch::randn_like(moe->w_down) * 0.05);
+    }
+    model->train();
+    auto logits = model->forward(batch()).logits;
+    auto aux = modula::collect_aux_loss(*model);
+    EXPECT_GT(aux.item<double>(), 0);
+    (logits.pow(2).mean() + aux).backward();
+    for (auto& [path, moe] : moes) {
+      auto router = std::dynamic_pointer_cast<modula::TopKRouterImpl>(moe->router);
+      ASSERT_TRUE(router);
+      EXPECT_GT(router->gate->weight.grad().abs().sum().item<double>(), 0) << path;
+      EXPECT_GT(moe->w_up.grad().abs().sum().item<double>(), 0) << path;
+    }
+  }
+  auto model = modula::load_backbone(fixture("hf/models/llama"));
+  EXPECT_THROW(modula::upcycle(*model, modula::UpcycleOptions(4).k(5)), std::invalid_argument);
+  EXPECT_THROW(modula::upcycle(*model, modula::UpcycleOptions(4).dropless(false).capacity_factor(-1)),
+               std::invalid_argument);
+}
+
 TEST(Moefication, ClearErrors) {
   auto model = modula::load_backbone(fixture("hf/models/llama"));  // intermediate 176
   auto expect_error = [](auto f, const std::string& part) {
@@ -114,7 +150,7 @@ TEST(Moefication, ClearErrors) {
   expect_error([&] { modula::moefy(*model, MoefyOptions(4).layers({0})); }, "carries attached modules");
   up->detach("lora");
   modula::moefy(*model, MoefyOptions(4).layers({0}));
-  expect_error([&] { modula::moefy(*model, MoefyOptions(4).layers({0})); }, "already carries block modules");
+  expect_error([&] { modula::moefy(*model, MoefyOptions(4).layers({0})); }, "already carries block modules; replace the FFN");
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include "modula/backbone/backbone.h"
 #include "modula/composition/moe_ffn.h"
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,14 @@ DenseFfn dense_ffn(Backbone& model, const std::string& path);
 // balanced assignment problem), then moves centroids to their group means.
 // Returns the group of each row, [n] int64. Throws when n is not divisible by `clusters`.
 torch::Tensor balanced_kmeans(const torch::Tensor& points, int64_t clusters, int64_t iterations, uint64_t seed);
+
+// Attaches make(dense_ffn(site)) as `name` at every feed-forward block site of `layers`
+// (empty = every layer), on the site's device and dtype; the MoE FFN then replaces the
+// dense FFN in the forward. Throws when a site already carries block modules (a replacing
+// module must come first) or nothing matches. Returns the attached layers by site path.
+std::vector<std::pair<std::string, MoeFfn>> replace_ffns(Backbone& model, const std::vector<int64_t>& layers,
+                                                        const std::string& name,
+                                                        const std::function<MoeFfn(const DenseFfn&)>& make);
 
 struct MoefyOptions {
   explicit MoefyOptions(int64_t num_experts) : num_experts_(num_experts) {}
