@@ -1,0 +1,232 @@
+// A composition spec applied to a model equals the same composition built by hand:
+// stack = native sequential attachment, parallel/avg = the sum / weighted sum, route = the
+// adapter of each row, avg over LoRA = scaled LoRA, concat = one prompt; folders (incl. a
+// MODULA_FUSION folder) load by name; misplaced modules are rejected by name.
+#include "modula/aggregation/fusion.h"
+#include "modula/backbone/registry.h"
+#include "modula/composition/apply_spec.h"
+#include "modula/modules/targets.h"
+#include "support/temp_dir.h"
+
+#include <gtest/gtest.h>
+
+using modula::testing::fixture;
+using modula::testing::TempDir;
+using json = nlohmann::json;
+
+namespace {
+
+std::shared_ptr<modula::Backbone> load() { return modula::load_backbone(fixture("hf/models/llama")); }
+
+modula::BackboneInput batch() {
+  modula::BackboneInput in;
+  in.input_ids = torch::arange(10, 34, torch::kInt64).view({2, 12});
+  in.attention_mask = torch::ones({2, 12}, torch::kInt64);
+  return in;
+}
+
+double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
+
+modula::Adapter perturbed(modula::Backbone& model, const json& config, const std::string& name) {
+  auto a = modula::add_adapter(model, config, name);
+  torch::NoGradGuard g;
+  for (auto& p : a.parameters()) p.add_(torch::randn_like(p) * 0.3);
+  return a;
+}
+
+const json kPfeiffer = {{"peft_type", "MODULA_BOTTLENECK"}, {"config", "pfeiffer"}, {"reduction_factor", 4}};
+const json kHoulsby = {{"peft_type", "MODULA_BOTTLENECK"}, {"config", "houlsby"}, {"reduction_factor", 4}};
+const json kLora = {{"peft_type", "LORA"}, {"r", 2}, {"target_modules", {"q_proj", "v_proj"}}};
+
+struct Spec : ::testing::Test {
+  void SetUp() override {
+    torch::manual_seed(0);
+    model = load();
+    a = perturbed(*model, kPfeiffer, "a");
+    b = perturbed(*model, kHoulsby, "b");  // also adapts the attention blocks
+    members = {{"a", &a}, {"b", &b}};
+  }
+  // Logits with only the named adapters switched on (natively, in attachment order).
+  torch::Tensor only(std::initializer_list<modula::Adapter*> on) {
+    torch::NoGradGuard g;
+    for (auto& [name, ad] : members) const_cast<modula::Adapter*>(ad)->set_enabled(false);
+    for (auto* ad : on) ad->set_enabled(true);
+    auto out = model->forward(batch()).logits;
+    for (auto& [name, ad] : members) const_cast<modula::Adapter*>(ad)->set_enabled(true);
+    return out;
+  }
+  torch::Tensor composed(const std::string& spec) {
+    torch::NoGradGuard g;
+    auto comp = modula::apply_spec(*model, modula::parse_spec(spec), members);
+    auto out = comp.forward(*model, batch()).logits;
+    modula::remove_composition(comp);
+    return out;
+  }
+  std::shared_ptr<modula::Backbone> model;
+  modula::Adapter a, b;
+  std::map<std::string, const modula::Adapter*> members;
+};
+
+TEST_F(Spec, StackEqualsNativeSequentialAttachment) {
+  auto native = only({&a, &b});
+  EXPECT_LE(max_diff(composed("stack(a, b)"), native), 1e-5);
+  EXPECT_GT(max_diff(composed("stack(b, a)"), native), 1e-4);  // order matters
+  // remove_composition put everything back: a and b run natively again.
+  EXPECT_LE(max_diff(only({&a, &b}), native), 1e-6);
+}
+
+TEST_F(Spec, ParallelAndAverageEqualTheirHandBuiltSums) {
+  torch::NoGradGuard g;
+  // Per block site: parallel = y + d_a + d_b, avg = y + 0.7 d_a + 0.3 d_b; members absent at a
+  // site (a at the attention blocks) contribute nothing there.
+  auto par = modula::apply_spec(*model, modula::parse_spec("parallel(a, b)"), members);
+  int attention_sites = 0;
+  for (auto& [path, site] : par.sites) {
+    auto root = std::dynamic_pointer_cast<modula::CompositeImpl>(site->module("compose"));
+    ASSERT_TRUE(root) << path;
+    if (path.find("self_attn") != std::string::npos) ++attention_sites;
+  }
+  EXPECT_EQ(par.sites.size(), static_cast<size_t>(model->config().num_hidden_layers));  // mlp sites only
+  EXPECT_EQ(attention_sites, 0);  // b alone there: runs natively
+  auto x = torch::randn({1, 2, model->config().hidden_size}), y = torch::randn({1, 2, model->config().hidden_size});
+  auto site = par.sites.front().second;
+  auto ma = a.modules.front().module, mb = site->module("b");
+  auto da = ma->transform_block(x, y) - y, db = mb->transform_block(x, y) - y;
+  EXPECT_LE(max_diff(site->module("compose")->transform_block(x, y), y + da + db), 1e-5);
+  auto logits = par.forward(*model, batch()).logits;
+  modula::remove_composition(par);
+  EXPECT_GT(max_diff(logits, only({&a, &b})), 1e-4);  // a sum, not a stack
+
+  auto avg = modula::apply_spec(*model, modula::parse_spec("avg(a:0.7, b:0.3)"), members);
+  ASSERT_EQ(avg.sites.size(), 2u * model->config().num_hidden_layers);  // b alone at attention: 0.3 of it
+  for (auto& [path, s] : avg.sites) {
+    auto d_b = s->module("b")->transform_block(x, y) - y;
+    if (path.find("self_attn") != std::string::npos)
+      EXPECT_LE(max_diff(s->module("compose")->transform_block(x, y), y + 0.3 * d_b), 1e-5) << path;
+    else if (s == site)
+      EXPECT_LE(max_diff(s->module("compose")->transform_block(x, y), y + 0.7 * da + 0.3 * db), 1e-5) << path;
+  }
+  modula::remove_composition(avg);
+}
+
+TEST_F(Spec, RouteGivesEachRowItsAdapter) {
+  auto only_a = only({&a}), only_b = only({&b});
+  torch::NoGradGuard g;
+  auto comp = modula::apply_spec(*model, modula::parse_spec("route(task, a, b)"), members);
+  comp.context->set("task", torch::tensor({1, 0}, torch::kInt64));
+  auto out = comp.forward(*model, batch()).logits;
+  EXPECT_LE(max_diff(out[0], only_b[0]), 1e-5);
+  EXPECT_LE(max_diff(out[1], only_a[1]), 1e-5);
+  comp.context->set("task", torch::tensor({0, 7}, torch::kInt64));
+  EXPECT_THROW(comp.forward(*model, batch()), std::invalid_argument);  // id outside [-1, 2)
+}
+
+TEST_F(Spec, FuseTrainsOnlyTheFusionAndStacksAfterALanguageAdapter) {
+  auto c = perturbed(*model, kPfeiffer, "c");
+  members["c"] = &c;
+  modula::freeze_backbone(*model);
+  auto comp = modula::apply_spec(*model, modula::parse_spec("stack(a, fuse(b, c))"), members);
+  ASSERT_EQ(comp.fusions.size(), 1u);
+  EXPECT_EQ(comp.fusions[0].adapters, (std::vector<std::string>{"b", "c"}));
+  auto params = comp.parameters();
+  EXPECT_FALSE(params.empty());
+  for (auto* ad : {&b, &c})
+    for (auto& p : ad->parameters()) EXPECT_FALSE(p.requires_grad());
+  for (auto& p : a.parameters()) EXPECT_TRUE(p.requires_grad());  // not fused: left trainable
+  auto logits = comp.forward(*model, batch()).logits;
+  logits.pow(2).mean().backward();
+  for (auto& p : params) EXPECT_TRUE(p.grad().defined());
+  for (auto& p : b.parameters()) EXPECT_FALSE(p.grad().defined());
+}
+
+TEST_F(Spec, LinearAdaptersAreScaledByAvgAndRejectedUnderFuse) {
+  auto l1 = perturbed(*model, kLora, "l1");
+  auto l2 = perturbed(*model, kLora, "l2");
+  members = {{"l1", &l1}, {"l2", &l2}, {"a", &a}};
+  a.set_enabled(false);
+  torch::NoGradGuard g;
+  l1.set_scale(0.25);
+  l2.set_scale(0.75);
+  auto expected = model->forward(batch()).logits;
+  l1.set_scale(1);
+  l2.set_scale(1);
+  auto comp = modula::apply_spec(*model, modula::parse_spec("avg(l1:1, l2:3)"), members);
+  EXPECT_LE(max_diff(comp.forward(*model, batch()).logits, expected), 1e-5);
+  try {
+    modula::apply_spec(*model, modula::parse_spec("fuse(a, l1)"), members);
+    FAIL() << "LoRA under fuse must throw";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("column 9: linear-site adapter 'l1' (LORA) cannot be under fuse"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST_F(Spec, ConcatenatedPromptsAndMisplacedPrompts) {
+  json c = {{"peft_type", "PROMPT_TUNING"}, {"num_virtual_tokens", 2}};
+  auto p1 = modula::add_adapter(*model, c, "p1");
+  auto p2 = modula::add_adapter(*model, c, "p2");
+  members["p1"] = &p1;
+  members["p2"] = &p2;
+  torch::NoGradGuard g;
+  auto single = std::make_shared<modula::PromptTuningImpl>(modula::PromptTuningOptions(4, model->config().hidden_size), *model);
+  single->embedding.copy_(torch::cat({p1.input->prompt_embeddings(), p2.input->prompt_embeddings()}, 0));
+  auto expected = modula::forward_with(*model, {single}, batch()).logits;  // a and b native
+  auto comp = modula::apply_spec(*model, modula::parse_spec("stack(concat(p1, p2), a, b)"), members);
+  EXPECT_LE(max_diff(comp.forward(*model, batch()).logits, expected), 1e-5);
+  modula::remove_composition(comp);
+  try {
+    modula::apply_spec(*model, modula::parse_spec("stack(a, parallel(p1, b))"), members);
+    FAIL() << "a prompt inside parallel must throw";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("prompt 'p1' (PROMPT_TUNING) can only be stacked at the top level"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(modula::apply_spec(*model, modula::parse_spec("concat(p1, a)"), members), std::invalid_argument);
+  EXPECT_THROW(modula::apply_spec(*model, modula::parse_spec("stack(a, zz)"), members), modula::SpecError);
+}
+
+TEST(SpecFolders, LoadsAdaptersAndAFusionFolderByName) {
+  torch::manual_seed(0);
+  TempDir dir;
+  torch::Tensor expected;
+  {
+    auto model = load();
+    auto de = perturbed(*model, kPfeiffer, "de");
+    auto ta = perturbed(*model, kPfeiffer, "task_a");
+    auto tb = perturbed(*model, kPfeiffer, "task_b");
+    modula::save_adapter(de, dir / "de");
+    modula::save_adapter(ta, dir / "a");
+    modula::save_adapter(tb, dir / "b");
+    std::map<std::string, const modula::Adapter*> members = {{"de", &de}, {"task_a", &ta}, {"task_b", &tb}};
+    auto comp = modula::apply_spec(*model, modula::parse_spec("stack(de, fuse(task_a, task_b))"), members);
+    {
+      torch::NoGradGuard g;
+      for (auto& p : comp.parameters()) p.add_(torch::randn_like(p) * 0.1);
+      expected = comp.forward(*model, batch()).logits;
+    }
+    modula::save_fusion(comp.fusions[0], dir / "ab");
+  }
+  auto model = load();
+  std::map<std::string, std::string> folders = {
+      {"de", dir / "de"}, {"task_a", dir / "a"}, {"task_b", dir / "b"}, {"ab", dir / "ab"}};
+  torch::NoGradGuard g;
+  auto comp = modula::apply_spec(*model, modula::parse_spec("stack(de, ab)"), folders);  // ab = fuse(task_a, task_b)
+  EXPECT_EQ(modula::to_string(comp.spec), "stack(de, fuse(task_a, task_b))");
+  EXPECT_EQ(comp.owned.size(), 3u);
+  EXPECT_LE(max_diff(comp.forward(*model, batch()).logits, expected), 1e-5);
+  modula::remove_composition(comp);
+  EXPECT_TRUE(modula::block_sites(*model).front().second->module_names().empty());  // owned adapters removed
+
+  folders.erase("task_b");
+  try {
+    modula::apply_spec(*model, modula::parse_spec("stack(de, ab)"), folders);
+    FAIL() << "a fusion member without a folder must throw";
+  } catch (const modula::SpecError& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown module name 'task_b'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("member of fusion 'ab'"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
