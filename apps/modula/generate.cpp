@@ -2,18 +2,34 @@
 #include "commands.h"
 #include "modula/backbone/generate.h"
 #include "modula/backbone/registry.h"
+#include "modula/composition/apply_spec.h"
 #include "modula/text/stream_decoder.h"
 #include "modula/util/fs.h"
 
 #include <iostream>
 
 namespace modula::cli {
+namespace {
+
+// "NAME=VALUE" pairs of --module / --meta.
+std::map<std::string, std::string> named(const std::vector<std::string>& pairs, const std::string& option) {
+  std::map<std::string, std::string> out;
+  for (const auto& p : pairs) {
+    auto eq = p.find('=');
+    if (eq == std::string::npos || eq == 0) throw std::invalid_argument("[generate] " + option + " '" + p + "': expected NAME=VALUE");
+    out[p.substr(0, eq)] = p.substr(eq + 1);
+  }
+  return out;
+}
+
+}  // namespace
 
 void add_generate(CLI::App& app) {
   auto* cmd = app.add_subcommand("generate", "Generate text with a causal LM, streaming tokens as they come");
   static std::string model_dir, prompt, tokenizer_path, device = "cpu";
   static std::vector<int64_t> prompt_ids;
-  static std::vector<std::string> adapter_specs;
+  static std::vector<std::string> adapter_specs, module_specs, meta_specs;
+  static std::string compose;
   static int64_t task = 0;
   static GenerateOptions o;
   static bool ignore_eos = false;
@@ -21,6 +37,9 @@ void add_generate(CLI::App& app) {
   cmd->add_option("--prompt,-p", prompt, "Prompt text (needs a tokenizer)");
   cmd->add_option("--prompt-ids", prompt_ids, "Prompt as comma-separated ids; prints ids")->delimiter(',');
   cmd->add_option("--adapter,-a", adapter_specs, "Adapter folder (PEFT or modula format), optionally DIR:SCALE; repeatable");
+  cmd->add_option("--compose", compose, "Composition spec over --module names, e.g. 'stack(lang, fuse(a, b))' (docs/composition.md)");
+  cmd->add_option("--module", module_specs, "NAME=DIR: a module folder the --compose spec names; repeatable");
+  cmd->add_option("--meta", meta_specs, "KEY=ID: routing id of the prompt for route(KEY, ...); repeatable");
   cmd->add_option("--tokenizer,-t", tokenizer_path, "Tokenizer file or folder (default: the model folder)");
   cmd->add_option("--max-new-tokens,-n", o.max_new_tokens, "Tokens to generate")->capture_default_str();
   cmd->add_option("--temperature", o.temperature, "0 = greedy")->capture_default_str();
@@ -35,10 +54,20 @@ void add_generate(CLI::App& app) {
     lo.device = torch::Device(device);
     auto model = load_backbone(model_dir, lo);
     auto modules = load_module_folders(*model, adapter_specs, task);
+    if (compose.empty() && !module_specs.empty()) throw std::invalid_argument("[generate] --module needs --compose");
+    Composition composition;
+    if (!compose.empty()) composition = apply_spec(*model, parse_spec(compose), named(module_specs, "--module"));
+    for (const auto& [key, id] : named(meta_specs, "--meta")) {
+      char* end = nullptr;
+      const long long value = std::strtoll(id.c_str(), &end, 10);
+      if (id.empty() || *end) throw std::invalid_argument("[generate] --meta " + key + "=" + id + ": the id must be an integer");
+      composition.context->set(key, torch::tensor({static_cast<int64_t>(value)}, torch::kInt64));
+    }
     PrepareInput prepare = [&](BackboneInput& in) {
       KVCache unused;  // generate() supplies the cache
       for (auto& a : modules.adapters)
         if (a.input) a.input->prepare(*model, in, unused);
+      composition.prepare(*model, in);
     };
     std::unique_ptr<text::Tokenizer> tok;
     std::string tpath = tokenizer_path.empty() ? model_dir : tokenizer_path;
