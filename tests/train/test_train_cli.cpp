@@ -74,8 +74,8 @@ std::string write_config(const TempDir& d, const std::string& name) {
                       << "seed: 5\n"
                       << "modules:\n  - name: m\n    config: {peft_type: LORA, r: 4, target_modules: all-linear}\n"
                       << "tasks:\n  - {name: sent, type: sequence_classification, train: train.jsonl}\n"
-                      << "optim: {lr: 0.01, max_steps: 400, batch_size: 4, schedule: cosine, warmup_steps: 5, max_grad_norm: 1.0}\n"
-                      << "checkpoint: {every: 10, keep: 2}\n";
+                      << "optim: {lr: 0.01, max_steps: 150, batch_size: 4, schedule: cosine, warmup_steps: 5, max_grad_norm: 1.0}\n"
+                      << "checkpoint: {every: 5, keep: 2}\n";
   return path;
 }
 
@@ -91,7 +91,7 @@ TEST(TrainCli, SigkillThenResumeEqualsUninterruptedRun) {
   auto start = std::chrono::steady_clock::now();
   while (!any_checkpoint(d / "killed/checkpoints") && std::chrono::steady_clock::now() - start < std::chrono::seconds(60))
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  std::this_thread::sleep_for(std::chrono::milliseconds(150));  // somewhere mid-run, maybe mid-checkpoint
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // somewhere mid-run, maybe mid-checkpoint
   kill(pid, SIGKILL);
   ASSERT_EQ(wait_exit(pid), -SIGKILL) << "the run finished before it could be killed";
   EXPECT_FALSE(fs::exists(d / "killed/result.json"));
