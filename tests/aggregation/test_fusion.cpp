@@ -113,6 +113,22 @@ TEST_F(TwoAdapters, ParallelEqualsTheSum) {
   EXPECT_LE(max_diff(par->transform_block(x, y), y + f_by_hand(*ma, y) + f_by_hand(*mb, y)), 1e-5);
 }
 
+TEST_F(TwoAdapters, NestedAndMixedChildrenEqualTheirFormula) {
+  torch::NoGradGuard g;
+  // A nested composite and an adapter (one by one) and adapters of different widths
+  // (not batchable) give the same formulas as the batched path.
+  auto stack = modula::Stack(std::vector<std::shared_ptr<modula::SiteModule>>{ma, mb});
+  auto par = modula::Parallel(std::vector<std::shared_ptr<modula::SiteModule>>{stack.ptr(), ma});
+  EXPECT_LE(max_diff(par->transform_block(x, y), stack->transform_block(x, y) + f_by_hand(*ma, y)), 1e-5);
+  auto wide = std::make_shared<modula::BottleneckImpl>(modula::BottleneckOptions(y.size(-1)).reduction_factor(2));
+  wide->adapter_up->weight.normal_();
+  auto mixed = modula::Parallel(std::vector<std::shared_ptr<modula::SiteModule>>{ma, wide});
+  EXPECT_LE(max_diff(mixed->transform_block(x, y), y + f_by_hand(*ma, y) + f_by_hand(*wide, y)), 1e-5);
+  ma->scale = 0.5;  // per-adapter scale enters the batched path too
+  auto both = modula::Parallel(std::vector<std::shared_ptr<modula::SiteModule>>{ma, mb});
+  EXPECT_LE(max_diff(both->transform_block(x, y), y + 0.5 * f_by_hand(*ma, y) + f_by_hand(*mb, y)), 1e-5);
+}
+
 TEST_F(TwoAdapters, AverageEqualsTheNormalisedWeightedSum) {
   torch::NoGradGuard g;
   auto avg = modula::Average(std::vector<std::shared_ptr<modula::SiteModule>>{ma, mb}, std::vector<double>{1.4, 0.6});

@@ -52,6 +52,8 @@ class CompositeImpl : public SiteModule {
 
  protected:
   // d_c(x, y) for every child, stacked on a new dimension before the features: [.., C, H].
+  // Residual bottleneck adapters of one shape and kind run as one batched kernel (einsum
+  // over stacked weights); other children one by one.
   torch::Tensor contributions(const torch::Tensor& x, const torch::Tensor& y);
 
  private:
