@@ -12,8 +12,8 @@ cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH
 time cmake --build build-cuda -j "$(nproc)"
 (cd build-cuda && ctest --output-on-failure -j 8)
 build-cuda/apps/modula/modula conformance tests/fixtures | grep -v SKIP
-build-cuda/apps/modula/modula quickstart --out build-cuda/quickstart/tiny-llama
-python3 scripts/hf_check.py build-cuda/quickstart/tiny-llama build-cuda/apps/modula/modula
+build-cuda/apps/modula/modula quickstart --tiny --out build-cuda/quickstart
+python3 scripts/hf_check.py build-cuda/quickstart/backbone build-cuda/apps/modula/modula
 # Adapters written by modula load in PEFT unchanged and give the same logits.
 rm -rf build-cuda/peft-interop
 build-cuda/tests/peft_interop tests/fixtures build-cuda/peft-interop

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 model_dir, modula = sys.argv[1], sys.argv[2]
-prompt = [5, 17, 42, 7]
+prompt = [1, 4, 9, 12]  # ids valid in the quickstart backbone's 16-token vocabulary
 model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 model.generation_config.eos_token_id = None  # compare 12 tokens whatever they are
 with torch.no_grad():

@@ -17,7 +17,7 @@ void add_quickstart(CLI::App& app) {
     bool full = false, tiny = false;
     std::string out = "build/quickstart";
     uint64_t seed = 0;
-    int64_t pretrain_steps = 0, finetune_steps = 0, threads = 0;
+    int64_t pretrain_steps = 0, finetune_steps = 0, threads = 1;
     std::vector<std::string> experiments, continual, interference;
   };
   static Flags f;
@@ -30,7 +30,9 @@ void add_quickstart(CLI::App& app) {
   cmd->add_option("--experiments", f.experiments, "Subset of: continual interference");
   cmd->add_option("--continual-tasks", f.continual, "Task sequence for (a), e.g. reverse shift sort+shift");
   cmd->add_option("--interference-tasks", f.interference, "Conflicting tasks for (b)");
-  cmd->add_option("--threads", f.threads, "Intra-op threads (default: libtorch's choice)");
+  // One thread: the model is tiny, so threading costs more than it gains (and oversubscribes
+  // a loaded machine badly).
+  cmd->add_option("--threads", f.threads, "Intra-op threads (0: libtorch's choice)")->capture_default_str();
   cmd->callback([] {
     if (f.full && f.tiny) throw std::invalid_argument("choose one of --full and --tiny");
     auto o = f.full ? train::QuickstartOptions::full() : f.tiny ? train::QuickstartOptions::tiny() : train::QuickstartOptions();

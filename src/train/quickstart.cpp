@@ -352,14 +352,13 @@ QuickstartOptions QuickstartOptions::tiny() {
 
 QuickstartOptions QuickstartOptions::full() {
   return QuickstartOptions()
-      .pretrain_steps(6000)
-      .finetune_steps(500)
+      .pretrain_steps(3000)
+      .finetune_steps(400)
       .hidden_size(128)
       .intermediate_size(256)
-      .num_layers(3)
       .eval_examples(1024)
-      .continual_tasks({"reverse", "shift", "sort", "duplicate", "reverse+shift"})
-      .interference_tasks({"reverse", "shift", "sort", "duplicate"});
+      .continual_tasks({"shift+duplicate", "reverse+shift", "sort", "duplicate+reverse", "sort+shift"})
+      .interference_tasks({"reverse", "shift", "sort", "reverse+shift"});
 }
 
 void QuickstartOptions::validate() const {

@@ -37,11 +37,12 @@ struct QuickstartOptions {
   // Pretraining: the primitive skills, task marker in the text.
   TORCH_ARG(std::vector<std::string>, pretrain_tasks) =
       std::vector<std::string>{"reverse", "sort", "shift", "duplicate"};
-  TORCH_ARG(int64_t, pretrain_steps) = 1500;
+  TORCH_ARG(int64_t, pretrain_steps) = 1200;
   TORCH_ARG(double, pretrain_lr) = 3e-3;
   // Fine-tuning tasks (no marker): (a) in this order, (b) jointly.
-  TORCH_ARG(std::vector<std::string>, continual_tasks) = std::vector<std::string>{"reverse", "shift", "sort"};
-  TORCH_ARG(std::vector<std::string>, interference_tasks) = std::vector<std::string>{"reverse", "shift", "sort"};
+  TORCH_ARG(std::vector<std::string>, continual_tasks) =
+      std::vector<std::string>{"shift+duplicate", "reverse+shift", "sort"};
+  TORCH_ARG(std::vector<std::string>, interference_tasks) = std::vector<std::string>{"reverse", "shift", "sort+shift"};
   TORCH_ARG(int64_t, finetune_steps) = 150;  // per task (joint training: per task × tasks)
   TORCH_ARG(double, module_lr) = 3e-3;
   TORCH_ARG(double, full_lr) = 1e-3;
