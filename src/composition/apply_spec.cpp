@@ -180,8 +180,13 @@ struct Builder {
       auto it = fusion_folders.find(f.name);
       if (it != fusion_folders.end()) load_fusion_weights(f, it->second);
     }
-    for (const auto& [name, scale] : linear_scale)
-      if (scale != 1.0) const_cast<Adapter*>(adapters.at(name))->set_scale(scale);
+    for (const auto& [name, scale] : linear_scale) {
+      if (scale == 1.0) continue;
+      auto* a = const_cast<Adapter*>(adapters.at(name));
+      for (const auto& m : a->modules)
+        if (m.module->site_kind() == SiteKind::Linear) comp.previous_scales[name] = m.module->scale;
+      a->set_scale(scale);
+    }
     for (const auto& name : frozen)
       for (auto& p : adapters.at(name)->parameters()) p.set_requires_grad(false);
   }
@@ -292,6 +297,9 @@ void remove_composition(Composition& comp) {
   for (auto& [path, site] : comp.sites)
     if (site->module(comp.name)) detach_composition(*site, comp.name);
   comp.sites.clear();
+  for (const auto& [name, scale] : comp.previous_scales)
+    if (auto it = comp.members.find(name); it != comp.members.end()) const_cast<Adapter*>(it->second)->set_scale(scale);
+  comp.previous_scales.clear();
   for (auto& f : comp.fusions) f.sites.clear();
   for (auto& [name, a] : comp.owned) remove_adapter(a);
   comp.owned.clear();

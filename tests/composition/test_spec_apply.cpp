@@ -145,6 +145,7 @@ TEST_F(Spec, LinearAdaptersAreScaledByAvgAndRejectedUnderFuse) {
   members = {{"l1", &l1}, {"l2", &l2}, {"a", &a}};
   a.set_enabled(false);
   torch::NoGradGuard g;
+  auto at_scale_one = model->forward(batch()).logits;
   l1.set_scale(0.25);
   l2.set_scale(0.75);
   auto expected = model->forward(batch()).logits;
@@ -152,6 +153,8 @@ TEST_F(Spec, LinearAdaptersAreScaledByAvgAndRejectedUnderFuse) {
   l2.set_scale(1);
   auto comp = modula::apply_spec(*model, modula::parse_spec("avg(l1:1, l2:3)"), members);
   EXPECT_LE(max_diff(comp.forward(*model, batch()).logits, expected), 1e-5);
+  modula::remove_composition(comp);  // scales back to 1
+  EXPECT_LE(max_diff(model->forward(batch()).logits, at_scale_one), 1e-6);
   try {
     modula::apply_spec(*model, modula::parse_spec("fuse(a, l1)"), members);
     FAIL() << "LoRA under fuse must throw";

@@ -48,6 +48,7 @@ struct Composition {
   std::shared_ptr<RoutingContext> context = std::make_shared<RoutingContext>();
   std::vector<std::shared_ptr<RouterImpl>> routers;  // one per route node, shared by its sites
   std::vector<std::pair<std::string, std::shared_ptr<BlockSite>>> sites;  // where a composite is attached
+  std::map<std::string, double> previous_scales;  // linear adapters avg rescaled: their scale before
 
   // Applies the input modules (first step of a sequence).
   void prepare(Backbone& model, BackboneInput& in) const;
@@ -64,7 +65,8 @@ Composition apply_spec(Backbone& model, const SpecNode& spec, const std::map<std
 // Loads the folders the spec names (module name → folder) and applies it.
 Composition apply_spec(Backbone& model, const SpecNode& spec, const std::map<std::string, std::string>& folders,
                        const ComposeOptions& options = {});
-// Detaches every composite, switches the members back on and removes the adapters it owns.
+// Detaches every composite, switches the members back on, restores the scales avg changed
+// and removes the adapters it owns.
 void remove_composition(Composition& composition);
 
 }  // namespace modula
