@@ -95,6 +95,39 @@ TEST(Moefication, TopKRoutesAndTheRouterLearnsTheLargestGroups) {
   EXPECT_LT(error(), error_before) << "routing to the learned groups approximates the dense FFN better";
 }
 
+TEST(Moefication, IncrementalDecodingEqualsTheFullForward) {
+  // Token-level routing depends on the token alone: decoding with a KV cache through the
+  // routed experts (top-2 of 4) gives the full forward's logits; the padding mask reaches
+  // the routers through the context (its last T columns while decoding).
+  torch::manual_seed(0);
+  for (std::string family : {"llama", "gpt2"}) {
+    auto model = modula::load_backbone(fixture("hf/models/" + family));
+    auto ctx = std::make_shared<modula::RoutingContext>();
+    modula::moefy(*model, MoefyOptions(4).k(2).load_balance_coef(0.01).context(ctx));
+    torch::NoGradGuard g;
+    auto ids = torch::randint(0, model->config().vocab_size, {2, 9}, torch::kLong);
+    auto mask = torch::ones({2, 9}, torch::kLong);
+    modula::BackboneInput full;
+    full.input_ids = ids;
+    full.attention_mask = mask;
+    ctx->set_mask(mask);
+    auto want = model->forward(full).logits;
+    modula::KVCache cache;
+    std::vector<torch::Tensor> got;
+    for (int64_t start = 0; start < 9;) {
+      const int64_t len = start == 0 ? 5 : 1;
+      modula::BackboneInput step;
+      step.input_ids = ids.narrow(1, start, len);
+      step.attention_mask = mask.narrow(1, 0, start + len);
+      step.cache = &cache;
+      ctx->set_mask(step.attention_mask);
+      got.push_back(model->forward(step).logits);
+      start += len;
+    }
+    EXPECT_LT((torch::cat(got, 1) - want).abs().max().item<double>(), 1e-5) << family;
+  }
+}
+
 TEST(Upcycling, StartsEqualToTheDenseModelThenTrains) {
   torch::manual_seed(0);
   for (std::string family : {"llama", "gpt2"}) {
