@@ -11,6 +11,8 @@ void add_generate(CLI::App& app);
 void add_conformance(CLI::App& app);
 void add_quickstart(CLI::App& app);
 void add_export(CLI::App& app);
+void add_merge(CLI::App& app);
+void add_merge_adapters(CLI::App& app);
 void add_train(CLI::App& app);
 void add_pretrain(CLI::App& app);
 

@@ -11,6 +11,8 @@ int main(int argc, char** argv) {
   modula::cli::add_tokenize(app);
   modula::cli::add_generate(app);
   modula::cli::add_export(app);
+  modula::cli::add_merge(app);
+  modula::cli::add_merge_adapters(app);
   modula::cli::add_train(app);
   modula::cli::add_pretrain(app);
   modula::cli::add_conformance(app);

@@ -3,6 +3,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace modula {
@@ -14,25 +15,61 @@ SignMethod sign_method_from_string(const std::string& name) {
                               "' is not known (total/sum or frequency/count)");
 }
 
+namespace {
+
+void check_densities(const torch::Tensor& stacked, const std::vector<double>& densities) {
+  if (static_cast<int64_t>(densities.size()) != stacked.size(0))
+    throw std::invalid_argument("[merge] " + std::to_string(densities.size()) + " densities for " +
+                                std::to_string(stacked.size(0)) + " task tensors");
+  for (double d : densities)
+    if (!(d >= 0)) throw std::invalid_argument("[merge] density must be >= 0, got " + std::to_string(d));
+}
+
+}  // namespace
+
 torch::Tensor magnitude_prune(const torch::Tensor& stacked, double density) {
-  if (density < 0) throw std::invalid_argument("[merge] density must be >= 0, got " + std::to_string(density));
-  if (density >= 1) return stacked;
+  return magnitude_prune(stacked, std::vector<double>(stacked.size(0), density));
+}
+
+torch::Tensor magnitude_prune(const torch::Tensor& stacked, const std::vector<double>& densities) {
+  check_densities(stacked, densities);
   auto flat = stacked.reshape({stacked.size(0), -1});
-  auto k = static_cast<int64_t>(density * static_cast<double>(flat.size(1)));  // ⌊density·n⌋ as PEFT's int()
+  const int64_t n = flat.size(1);
+  std::vector<int64_t> k;  // ⌊density·n⌋ per task, as PEFT's / mergekit's int()
+  for (double d : densities) k.push_back(d >= 1 ? n : static_cast<int64_t>(d * static_cast<double>(n)));
+  int64_t k_max = *std::max_element(k.begin(), k.end());
+  if (k_max == n && *std::min_element(k.begin(), k.end()) == n) return stacked;
   auto mask = torch::zeros_like(flat);
-  if (k > 0) mask.scatter_(1, std::get<1>(flat.abs().topk(k, /*dim=*/1)), 1.0);
+  if (k_max > 0) {
+    auto order = std::get<1>(flat.abs().topk(k_max, /*dim=*/1));  // largest |τ| first
+    auto rank = torch::arange(k_max, order.options()).unsqueeze(0);
+    auto keep = (rank < torch::tensor(k, order.options()).unsqueeze(1)).to(flat.scalar_type());
+    mask.scatter_(1, order, keep);
+  }
   return (flat * mask).view(stacked.sizes());
 }
 
 at::Generator seeded_generator(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
 
 torch::Tensor random_prune(const torch::Tensor& stacked, double density, bool rescale, at::Generator& gen) {
-  if (density < 0) throw std::invalid_argument("[merge] density must be >= 0, got " + std::to_string(density));
-  if (density >= 1) return stacked;
-  auto p = torch::full(stacked.sizes(), density, torch::TensorOptions().dtype(torch::kFloat32));
-  auto mask = torch::bernoulli(p, gen).to(stacked.device(), stacked.scalar_type());
+  return random_prune(stacked, std::vector<double>(stacked.size(0), density), rescale, gen);
+}
+
+torch::Tensor random_prune(const torch::Tensor& stacked, const std::vector<double>& densities, bool rescale,
+                           at::Generator& gen) {
+  check_densities(stacked, densities);
+  if (*std::min_element(densities.begin(), densities.end()) >= 1) return stacked;
+  std::vector<double> p;
+  for (double d : densities) p.push_back(std::min(d, 1.0));
+  std::vector<int64_t> row(stacked.dim(), 1);
+  row[0] = stacked.size(0);
+  auto prob = torch::tensor(p, torch::kFloat32).view(row).expand(stacked.sizes()).contiguous();
+  auto mask = torch::bernoulli(prob, gen).to(stacked.device(), stacked.scalar_type());
   auto kept = stacked * mask;
-  return rescale ? kept / density : kept;  // DARE: θ̃ = m ⊙ τ / p
+  if (!rescale) return kept;
+  // DARE: τ̃ = m ⊙ τ / p (p = 0 keeps nothing, so nothing to rescale)
+  auto divisor = torch::tensor(p, torch::kFloat64).clamp_min(1e-12).view(row).to(stacked.device(), stacked.scalar_type());
+  return kept / divisor;
 }
 
 torch::Tensor majority_sign_mask(const torch::Tensor& stacked, SignMethod method) {

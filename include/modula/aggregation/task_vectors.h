@@ -14,6 +14,7 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <vector>
 
 namespace modula {
 
@@ -26,11 +27,16 @@ SignMethod sign_method_from_string(const std::string& name);
 // TIES trim: keeps the k = ⌊density·n⌋ entries of largest |τ_i| in each task tensor
 // (n = its element count), zeroes the rest. density >= 1 keeps everything.
 torch::Tensor magnitude_prune(const torch::Tensor& stacked, double density);
+// The same with one density per task (still one topk over all tasks).
+torch::Tensor magnitude_prune(const torch::Tensor& stacked, const std::vector<double>& densities);
 
 // DARE: keeps each entry with probability `density` (mask ~ Bernoulli(density), drawn on
 // the CPU from `gen` so a seed gives the same mask on any device), and divides the kept
 // ones by density when `rescale` (E[τ̃] = τ). density >= 1 keeps everything.
 torch::Tensor random_prune(const torch::Tensor& stacked, double density, bool rescale, at::Generator& gen);
+// The same with one density per task.
+torch::Tensor random_prune(const torch::Tensor& stacked, const std::vector<double>& densities, bool rescale,
+                           at::Generator& gen);
 // A CPU generator seeded with `seed` for random_prune.
 at::Generator seeded_generator(uint64_t seed);
 
