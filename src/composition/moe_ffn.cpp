@@ -124,7 +124,8 @@ torch::Tensor MoeFfnImpl::forward(const torch::Tensor& x) {
   weights = weights.reshape({-1, E});
   auto experts = indices.defined() ? indices.reshape({weights.size(0), -1})
                                    : torch::arange(E, x.options().dtype(torch::kLong)).expand({weights.size(0), E});
-  auto gates = options.weighted() ? weights.gather(1, experts) : torch::ones(experts.sizes(), weights.options());
+  auto gates = options.weighted() ? weights.gather(1, experts.clamp_min(0))  // id -1 (none) is skipped in dispatch
+                                   : torch::ones(experts.sizes(), weights.options());
   auto out = dispatch(x.reshape({-1, H}), experts, gates);
   if (output_bias.defined()) out = out + output_bias;
   if (options.router_distillation_coef() > 0 && is_training()) {

@@ -108,6 +108,19 @@ TEST(MoeFfn, UnweightedSelectionAndSoftRouting) {
   EXPECT_TRUE(torch::allclose(moe->forward(x), dense_mixture(*moe, x, torch::ones_like(w)), 1e-5, 1e-6));
 }
 
+TEST(MoeFfn, PerExampleHardRoutingSkipsRowsWithoutAnExpert) {
+  torch::manual_seed(7);
+  // Fixed routing style: row 0 -> expert 1, row 1 -> none (-1): row 1 gets exactly zero.
+  modula::Routing r;
+  r.indices = torch::tensor({1, -1}, torch::kLong).view({2, 1});
+  r.weights = torch::tensor({0.f, 1.f, 0.f, 0.f}).view({2, 2});
+  auto moe = MoeFfn(MoeFfnOptions(8, 4, 2), std::make_shared<ScriptedRouter>(2, r));
+  auto x = torch::randn({2, 3, 8});
+  auto y = moe->forward(x);
+  EXPECT_TRUE(torch::allclose(y[0], moe->expert(1, x[0]), 1e-6, 1e-6));
+  EXPECT_TRUE(torch::equal(y[1], torch::zeros({3, 8})));
+}
+
 TEST(MoeFfn, GradientsReachRouterAndExperts) {
   torch::manual_seed(4);
   auto router = modula::TopKRouter(modula::TopKRouterOptions(16, 4).k(2));
