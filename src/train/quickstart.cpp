@@ -337,15 +337,17 @@ ExperimentResult interference(Context& c) {
 
 QuickstartOptions QuickstartOptions::tiny() {
   return QuickstartOptions()
-      .pretrain_steps(40)
-      .finetune_steps(12)
-      .batch_size(16)
-      .eval_examples(32)
-      .log_every(4)
+      .pretrain_steps(150)
+      .finetune_steps(40)
+      .batch_size(32)
+      .eval_examples(64)
+      .log_every(10)
       .hidden_size(32)
       .intermediate_size(64)
       .num_heads(2)
-      .data(SequenceTaskOptions().max_length(4))
+      .module_lr(1e-2)
+      .data(SequenceTaskOptions().num_symbols(4).min_length(1).max_length(3))
+      .pretrain_tasks({"reverse", "shift"})
       .continual_tasks({"reverse", "shift"})
       .interference_tasks({"reverse", "shift"});
 }
