@@ -1,11 +1,11 @@
 // Merge recipes: parsing (YAML/JSON, mergekit layout) and the streaming merge run.
 #include "modula/aggregation/merge_recipe.h"
+#include "modula/io/yaml.h"
 #include "modula/aggregation/task_vectors.h"
 #include "modula/backbone/registry.h"
 #include "modula/io/hf_config.h"
 #include "modula/util/fs.h"
 
-#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cctype>
@@ -32,42 +32,6 @@ std::string join_names(const std::vector<std::string>& names) {
 
 std::string resolve(const std::string& base_dir, const std::string& path) {
   return path.empty() || path[0] == '/' ? path : fs::join(base_dir, path);
-}
-
-// --- YAML -> JSON ------------------------------------------------------------------------
-
-json yaml_scalar(const YAML::Node& node) {
-  const std::string& s = node.Scalar();
-  if (node.Tag() == "!") return s;  // quoted: always a string
-  if (s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL") return nullptr;
-  if (s == "true" || s == "True" || s == "TRUE") return true;
-  if (s == "false" || s == "False" || s == "FALSE") return false;
-  char* end = nullptr;
-  errno = 0;
-  long long i = std::strtoll(s.c_str(), &end, 10);
-  if (end && *end == '\0' && errno == 0) return static_cast<int64_t>(i);
-  double d = std::strtod(s.c_str(), &end);
-  if (end && *end == '\0') return d;
-  return s;
-}
-
-json yaml_node(const YAML::Node& node) {
-  switch (node.Type()) {
-    case YAML::NodeType::Sequence: {
-      json a = json::array();
-      for (const auto& item : node) a.push_back(yaml_node(item));
-      return a;
-    }
-    case YAML::NodeType::Map: {
-      json o = json::object();
-      for (const auto& kv : node) o[kv.first.as<std::string>()] = yaml_node(kv.second);
-      return o;
-    }
-    case YAML::NodeType::Scalar:
-      return yaml_scalar(node);
-    default:
-      return nullptr;
-  }
 }
 
 // --- recipe fields -----------------------------------------------------------------------
@@ -221,14 +185,6 @@ double ParamValue::at(const std::string& tensor, double depth) const {
 
 // --- parsing -----------------------------------------------------------------------------
 
-json yaml_to_json(const std::string& text, const std::string& origin) {
-  try {
-    return yaml_node(YAML::Load(text));
-  } catch (const YAML::Exception& e) {
-    bad(origin + ": invalid YAML: " + e.what());
-  }
-}
-
 MergeRecipe parse_recipe(const json& j, const std::string& base_dir) {
   if (!j.is_object()) bad("the recipe must be a mapping with merge_method and models, got " + j.dump());
   for (const auto& kv : j.items())
@@ -355,7 +311,11 @@ MergeRecipe load_recipe(const std::string& path) {
       bad(path + ": invalid JSON: " + e.what());
     }
   } else {
-    j = yaml_to_json(text.str(), path);
+    try {
+      j = io::yaml_to_json(text.str(), path);
+    } catch (const std::invalid_argument& e) {
+      bad(e.what());
+    }
   }
   try {
     return parse_recipe(j, fs::parent(path));

@@ -1,7 +1,7 @@
 // The composition spec: text, JSON and YAML forms → one AST (docs/composition.md).
 #include "modula/composition/spec.h"
 
-#include <yaml-cpp/yaml.h>
+#include "modula/io/yaml.h"
 
 #include <algorithm>
 #include <cctype>
@@ -277,33 +277,6 @@ SpecNode parse_json_node(const json& j, const std::string& where) {
   return node;
 }
 
-// YAML → JSON: maps and sequences as such, scalars as strings except the entries of
-// "weights", which become numbers when they read as one.
-json yaml_to_json(const YAML::Node& y, bool numbers) {
-  switch (y.Type()) {
-    case YAML::NodeType::Map: {
-      json o = json::object();
-      for (const auto& kv : y) {
-        auto key = kv.first.as<std::string>();
-        o[key] = yaml_to_json(kv.second, key == "weights");
-      }
-      return o;
-    }
-    case YAML::NodeType::Sequence: {
-      json a = json::array();
-      for (const auto& e : y) a.push_back(yaml_to_json(e, numbers));
-      return a;
-    }
-    case YAML::NodeType::Scalar: {
-      auto s = y.as<std::string>();
-      if (numbers)
-        if (auto v = parse_number(s)) return *v;
-      return s;
-    }
-    default: return nullptr;
-  }
-}
-
 }  // namespace
 
 std::string operator_name(Kind kind) {
@@ -315,14 +288,16 @@ std::string operator_name(Kind kind) {
 SpecNode parse_spec_json(const json& spec) { return parse_json_node(spec, ""); }
 
 SpecNode parse_spec_yaml(const std::string& yaml) {
-  YAML::Node root;
+  json j;
   try {
-    root = YAML::Load(yaml);
-  } catch (const YAML::ParserException& e) {
-    const auto where = "line " + std::to_string(e.mark.line + 1) + ", column " + std::to_string(e.mark.column + 1);
-    throw SpecError("[spec] YAML " + where + ": " + e.msg, where);
+    j = io::yaml_to_json(yaml, "spec");
+  } catch (const std::invalid_argument& e) {
+    std::string msg = e.what();
+    auto at = msg.find("line ");  // "... invalid YAML at line L, column C: why"
+    if (at == std::string::npos) throw SpecError("[spec] " + msg, "YAML");
+    throw SpecError("[spec] YAML " + msg.substr(at), msg.substr(at, msg.find(':', at) - at));
   }
-  return parse_spec_json(yaml_to_json(root, false));
+  return parse_spec_json(j);
 }
 
 SpecNode parse_spec(const std::string& text) {

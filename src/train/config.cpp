@@ -1,6 +1,7 @@
 // TrainConfig from JSON/YAML: typed fields, defaults, unknown keys rejected, one
 // validation pass with messages naming the file and key path.
 #include "modula/train/config.h"
+#include "modula/io/yaml.h"
 
 #include "modula/util/fs.h"
 
@@ -311,7 +312,11 @@ TrainConfig load_train_config(const std::string& path) {
   std::string ext = fs::extension(path);
   json j;
   if (ext == ".yaml" || ext == ".yml") {
-    j = yaml_to_json(ss.str(), path);
+    try {
+      j = io::yaml_to_json(ss.str(), path);
+    } catch (const std::invalid_argument& e) {
+      throw ConfigError(std::string("[train] ") + e.what());
+    }
   } else {
     try {
       j = json::parse(ss.str());

@@ -1,5 +1,6 @@
 // Merge recipes: YAML typing, parameter gradients/filters, clear errors, and end-to-end
 // runs over tiny models derived from the llama fixture.
+#include "modula/io/yaml.h"
 #include "modula/aggregation/merge_recipe.h"
 #include "derived_models.h"
 #include "support/temp_dir.h"
@@ -34,7 +35,7 @@ json ties_recipe() {
 }  // namespace
 
 TEST(MergeRecipe, YamlScalarsAreTyped) {
-  auto j = yaml_to_json("a: 1\nb: 0.5\nc: true\nd: ~\ne: text\nf: '12'\ng: [1, 2.5]\nh: {x: -3}\n");
+  auto j = io::yaml_to_json("a: 1\nb: 0.5\nc: true\nd: ~\ne: text\nf: '12'\ng: [1, 2.5]\nh: {x: -3}\n");
   EXPECT_EQ(j["a"], 1);
   EXPECT_EQ(j["b"], 0.5);
   EXPECT_EQ(j["c"], true);
@@ -43,7 +44,7 @@ TEST(MergeRecipe, YamlScalarsAreTyped) {
   EXPECT_EQ(j["f"], "12");  // quoted stays a string
   EXPECT_EQ(j["g"], json({1, 2.5}));
   EXPECT_EQ(j["h"]["x"], -3);
-  EXPECT_THROW(yaml_to_json("a: [1, 2"), std::invalid_argument);
+  EXPECT_THROW(io::yaml_to_json("a: [1, 2"), std::invalid_argument);
 }
 
 TEST(MergeRecipe, ParsesModelsPathsAndParameters) {

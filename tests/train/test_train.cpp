@@ -1,5 +1,6 @@
 // The config-driven trainer: configs, data, metrics, schedules, checkpoints, every task type,
 // multi-task and continual runs, resume, NaN detection.
+#include "modula/io/yaml.h"
 #include "modula/backbone/registry.h"
 #include "modula/io/safetensors.h"
 #include "modula/train/checkpoint.h"
@@ -67,7 +68,7 @@ std::map<std::string, torch::Tensor> tensors_of(const std::string& file) {
 // ---- configs -------------------------------------------------------------------------
 
 TEST(TrainConfig, YamlParsesWithTypesAndDefaults) {
-  auto j = yaml_to_json("model: m\ntasks:\n  - {name: a, type: causal_lm, train: t.jsonl}\noptim: {lr: 3e-4, max_steps: 5, bf16: false}\n");
+  auto j = io::yaml_to_json("model: m\ntasks:\n  - {name: a, type: causal_lm, train: t.jsonl}\noptim: {lr: 3e-4, max_steps: 5, bf16: false}\n");
   auto c = parse_train_config(j, "x.yaml");
   EXPECT_EQ(c.tasks.at(0).type, TaskType::CausalLM);
   EXPECT_DOUBLE_EQ(c.optim.lr, 3e-4);
@@ -97,7 +98,7 @@ TEST(TrainConfig, BadConfigsNameTheKey) {
   uses["modules"] = {"nope"};
   e = error_of([&] { parse_train_config(json{{"model", "m"}, {"tasks", {uses}}}, "c.yaml"); });
   EXPECT_NE(e.find("module 'nope'"), std::string::npos) << e;
-  EXPECT_NE(error_of([] { yaml_to_json("a: [1, 2", "bad.yaml"); }).find("bad.yaml: invalid YAML"), std::string::npos);
+  EXPECT_NE(error_of([] { io::yaml_to_json("a: [1, 2", "bad.yaml"); }).find("bad.yaml: invalid YAML"), std::string::npos);
 }
 
 // ---- data ----------------------------------------------------------------------------

@@ -69,8 +69,6 @@ struct MergeRecipe {
 MergeRecipe parse_recipe(const nlohmann::json& recipe, const std::string& base_dir = ".");
 // Reads a .yaml/.yml/.json recipe file; paths resolve against the file's folder.
 MergeRecipe load_recipe(const std::string& path);
-// YAML text -> JSON (scalars typed as YAML 1.2 core: null, true/false, ints, floats, strings).
-nlohmann::json yaml_to_json(const std::string& text, const std::string& origin = "<yaml>");
 
 struct MergeReport {
   std::string output;

@@ -139,7 +139,5 @@ TrainConfig parse_train_config(const nlohmann::json& j, const std::string& sourc
 // .yaml/.yml via yaml-cpp, .json otherwise. Relative paths in the file (model, tokenizer,
 // data, module folders, output) are resolved against the config file's folder.
 TrainConfig load_train_config(const std::string& path);
-// YAML text -> JSON (scalars typed as YAML 1.2 core: int, float, bool, null, string).
-nlohmann::json yaml_to_json(const std::string& yaml_text, const std::string& source = "<yaml>");
 
 }  // namespace modula::train

@@ -1,17 +1,17 @@
-// YAML -> JSON, so the config has one parser (nlohmann::json) after reading.
-#include "modula/train/config.h"
+#include "modula/io/yaml.h"
 
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
 #include <regex>
+#include <stdexcept>
 
-namespace modula::train {
+namespace modula::io {
 namespace {
 
 using json = nlohmann::json;
 
-// YAML 1.2 core schema for plain scalars; quoted scalars stay strings.
+// YAML 1.2 core schema for plain scalars (yaml.org/spec/1.2.2, 10.3.2).
 json scalar(const YAML::Node& n) {
   const std::string& s = n.Scalar();
   if (n.Tag() == "!") return s;  // quoted
@@ -29,8 +29,8 @@ json scalar(const YAML::Node& n) {
     return std::stod(s);
   }
   if (std::regex_match(s, float_re)) return std::stod(s);
-  if (s == ".inf" || s == "+.inf") return INFINITY;
-  if (s == "-.inf") return -INFINITY;
+  if (s == ".inf" || s == "+.inf" || s == ".Inf" || s == "+.Inf") return INFINITY;
+  if (s == "-.inf" || s == "-.Inf") return -INFINITY;
   return s;
 }
 
@@ -59,8 +59,9 @@ json yaml_to_json(const std::string& text, const std::string& source) {
   try {
     return convert(YAML::Load(text));
   } catch (const YAML::Exception& e) {
-    throw ConfigError("[train] " + source + ": invalid YAML at line " + std::to_string(e.mark.line + 1) + ": " + e.msg);
+    throw std::invalid_argument("[yaml] " + source + ": invalid YAML at line " + std::to_string(e.mark.line + 1) +
+                                ", column " + std::to_string(e.mark.column + 1) + ": " + e.msg);
   }
 }
 
-}  // namespace modula::train
+}  // namespace modula::io
