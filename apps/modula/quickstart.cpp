@@ -1,5 +1,6 @@
 // The main job: pretrain a tiny Llama on compositional sequence tasks, then run the
-// continual-learning and multi-task-interference experiments (modula/train/quickstart.h),
+// continual-learning, multi-task-interference, systematic-generalisation and mixture-of-
+// LoRA-experts experiments (modula/train/quickstart.h),
 // print the table and write the HTML report.
 #include "commands.h"
 #include "modula/train/quickstart.h"
@@ -11,14 +12,14 @@ namespace modula::cli {
 
 void add_quickstart(CLI::App& app) {
   auto* cmd = app.add_subcommand("quickstart",
-                                 "Main job: pretrain a tiny model, then continual learning and multi-task interference "
-                                 "with per-task modules vs shared weights; table + HTML report");
+                                 "Main job: pretrain a tiny model, then continual learning, multi-task interference, "
+                                 "systematic generalisation (Polytropon) and mixture of LoRA experts; table + HTML report");
   struct Flags {
     bool full = false, tiny = false;
     std::string out = "build/quickstart";
     uint64_t seed = 0;
     int64_t pretrain_steps = 0, finetune_steps = 0, threads = 1;
-    std::vector<std::string> experiments, continual, interference;
+    std::vector<std::string> experiments, continual, interference, generalisation, heldout, moe;
   };
   static Flags f;
   cmd->add_flag("--full", f.full, "Longer, stronger run (bigger model, more steps and tasks)");
@@ -27,9 +28,12 @@ void add_quickstart(CLI::App& app) {
   cmd->add_option("--seed", f.seed, "Seed of initialisation and data")->capture_default_str();
   cmd->add_option("--pretrain-steps", f.pretrain_steps, "Override the pretraining steps");
   cmd->add_option("--finetune-steps", f.finetune_steps, "Override the fine-tuning steps per task");
-  cmd->add_option("--experiments", f.experiments, "Subset of: continual interference");
+  cmd->add_option("--experiments", f.experiments, "Subset of: continual interference generalisation moe");
   cmd->add_option("--continual-tasks", f.continual, "Task sequence for (a), e.g. reverse shift sort+shift");
   cmd->add_option("--interference-tasks", f.interference, "Conflicting tasks for (b)");
+  cmd->add_option("--generalisation-tasks", f.generalisation, "Training compositions for (c)");
+  cmd->add_option("--heldout-tasks", f.heldout, "Held-out compositions of seen skills for (c)");
+  cmd->add_option("--moe-tasks", f.moe, "Tasks for (d) (markers in the text)");
   // One thread: the model is tiny, so threading costs more than it gains (and oversubscribes
   // a loaded machine badly).
   cmd->add_option("--threads", f.threads, "Intra-op threads (0: libtorch's choice)")->capture_default_str();
@@ -42,6 +46,9 @@ void add_quickstart(CLI::App& app) {
     if (!f.experiments.empty()) o.experiments(f.experiments);
     if (!f.continual.empty()) o.continual_tasks(f.continual);
     if (!f.interference.empty()) o.interference_tasks(f.interference);
+    if (!f.generalisation.empty()) o.generalisation_tasks(f.generalisation);
+    if (!f.heldout.empty()) o.heldout_tasks(f.heldout);
+    if (!f.moe.empty()) o.moe_tasks(f.moe);
     if (f.threads > 0) torch::set_num_threads(static_cast<int>(f.threads));
     std::cout << "modula quickstart" << (f.full ? " --full" : f.tiny ? " --tiny" : "") << " (seed " << f.seed << ", "
               << torch::get_num_threads() << " threads)\n";

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -20,12 +21,14 @@ TEST(Quickstart, TinyRunTableAndZeroForgettingForModules) {
   EXPECT_FALSE(lines.empty());
 
   auto table = r.summary_table();
-  ASSERT_EQ(table.columns.size(), 6u);
-  EXPECT_EQ(table.columns[4], "forgetting");
-  ASSERT_EQ(r.experiments.size(), 2u);
+  ASSERT_EQ(table.columns.size(), 8u);
+  EXPECT_EQ(table.columns[6], "forgetting");
+  ASSERT_EQ(r.experiments.size(), 4u);
   const auto& cl = r.experiments[0];
   EXPECT_EQ(cl.key, "continual");
-  EXPECT_EQ(table.rows.size(), cl.methods.size() + r.experiments[1].methods.size());
+  size_t rows = 0;
+  for (const auto& e : r.experiments) rows += e.methods.size();
+  EXPECT_EQ(table.rows.size(), rows);
   const size_t K = o.continual_tasks().size();
 
   // (a) per-task modules: each task's accuracy is the same at every later stage, bit for bit.
@@ -44,7 +47,7 @@ TEST(Quickstart, TinyRunTableAndZeroForgettingForModules) {
   EXPECT_GT(per_task.accuracy[0][0], 0.5);
   EXPECT_GT(cl.method("full fine-tuning").forgetting, 0.3);
   EXPECT_EQ(table.rows[0][1], "per-task LoRA");
-  EXPECT_EQ(table.rows[0][4], "0.000");
+  EXPECT_EQ(table.rows[0][6], "0.000");
   for (const auto& m : cl.methods) {
     EXPECT_GE(m.forgetting, -1.0);
     EXPECT_LE(m.forgetting, 1.0);
@@ -67,12 +70,62 @@ TEST(Quickstart, TinyRunTableAndZeroForgettingForModules) {
   }
   EXPECT_EQ(inter.method("shared LoRA (2x rank)").trainable_parameters, inter.method("per-task LoRA").trainable_parameters);
 
+  // (c) held-out compositions are never training tasks; every method has a real accuracy on
+  // both; MHR-z changes only the routing, so Poly's training-task accuracy is that of the
+  // unadapted model.
+  const auto& gen = r.experiments[2];
+  EXPECT_EQ(gen.key, "generalisation");
+  ASSERT_EQ(gen.heldout_tasks, o.heldout_tasks());
+  for (const auto& h : gen.heldout_tasks)
+    EXPECT_EQ(std::count(o.generalisation_tasks().begin(), o.generalisation_tasks().end(), h), 0) << h;
+  ASSERT_EQ(gen.tasks.size(), o.generalisation_tasks().size() + o.heldout_tasks().size());
+  for (const auto& name : {"Polytropon + MHR-z", "Polytropon, uniform routing (no adaptation)", "shared LoRA", "per-task LoRA"}) {
+    const auto& m = gen.method(name);
+    ASSERT_EQ(m.accuracy.size(), 1u);
+    ASSERT_EQ(m.accuracy[0].size(), gen.tasks.size());
+    for (double a : m.accuracy[0]) {
+      EXPECT_GE(a, 0.0) << name;
+      EXPECT_LE(a, 1.0) << name;
+    }
+    EXPECT_GE(m.heldout_accuracy, 0.0);
+    EXPECT_LE(m.heldout_accuracy, 1.0);
+    EXPECT_FALSE(std::isnan(m.final_accuracy));
+  }
+  const auto& poly = gen.method("Polytropon + MHR-z");
+  for (size_t j = 0; j < o.generalisation_tasks().size(); ++j)
+    EXPECT_EQ(poly.accuracy[0][j], gen.method("Polytropon, uniform routing (no adaptation)").accuracy[0][j]);
+  EXPECT_EQ(gen.method("per-task LoRA").trainable_parameters,
+            gen.method("per-task LoRA").active_parameters * static_cast<int64_t>(gen.tasks.size()));
+
+  // (d) MoE: fewer active than trained parameters, a router loss, real accuracies; the
+  // rank-M·r LoRA has exactly the MoE's expert parameters (the MoE adds its routers).
+  const auto& mo = r.experiments[3];
+  EXPECT_EQ(mo.key, "moe");
+  ASSERT_EQ(mo.methods.size(), 3u);
+  const auto& experts = mo.methods[0];
+  EXPECT_LT(experts.active_parameters, experts.trainable_parameters);
+  EXPECT_GT(experts.active_parameters, 0);
+  EXPECT_GT(experts.aux_loss, 0.0);
+  EXPECT_FALSE(experts.aux.loss.empty());
+  EXPECT_EQ(mo.methods[1].active_parameters, mo.methods[1].trainable_parameters);
+  EXPECT_LT(mo.methods[1].trainable_parameters, experts.active_parameters);  // rank r + router ≥ rank r
+  // active = router + experts · k/M  =>  experts = (trainable - active) · M / (M - k)
+  const int64_t M = o.moe_experts(), k = o.moe_k();
+  EXPECT_EQ(mo.methods[2].trainable_parameters, (experts.trainable_parameters - experts.active_parameters) * M / (M - k));
+  EXPECT_LT(mo.methods[2].trainable_parameters, experts.trainable_parameters);
+  for (const auto& m : mo.methods)
+    for (double a : m.accuracy.at(0)) {
+      EXPECT_GE(a, 0.0);
+      EXPECT_LE(a, 1.0);
+    }
+
   // Written: report with charts, the backbone, one module folder per task.
   std::ifstream f(dir / "report.html");
   std::stringstream html;
   html << f.rdbuf();
   EXPECT_NE(html.str().find("<svg"), std::string::npos);
-  EXPECT_NE(html.str().find("(a) continual learning"), std::string::npos);
+  for (const auto* title : {"(a) continual learning", "(c) systematic generalisation", "(d) mixture of LoRA experts"})
+    EXPECT_NE(html.str().find(title), std::string::npos) << title;
   EXPECT_TRUE(modula::fs::is_file(dir / "backbone/model.safetensors"));
   for (const auto& t : o.continual_tasks()) EXPECT_TRUE(modula::fs::is_file(dir / ("modules/" + t + "/adapter_config.json")));
 }
@@ -96,7 +149,12 @@ TEST(Quickstart, BadOptionsAreNamed) {
   expect_message(QuickstartOptions().continual_tasks({"reverse", "flip"}), "'flip'");
   expect_message(QuickstartOptions().continual_tasks({"reverse"}), "continual_tasks");
   expect_message(QuickstartOptions().interference_tasks({"sort", "sort"}), "listed twice");
-  expect_message(QuickstartOptions().experiments({"moe"}), "'moe'");
+  expect_message(QuickstartOptions().experiments({"mixture"}), "'mixture'");
+  expect_message(QuickstartOptions().heldout_tasks({"reverse+shift"}).generalisation_tasks({"reverse+shift", "sort"}), "same function");
+  expect_message(QuickstartOptions().generalisation_tasks({"reverse+shift", "shift+duplicate"}).heldout_tasks({"duplicate+shift"}),
+                 "same function");
+  expect_message(QuickstartOptions().generalisation_tasks({"reverse+shift"}).heldout_tasks({"sort+shift"}), "'sort'");
+  expect_message(QuickstartOptions().moe_k(5), "moe_k");
   expect_message(QuickstartOptions().hidden_size(30).num_heads(4), "hidden_size");
   expect_message(QuickstartOptions().pretrain_tasks({"sort+shift"}), "primitive");
   expect_message(QuickstartOptions().finetune_steps(0), "finetune_steps");
