@@ -1,10 +1,12 @@
 // TrainConfig from JSON/YAML: typed fields, defaults, unknown keys rejected, one
 // validation pass with messages naming the file and key path.
 #include "modula/train/config.h"
+#include "modula/composition/spec.h"
 #include "modula/io/yaml.h"
 
 #include "modula/util/fs.h"
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -92,6 +94,51 @@ class Fields {
 };
 
 std::string indexed(const std::string& key, size_t i) { return key + "[" + std::to_string(i) + "]"; }
+
+void collect(const SpecNode& n, SpecNode::Kind kind, std::vector<const SpecNode*>& out) {
+  if (n.kind == kind) out.push_back(&n);
+  for (const auto& c : n.children) collect(c, kind, out);
+}
+
+// `compose`: the spec (text or mapping), its module names against `modules`, route keys
+// and arities against `tasks`, and per-task module lists (they may not name members).
+std::string parse_compose(const json& v, const TrainConfig& c, const std::string& source) {
+  auto fail = [&](const std::string& msg) -> void { throw ConfigError("[train] " + source + ": 'compose': " + msg); };
+  if (c.continual.enabled) fail("not supported with continual learning (continual.enabled)");
+  SpecNode spec;
+  try {
+    if (v.is_string()) {
+      if (v.get<std::string>().find_first_not_of(" \t\r\n") == std::string::npos) fail("must not be empty");
+      spec = parse_spec(v.get<std::string>());
+    } else if (v.is_object()) {
+      spec = parse_spec_json(v);
+    } else {
+      fail(std::string("must be a spec string (\"fuse(a, b)\") or a mapping ({fuse: [a, b]}), got ") + v.type_name());
+    }
+    std::set<std::string> known;
+    for (const auto& m : c.modules) known.insert(m.name);
+    check_module_names(spec, known);
+  } catch (const SpecError& e) {
+    fail(e.what());
+  }
+  std::vector<const SpecNode*> routes;
+  collect(spec, SpecNode::Kind::Route, routes);
+  for (const auto* r : routes) {
+    if (r->name != "task")
+      fail("route(" + r->name + ", ...): the trainer routes by 'task' only (the batch's task index in 'tasks')");
+    if (r->children.size() != c.tasks.size())
+      fail("route(task, ...) has " + std::to_string(r->children.size()) + " arguments; it needs one per task (" +
+           std::to_string(c.tasks.size()) + ", in the order of 'tasks')");
+  }
+  auto members = module_names(spec);
+  for (size_t i = 0; i < c.tasks.size(); ++i)
+    for (const auto& m : c.tasks[i].modules)
+      if (std::find(members.begin(), members.end(), m) != members.end())
+        throw ConfigError("[train] " + source + ": '" + indexed("tasks", i) + ".modules' names '" + m +
+                          "', a member of 'compose': the composition is on for every task (use route(task, ...) to "
+                          "choose modules per task); per-task lists may name only modules outside the spec");
+  return to_string(spec);
+}
 
 void check(bool ok, const std::string& source, const std::string& msg) {
   if (!ok) throw ConfigError("[train] " + source + ": " + msg);
@@ -278,6 +325,7 @@ TrainConfig parse_train_config(const json& j, const std::string& source) {
     m.done();
     if (!c.continual.module.is_null() && !c.continual.module.is_object()) m.fail("'continual.module' must be a mapping");
   }
+  const json* compose = f.has("compose") ? &f.raw("compose") : nullptr;
   if (f.has("checkpoint")) {
     Fields m(f.raw("checkpoint"), "checkpoint", source);
     m.get("every", c.checkpoint.every);
@@ -301,6 +349,7 @@ TrainConfig parse_train_config(const json& j, const std::string& source) {
       check(modules.count(m), source, "task '" + t.name + "' uses module '" + m + "', which is not in 'modules'");
   if (c.continual.enabled)
     check(c.modules.empty(), source, "continual learning creates one module per task: leave 'modules' empty (set 'continual.module')");
+  if (compose) c.compose = parse_compose(*compose, c, source);
   return c;
 }
 

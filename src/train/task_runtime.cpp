@@ -25,14 +25,11 @@ Batch TaskRuntime::next_batch(int64_t batch_size) {
   return collate(rows, enc.pad_id(), cfg.type == TaskType::SequenceClassification);
 }
 
-BackboneOutput forward_batch(Backbone& model, const std::vector<const Adapter*>& inputs, const Batch& b) {
+BackboneOutput forward_batch(Backbone& model, const InputModules& modules, const Batch& b) {
   BackboneInput in;
   in.input_ids = b.input_ids;
   in.attention_mask = b.attention_mask;
   if (!model.causal()) in.token_type_ids = b.token_type_ids;
-  std::vector<std::shared_ptr<InputModule>> modules;
-  for (const auto* a : inputs)
-    if (a->input) modules.push_back(a->input);
   BackboneOutput out = modules.empty() ? model.forward(in) : forward_with(model, modules, in);
   // Prompt tuning returns the virtual positions too: keep the batch's own T.
   const int64_t T = b.input_ids.size(1);
@@ -63,7 +60,7 @@ torch::Tensor token_ce(const torch::Tensor& logits, const torch::Tensor& labels,
 
 }  // namespace
 
-torch::Tensor batch_loss(Backbone& model, TaskRuntime& task, const std::vector<const Adapter*>& inputs, const Batch& b,
+torch::Tensor batch_loss(Backbone& model, TaskRuntime& task, const InputModules& inputs, const Batch& b,
                          EvalSums* sums) {
   auto out = forward_batch(model, inputs, b);
   switch (task.cfg.type) {

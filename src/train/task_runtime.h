@@ -39,13 +39,16 @@ struct EvalSums {
   std::vector<torch::Tensor> preds, targets;  // flattened, scored positions only
 };
 
-// The forward pass with the enabled modules (input modules of enabled adapters applied),
-// logits / hidden states cut to the batch's own positions.
-BackboneOutput forward_batch(Backbone& model, const std::vector<const Adapter*>& inputs, const Batch& b);
+// Input modules (prompts, prefixes) a forward pass applies, in order.
+using InputModules = std::vector<std::shared_ptr<InputModule>>;
+
+// The forward pass with `inputs` applied (the enabled adapters' input modules, then a
+// composition's), logits / hidden states cut to the batch's own positions.
+BackboneOutput forward_batch(Backbone& model, const InputModules& inputs, const Batch& b);
 
 // Mean loss of a batch (sum of per-token / per-example cross-entropy / count), and, when
 // `sums` is given, what evaluation needs.
-torch::Tensor batch_loss(Backbone& model, TaskRuntime& task, const std::vector<const Adapter*>& inputs,
+torch::Tensor batch_loss(Backbone& model, TaskRuntime& task, const InputModules& inputs,
                          const Batch& b, EvalSums* sums = nullptr);
 
 // loss, accuracy, macro_f1 (classification) or perplexity (LM).

@@ -8,6 +8,7 @@
 #include "modula/train/trainer.h"
 
 #include "modula/backbone/registry.h"
+#include "modula/composition/apply_spec.h"
 #include "modula/modules/module_folder.h"
 #include "modula/routing/router.h"
 #include "modula/train/checkpoint.h"
@@ -111,6 +112,11 @@ struct Trainer::State {
   std::vector<TaskRuntime> tasks;
   std::map<size_t, std::vector<std::string>> enabled;  // task -> adapters on for its batches
   bool backbone_trainable = false;
+  // cfg.compose applied over the adapters (main stage): its members are never switched by
+  // activate() (the composites run them); members of fuse(...) stay frozen.
+  std::optional<Composition> composition;
+  std::set<std::string> composed, fused;
+  bool routes_by_task = false;
 
   Callbacks cb;
   std::ofstream metrics;
@@ -163,7 +169,8 @@ struct Trainer::State {
   }
 
   // ---- stage building ----------------------------------------------------------------
-  void build(bool train_backbone, const std::vector<ModuleSpec>& specs) {
+  void build(bool train_backbone, const std::vector<ModuleSpec>& specs, bool compose = false) {
+    composition.reset(), composed.clear(), fused.clear(), routes_by_task = false;
     adapters.clear(), adapter_trainable.clear(), enabled.clear();
     if (cfg.init == "random") {
       model = create_backbone(model_config);
@@ -200,6 +207,7 @@ struct Trainer::State {
       }
       adapter_trainable.push_back(s.trainable);
     }
+    if (compose && !cfg.compose.empty()) apply_compose();
     tasks = prototypes;
     const int64_t H = model_config.hidden_size;
     for (size_t i = 0; i < tasks.size(); ++i) {
@@ -212,6 +220,42 @@ struct Trainer::State {
       tasks[i].head->to(device);
     }
     model->train();
+  }
+
+  // Applies cfg.compose over the run's adapters (names = the config's module names).
+  void apply_compose() {
+    auto bad = [&](const std::string& msg) { throw ConfigError("[train] " + cfg.source + ": 'compose': " + msg); };
+    SpecNode spec;
+    try {
+      spec = parse_spec(cfg.compose);
+    } catch (const SpecError& e) {
+      bad(e.what());
+    }
+    std::map<std::string, const Adapter*> by_name;
+    for (auto& a : adapters) by_name[a.name] = &a;
+    for (const auto& name : module_names(spec))
+      if (!by_name.count(name))
+        bad("module '" + name + "' was applied to the backbone weights (not an adapter) and cannot be composed");
+    try {
+      composition = apply_spec(*model, spec, by_name);
+    } catch (const std::invalid_argument& e) {  // SpecError too
+      bad(e.what());
+    }
+    for (const auto& name : module_names(spec)) composed.insert(name);
+    std::vector<const SpecNode*> stack = {&spec};
+    while (!stack.empty()) {
+      const SpecNode* n = stack.back();
+      stack.pop_back();
+      if (n->kind == SpecNode::Kind::Fuse)
+        for (const auto& c : n->children)
+          for (const auto& name : module_names(c)) fused.insert(name);
+      if (n->kind == SpecNode::Kind::Route) routes_by_task = true;
+      for (const auto& c : n->children) stack.push_back(&c);
+    }
+    int64_t params = 0;
+    for (auto& p : composition->parameters()) params += p.numel();
+    note("compose: " + cfg.compose + " (" + std::to_string(composition->fusions.size()) + " fusion(s), " +
+         std::to_string(params) + " fusion parameters)");
   }
 
   static std::string peft_type_of(const std::string& dir) {
@@ -232,17 +276,28 @@ struct Trainer::State {
     return nullptr;
   }
 
-  // Turns on the adapters of `task` (all when it names none); returns the enabled ones.
-  std::vector<const Adapter*> activate(size_t task) {
+  // Turns on the adapters of `task` (all when it names none) and returns the input modules
+  // to apply: the enabled adapters', then the composition's. Members of the composition are
+  // left as the composition set them (switching them on would run them twice).
+  detail::InputModules activate(size_t task) {
     auto it = enabled.find(task);
-    std::vector<const Adapter*> on;
+    detail::InputModules on;
     for (auto& a : adapters) {
+      if (composed.count(a.name)) continue;
       bool use = it == enabled.end() || it->second.empty() ||
                  std::find(it->second.begin(), it->second.end(), a.name) != it->second.end();
       a.set_enabled(use);
-      if (use) on.push_back(&a);
+      if (use && a.input) on.push_back(a.input);
     }
+    if (composition)
+      for (const auto& m : composition->inputs) on.push_back(m);
     return on;
+  }
+
+  // route(task, ...): every row of a batch of task `ti` carries the task's index.
+  void route_rows(size_t ti, int64_t rows) {
+    if (routes_by_task)
+      composition->context->set("task", torch::full({rows}, static_cast<int64_t>(ti), torch::TensorOptions(torch::kInt64).device(device)));
   }
 
   // ---- parameters, optimizer ---------------------------------------------------------
@@ -255,6 +310,10 @@ struct Trainer::State {
       if (a.input)
         for (auto& p : a.input->named_parameters()) out.emplace_back("adapter/" + a.name + "/input/" + p.key(), p.value());
     }
+    if (composition)
+      for (auto& f : composition->fusions)
+        for (auto& [site, fusion] : f.sites)
+          for (auto& [key, p] : fusion->fusion_parameters()) out.emplace_back("compose/" + f.name + "/" + site + "/" + key, p);
     for (auto& t : tasks)
       if (t.head)
         for (auto& p : t.head->named_parameters()) out.emplace_back("head/" + t.cfg.name + "/" + p.key(), p.value());
@@ -288,6 +347,11 @@ struct Trainer::State {
         if (on && !router_params.count(p.unsafeGetTensorImpl())) modules.push_back(p);
       }
     }
+    if (composition)
+      for (auto& p : composition->parameters()) {  // the fusions train with the modules
+        p.set_requires_grad(true);
+        modules.push_back(p);
+      }
     for (size_t i = 0; i < tasks.size(); ++i) {
       if (!tasks[i].head) continue;
       bool on = std::find(ph.tasks.begin(), ph.tasks.end(), i) != ph.tasks.end();
@@ -338,6 +402,7 @@ struct Trainer::State {
       if (t.cfg.type == TaskType::MaskedLM)
         mask_tokens(b, t.cfg.mlm_probability, t.enc.mask_id(), model_config.vocab_size, t.enc.special_ids(),
                     mix({cfg.seed, 0xe7a1ULL, ti, static_cast<uint64_t>(k)}));
+      route_rows(ti, b.input_ids.size(0));
       detail::batch_loss(*model, t, inputs, b.to(device), &sums);
     }
     model->train();
@@ -435,6 +500,7 @@ struct Trainer::State {
                       mix({cfg.seed, 0x3a5cULL, static_cast<uint64_t>(ph.global_offset + step), static_cast<uint64_t>(micro)}));
         tokens += b.tokens;
         auto inputs = activate(ti);
+        route_rows(ti, b.input_ids.size(0));
         if (autocast) compat::set_cuda_autocast(true);
         auto loss = detail::batch_loss(*model, t, inputs, b.to(device));
         if (autocast) compat::set_cuda_autocast(false);
@@ -520,12 +586,12 @@ struct Trainer::State {
 
   // ---- stages ------------------------------------------------------------------------
   void main_stage(TrainResult& r) {
-    build(cfg.train_backbone, cfg.modules);
+    build(cfg.train_backbone, cfg.modules, /*compose=*/true);
     for (size_t i = 0; i < tasks.size(); ++i) enabled[i] = tasks[i].cfg.modules;
     Phase ph{"main", 0, {}, {}, cfg.train_backbone, 0};
     for (size_t i = 0; i < tasks.size(); ++i) ph.tasks.push_back(i);
     for (size_t i = 0; i < adapters.size(); ++i)
-      if (adapter_trainable[i]) ph.train_adapters.insert(adapters[i].name);
+      if (adapter_trainable[i] && !fused.count(adapters[i].name)) ph.train_adapters.insert(adapters[i].name);
     r.total_parameters = 0;
     for (auto& p : model->parameters()) r.total_parameters += p.numel();
     for (auto& t : tasks)
@@ -548,7 +614,13 @@ struct Trainer::State {
       }
     save_modules([&](size_t i) { return adapter_trainable[i]; });
     save_heads();
+    if (composition) {
+      for (const auto& f : composition->fusions) save_fusion(f, out("compose/" + f.name));
+      fs::make_dirs(out("compose"));
+      std::ofstream(out("compose/spec.txt")) << cfg.compose << "\n";
+    }
     if (cfg.train_backbone || cfg.save_model) {
+      if (composition) remove_composition(*composition);
       for (auto& a : adapters) remove_adapter(a);
       save_backbone(*model, out("model"));
       note("model written to " + out("model"));

@@ -18,6 +18,7 @@
 //   multitask: {sampling: temperature, temperature: 2.0}
 //   continual: {enabled: false, full_finetune_baseline: false}
 //   checkpoint: {every: 50, keep: 2}
+//   compose: "fuse(a, b)"                     # optional composition spec over the modules
 //
 // parse_train_config validates once and throws ConfigError naming the source, the key
 // path ("tasks[1].type") and what was expected.
@@ -123,6 +124,11 @@ struct TrainConfig {
   bool train_backbone = false;
   bool save_model = false;  // write the (full) backbone to output/model (pretraining)
   std::vector<ModuleSpec> modules;
+  // A composition spec over `modules` (docs/composition.md), in its canonical text form
+  // (the config may give the text or the JSON/YAML mapping form); empty = none. Members of
+  // fuse(...) are frozen and the fusions train; route(task, m_0, m_1, ...) sends each batch
+  // of task i (its index in `tasks`) to m_i.
+  std::string compose;
   std::vector<TaskConfig> tasks;
   OptimConfig optim;
   EvalConfig eval;

@@ -13,6 +13,8 @@
 // What a run does:
 //   - loads the backbone (or builds it from config.json with random init for pretraining),
 //     freezes it unless train_backbone, attaches/loads the configured modules;
+//   - with `compose`, applies the composition spec over the modules (fusions train, their
+//     members stay frozen; route(task, ...) routes each batch by its task index);
 //   - one head per classification task (sequence: pooled hidden -> labels; token: per token);
 //   - AdamW with parameter groups (modules / routers / heads / backbone), linear warmup then
 //     constant/linear/cosine decay, gradient accumulation, clipping, bf16 autocast on CUDA;
@@ -22,7 +24,7 @@
 //     task × time accuracy matrix and average forgetting;
 //   - evaluation (accuracy, macro-F1, perplexity), early stopping, metrics JSONL
 //     (output/metrics.jsonl), atomic checkpoints (output/checkpoints/step-N) with resume;
-//   - at the end: modules (output/modules/<name>, PEFT folders), heads
+//   - at the end: modules (output/modules/<name>, PEFT folders), fusions (output/compose/), heads
 //     (output/heads.safetensors), the model when train_backbone/save_model (output/model).
 //
 // The library never prints: progress goes to the callbacks.
