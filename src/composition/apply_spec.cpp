@@ -204,7 +204,8 @@ Composition compose(Backbone& model, Composition comp, const std::map<std::strin
   comp.name = options.name();
   comp.members = adapters;
   try {
-    Builder{model, adapters, fusion_folders, options, comp}.run();
+    Builder builder{model, adapters, fusion_folders, options, comp, {}, {}, {}, {}};
+    builder.run();
   } catch (...) {
     remove_composition(comp);
     throw;
