@@ -1,5 +1,6 @@
 // AdapterFusion (Pfeiffer et al. 2021): attention over adapter contributions per block site.
 #include "modula/aggregation/fusion.h"
+#include "modula/io/peft.h"
 
 #include "modula/modules/targets.h"
 
@@ -17,12 +18,7 @@ using json = nlohmann::json;
 
 template <typename T>
 T field(const json& c, const char* key, T fallback) {
-  if (!c.contains(key) || c[key].is_null()) return fallback;
-  try {
-    return c[key].get<T>();
-  } catch (const json::exception&) {
-    bad(std::string("config key '") + key + "' has the wrong type (" + c[key].type_name() + ")");
-  }
+  return io::config_field<T>(c, key, fallback, "[fusion]");
 }
 
 }  // namespace

@@ -232,7 +232,9 @@ TEST_F(TwoAdapters, FusionTrainsOnlyItsOwnParameters) {
       for (const auto& p : a.parameters()) EXPECT_FALSE(p.grad().defined());
       for (const auto& p : b.parameters()) EXPECT_FALSE(p.grad().defined());
       for (const auto& p : model->named_parameters())
-        if (p.key().find(".adapters.") == std::string::npos) EXPECT_FALSE(p.value().grad().defined()) << p.key();
+        if (p.key().find(".adapters.") == std::string::npos) {
+          EXPECT_FALSE(p.value().grad().defined()) << p.key();
+        }
       double norm = 0;
       for (const auto& p : fusion.parameters()) norm += p.grad().abs().sum().item<double>();
       EXPECT_GT(norm, 0.0);

@@ -3,6 +3,7 @@
 #include "modula/backbone/registry.h"
 #include "modula/io/peft.h"
 #include "modula/modules/bitfit.h"
+#include "support/errors.h"
 #include "support/temp_dir.h"
 
 #include <gtest/gtest.h>
@@ -14,6 +15,7 @@ using modula::BitFitOptions;
 using modula::testing::fixture;
 using modula::testing::TempDir;
 
+using modula::testing::error_of;
 namespace {
 
 std::shared_ptr<modula::Backbone> load(const std::string& name) { return modula::load_backbone(fixture("hf/models/" + name)); }
@@ -32,15 +34,6 @@ torch::Tensor mlm_loss(modula::Backbone& model) {
   return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), labels.reshape({-1}));
 }
 
-template <typename E>
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  return "<no exception>";
-}
 
 }  // namespace
 

@@ -4,6 +4,7 @@
 #include "modula/backbone/registry.h"
 #include "modula/io/peft.h"
 #include "modula/modules/sparse_ft.h"
+#include "support/errors.h"
 #include "support/temp_dir.h"
 
 #include <gtest/gtest.h>
@@ -15,6 +16,7 @@ using modula::SparseDiffOptions;
 using modula::testing::fixture;
 using modula::testing::TempDir;
 
+using modula::testing::error_of;
 namespace {
 
 std::shared_ptr<modula::Backbone> llama() { return modula::load_backbone(fixture("hf/models/llama")); }
@@ -61,15 +63,6 @@ double max_diff(modula::Backbone& model, const std::map<std::string, torch::Tens
   return m;
 }
 
-template <typename E>
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  return "<no exception>";
-}
 
 }  // namespace
 

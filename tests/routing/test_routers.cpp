@@ -3,23 +3,13 @@
 #include "modula/routing/poly.h"
 #include "modula/routing/softmax.h"
 
+#include "support/errors.h"
+
 #include <gtest/gtest.h>
 
 using namespace modula;
 
-namespace {
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  }
-  return "(no exception)";
-}
-
-}  // namespace
+using modula::testing::error_of;
 
 TEST(FixedRouter, OneHotPerRowAndNoneForMinusOne) {
   auto ctx = std::make_shared<RoutingContext>();
@@ -35,14 +25,14 @@ TEST(FixedRouter, ErrorsNameKeyAndProblem) {
   auto ctx = std::make_shared<RoutingContext>();
   FixedRouter router(FixedRouterOptions(3).key("task"), ctx);
   auto x = torch::zeros({2, 1, 4});
-  EXPECT_NE(error_of([&] { router->route(x); }).find("no metadata 'task'"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { router->route(x); }).find("no metadata 'task'"), std::string::npos);
   ctx->set("task", torch::tensor({0, 1, 2}));
-  EXPECT_NE(error_of([&] { router->route(x); }).find("'task' has 3 ids for a batch of 2 rows"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { router->route(x); }).find("'task' has 3 ids for a batch of 2 rows"), std::string::npos);
   ctx->set("task", torch::tensor({0, 3}));
-  EXPECT_NE(error_of([&] { router->route(x); }).find("id 3 outside [-1, 3)"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { router->route(x); }).find("id 3 outside [-1, 3)"), std::string::npos);
   ctx->set("task", torch::tensor({-2, 0}));
-  EXPECT_NE(error_of([&] { router->route(x); }).find("id -2"), std::string::npos);
-  EXPECT_NE(error_of([] { FixedRouterOptions(0).validate(); }).find("num_modules"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { router->route(x); }).find("id -2"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([] { FixedRouterOptions(0).validate(); }).find("num_modules"), std::string::npos);
 }
 
 TEST(SoftmaxRouter, PerExamplePoolsOnlyRealPositions) {
@@ -76,8 +66,8 @@ TEST(SoftmaxRouter, PerTokenAndMaskCoversCachedPositions) {
   EXPECT_TRUE(torch::allclose(example->route(x).weights,
                               torch::softmax(example->logits(x.mean(1).unsqueeze(1)).squeeze(1), -1), 1e-5, 1e-6));
   ctx->set_mask(torch::ones({2, 3}));
-  EXPECT_NE(error_of([&] { example->route(x); }).find("does not cover"), std::string::npos);
-  EXPECT_NE(error_of([&] { example->route(torch::randn({2, 5, 7})); }).find("width 8"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { example->route(x); }).find("does not cover"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { example->route(torch::randn({2, 5, 7})); }).find("width 8"), std::string::npos);
 }
 
 TEST(PolyRouter, EvalIsNormalisedSigmoidPerSplit) {
@@ -112,7 +102,7 @@ TEST(PolyRouter, TrainSamplesRelaxedBernoulliWithGradient) {
   ASSERT_TRUE(g.defined());
   EXPECT_GT(g.abs().sum().item<double>(), 0);
   ctx->set("task", torch::tensor({2, 0, 0}));
-  EXPECT_NE(error_of([&] { router->route(x); }).find("id 2 outside"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { router->route(x); }).find("id 2 outside"), std::string::npos);
 }
 
 TEST(RelaxedBernoulli, MeanMatchesBernoulliProbabilityAtLowTemperature) {

@@ -11,6 +11,8 @@
 #include "modula/train/trainer.h"
 #include "tiny.h"
 
+#include "support/errors.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -22,17 +24,9 @@ using modula::testing::TempDir;
 using modula::testing::fixture;
 using json = nlohmann::json;
 
+using modula::testing::error_of;
 namespace {
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "<no exception>";
-}
 
 json base_config(const TempDir& dir, const std::string& model, bool bert) {
   return {{"model", fixture("hf/models/" + model)},
