@@ -3,8 +3,9 @@
 // (the plain LoRA site module), on a tiny Llama (hidden 256, 4 layers, r 8 on q/k/v/o).
 //
 //   bench_mixed_lora [--batch 16] [--seq 64] [--adapters 16] [--iters 20] [--threads 0]
+#include "modula/composition/registry.h"
 #include "modula/backbone/registry.h"
-#include "modula/composition/mixed_lora.h"
+#include "modula/composition/mixed.h"
 #include "modula/io/hf_config.h"
 
 #include <algorithm>
@@ -81,10 +82,10 @@ int main(int argc, char** argv) {
   add_adapter(*single, lora_config(), "single");
   std::vector<Adapter> adapters;
   for (int64_t m = 0; m < M; ++m) adapters.push_back(add_adapter(*multi, lora_config(), "a" + std::to_string(m)));
-  auto mixed = mix_lora_adapters(std::move(adapters));
+  auto mixed = mix_adapters(std::move(adapters));
   std::vector<std::string> per_row;
   for (int64_t n = 0; n < B; ++n) per_row.push_back("a" + std::to_string(n % M));
-  mixed.set_adapter_names(per_row);
+  set_row_modules(mixed, per_row);
 
   auto [one, many] = median_seconds([&] { single->forward(in); }, [&] { multi->forward(in); }, iters);
   auto base = median_seconds([&] { plain->forward(in); }, [&] { single->forward(in); }, iters / 2 + 1).first;

@@ -1,4 +1,7 @@
-#include "modula/modules/module_folder.h"
+#include "modula/composition/registry.h"
+#include "modula/modules/bitfit.h"
+#include "modula/modules/hypernetwork.h"
+#include "modula/modules/sparse_ft.h"
 #include "commands.h"
 #include "modula/backbone/registry.h"
 #include "modula/util/fs.h"
@@ -19,7 +22,7 @@ void add_export(CLI::App& app) {
   cmd->callback([] {
     auto model = load_backbone(model_dir);
     auto modules = load_module_folders(*model, adapter_specs, task);
-    modules.merge(*model);
+    for (auto& a : modules) a.merge();
     save_backbone(*model, out);
     for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                           "generation_config.json"})

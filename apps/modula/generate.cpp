@@ -1,4 +1,7 @@
-#include "modula/modules/module_folder.h"
+#include "modula/composition/registry.h"
+#include "modula/modules/bitfit.h"
+#include "modula/modules/hypernetwork.h"
+#include "modula/modules/sparse_ft.h"
 #include "commands.h"
 #include "modula/backbone/generate.h"
 #include "modula/backbone/registry.h"
@@ -53,7 +56,10 @@ void add_generate(CLI::App& app) {
     LoadOptions lo;
     lo.device = torch::Device(device);
     auto model = load_backbone(model_dir, lo);
-    auto modules = load_module_folders(*model, adapter_specs, task);
+    // Metadata every routed module reads (POLY and hypernetworks: the task of the one row).
+    auto context = std::make_shared<RoutingContext>();
+    context->set("task", torch::tensor({task}, torch::kInt64).to(lo.device));
+    auto modules = load_module_folders(*model, adapter_specs, task, context);
     if (compose.empty() && !module_specs.empty()) throw std::invalid_argument("[generate] --module needs --compose");
     Composition composition;
     if (!compose.empty()) composition = apply_spec(*model, parse_spec(compose), named(module_specs, "--module"));
@@ -62,10 +68,11 @@ void add_generate(CLI::App& app) {
       const long long value = std::strtoll(id.c_str(), &end, 10);
       if (id.empty() || *end) throw std::invalid_argument("[generate] --meta " + key + "=" + id + ": the id must be an integer");
       composition.context->set(key, torch::tensor({static_cast<int64_t>(value)}, torch::kInt64));
+      context->set(key, torch::tensor({static_cast<int64_t>(value)}, torch::kInt64).to(lo.device));
     }
     PrepareInput prepare = [&](BackboneInput& in) {
       KVCache unused;  // generate() supplies the cache
-      for (auto& a : modules.adapters)
+      for (auto& a : modules)
         if (a.input) a.input->prepare(*model, in, unused);
       composition.prepare(*model, in);
     };

@@ -1,6 +1,7 @@
 // modula merge RECIPE: full-model merge from a YAML/JSON recipe (docs/merging.md).
 // modula merge-adapters: PEFT add_weighted_adapter over LoRA folders on one base model.
 #include "commands.h"
+#include "modula/composition/registry.h"
 #include "modula/aggregation/lora_merge.h"
 #include "modula/aggregation/merge_recipe.h"
 #include "modula/backbone/registry.h"

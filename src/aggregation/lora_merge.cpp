@@ -154,7 +154,7 @@ Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapter
   config["rank_pattern"] = json::object();
   config["alpha_pattern"] = json::object();
   config["use_dora"] = false;
-  Adapter merged = add_adapter(model, config, name);
+  Adapter merged = lora_adapter(model, config, name);
 
   auto gen = seeded_generator(o.seed());
   torch::NoGradGuard no_grad;

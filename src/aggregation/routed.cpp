@@ -16,24 +16,29 @@ RoutedImpl::RoutedImpl(std::shared_ptr<RouterImpl> router_, std::vector<std::sha
 }
 
 torch::Tensor RoutedImpl::transform_block(const torch::Tensor& x, const torch::Tensor& y) {
-  auto r = router->route(x);
-  const bool one_per_row = r.indices.defined() && !r.per_token() && r.indices.dim() == 2 && r.indices.size(1) == 1;
-  if (!one_per_row) {  // y + Σ_c r_c d_c, r [N, C] or [N, T, C]
-    auto w = r.per_token() ? r.weights : r.weights.unsqueeze(1);  // [N, T|1, C]
-    auto d = contributions(x, y);                                   // [N, T, C, H]
-    return y + torch::einsum("ntc,ntch->nth", {w.to(d.scalar_type()), d});
-  }
+  return y + algorithm1(*router, *this, Aggregation::WeightedSum, {x, y, nullptr});
+}
+
+torch::Tensor RoutedImpl::mixed(const SiteInput& in, const torch::Tensor& r) {  // Σ_c r_c d_c, r [N, C] or [N, T, C]
+  auto w = r.dim() == 3 ? r : r.unsqueeze(1);  // [N, T|1, C]
+  auto d = contributions(in.x, in.y);          // [N, T, C, H]
+  return torch::einsum("ntc,ntch->nth", {w.to(d.scalar_type()), d});
+}
+
+torch::Tensor RoutedImpl::selected(const SiteInput& in, const torch::Tensor& idx, const torch::Tensor& w) {
+  if (idx.dim() != 2 || idx.size(1) != 1) return mixed(in, dense_weights(idx, w, num_modules()));
   // One module per row: each child on its own rows, scaled by its routing weight.
-  auto idx = r.indices.squeeze(1);
-  auto w = r.weights.gather(1, r.indices.clamp_min(0)).squeeze(1).to(y.scalar_type());  // [N]; id −1 rows unused
-  auto out = y.clone();
-  for (int64_t c = 0; c < static_cast<int64_t>(children().size()); ++c) {
-    auto rows = (idx == c).nonzero().squeeze(1);
+  const auto& x = in.x;
+  const auto& y = in.y;
+  auto rows_of = idx.squeeze(1);
+  auto weight = (w.squeeze(1) * (rows_of >= 0)).to(y.scalar_type());  // [N]; id −1 rows get nothing
+  auto out = torch::zeros_like(y);
+  for (int64_t c = 0; c < num_modules(); ++c) {
+    auto rows = (rows_of == c).nonzero().squeeze(1);
     if (rows.numel() == 0) continue;
     auto yc = y.index_select(0, rows);
     auto dc = children()[c]->transform_block(x.index_select(0, rows), yc) - yc;
-    auto wc = w.index_select(0, rows).view({-1, 1, 1});
-    out = out.index_add(0, rows, wc * dc);
+    out = out.index_add(0, rows, weight.index_select(0, rows).view({-1, 1, 1}) * dc);
   }
   return out;
 }

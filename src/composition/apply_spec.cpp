@@ -1,5 +1,6 @@
 // A composition spec applied to a model: validate where each module may go, then build
 // one composite per block site (aggregation/*.h) and attach it.
+#include "modula/composition/registry.h"
 #include "modula/composition/apply_spec.h"
 
 #include "modula/aggregation/average.h"

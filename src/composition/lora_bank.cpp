@@ -67,22 +67,25 @@ void LoraBankImpl::check_input(const torch::Tensor& x, const torch::Tensor& w, c
     bad(std::string(what) + ": routing weights " + c10::str(w.sizes()) + " for " + std::to_string(x.size(0)) + " rows");
 }
 
-torch::Tensor LoraBankImpl::selected(const torch::Tensor& x, const torch::Tensor& idx, const torch::Tensor& w) const {
+torch::Tensor LoraBankImpl::selected(const SiteInput& in, const torch::Tensor& idx, const torch::Tensor& w) {
+  const auto& x = in.x;
   check_input(x, w, "selected");
+  if (idx.dim() == 3) return mixed(in, dense_weights(idx, w, num_modules()));  // per token: one pass over M·r
   int64_t N = x.size(0), k = idx.size(1), r = rank();
-  auto flat = idx.clamp_min(0).reshape({-1});                                  // [N·k]
-  auto A = lora_A.index_select(0, flat).view({N, k * r, in_features()});      // [N, k·r, in]
-  auto B = lora_B.index_select(0, flat).view({N, k, out_features(), r});      // [N, k, out, r]
-  auto coef = (w * scaling.index_select(0, flat).view({N, k})).to(x.scalar_type());  // [N, k]
+  auto flat = idx.clamp_min(0).reshape({-1});                                                      // [N·k]
+  auto coef = (w * (idx >= 0) * scaling.index_select(0, flat).view({N, k})).to(x.scalar_type());  // [N, k]
   if (k == 1) {  // one module per row: no copies of B, the scale on the [N, T, r] activations
     auto h = torch::bmm(x, lora_A.index_select(0, flat).transpose(1, 2)) * coef.view({N, 1, 1});
     return torch::bmm(h, lora_B.index_select(0, flat).transpose(1, 2));
   }
+  auto A = lora_A.index_select(0, flat).view({N, k * r, in_features()});  // [N, k·r, in]
+  auto B = lora_B.index_select(0, flat).view({N, k, out_features(), r});  // [N, k, out, r]
   auto h = torch::bmm(x, A.transpose(1, 2)).view({N, -1, k, r}) * coef.view({N, 1, k, 1});
   return torch::bmm(h.view({N, -1, k * r}), B.permute({0, 1, 3, 2}).reshape({N, k * r, out_features()}));
 }
 
-torch::Tensor LoraBankImpl::mixed(const torch::Tensor& x, const torch::Tensor& w) const {
+torch::Tensor LoraBankImpl::mixed(const SiteInput& in, const torch::Tensor& w) {
+  const auto& x = in.x;
   check_input(x, w, "mixed");
   int64_t N = x.size(0), T = x.size(1), M = num_modules(), r = rank();
   if (w.size(-1) != M || (w.dim() == 3 && w.size(1) != T) || w.dim() < 2 || w.dim() > 3)
@@ -94,18 +97,19 @@ torch::Tensor LoraBankImpl::mixed(const torch::Tensor& x, const torch::Tensor& w
   return torch::matmul(h.view({N, T, M * r}), lora_B.permute({0, 2, 1}).reshape({M * r, out_features()}));
 }
 
-std::pair<torch::Tensor, torch::Tensor> LoraBankImpl::average_parameters(const torch::Tensor& w) const {
+std::pair<torch::Tensor, torch::Tensor> LoraBankImpl::averaged_module(const torch::Tensor& w) const {
   if (w.dim() != 2 || w.size(1) != num_modules())
     bad("parameter averaging needs per-example weights [N, " + std::to_string(num_modules()) + "], got " + c10::str(w.sizes()));
-  auto wA = w.to(lora_A.scalar_type());
-  auto A = torch::einsum("nm,mri->nri", {wA, lora_A});             // Σ_m w_m A_m
-  auto B = torch::einsum("nm,mor->nor", {wA * scaling, lora_B});   // Σ_m w_m s_m B_m
+  auto wA = w.to(lora_A.scalar_type()).unsqueeze(1);                       // [N, 1, M]: one group
+  auto A = average_parameters(wA, lora_A.unsqueeze(0)).squeeze(1);          // Σ_m w_m A_m
+  auto B = average_parameters(wA * scaling, lora_B.unsqueeze(0)).squeeze(1);  // Σ_m w_m s_m B_m
   return {A, B};
 }
 
-torch::Tensor LoraBankImpl::averaged(const torch::Tensor& x, const torch::Tensor& w) const {
+torch::Tensor LoraBankImpl::averaged(const SiteInput& in, const torch::Tensor& w) {
+  const auto& x = in.x;
   check_input(x, w, "averaged");
-  auto [A, B] = average_parameters(w);
+  auto [A, B] = averaged_module(w);
   return torch::bmm(torch::bmm(x, A.transpose(1, 2).to(x.scalar_type())), B.transpose(1, 2).to(x.scalar_type()));
 }
 

@@ -4,30 +4,28 @@
 
 namespace modula {
 
-ModularLinearImpl::ModularLinearImpl(LoraBank bank_, std::shared_ptr<RouterImpl> router_, const ModularLinearOptions& options_)
-    : options(options_), bank(std::move(bank_)), router(std::move(router_)) {
-  if (!bank || !router) throw std::invalid_argument("[modular linear] needs a module bank and a router");
-  if (router->num_modules() != bank->num_modules())
+ModularLinearImpl::ModularLinearImpl(std::shared_ptr<torch::nn::Module> module, std::shared_ptr<ModuleBank> bank,
+                                     std::shared_ptr<RouterImpl> router_, const ModularLinearOptions& options_)
+    : options(options_), router(std::move(router_)), bank_(std::move(bank)) {
+  if (!module || !bank_ || !router) throw std::invalid_argument("[modular linear] needs a module bank and a router");
+  if (router->num_modules() != bank_->num_modules())
     throw std::invalid_argument("[modular linear] router routes over " + std::to_string(router->num_modules()) +
-                                " modules, the bank holds " + std::to_string(bank->num_modules()));
-  register_module("bank", bank);
+                                " modules, the bank holds " + std::to_string(bank_->num_modules()));
+  register_module("bank", module);
   if (options.owns_router()) register_module("router", router);
 }
 
-torch::Tensor ModularLinearImpl::aggregate(const torch::Tensor& x, const Routing& r) const {
-  if (options.aggregation() == Aggregation::ParameterAverage) return bank->averaged(x, r.weights);
-  if (r.indices.defined() && !r.per_token())  // hard per-example routing: only the k routed modules run
-    return bank->selected(x, r.indices, r.weights.gather(1, r.indices.clamp_min(0)));
-  return bank->mixed(x, r.weights);
+std::shared_ptr<LoraBankImpl> ModularLinearImpl::lora_bank() const {
+  auto lora = std::dynamic_pointer_cast<LoraBankImpl>(bank_);
+  if (!lora) throw std::invalid_argument("[modular linear] the bank is a " + bank_->kind() + ", not a lora bank");
+  return lora;
 }
 
-// Algorithm 1 (Pfeiffer et al. 2023): w = r(x); y + Σ aggregation of the active modules.
 torch::Tensor ModularLinearImpl::transform_output(const torch::Tensor& x, const torch::Tensor& y, const LinearImpl& base) {
-  if (x.dim() < 2) throw std::invalid_argument("[modular linear] input " + c10::str(x.sizes()) + " has no batch dimension");
-  auto x3 = x.reshape({x.size(0), -1, x.size(-1)});  // [N, T, in]
-  auto routing = router->route(x3);
-  last_routing = {routing.weights.detach(), routing.indices};
-  return y + scale * aggregate(x3, routing).reshape(y.sizes());
+  auto x3 = as_rows(x, "modular linear");  // [N, T, in]
+  auto delta = algorithm1(*router, *bank_, options.aggregation(), {x3, y.reshape({x3.size(0), x3.size(1), -1}), &base},
+                          &last_routing);
+  return y + scale * delta.reshape(y.sizes());
 }
 
 void ModularLinearImpl::merge(LinearImpl&) {

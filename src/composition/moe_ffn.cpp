@@ -110,29 +110,37 @@ torch::Tensor MoeFfnImpl::dispatch(const torch::Tensor& x, const torch::Tensor& 
   return out.index_add(0, tokens, torch::cat(outputs) * gate);
 }
 
+torch::Tensor MoeFfnImpl::selected(const SiteInput& in, const torch::Tensor& idx, const torch::Tensor& w) {
+  const auto& x = in.x;
+  const int64_t H = options.features();
+  auto experts = idx, gates = w;
+  if (idx.dim() == 2 && x.dim() == 3) {  // per-example routing: every token of a row shares it
+    experts = idx.unsqueeze(1).expand({x.size(0), x.size(1), idx.size(-1)});
+    gates = w.unsqueeze(1).expand(experts.sizes());
+  }
+  experts = experts.reshape({-1, experts.size(-1)});
+  gates = gates.reshape({-1, gates.size(-1)});
+  return dispatch(x.reshape({-1, H}), experts, gates).view(x.sizes());
+}
+
+torch::Tensor MoeFfnImpl::mixed(const SiteInput& in, const torch::Tensor& w) {
+  const int64_t E = options.num_experts();
+  auto all = torch::arange(E, w.options().dtype(torch::kLong)).expand(w.sizes());  // soft routing: every expert
+  return selected(in, all, w);
+}
+
 torch::Tensor MoeFfnImpl::forward(const torch::Tensor& x) {
-  const int64_t H = options.features(), E = options.num_experts();
+  const int64_t H = options.features();
   if (!x.defined() || x.dim() < 1 || x.size(-1) != H)
     fail("input must be [.., " + std::to_string(H) + "], got " + (x.defined() ? c10::str(x.sizes()) : "undefined"));
-  auto r = router->route(x);
-  last_routing = {r.weights.detach(), r.indices};
-  auto weights = r.weights, indices = r.indices;
-  if (weights.dim() == 2 && x.dim() == 3) {  // per-example routing: every token of a row shares it
-    weights = weights.unsqueeze(1).expand({x.size(0), x.size(1), E});
-    if (indices.defined()) indices = indices.unsqueeze(1).expand({x.size(0), x.size(1), indices.size(-1)});
-  }
-  weights = weights.reshape({-1, E});
-  auto experts = indices.defined() ? indices.reshape({weights.size(0), -1})
-                                   : torch::arange(E, x.options().dtype(torch::kLong)).expand({weights.size(0), E});
-  auto gates = options.weighted() ? weights.gather(1, experts.clamp_min(0))  // id -1 (none) is skipped in dispatch
-                                   : torch::ones(experts.sizes(), weights.options());
-  auto out = dispatch(x.reshape({-1, H}), experts, gates);
+  auto out = algorithm1(*router, *this, options.weighted() ? Aggregation::WeightedSum : Aggregation::Sum, {x, {}, nullptr},
+                        &last_routing);
   if (output_bias.defined()) out = out + output_bias;
   if (options.router_distillation_coef() > 0 && is_training()) {
     auto loss = options.router_distillation_coef() * router_distillation_loss(x);
     router->aux_loss = router->aux_loss.defined() ? router->aux_loss + loss : loss;
   }
-  return out.view(x.sizes());
+  return out;
 }
 
 torch::Tensor MoeFfnImpl::transform_block(const torch::Tensor& x, const torch::Tensor&) { return forward(x); }

@@ -29,17 +29,28 @@ ModularLinear moe_lora(int64_t in, int64_t out, const MoeLoraOptions& options) {
   return ModularLinear(bank, TopKRouter(options.router(in), options.context()).ptr());
 }
 
-std::vector<std::pair<std::string, ModularLinear>> add_moe_lora(Backbone& model, const nlohmann::json& targets,
-                                                                const MoeLoraOptions& options) {
+Adapter add_moe_lora(Backbone& model, const nlohmann::json& targets, const MoeLoraOptions& options) {
   options.validate();
-  std::vector<std::pair<std::string, ModularLinear>> result;
+  Adapter a;
+  a.name = options.name();
+  a.peft_type = "MODULA_MOE_LORA";
+  a.config = targets;
+  a.context = options.context();
   for (auto& [path, site] : select_sites(model, targets)) {
     auto layer = moe_lora(site->options.in_features(), site->options.out_features(), options);
     layer->to(site->weight.device(), site->weight.scalar_type());
-    site->attach(options.name(), layer.ptr());
-    result.emplace_back(path, layer);
+    std::map<std::string, std::string> keys;  // saved under their own names
+    for (const auto& p : layer->named_parameters()) keys[p.key()] = p.key();
+    a.modules.push_back({path, site, layer.ptr(), keys, site});
   }
-  return result;
+  attach_modules(a);
+  return a;
+}
+
+std::shared_ptr<ModularLinearImpl> moe_layer(const AttachedModule& m) {
+  auto layer = std::dynamic_pointer_cast<ModularLinearImpl>(m.module);
+  if (!layer) throw std::invalid_argument("[moe lora] the module at " + m.site + " is not a MoE-LoRA layer");
+  return layer;
 }
 
 }  // namespace modula

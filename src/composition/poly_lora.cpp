@@ -57,18 +57,26 @@ void PolyLoraImpl::reset() {
 
 std::pair<torch::Tensor, torch::Tensor> PolyLoraImpl::combine_skills(const torch::Tensor& w) const {
   auto N = w.size(0);
-  auto A = torch::einsum("bqs,qsdr->bqdr", {w, poly_lora_A}).reshape({N, options.in_features(), options.r()});
-  auto B = torch::einsum("bqs,qsrd->bqrd", {w, poly_lora_B}).transpose(1, 2).reshape({N, options.r(), options.out_features()});
+  auto A = average_parameters(w, poly_lora_A).reshape({N, options.in_features(), options.r()});  // Σ_s w A[q, s]
+  auto B = average_parameters(w, poly_lora_B).transpose(1, 2).reshape({N, options.r(), options.out_features()});
   return {A, B};
 }
 
+torch::Tensor PolyLoraImpl::averaged(const SiteInput& in, const torch::Tensor& w) {
+  const auto& x = in.x;
+  auto [A, B] = combine_skills(w.view({x.size(0), options.n_splits(), options.n_skills()}).to(poly_lora_A.scalar_type()));
+  return torch::bmm(torch::bmm(x, A.to(x.scalar_type())), B.to(x.scalar_type())) / static_cast<double>(options.r());
+}
+
+torch::Tensor PolyLoraImpl::selected(const SiteInput&, const torch::Tensor&, const torch::Tensor&) {
+  bad("Polytropon skills combine by parameter averaging only (aggregation parameter_average)");
+}
+torch::Tensor PolyLoraImpl::mixed(const SiteInput& in, const torch::Tensor& w) { return selected(in, w, w); }
+
 // Algorithm 1 with parameter aggregation (Ponti et al. 2022, eq. 5): y + x (Σ w A)(Σ w B) / r.
-torch::Tensor PolyLoraImpl::transform_output(const torch::Tensor& x, const torch::Tensor& y, const LinearImpl&) {
-  if (x.dim() < 2) bad("input " + c10::str(x.sizes()) + " has no batch dimension");
-  auto x3 = x.reshape({x.size(0), -1, x.size(-1)});
-  auto w = poly_router->route(x3).weights.view({x.size(0), options.n_splits(), options.n_skills()});
-  auto [A, B] = combine_skills(w.to(poly_lora_A.scalar_type()));
-  auto delta = torch::bmm(torch::bmm(x3, A.to(x.scalar_type())), B.to(x.scalar_type())) / static_cast<double>(options.r());
+torch::Tensor PolyLoraImpl::transform_output(const torch::Tensor& x, const torch::Tensor& y, const LinearImpl& base) {
+  auto x3 = as_rows(x, "poly");
+  auto delta = algorithm1(*poly_router, *this, Aggregation::ParameterAverage, {x3, y, &base});
   return y + scale * delta.reshape(y.sizes());
 }
 
@@ -159,7 +167,7 @@ Adapter mhr_mu(Backbone& model, const Adapter& poly, const std::string& name) {
   }
   // x A B / r as LoRA: lora_A = A^T, lora_B = B^T, scaling alpha / r = 1 / r.
   json config = {{"peft_type", "LORA"}, {"r", r}, {"lora_alpha", 1}, {"target_modules", targets}, {"bias", "none"}};
-  auto lora = add_adapter(model, config, name);
+  auto lora = lora_adapter(model, config, name);
   torch::NoGradGuard no_grad;
   for (size_t i = 0; i < poly.modules.size(); ++i) {
     auto p = std::dynamic_pointer_cast<PolyLoraImpl>(poly.modules[i].module);

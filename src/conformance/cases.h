@@ -24,7 +24,6 @@ using CaseFn = CaseResult (*)(const std::string& dir, const nlohmann::json& spec
 
 // mixed_case.cpp: "mixed-batch" (one LoRA adapter per row) and the POLY path of "adapter".
 CaseResult mixed_batch_case(const std::string& dir, const nlohmann::json& spec, const ConformanceOptions& o);
-CaseResult poly_case(const std::string& dir, const nlohmann::json& spec, const ConformanceOptions& o);
 
 // merge_case.cpp: "merge" (PEFT add_weighted_adapter over the parent's a0/a1/a2).
 CaseResult merge_case(const std::string& dir, const nlohmann::json& spec, const ConformanceOptions& o);

@@ -1,6 +1,7 @@
 // "merge" cases: PEFT add_weighted_adapter over the parent folder's adapters, compared on
 // the merged lora_A / lora_B tensors (svd: on B@A) and on the logits of base + merged.
 #include "cases.h"
+#include "modula/composition/registry.h"
 #include "modula/aggregation/lora_merge.h"
 #include "modula/backbone/registry.h"
 #include "modula/io/peft.h"

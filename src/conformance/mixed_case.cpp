@@ -2,7 +2,7 @@
 // and the POLY path of "adapter" (Polytropon routing by task ids).
 #include "cases.h"
 #include "modula/backbone/registry.h"
-#include "modula/composition/mixed_lora.h"
+#include "modula/composition/mixed.h"
 #include "modula/composition/poly_lora.h"
 #include "modula/io/safetensors.h"
 #include "modula/util/fs.h"
@@ -31,8 +31,8 @@ CaseResult mixed_batch_case(const std::string& dir, const nlohmann::json& spec, 
     if (name != kBaseAdapter && std::none_of(named_dirs.begin(), named_dirs.end(), [&](const auto& nd) { return nd.first == name; }))
       named_dirs.emplace_back(name, fs::join(dir, name));
   std::sort(named_dirs.begin(), named_dirs.end());
-  auto mixed = load_mixed_lora(*model, named_dirs);
-  mixed.set_adapter_names(per_row);
+  auto mixed = load_mixed(*model, named_dirs);
+  set_row_modules(mixed, per_row);
   auto expected = io::SafetensorsFile::open(fs::join(dir, "expected.safetensors"));
   BackboneInput in;
   in.input_ids = expected.get("input_ids").clone();
@@ -44,19 +44,4 @@ CaseResult mixed_batch_case(const std::string& dir, const nlohmann::json& spec, 
 }
 
 // PEFT POLY folder beside case.json; expected.safetensors carries task_ids.
-CaseResult poly_case(const std::string& dir, const nlohmann::json& spec, const ConformanceOptions& o) {
-  auto model = load_backbone(fs::join(dir, spec.at("base_model").get<std::string>()));
-  auto context = std::make_shared<RoutingContext>();
-  auto poly = load_poly_adapter(*model, dir, context);
-  model->eval();
-  auto expected = io::SafetensorsFile::open(fs::join(dir, "expected.safetensors"));
-  BackboneInput in;
-  in.input_ids = expected.get("input_ids").clone();
-  in.attention_mask = expected.get("attention_mask").clone();
-  context->set("task", expected.get("task_ids").clone());
-  torch::NoGradGuard no_grad;
-  auto out = model->forward(in);
-  return compare_logits(out.logits, expected, in.attention_mask, o);
-}
-
 }  // namespace modula

@@ -2,6 +2,7 @@
 // A new kind is one function (in its own file, declared in cases.h) plus one line in
 // case_kinds().
 #include "cases.h"
+#include "modula/composition/registry.h"
 #include "modula/backbone/registry.h"
 #include "modula/io/peft.h"
 #include "modula/io/safetensors.h"
@@ -117,7 +118,6 @@ CaseResult tokenizers_case(const std::string& dir, const json& spec, const Confo
 CaseResult adapter_case(const std::string& dir, const json& spec, const ConformanceOptions& o) {
   CaseResult r;
   auto peft_type = io::read_peft_folder(dir).peft_type;
-  if (peft_type == "POLY") return poly_case(dir, spec, o);
   auto types = supported_peft_types();
   if (std::find(types.begin(), types.end(), peft_type) == types.end()) {
     r.status = CaseStatus::Skip;
@@ -125,11 +125,15 @@ CaseResult adapter_case(const std::string& dir, const json& spec, const Conforma
     return r;
   }
   auto model = load_backbone(fs::join(dir, spec.at("base_model").get<std::string>()));
-  auto adapter = load_adapter(*model, dir);
+  ModuleEnv env;
+  env.context = std::make_shared<RoutingContext>();  // POLY: task ids per row
+  auto adapter = load_module(*model, dir, env);
+  model->eval();
   auto expected = io::SafetensorsFile::open(fs::join(dir, "expected.safetensors"));
   BackboneInput in;
   in.input_ids = expected.get("input_ids").clone();
   in.attention_mask = expected.get("attention_mask").clone();
+  if (expected.contains("task_ids")) env.context->set("task", expected.get("task_ids").clone());
   torch::NoGradGuard no_grad;
   auto out = forward_adapted(*model, adapter, in);
   auto want = expected.get("logits");

@@ -1,5 +1,6 @@
-// PEFT-style adapters: build modules from a config (registry by peft_type), move
-// tensors between PEFT keys and module parameters.
+// The module-set handle, and the PEFT-layout types of the modules library: build modules
+// from a config, move tensors between PEFT keys and module parameters. The registry
+// (composition/registry.cpp) dispatches by peft_type.
 #include "modula/modules/adapter.h"
 #include "modula/io/peft.h"
 #include "modula/modules/bottleneck.h"
@@ -123,13 +124,15 @@ void build_bottleneck(Backbone& model, Adapter& a) {
   }
 }
 
-using Builder = std::function<void(Backbone&, Adapter&)>;
-
-const std::map<std::string, Builder>& builders() {
-  static const std::map<std::string, Builder> table = {
-      {"LORA", build_lora}, {"IA3", build_ia3}, {"PROMPT_TUNING", build_prompt}, {"PREFIX_TUNING", build_prefix},
-      {"MODULA_BOTTLENECK", build_bottleneck}};
-  return table;
+Adapter build_with(void (*build)(Backbone&, Adapter&), const char* type, Backbone& model, const json& config,
+                   const std::string& name) {
+  Adapter a;
+  a.name = name;
+  a.config = config;
+  a.peft_type = type;
+  build(model, a);
+  attach_modules(a);
+  return a;
 }
 
 // "base_model.model.<site>.<suffix>" for a module parameter.
@@ -141,10 +144,23 @@ std::string peft_key(const AttachedModule& m, const std::string& param) {
 
 }  // namespace
 
-std::vector<std::string> supported_peft_types() {
-  std::vector<std::string> names;
-  for (const auto& kv : builders()) names.push_back(kv.first);
-  return names;
+Adapter lora_adapter(Backbone& model, const json& c, const std::string& name) { return build_with(build_lora, "LORA", model, c, name); }
+Adapter ia3_adapter(Backbone& model, const json& c, const std::string& name) { return build_with(build_ia3, "IA3", model, c, name); }
+Adapter prompt_adapter(Backbone& model, const json& c, const std::string& name) {
+  return build_with(build_prompt, "PROMPT_TUNING", model, c, name);
+}
+Adapter prefix_adapter(Backbone& model, const json& c, const std::string& name) {
+  return build_with(build_prefix, "PREFIX_TUNING", model, c, name);
+}
+Adapter bottleneck_adapter(Backbone& model, const json& c, const std::string& name) {
+  return build_with(build_bottleneck, "MODULA_BOTTLENECK", model, c, name);
+}
+
+void attach_modules(Adapter& a) {
+  for (auto& m : a.modules) {
+    if (!m.host) m.host = m.layer;
+    m.host->attach(m.attached_as.empty() ? a.name : m.attached_as, m.module);  // follows the backbone's train/eval mode
+  }
 }
 
 std::vector<torch::Tensor> Adapter::parameters() const {
@@ -153,6 +169,8 @@ std::vector<torch::Tensor> Adapter::parameters() const {
     for (const auto& p : m.module->parameters()) out.push_back(p);
   if (input)
     for (const auto& p : input->parameters()) out.push_back(p);
+  if (state)
+    for (const auto& p : state->parameters()) out.push_back(p);
   return out;
 }
 
@@ -162,21 +180,32 @@ int64_t Adapter::num_trainable() const {
   return n;
 }
 
+bool Adapter::mergeable() const {
+  if (input || (state && !state->mergeable())) return false;
+  for (const auto& m : modules)
+    if (!m.module->mergeable() || !m.layer) return false;
+  return true;
+}
+
 void Adapter::merge() {
   if (input) bad("input modules (" + peft_type + ") cannot be merged into weights");
   for (auto& m : modules)
     if (!m.module->mergeable() || !m.layer)
-      bad(peft_type + " modules are non-linear (site " + m.site + ") and cannot be merged into weights");
+      bad(peft_type + " modules are non-linear or routed (site " + m.site + ") and cannot be merged into weights");
+  if (state && !state->mergeable()) bad(peft_type + " modules cannot be merged into weights");
   for (auto& m : modules) m.module->merge(*m.layer);
+  if (state) state->merge();
 }
 
 void Adapter::unmerge() {
   for (auto& m : modules)
     if (m.layer) m.module->unmerge(*m.layer);  // block-site modules are never merged
+  if (state) state->unmerge();
 }
 
 void Adapter::set_enabled(bool on) {
   for (auto& m : modules) m.module->enabled = on;
+  if (state) state->set_enabled(on);
 }
 
 void Adapter::set_scale(double s) {
@@ -186,60 +215,53 @@ void Adapter::set_scale(double s) {
     if (m.module->merged) bad("unmerge before changing the scale");
     m.module->scale = s;
   }
+  if (state) state->set_scale(s);
 }
 
-Adapter add_adapter(Backbone& model, const json& config, const std::string& name) {
-  Adapter a;
-  a.name = name;
-  a.config = config;
-  a.peft_type = field<std::string>(config, "peft_type", "");
-  auto it = builders().find(a.peft_type);
-  if (it == builders().end()) {
-    std::string known;
-    for (const auto& n : supported_peft_types()) known += (known.empty() ? "" : ", ") + n;
-    bad("unknown peft_type '" + a.peft_type + "' (supported: " + known + ")");
+void Adapter::remove() {
+  for (auto& m : modules) {
+    if (m.module->merged) m.module->unmerge(*m.layer);
+    m.host->detach(m.attached_as.empty() ? name : m.attached_as);
   }
-  it->second(model, a);
-  for (auto& m : a.modules) {
-    if (!m.host) m.host = m.layer;
-    m.host->attach(name, m.module);  // follows the backbone's train/eval mode
-  }
-  return a;
+  if (state) state->remove();
+  modules.clear();
+  input = nullptr;
+  state = nullptr;
 }
 
-Adapter load_adapter(Backbone& model, const std::string& dir, const std::string& name) {
-  auto folder = io::read_peft_folder(dir);
-  Adapter a = add_adapter(model, folder.config, name);
+void load_peft_tensors(Adapter& a, const std::string& dir, const std::map<std::string, torch::Tensor>& tensors) {
   std::set<std::string> used;
   auto copy = [&](const std::string& key, torch::Tensor dst) {
-    auto it = folder.tensors.find(key);
-    if (it == folder.tensors.end()) bad(dir + ": adapter_model.safetensors has no tensor '" + key + "'");
+    auto it = tensors.find(key);
+    if (it == tensors.end()) bad(dir + ": adapter_model.safetensors has no tensor '" + key + "'");
     if (it->second.sizes() != dst.sizes())
       bad(dir + ": tensor '" + key + "' has shape " + c10::str(it->second.sizes()) + ", expected " + c10::str(dst.sizes()));
     torch::NoGradGuard no_grad;
     dst.copy_(it->second);
     used.insert(key);
   };
-  for (auto& m : a.modules)
-    for (auto& p : m.module->named_parameters()) copy(peft_key(m, p.key()), p.value());
-  if (auto prefix = std::dynamic_pointer_cast<PrefixTuningImpl>(a.input)) {
-    auto it = folder.tensors.find("prompt_embeddings");
-    if (it == folder.tensors.end()) bad(dir + ": adapter_model.safetensors has no tensor 'prompt_embeddings'");
-    prefix->set_prompt_embeddings(it->second.to(torch::kFloat32));
-    used.insert("prompt_embeddings");
-  } else if (auto prompt = std::dynamic_pointer_cast<PromptTuningImpl>(a.input)) {
-    copy("prompt_embeddings", prompt->embedding);
-  }
-  for (const auto& [key, t] : folder.tensors)
-    if (!used.count(key)) {
-      remove_adapter(a);
-      bad(dir + ": tensor '" + key + "' matches no module of this " + a.peft_type + " config (target_modules " +
-          a.config.value("target_modules", json()).dump() + ")");
+  try {
+    for (auto& m : a.modules)
+      for (auto& p : m.module->named_parameters()) copy(peft_key(m, p.key()), p.value());
+    if (auto prefix = std::dynamic_pointer_cast<PrefixTuningImpl>(a.input)) {
+      auto it = tensors.find("prompt_embeddings");
+      if (it == tensors.end()) bad(dir + ": adapter_model.safetensors has no tensor 'prompt_embeddings'");
+      prefix->set_prompt_embeddings(it->second.to(torch::kFloat32));
+      used.insert("prompt_embeddings");
+    } else if (auto prompt = std::dynamic_pointer_cast<PromptTuningImpl>(a.input)) {
+      copy("prompt_embeddings", prompt->embedding);
     }
-  return a;
+    for (const auto& [key, t] : tensors)
+      if (!used.count(key))
+        bad(dir + ": tensor '" + key + "' matches no module of this " + a.peft_type + " config (target_modules " +
+            a.config.value("target_modules", json()).dump() + ")");
+  } catch (...) {
+    a.remove();
+    throw;
+  }
 }
 
-void save_adapter(const Adapter& a, const std::string& dir) {
+void save_peft_folder(const Adapter& a, const std::string& dir) {
   io::NamedTensors tensors;
   for (const auto& m : a.modules)
     for (const auto& p : m.module->named_parameters())
@@ -251,14 +273,7 @@ void save_adapter(const Adapter& a, const std::string& dir) {
   io::write_peft_folder(dir, config, tensors);
 }
 
-void remove_adapter(Adapter& a) {
-  for (auto& m : a.modules) {
-    if (m.module->merged) m.module->unmerge(*m.layer);
-    m.host->detach(a.name);
-  }
-  a.modules.clear();
-  a.input = nullptr;
-}
+void remove_adapter(Adapter& a) { a.remove(); }
 
 void freeze_backbone(Backbone& model) {
   for (auto& p : model.named_parameters())

@@ -193,6 +193,10 @@ int64_t HyperLoraImpl::param_version() const {
 }
 
 std::pair<torch::Tensor, torch::Tensor> HyperLoraImpl::current_weights(size_t site) {
+  if (task_source) {  // the tasks come from the routing metadata: follow them when they change
+    auto ids = task_source();
+    if (ids.defined() && !ids.is_same(source_ids_)) set_task_ids(ids), source_ids_ = ids;
+  }
   // With autograd on, a cached graph could be freed by backward: generate afresh each forward.
   if (torch::GradMode::is_enabled()) return generate(site, task_embedding());
   auto& c = cache_.at(site);

@@ -40,10 +40,8 @@ void PrefixTuningImpl::set_prompt_embeddings(const torch::Tensor& values) {
   embedding.set_data(values.detach().clone().to(embedding.device(), embedding.scalar_type()));  // same parameter, new shape
 }
 
-void PrefixTuningImpl::prepare(Backbone& model, BackboneInput& in, KVCache& scratch) {
+void PrefixTuningImpl::check_model(const Backbone& model) const {
   if (!model.causal()) throw std::invalid_argument("[prefix_tuning] needs a decoder with a KV cache");
-  if (in.cache && in.cache->length() > 0) return;
-  if (!in.cache) in.cache = &scratch;
   const auto& c = model.config();
   if (options.num_layers() != c.num_hidden_layers || options.num_heads() != c.num_key_value_heads ||
       options.head_dim() != c.head_dim)
@@ -51,13 +49,22 @@ void PrefixTuningImpl::prepare(Backbone& model, BackboneInput& in, KVCache& scra
                                 std::to_string(options.num_heads()) + " kv heads x " + std::to_string(options.head_dim()) +
                                 "; the model has " + std::to_string(c.num_hidden_layers) + " x " +
                                 std::to_string(c.num_key_value_heads) + " x " + std::to_string(c.head_dim));
+}
+
+torch::Tensor prefix_key_values(const torch::Tensor& prefix, const PrefixTuningOptions& o) {
+  const int64_t B = prefix.size(0), n = prefix.size(1);
+  return prefix.reshape({B, n, o.num_layers() * 2, o.num_heads(), o.head_dim()}).permute({2, 0, 3, 1, 4});
+}
+
+void PrefixTuningImpl::prepare(Backbone& model, BackboneInput& in, KVCache& scratch) {
+  check_model(model);
+  if (in.cache && in.cache->length() > 0) return;
+  if (!in.cache) in.cache = &scratch;
   const int64_t B = in.inputs_embeds.defined() ? in.inputs_embeds.size(0) : in.input_ids.size(0);
   const int64_t n = options.num_virtual_tokens(), L = options.num_layers();
   auto dtype = model.parameters().front().scalar_type();
-  // PEFT: view(B, n, L*2, heads, head_dim).permute(2, 0, 3, 1, 4) -> per layer [B, heads, n, head_dim] k and v.
-  auto kv = prompt_embeddings().to(dtype).unsqueeze(0).expand({B, n, prompt_embeddings().size(1)})
-                .reshape({B, n, L * 2, c.num_key_value_heads, c.head_dim})
-                .permute({2, 0, 3, 1, 4});
+  auto values = prompt_embeddings().to(dtype);
+  auto kv = prefix_key_values(values.unsqueeze(0).expand({B, n, values.size(1)}), options);
   for (int64_t l = 0; l < L; ++l) in.cache->append(static_cast<size_t>(l), kv[2 * l], kv[2 * l + 1]);
   auto device = kv.device();
   if (in.attention_mask.defined())

@@ -1,6 +1,6 @@
-// Sparse fine-tuning: SparseDiff (θ = θ₀ + φ with a fixed mask), composition, LT-SFT
-// (Ansell et al. 2022, "Composable Sparse Fine-Tuning for Cross-Lingual Transfer") and the
-// MODULA_SPARSE_FT folder format.
+// Sparse fine-tuning: parameter selection, SparseDiff (θ = θ₀ + φ with a fixed mask) and
+// composition (Ansell et al. 2022). The folder format: sparse_ft_io.cpp; LT-SFT, the
+// training procedure: src/train/lt_sft.cpp.
 #include "modula/modules/sparse_ft.h"
 #include "modula/backbone/layers.h"
 #include "modula/io/peft.h"
@@ -19,7 +19,6 @@ namespace modula {
 namespace {
 
 using json = nlohmann::json;
-const char* const kSparseType = "MODULA_SPARSE_FT";
 
 [[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("[sparse_ft] " + msg); }
 
@@ -177,14 +176,6 @@ int64_t SparseDiffOptions::num_entries(int64_t total) const {
   const int64_t K = k_ > 0 ? k_ : std::max<int64_t>(1, std::llround(density_ * static_cast<double>(total)));
   if (K > total) bad("k = " + std::to_string(K) + " exceeds the " + std::to_string(total) + " chosen entries");
   return K;
-}
-
-void LtSftOptions::validate() const {
-  if (full_steps_ < 1) bad("full_steps must be >= 1, got " + std::to_string(full_steps_));
-  if (sparse_steps_ < 0) bad("sparse_steps must be >= 0, got " + std::to_string(sparse_steps_));
-  if (!(lr_ > 0.0) || !std::isfinite(lr_)) bad("lr must be > 0, got " + c10::str(lr_));
-  if (weight_decay_ < 0.0) bad("weight_decay must be >= 0, got " + c10::str(weight_decay_));
-  if (max_grad_norm_ < 0.0) bad("max_grad_norm must be >= 0, got " + c10::str(max_grad_norm_));
 }
 
 // ---------------------------------------------------------------- SparseDiff
@@ -443,235 +434,6 @@ SparseDiff sparse_diff_from_delta(const std::vector<std::pair<std::string, torch
   add_split(*diff, chosen, std::get<0>(top), deltas.front().second.device(), [&](size_t i, const torch::Tensor& local) {
     return keep_values ? deltas[i].second.detach().reshape(-1).take(local).to(torch::kFloat32) : torch::Tensor();
   });
-  return diff;
-}
-
-// ---------------------------------------------------------------- LT-SFT
-
-namespace {
-
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<torch::Tensor>& params, const LtSftOptions& o) {
-  switch (o.optimizer()) {
-    case SftOptimizer::AdamW:
-      return std::make_unique<torch::optim::AdamW>(params, torch::optim::AdamWOptions(o.lr()).weight_decay(o.weight_decay()));
-    case SftOptimizer::Adam:
-      return std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(o.lr()));
-    case SftOptimizer::SGD:
-      return std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(o.lr()));
-  }
-  bad("unknown optimizer");
-}
-
-// One optimisation step; returns the loss.
-double train_step(torch::optim::Optimizer& opt, const std::vector<torch::Tensor>& params,
-                  const std::function<torch::Tensor()>& step, const LtSftOptions& o, const std::string& phase, int64_t s) {
-  const std::string where = "[sparse_ft] LT-SFT " + phase + " step " + std::to_string(s) + ": ";
-  opt.zero_grad();
-  torch::Tensor loss = step();
-  if (!loss.defined() || loss.numel() != 1) throw std::runtime_error(where + "the step callback must return a scalar loss");
-  const double v = loss.item<double>();
-  if (!std::isfinite(v))
-    throw std::runtime_error(where + "loss is " + (std::isnan(v) ? "NaN" : "inf") +
-                             " (lower lr, clip gradients with max_grad_norm, or check the batch)");
-  if (!loss.requires_grad())
-    throw std::runtime_error(where + "the loss does not depend on the trained parameters (does the callback run the model?)");
-  loss.backward();
-  if (o.max_grad_norm() > 0) torch::nn::utils::clip_grad_norm_(params, o.max_grad_norm());
-  opt.step();
-  return v;
-}
-
-// Restores every backbone parameter's requires_grad flag at scope exit.
-class FlagGuard {
- public:
-  explicit FlagGuard(Backbone& model) {
-    for (auto& p : model.parameters()) saved_.emplace_back(p, p.requires_grad());
-  }
-  ~FlagGuard() {
-    for (auto& [p, flag] : saved_)
-      if (p.is_leaf()) p.set_requires_grad(flag);
-  }
-  FlagGuard(const FlagGuard&) = delete;
-  FlagGuard& operator=(const FlagGuard&) = delete;
-
- private:
-  std::vector<std::pair<torch::Tensor, bool>> saved_;
-};
-
-// Copies θ₀ back into the chosen parameters at scope exit unless dismissed.
-class RestoreGuard {
- public:
-  RestoreGuard(std::vector<torch::Tensor> params, std::vector<torch::Tensor> theta0)
-      : params_(std::move(params)), theta0_(std::move(theta0)) {}
-  ~RestoreGuard() { restore(); }
-  RestoreGuard(const RestoreGuard&) = delete;
-  RestoreGuard& operator=(const RestoreGuard&) = delete;
-  void restore() {
-    torch::NoGradGuard no_grad;
-    for (size_t i = 0; i < theta0_.size(); ++i) {
-      params_[i].copy_(theta0_[i]);
-      params_[i].mutable_grad() = torch::Tensor();
-    }
-    theta0_.clear();
-  }
-
- private:
-  std::vector<torch::Tensor> params_, theta0_;
-};
-
-}  // namespace
-
-SparseDiff lt_sft(Backbone& model, const SparseDiffOptions& options, const LtSftOptions& train,
-                  const std::function<torch::Tensor()>& step, LtSftReport* report) {
-  options.validate();
-  train.validate();
-  if (!step) bad("lt_sft() needs a step callback");
-  auto chosen = select_parameters(model, options.target_parameters(), options.exclude_parameters());
-  FlagGuard flags(model);
-  for (auto& p : model.parameters()) p.set_requires_grad(false);
-  std::vector<torch::Tensor> params, theta0;
-  {
-    torch::NoGradGuard no_grad;
-    for (auto& [name, p] : chosen) params.push_back(p), theta0.push_back(p.detach().clone());
-  }
-  RestoreGuard restore(params, theta0);
-  LtSftReport local;
-  LtSftReport& r = report ? *report : local;
-
-  // Phase 1: full fine-tuning of the chosen parameters.
-  for (auto& p : params) p.set_requires_grad(true);
-  {
-    auto opt = make_optimizer(params, train);
-    for (int64_t s = 0; s < train.full_steps(); ++s)
-      r.full_losses.push_back(train_step(*opt, params, step, train, "phase 1 (full fine-tuning)", s));
-  }
-  std::vector<std::pair<std::string, torch::Tensor>> deltas;
-  {
-    torch::NoGradGuard no_grad;
-    for (size_t i = 0; i < chosen.size(); ++i)
-      deltas.emplace_back(chosen[i].first, params[i].detach().to(torch::kFloat32) - theta0[i].to(torch::kFloat32));
-  }
-  theta0.clear();
-  SparseDiff diff = sparse_diff_from_delta(deltas, options);
-  deltas.clear();
-  restore.restore();  // back to θ₀ (exact copy)
-  for (auto& p : params) p.set_requires_grad(false);
-
-  // Phase 2: train only the masked entries, θ = θ₀ + φ.
-  diff->to(params.front().device());
-  diff->attach(model);
-  {
-    auto values = diff->parameters();
-    auto opt = make_optimizer(values, train);
-    for (int64_t s = 0; s < train.sparse_steps(); ++s) {
-      diff->refresh();
-      r.sparse_losses.push_back(train_step(*opt, values, step, train, "phase 2 (sparse fine-tuning)", s));
-    }
-  }
-  diff->detach();
-  for (auto& v : diff->parameters()) v.mutable_grad() = torch::Tensor();
-  return diff;
-}
-
-// ---------------------------------------------------------------- folder format
-
-namespace {
-
-[[noreturn]] void corrupt(const std::string& file, const std::string& msg) {
-  throw std::runtime_error("[sparse_ft] " + file + ": " + msg);
-}
-
-template <typename T>
-T field(const json& c, const std::string& file, const char* key, T fallback) {
-  if (!c.contains(key) || c[key].is_null()) return fallback;
-  try {
-    return c[key].get<T>();
-  } catch (const json::exception&) {
-    corrupt(file, std::string("key '") + key + "' has the wrong type (" + c[key].type_name() + ")");
-  }
-}
-
-SparseDiffOptions options_from_config(const json& c, const std::string& file) {
-  SparseDiffOptions o;
-  o.target_parameters(field<std::vector<std::string>>(c, file, "target_parameters", {}));
-  o.exclude_parameters(field<std::vector<std::string>>(c, file, "exclude_parameters", {}));
-  o.density(field<double>(c, file, "density", 0.01));
-  o.k(field<int64_t>(c, file, "k", 0));
-  o.base_model_name_or_path(field<std::string>(c, file, "base_model_name_or_path", ""));
-  return o;
-}
-
-// Checks one parameter's tensors from the file against the model.
-void check_entry(const std::string& file, const std::string& name, const torch::Tensor& param, const torch::Tensor& idx,
-                 const torch::Tensor& val) {
-  const std::string ik = name + ".sft_indices", vk = name + ".sft_values";
-  if (idx.scalar_type() != torch::kInt64 || idx.dim() != 1) corrupt(file, "tensor '" + ik + "' must be a 1-D I64 tensor");
-  if (!val.is_floating_point() || val.dim() != 1) corrupt(file, "tensor '" + vk + "' must be a 1-D float tensor");
-  if (val.numel() != idx.numel())
-    corrupt(file, "shape mismatch: '" + vk + "' has " + std::to_string(val.numel()) + " values, '" + ik + "' " +
-                      std::to_string(idx.numel()) + " indices");
-  if (idx.numel() == 0) return;
-  const int64_t lo = idx.min().item<int64_t>(), hi = idx.max().item<int64_t>();
-  if (lo < 0 || hi >= param.numel())
-    corrupt(file, "tensor '" + ik + "': index " + std::to_string(lo < 0 ? lo : hi) + " out of range for parameter '" + name +
-                      "' with " + std::to_string(param.numel()) + " entries");
-  if (idx.numel() > 1 && !(idx.slice(0, 1) > idx.slice(0, 0, -1)).all().item<bool>())
-    corrupt(file, "tensor '" + ik + "': indices are not sorted and unique");
-}
-
-}  // namespace
-
-void save_sparse_diff(const SparseDiff& diff, const std::string& dir) {
-  if (!diff || diff->num_trainable() == 0) bad("save_sparse_diff(): the diff has no entries");
-  const auto& o = diff->options;
-  json shapes = json::object();
-  io::NamedTensors tensors;
-  for (const auto& name : diff->names()) {
-    shapes[name] = diff->shape(name);
-    tensors.emplace_back(name + ".sft_indices", diff->indices(name).to(torch::kCPU));
-    tensors.emplace_back(name + ".sft_values", diff->values(name).detach().to(torch::kCPU, torch::kFloat32));
-  }
-  json config = {{"peft_type", kSparseType},
-                 {"target_parameters", o.target_parameters()},
-                 {"exclude_parameters", o.exclude_parameters()},
-                 {"density", o.density()},
-                 {"k", o.k()},
-                 {"num_entries", diff->num_trainable()},
-                 {"parameter_shapes", shapes},
-                 {"base_model_name_or_path", o.base_model_name_or_path()}};
-  io::write_peft_folder(dir, config, tensors);
-}
-
-SparseDiff load_sparse_diff(Backbone& model, const std::string& dir) {
-  auto folder = io::read_peft_folder(dir);
-  const std::string cfg = fs::join(dir, "adapter_config.json"), file = fs::join(dir, "adapter_model.safetensors");
-  if (folder.peft_type != kSparseType) corrupt(cfg, "peft_type '" + folder.peft_type + "' is not " + kSparseType);
-  const json shapes = folder.config.value("parameter_shapes", json::object());
-  std::set<std::string> names;
-  for (const auto& [key, t] : folder.tensors) {
-    if (ends_with(key, ".sft_indices")) names.insert(key.substr(0, key.size() - 12));
-    else if (ends_with(key, ".sft_values")) names.insert(key.substr(0, key.size() - 11));
-    else corrupt(file, "unexpected tensor '" + key + "' (expected '<parameter>.sft_indices' / '.sft_values')");
-  }
-  auto params = model.named_parameters();
-  SparseDiff diff(options_from_config(folder.config, cfg));
-  for (const auto& p : params) {  // model order
-    const std::string& name = p.key();
-    if (!names.count(name) || is_module_param(name)) continue;
-    auto ii = folder.tensors.find(name + ".sft_indices"), vi = folder.tensors.find(name + ".sft_values");
-    if (ii == folder.tensors.end()) corrupt(file, "tensor '" + name + ".sft_values' has no partner '" + name + ".sft_indices'");
-    if (vi == folder.tensors.end()) corrupt(file, "tensor '" + name + ".sft_indices' has no partner '" + name + ".sft_values'");
-    if (shapes.contains(name) && shapes[name] != json(p.value().sizes().vec()))
-      corrupt(cfg, "shape mismatch for key '" + name + "': the adapter was made for " + shapes[name].dump() +
-                       ", the model's parameter is " + c10::str(p.value().sizes()));
-    check_entry(file, name, p.value(), ii->second, vi->second);
-    diff->add(name, p.value().sizes().vec(), ii->second.clone(), vi->second.to(torch::kFloat32).clone());
-    names.erase(name);
-  }
-  if (!names.empty())
-    corrupt(file, "tensor '" + *names.begin() + ".sft_indices' names parameter '" + *names.begin() + "', which the " +
-                      model.config().model_type + " model does not have");
-  if (!params.is_empty()) diff->to(params.values().front().device());
   return diff;
 }
 

@@ -8,14 +8,33 @@
 
 namespace modula::train {
 
-double lr_factor(const std::string& schedule, int64_t step, int64_t warmup, int64_t total, double min_ratio) {
+Schedule schedule_from_string(const std::string& name) {
+  if (name == "constant") return Schedule::Constant;
+  if (name == "linear") return Schedule::Linear;
+  if (name == "cosine") return Schedule::Cosine;
+  throw TrainError("[train] unknown schedule '" + name + "' (constant, linear, cosine)");
+}
+
+std::string to_string(Schedule schedule) {
+  switch (schedule) {
+    case Schedule::Constant: return "constant";
+    case Schedule::Linear: return "linear";
+    case Schedule::Cosine: return "cosine";
+  }
+  return "?";
+}
+
+double lr_factor(Schedule schedule, int64_t step, int64_t warmup, int64_t total, double min_ratio) {
   if (warmup > 0 && step < warmup) return static_cast<double>(step + 1) / static_cast<double>(warmup);
-  if (schedule == "constant") return 1.0;
+  if (schedule == Schedule::Constant) return 1.0;
   double span = static_cast<double>(std::max<int64_t>(1, total - warmup));
   double progress = std::clamp(static_cast<double>(step - warmup) / span, 0.0, 1.0);
-  if (schedule == "linear") return min_ratio + (1.0 - min_ratio) * (1.0 - progress);
-  if (schedule == "cosine") return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + std::cos(M_PI * progress));
-  throw TrainError("[train] unknown schedule '" + schedule + "' (constant, linear, cosine)");
+  if (schedule == Schedule::Linear) return min_ratio + (1.0 - min_ratio) * (1.0 - progress);
+  return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + std::cos(M_PI * progress));
+}
+
+double lr_factor(const std::string& schedule, int64_t step, int64_t warmup, int64_t total, double min_ratio) {
+  return lr_factor(schedule_from_string(schedule), step, warmup, total, min_ratio);
 }
 
 std::vector<double> sampling_probabilities(const std::vector<int64_t>& sizes, const std::string& sampling,

@@ -3,6 +3,7 @@
 // copy of the batch; AdapterFusion with W_v = I over one adapter equals that adapter, trains
 // only its own parameters, saves/loads as MODULA_FUSION; concatenated prompts equal one
 // prompt holding both.
+#include "modula/composition/registry.h"
 #include "modula/aggregation/average.h"
 #include "modula/aggregation/fusion.h"
 #include "modula/aggregation/parallel.h"

@@ -1,4 +1,5 @@
 // LoRA merges (PEFT add_weighted_adapter) on the tiny llama fixture, by hand.
+#include "modula/composition/registry.h"
 #include "modula/aggregation/lora_merge.h"
 #include "modula/aggregation/task_vectors.h"
 #include "modula/backbone/registry.h"

@@ -1,6 +1,8 @@
 // Mixed-adapter batches: each row routed to its own LoRA adapter by name.
+#include "modula/composition/registry.h"
 #include "modula/backbone/registry.h"
-#include "modula/composition/mixed_lora.h"
+#include "modula/composition/mixed.h"
+#include "modula/composition/modular_linear.h"
 #include "support/temp_dir.h"
 
 #include <gtest/gtest.h>
@@ -43,11 +45,11 @@ void expect_rows_close(const torch::Tensor& got, const torch::Tensor& want, cons
 
 TEST(MixedLora, EachRowEqualsRunningItAloneWithItsAdapter) {
   auto model = llama();
-  auto mixed = load_mixed_lora(*model, fixture_adapters());
-  EXPECT_EQ(mixed.adapter_names, (std::vector<std::string>{"a0", "a1", "a2"}));
-  EXPECT_EQ(mixed.sites.size(), 14u);  // 7 projections x 2 layers
+  auto mixed = load_mixed(*model, fixture_adapters());
+  EXPECT_EQ(mixed.config["modules"], json({"a0", "a1", "a2"}));
+  EXPECT_EQ(mixed.modules.size(), 14u);  // 7 projections x 2 layers
   std::vector<std::string> per_row = {"a2", "a0", kBaseAdapter, "a1"};
-  mixed.set_adapter_names(per_row);
+  set_row_modules(mixed, per_row);
   auto in = batch(4);
   torch::NoGradGuard no_grad;
   auto got = model->forward(in).logits;
@@ -79,9 +81,9 @@ TEST(MixedLora, DifferentRanksAlphasAndTargets) {
     for (size_t j = 0; j < adapters.size(); ++j) adapters[j].set_enabled(i == j);
     want.push_back(model->forward(in).logits);
   }
-  auto mixed = mix_lora_adapters(adapters);
-  EXPECT_EQ(mixed.sites.size(), 6u);  // q, v, down in 2 layers
-  mixed.set_adapter_names({"t1", "t2", "t0"});
+  auto mixed = mix_adapters(adapters);
+  EXPECT_EQ(mixed.modules.size(), 6u);  // q, v, down in 2 layers
+  set_row_modules(mixed, {"t1", "t2", "t0"});
   auto got = model->forward(in).logits;
   std::vector<int64_t> which = {1, 2, 0};
   for (int64_t n = 0; n < 3; ++n)
@@ -93,12 +95,12 @@ TEST(MixedLora, DifferentRanksAlphasAndTargets) {
 TEST(MixedLora, TrainingAMultiTaskBatchUpdatesOnlyTheRoutedAdapters) {
   auto model = llama();
   freeze_backbone(*model);
-  auto mixed = load_mixed_lora(*model, fixture_adapters());
-  mixed.set_adapter_names({"a2", "a0", "a2"});
+  auto mixed = load_mixed(*model, fixture_adapters());
+  set_row_modules(mixed, {"a2", "a0", "a2"});
   model->train();
   model->forward(batch(3)).logits.pow(2).mean().backward();
-  for (const auto& s : mixed.sites) {
-    auto bank = std::dynamic_pointer_cast<ModularLinearImpl>(s.module)->bank;
+  for (const auto& s : mixed.modules) {
+    auto bank = std::dynamic_pointer_cast<ModularLinearImpl>(s.module)->lora_bank();
     auto g = bank->lora_B.grad();
     ASSERT_TRUE(g.defined()) << s.site;
     EXPECT_GT(g[0].abs().sum().item<double>(), 0) << s.site;
@@ -111,14 +113,14 @@ TEST(MixedLora, TrainingAMultiTaskBatchUpdatesOnlyTheRoutedAdapters) {
 
 TEST(MixedLora, ErrorsAreClear) {
   auto model = llama();
-  auto mixed = load_mixed_lora(*model, fixture_adapters());
+  auto mixed = load_mixed(*model, fixture_adapters());
   try {
-    mixed.set_adapter_names({"a0", "nope"});
+    set_row_modules(mixed, {"a0", "nope"});
     FAIL() << "no exception";
   } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("unknown adapter name 'nope' (known: __base__, a0, a1, a2)"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("unknown module set name 'nope' (known: __base__, [\"a0\",\"a1\",\"a2\"])"), std::string::npos) << e.what();
   }
-  mixed.set_adapter_names({"a0", "a1"});
+  set_row_modules(mixed, {"a0", "a1"});
   try {
     model->forward(batch(3));
     FAIL() << "no exception";
@@ -127,9 +129,9 @@ TEST(MixedLora, ErrorsAreClear) {
   }
   mixed.remove();
   auto dora = add_adapter(*model, {{"peft_type", "LORA"}, {"r", 2}, {"use_dora", true}, {"target_modules", {"q_proj"}}}, "d");
-  EXPECT_THROW(mix_lora_adapters({dora}), std::invalid_argument);
-  auto ia3 = add_adapter(*model, {{"peft_type", "IA3"}, {"target_modules", {"k_proj"}}, {"feedforward_modules", json::array()}}, "i");
-  EXPECT_THROW(mix_lora_adapters({ia3}), std::invalid_argument);
-  EXPECT_THROW(load_mixed_lora(*model, {{"x", fixture("hf/adapters/llama-mixed/missing")}}), std::exception);
+  EXPECT_THROW(mix_adapters({dora}), std::invalid_argument);
+  auto poly = add_adapter(*model, {{"peft_type", "POLY"}, {"r", 2}, {"n_tasks", 2}, {"target_modules", {"k_proj"}}}, "p");
+  EXPECT_THROW(mix_adapters({poly}), std::invalid_argument);
+  EXPECT_THROW(load_mixed(*model, {{"x", fixture("hf/adapters/llama-mixed/missing")}}), std::exception);
   for (const auto& p : model->named_parameters()) EXPECT_EQ(p.key().find(".adapters."), std::string::npos) << p.key();
 }

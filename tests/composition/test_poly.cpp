@@ -1,5 +1,6 @@
 // Polytropon / MHR with PEFT POLY semantics: fixture logits, train/eval routing, save/load,
 // MHR-z (routing only) and MHR-μ (averaged skills).
+#include "modula/composition/registry.h"
 #include "modula/backbone/registry.h"
 #include "modula/composition/poly_lora.h"
 #include "modula/io/peft.h"

@@ -2,6 +2,7 @@
 // stack = native sequential attachment, parallel/avg = the sum / weighted sum, route = the
 // adapter of each row, avg over LoRA = scaled LoRA, concat = one prompt; folders (incl. a
 // MODULA_FUSION folder) load by name; misplaced modules are rejected by name.
+#include "modula/composition/registry.h"
 #include "modula/aggregation/fusion.h"
 #include "modula/backbone/registry.h"
 #include "modula/composition/apply_spec.h"

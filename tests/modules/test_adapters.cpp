@@ -1,5 +1,6 @@
 // Computation functions as PEFT-style adapters: identity at init, parameter counts,
 // gradients only into modules, save/load round trip, merge/unmerge, training.
+#include "modula/composition/registry.h"
 #include "modula/backbone/registry.h"
 #include "modula/io/peft.h"
 #include "modula/modules/adapter.h"

@@ -1,6 +1,7 @@
 // Bottleneck adapters on block sites (Houlsby et al. 2019; Pfeiffer et al. 2021; He et al.
 // 2022): block sites see the right x and y, identity at init, parameter counts, gradients
 // only into adapters, save/load round trip, training, no merging, clear config errors.
+#include "modula/composition/registry.h"
 #include "modula/backbone/registry.h"
 #include "modula/io/peft.h"
 #include "modula/modules/adapter.h"

@@ -1,6 +1,7 @@
 // LoRA hypernetworks (HyperFormer, Mahabadi et al. 2021; Üstün et al. 2022): identity at
 // init, parameter count, gradients, per-example tasks, save/load, multi-task training,
 // modules for unseen task embeddings, errors.
+#include "modula/composition/registry.h"
 #include "modula/backbone/registry.h"
 #include "modula/io/peft.h"
 #include "modula/modules/adapter.h"

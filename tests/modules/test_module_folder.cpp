@@ -1,8 +1,11 @@
 // Module folders of every modula type load by peft_type (what --adapter takes), give the
 // outputs of the module that was saved, honour the scale, and merge into the weights.
+#include "modula/composition/registry.h"
 #include "modula/backbone/registry.h"
 #include "modula/modules/bottleneck.h"
-#include "modula/modules/module_folder.h"
+#include "modula/modules/bitfit.h"
+#include "modula/modules/hypernetwork.h"
+#include "modula/modules/sparse_ft.h"
 #include "support/temp_dir.h"
 
 #include <gtest/gtest.h>
@@ -49,9 +52,16 @@ TEST(ModuleFolder, SparseDiffLoadsAppliedAndScaled) {
   }
   auto model = gpt2();
   auto loaded = modula::load_module_folders(*model, {s.dir.path + ":0.5"});
-  ASSERT_EQ(loaded.diffs.size(), 1u);
+  ASSERT_EQ(loaded.size(), 1u);
+  EXPECT_EQ(loaded[0].peft_type, "MODULA_SPARSE_FT");
   EXPECT_TRUE(torch::allclose(logits(*model), s.expected, 1e-5, 1e-5));
   EXPECT_FALSE(torch::allclose(logits(*model), s.base, 1e-3, 1e-3));
+  loaded[0].set_enabled(false);  // the handle takes θ + scale·φ back out of the weights
+  EXPECT_TRUE(torch::allclose(logits(*model), s.base, 1e-5, 1e-5));
+  loaded[0].set_enabled(true);
+  EXPECT_TRUE(torch::allclose(logits(*model), s.expected, 1e-5, 1e-5));
+  loaded[0].remove();
+  EXPECT_TRUE(torch::allclose(logits(*model), s.base, 1e-5, 1e-5));
 }
 
 TEST(ModuleFolder, BitFitLoadsBiases) {
@@ -66,10 +76,16 @@ TEST(ModuleFolder, BitFitLoadsBiases) {
   }
   auto model = gpt2();
   auto loaded = modula::load_module_folders(*model, {s.dir.path});
-  EXPECT_EQ(loaded.bitfits.size(), 1u);
+  ASSERT_EQ(loaded.size(), 1u);
+  EXPECT_EQ(loaded[0].peft_type, "MODULA_BITFIT");
   EXPECT_TRUE(torch::allclose(logits(*model), s.expected, 1e-5, 1e-5));
   EXPECT_FALSE(torch::allclose(logits(*model), s.base, 1e-3, 1e-3));
-  EXPECT_THROW(modula::load_module_folders(*gpt2(), {s.dir.path + ":0.5"}), std::invalid_argument);
+  loaded[0].set_scale(0.0);  // θ₀ + 0·(θ − θ₀): the original biases
+  EXPECT_TRUE(torch::allclose(logits(*model), s.base, 1e-5, 1e-5));
+  loaded[0].set_scale(1.0);
+  EXPECT_TRUE(torch::allclose(logits(*model), s.expected, 1e-5, 1e-5));
+  loaded[0].remove();
+  EXPECT_TRUE(torch::allclose(logits(*model), s.base, 1e-5, 1e-5));
 }
 
 TEST(ModuleFolder, HyperLoraTaskRowScaleAndMerge) {
@@ -88,11 +104,10 @@ TEST(ModuleFolder, HyperLoraTaskRowScaleAndMerge) {
   }
   auto model = gpt2();
   auto loaded = modula::load_module_folders(*model, {s.dir.path}, /*task=*/1);
-  ASSERT_EQ(loaded.hypers.size(), 1u);
+  ASSERT_EQ(loaded.size(), 1u);
   EXPECT_TRUE(torch::allclose(logits(*model), s.expected, 1e-5, 1e-5));
   EXPECT_FALSE(torch::allclose(logits(*model), s.base, 1e-3, 1e-3));
-  loaded.merge(*model);  // folds B·A of task 1 into the weights and detaches
-  EXPECT_TRUE(loaded.hypers.empty());
+  loaded[0].merge();  // folds B·A of task 1 into the weights and detaches
   EXPECT_TRUE(torch::allclose(logits(*model), s.expected, 1e-4, 1e-4));
 
   auto other = gpt2();
@@ -112,9 +127,10 @@ TEST(ModuleFolder, BottleneckAttachesButDoesNotMerge) {
   }
   auto model = gpt2();
   auto loaded = modula::load_module_folders(*model, {dir.path});
-  ASSERT_EQ(loaded.adapters.size(), 1u);
-  EXPECT_EQ(loaded.adapters[0].peft_type, "MODULA_BOTTLENECK");
-  EXPECT_THROW(loaded.merge(*model), std::invalid_argument);
+  ASSERT_EQ(loaded.size(), 1u);
+  EXPECT_EQ(loaded[0].peft_type, "MODULA_BOTTLENECK");
+  EXPECT_FALSE(loaded[0].mergeable());
+  EXPECT_THROW(loaded[0].merge(), std::invalid_argument);
 }
 
 TEST(ModuleFolder, BadSpecsAreClear) {

@@ -196,15 +196,17 @@ TEST(MoeLora, RoutesTokensOverLoraExpertsInOneKernel) {
   auto base = model->forward({.input_ids = ids}).logits;
   auto layers = modula::add_moe_lora(*model, {{"target_modules", {"q_proj", "v_proj"}}},
                                      modula::MoeLoraOptions(4).r(2).alpha(4).k(2));
-  ASSERT_EQ(layers.size(), 4u);  // 2 layers × {q, v}
+  ASSERT_EQ(layers.modules.size(), 4u);  // 2 layers × {q, v}
+  EXPECT_EQ(layers.peft_type, "MODULA_MOE_LORA");
   // B = 0: identity at start.
   EXPECT_TRUE(torch::allclose(model->forward({.input_ids = ids}).logits, base, 1e-5, 1e-5));
   {
     torch::NoGradGuard g;
-    for (auto& [path, layer] : layers) layer->bank->lora_B.normal_(0, 0.5);
+    for (auto& m : layers.modules) modula::moe_layer(m)->lora_bank()->lora_B.normal_(0, 0.5);
   }
   // One site by hand: y = W x + Σ_{m ∈ top-2} g_m s B_m A_m x.
-  auto& [path, layer] = layers.front();
+  const auto& path = layers.modules.front().site;
+  auto layer = modula::moe_layer(layers.modules.front());
   auto modules = model->named_modules();
   auto site = std::dynamic_pointer_cast<modula::LinearImpl>(modules[path]);
   auto x = torch::randn({2, 5, site->options.in_features()});
@@ -215,7 +217,7 @@ TEST(MoeLora, RoutesTokensOverLoraExpertsInOneKernel) {
   auto expect = site->base_forward(x);
   const double s = 4.0 / 2;
   for (int64_t m = 0; m < 4; ++m) {
-    auto delta = torch::matmul(torch::matmul(x, layer->bank->lora_A[m].t()), layer->bank->lora_B[m].t());
+    auto delta = torch::matmul(torch::matmul(x, layer->lora_bank()->lora_A[m].t()), layer->lora_bank()->lora_B[m].t());
     expect = expect + w.select(2, m).unsqueeze(-1) * s * delta;
   }
   EXPECT_TRUE(torch::allclose(y, expect, 1e-4, 1e-5));
@@ -225,9 +227,11 @@ TEST(MoeLora, RoutesTokensOverLoraExpertsInOneKernel) {
   auto aux = modula::collect_aux_loss(*model);
   EXPECT_GT(aux.item<double>(), 0);
   (logits.pow(2).mean() + aux).backward();
-  for (auto& [p, l] : layers) {
-    EXPECT_GT(l->bank->lora_A.grad().abs().sum().item<double>(), 0) << p;
-    EXPECT_GT(l->bank->lora_B.grad().abs().sum().item<double>(), 0) << p;
+  for (auto& m : layers.modules) {
+    const auto& p = m.site;
+    auto l = modula::moe_layer(m);
+    EXPECT_GT(l->lora_bank()->lora_A.grad().abs().sum().item<double>(), 0) << p;
+    EXPECT_GT(l->lora_bank()->lora_B.grad().abs().sum().item<double>(), 0) << p;
     auto gate = std::dynamic_pointer_cast<modula::TopKRouterImpl>(l->router);
     ASSERT_TRUE(gate);
     EXPECT_GT(gate->gate->weight.grad().abs().sum().item<double>(), 0) << p;

@@ -1,6 +1,7 @@
 // Writes adapters that modula created (random, non-identity) with the logits modula
 // computes for them, so that scripts/peft_check.py can load each folder in PEFT
 // unchanged and compare. usage: peft_interop FIXTURES_ROOT OUT_DIR
+#include "modula/composition/registry.h"
 #include "modula/backbone/registry.h"
 #include "modula/io/safetensors.h"
 #include "modula/modules/adapter.h"

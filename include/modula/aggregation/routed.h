@@ -9,11 +9,14 @@
 #pragma once
 
 #include "modula/aggregation/composite.h"
+#include "modula/routing/algorithm1.h"
 #include "modula/routing/router.h"
 
 namespace modula {
 
-class RoutedImpl : public CompositeImpl {
+// The composite is the bank of its children (algorithm1.h): route(...) = this bank + the
+// router + WeightedSum.
+class RoutedImpl : public CompositeImpl, public ModuleBank {
  public:
   // Throws std::invalid_argument if the router is null or routes over a different
   // number of modules than there are children. owns_router false: the router is shared
@@ -21,6 +24,13 @@ class RoutedImpl : public CompositeImpl {
   RoutedImpl(std::shared_ptr<RouterImpl> router, std::vector<std::shared_ptr<SiteModule>> children,
              bool owns_router = true);
   torch::Tensor transform_block(const torch::Tensor& x, const torch::Tensor& y) override;
+
+  // ModuleBank over the children, contributions d_c(x, y) = c(x, y) − y. selected with one
+  // child per row runs each child on its rows only; otherwise every child runs (mixed).
+  torch::Tensor selected(const SiteInput& in, const torch::Tensor& idx, const torch::Tensor& w) override;
+  torch::Tensor mixed(const SiteInput& in, const torch::Tensor& w) override;
+  int64_t num_modules() const override { return static_cast<int64_t>(children().size()); }
+  std::string kind() const override { return "route"; }
 
   std::shared_ptr<RouterImpl> router;  // registered as "router" when owned
 };

@@ -7,6 +7,7 @@
 // x is [N, T, in] (N rows, T positions); every result is [N, T, out].
 #pragma once
 
+#include "modula/routing/algorithm1.h"
 #include "modula/modules/lora.h"
 
 #include <torch/torch.h>
@@ -25,7 +26,7 @@ struct LoraBankOptions {
   void validate() const;  // std::invalid_argument naming the bad field
 };
 
-class LoraBankImpl : public torch::nn::Module {
+class LoraBankImpl : public torch::nn::Module, public ModuleBank {
  public:
   // PEFT init per module: A kaiming-uniform(a = sqrt 5), B = 0.
   explicit LoraBankImpl(const LoraBankOptions& options);
@@ -34,18 +35,20 @@ class LoraBankImpl : public torch::nn::Module {
   static std::shared_ptr<LoraBankImpl> stack(const std::vector<std::shared_ptr<LoraImpl>>& modules);
 
   // Hard routing: Σ_k w[n,k] s_i B_i A_i x_n with i = idx[n,k] (idx -1 = none, weight 0).
-  // Gathers only the k routed modules per row: idx/w [N, k].
-  torch::Tensor selected(const torch::Tensor& x, const torch::Tensor& idx, const torch::Tensor& w) const;
+  // Per example (idx/w [N, k]) gathers only the k routed modules per row; per token
+  // ([N, T, k]) runs `mixed` with the dense weights (one matmul over M·r ranks).
+  torch::Tensor selected(const SiteInput& in, const torch::Tensor& idx, const torch::Tensor& w) override;
   // Soft routing, weighted sum of module outputs: Σ_m w[..,m] s_m B_m A_m x, w [N, M] or
   // [N, T, M]; two matmuls over all M·r ranks at once.
-  torch::Tensor mixed(const torch::Tensor& x, const torch::Tensor& w) const;
+  torch::Tensor mixed(const SiteInput& in, const torch::Tensor& w) override;
   // Parameter aggregation, SMEAR (Muqeeth et al. 2023): per example the merged module
   // (Σ_m w_m s_m B_m)(Σ_m w_m A_m), w [N, M], then one bmm.
-  torch::Tensor averaged(const torch::Tensor& x, const torch::Tensor& w) const;
+  torch::Tensor averaged(const SiteInput& in, const torch::Tensor& w) override;
   // The merged module of `averaged` for weights w [N, M]: A [N, r, in], B [N, out, r].
-  std::pair<torch::Tensor, torch::Tensor> average_parameters(const torch::Tensor& w) const;
+  std::pair<torch::Tensor, torch::Tensor> averaged_module(const torch::Tensor& w) const;
+  std::string kind() const override { return "lora bank"; }
 
-  int64_t num_modules() const { return lora_A.size(0); }
+  int64_t num_modules() const override { return lora_A.size(0); }
   int64_t rank() const { return lora_A.size(1); }
   int64_t in_features() const { return lora_A.size(2); }
   int64_t out_features() const { return lora_B.size(1); }

@@ -24,6 +24,7 @@
 #pragma once
 
 #include "modula/backbone/layers.h"
+#include "modula/routing/algorithm1.h"
 #include "modula/routing/router.h"
 
 #include <string>
@@ -54,7 +55,9 @@ struct MoeFfnOptions {
   int64_t capacity(int64_t tokens, int64_t k) const;
 };
 
-class MoeFfnImpl : public SiteModule {
+// The layer is its own expert bank (algorithm1.h): MoE = this bank + a router (TopKRouter)
+// + WeightedSum (Sum when !weighted).
+class MoeFfnImpl : public SiteModule, public ModuleBank {
  public:
   // Throws std::invalid_argument when the router's expert count differs from E, or
   // router_distillation_coef > 0 without a TopKRouter.
@@ -70,8 +73,15 @@ class MoeFfnImpl : public SiteModule {
   void merge(LinearImpl& base) override;    // throws: routing depends on the input
   void unmerge(LinearImpl& base) override;  // throws
 
-  // Routes and computes x [N, T, H] -> [N, T, H].
+  // Routes and computes x [N, T, H] -> [N, T, H] (Algorithm 1).
   torch::Tensor forward(const torch::Tensor& x);
+
+  // ModuleBank over the E experts (in.x [.., H]; y is not read). selected: idx/w [N, k] per
+  // example or [.., k] per token, sorted dispatch with capacity; mixed: every expert, w [.., E].
+  torch::Tensor selected(const SiteInput& in, const torch::Tensor& idx, const torch::Tensor& w) override;
+  torch::Tensor mixed(const SiteInput& in, const torch::Tensor& w) override;
+  int64_t num_modules() const override { return options.num_experts(); }
+  std::string kind() const override { return "moe ffn"; }
   // Expert e on tokens x [n, H] -> [n, H].
   torch::Tensor expert(int64_t e, const torch::Tensor& x) const;
   // Σ over assignments of gate · E_expert(x_token): x [N, H], experts/gates [N, k].

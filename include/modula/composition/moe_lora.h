@@ -12,6 +12,7 @@
 
 #include "modula/backbone/backbone.h"
 #include "modula/composition/modular_linear.h"
+#include "modula/modules/adapter.h"
 #include "modula/routing/top_k.h"
 
 #include <nlohmann/json.hpp>
@@ -45,8 +46,9 @@ struct MoeLoraOptions {
 ModularLinear moe_lora(int64_t in, int64_t out, const MoeLoraOptions& options);
 
 // Attaches moe_lora at every Linear site `targets` selects (PEFT target_modules rules,
-// targets.h). Returns the layers by site path.
-std::vector<std::pair<std::string, ModularLinear>> add_moe_lora(Backbone& model, const nlohmann::json& targets,
-                                                                const MoeLoraOptions& options);
+// targets.h) under options.name(). Returns the handle (peft_type MODULA_MOE_LORA; its
+// modules are the ModularLinear layers, `moe_layer(a.modules[i])` casts one).
+Adapter add_moe_lora(Backbone& model, const nlohmann::json& targets, const MoeLoraOptions& options);
+std::shared_ptr<ModularLinearImpl> moe_layer(const AttachedModule& m);
 
 }  // namespace modula

@@ -17,6 +17,7 @@
 
 #include "modula/backbone/backbone.h"
 #include "modula/backbone/layers.h"
+#include "modula/routing/algorithm1.h"
 #include "modula/modules/adapter.h"
 #include "modula/routing/poly.h"
 
@@ -37,7 +38,9 @@ struct PolyLoraOptions {
   void validate() const;  // std::invalid_argument naming the bad field
 };
 
-class PolyLoraImpl : public SiteModule {
+// The site module is its own bank of n_splits · n_skills skills (algorithm1.h): Polytropon
+// = this bank + PolyRouter + Aggregation::ParameterAverage.
+class PolyLoraImpl : public SiteModule, public ModuleBank {
  public:
   PolyLoraImpl(const PolyLoraOptions& options, std::shared_ptr<RoutingContext> context);
   void reset();
@@ -45,6 +48,14 @@ class PolyLoraImpl : public SiteModule {
   torch::Tensor transform_output(const torch::Tensor& x, const torch::Tensor& y, const LinearImpl& base) override;
   // The per-example module for allocation w [N, n_splits, n_skills]: A [N, in, r], B [N, r, out].
   std::pair<torch::Tensor, torch::Tensor> combine_skills(const torch::Tensor& w) const;
+
+  // ModuleBank: x A_n B_n / r for weights w [N, n_splits · n_skills] (split-major).
+  torch::Tensor averaged(const SiteInput& in, const torch::Tensor& w) override;
+  // Skills are only defined through their parameter average (PEFT POLY): these throw.
+  torch::Tensor selected(const SiteInput& in, const torch::Tensor& idx, const torch::Tensor& w) override;
+  torch::Tensor mixed(const SiteInput& in, const torch::Tensor& w) override;
+  int64_t num_modules() const override { return options.n_splits() * options.n_skills(); }
+  std::string kind() const override { return "poly bank"; }
 
   bool mergeable() const override { return false; }
   void merge(LinearImpl& base) override;

@@ -35,6 +35,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <functional>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -107,6 +109,9 @@ class HyperLoraImpl : public torch::nn::Module {
   torch::Tensor apply(size_t site, const torch::Tensor& x, const torch::Tensor& y, double scale);
 
   const std::vector<HyperSite>& sites() const { return sites_; }
+  // Where the tasks come from when they follow per-row metadata (the registry reads the
+  // RoutingContext's "task"): called before each forward's generation; undefined = keep.
+  std::function<torch::Tensor()> task_source;
   // adapter_config.json: {"peft_type": "MODULA_HYPER_LORA", the options, "sites": [paths]}.
   nlohmann::json config() const;
 
@@ -127,7 +132,7 @@ class HyperLoraImpl : public torch::nn::Module {
 
   std::vector<HyperSite> sites_;
   std::vector<Cached> cache_;
-  torch::Tensor task_ids_, external_embedding_;
+  torch::Tensor task_ids_, external_embedding_, source_ids_;
   uint64_t task_version_ = 1;
   std::vector<std::pair<std::weak_ptr<LinearImpl>, std::string>> attached_;
 };

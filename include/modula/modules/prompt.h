@@ -72,12 +72,18 @@ class PrefixTuningImpl : public InputModule {
   torch::Tensor prompt_embeddings() const override;  // [n, L·2·token_dim]
   // Replaces the (projected) prefix by fixed values, e.g. loaded from PEFT.
   void set_prompt_embeddings(const torch::Tensor& values);
+  // Throws std::invalid_argument when the prefix does not fit the model (layers, kv heads, head_dim).
+  void check_model(const Backbone& model) const;
 
   PrefixTuningOptions options;
   torch::Tensor embedding;                  // [n, L·2·token_dim], or [n, token_dim] with projection
   torch::nn::Sequential mlp{nullptr};       // projection only
 };
 TORCH_MODULE(PrefixTuning);
+
+// Per-layer keys and values from prefixes [B, n, L·2·Hkv·D] laid out as PEFT saves them:
+// view(B, n, 2L, Hkv, D).permute(2, 0, 3, 1, 4) -> [2L, B, Hkv, n, D]; layer l: k = [2l], v = [2l+1].
+torch::Tensor prefix_key_values(const torch::Tensor& prefix, const PrefixTuningOptions& options);
 
 // forward() after every input module prepared the input (in order).
 BackboneOutput forward_with(Backbone& model, const std::vector<std::shared_ptr<InputModule>>& inputs, BackboneInput in);

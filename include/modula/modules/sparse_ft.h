@@ -5,11 +5,11 @@
 // Per target parameter p (HF name, e.g. "model.layers.0.mlp.down_proj.weight"):
 //   indices [K_p] int64, flat positions into p (sorted, unique, fixed)
 //   values  [K_p] float32, trainable
-// K = Σ K_p entries in all. Diffs compose by addition: θ₀ + φ₁ + φ₂.
+// K = Σ K_p entries in all. Diffs compose by addition: θ₀ + φ₁ + φ₂. LT-SFT, which learns
+// the mask and the values, is a training procedure: modula/train/lt_sft.h.
 //
-//   auto diff = modula::lt_sft(*model, SparseDiffOptions().target_parameters({"re:.*proj\\.weight"}).density(0.01),
-//                              LtSftOptions().full_steps(100).sparse_steps(100).lr(1e-4), step);
-//   diff->apply(*model);  save_sparse_diff(diff, "out/sft");
+//   auto diff = load_sparse_diff(*model, "out/sft");
+//   diff->apply(*model);  ...  diff->remove(*model);
 #pragma once
 
 #include "modula/backbone/backbone.h"
@@ -136,35 +136,6 @@ SparseDiff random_sparse_diff(Backbone& model, const SparseDiffOptions& options,
 // selection), δ given per parameter name; values = δ there when keep_values, else 0.
 SparseDiff sparse_diff_from_delta(const std::vector<std::pair<std::string, torch::Tensor>>& deltas,
                                   const SparseDiffOptions& options, bool keep_values = false);
-
-enum class SftOptimizer { AdamW, Adam, SGD };
-
-struct LtSftOptions {
-  TORCH_ARG(int64_t, full_steps) = 100;    // phase 1: dense fine-tuning of the chosen parameters
-  TORCH_ARG(int64_t, sparse_steps) = 100;  // phase 2: only the masked entries
-  TORCH_ARG(SftOptimizer, optimizer) = SftOptimizer::AdamW;
-  TORCH_ARG(double, lr) = 1e-4;
-  TORCH_ARG(double, weight_decay) = 0.0;  // AdamW only (phase 2 decays φ towards 0, i.e. θ towards θ₀)
-  TORCH_ARG(double, max_grad_norm) = 0.0;  // 0 = no clipping
-
- public:
-  void validate() const;  // std::invalid_argument naming the bad field
-};
-
-// Losses seen during lt_sft, one per step.
-struct LtSftReport {
-  std::vector<double> full_losses, sparse_losses;
-};
-
-// LT-SFT (Ansell et al. 2022): phase 1 fine-tunes the chosen parameters fully for
-// full_steps, then keeps the top-K entries of |θ₁ − θ₀| over all of them jointly,
-// resets the parameters to θ₀, and phase 2 trains only those entries for sparse_steps.
-// `step` runs the user's forward on `model` and returns a scalar loss; lt_sft does
-// backward and the optimizer step. Returns φ (detached; the backbone holds θ₀ and its
-// requires_grad flags as before). Throws std::runtime_error for a NaN/inf loss or a
-// loss that does not depend on the trained parameters (weights restored to θ₀).
-SparseDiff lt_sft(Backbone& model, const SparseDiffOptions& options, const LtSftOptions& train,
-                  const std::function<torch::Tensor()>& step, LtSftReport* report = nullptr);
 
 // Folder format (docs: "MODULA_SPARSE_FT"), in the layout of PEFT adapters:
 //   adapter_config.json  {"peft_type": "MODULA_SPARSE_FT", "target_parameters": [...],

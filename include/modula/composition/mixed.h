@@ -1,0 +1,45 @@
+// Module sets of any type served in one batch, each row routed to its own by name (fixed
+// routing by metadata, Algorithm 1 with a FixedRouter; PEFT's `adapter_names` at
+// inference, here also in training and for every module type):
+//
+//   auto mixed = modula::load_mixed(*model, {{"en", "adapters/en-lora"}, {"de", "adapters/de-ia3"},
+//                                            {"fr", "adapters/fr-bottleneck"}, {"ja", "adapters/ja-prompt"}});
+//   modula::set_row_modules(mixed, {"de", "__base__", "ja"});   // row i uses names[i]
+//   auto out = modula::forward_adapted(*model, mixed, {.input_ids = ids});
+//
+// Per site, one bank per kind of module (algorithm1.h): LoRA → LoraBank (ranks zero-padded,
+// alphas/scales per module), (IA)³ → Ia3Bank, block-site modules (bottleneck adapters,
+// compositions) → Routed over the members, prompts or prefixes → InputBank (input_bank.h:
+// prompt outputs are [B, P + T, ...], InputBankImpl::real_tokens gives [B, T, ...]). A set
+// that has no module at a site contributes nothing there; "__base__" rows run the backbone
+// alone. Each row equals that row run alone with its own set (tests/composition/test_mixed.cpp).
+// DoRA, Poly, MoE and hypernetwork modules cannot be mixed (their routing is their own).
+#pragma once
+
+#include "modula/backbone/backbone.h"
+#include "modula/modules/adapter.h"
+#include "modula/routing/router.h"
+
+namespace modula {
+
+inline const std::string kBaseAdapter = "__base__";
+inline const std::string kMixedType = "MODULA_MIXED";
+
+// Mixes attached module sets (routing name = Adapter::name) into one handle named `name`
+// (peft_type MODULA_MIXED, config {"modules": [names], "key": ...}); consumes them: their
+// linear-site and input modules are stacked into banks, their block-site modules run inside
+// the routed composite. Throws std::invalid_argument naming the set and module that cannot
+// be mixed, or a repeated/reserved name; the sets are removed on error too.
+Adapter mix_adapters(std::vector<Adapter> adapters, const std::string& name = "mixed",
+                     std::shared_ptr<RoutingContext> context = nullptr, const std::string& key = "adapter");
+// Loads module folders (name, dir) of any type and mixes them.
+Adapter load_mixed(Backbone& model, const std::vector<std::pair<std::string, std::string>>& named_dirs,
+                   const std::string& name = "mixed", std::shared_ptr<RoutingContext> context = nullptr);
+
+// Row ids for module-set names ("__base__" -> -1); std::invalid_argument naming an unknown
+// name and the known ones.
+torch::Tensor row_ids(const Adapter& mixed, const std::vector<std::string>& name_per_row);
+// The next forward routes row i to name_per_row[i].
+void set_row_modules(const Adapter& mixed, const std::vector<std::string>& name_per_row);
+
+}  // namespace modula

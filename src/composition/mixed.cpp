@@ -1,0 +1,209 @@
+#include "modula/composition/mixed.h"
+
+#include "modula/aggregation/routed.h"
+#include "modula/composition/ia3_bank.h"
+#include "modula/composition/input_bank.h"
+#include "modula/composition/modular_linear.h"
+#include "modula/composition/registry.h"
+#include "modula/modules/ia3.h"
+#include "modula/modules/lora.h"
+#include "modula/routing/fixed.h"
+
+#include <algorithm>
+#include <map>
+#include <stdexcept>
+
+namespace modula {
+namespace {
+
+using json = nlohmann::json;
+
+[[noreturn]] void bad(const std::string& m) { throw std::invalid_argument("[mixed] " + m); }
+
+// One site's modules, one slot per module set (null where the set has none there).
+struct LinearSlots {
+  std::shared_ptr<LinearImpl> layer;
+  std::vector<std::shared_ptr<LoraImpl>> lora;
+  std::vector<std::shared_ptr<Ia3Impl>> ia3;
+};
+struct BlockSlots {
+  std::shared_ptr<SiteHost> host;
+  std::vector<std::shared_ptr<SiteModule>> modules;
+};
+
+// The block-site members that run inside the routed composites: detached with the handle.
+struct MixState : AdapterState {
+  std::vector<std::pair<std::shared_ptr<SiteHost>, std::string>> members;
+  void remove() override {
+    for (auto& [host, name] : members) host->detach(name);
+    members.clear();
+  }
+  bool mergeable() const override { return false; }
+};
+
+// Sorts every module of the sets into per-site slots; throws for modules that cannot be mixed.
+void collect(const std::vector<Adapter>& sets, std::map<std::string, LinearSlots>& linear, std::map<std::string, BlockSlots>& block,
+             std::vector<std::string>& order) {
+  const auto M = sets.size();
+  for (size_t m = 0; m < M; ++m) {
+    const auto& a = sets[m];
+    if (a.state) bad("'" + a.name + "' (" + a.peft_type + ") keeps state outside its site modules and cannot be mixed per row");
+    for (const auto& mod : a.modules) {
+      auto what = "'" + a.name + "' (" + a.peft_type + ") at " + mod.site;
+      if (mod.module->merged) bad(what + " is merged into the weights; unmerge it first");
+      if (mod.module->site_kind() == SiteKind::Block) {
+        auto& slot = block[mod.site];
+        if (!slot.host) slot = {mod.host, std::vector<std::shared_ptr<SiteModule>>(M)}, order.push_back(mod.site);
+        slot.modules[m] = mod.module;
+        continue;
+      }
+      auto& slot = linear[mod.site];
+      if (!slot.layer) slot = {mod.layer, std::vector<std::shared_ptr<LoraImpl>>(M), std::vector<std::shared_ptr<Ia3Impl>>(M)},
+                       order.push_back(mod.site);
+      if (auto lora = std::dynamic_pointer_cast<LoraImpl>(mod.module)) {
+        if (lora->options.use_dora()) bad(what + " uses DoRA (not linear in x); it cannot be mixed per row");
+        slot.lora[m] = lora;
+      } else if (auto ia3 = std::dynamic_pointer_cast<Ia3Impl>(mod.module)) {
+        slot.ia3[m] = ia3;
+      } else {
+        bad(what + ": this module routes on its own (Poly, MoE, hypernetwork) and cannot be mixed per row");
+      }
+    }
+  }
+}
+
+template <class Module>
+bool any(const std::vector<std::shared_ptr<Module>>& v) {
+  return std::any_of(v.begin(), v.end(), [](const auto& p) { return p != nullptr; });
+}
+
+std::shared_ptr<RouterImpl> fixed(size_t M, const std::string& key, const std::shared_ptr<RoutingContext>& ctx) {
+  return FixedRouter(FixedRouterOptions(static_cast<int64_t>(M)).key(key), ctx).ptr();
+}
+
+// Linear sites: a ModularLinear over a LoRA bank and/or an (IA)³ bank.
+void mix_linear(Adapter& mixed, const std::string& site, LinearSlots& s, size_t M, const std::string& key) {
+  auto add = [&](std::shared_ptr<ModularLinearImpl> layer, const std::string& as) {
+    layer->to(s.layer->weight.device(), s.layer->weight.scalar_type());
+    AttachedModule am{site, s.layer, layer, {}, s.layer, as};
+    s.layer->attach(as, layer);
+    mixed.modules.push_back(am);
+  };
+  if (any(s.lora)) add(std::make_shared<ModularLinearImpl>(LoraBankImpl::stack(s.lora), fixed(M, key, mixed.context)), mixed.name);
+  if (any(s.ia3))
+    add(std::make_shared<ModularLinearImpl>(Ia3BankImpl::stack(s.ia3), fixed(M, key, mixed.context)), mixed.name + "_ia3");
+}
+
+// Block sites: the members stay attached (switched off) and run inside a Routed composite.
+void mix_block(Adapter& mixed, MixState& state, const std::string& site, BlockSlots& s, const std::vector<Adapter>& sets,
+               const std::string& key) {
+  std::vector<std::shared_ptr<SiteModule>> children;
+  for (size_t m = 0; m < sets.size(); ++m) {
+    if (s.modules[m]) state.members.emplace_back(s.host, sets[m].name);
+    children.push_back(s.modules[m] ? s.modules[m] : IdentityBlock().ptr());
+  }
+  auto routed = std::make_shared<RoutedImpl>(fixed(sets.size(), key, mixed.context), children);
+  attach_composition(*s.host, mixed.name, routed);
+  mixed.modules.push_back({site, nullptr, routed, {}, s.host, mixed.name});
+}
+
+// Input modules: one InputBank over the sets that have one (its own ids, "<key>.input").
+void mix_inputs(Adapter& mixed, const std::vector<Adapter>& sets, const std::string& key) {
+  std::vector<std::shared_ptr<InputModule>> inputs;
+  json index = json::array();
+  for (const auto& a : sets) {
+    index.push_back(a.input ? static_cast<int64_t>(inputs.size()) : -1);
+    if (a.input) inputs.push_back(a.input);
+  }
+  if (inputs.empty()) return;
+  mixed.input = InputBank(inputs, mixed.context, InputBankOptions().key(key + ".input")).ptr();
+  mixed.config["input_index"] = index;
+}
+
+}  // namespace
+
+Adapter mix_adapters(std::vector<Adapter> sets, const std::string& name, std::shared_ptr<RoutingContext> context,
+                     const std::string& key) {
+  auto reject = [&](const std::string& m) {  // the sets are consumed on error too
+    for (auto& a : sets) a.remove();
+    bad(m);
+  };
+  if (sets.empty()) bad("no module sets to mix");
+  Adapter mixed;
+  mixed.name = name;
+  mixed.peft_type = kMixedType;
+  mixed.context = context ? std::move(context) : std::make_shared<RoutingContext>();
+  json names = json::array();
+  for (const auto& a : sets) {
+    if (a.name == kBaseAdapter || std::find(names.begin(), names.end(), a.name) != names.end())
+      reject("module set name '" + a.name + "' is used twice or reserved");
+    names.push_back(a.name);
+  }
+  mixed.config = {{"peft_type", kMixedType}, {"modules", names}, {"key", key}};
+  std::map<std::string, LinearSlots> linear;
+  std::map<std::string, BlockSlots> block;
+  std::vector<std::string> order;
+  auto state = std::make_shared<MixState>();
+  try {
+    collect(sets, linear, block, order);
+    for (auto& a : sets)  // linear-site modules are copied into banks: detach the originals
+      for (auto& mod : a.modules)
+        if (mod.module->site_kind() == SiteKind::Linear) mod.host->detach(mod.attached_as.empty() ? a.name : mod.attached_as);
+    for (const auto& site : order) {
+      if (linear.count(site)) mix_linear(mixed, site, linear[site], sets.size(), key);
+      if (block.count(site)) mix_block(mixed, *state, site, block[site], sets, key);
+    }
+    mix_inputs(mixed, sets, key);
+  } catch (const std::invalid_argument& e) {
+    mixed.remove();
+    state->remove();
+    for (auto& a : sets)
+      for (auto& mod : a.modules)  // whatever is still attached
+        if (mod.host->module(mod.attached_as.empty() ? a.name : mod.attached_as)) mod.host->detach(mod.attached_as.empty() ? a.name : mod.attached_as);
+    throw std::invalid_argument(std::string(e.what()).rfind("[mixed]", 0) == 0 ? e.what() : "[mixed] " + std::string(e.what()));
+  }
+  mixed.state = state;
+  return mixed;
+}
+
+Adapter load_mixed(Backbone& model, const std::vector<std::pair<std::string, std::string>>& named_dirs, const std::string& name,
+                   std::shared_ptr<RoutingContext> context) {
+  std::vector<Adapter> sets;  // attached under their routing names until mixed
+  try {
+    for (const auto& [set_name, dir] : named_dirs) {
+      if (set_name == kBaseAdapter) bad("module set name '" + set_name + "' is reserved for rows without modules");
+      sets.push_back(load_adapter(model, dir, set_name));
+    }
+  } catch (...) {
+    for (auto& a : sets) a.remove();
+    throw;
+  }
+  return mix_adapters(std::move(sets), name, std::move(context));
+}
+
+torch::Tensor row_ids(const Adapter& mixed, const std::vector<std::string>& name_per_row) {
+  if (mixed.peft_type != kMixedType) bad("'" + mixed.name + "' is a " + mixed.peft_type + " module set, not a mixed one");
+  const auto& names = mixed.config.at("modules");
+  std::vector<int64_t> ids;
+  for (const auto& n : name_per_row) {
+    if (n == kBaseAdapter) {
+      ids.push_back(-1);
+      continue;
+    }
+    auto it = std::find(names.begin(), names.end(), n);
+    if (it == names.end()) bad("unknown module set name '" + n + "' (known: " + kBaseAdapter + ", " + names.dump() + ")");
+    ids.push_back(it - names.begin());
+  }
+  return torch::tensor(ids, torch::kLong);
+}
+
+void set_row_modules(const Adapter& mixed, const std::vector<std::string>& name_per_row) {
+  auto ids = row_ids(mixed, name_per_row);
+  const auto key = mixed.config.at("key").get<std::string>();
+  mixed.context->set(key, ids);
+  if (!mixed.config.contains("input_index")) return;
+  auto index = torch::tensor(mixed.config["input_index"].get<std::vector<int64_t>>(), torch::kLong);
+  mixed.context->set(key + ".input", torch::where(ids >= 0, index.index_select(0, ids.clamp_min(0)), ids));
+}
+
+}  // namespace modula

@@ -1,0 +1,15 @@
+// Registry rows of the module types that are not plain PEFT layouts (registry.cpp holds
+// the table): each returns its row with build / load / save.
+#pragma once
+
+#include "modula/composition/registry.h"
+
+namespace modula {
+
+ModuleType sparse_ft_row();   // MODULA_SPARSE_FT: θ + scale·φ written into the weights
+ModuleType bitfit_row();      // MODULA_BITFIT: biases only
+ModuleType hyper_lora_row();  // MODULA_HYPER_LORA: a hypernetwork generating every site's LoRA
+ModuleType fusion_row();      // MODULA_FUSION: AdapterFusion over member adapters
+ModuleType moe_lora_row();    // MODULA_MOE_LORA: a bank of LoRA experts + top-k router per site
+
+}  // namespace modula

@@ -1,0 +1,186 @@
+// The Trainer's construction side: task data, and per stage the backbone, its modules,
+// the composition, the heads; which modules a task's batches use.
+#include "trainer_state.h"
+
+#include "modula/backbone/registry.h"
+#include "modula/routing/router.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+
+namespace modula::train {
+
+using detail::fail;
+using detail::mix;
+using json = nlohmann::json;
+
+void Trainer::State::load_data(const Datasets& data) {
+  for (const auto& kv : data)
+    if (std::none_of(cfg.tasks.begin(), cfg.tasks.end(), [&](const TaskConfig& t) { return t.name == kv.first; }))
+      throw ConfigError("[train] in-memory data for task '" + kv.first + "', which is not in the config's tasks");
+  std::string tok_path = cfg.tokenizer;
+  if (tok_path.empty()) tok_path = fs::is_dir(cfg.model) ? cfg.model : fs::parent(cfg.model);
+  try {
+    tokenizer = text::Tokenizer::from_file(tok_path);
+  } catch (const std::exception& e) {
+    throw ConfigError("[train] " + cfg.source + ": cannot load the tokenizer from '" + tok_path +
+                      "' (set 'tokenizer' to a tokenizer.json): " + e.what());
+  }
+  for (size_t i = 0; i < cfg.tasks.size(); ++i) {
+    const TaskConfig& t = cfg.tasks[i];
+    auto it = data.find(t.name);
+    std::vector<json> train, eval;
+    std::string train_src = t.train, eval_src = t.eval;
+    if (it != data.end() && !it->second.train.empty()) train = it->second.train, train_src = "task '" + t.name + "' train";
+    else if (!t.train.empty()) train = load_records(t.train);
+    else throw ConfigError("[train] " + cfg.source + ": task '" + t.name + "' has no 'train' data");
+    if (it != data.end() && !it->second.eval.empty()) eval = it->second.eval, eval_src = "task '" + t.name + "' eval";
+    else if (!t.eval.empty()) eval = load_records(t.eval);
+    if (train.empty()) fail("task '" + t.name + "': the training data is empty");
+    TaskRuntime rt{t, Encoding::build(t, train, *tokenizer, model_config)};
+    rt.train = rt.enc.encode(train, train_src);
+    rt.eval = rt.enc.encode(eval, eval_src);
+    for (const auto* set : {&rt.train, &rt.eval})
+      for (const auto& ex : *set)
+        for (int64_t id : ex.input_ids)
+          if (id < 0 || id >= model_config.vocab_size)
+            fail("task '" + t.name + "': token id " + std::to_string(id) + " is outside the model's vocabulary (" +
+                 std::to_string(model_config.vocab_size) + "): the tokenizer does not belong to the model");
+    rt.data_seed = mix({cfg.seed, 0xda7aULL, i});
+    if (cfg.continual.enabled && rt.eval.empty())
+      throw ConfigError("[train] " + cfg.source + ": continual learning needs 'eval' data for task '" + t.name + "'");
+    prototypes.push_back(std::move(rt));
+  }
+}
+
+// ---- stage building ----------------------------------------------------------------
+void Trainer::State::build(bool train_backbone, const std::vector<ModuleSpec>& specs, bool compose) {
+  composition.reset(), composed.clear(), fused.clear(), routes_by_task = false;
+  adapters.clear(), adapter_trainable.clear(), enabled.clear();
+  if (cfg.init == "random") {
+    model = create_backbone(model_config);
+    init_weights(*model, cfg.init_std, cfg.seed);
+    model->to(device);
+  } else {
+    LoadOptions o;
+    o.device = device;
+    o.dtype = torch::kFloat32;  // fp32 master weights; bf16 compute via autocast
+    model = load_backbone(cfg.model, o);
+  }
+  backbone_trainable = train_backbone;
+  if (train_backbone) {
+    for (auto& p : model->parameters()) p.set_requires_grad(true);
+  } else {
+    freeze_backbone(*model);
+  }
+  torch::manual_seed(cfg.seed);  // fresh modules are initialised from torch's RNG
+  routing = std::make_shared<RoutingContext>();  // task index per row for every module that routes by it
+  for (const auto& s : specs) {
+    ModuleEnv env;  // every module type through the registry (composition/registry.h)
+    env.name = s.name;
+    env.context = routing;
+    env.task = -1;
+    for (auto& a : adapters) env.members[a.name] = &a;
+    adapters.push_back(s.path.empty() ? build_module(*model, s.config, env) : load_module(*model, s.path, env));
+    adapter_trainable.push_back(s.trainable);
+    if (adapters.back().peft_type == "MODULA_FUSION")  // members run inside the fusion, frozen
+      for (const auto& member : adapters.back().config.value("adapters", std::vector<std::string>{}))
+        composed.insert(member), fused.insert(member);
+  }
+  if (compose && !cfg.compose.empty()) apply_compose();
+  tasks = prototypes;
+  const int64_t H = model_config.hidden_size;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    if (!tasks[i].classification()) continue;
+    tasks[i].head = torch::nn::Linear(H, tasks[i].num_labels());
+    torch::NoGradGuard g;
+    auto gen = at::detail::createCPUGenerator(mix({cfg.seed, 0x4eadULL, i}));
+    tasks[i].head->weight.copy_(at::normal(0.0, 0.02, tasks[i].head->weight.sizes(), gen));
+    tasks[i].head->bias.zero_();
+    tasks[i].head->to(device);
+  }
+  model->train();
+}
+
+// Applies cfg.compose over the run's adapters (names = the config's module names).
+void Trainer::State::apply_compose() {
+  auto bad = [&](const std::string& msg) { throw ConfigError("[train] " + cfg.source + ": 'compose': " + msg); };
+  SpecNode spec;
+  try {
+    spec = parse_spec(cfg.compose);
+  } catch (const SpecError& e) {
+    bad(e.what());
+  }
+  std::map<std::string, const Adapter*> by_name;
+  for (auto& a : adapters) by_name[a.name] = &a;
+  for (const auto& name : module_names(spec))
+    if (!by_name.count(name))
+      bad("module '" + name + "' was applied to the backbone weights (not an adapter) and cannot be composed");
+  try {
+    composition = apply_spec(*model, spec, by_name);
+  } catch (const std::invalid_argument& e) {  // SpecError too
+    bad(e.what());
+  }
+  for (const auto& name : module_names(spec)) composed.insert(name);
+  std::vector<const SpecNode*> stack = {&spec};
+  while (!stack.empty()) {
+    const SpecNode* n = stack.back();
+    stack.pop_back();
+    if (n->kind == SpecNode::Kind::Fuse)
+      for (const auto& c : n->children)
+        for (const auto& name : module_names(c)) fused.insert(name);
+    if (n->kind == SpecNode::Kind::Route) routes_by_task = true;
+    for (const auto& c : n->children) stack.push_back(&c);
+  }
+  int64_t params = 0;
+  for (auto& p : composition->parameters()) params += p.numel();
+  note("compose: " + cfg.compose + " (" + std::to_string(composition->fusions.size()) + " fusion(s), " +
+       std::to_string(params) + " fusion parameters)");
+}
+
+std::string Trainer::State::peft_type_of(const std::string& dir) {
+  std::ifstream in(fs::join(dir, "adapter_config.json"));
+  if (!in) fail("module folder " + dir + " has no adapter_config.json");
+  json c;
+  try {
+    c = json::parse(in);
+  } catch (const json::exception& e) {
+    fail(dir + "/adapter_config.json: invalid JSON: " + e.what());
+  }
+  return c.value("peft_type", std::string());
+}
+
+Adapter* Trainer::State::adapter(const std::string& name) {
+  for (auto& a : adapters)
+    if (a.name == name) return &a;
+  return nullptr;
+}
+
+// Turns on the adapters of `task` (all when it names none) and returns the input modules
+// to apply: the enabled adapters', then the composition's. Members of the composition are
+// left as the composition set them (switching them on would run them twice).
+detail::InputModules Trainer::State::activate(size_t task) {
+  auto it = enabled.find(task);
+  detail::InputModules on;
+  for (auto& a : adapters) {
+    if (composed.count(a.name)) continue;
+    bool use = it == enabled.end() || it->second.empty() ||
+               std::find(it->second.begin(), it->second.end(), a.name) != it->second.end();
+    a.set_enabled(use);
+    if (a.state) a.state->refresh();
+    if (use && a.input) on.push_back(a.input);
+  }
+  if (composition)
+    for (const auto& m : composition->inputs) on.push_back(m);
+  return on;
+}
+
+// route(task, ...): every row of a batch of task `ti` carries the task's index.
+void Trainer::State::route_rows(size_t ti, int64_t rows) {
+  auto ids = torch::full({rows}, static_cast<int64_t>(ti), torch::TensorOptions(torch::kInt64).device(device));
+  routing->set("task", ids);
+  if (routes_by_task) composition->context->set("task", ids);
+}
+
+}  // namespace modula::train

@@ -1,0 +1,164 @@
+// Internal: the Trainer's state and its parts, defined in
+//   trainer_build.cpp  data, backbone + modules + composition + heads of a stage, activation;
+//   trainer_phase.cpp  one phase: parameter groups, the training loop, evaluation, checkpoints;
+//   trainer.cpp        stages (main / continual / baseline), outputs, Trainer::run.
+#pragma once
+
+#include "modula/train/trainer.h"
+
+#include "modula/composition/apply_spec.h"
+#include "modula/composition/registry.h"
+#include "modula/train/checkpoint.h"
+#include "modula/train/loop.h"
+#include "modula/util/fs.h"
+#include "task_runtime.h"
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <initializer_list>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace modula::train {
+namespace detail {
+
+[[noreturn]] inline void fail(const std::string& msg) { throw TrainError("[train] " + msg); }
+
+// SplitMix64 over a pair: independent streams per (seed, purpose, phase, step, ...).
+inline uint64_t mix(uint64_t a, uint64_t b) {
+  uint64_t z = a + 0x9e3779b97f4a7c15ULL * (b + 1);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+inline uint64_t mix(std::initializer_list<uint64_t> xs) {
+  uint64_t h = 0;
+  for (auto x : xs) h = mix(h, x);
+  return h;
+}
+
+inline double mean_of(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? 0.0 : s / static_cast<double>(v.size());
+}
+
+struct Phase {
+  std::string stage;  // main | continual | baseline
+  int64_t index = 0;  // within the stage
+  std::vector<size_t> tasks;
+  std::set<std::string> train_adapters;
+  bool backbone = false;
+  int64_t global_offset = 0;  // checkpoint numbering: global step = offset + step
+  std::string label() const { return stage == "main" ? "train" : stage + "/" + std::to_string(index); }
+};
+
+struct PhaseOutcome {
+  int64_t steps = 0;
+  double last_loss = 0;
+  bool stopped_early = false;
+};
+
+// What a phase's checkpoints carry besides tensors, optimizer and data positions.
+struct PhaseProgress {
+  double best = INFINITY;  // best mean eval loss
+  int64_t bad_evals = 0;   // evaluations since the best
+  double last_loss = 0;
+  bool stopped = false;    // early stopping
+  nlohmann::json to_json() const {
+    using json = nlohmann::json;
+    return {{"best", std::isfinite(best) ? json(best) : json(nullptr)}, {"bad_evals", bad_evals}, {"last_loss", last_loss}};
+  }
+};
+
+// Throughput and ETA of a phase since it started (or resumed).
+struct PhaseClock {
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point start = Clock::now();
+  int64_t first_step = 0, tokens = 0;
+  std::string task;  // of the last micro-batch
+  double elapsed() const { return std::chrono::duration<double>(Clock::now() - start).count(); }
+};
+
+}  // namespace detail
+
+struct Trainer::State {
+  using json = nlohmann::json;
+  using Phase = detail::Phase;
+  using TaskRuntime = detail::TaskRuntime;
+
+  TrainConfig cfg;
+  std::unique_ptr<text::Tokenizer> tokenizer;
+  io::ModelConfig model_config;
+  torch::Device device{torch::kCPU};
+  bool autocast = false;
+  std::vector<TaskRuntime> prototypes;  // encoded data, no heads
+
+  // The stage being run.
+  std::shared_ptr<Backbone> model;
+  std::shared_ptr<RoutingContext> routing;  // per-row metadata the modules route by (task index)
+  std::vector<Adapter> adapters;
+  std::vector<bool> adapter_trainable;
+  std::vector<TaskRuntime> tasks;
+  std::map<size_t, std::vector<std::string>> enabled;  // task -> adapters on for its batches
+  bool backbone_trainable = false;
+  // cfg.compose applied over the adapters (main stage): its members are never switched by
+  // activate() (the composites run them); members of fuse(...) stay frozen.
+  std::optional<Composition> composition;
+  std::set<std::string> composed, fused;
+  bool routes_by_task = false;
+
+  Callbacks cb;
+  std::ofstream metrics;
+  std::optional<LoadedCheckpoint> resume_from;
+  json results = json::object();  // finished stages' results (kept in checkpoints)
+
+  void note(const std::string& s) const {
+    if (cb.on_message) cb.on_message(s);
+  }
+  std::string out(const std::string& name) const { return fs::join(cfg.output, name); }
+
+
+  // ---- construction, stages (trainer_build.cpp) -----------------------------------------
+  void load_data(const Datasets& data);
+  void build(bool train_backbone, const std::vector<ModuleSpec>& specs, bool compose = false);
+  // Applies cfg.compose over the run's adapters (names = the config's module names).
+  void apply_compose();
+  static std::string peft_type_of(const std::string& dir);
+  Adapter* adapter(const std::string& name);
+  detail::InputModules activate(size_t task);
+  void route_rows(size_t ti, int64_t rows);
+
+  // ---- one phase (trainer_phase.cpp) ------------------------------------------------------
+  std::vector<std::pair<std::string, torch::Tensor>> named_state();
+  std::vector<std::pair<std::string, torch::Tensor>> state_dict_params();
+  std::vector<ParamGroup> param_groups(const Phase& ph);
+  LoopOptions loop_options(const Phase& ph) const;
+  detail::PhaseOutcome run_phase(const Phase& ph);
+  MicroLoss micro_loss(const Phase& ph, const std::vector<double>& probs, int64_t step, int64_t micro,
+                       detail::PhaseClock& clock);
+  // Continues a phase from resume_from when it was saved in this phase: tensors, RNG, data
+  // positions, optimizer state, step, early-stopping state.
+  void resume_phase(const Phase& ph, TrainLoop& loop, detail::PhaseProgress& pp);
+  // Evaluation every eval.every steps with early stopping on the mean eval loss.
+  void maybe_evaluate(const Phase& ph, int64_t step, detail::PhaseProgress& pp);
+  double eval_tasks(const Phase& ph, int64_t step);
+  std::map<std::string, double> evaluate(size_t ti);
+  void log_line(json j);
+  void save(const Phase& ph, int64_t step, torch::optim::Optimizer& opt, const json& loop);
+  void restore_tensors(const LoadedCheckpoint& ck);
+
+  // ---- outputs, stages (trainer.cpp) ------------------------------------------------------
+  void save_heads();
+  void save_modules(const std::function<bool(size_t)>& which);
+  void main_stage(TrainResult& r);
+  ContinualResult sequence_stage(const std::string& stage, int64_t stage_offset);
+};
+
+}  // namespace modula::train
