@@ -8,6 +8,8 @@
 #include "modula/aggregation/prompt_concat.h"
 #include "modula/aggregation/routed.h"
 #include "modula/aggregation/stack.h"
+#include "modula/composition/modular_linear.h"
+#include "modula/modules/lora.h"
 #include "modula/io/peft.h"
 #include "modula/modules/targets.h"
 #include "modula/routing/fixed.h"
@@ -47,6 +49,7 @@ struct Builder {
   std::map<const SpecNode*, std::shared_ptr<RouterImpl>> router_of;
   std::map<std::string, double> linear_scale;  // linear-site adapters: Σ of their path weights
   std::set<std::string> frozen;                // members of fuse nodes
+  std::set<const SpecNode*> linear_routes;     // route nodes with linear-site members
 
   const Adapter& adapter(const SpecNode& n) const { return *adapters.at(n.name); }
 
@@ -90,7 +93,13 @@ struct Builder {
         auto router = FixedRouter(FixedRouterOptions(static_cast<int64_t>(n.children.size())).key(n.name), comp.context);
         router_of[&n] = router.ptr();
         comp.routers.push_back(router.ptr());
-        for (const auto& c : n.children) plan(c, weight, "route", false, false, false);
+        for (const auto& c : n.children) {
+          if (c.kind == Kind::Module && !adapter(c).input && has_site_kind(adapter(c), SiteKind::Linear)) {
+            linear_routes.insert(&n);  // routed per Linear site over a bank (build_linear_routes)
+            continue;
+          }
+          plan(c, weight, "route", false, false, false);
+        }
         return;
       }
     }
@@ -166,8 +175,38 @@ struct Builder {
       for (const auto& c : n.children) collect_inputs(c, false);
   }
 
+  // route(key, a, b, ...) over LoRA adapters: per Linear site a ModularLinear over a view
+  // bank of the members (they stay attached, switched off; gradients reach them).
+  void build_linear_routes(const SpecNode& n) {
+    const size_t C = n.children.size();
+    std::map<std::string, std::pair<std::shared_ptr<LinearImpl>, std::vector<std::shared_ptr<LoraImpl>>>> sites;
+    std::vector<std::string> order;
+    for (size_t i = 0; i < C; ++i) {
+      const auto& c = n.children[i];
+      if (c.kind != Kind::Module || adapter(c).input) continue;
+      for (const auto& m : adapter(c).modules) {
+        if (m.module->site_kind() != SiteKind::Linear) continue;
+        auto lora = std::dynamic_pointer_cast<LoraImpl>(m.module);
+        if (!lora) bad(c, "route(…) over Linear-site modules takes LoRA adapters; '" + c.name + "' is " + adapter(c).peft_type);
+        auto& slot = sites[m.site];
+        if (!slot.first) slot = {m.layer, std::vector<std::shared_ptr<LoraImpl>>(C)}, order.push_back(m.site);
+        slot.second[i] = lora;
+      }
+    }
+    for (const auto& path : order) {
+      auto& [layer, loras] = sites[path];
+      auto routed = std::make_shared<ModularLinearImpl>(LoraBankImpl::view(loras), router_of.at(&n),
+                                                        ModularLinearOptions().owns_router(false));
+      layer->attach(comp.name, routed);
+      comp.linear_sites.emplace_back(path, layer);
+      for (auto& l : loras)
+        if (l && l->enabled) l->enabled = false, comp.switched_off.push_back(l);
+    }
+  }
+
   void run() {
     plan(comp.spec, 1.0, "", true, false, true);
+    for (const auto* n : linear_routes) build_linear_routes(*n);
     collect_inputs(comp.spec, true);
     int64_t index = 0;
     for (auto& [path, site] : block_sites(model)) {
@@ -296,6 +335,11 @@ Composition apply_spec(Backbone& model, const SpecNode& spec, const std::map<std
 }
 
 void remove_composition(Composition& comp) {
+  for (auto& [path, layer] : comp.linear_sites)
+    if (layer->module(comp.name)) layer->detach(comp.name);
+  comp.linear_sites.clear();
+  for (auto& m : comp.switched_off) m->enabled = true;
+  comp.switched_off.clear();
   for (auto& [path, site] : comp.sites)
     if (site->module(comp.name)) detach_composition(*site, comp.name);
   comp.sites.clear();

@@ -24,7 +24,8 @@ LoraBankImpl::LoraBankImpl(const LoraBankOptions& o) {
   for (int64_t m = 0; m < o.num_modules(); ++m) torch::nn::init::kaiming_uniform_(lora_A[m], std::sqrt(5.0));
 }
 
-std::shared_ptr<LoraBankImpl> LoraBankImpl::stack(const std::vector<std::shared_ptr<LoraImpl>>& modules) {
+// Checks the members and returns the largest rank.
+static int64_t check_members(const std::vector<std::shared_ptr<LoraImpl>>& modules) {
   const LoraImpl* first = nullptr;
   int64_t r = 0;
   for (size_t m = 0; m < modules.size(); ++m) {
@@ -39,6 +40,39 @@ std::shared_ptr<LoraBankImpl> LoraBankImpl::stack(const std::vector<std::shared_
     r = std::max(r, lora->options.r());
   }
   if (!first) bad("no modules to stack");
+  return r;
+}
+
+std::shared_ptr<LoraBankImpl> LoraBankImpl::view(const std::vector<std::shared_ptr<LoraImpl>>& modules) {
+  std::shared_ptr<LoraBankImpl> bank(new LoraBankImpl());
+  bank->view_rank_ = check_members(modules);
+  bank->members_ = modules;
+  bank->sync();
+  return bank;
+}
+
+void LoraBankImpl::sync() {
+  if (members_.empty()) return;
+  const LoraImpl* first = nullptr;
+  for (const auto& l : members_)
+    if (l && !first) first = l.get();
+  const int64_t r = view_rank_, in = first->options.in_features(), out = first->options.out_features();
+  std::vector<torch::Tensor> A, B, s;
+  auto opts = first->lora_A.options();
+  for (const auto& l : members_) {
+    const int64_t rm = l ? l->options.r() : 0;  // zero padding to r leaves B A unchanged
+    A.push_back(l ? torch::constant_pad_nd(l->lora_A, {0, 0, 0, r - rm}) : torch::zeros({r, in}, opts));
+    B.push_back(l ? torch::constant_pad_nd(l->lora_B, {0, r - rm}) : torch::zeros({out, r}, opts));
+    s.push_back(torch::full({1}, l ? l->scale * l->options.scaling() : 0.0, opts));
+  }
+  lora_A = torch::stack(A), lora_B = torch::stack(B), scaling = torch::cat(s);
+}
+
+std::shared_ptr<LoraBankImpl> LoraBankImpl::stack(const std::vector<std::shared_ptr<LoraImpl>>& modules) {
+  const int64_t r = check_members(modules);
+  const LoraImpl* first = nullptr;
+  for (const auto& l : modules)
+    if (l && !first) first = l.get();
   auto M = static_cast<int64_t>(modules.size());
   auto opts = first->lora_A.options();
   std::shared_ptr<LoraBankImpl> bank(new LoraBankImpl());
@@ -68,6 +102,7 @@ void LoraBankImpl::check_input(const torch::Tensor& x, const torch::Tensor& w, c
 }
 
 torch::Tensor LoraBankImpl::selected(const SiteInput& in, const torch::Tensor& idx, const torch::Tensor& w) {
+  sync();
   const auto& x = in.x;
   check_input(x, w, "selected");
   if (idx.dim() == 3) return mixed(in, dense_weights(idx, w, num_modules()));  // per token: one pass over M·r
@@ -85,6 +120,7 @@ torch::Tensor LoraBankImpl::selected(const SiteInput& in, const torch::Tensor& i
 }
 
 torch::Tensor LoraBankImpl::mixed(const SiteInput& in, const torch::Tensor& w) {
+  sync();
   const auto& x = in.x;
   check_input(x, w, "mixed");
   int64_t N = x.size(0), T = x.size(1), M = num_modules(), r = rank();
@@ -107,6 +143,7 @@ std::pair<torch::Tensor, torch::Tensor> LoraBankImpl::averaged_module(const torc
 }
 
 torch::Tensor LoraBankImpl::averaged(const SiteInput& in, const torch::Tensor& w) {
+  sync();
   const auto& x = in.x;
   check_input(x, w, "averaged");
   auto [A, B] = averaged_module(w);

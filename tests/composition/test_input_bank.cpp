@@ -62,14 +62,17 @@ void expect_rows_alone(Backbone& model, InputBank& bank, const Modules& modules,
   auto out = forward_with(model, {bank.ptr()}, in).logits;
   auto got = out.dim() == 3 ? bank->real_tokens(model, out) : out;
   ASSERT_EQ(got.size(0), in.input_ids.size(0)) << what;
-  if (out.dim() == 3) ASSERT_EQ(got.size(1), in.input_ids.size(1)) << what;
+  if (out.dim() == 3) {
+    ASSERT_EQ(got.size(1), in.input_ids.size(1)) << what;
+  }
   for (size_t n = 0; n < ids.size(); ++n) {
     auto r = row(in, static_cast<int64_t>(n));
     auto want = alone(model, ids[n] < 0 ? nullptr : modules[static_cast<size_t>(ids[n])], r);
     EXPECT_LE(diff(got.slice(0, n, n + 1), want, r.attention_mask), kTol)
         << what << " row " << n << " (module " << ids[n] << ")";
-    if (ids[n] >= 0)  // the module changes the row: the comparison is not vacuous
+    if (ids[n] >= 0) {  // the module changes the row: the comparison is not vacuous
       EXPECT_GT(diff(want, alone(model, nullptr, r), r.attention_mask), 1e-3) << what << " row " << n;
+    }
   }
 }
 

@@ -122,6 +122,49 @@ TEST_F(Spec, RouteGivesEachRowItsAdapter) {
   EXPECT_THROW(comp.forward(*model, batch()), std::invalid_argument);  // id outside [-1, 2)
 }
 
+TEST_F(Spec, RouteOverLoraAdaptersGivesEachRowItsAdapterAndTrainsTheMembers) {
+  auto l1 = perturbed(*model, kLora, "l1");
+  auto l2 = perturbed(*model, {{"peft_type", "LORA"}, {"r", 4}, {"target_modules", {"v_proj", "down_proj"}}}, "l2");
+  a.set_enabled(false), b.set_enabled(false);
+  members = {{"l1", &l1}, {"l2", &l2}, {"a", &a}};
+  auto alone = [&](modula::Adapter* on) {
+    torch::NoGradGuard g;
+    l1.set_enabled(on == &l1), l2.set_enabled(on == &l2), a.set_enabled(on == &a);
+    auto out = model->forward(batch()).logits;
+    l1.set_enabled(true), l2.set_enabled(true), a.set_enabled(false);
+    return out;
+  };
+  auto with_l1 = alone(&l1), with_l2 = alone(&l2), with_a = alone(&a);
+  auto comp = modula::apply_spec(*model, modula::parse_spec("route(task, l1, l2, a)"), members);
+  EXPECT_EQ(comp.linear_sites.size(), 3u * model->config().num_hidden_layers);  // q, v, down
+  comp.context->set("task", torch::tensor({1, 0}, torch::kInt64));
+  {
+    torch::NoGradGuard g;
+    auto out = comp.forward(*model, batch()).logits;
+    EXPECT_LE(max_diff(out[0], with_l2[0]), 1e-5);
+    EXPECT_LE(max_diff(out[1], with_l1[1]), 1e-5);
+    comp.context->set("task", torch::tensor({2, -1}, torch::kInt64));  // a bottleneck row and a base row
+    out = comp.forward(*model, batch()).logits;
+    EXPECT_LE(max_diff(out[0], with_a[0]), 1e-5);
+    EXPECT_GT(max_diff(out[0], with_l1[0]), 1e-4);
+  }
+  // The bank is a view: gradients reach the members' own parameters, only the routed ones.
+  comp.context->set("task", torch::tensor({1, 1}, torch::kInt64));
+  comp.forward(*model, batch()).logits.pow(2).mean().backward();
+  double g1 = 0, g2 = 0;
+  for (auto& p : l1.parameters()) g1 += p.grad().defined() ? p.grad().abs().sum().item<double>() : 0.0;
+  for (auto& p : l2.parameters()) g2 += p.grad().defined() ? p.grad().abs().sum().item<double>() : 0.0;
+  EXPECT_EQ(g1, 0);
+  EXPECT_GT(g2, 0);
+  modula::remove_composition(comp);  // the members run natively again
+  torch::NoGradGuard g;
+  l2.set_enabled(false), a.set_enabled(false);
+  EXPECT_LE(max_diff(model->forward(batch()).logits, with_l1), 1e-6);
+  auto dora = perturbed(*model, {{"peft_type", "LORA"}, {"r", 2}, {"use_dora", true}, {"target_modules", {"q_proj"}}}, "d");
+  members["d"] = &dora;
+  EXPECT_THROW(modula::apply_spec(*model, modula::parse_spec("route(task, l1, d)"), members), std::invalid_argument);
+}
+
 TEST_F(Spec, FuseTrainsOnlyTheFusionAndStacksAfterALanguageAdapter) {
   auto c = perturbed(*model, kPfeiffer, "c");
   members["c"] = &c;

@@ -48,6 +48,10 @@ struct Composition {
   std::shared_ptr<RoutingContext> context = std::make_shared<RoutingContext>();
   std::vector<std::shared_ptr<RouterImpl>> routers;  // one per route node, shared by its sites
   std::vector<std::pair<std::string, std::shared_ptr<BlockSite>>> sites;  // where a composite is attached
+  // route(...) over LoRA adapters: the Linear sites with a routed bank, and the members it
+  // switched off there (they run inside the bank).
+  std::vector<std::pair<std::string, std::shared_ptr<LinearImpl>>> linear_sites;
+  std::vector<std::shared_ptr<SiteModule>> switched_off;
   std::map<std::string, double> previous_scales;  // linear adapters avg rescaled: their scale before
 
   // Applies the input modules (first step of a sequence).

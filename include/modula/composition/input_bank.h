@@ -17,6 +17,9 @@
 //                      first slot (sequence classification) is the one it is alone;
 //                      seq-cls logits [B, L] need no change.
 // real_tokens(model, out.logits) returns [B, T, ...] in every case.
+// RoBERTa / XLM-R: rows go in as inputs_embeds, so a row without a module gets positions
+// pad + 1 + t, where HF counts only tokens != pad_token_id: equal unless pad tokens come
+// before real ones (left padding with the pad id); pad right or with another id.
 //
 // Decoding with a KV cache: call prepare (forward_with) on every step, with the same ids.
 // Later steps keep the pad slots masked and set position_ids = past - P + p_i + t; a given

@@ -33,6 +33,11 @@ class LoraBankImpl : public torch::nn::Module, public ModuleBank {
   // Stacks existing LoRA modules (null = absent); ranks may differ, shapes must agree.
   // Throws std::invalid_argument naming the module index for DoRA or a shape mismatch.
   static std::shared_ptr<LoraBankImpl> stack(const std::vector<std::shared_ptr<LoraImpl>>& modules);
+  // A bank over modules that stay where they are (a route(...) over attached adapters):
+  // lora_A/lora_B/scaling are re-stacked from the members at every call, so gradients
+  // reach the members' own parameters and their scale is read live. The bank registers
+  // no parameters. Same checks as stack().
+  static std::shared_ptr<LoraBankImpl> view(const std::vector<std::shared_ptr<LoraImpl>>& modules);
 
   // Hard routing: Σ_k w[n,k] s_i B_i A_i x_n with i = idx[n,k] (idx -1 = none, weight 0).
   // Per example (idx/w [N, k]) gathers only the k routed modules per row; per token
@@ -57,6 +62,9 @@ class LoraBankImpl : public torch::nn::Module, public ModuleBank {
 
  private:
   LoraBankImpl() = default;
+  void sync();  // view banks: re-stack from the members
+  std::vector<std::shared_ptr<LoraImpl>> members_;
+  int64_t view_rank_ = 0;
   void check_input(const torch::Tensor& x, const torch::Tensor& w, const char* what) const;
 };
 TORCH_MODULE(LoraBank);
