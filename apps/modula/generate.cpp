@@ -8,6 +8,7 @@
 #include "modula/composition/apply_spec.h"
 #include "modula/text/stream_decoder.h"
 #include "modula/util/fs.h"
+#include "modula/util/error.h"
 
 #include <iostream>
 
@@ -19,7 +20,7 @@ std::map<std::string, std::string> named(const std::vector<std::string>& pairs, 
   std::map<std::string, std::string> out;
   for (const auto& p : pairs) {
     auto eq = p.find('=');
-    if (eq == std::string::npos || eq == 0) throw std::invalid_argument("[generate] " + option + " '" + p + "': expected NAME=VALUE");
+    if (eq == std::string::npos || eq == 0) throw_error("generate", option + " '" + p + "': expected NAME=VALUE");
     out[p.substr(0, eq)] = p.substr(eq + 1);
   }
   return out;
@@ -60,13 +61,13 @@ void add_generate(CLI::App& app) {
     auto context = std::make_shared<RoutingContext>();
     context->set("task", torch::tensor({task}, torch::kInt64).to(lo.device));
     auto modules = load_module_folders(*model, adapter_specs, task, context);
-    if (compose.empty() && !module_specs.empty()) throw std::invalid_argument("[generate] --module needs --compose");
+    if (compose.empty() && !module_specs.empty()) throw_error("generate", "--module needs --compose");
     Composition composition;
     if (!compose.empty()) composition = apply_spec(*model, parse_spec(compose), named(module_specs, "--module"));
     for (const auto& [key, id] : named(meta_specs, "--meta")) {
       char* end = nullptr;
       const long long value = std::strtoll(id.c_str(), &end, 10);
-      if (id.empty() || *end) throw std::invalid_argument("[generate] --meta " + key + "=" + id + ": the id must be an integer");
+      if (id.empty() || *end) throw_error("generate", "--meta " + key + "=" + id + ": the id must be an integer");
       composition.context->set(key, torch::tensor({static_cast<int64_t>(value)}, torch::kInt64));
       context->set(key, torch::tensor({static_cast<int64_t>(value)}, torch::kInt64).to(lo.device));
     }
@@ -84,7 +85,7 @@ void add_generate(CLI::App& app) {
     if (has_tokenizer && prompt_ids.empty()) tok = text::Tokenizer::from_file(tpath);
     std::vector<int64_t> ids = prompt_ids;
     if (ids.empty()) {
-      if (!tok) throw std::invalid_argument("[generate] no tokenizer in " + model_dir + ": pass --tokenizer or --prompt-ids");
+      if (!tok) throw_error("generate", "no tokenizer in " + model_dir + ": pass --tokenizer or --prompt-ids");
       ids = tok->encode(prompt, false);
     }
     if (!ignore_eos) o.stop_ids = model->config().eos_token_ids;

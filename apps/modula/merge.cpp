@@ -2,8 +2,8 @@
 // modula merge-adapters: PEFT add_weighted_adapter over LoRA folders on one base model.
 #include "commands.h"
 #include "modula/composition/registry.h"
-#include "modula/aggregation/lora_merge.h"
-#include "modula/aggregation/merge_recipe.h"
+#include "modula/merge/lora_merge.h"
+#include "modula/merge/merge_recipe.h"
 #include "modula/backbone/registry.h"
 
 #include <iostream>

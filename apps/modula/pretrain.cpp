@@ -20,10 +20,10 @@ void add_pretrain(CLI::App& app) {
     config.init = "random";
     config.train_backbone = true;
     config.save_model = true;
-    if (!config.modules.empty()) throw train::ConfigError("[train] " + config_path + ": pretraining trains the whole model; remove 'modules'");
+    if (!config.modules.empty()) throw_error<ConfigError>("train", config_path + ": pretraining trains the whole model; remove 'modules'");
     for (const auto& t : config.tasks)
       if (t.type != train::TaskType::CausalLM && t.type != train::TaskType::MaskedLM)
-        throw train::ConfigError("[train] " + config_path + ": pretraining takes causal_lm or masked_lm tasks, task '" + t.name +
+        throw_error<ConfigError>("train", config_path + ": pretraining takes causal_lm or masked_lm tasks, task '" + t.name +
                                  "' is " + train::to_string(t.type));
     run_training(config, resume);
     // The tokenizer belongs with the model folder.

@@ -1,9 +1,9 @@
 // The main job: pretrain a tiny Llama on compositional sequence tasks, then run the
 // continual-learning, multi-task-interference, systematic-generalisation and mixture-of-
-// LoRA-experts experiments (modula/train/quickstart.h),
+// LoRA-experts experiments (examples/quickstart/quickstart.h),
 // print the table and write the HTML report.
 #include "commands.h"
-#include "modula/train/quickstart.h"
+#include "quickstart/quickstart.h"
 #include "modula/util/fs.h"
 
 #include <iostream>

@@ -1,4 +1,5 @@
 #include "modula/aggregation/average.h"
+#include "modula/util/error.h"
 
 #include <cmath>
 #include <stdexcept>
@@ -8,19 +9,19 @@ namespace modula {
 AverageImpl::AverageImpl(std::vector<std::shared_ptr<SiteModule>> children, std::vector<double> weights, bool normalize)
     : CompositeImpl("avg", std::move(children)) {
   if (weights.size() != this->children().size())
-    throw std::invalid_argument("[avg] " + std::to_string(weights.size()) + " weights for " +
+    throw_error("avg", std::to_string(weights.size()) + " weights for " +
                                 std::to_string(this->children().size()) + " modules");
   double sum = 0;
   for (size_t i = 0; i < weights.size(); ++i) {
     if (!std::isfinite(weights[i]))
-      throw std::invalid_argument("[avg] weight " + std::to_string(i) + " is not finite");
+      throw_error("avg", "weight " + std::to_string(i) + " is not finite");
     sum += weights[i];
   }
   if (!normalize) {
     weights_ = std::move(weights);
     return;
   }
-  if (sum == 0) throw std::invalid_argument("[avg] weights sum to zero; they cannot be normalised");
+  if (sum == 0) throw_error("avg", "weights sum to zero; they cannot be normalised");
   for (auto& w : weights) w /= sum;
   weights_ = std::move(weights);
 }

@@ -1,6 +1,7 @@
 #include "modula/aggregation/composite.h"
 
 #include "modula/modules/bottleneck.h"
+#include "modula/util/error.h"
 
 #include <stdexcept>
 
@@ -8,22 +9,22 @@ namespace modula {
 
 CompositeImpl::CompositeImpl(std::string op, std::vector<std::shared_ptr<SiteModule>> children)
     : op_(std::move(op)), children_(std::move(children)) {
-  if (children_.empty()) throw std::invalid_argument("[" + op_ + "] needs at least one module");
+  if (children_.empty()) throw_error(op_, "needs at least one module");
   for (size_t i = 0; i < children_.size(); ++i) {
     const auto& c = children_[i];
-    if (!c) throw std::invalid_argument("[" + op_ + "] module " + std::to_string(i) + " is null");
+    if (!c) throw_error(op_, "module " + std::to_string(i) + " is null");
     if (c->site_kind() != SiteKind::Block)
-      throw std::invalid_argument("[" + op_ + "] module " + std::to_string(i) +
+      throw_error(op_, "module " + std::to_string(i) +
                                   " is a linear-site module; compositions combine block-site modules (bottleneck adapters)");
     if (std::dynamic_pointer_cast<CompositeImpl>(c)) register_module("c" + std::to_string(i), c);
   }
 }
 
 void CompositeImpl::merge(LinearImpl&) {
-  throw std::invalid_argument("[" + op_ + "] a composition of block-site modules cannot be merged into weights");
+  throw_error(op_, "a composition of block-site modules cannot be merged into weights");
 }
 
-void CompositeImpl::unmerge(LinearImpl&) { throw std::invalid_argument("[" + op_ + "] compositions are never merged"); }
+void CompositeImpl::unmerge(LinearImpl&) { throw_error(op_, "compositions are never merged"); }
 
 std::vector<std::shared_ptr<SiteModule>> CompositeImpl::leaves() const {
   std::vector<std::shared_ptr<SiteModule>> out;
@@ -92,7 +93,7 @@ namespace {
 
 std::shared_ptr<CompositeImpl> composite_at(SiteHost& site, const std::string& name) {
   auto c = std::dynamic_pointer_cast<CompositeImpl>(site.module(name));
-  if (!c) throw std::invalid_argument("[composition] no composition named '" + name + "' at this site");
+  if (!c) throw_error("composition", "no composition named '" + name + "' at this site");
   return c;
 }
 
@@ -105,11 +106,11 @@ bool attached_at(const SiteHost& site, const std::shared_ptr<SiteModule>& m) {
 }  // namespace
 
 void attach_composition(SiteHost& site, const std::string& name, const std::shared_ptr<CompositeImpl>& root) {
-  if (!root) throw std::invalid_argument("[composition] cannot attach a null composition as '" + name + "'");
+  if (!root) throw_error("composition", "cannot attach a null composition as '" + name + "'");
   auto members = root->leaves();
   for (const auto& m : members)
     if (!attached_at(site, m))
-      throw std::invalid_argument("[composition] '" + name + "': a member module is not attached at this site");
+      throw_error("composition", "'" + name + "': a member module is not attached at this site");
   site.attach(name, root);
   for (auto& m : members) m->enabled = false;  // the composite runs them
 }

@@ -1,4 +1,5 @@
 #include "modula/aggregation/parallel.h"
+#include "modula/util/error.h"
 
 #include <stdexcept>
 
@@ -9,7 +10,7 @@ torch::Tensor ParallelImpl::transform_block(const torch::Tensor& x, const torch:
   // AdapterHub parallel inference: rows [c·B, (c+1)·B) belong to child c.
   const int64_t C = static_cast<int64_t>(children().size());
   if (y.size(0) % C != 0)
-    throw std::invalid_argument("[parallel] batch of " + std::to_string(y.size(0)) + " rows is not " + std::to_string(C) +
+    throw_error("parallel", "batch of " + std::to_string(y.size(0)) + " rows is not " + std::to_string(C) +
                                 " replicas (use replicate_batch)");
   auto xs = x.chunk(C, 0), ys = y.chunk(C, 0);
   std::vector<torch::Tensor> out;
@@ -18,8 +19,8 @@ torch::Tensor ParallelImpl::transform_block(const torch::Tensor& x, const torch:
 }
 
 BackboneInput replicate_batch(const BackboneInput& in, int64_t n) {
-  if (n < 1) throw std::invalid_argument("[parallel] replicate_batch needs n >= 1, got " + std::to_string(n));
-  if (in.cache) throw std::invalid_argument("[parallel] replicate_batch takes the first step (no cache)");
+  if (n < 1) throw_error("parallel", "replicate_batch needs n >= 1, got " + std::to_string(n));
+  if (in.cache) throw_error("parallel", "replicate_batch takes the first step (no cache)");
   auto rep = [n](const torch::Tensor& t) {
     if (!t.defined()) return t;
     std::vector<int64_t> times(t.dim(), 1);

@@ -1,4 +1,5 @@
 #include "modula/aggregation/prompt_concat.h"
+#include "modula/util/error.h"
 
 #include <stdexcept>
 
@@ -6,11 +7,11 @@ namespace modula {
 
 ConcatenatedPromptImpl::ConcatenatedPromptImpl(std::vector<std::shared_ptr<PromptTuningImpl>> prompts_)
     : prompts(std::move(prompts_)) {
-  if (prompts.empty()) throw std::invalid_argument("[concat] needs at least one prompt");
+  if (prompts.empty()) throw_error("concat", "needs at least one prompt");
   for (size_t i = 0; i < prompts.size(); ++i) {
-    if (!prompts[i]) throw std::invalid_argument("[concat] prompt " + std::to_string(i) + " is null");
+    if (!prompts[i]) throw_error("concat", "prompt " + std::to_string(i) + " is null");
     if (prompts[i]->options.token_dim() != prompts[0]->options.token_dim())
-      throw std::invalid_argument("[concat] prompt " + std::to_string(i) + " has token_dim " +
+      throw_error("concat", "prompt " + std::to_string(i) + " has token_dim " +
                                   std::to_string(prompts[i]->options.token_dim()) + ", prompt 0 has " +
                                   std::to_string(prompts[0]->options.token_dim()));
   }

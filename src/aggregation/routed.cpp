@@ -1,4 +1,5 @@
 #include "modula/aggregation/routed.h"
+#include "modula/util/error.h"
 
 #include <stdexcept>
 
@@ -7,10 +8,10 @@ namespace modula {
 RoutedImpl::RoutedImpl(std::shared_ptr<RouterImpl> router_, std::vector<std::shared_ptr<SiteModule>> children,
                        bool owns_router)
     : CompositeImpl("route", std::move(children)), router(std::move(router_)) {
-  if (!router) throw std::invalid_argument("[route] the router is null");
+  if (!router) throw_error("route", "the router is null");
   const auto M = router->num_modules(), C = static_cast<int64_t>(this->children().size());
   if (M != C)
-    throw std::invalid_argument("[route] the router routes over " + std::to_string(M) + " modules, given " +
+    throw_error("route", "the router routes over " + std::to_string(M) + " modules, given " +
                                 std::to_string(C));
   if (owns_router) register_module("router", router);
 }

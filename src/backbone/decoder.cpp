@@ -106,7 +106,7 @@ class Decoder : public Backbone {
   explicit Decoder(const io::ModelConfig& c) : Backbone(c), rotary_(c), head_(head_from_architecture(c)) {
     check_activation(c.hidden_act);
     if (head_ == Head::SequenceClassification)
-      throw io::ConfigError("[config] " + c.architecture() + ": sequence classification heads are supported for encoders only");
+      throw_error<ConfigError>("config", c.architecture() + ": sequence classification heads are supported for encoders only");
     model = register_module("model", Stack(c));
     if (head_ == Head::CausalLM && !c.tie_word_embeddings)
       lm_head = register_module("lm_head", Linear(LinearOptions(c.hidden_size, c.vocab_size).bias(false)));

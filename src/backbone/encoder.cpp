@@ -4,6 +4,7 @@
 #include "families.h"
 #include "modula/backbone/layers.h"
 #include "modula/util/compat.h"
+#include "modula/util/error.h"
 
 #include <cmath>
 
@@ -63,8 +64,8 @@ class Encoder : public Backbone {
       : Backbone(c), roberta_(c.model_type != "bert"), prefix_(roberta_ ? "roberta" : "bert"),
         head_(head_from_architecture(c)) {
     check_activation(c.hidden_act);
-    if (head_ == Head::CausalLM) throw io::ConfigError("[config] " + c.architecture() + ": encoders have no causal LM head");
-    if (roberta_ && !c.pad_token_id) throw io::ConfigError("[config] " + c.model_type + " needs pad_token_id (position offset)");
+    if (head_ == Head::CausalLM) throw_error<ConfigError>("config", c.architecture() + ": encoders have no causal LM head");
+    if (roberta_ && !c.pad_token_id) throw_error<ConfigError>("config", c.model_type + " needs pad_token_id (position offset)");
     const std::string p = prefix_ + ".";
     word = register_at(*this, p + "embeddings.word_embeddings", Embedding(c.vocab_size, c.hidden_size).ptr());
     position = register_at(*this, p + "embeddings.position_embeddings",
@@ -88,7 +89,7 @@ class Encoder : public Backbone {
   }
 
   BackboneOutput forward(const BackboneInput& in) override {
-    if (in.cache) throw std::invalid_argument("[" + config_.model_type + "] encoders take no KV cache");
+    if (in.cache) throw_error(config_.model_type, "encoders take no KV cache");
     auto [B, T] = check_input(in, config_, 0);
     auto h = in.inputs_embeds.defined() ? in.inputs_embeds : word->forward(in.input_ids);
     auto dev = torch::dtype(torch::kInt64).device(h.device());

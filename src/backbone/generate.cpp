@@ -1,15 +1,16 @@
 #include "modula/backbone/generate.h"
+#include "modula/util/error.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
 namespace modula {
 
 void GenerateOptions::validate() const {
-  auto bad = [](const std::string& m) { throw std::invalid_argument("[generate] " + m); };
-  if (max_new_tokens < 0) bad("max_new_tokens must be >= 0");
-  if (temperature < 0) bad("temperature must be >= 0");
-  if (top_k < 0) bad("top_k must be >= 0");
-  if (!(top_p > 0 && top_p <= 1)) bad("top_p must be in (0, 1]");
+  static constexpr std::string_view kTag = "generate";
+  if (max_new_tokens < 0) throw_error(kTag, "max_new_tokens must be >= 0");
+  if (temperature < 0) throw_error(kTag, "temperature must be >= 0");
+  if (top_k < 0) throw_error(kTag, "top_k must be >= 0");
+  if (!(top_p > 0 && top_p <= 1)) throw_error(kTag, "top_p must be in (0, 1]");
 }
 
 int64_t sample_next(const torch::Tensor& logits, const GenerateOptions& o, torch::Generator& gen) {
@@ -35,8 +36,8 @@ std::vector<int64_t> generate(Backbone& model, const std::vector<int64_t>& promp
                               const std::function<bool(int64_t)>& on_token, const PrepareInput& prepare) {
   o.validate();
   if (!model.causal() || model.head() != Head::CausalLM)
-    throw std::invalid_argument("[generate] the model has no causal LM head (" + to_string(model.head()) + ")");
-  if (prompt.empty()) throw std::invalid_argument("[generate] empty prompt");
+    throw_error("generate", "the model has no causal LM head (" + to_string(model.head()) + ")");
+  if (prompt.empty()) throw_error("generate", "empty prompt");
   torch::NoGradGuard no_grad;
   auto device = model.parameters().front().device();
   torch::Generator gen = at::detail::createCPUGenerator(o.seed);

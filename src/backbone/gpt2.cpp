@@ -3,6 +3,7 @@
 #include "families.h"
 #include "modula/backbone/layers.h"
 #include "modula/util/compat.h"
+#include "modula/util/error.h"
 
 #include <cmath>
 
@@ -101,7 +102,7 @@ class Gpt2 : public Backbone {
   explicit Gpt2(const io::ModelConfig& c) : Backbone(c), head_(head_from_architecture(c)) {
     check_activation(c.hidden_act);
     if (head_ == Head::SequenceClassification)
-      throw io::ConfigError("[config] " + c.architecture() + ": sequence classification heads are supported for encoders only");
+      throw_error<ConfigError>("config", c.architecture() + ": sequence classification heads are supported for encoders only");
     transformer = register_module("transformer", Stack(c));
     if (head_ == Head::CausalLM && !c.tie_word_embeddings)
       lm_head = register_module("lm_head", Linear(LinearOptions(c.hidden_size, c.vocab_size).bias(false)));
@@ -123,7 +124,7 @@ class Gpt2 : public Backbone {
                             ? in.position_ids
                             : torch::arange(past, past + T, torch::dtype(torch::kInt64).device(h.device())).expand({B, T});
     if (position_ids.max().item<int64_t>() >= config_.max_position_embeddings)
-      throw std::invalid_argument("[gpt2] position " + std::to_string(position_ids.max().item<int64_t>()) +
+      throw_error("gpt2", "position " + std::to_string(position_ids.max().item<int64_t>()) +
                                   " exceeds n_positions " + std::to_string(config_.max_position_embeddings));
     h = h + transformer->wpe(position_ids);
     auto mask = attention_bias(in.attention_mask, B, T, past + T, /*causal=*/true, 0, h.scalar_type(), h.device());

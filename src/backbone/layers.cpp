@@ -1,4 +1,5 @@
 #include "modula/backbone/layers.h"
+#include "modula/util/error.h"
 
 #include <cmath>
 
@@ -77,7 +78,7 @@ torch::Tensor activation(const std::string& name, const torch::Tensor& x) {
   }
   if (name == "relu") return torch::relu(x);
   if (name == "tanh") return torch::tanh(x);
-  throw io::ConfigError("[config] unknown activation '" + name + "' (supported: silu, gelu, gelu_new, relu, tanh)");
+  throw_error<ConfigError>("config", "unknown activation '" + name + "' (supported: silu, gelu, gelu_new, relu, tanh)");
 }
 
 void check_activation(const std::string& name) { activation(name, torch::zeros({1})); }
@@ -122,7 +123,7 @@ torch::Tensor attention_bias(const torch::Tensor& attention_mask, int64_t B, int
   auto allowed = torch::ones({B, 1, T, S}, opts.dtype(torch::kBool));
   if (attention_mask.defined()) {
     if (attention_mask.dim() != 2 || attention_mask.size(0) != B || attention_mask.size(1) != S)
-      throw std::invalid_argument("[backbone] attention_mask must be [B,S] = [" + std::to_string(B) + "," +
+      throw_error("backbone", "attention_mask must be [B,S] = [" + std::to_string(B) + "," +
                                   std::to_string(S) + "], got " + c10::str(attention_mask.sizes()));
     allowed = allowed.logical_and(attention_mask.to(device).to(torch::kBool).view({B, 1, 1, S}));
   }

@@ -37,7 +37,7 @@ std::shared_ptr<Backbone> create_backbone(const io::ModelConfig& config) {
   if (it == architectures().end()) {
     std::string known;
     for (const auto& n : supported_model_types()) known += (known.empty() ? "" : ", ") + n;
-    throw io::ConfigError("[config] unknown model_type '" + config.model_type + "' (supported: " + known + ")");
+    throw_error<ConfigError>("config", "unknown model_type '" + config.model_type + "' (supported: " + known + ")");
   }
   return it->second(config);
 }
@@ -52,7 +52,7 @@ Head head_from_architecture(const io::ModelConfig& c) {
     bool encoder = c.type_vocab_size > 0;
     return encoder ? Head::MaskedLM : Head::CausalLM;
   }
-  throw io::ConfigError("[config] unsupported architecture '" + a +
+  throw_error<ConfigError>("config", "unsupported architecture '" + a +
                         "' (supported: *ForCausalLM, *LMHeadModel, *ForMaskedLM, *ForSequenceClassification, *Model)");
 }
 

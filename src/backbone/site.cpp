@@ -1,4 +1,5 @@
 #include "modula/backbone/site.h"
+#include "modula/util/error.h"
 
 #include <stdexcept>
 
@@ -14,12 +15,12 @@ torch::nn::Module& SiteHost::owner() {
 
 void SiteHost::attach(const std::string& name, std::shared_ptr<SiteModule> m) {
   if (name.empty() || name.find('.') != std::string::npos)
-    throw std::invalid_argument("[site] module name '" + name + "' must be non-empty and contain no '.'");
-  if (!m) throw std::invalid_argument("[site] cannot attach a null module as '" + name + "'");
+    throw_error("site", "module name '" + name + "' must be non-empty and contain no '.'");
+  if (!m) throw_error("site", "cannot attach a null module as '" + name + "'");
   if (m->site_kind() != kind_)
-    throw std::invalid_argument("[site] '" + name + "' is a " + to_string(m->site_kind()) + "-site module; this is a " +
+    throw_error("site", "'" + name + "' is a " + to_string(m->site_kind()) + "-site module; this is a " +
                                 to_string(kind_) + " site");
-  if (module(name)) throw std::invalid_argument("[site] a module named '" + name + "' is already attached");
+  if (module(name)) throw_error("site", "a module named '" + name + "' is already attached");
   auto& host = owner();
   if (!adapters_) adapters_ = host.register_module("adapters", std::make_shared<torch::nn::Module>());
   adapters_->register_module(name, m);
@@ -31,13 +32,13 @@ void SiteHost::attach(const std::string& name, std::shared_ptr<SiteModule> m) {
 void SiteHost::detach(const std::string& name) {
   for (size_t i = 0; i < names_.size(); ++i) {
     if (names_[i] != name) continue;
-    if (modules_[i]->merged) throw std::invalid_argument("[site] unmerge '" + name + "' before detaching it");
+    if (modules_[i]->merged) throw_error("site", "unmerge '" + name + "' before detaching it");
     adapters_->unregister_module(name);
     names_.erase(names_.begin() + static_cast<long>(i));
     modules_.erase(modules_.begin() + static_cast<long>(i));
     return;
   }
-  throw std::invalid_argument("[site] no module named '" + name + "' attached");
+  throw_error("site", "no module named '" + name + "' attached");
 }
 
 std::shared_ptr<SiteModule> SiteHost::module(const std::string& name) const {

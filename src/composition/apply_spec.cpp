@@ -13,6 +13,8 @@
 #include "modula/io/peft.h"
 #include "modula/modules/targets.h"
 #include "modula/routing/fixed.h"
+#include "modula/routing/softmax.h"
+#include "modula/routing/top_k.h"
 
 namespace modula {
 namespace {
@@ -22,6 +24,29 @@ using json = nlohmann::json;
 
 [[noreturn]] void bad(const SpecNode& n, const std::string& msg) {
   throw std::invalid_argument("[compose] " + (n.where.empty() ? std::string() : n.where + ": ") + msg);
+}
+
+// route(key, ...): a learned router when `key` names one, else fixed routing by metadata.
+struct LearnedRoute {
+  std::string kind;  // "" (metadata), softmax, softmax_token, smear, top
+  int64_t k = 0;     // top-k
+};
+
+LearnedRoute learned_route(const std::string& key) {
+  if (!learned_route_key(key)) return {};
+  if (key.compare(0, 3, "top") == 0) return {"top", std::stoll(key.substr(3))};
+  return {key, 0};
+}
+
+// One router per site for learned routing (the sites differ in width); it adds its losses
+// (top-k: load balancing + z-loss) to aux_loss in training.
+std::shared_ptr<RouterImpl> learned_router(const SpecNode& n, const LearnedRoute& r, int64_t features, int64_t M,
+                                           const std::shared_ptr<RoutingContext>& ctx) {
+  if (r.kind == "top") {
+    if (r.k < 1 || r.k > M) bad(n, "route(" + n.name + ", …) selects " + std::to_string(r.k) + " of " + std::to_string(M) + " modules");
+    return TopKRouter(TopKRouterOptions(features, M).k(r.k), ctx).ptr();
+  }
+  return SoftmaxRouter(SoftmaxRouterOptions(features, M).per_token(r.kind == "softmax_token"), ctx).ptr();
 }
 
 bool has_site_kind(const Adapter& a, SiteKind kind) {
@@ -90,9 +115,11 @@ struct Builder {
         return;
       }
       case Kind::Route: {
-        auto router = FixedRouter(FixedRouterOptions(static_cast<int64_t>(n.children.size())).key(n.name), comp.context);
-        router_of[&n] = router.ptr();
-        comp.routers.push_back(router.ptr());
+        if (learned_route(n.name).kind.empty()) {  // fixed by metadata: one router shared by every site
+          auto router = FixedRouter(FixedRouterOptions(static_cast<int64_t>(n.children.size())).key(n.name), comp.context);
+          router_of[&n] = router.ptr();
+          comp.routers.push_back(router.ptr());
+        }
         for (const auto& c : n.children) {
           if (c.kind == Kind::Module && !adapter(c).input && has_site_kind(adapter(c), SiteKind::Linear)) {
             linear_routes.insert(&n);  // routed per Linear site over a bank (build_linear_routes)
@@ -119,7 +146,7 @@ struct Builder {
     if (has_site_kind(a, SiteKind::Linear)) {
       if (!mixer.empty())
         bad(n, "linear-site adapter " + what + " cannot be under " + mixer +
-                   "(…): fuse and route combine block-site adapters (MODULA_BOTTLENECK)");
+                   "(…): fuse combines block-site adapters (MODULA_BOTTLENECK); route takes LoRA adapters only as its direct arguments");
       linear_scale[n.name] += weight;
     }
   }
@@ -149,7 +176,16 @@ struct Builder {
       case Kind::Stack: return kids.size() == 1 ? kids[0] : Stack(kids).ptr();
       case Kind::Parallel: return kids.size() == 1 ? kids[0] : Parallel(kids).ptr();
       case Kind::Average: return kids.size() == 1 && weights[0] == 1.0 ? kids[0] : Average(kids, weights, false).ptr();
-      case Kind::Route: return Routed(router_of.at(&n), kids, /*owns_router=*/false).ptr();
+      case Kind::Route: {
+        auto learned = learned_route(n.name);
+        if (learned.kind.empty()) return Routed(router_of.at(&n), kids, /*owns_router=*/false).ptr();
+        if (learned.kind == "smear") bad(n, "route(smear, …) averages parameters: it takes LoRA adapters, not block-site modules");
+        auto router = learned_router(n, learned, site.features, static_cast<int64_t>(kids.size()), comp.context);
+        comp.routers.push_back(router);
+        auto p = site.parameters().front();
+        router->to(p.device(), p.scalar_type());
+        return Routed(router, kids, /*owns_router=*/true).ptr();
+      }
       case Kind::Fuse: {
         auto& record = comp.fusions[fusion_of.at(&n)];
         auto o = FusionOptions::from_json(record.config, site.features);
@@ -193,10 +229,18 @@ struct Builder {
         slot.second[i] = lora;
       }
     }
+    const auto learned = learned_route(n.name);
     for (const auto& path : order) {
       auto& [layer, loras] = sites[path];
-      auto routed = std::make_shared<ModularLinearImpl>(LoraBankImpl::view(loras), router_of.at(&n),
-                                                        ModularLinearOptions().owns_router(false));
+      auto router = router_of.count(&n) ? router_of.at(&n) : nullptr;
+      if (!learned.kind.empty()) {
+        router = learned_router(n, learned, layer->options.in_features(), static_cast<int64_t>(C), comp.context);
+        router->to(layer->weight.device(), layer->weight.scalar_type());
+        comp.routers.push_back(router);
+      }
+      auto o = ModularLinearOptions().owns_router(!learned.kind.empty());
+      if (learned.kind == "smear") o.aggregation(Aggregation::ParameterAverage);
+      auto routed = std::make_shared<ModularLinearImpl>(LoraBankImpl::view(loras), router, o);
       layer->attach(comp.name, routed);
       comp.linear_sites.emplace_back(path, layer);
       for (auto& l : loras)

@@ -1,14 +1,15 @@
 #include "modula/composition/ia3_bank.h"
+#include "modula/util/error.h"
 
 #include <stdexcept>
 
 namespace modula {
 namespace {
-[[noreturn]] void bad(const std::string& m) { throw std::invalid_argument("[ia3 bank] " + m); }
+constexpr std::string_view kTag = "ia3 bank";
 }  // namespace
 
 Ia3BankImpl::Ia3BankImpl(int64_t in, int64_t out, int64_t M, bool feedforward) {
-  if (in <= 0 || out <= 0 || M <= 0) bad("in, out and num_modules must be positive");
+  if (in <= 0 || out <= 0 || M <= 0) throw_error(kTag, "in, out and num_modules must be positive");
   l_out = register_parameter("l_out", torch::ones({M, out}), !feedforward);
   l_in = register_parameter("l_in", torch::ones({M, in}), feedforward);
   any_feedforward = feedforward, any_output = !feedforward;
@@ -21,10 +22,10 @@ std::shared_ptr<Ia3BankImpl> Ia3BankImpl::stack(const std::vector<std::shared_pt
     if (!ia3) continue;
     if (!first) first = ia3.get();
     if (ia3->options.in_features() != first->options.in_features() || ia3->options.out_features() != first->options.out_features())
-      bad("module " + std::to_string(m) + " has another shape than the first module at this site");
-    if (ia3->merged) bad("module " + std::to_string(m) + " is merged into the weights; unmerge it first");
+      throw_error(kTag, "module " + std::to_string(m) + " has another shape than the first module at this site");
+    if (ia3->merged) throw_error(kTag, "module " + std::to_string(m) + " is merged into the weights; unmerge it first");
   }
-  if (!first) bad("no modules to stack");
+  if (!first) throw_error(kTag, "no modules to stack");
   const auto M = static_cast<int64_t>(modules.size());
   std::shared_ptr<Ia3BankImpl> bank(new Ia3BankImpl());
   auto opts = first->ia3_l.options();
@@ -43,11 +44,11 @@ std::shared_ptr<Ia3BankImpl> Ia3BankImpl::stack(const std::vector<std::shared_pt
 }
 
 torch::Tensor Ia3BankImpl::apply(const SiteInput& in, const torch::Tensor& v_out, const torch::Tensor& v_in) const {
-  if (!in.y.defined()) bad("needs the site output y");
+  if (!in.y.defined()) throw_error(kTag, "needs the site output y");
   auto d = torch::zeros_like(in.y);
   if (any_output) d = d + in.y * v_out.to(in.y.scalar_type());
   if (any_feedforward) {
-    if (!in.base) bad("feed-forward (IA)³ needs the Linear site's weight");
+    if (!in.base) throw_error(kTag, "feed-forward (IA)³ needs the Linear site's weight");
     d = d + torch::matmul(in.x * v_in.to(in.x.scalar_type()), in.base->weight_out_in().t());
   }
   return d;
@@ -56,7 +57,7 @@ torch::Tensor Ia3BankImpl::apply(const SiteInput& in, const torch::Tensor& v_out
 torch::Tensor Ia3BankImpl::mixed(const SiteInput& in, const torch::Tensor& w) {
   const auto M = num_modules();
   if (w.size(-1) != M || w.dim() < 2 || w.dim() > 3 || w.size(0) != in.x.size(0))
-    bad("routing weights " + c10::str(w.sizes()) + " for " + std::to_string(in.x.size(0)) + " rows and " + std::to_string(M) +
+    throw_error(kTag, "routing weights " + c10::str(w.sizes()) + " for " + std::to_string(in.x.size(0)) + " rows and " + std::to_string(M) +
         " modules");
   auto w3 = w.dim() == 2 ? w.unsqueeze(1) : w;  // [N, 1|T, M]
   auto wl = w3.to(l_out.scalar_type());

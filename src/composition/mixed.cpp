@@ -8,6 +8,7 @@
 #include "modula/modules/ia3.h"
 #include "modula/modules/lora.h"
 #include "modula/routing/fixed.h"
+#include "modula/util/error.h"
 
 #include <algorithm>
 #include <map>
@@ -18,7 +19,7 @@ namespace {
 
 using json = nlohmann::json;
 
-[[noreturn]] void bad(const std::string& m) { throw std::invalid_argument("[mixed] " + m); }
+constexpr std::string_view kTag = "mixed";
 
 // One site's modules, one slot per module set (null where the set has none there).
 struct LinearSlots {
@@ -47,10 +48,10 @@ void collect(const std::vector<Adapter>& sets, std::map<std::string, LinearSlots
   const auto M = sets.size();
   for (size_t m = 0; m < M; ++m) {
     const auto& a = sets[m];
-    if (a.state) bad("'" + a.name + "' (" + a.peft_type + ") keeps state outside its site modules and cannot be mixed per row");
+    if (a.state) throw_error(kTag, "'" + a.name + "' (" + a.peft_type + ") keeps state outside its site modules and cannot be mixed per row");
     for (const auto& mod : a.modules) {
       auto what = "'" + a.name + "' (" + a.peft_type + ") at " + mod.site;
-      if (mod.module->merged) bad(what + " is merged into the weights; unmerge it first");
+      if (mod.module->merged) throw_error(kTag, what + " is merged into the weights; unmerge it first");
       if (mod.module->site_kind() == SiteKind::Block) {
         auto& slot = block[mod.site];
         if (!slot.host) slot = {mod.host, std::vector<std::shared_ptr<SiteModule>>(M)}, order.push_back(mod.site);
@@ -61,12 +62,12 @@ void collect(const std::vector<Adapter>& sets, std::map<std::string, LinearSlots
       if (!slot.layer) slot = {mod.layer, std::vector<std::shared_ptr<LoraImpl>>(M), std::vector<std::shared_ptr<Ia3Impl>>(M)},
                        order.push_back(mod.site);
       if (auto lora = std::dynamic_pointer_cast<LoraImpl>(mod.module)) {
-        if (lora->options.use_dora()) bad(what + " uses DoRA (not linear in x); it cannot be mixed per row");
+        if (lora->options.use_dora()) throw_error(kTag, what + " uses DoRA (not linear in x); it cannot be mixed per row");
         slot.lora[m] = lora;
       } else if (auto ia3 = std::dynamic_pointer_cast<Ia3Impl>(mod.module)) {
         slot.ia3[m] = ia3;
       } else {
-        bad(what + ": this module routes on its own (Poly, MoE, hypernetwork) and cannot be mixed per row");
+        throw_error(kTag, what + ": this module routes on its own (Poly, MoE, hypernetwork) and cannot be mixed per row");
       }
     }
   }
@@ -126,9 +127,9 @@ Adapter mix_adapters(std::vector<Adapter> sets, const std::string& name, std::sh
                      const std::string& key) {
   auto reject = [&](const std::string& m) {  // the sets are consumed on error too
     for (auto& a : sets) a.remove();
-    bad(m);
+    throw_error(kTag, m);
   };
-  if (sets.empty()) bad("no module sets to mix");
+  if (sets.empty()) throw_error(kTag, "no module sets to mix");
   Adapter mixed;
   mixed.name = name;
   mixed.peft_type = kMixedType;
@@ -171,7 +172,7 @@ Adapter load_mixed(Backbone& model, const std::vector<std::pair<std::string, std
   std::vector<Adapter> sets;  // attached under their routing names until mixed
   try {
     for (const auto& [set_name, dir] : named_dirs) {
-      if (set_name == kBaseAdapter) bad("module set name '" + set_name + "' is reserved for rows without modules");
+      if (set_name == kBaseAdapter) throw_error(kTag, "module set name '" + set_name + "' is reserved for rows without modules");
       sets.push_back(load_adapter(model, dir, set_name));
     }
   } catch (...) {
@@ -182,7 +183,7 @@ Adapter load_mixed(Backbone& model, const std::vector<std::pair<std::string, std
 }
 
 torch::Tensor row_ids(const Adapter& mixed, const std::vector<std::string>& name_per_row) {
-  if (mixed.peft_type != kMixedType) bad("'" + mixed.name + "' is a " + mixed.peft_type + " module set, not a mixed one");
+  if (mixed.peft_type != kMixedType) throw_error(kTag, "'" + mixed.name + "' is a " + mixed.peft_type + " module set, not a mixed one");
   const auto& names = mixed.config.at("modules");
   std::vector<int64_t> ids;
   for (const auto& n : name_per_row) {
@@ -191,7 +192,7 @@ torch::Tensor row_ids(const Adapter& mixed, const std::vector<std::string>& name
       continue;
     }
     auto it = std::find(names.begin(), names.end(), n);
-    if (it == names.end()) bad("unknown module set name '" + n + "' (known: " + kBaseAdapter + ", " + names.dump() + ")");
+    if (it == names.end()) throw_error(kTag, "unknown module set name '" + n + "' (known: " + kBaseAdapter + ", " + names.dump() + ")");
     ids.push_back(it - names.begin());
   }
   return torch::tensor(ids, torch::kLong);

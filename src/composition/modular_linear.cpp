@@ -1,4 +1,5 @@
 #include "modula/composition/modular_linear.h"
+#include "modula/util/error.h"
 
 #include <stdexcept>
 
@@ -7,9 +8,9 @@ namespace modula {
 ModularLinearImpl::ModularLinearImpl(std::shared_ptr<torch::nn::Module> module, std::shared_ptr<ModuleBank> bank,
                                      std::shared_ptr<RouterImpl> router_, const ModularLinearOptions& options_)
     : options(options_), router(std::move(router_)), bank_(std::move(bank)) {
-  if (!module || !bank_ || !router) throw std::invalid_argument("[modular linear] needs a module bank and a router");
+  if (!module || !bank_ || !router) throw_error("modular linear", "needs a module bank and a router");
   if (router->num_modules() != bank_->num_modules())
-    throw std::invalid_argument("[modular linear] router routes over " + std::to_string(router->num_modules()) +
+    throw_error("modular linear", "router routes over " + std::to_string(router->num_modules()) +
                                 " modules, the bank holds " + std::to_string(bank_->num_modules()));
   register_module("bank", module);
   if (options.owns_router()) register_module("router", router);
@@ -17,7 +18,7 @@ ModularLinearImpl::ModularLinearImpl(std::shared_ptr<torch::nn::Module> module, 
 
 std::shared_ptr<LoraBankImpl> ModularLinearImpl::lora_bank() const {
   auto lora = std::dynamic_pointer_cast<LoraBankImpl>(bank_);
-  if (!lora) throw std::invalid_argument("[modular linear] the bank is a " + bank_->kind() + ", not a lora bank");
+  if (!lora) throw_error("modular linear", "the bank is a " + bank_->kind() + ", not a lora bank");
   return lora;
 }
 

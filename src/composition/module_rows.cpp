@@ -9,6 +9,7 @@
 #include "modula/modules/hypernetwork.h"
 #include "modula/modules/sparse_ft.h"
 #include "modula/modules/targets.h"
+#include "modula/util/error.h"
 
 #include <stdexcept>
 
@@ -17,7 +18,7 @@ namespace {
 
 using json = nlohmann::json;
 
-[[noreturn]] void bad(const std::string& m) { throw std::invalid_argument("[registry] " + m); }
+constexpr std::string_view kTag = "registry";
 
 template <typename T>
 T field(const json& c, const char* key, T fallback) {
@@ -53,12 +54,12 @@ struct SparseState : AdapterState {
   std::vector<torch::Tensor> parameters() const override { return diff->parameters(); }
   void set_enabled(bool enable) override {
     if (enable == on) return;
-    if (diff->attached()) bad("a sparse diff in training cannot be switched off");
+    if (diff->attached()) throw_error(kTag, "a sparse diff in training cannot be switched off");
     enable ? diff->apply(*model, scale) : diff->remove(*model, scale);
     on = enable;
   }
   void set_scale(double s) override {
-    if (diff->attached()) bad("a sparse diff in training has no scale");
+    if (diff->attached()) throw_error(kTag, "a sparse diff in training has no scale");
     if (on) diff->remove(*model, scale), diff->apply(*model, s);
     scale = s;
   }
@@ -92,7 +93,7 @@ ModuleType sparse_ft_row_impl() {
   };
   t.save = [](const Adapter& a, const std::string& dir) {
     auto s = std::dynamic_pointer_cast<SparseState>(a.state);
-    if (!s) bad("adapter '" + a.name + "' has no sparse diff to save");
+    if (!s) throw_error(kTag, "adapter '" + a.name + "' has no sparse diff to save");
     save_sparse_diff(s->diff, dir);
   };
   return t;
@@ -170,7 +171,7 @@ ModuleType bitfit_row_impl() {
   };
   t.save = [](const Adapter& a, const std::string& dir) {
     auto s = std::dynamic_pointer_cast<BitFitState>(a.state);
-    if (!s) bad("adapter '" + a.name + "' has no BitFit biases to save");
+    if (!s) throw_error(kTag, "adapter '" + a.name + "' has no BitFit biases to save");
     s->bitfit->save(dir);
   };
   return t;
@@ -232,7 +233,7 @@ ModuleType hyper_lora_row_impl() {
   };
   t.save = [](const Adapter& a, const std::string& dir) {
     auto s = std::dynamic_pointer_cast<HyperState>(a.state);
-    if (!s) bad("adapter '" + a.name + "' has no hypernetwork to save");
+    if (!s) throw_error(kTag, "adapter '" + a.name + "' has no hypernetwork to save");
     save_hyper_lora(*s->hyper, dir);
   };
   return t;
@@ -254,7 +255,7 @@ std::vector<const Adapter*> members_of(const std::vector<std::string>& names, co
   for (const auto& n : names) {
     auto it = env.members.find(n);
     if (it == env.members.end())
-      bad(where + ": member adapter '" + n + "' is not loaded (load the fused adapters first and pass them as members)");
+      throw_error(kTag, where + ": member adapter '" + n + "' is not loaded (load the fused adapters first and pass them as members)");
     out.push_back(it->second);
   }
   return out;
@@ -274,7 +275,7 @@ ModuleType fusion_row_impl() {
   t.summary = "AdapterFusion: attention over member adapters' outputs";
   t.build = [](Backbone& m, const json& c, const ModuleEnv& env) {
     auto names = field<std::vector<std::string>>(c, "adapters", {});
-    if (names.empty()) bad("MODULA_FUSION config needs \"adapters\": the member adapter names");
+    if (names.empty()) throw_error(kTag, "MODULA_FUSION config needs \"adapters\": the member adapter names");
     json options = c;
     options.erase("adapters"), options.erase("peft_type");
     return fusion_handle(add_fusion(m, members_of(names, env, "MODULA_FUSION config"), options, env.name), env.name);
@@ -285,7 +286,7 @@ ModuleType fusion_row_impl() {
   };
   t.save = [](const Adapter& a, const std::string& dir) {
     auto s = std::dynamic_pointer_cast<FusionState>(a.state);
-    if (!s) bad("adapter '" + a.name + "' has no fusion to save");
+    if (!s) throw_error(kTag, "adapter '" + a.name + "' has no fusion to save");
     save_fusion(s->fusion, dir);
   };
   return t;
@@ -305,7 +306,7 @@ Adapter moe_lora_build(Backbone& m, const json& c, const ModuleEnv& env) {
                .z_loss_coef(field<double>(c, "router_z_loss_coef", 0.001))
                .name(env.name)
                .context(env.context ? env.context : std::make_shared<RoutingContext>());
-  if (!c.contains("target_modules")) bad("MODULA_MOE_LORA config needs \"target_modules\"");
+  if (!c.contains("target_modules")) throw_error(kTag, "MODULA_MOE_LORA config needs \"target_modules\"");
   return add_moe_lora(m, c, o);
 }
 

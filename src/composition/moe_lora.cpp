@@ -1,17 +1,18 @@
 #include "modula/composition/moe_lora.h"
 
 #include "modula/modules/targets.h"
+#include "modula/util/error.h"
 
 #include <stdexcept>
 
 namespace modula {
 
 void MoeLoraOptions::validate() const {
-  auto fail = [](const std::string& what) { throw std::invalid_argument("[moe lora] " + what); };
-  if (num_experts() <= 0) fail("num_experts must be positive, got " + std::to_string(num_experts()));
-  if (r() <= 0) fail("r must be positive, got " + std::to_string(r()));
+  static constexpr std::string_view kTag = "moe lora";
+  if (num_experts() <= 0) throw_error(kTag, "num_experts must be positive, got " + std::to_string(num_experts()));
+  if (r() <= 0) throw_error(kTag, "r must be positive, got " + std::to_string(r()));
   if (k() < 1 || k() > num_experts())
-    fail("k must be in [1, num_experts = " + std::to_string(num_experts()) + "], got " + std::to_string(k()));
+    throw_error(kTag, "k must be in [1, num_experts = " + std::to_string(num_experts()) + "], got " + std::to_string(k()));
 }
 
 TopKRouterOptions MoeLoraOptions::router(int64_t features) const {
@@ -49,7 +50,7 @@ Adapter add_moe_lora(Backbone& model, const nlohmann::json& targets, const MoeLo
 
 std::shared_ptr<ModularLinearImpl> moe_layer(const AttachedModule& m) {
   auto layer = std::dynamic_pointer_cast<ModularLinearImpl>(m.module);
-  if (!layer) throw std::invalid_argument("[moe lora] the module at " + m.site + " is not a MoE-LoRA layer");
+  if (!layer) throw_error("moe lora", "the module at " + m.site + " is not a MoE-LoRA layer");
   return layer;
 }
 

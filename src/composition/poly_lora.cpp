@@ -2,6 +2,7 @@
 #include "modula/io/peft.h"
 #include "modula/modules/lora.h"
 #include "modula/modules/targets.h"
+#include "modula/util/error.h"
 
 #include <algorithm>
 #include <cmath>
@@ -13,22 +14,22 @@ namespace {
 
 using json = nlohmann::json;
 
-[[noreturn]] void bad(const std::string& m) { throw std::invalid_argument("[poly] " + m); }
+constexpr std::string_view kTag = "poly";
 
 int64_t config_int(const json& c, const char* key, int64_t fallback) {
   if (!c.contains(key) || c[key].is_null()) return fallback;
-  if (!c[key].is_number_integer()) bad(std::string("config key '") + key + "' must be an integer (got " + c[key].dump() + ")");
+  if (!c[key].is_number_integer()) throw_error(kTag, std::string("config key '") + key + "' must be an integer (got " + c[key].dump() + ")");
   return c[key].get<int64_t>();
 }
 
 }  // namespace
 
 void PolyLoraOptions::validate() const {
-  if (in_features() <= 0 || out_features() <= 0) bad("in_features and out_features must be positive");
-  if (r() <= 0) bad("r must be positive (got " + std::to_string(r()) + ")");
-  if (n_tasks() <= 0 || n_skills() <= 0 || n_splits() <= 0) bad("n_tasks, n_skills and n_splits must be positive");
+  if (in_features() <= 0 || out_features() <= 0) throw_error(kTag, "in_features and out_features must be positive");
+  if (r() <= 0) throw_error(kTag, "r must be positive (got " + std::to_string(r()) + ")");
+  if (n_tasks() <= 0 || n_skills() <= 0 || n_splits() <= 0) throw_error(kTag, "n_tasks, n_skills and n_splits must be positive");
   if (in_features() % n_splits() || out_features() % n_splits())
-    bad("n_splits " + std::to_string(n_splits()) + " must divide in_features " + std::to_string(in_features()) +
+    throw_error(kTag, "n_splits " + std::to_string(n_splits()) + " must divide in_features " + std::to_string(in_features()) +
         " and out_features " + std::to_string(out_features()));
 }
 
@@ -69,7 +70,7 @@ torch::Tensor PolyLoraImpl::averaged(const SiteInput& in, const torch::Tensor& w
 }
 
 torch::Tensor PolyLoraImpl::selected(const SiteInput&, const torch::Tensor&, const torch::Tensor&) {
-  bad("Polytropon skills combine by parameter averaging only (aggregation parameter_average)");
+  throw_error(kTag, "Polytropon skills combine by parameter averaging only (aggregation parameter_average)");
 }
 torch::Tensor PolyLoraImpl::mixed(const SiteInput& in, const torch::Tensor& w) { return selected(in, w, w); }
 
@@ -86,10 +87,10 @@ void PolyLoraImpl::merge(LinearImpl&) {
 void PolyLoraImpl::unmerge(LinearImpl&) { throw std::logic_error("[poly] not merged"); }
 
 Adapter add_poly_adapter(Backbone& model, const json& config, std::shared_ptr<RoutingContext> context, const std::string& name) {
-  if (config.value("peft_type", std::string()) != "POLY") bad("config peft_type must be \"POLY\" (got " + config.value("peft_type", json()).dump() + ")");
+  if (config.value("peft_type", std::string()) != "POLY") throw_error(kTag, "config peft_type must be \"POLY\" (got " + config.value("peft_type", json()).dump() + ")");
   auto poly_type = config.value("poly_type", json("poly"));
-  if (poly_type != "poly") bad("poly_type " + poly_type.dump() + " is not supported (\"poly\")");
-  if (!context) bad("a RoutingContext is needed for the task ids");
+  if (poly_type != "poly") throw_error(kTag, "poly_type " + poly_type.dump() + " is not supported (\"poly\")");
+  if (!context) throw_error(kTag, "a RoutingContext is needed for the task ids");
   Adapter a;
   a.name = name;
   a.peft_type = "POLY";
@@ -101,11 +102,11 @@ Adapter add_poly_adapter(Backbone& model, const json& config, std::shared_ptr<Ro
                  .n_skills(config_int(config, "n_skills", 4))
                  .n_splits(config_int(config, "n_splits", 1))
                  .init_weights(config.value("init_weights", true));
-    if (layer->options.conv1d_layout()) bad("site " + path + " is a Conv1D layer; PEFT POLY supports nn.Linear only");
+    if (layer->options.conv1d_layout()) throw_error(kTag, "site " + path + " is a Conv1D layer; PEFT POLY supports nn.Linear only");
     try {
       o.validate();
     } catch (const std::invalid_argument& e) {
-      bad("site " + path + ": " + e.what());
+      throw_error(kTag, "site " + path + ": " + e.what());
     }
     auto poly = std::make_shared<PolyLoraImpl>(o, context);
     poly->to(layer->weight.device(), layer->weight.scalar_type());
@@ -127,14 +128,14 @@ Adapter load_poly_adapter(Backbone& model, const std::string& dir, std::shared_p
       for (auto& p : m.module->named_parameters()) {
         auto key = io::kPeftPrefix + m.site + "." + m.peft_keys.at(p.key());
         auto it = folder.tensors.find(key);
-        if (it == folder.tensors.end()) bad(dir + ": adapter_model.safetensors has no tensor '" + key + "'");
+        if (it == folder.tensors.end()) throw_error(kTag, dir + ": adapter_model.safetensors has no tensor '" + key + "'");
         if (it->second.sizes() != p.value().sizes())
-          bad(dir + ": tensor '" + key + "' has shape " + c10::str(it->second.sizes()) + ", expected " + c10::str(p.value().sizes()));
+          throw_error(kTag, dir + ": tensor '" + key + "' has shape " + c10::str(it->second.sizes()) + ", expected " + c10::str(p.value().sizes()));
         p.value().copy_(it->second);
         used.insert(key);
       }
     for (const auto& [key, t] : folder.tensors)
-      if (!used.count(key)) bad(dir + ": tensor '" + key + "' matches no module of this POLY config");
+      if (!used.count(key)) throw_error(kTag, dir + ": tensor '" + key + "' matches no module of this POLY config");
   } catch (...) {
     remove_adapter(a);
     throw;
@@ -146,7 +147,7 @@ std::vector<torch::Tensor> mhr_z(Adapter& poly) {
   std::vector<torch::Tensor> trainable;
   for (auto& m : poly.modules) {
     auto p = std::dynamic_pointer_cast<PolyLoraImpl>(m.module);
-    if (!p) bad("mhr_z: module at " + m.site + " is not a Poly module");
+    if (!p) throw_error(kTag, "mhr_z: module at " + m.site + " is not a Poly module");
     p->poly_lora_A.set_requires_grad(false);
     p->poly_lora_B.set_requires_grad(false);
     p->poly_router->module_logits.set_requires_grad(true);
@@ -156,12 +157,12 @@ std::vector<torch::Tensor> mhr_z(Adapter& poly) {
 }
 
 Adapter mhr_mu(Backbone& model, const Adapter& poly, const std::string& name) {
-  if (poly.modules.empty()) bad("mhr_mu: the Poly adapter has no modules");
+  if (poly.modules.empty()) throw_error(kTag, "mhr_mu: the Poly adapter has no modules");
   json targets = json::array();
   int64_t r = 0;
   for (const auto& m : poly.modules) {
     auto p = std::dynamic_pointer_cast<PolyLoraImpl>(m.module);
-    if (!p) bad("mhr_mu: module at " + m.site + " is not a Poly module");
+    if (!p) throw_error(kTag, "mhr_mu: module at " + m.site + " is not a Poly module");
     targets.push_back(m.site);
     r = p->options.r();
   }

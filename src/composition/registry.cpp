@@ -6,6 +6,7 @@
 #include "composition/module_rows.h"
 #include "modula/composition/poly_lora.h"
 #include "modula/io/peft.h"
+#include "modula/util/error.h"
 
 #include <stdexcept>
 
@@ -15,7 +16,7 @@ namespace {
 using json = nlohmann::json;
 using Build = Adapter (*)(Backbone&, const json&, const std::string&);
 
-[[noreturn]] void bad(const std::string& m) { throw std::invalid_argument("[registry] " + m); }
+constexpr std::string_view kTag = "registry";
 
 std::shared_ptr<RoutingContext> context_of(const ModuleEnv& env) {
   return env.context ? env.context : std::make_shared<RoutingContext>();
@@ -83,7 +84,7 @@ std::pair<std::string, double> parse_spec(const std::string& spec) {
     if (used != spec.size() - colon - 1) throw std::invalid_argument("trailing characters");
     return {spec.substr(0, colon), scale};
   } catch (const std::exception&) {
-    throw std::invalid_argument("[modules] adapter spec " + spec + ": scale after ':' must be a number");
+    throw_error("modules", "adapter spec " + spec + ": scale after ':' must be a number");
   }
 }
 
@@ -105,11 +106,11 @@ const ModuleType& module_type(const std::string& peft_type) {
     if (t.peft_type == peft_type) return t;
   std::string known;
   for (const auto& n : supported_peft_types()) known += (known.empty() ? "" : ", ") + n;
-  bad("unknown peft_type '" + peft_type + "' (supported: " + known + ")");
+  throw_error(kTag, "unknown peft_type '" + peft_type + "' (supported: " + known + ")");
 }
 
 Adapter build_module(Backbone& model, const json& config, const ModuleEnv& env) {
-  if (!config.is_object()) bad("a module config must be a JSON object (got " + config.dump() + ")");
+  if (!config.is_object()) throw_error(kTag, "a module config must be a JSON object (got " + config.dump() + ")");
   auto type = io::config_field<std::string>(config, "peft_type", "", "[registry]");
   auto a = module_type(type).build(model, config, env);
   a.peft_type = type;

@@ -359,4 +359,9 @@ void check_module_names(const SpecNode& n, const std::set<std::string>& known) {
   for (const auto& c : n.children) check_module_names(c, known);
 }
 
+bool learned_route_key(const std::string& key) {
+  if (key == "softmax" || key == "softmax_token" || key == "smear") return true;
+  return key.size() > 3 && key.size() <= 7 && key.compare(0, 3, "top") == 0 && key.find_first_not_of("0123456789", 3) == std::string::npos;
+}
+
 }  // namespace modula

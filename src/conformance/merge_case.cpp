@@ -2,7 +2,7 @@
 // the merged lora_A / lora_B tensors (svd: on B@A) and on the logits of base + merged.
 #include "cases.h"
 #include "modula/composition/registry.h"
-#include "modula/aggregation/lora_merge.h"
+#include "modula/merge/lora_merge.h"
 #include "modula/backbone/registry.h"
 #include "modula/io/peft.h"
 #include "modula/io/safetensors.h"

@@ -1,5 +1,7 @@
 #include "modula/io/hf_config.h"
 #include "modula/util/fs.h"
+#include "modula/io/config_field.h"
+#include "modula/util/error.h"
 
 #include <fstream>
 #include <set>
@@ -9,29 +11,23 @@ using nlohmann::json;
 namespace modula::io {
 namespace {
 
-[[noreturn]] void fail(const std::string& source, const std::string& msg) {
-  throw ConfigError("[config] " + source + ": " + msg);
-}
+constexpr std::string_view kTag = "config";
 
 // First present, non-null key among `names`, read as T; `fallback` otherwise.
 template <typename T>
 T get_or(const json& j, std::initializer_list<const char*> names, T fallback, const std::string& source) {
-  for (const char* n : names) {
-    auto it = j.find(n);
-    if (it == j.end() || it->is_null()) continue;
-    try {
-      return it->get<T>();
-    } catch (const json::exception&) {
-      fail(source, std::string("key '") + n + "' has the wrong type (" + it->type_name() + ")");
-    }
-  }
+  for (const char* n : names)
+    if (j.contains(n) && !j[n].is_null())
+      return config_field_with(j, n, fallback, [&](const char* k, const json& v) {
+        throw_error<ConfigError>(kTag, source + ": key '" + k + "' has the wrong type (" + v.type_name() + ")");
+      });
   return fallback;
 }
 
 std::optional<int64_t> get_opt_int(const json& j, const char* name, const std::string& source) {
   auto it = j.find(name);
   if (it == j.end() || it->is_null()) return std::nullopt;
-  if (!it->is_number_integer()) fail(source, std::string("key '") + name + "' must be an integer");
+  if (!it->is_number_integer()) throw_error<ConfigError>(kTag, source + ": " + std::string("key '") + name + "' must be an integer");
   return it->get<int64_t>();
 }
 
@@ -43,7 +39,7 @@ Family family_of(const std::string& model_type, const std::string& source) {
   if (decoders.count(model_type)) return Family::Decoder;
   if (model_type == "gpt2") return Family::Gpt2;
   if (encoders.count(model_type)) return Family::Encoder;
-  fail(source, "unknown model_type '" + model_type +
+  throw_error<ConfigError>(kTag, source + ": unknown model_type '" + model_type +
                    "' (supported: llama, qwen2, mistral, gpt2, bert, roberta, xlm-roberta)");
 }
 
@@ -67,8 +63,8 @@ void parse_rope(const json& j, ModelConfig& c, const std::string& source) {
   r.original_max_position_embeddings =
       get_or<int64_t>(*scaling, {"original_max_position_embeddings"}, 8192, source);
   if (r.type != "default" && r.type != "linear" && r.type != "llama3")
-    fail(source, "unsupported rope type '" + r.type + "' (supported: default, linear, llama3)");
-  if (r.factor <= 0) fail(source, "rope factor must be positive");
+    throw_error<ConfigError>(kTag, source + ": unsupported rope type '" + r.type + "' (supported: default, linear, llama3)");
+  if (r.factor <= 0) throw_error<ConfigError>(kTag, source + ": rope factor must be positive");
 }
 
 void parse_decoder(const json& j, ModelConfig& c, const std::string& source) {
@@ -116,20 +112,20 @@ void parse_encoder(const json& j, ModelConfig& c, const std::string& source) {
   c.tie_word_embeddings = get_or<bool>(j, {"tie_word_embeddings"}, true, source);
   c.qkv_bias = c.o_bias = c.mlp_bias = true;
   std::string position_type = get_or<std::string>(j, {"position_embedding_type"}, "absolute", source);
-  if (position_type != "absolute") fail(source, "position_embedding_type '" + position_type + "' is not supported (absolute only)");
+  if (position_type != "absolute") throw_error<ConfigError>(kTag, source + ": position_embedding_type '" + position_type + "' is not supported (absolute only)");
 }
 
 void require_positive(int64_t v, const char* name, const std::string& source) {
-  if (v <= 0) fail(source, std::string("'") + name + "' must be positive (got " + std::to_string(v) + ")");
+  if (v <= 0) throw_error<ConfigError>(kTag, source + ": " + std::string("'") + name + "' must be positive (got " + std::to_string(v) + ")");
 }
 
 }  // namespace
 
 ModelConfig parse_hf_config(const json& j, const std::string& source) {
-  if (!j.is_object()) fail(source, "expected a JSON object");
+  if (!j.is_object()) throw_error<ConfigError>(kTag, source + ": expected a JSON object");
   ModelConfig c;
   c.raw = j;
-  if (!j.contains("model_type") || !j["model_type"].is_string()) fail(source, "missing string key 'model_type'");
+  if (!j.contains("model_type") || !j["model_type"].is_string()) throw_error<ConfigError>(kTag, source + ": missing string key 'model_type'");
   c.model_type = j["model_type"].get<std::string>();
   Family family = family_of(c.model_type, source);
   c.architectures = get_or<std::vector<std::string>>(j, {"architectures"}, {}, source);
@@ -162,28 +158,28 @@ ModelConfig parse_hf_config(const json& j, const std::string& source) {
   c.head_dim = get_or<int64_t>(j, {"head_dim"}, 0, source);
   if (c.head_dim == 0) {
     if (c.hidden_size % c.num_attention_heads != 0)
-      fail(source, "hidden_size " + std::to_string(c.hidden_size) + " is not divisible by num_attention_heads " +
+      throw_error<ConfigError>(kTag, source + ": hidden_size " + std::to_string(c.hidden_size) + " is not divisible by num_attention_heads " +
                        std::to_string(c.num_attention_heads));
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
   require_positive(c.head_dim, "head_dim", source);
   if (c.num_attention_heads % c.num_key_value_heads != 0)
-    fail(source, "num_attention_heads " + std::to_string(c.num_attention_heads) +
+    throw_error<ConfigError>(kTag, source + ": num_attention_heads " + std::to_string(c.num_attention_heads) +
                      " is not a multiple of num_key_value_heads " + std::to_string(c.num_key_value_heads));
-  if (family == Family::Decoder && c.head_dim % 2 != 0) fail(source, "head_dim must be even for RoPE");
-  if (c.norm_eps <= 0) fail(source, "norm epsilon must be positive");
+  if (family == Family::Decoder && c.head_dim % 2 != 0) throw_error<ConfigError>(kTag, source + ": head_dim must be even for RoPE");
+  if (c.norm_eps <= 0) throw_error<ConfigError>(kTag, source + ": norm epsilon must be positive");
   return c;
 }
 
 ModelConfig load_hf_config(const std::string& path) {
   std::string p = fs::is_dir(path) ? fs::join(path, "config.json") : path;
   std::ifstream in(p);
-  if (!in) throw ConfigError("[config] cannot open " + p);
+  if (!in) throw_error<ConfigError>("config", "cannot open " + p);
   json j;
   try {
     j = json::parse(in);
   } catch (const json::parse_error& e) {
-    throw ConfigError("[config] " + p + ": invalid JSON: " + e.what());
+    throw_error<ConfigError>("config", p + ": invalid JSON: " + e.what());
   }
   return parse_hf_config(j, p);
 }

@@ -1,4 +1,5 @@
 #include "modula/io/yaml.h"
+#include "modula/util/error.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -59,7 +60,7 @@ json yaml_to_json(const std::string& text, const std::string& source) {
   try {
     return convert(YAML::Load(text));
   } catch (const YAML::Exception& e) {
-    throw std::invalid_argument("[yaml] " + source + ": invalid YAML at line " + std::to_string(e.mark.line + 1) +
+    throw_error("yaml", source + ": invalid YAML at line " + std::to_string(e.mark.line + 1) +
                                 ", column " + std::to_string(e.mark.column + 1) + ": " + e.msg);
   }
 }

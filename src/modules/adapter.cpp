@@ -7,6 +7,7 @@
 #include "modula/modules/ia3.h"
 #include "modula/modules/lora.h"
 #include "modula/modules/targets.h"
+#include "modula/util/error.h"
 
 #include <algorithm>
 #include <cmath>
@@ -18,7 +19,7 @@ namespace {
 
 using json = nlohmann::json;
 
-[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("[adapter] " + msg); }
+constexpr std::string_view kTag = "adapter";
 
 template <typename T>
 T field(const json& c, const char* key, T fallback) {
@@ -27,9 +28,9 @@ T field(const json& c, const char* key, T fallback) {
 
 void build_lora(Backbone& model, Adapter& a) {
   const auto& c = a.config;
-  if (field<std::string>(c, "bias", "none") != "none") bad("LoRA bias '" + c["bias"].get<std::string>() + "' is not supported (use \"none\")");
+  if (field<std::string>(c, "bias", "none") != "none") throw_error(kTag, "LoRA bias '" + c["bias"].get<std::string>() + "' is not supported (use \"none\")");
   auto init = c.value("init_lora_weights", json(true));
-  if (!(init.is_boolean() || init == "gaussian")) bad("init_lora_weights " + init.dump() + " is not supported (true, false, \"gaussian\")");
+  if (!(init.is_boolean() || init == "gaussian")) throw_error(kTag, "init_lora_weights " + init.dump() + " is not supported (true, false, \"gaussian\")");
   json ranks = c.value("rank_pattern", json::object()), alphas = c.value("alpha_pattern", json::object());
   for (auto& [path, layer] : select_sites(model, c)) {
     const json* rp = pattern_value(ranks, path);
@@ -70,8 +71,8 @@ void build_prompt(Backbone& model, Adapter& a) {
   if (init == "RANDOM") o.init("random");
   else if (init == "SAMPLE_VOCAB") o.init("vocab");
   else if (init == "TEXT") o.init("text").init_token_ids(field<std::vector<int64_t>>(c, "init_token_ids", {}));
-  else bad("prompt_tuning_init '" + init + "' is not supported (RANDOM, SAMPLE_VOCAB, TEXT)");
-  if (field<int64_t>(c, "num_transformer_submodules", 1) != 1) bad("prompt tuning for encoder-decoder models is not supported");
+  else throw_error(kTag, "prompt_tuning_init '" + init + "' is not supported (RANDOM, SAMPLE_VOCAB, TEXT)");
+  if (field<int64_t>(c, "num_transformer_submodules", 1) != 1) throw_error(kTag, "prompt tuning for encoder-decoder models is not supported");
   a.input = std::make_shared<PromptTuningImpl>(o, model);
 }
 
@@ -80,7 +81,7 @@ void build_prefix(Backbone& model, Adapter& a) {
   const auto& mc = model.config();
   int64_t heads = field<int64_t>(c, "num_attention_heads", mc.num_key_value_heads);
   int64_t token_dim = field<int64_t>(c, "token_dim", mc.num_key_value_heads * mc.head_dim);
-  if (heads <= 0 || token_dim % heads != 0) bad("prefix token_dim must be a multiple of num_attention_heads");
+  if (heads <= 0 || token_dim % heads != 0) throw_error(kTag, "prefix token_dim must be a multiple of num_attention_heads");
   auto o = PrefixTuningOptions(field<int64_t>(c, "num_virtual_tokens", 0), field<int64_t>(c, "num_layers", mc.num_hidden_layers),
                                heads, token_dim / heads)
                .projection(field<bool>(c, "prefix_projection", false))
@@ -104,7 +105,7 @@ json bottleneck_targets(Backbone& model, const json& c, const BottleneckPreset& 
 // Bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2021; He et al. 2022) on block sites.
 void build_bottleneck(Backbone& model, Adapter& a) {
   const auto& c = a.config;
-  if (!c.contains("config")) bad("MODULA_BOTTLENECK needs \"config\": \"pfeiffer\", \"houlsby\" or \"parallel\"");
+  if (!c.contains("config")) throw_error(kTag, "MODULA_BOTTLENECK needs \"config\": \"pfeiffer\", \"houlsby\" or \"parallel\"");
   const auto& preset = bottleneck_preset(field<std::string>(c, "config", ""));
   const auto& d = preset.defaults;
   for (auto& [path, site] : select_block_sites(model, bottleneck_targets(model, c, preset))) {
@@ -138,7 +139,7 @@ Adapter build_with(void (*build)(Backbone&, Adapter&), const char* type, Backbon
 // "base_model.model.<site>.<suffix>" for a module parameter.
 std::string peft_key(const AttachedModule& m, const std::string& param) {
   auto it = m.peft_keys.find(param);
-  if (it == m.peft_keys.end()) bad("module parameter '" + param + "' at " + m.site + " has no PEFT key");
+  if (it == m.peft_keys.end()) throw_error(kTag, "module parameter '" + param + "' at " + m.site + " has no PEFT key");
   return io::kPeftPrefix + m.site + "." + it->second;
 }
 
@@ -188,11 +189,11 @@ bool Adapter::mergeable() const {
 }
 
 void Adapter::merge() {
-  if (input) bad("input modules (" + peft_type + ") cannot be merged into weights");
+  if (input) throw_error(kTag, "input modules (" + peft_type + ") cannot be merged into weights");
   for (auto& m : modules)
     if (!m.module->mergeable() || !m.layer)
-      bad(peft_type + " modules are non-linear or routed (site " + m.site + ") and cannot be merged into weights");
-  if (state && !state->mergeable()) bad(peft_type + " modules cannot be merged into weights");
+      throw_error(kTag, peft_type + " modules are non-linear or routed (site " + m.site + ") and cannot be merged into weights");
+  if (state && !state->mergeable()) throw_error(kTag, peft_type + " modules cannot be merged into weights");
   for (auto& m : modules) m.module->merge(*m.layer);
   if (state) state->merge();
 }
@@ -209,10 +210,10 @@ void Adapter::set_enabled(bool on) {
 }
 
 void Adapter::set_scale(double s) {
-  if (!std::isfinite(s)) bad("scale must be finite");
-  if (input && s != 1.0) bad(peft_type + " adapters have no scale (input composition)");
+  if (!std::isfinite(s)) throw_error(kTag, "scale must be finite");
+  if (input && s != 1.0) throw_error(kTag, peft_type + " adapters have no scale (input composition)");
   for (auto& m : modules) {
-    if (m.module->merged) bad("unmerge before changing the scale");
+    if (m.module->merged) throw_error(kTag, "unmerge before changing the scale");
     m.module->scale = s;
   }
   if (state) state->set_scale(s);
@@ -233,9 +234,9 @@ void load_peft_tensors(Adapter& a, const std::string& dir, const std::map<std::s
   std::set<std::string> used;
   auto copy = [&](const std::string& key, torch::Tensor dst) {
     auto it = tensors.find(key);
-    if (it == tensors.end()) bad(dir + ": adapter_model.safetensors has no tensor '" + key + "'");
+    if (it == tensors.end()) throw_error(kTag, dir + ": adapter_model.safetensors has no tensor '" + key + "'");
     if (it->second.sizes() != dst.sizes())
-      bad(dir + ": tensor '" + key + "' has shape " + c10::str(it->second.sizes()) + ", expected " + c10::str(dst.sizes()));
+      throw_error(kTag, dir + ": tensor '" + key + "' has shape " + c10::str(it->second.sizes()) + ", expected " + c10::str(dst.sizes()));
     torch::NoGradGuard no_grad;
     dst.copy_(it->second);
     used.insert(key);
@@ -245,7 +246,7 @@ void load_peft_tensors(Adapter& a, const std::string& dir, const std::map<std::s
       for (auto& p : m.module->named_parameters()) copy(peft_key(m, p.key()), p.value());
     if (auto prefix = std::dynamic_pointer_cast<PrefixTuningImpl>(a.input)) {
       auto it = tensors.find("prompt_embeddings");
-      if (it == tensors.end()) bad(dir + ": adapter_model.safetensors has no tensor 'prompt_embeddings'");
+      if (it == tensors.end()) throw_error(kTag, dir + ": adapter_model.safetensors has no tensor 'prompt_embeddings'");
       prefix->set_prompt_embeddings(it->second.to(torch::kFloat32));
       used.insert("prompt_embeddings");
     } else if (auto prompt = std::dynamic_pointer_cast<PromptTuningImpl>(a.input)) {
@@ -253,7 +254,7 @@ void load_peft_tensors(Adapter& a, const std::string& dir, const std::map<std::s
     }
     for (const auto& [key, t] : tensors)
       if (!used.count(key))
-        bad(dir + ": tensor '" + key + "' matches no module of this " + a.peft_type + " config (target_modules " +
+        throw_error(kTag, dir + ": tensor '" + key + "' matches no module of this " + a.peft_type + " config (target_modules " +
             a.config.value("target_modules", json()).dump() + ")");
   } catch (...) {
     a.remove();

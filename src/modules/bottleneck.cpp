@@ -1,11 +1,12 @@
 #include "modula/modules/bottleneck.h"
+#include "modula/util/error.h"
 
 #include <cmath>
 
 namespace modula {
 namespace {
 
-[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("[bottleneck] " + msg); }
+constexpr std::string_view kTag = "bottleneck";
 
 bool known_activation(const std::string& name) {
   return name == "relu" || name == "gelu" || name == "silu" || name == "swish" || name == "tanh";
@@ -14,16 +15,16 @@ bool known_activation(const std::string& name) {
 }  // namespace
 
 void BottleneckOptions::validate() const {
-  if (features() <= 0) bad("features (hidden size) must be positive");
+  if (features() <= 0) throw_error(kTag, "features (hidden size) must be positive");
   if (!(reduction_factor() > 0) || !std::isfinite(reduction_factor()))
-    bad("reduction_factor must be positive (got " + std::to_string(reduction_factor()) + ")");
+    throw_error(kTag, "reduction_factor must be positive (got " + std::to_string(reduction_factor()) + ")");
   if (bottleneck_size() < 1)
-    bad("reduction_factor " + std::to_string(reduction_factor()) + " leaves no bottleneck units for hidden size " +
+    throw_error(kTag, "reduction_factor " + std::to_string(reduction_factor()) + " leaves no bottleneck units for hidden size " +
         std::to_string(features()));
   if (!known_activation(non_linearity()))
-    bad("unknown non_linearity '" + non_linearity() + "' (supported: relu, gelu, silu, swish, tanh)");
-  if (mode() != "sequential" && mode() != "parallel") bad("mode '" + mode() + "' is not sequential or parallel");
-  if (!std::isfinite(scaling())) bad("scaling must be finite");
+    throw_error(kTag, "unknown non_linearity '" + non_linearity() + "' (supported: relu, gelu, silu, swish, tanh)");
+  if (mode() != "sequential" && mode() != "parallel") throw_error(kTag, "mode '" + mode() + "' is not sequential or parallel");
+  if (!std::isfinite(scaling())) throw_error(kTag, "scaling must be finite");
 }
 
 int64_t BottleneckOptions::bottleneck_size() const {
@@ -58,10 +59,10 @@ torch::Tensor BottleneckImpl::transform_block(const torch::Tensor& x, const torc
 }
 
 void BottleneckImpl::merge(LinearImpl&) {
-  bad("bottleneck adapters are non-linear in the hidden state and cannot be merged into base weights");
+  throw_error(kTag, "bottleneck adapters are non-linear in the hidden state and cannot be merged into base weights");
 }
 
-void BottleneckImpl::unmerge(LinearImpl&) { bad("bottleneck adapters are never merged"); }
+void BottleneckImpl::unmerge(LinearImpl&) { throw_error(kTag, "bottleneck adapters are never merged"); }
 
 const BottleneckPreset& bottleneck_preset(const std::string& name) {
   using R = BlockRole;
@@ -76,7 +77,7 @@ const BottleneckPreset& bottleneck_preset(const std::string& name) {
   };
   for (const auto& p : presets)
     if (p.name == name) return p;
-  bad("unknown config '" + name + "' (supported: pfeiffer, houlsby, parallel)");
+  throw_error(kTag, "unknown config '" + name + "' (supported: pfeiffer, houlsby, parallel)");
 }
 
 }  // namespace modula

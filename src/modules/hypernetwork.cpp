@@ -9,11 +9,12 @@
 #include <map>
 
 #include "modula/modules/targets.h"
+#include "modula/util/error.h"
 
 namespace modula {
 namespace {
 
-[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("[hyper_lora] " + msg); }
+constexpr std::string_view kTag = "hyper_lora";
 
 std::string shape_name(int64_t in, int64_t out) { return "in" + std::to_string(in) + "_out" + std::to_string(out); }
 
@@ -41,16 +42,16 @@ torch::Tensor linear(const torch::nn::Linear& l, const torch::Tensor& x) {
 
 void HyperLoraOptions::validate() const {
   auto positive = [](const char* name, int64_t v) {
-    if (v <= 0) bad(std::string(name) + " must be positive (got " + std::to_string(v) + ")");
+    if (v <= 0) throw_error(kTag, std::string(name) + " must be positive (got " + std::to_string(v) + ")");
   };
-  if (num_tasks() < 0) bad("num_tasks must be >= 0 (got " + std::to_string(num_tasks()) + ")");
+  if (num_tasks() < 0) throw_error(kTag, "num_tasks must be >= 0 (got " + std::to_string(num_tasks()) + ")");
   positive("task_embedding_dim", task_embedding_dim());
   positive("layer_embedding_dim", layer_embedding_dim());
   positive("hidden", hidden());
   positive("r", r());
-  if (!std::isfinite(alpha())) bad("alpha must be finite");
+  if (!std::isfinite(alpha())) throw_error(kTag, "alpha must be finite");
   if (!target_modules().is_string() && !target_modules().is_array())
-    bad("target_modules must be a string or a list (got " + target_modules().dump() + ")");
+    throw_error(kTag, "target_modules must be a string or a list (got " + target_modules().dump() + ")");
 }
 
 HyperLoraImpl::HyperLoraImpl(Backbone& model, const HyperLoraOptions& options_) : options(options_) {
@@ -107,13 +108,13 @@ void HyperLoraImpl::attach(Backbone& model, const std::string& name) {
   for (auto& [path, layer] : linear_sites(model)) layers[path] = layer;
   for (const auto& s : sites_) {
     auto it = layers.find(s.path);
-    if (it == layers.end()) bad("attach '" + name + "': the backbone has no linear site '" + s.path + "'");
+    if (it == layers.end()) throw_error(kTag, "attach '" + name + "': the backbone has no linear site '" + s.path + "'");
     const auto& lo = it->second->options;
     if (lo.in_features() != s.in_features || lo.out_features() != s.out_features)
-      bad("attach '" + name + "': site '" + s.path + "' is [" + std::to_string(lo.in_features()) + " -> " +
+      throw_error(kTag, "attach '" + name + "': site '" + s.path + "' is [" + std::to_string(lo.in_features()) + " -> " +
           std::to_string(lo.out_features()) + "], the hypernetwork was built for [" + std::to_string(s.in_features) +
           " -> " + std::to_string(s.out_features) + "]");
-    if (it->second->module(name)) bad("attach: a module named '" + name + "' is already attached at " + s.path);
+    if (it->second->module(name)) throw_error(kTag, "attach: a module named '" + name + "' is already attached at " + s.path);
   }
   auto self = std::static_pointer_cast<HyperLoraImpl>(shared_from_this());
   for (size_t i = 0; i < sites_.size(); ++i) {
@@ -131,13 +132,13 @@ void HyperLoraImpl::detach() {
 
 void HyperLoraImpl::set_task_ids(const torch::Tensor& ids) {
   if (!ids.defined() || ids.dim() != 1 || ids.numel() == 0)
-    bad("task_ids must be a non-empty 1-D tensor [batch] (got " +
+    throw_error(kTag, "task_ids must be a non-empty 1-D tensor [batch] (got " +
         (ids.defined() ? c10::str(ids.sizes()) : "undefined") + ")");
-  if (at::isFloatingType(ids.scalar_type()) || ids.scalar_type() == torch::kBool) bad("task_ids must be integers");
+  if (at::isFloatingType(ids.scalar_type()) || ids.scalar_type() == torch::kBool) throw_error(kTag, "task_ids must be integers");
   auto cpu = ids.to(torch::kCPU, torch::kInt64);
   for (int64_t bound : {cpu.min().item<int64_t>(), cpu.max().item<int64_t>()})
     if (bound < 0 || bound >= options.num_tasks())
-      bad("task id " + std::to_string(bound) + " is out of range: num_tasks is " + std::to_string(options.num_tasks()) +
+      throw_error(kTag, "task id " + std::to_string(bound) + " is out of range: num_tasks is " + std::to_string(options.num_tasks()) +
           (options.num_tasks() == 0 ? " (use set_task_embedding)"
                                     : " (ids 0.." + std::to_string(options.num_tasks() - 1) + ")"));
   task_ids_ = cpu.to(site_embeddings.device());
@@ -148,7 +149,7 @@ void HyperLoraImpl::set_task_ids(const torch::Tensor& ids) {
 void HyperLoraImpl::set_task_embedding(const torch::Tensor& e) {
   const int64_t dt = options.task_embedding_dim();
   if (!e.defined() || e.dim() < 1 || e.dim() > 2 || e.size(-1) != dt || e.numel() == 0)
-    bad("task embedding must be [" + std::to_string(dt) + "] or [batch, " + std::to_string(dt) + "] (got " +
+    throw_error(kTag, "task embedding must be [" + std::to_string(dt) + "] or [batch, " + std::to_string(dt) + "] (got " +
         (e.defined() ? c10::str(e.sizes()) : "undefined") + ")");
   external_embedding_ = e.dim() == 1 ? e.unsqueeze(0) : e;
   task_ids_ = torch::Tensor();
@@ -175,7 +176,7 @@ std::vector<GeneratedLoraWeights> HyperLoraImpl::modules_for_embedding(const tor
   const int64_t dt = options.task_embedding_dim();
   if (!task_embedding.defined() || task_embedding.dim() < 1 || task_embedding.dim() > 2 ||
       task_embedding.size(-1) != dt)
-    bad("task embedding must be [" + std::to_string(dt) + "] or [N, " + std::to_string(dt) + "]");
+    throw_error(kTag, "task embedding must be [" + std::to_string(dt) + "] or [N, " + std::to_string(dt) + "]");
   auto e = task_embedding.to(site_embeddings.device(), site_embeddings.scalar_type());
   const bool single = e.dim() == 1;
   std::vector<GeneratedLoraWeights> out;
@@ -215,7 +216,7 @@ torch::Tensor HyperLoraImpl::apply(size_t site, const torch::Tensor& x, const to
   auto [a, b] = current_weights(site);
   const int64_t tasks = a.size(0), batch = x.dim() < 2 ? 1 : x.size(0);
   if (tasks != 1 && tasks != batch)
-    bad("site " + sites_[site].path + ": " + std::to_string(tasks) + " tasks set for a batch of " +
+    throw_error(kTag, "site " + sites_[site].path + ": " + std::to_string(tasks) + " tasks set for a batch of " +
         std::to_string(batch) + " (one task id per example, or one for all)");
   auto x3 = x.reshape({batch, -1, sites_[site].in_features});  // [N, T, in]
   if (a.scalar_type() != x.scalar_type()) a = a.to(x.scalar_type()), b = b.to(x.scalar_type());
@@ -250,7 +251,7 @@ void GeneratedLoraImpl::merge(LinearImpl&) {
 }
 
 void GeneratedLoraImpl::unmerge(LinearImpl&) {
-  throw std::invalid_argument("[hyper_lora] generated modules are never merged");
+  throw_error("hyper_lora", "generated modules are never merged");
 }
 
 }  // namespace modula

@@ -6,22 +6,20 @@
 #include "modula/io/peft.h"
 #include "modula/modules/hypernetwork.h"
 #include "modula/util/fs.h"
+#include "modula/util/error.h"
 
 namespace modula {
 namespace {
 
 using json = nlohmann::json;
 
-[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("[hyper_lora] " + msg); }
+constexpr std::string_view kTag = "hyper_lora";
 
 template <typename T>
 T field(const json& c, const std::string& where, const char* key, T fallback) {
-  if (!c.contains(key) || c[key].is_null()) return fallback;
-  try {
-    return c[key].get<T>();
-  } catch (const json::exception&) {
-    bad(where + ": key '" + key + "' has the wrong type (" + c[key].type_name() + ": " + c[key].dump() + ")");
-  }
+  return io::config_field_with(c, key, std::move(fallback), [&](const char* k, const json& v) {
+    throw_error(kTag, where + ": key '" + k + "' has the wrong type (" + v.type_name() + ": " + v.dump() + ")");
+  });
 }
 
 // The saved site list must be the one the backbone yields now (site embeddings are by row).
@@ -32,7 +30,7 @@ void check_sites(const HyperLoraImpl& hyper, const json& config, const std::stri
   for (size_t i = 0; i < std::max(saved.size(), now.size()); ++i) {
     std::string a = i < saved.size() ? saved[i] : "(none)", b = i < now.size() ? now[i].path : "(none)";
     if (a != b)
-      bad(where + ": site " + std::to_string(i) + " is '" + a + "' in the file but '" + b +
+      throw_error(kTag, where + ": site " + std::to_string(i) + " is '" + a + "' in the file but '" + b +
           "' in this backbone (target_modules select other sites)");
   }
 }
@@ -44,21 +42,21 @@ void copy_parameters(HyperLoraImpl& hyper, const std::map<std::string, torch::Te
   torch::NoGradGuard no_grad;
   for (auto& p : hyper.named_parameters()) {
     auto it = tensors.find(p.key());
-    if (it == tensors.end()) bad(file + ": no tensor '" + p.key() + "'");
+    if (it == tensors.end()) throw_error(kTag, file + ": no tensor '" + p.key() + "'");
     if (it->second.sizes() != p.value().sizes())
-      bad(file + ": tensor '" + p.key() + "' has shape " + c10::str(it->second.sizes()) + ", expected " +
+      throw_error(kTag, file + ": tensor '" + p.key() + "' has shape " + c10::str(it->second.sizes()) + ", expected " +
           c10::str(p.value().sizes()));
     p.value().copy_(it->second);
     used.insert(p.key());
   }
   for (const auto& kv : tensors)
-    if (!used.count(kv.first)) bad(file + ": tensor '" + kv.first + "' is no parameter of this hypernetwork");
+    if (!used.count(kv.first)) throw_error(kTag, file + ": tensor '" + kv.first + "' is no parameter of this hypernetwork");
 }
 
 }  // namespace
 
 HyperLoraOptions hyper_lora_options(const json& c, const std::string& where) {
-  if (!c.is_object()) bad(where + ": the config must be a JSON object");
+  if (!c.is_object()) throw_error(kTag, where + ": the config must be a JSON object");
   HyperLoraOptions d;
   auto o = HyperLoraOptions(field<int64_t>(c, where, "num_tasks", d.num_tasks()))
                .task_embedding_dim(field<int64_t>(c, where, "task_embedding_dim", d.task_embedding_dim()))
@@ -72,7 +70,7 @@ HyperLoraOptions hyper_lora_options(const json& c, const std::string& where) {
     o.validate();
   } catch (const std::invalid_argument& e) {
     const std::string prefix = "[hyper_lora] ", what = e.what();
-    bad(where + ": " + (what.rfind(prefix, 0) == 0 ? what.substr(prefix.size()) : what));
+    throw_error(kTag, where + ": " + (what.rfind(prefix, 0) == 0 ? what.substr(prefix.size()) : what));
   }
   return o;
 }
@@ -87,7 +85,7 @@ HyperLora load_hyper_lora(Backbone& model, const std::string& dir, const std::st
   auto folder = io::read_peft_folder(dir);
   const std::string config_path = fs::join(dir, "adapter_config.json");
   if (folder.peft_type != kHyperLoraType)
-    bad(config_path + ": peft_type '" + folder.peft_type + "' is not " + kHyperLoraType);
+    throw_error(kTag, config_path + ": peft_type '" + folder.peft_type + "' is not " + kHyperLoraType);
   HyperLora hyper(model, hyper_lora_options(folder.config, config_path));
   check_sites(*hyper, folder.config, config_path);
   copy_parameters(*hyper, folder.tensors, fs::join(dir, "adapter_model.safetensors"));
@@ -96,7 +94,7 @@ HyperLora load_hyper_lora(Backbone& model, const std::string& dir, const std::st
 }
 
 void export_lora(const HyperLoraImpl& hyper, const torch::Tensor& task_embedding, const std::string& dir) {
-  if (!task_embedding.defined() || task_embedding.dim() != 1) bad("export_lora takes one task embedding [d_t]");
+  if (!task_embedding.defined() || task_embedding.dim() != 1) throw_error(kTag, "export_lora takes one task embedding [d_t]");
   json targets = json::array();
   io::NamedTensors tensors;
   bool conv1d = false;

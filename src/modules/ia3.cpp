@@ -1,10 +1,11 @@
 #include "modula/modules/ia3.h"
+#include "modula/util/error.h"
 
 namespace modula {
 
 Ia3Impl::Ia3Impl(const Ia3Options& options_) : options(options_) {
   if (options.in_features() <= 0 || options.out_features() <= 0)
-    throw std::invalid_argument("[ia3] in_features and out_features must be positive");
+    throw_error("ia3", "in_features and out_features must be positive");
   reset();
 }
 

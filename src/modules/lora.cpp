@@ -1,15 +1,16 @@
 #include "modula/modules/lora.h"
+#include "modula/util/error.h"
 
 #include <cmath>
 
 namespace modula {
 
 void LoraOptions::validate() const {
-  auto bad = [](const std::string& m) { throw std::invalid_argument("[lora] " + m); };
-  if (in_features() <= 0 || out_features() <= 0) bad("in_features and out_features must be positive");
-  if (r() <= 0) bad("r must be positive (got " + std::to_string(r()) + ")");
-  if (!(dropout() >= 0 && dropout() < 1)) bad("dropout must be in [0, 1)");
-  if (!std::isfinite(alpha())) bad("alpha must be finite");
+  static constexpr std::string_view kTag = "lora";
+  if (in_features() <= 0 || out_features() <= 0) throw_error(kTag, "in_features and out_features must be positive");
+  if (r() <= 0) throw_error(kTag, "r must be positive (got " + std::to_string(r()) + ")");
+  if (!(dropout() >= 0 && dropout() < 1)) throw_error(kTag, "dropout must be in [0, 1)");
+  if (!std::isfinite(alpha())) throw_error(kTag, "alpha must be finite");
 }
 
 double LoraOptions::scaling() const {

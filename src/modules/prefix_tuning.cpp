@@ -1,12 +1,13 @@
 #include "modula/modules/prompt.h"
+#include "modula/util/error.h"
 
 namespace modula {
 
 void PrefixTuningOptions::validate() const {
-  auto bad = [](const std::string& m) { throw std::invalid_argument("[prefix_tuning] " + m); };
-  if (num_virtual_tokens() <= 0) bad("num_virtual_tokens must be positive");
-  if (num_layers() <= 0 || num_heads() <= 0 || head_dim() <= 0) bad("num_layers, num_heads and head_dim must be positive");
-  if (projection() && encoder_hidden() <= 0) bad("projection needs encoder_hidden > 0");
+  static constexpr std::string_view kTag = "prefix_tuning";
+  if (num_virtual_tokens() <= 0) throw_error(kTag, "num_virtual_tokens must be positive");
+  if (num_layers() <= 0 || num_heads() <= 0 || head_dim() <= 0) throw_error(kTag, "num_layers, num_heads and head_dim must be positive");
+  if (projection() && encoder_hidden() <= 0) throw_error(kTag, "projection needs encoder_hidden > 0");
 }
 
 PrefixTuningImpl::PrefixTuningImpl(const PrefixTuningOptions& options_) : options(options_) {
@@ -30,7 +31,7 @@ torch::Tensor PrefixTuningImpl::prompt_embeddings() const {
 void PrefixTuningImpl::set_prompt_embeddings(const torch::Tensor& values) {
   const int64_t full = options.num_layers() * 2 * options.token_dim();
   if (values.dim() != 2 || values.size(0) != options.num_virtual_tokens() || values.size(1) != full)
-    throw std::invalid_argument("[prefix_tuning] prompt_embeddings must be [" + std::to_string(options.num_virtual_tokens()) +
+    throw_error("prefix_tuning", "prompt_embeddings must be [" + std::to_string(options.num_virtual_tokens()) +
                                 ", " + std::to_string(full) + "], got " + c10::str(values.sizes()));
   if (mlp) {  // fixed values: drop the reparameterisation
     unregister_module("mlp");
@@ -41,11 +42,11 @@ void PrefixTuningImpl::set_prompt_embeddings(const torch::Tensor& values) {
 }
 
 void PrefixTuningImpl::check_model(const Backbone& model) const {
-  if (!model.causal()) throw std::invalid_argument("[prefix_tuning] needs a decoder with a KV cache");
+  if (!model.causal()) throw_error("prefix_tuning", "needs a decoder with a KV cache");
   const auto& c = model.config();
   if (options.num_layers() != c.num_hidden_layers || options.num_heads() != c.num_key_value_heads ||
       options.head_dim() != c.head_dim)
-    throw std::invalid_argument("[prefix_tuning] prefix is for " + std::to_string(options.num_layers()) + " layers x " +
+    throw_error("prefix_tuning", "prefix is for " + std::to_string(options.num_layers()) + " layers x " +
                                 std::to_string(options.num_heads()) + " kv heads x " + std::to_string(options.head_dim()) +
                                 "; the model has " + std::to_string(c.num_hidden_layers) + " x " +
                                 std::to_string(c.num_key_value_heads) + " x " + std::to_string(c.head_dim));

@@ -1,22 +1,23 @@
 #include "modula/modules/prompt.h"
+#include "modula/util/error.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
 namespace modula {
 
 void PromptTuningOptions::validate() const {
-  auto bad = [](const std::string& m) { throw std::invalid_argument("[prompt_tuning] " + m); };
-  if (num_virtual_tokens() <= 0) bad("num_virtual_tokens must be positive");
-  if (token_dim() <= 0) bad("token_dim must be positive");
-  if (init() != "random" && init() != "vocab" && init() != "text") bad("init must be random, vocab or text, got '" + init() + "'");
-  if (init() == "text" && init_token_ids().empty()) bad("init 'text' needs init_token_ids");
+  static constexpr std::string_view kTag = "prompt_tuning";
+  if (num_virtual_tokens() <= 0) throw_error(kTag, "num_virtual_tokens must be positive");
+  if (token_dim() <= 0) throw_error(kTag, "token_dim must be positive");
+  if (init() != "random" && init() != "vocab" && init() != "text") throw_error(kTag, "init must be random, vocab or text, got '" + init() + "'");
+  if (init() == "text" && init_token_ids().empty()) throw_error(kTag, "init 'text' needs init_token_ids");
 }
 
 PromptTuningImpl::PromptTuningImpl(const PromptTuningOptions& options_, Backbone& model) : options(options_) {
   options.validate();
   const int64_t n = options.num_virtual_tokens();
   if (options.token_dim() != model.config().hidden_size)
-    throw std::invalid_argument("[prompt_tuning] token_dim " + std::to_string(options.token_dim()) +
+    throw_error("prompt_tuning", "token_dim " + std::to_string(options.token_dim()) +
                                 " differs from the model's hidden_size " + std::to_string(model.config().hidden_size));
   torch::Generator gen = at::detail::createCPUGenerator(options.seed());
   torch::Tensor init;
@@ -48,7 +49,7 @@ void PromptTuningImpl::prepare(Backbone& model, BackboneInput& in, KVCache&) {
     in.attention_mask = torch::cat({torch::ones({B, n}, opts.dtype(in.attention_mask.dtype())), in.attention_mask}, 1);
   if (in.token_type_ids.defined())
     in.token_type_ids = torch::cat({torch::zeros({B, n}, opts.dtype(torch::kInt64)), in.token_type_ids}, 1);
-  if (in.position_ids.defined()) throw std::invalid_argument("[prompt_tuning] explicit position_ids are not supported");
+  if (in.position_ids.defined()) throw_error("prompt_tuning", "explicit position_ids are not supported");
 }
 
 BackboneOutput forward_with(Backbone& model, const std::vector<std::shared_ptr<InputModule>>& inputs, BackboneInput in) {

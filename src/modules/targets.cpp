@@ -1,4 +1,5 @@
 #include "modula/modules/targets.h"
+#include "modula/util/error.h"
 
 #include <algorithm>
 #include <regex>
@@ -43,7 +44,7 @@ std::vector<int64_t> layers_to_transform(const nlohmann::json& config) {
 template <typename Site>
 Sites<Site> select(const Sites<Site>& all, const nlohmann::json& config, const std::string& kind) {
   if (!config.contains("target_modules") || config["target_modules"].is_null())
-    throw std::invalid_argument("[targets] config has no target_modules");
+    throw_error("targets", "config has no target_modules");
   const auto& target = config["target_modules"];
   const nlohmann::json exclude = config.value("exclude_modules", nlohmann::json());
   const auto layers = layers_to_transform(config);
@@ -57,7 +58,7 @@ Sites<Site> select(const Sites<Site>& all, const nlohmann::json& config, const s
   if (chosen.empty()) {
     std::string names;
     for (size_t i = 0; i < all.size() && i < 6; ++i) names += (i ? ", " : "") + all[i].first;
-    throw std::invalid_argument("[targets] target_modules " + target.dump() + " match no " + kind +
+    throw_error("targets", "target_modules " + target.dump() + " match no " + kind +
                                 " site (sites look like: " + names + ")");
   }
   return chosen;
@@ -79,7 +80,7 @@ bool matches_target(const nlohmann::json& target, const std::string& path) {
     if (t == "all-linear") return !is_output_head(path);
     return std::regex_match(path, std::regex(t));
   }
-  if (!target.is_array()) throw std::invalid_argument("[targets] target_modules must be a string or a list");
+  if (!target.is_array()) throw_error("targets", "target_modules must be a string or a list");
   for (const auto& entry : target) {
     const auto t = entry.get<std::string>();
     if (path == t || ends_with(path, "." + t)) return true;

@@ -1,4 +1,5 @@
 #include "modula/routing/algorithm1.h"
+#include "modula/util/error.h"
 
 #include <stdexcept>
 
@@ -16,13 +17,13 @@ std::string to_string(Aggregation a) {
 Aggregation aggregation_from_string(const std::string& name) {
   for (auto a : {Aggregation::WeightedSum, Aggregation::Sum, Aggregation::ParameterAverage})
     if (to_string(a) == name) return a;
-  throw std::invalid_argument("[algorithm 1] unknown aggregation '" + name +
+  throw_error("algorithm 1", "unknown aggregation '" + name +
                               "' (choose from: weighted_sum, sum, parameter_average)");
 }
 
 torch::Tensor ModuleBank::averaged(const SiteInput&, const torch::Tensor&) {
-  throw std::invalid_argument("[" + kind() + "] parameter averaging is not defined for these modules " +
-                              "(they are not linear in their parameters); use weighted_sum");
+  throw_error(kind(), "parameter averaging is not defined for these modules "
+                     "(they are not linear in their parameters); use weighted_sum");
 }
 
 torch::Tensor as_rows(const torch::Tensor& x, const char* where) {
@@ -34,7 +35,7 @@ torch::Tensor as_rows(const torch::Tensor& x, const char* where) {
 
 torch::Tensor average_parameters(const torch::Tensor& w, const torch::Tensor& P) {
   if (w.dim() != 3 || P.dim() < 2 || w.size(1) != P.size(0) || w.size(2) != P.size(1))
-    throw std::invalid_argument("[algorithm 1] parameter averaging: weights " + c10::str(w.sizes()) +
+    throw_error("algorithm 1", "parameter averaging: weights " + c10::str(w.sizes()) +
                                 " do not match parameters " + c10::str(P.sizes()) + " ([N, G, M] with [G, M, ...])");
   auto flat = P.reshape({P.size(0), P.size(1), -1});                      // [G, M, D]
   auto out = torch::einsum("ngm,gmd->ngd", {w.to(P.scalar_type()), flat});  // Σ_m w φ_m
@@ -55,7 +56,7 @@ torch::Tensor dense_weights(const torch::Tensor& idx, const torch::Tensor& w, in
 torch::Tensor algorithm1(RouterImpl& router, ModuleBank& bank, Aggregation aggregation, const SiteInput& in,
                          Routing* last) {
   if (router.num_modules() != bank.num_modules())
-    throw std::invalid_argument("[algorithm 1] the router routes over " + std::to_string(router.num_modules()) +
+    throw_error("algorithm 1", "the router routes over " + std::to_string(router.num_modules()) +
                                 " modules, the " + bank.kind() + " holds " + std::to_string(bank.num_modules()));
   Routing r = router.route(in.x);  // route
   if (last) *last = {r.weights.detach(), r.indices};

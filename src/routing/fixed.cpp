@@ -1,23 +1,24 @@
 #include "modula/routing/fixed.h"
+#include "modula/util/error.h"
 
 #include <stdexcept>
 
 namespace modula {
 
 void FixedRouterOptions::validate() const {
-  if (num_modules() <= 0) throw std::invalid_argument("[routing] fixed router: num_modules must be positive");
-  if (key().empty()) throw std::invalid_argument("[routing] fixed router: key must name a metadata entry");
+  if (num_modules() <= 0) throw_error("routing", "fixed router: num_modules must be positive");
+  if (key().empty()) throw_error("routing", "fixed router: key must name a metadata entry");
 }
 
 void check_row_ids(const torch::Tensor& ids, const std::string& key, int64_t rows, int64_t num_modules) {
   if (ids.size(0) != rows)
-    throw std::invalid_argument("[routing] metadata '" + key + "' has " + std::to_string(ids.size(0)) +
+    throw_error("routing", "metadata '" + key + "' has " + std::to_string(ids.size(0)) +
                                 " ids for a batch of " + std::to_string(rows) + " rows");
   if (rows == 0) return;
   auto range = torch::stack({ids.min(), ids.max()}).cpu();  // one device sync
   auto lo = range[0].item<int64_t>(), hi = range[1].item<int64_t>();
   if (lo < -1 || hi >= num_modules)
-    throw std::invalid_argument("[routing] metadata '" + key + "' has id " + std::to_string(lo < -1 ? lo : hi) +
+    throw_error("routing", "metadata '" + key + "' has id " + std::to_string(lo < -1 ? lo : hi) +
                                 " outside [-1, " + std::to_string(num_modules) + ") (" + std::to_string(num_modules) +
                                 " modules; -1 = none)");
 }
@@ -25,7 +26,7 @@ void check_row_ids(const torch::Tensor& ids, const std::string& key, int64_t row
 FixedRouterImpl::FixedRouterImpl(const FixedRouterOptions& options_, std::shared_ptr<RoutingContext> context_)
     : options(options_), context(std::move(context_)) {
   options.validate();
-  if (!context) throw std::invalid_argument("[routing] fixed router needs a RoutingContext");
+  if (!context) throw_error("routing", "fixed router needs a RoutingContext");
 }
 
 // One-hot routing by metadata: w[n, m] = [ids[n] = m]; rows with id -1 get no module.

@@ -1,4 +1,5 @@
 #include "modula/routing/router.h"
+#include "modula/util/error.h"
 
 #include <stdexcept>
 
@@ -6,8 +7,8 @@ namespace modula {
 
 void RoutingContext::set(const std::string& key, torch::Tensor ids) {
   if (!ids.defined() || ids.dim() != 1)
-    throw std::invalid_argument("[routing] metadata '" + key + "' must be a 1-D tensor of ids, one per row");
-  if (ids.is_floating_point()) throw std::invalid_argument("[routing] metadata '" + key + "' must hold integer ids");
+    throw_error("routing", "metadata '" + key + "' must be a 1-D tensor of ids, one per row");
+  if (ids.is_floating_point()) throw_error("routing", "metadata '" + key + "' must hold integer ids");
   metadata_[key] = ids.to(torch::kLong);
 }
 
@@ -16,7 +17,7 @@ const torch::Tensor& RoutingContext::get(const std::string& key) const {
   if (it != metadata_.end()) return it->second;
   std::string present;
   for (const auto& [k, v] : metadata_) present += (present.empty() ? "" : ", ") + k;
-  throw std::invalid_argument("[routing] no metadata '" + key + "' set for this batch (present: " +
+  throw_error("routing", "no metadata '" + key + "' set for this batch (present: " +
                               (present.empty() ? "none" : present) + ")");
 }
 

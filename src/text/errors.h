@@ -8,16 +8,15 @@
 #include <string>
 
 #include "modula/text/tokenizer.h"
+#include "modula/util/error.h"
 #include "text/unicode.h"
 
 namespace modula::text {
 
 using json = nlohmann::json;
 
-// A tokenizer.json entry is missing, has the wrong type, or names an unsupported component.
-struct ConfigError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+// A tokenizer.json entry that is missing, has the wrong type, or names an unsupported
+// component throws modula::ConfigError (util/error.h).
 
 [[noreturn]] inline void config_fail(const std::string& key, const std::string& what) {
   throw ConfigError("'" + key + "': " + what);

@@ -5,6 +5,7 @@
 #include "modula/io/yaml.h"
 
 #include "modula/util/fs.h"
+#include "modula/util/error.h"
 
 #include <algorithm>
 #include <fstream>
@@ -24,7 +25,7 @@ class Fields {
     if (!j_.is_object()) fail(where_.empty() ? "the config must be a mapping" : "'" + where_ + "' must be a mapping, got " + j_.type_name());
   }
 
-  [[noreturn]] void fail(const std::string& msg) const { throw ConfigError("[train] " + source_ + ": " + msg); }
+  [[noreturn]] void fail(const std::string& msg) const { throw_error<ConfigError>("train", source_ + ": " + msg); }
   std::string path(const std::string& key) const { return where_.empty() ? key : where_ + "." + key; }
   bool has(const std::string& key) {
     seen_.insert(key);
@@ -103,45 +104,45 @@ void collect(const SpecNode& n, SpecNode::Kind kind, std::vector<const SpecNode*
 // `compose`: the spec (text or mapping), its module names against `modules`, route keys
 // and arities against `tasks`, and per-task module lists (they may not name members).
 std::string parse_compose(const json& v, const TrainConfig& c, const std::string& source) {
-  auto fail = [&](const std::string& msg) -> void { throw ConfigError("[train] " + source + ": 'compose': " + msg); };
-  if (c.continual.enabled) fail("not supported with continual learning (continual.enabled)");
+  if (c.continual.enabled) throw_error<ConfigError>("train", source + ": 'compose': not supported with continual learning (continual.enabled)");
   SpecNode spec;
   try {
     if (v.is_string()) {
-      if (v.get<std::string>().find_first_not_of(" \t\r\n") == std::string::npos) fail("must not be empty");
+      if (v.get<std::string>().find_first_not_of(" \t\r\n") == std::string::npos) throw_error<ConfigError>("train", source + ": 'compose': must not be empty");
       spec = parse_spec(v.get<std::string>());
     } else if (v.is_object()) {
       spec = parse_spec_json(v);
     } else {
-      fail(std::string("must be a spec string (\"fuse(a, b)\") or a mapping ({fuse: [a, b]}), got ") + v.type_name());
+      throw_error<ConfigError>("train", source + ": 'compose': " + std::string("must be a spec string (\"fuse(a, b)\") or a mapping ({fuse: [a, b]}), got ") + v.type_name());
     }
     std::set<std::string> known;
     for (const auto& m : c.modules) known.insert(m.name);
     check_module_names(spec, known);
   } catch (const SpecError& e) {
-    fail(e.what());
+    throw_error<ConfigError>("train", source + ": 'compose': " + e.what());
   }
   std::vector<const SpecNode*> routes;
   collect(spec, SpecNode::Kind::Route, routes);
   for (const auto* r : routes) {
+    if (learned_route_key(r->name)) continue;  // route(softmax|softmax_token|smear|top<k>, ...): a learned router
     if (r->name != "task")
-      fail("route(" + r->name + ", ...): the trainer routes by 'task' only (the batch's task index in 'tasks')");
+      throw_error<ConfigError>("train", source + ": 'compose': route(" + r->name + ", ...): the trainer routes by 'task' (the batch's task index in 'tasks') or by a learned router (softmax, softmax_token, smear, top<k>)");
     if (r->children.size() != c.tasks.size())
-      fail("route(task, ...) has " + std::to_string(r->children.size()) + " arguments; it needs one per task (" +
+      throw_error<ConfigError>("train", source + ": 'compose': route(task, ...) has " + std::to_string(r->children.size()) + " arguments; it needs one per task (" +
            std::to_string(c.tasks.size()) + ", in the order of 'tasks')");
   }
   auto members = module_names(spec);
   for (size_t i = 0; i < c.tasks.size(); ++i)
     for (const auto& m : c.tasks[i].modules)
       if (std::find(members.begin(), members.end(), m) != members.end())
-        throw ConfigError("[train] " + source + ": '" + indexed("tasks", i) + ".modules' names '" + m +
+        throw_error<ConfigError>("train", source + ": '" + indexed("tasks", i) + ".modules' names '" + m +
                           "', a member of 'compose': the composition is on for every task (use route(task, ...) to "
                           "choose modules per task); per-task lists may name only modules outside the spec");
   return to_string(spec);
 }
 
 void check(bool ok, const std::string& source, const std::string& msg) {
-  if (!ok) throw ConfigError("[train] " + source + ": " + msg);
+  if (!ok) throw_error<ConfigError>("train", source + ": " + msg);
 }
 
 TaskConfig parse_task(const json& j, const std::string& where, const std::string& source) {
@@ -269,7 +270,7 @@ std::string to_string(TaskType t) {
 const TaskConfig& TrainConfig::task(const std::string& name) const {
   for (const auto& t : tasks)
     if (t.name == name) return t;
-  throw ConfigError("[train] " + source + ": no task named '" + name + "'");
+  throw_error<ConfigError>("train", source + ": no task named '" + name + "'");
 }
 
 TrainConfig parse_train_config(const json& j, const std::string& source) {
@@ -355,7 +356,7 @@ TrainConfig parse_train_config(const json& j, const std::string& source) {
 
 TrainConfig load_train_config(const std::string& path) {
   std::ifstream in(path);
-  if (!in) throw ConfigError("[train] cannot open config " + path);
+  if (!in) throw_error<ConfigError>("train", "cannot open config " + path);
   std::stringstream ss;
   ss << in.rdbuf();
   std::string ext = fs::extension(path);
@@ -370,7 +371,7 @@ TrainConfig load_train_config(const std::string& path) {
     try {
       j = json::parse(ss.str());
     } catch (const json::exception& e) {
-      throw ConfigError("[train] " + path + ": invalid JSON: " + e.what());
+      throw_error<ConfigError>("train", path + ": invalid JSON: " + e.what());
     }
   }
   TrainConfig c = parse_train_config(j, path);

@@ -2,6 +2,7 @@
 #include "modula/train/data.h"
 
 #include "modula/util/fs.h"
+#include "modula/util/error.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -17,7 +18,7 @@ namespace {
 
 using json = nlohmann::json;
 
-[[noreturn]] void fail(const std::string& msg) { throw TrainError("[train] " + msg); }
+constexpr std::string_view kTag = "train";
 
 std::string at_line(const std::string& where, size_t line) { return where + ":" + std::to_string(line); }
 
@@ -47,7 +48,7 @@ std::vector<std::string> csv_record(const std::string& text, size_t& pos, char s
       cur += c;
     }
   }
-  if (quoted) fail(at_line(path, start_line) + ": unterminated quoted field");
+  if (quoted) throw_error<TrainError>(kTag, at_line(path, start_line) + ": unterminated quoted field");
   fields.push_back(cur);
   return fields;
 }
@@ -55,14 +56,14 @@ std::vector<std::string> csv_record(const std::string& text, size_t& pos, char s
 std::vector<json> load_delimited(const std::string& path, const std::string& text, char sep) {
   size_t pos = 0, line = 1;
   auto header = csv_record(text, pos, sep, line, path);
-  if (header.size() == 1 && header[0].empty()) fail(path + ": empty file (expected a header row)");
+  if (header.size() == 1 && header[0].empty()) throw_error<TrainError>(kTag, path + ": empty file (expected a header row)");
   std::vector<json> out;
   while (pos < text.size()) {
     size_t here = line;
     auto fields = csv_record(text, pos, sep, line, path);
     if (fields.size() == 1 && fields[0].empty()) continue;  // blank line
     if (fields.size() != header.size())
-      fail(at_line(path, here) + ": " + std::to_string(fields.size()) + " fields, the header has " + std::to_string(header.size()));
+      throw_error<TrainError>(kTag, at_line(path, here) + ": " + std::to_string(fields.size()) + " fields, the header has " + std::to_string(header.size()));
     json r = json::object();
     for (size_t i = 0; i < header.size(); ++i) r[header[i]] = fields[i];
     out.push_back(std::move(r));
@@ -80,9 +81,9 @@ std::vector<json> load_jsonl(const std::string& path, const std::string& text) {
     try {
       r = json::parse(s);
     } catch (const json::exception& e) {
-      fail(at_line(path, line) + ": invalid JSON (" + e.what() + ")");
+      throw_error<TrainError>(kTag, at_line(path, line) + ": invalid JSON (" + e.what() + ")");
     }
-    if (!r.is_object()) fail(at_line(path, line) + ": each line must be a JSON object, got " + r.type_name());
+    if (!r.is_object()) throw_error<TrainError>(kTag, at_line(path, line) + ": each line must be a JSON object, got " + r.type_name());
     out.push_back(std::move(r));
   }
   return out;
@@ -104,14 +105,14 @@ const json& field(const json& r, const std::string& key, const std::string& wher
   if (!r.contains(key) || r[key].is_null()) {
     std::string keys;
     for (const auto& kv : r.items()) keys += (keys.empty() ? "" : ", ") + kv.key();
-    fail(at_line(where, line) + ": missing field '" + key + "' (record has: " + keys + ")");
+    throw_error<TrainError>(kTag, at_line(where, line) + ": missing field '" + key + "' (record has: " + keys + ")");
   }
   return r[key];
 }
 
 std::string text_field(const json& r, const std::string& key, const std::string& where, size_t line) {
   const json& v = field(r, key, where, line);
-  if (!v.is_string()) fail(at_line(where, line) + ": field '" + key + "' must be a string, got " + v.type_name());
+  if (!v.is_string()) throw_error<TrainError>(kTag, at_line(where, line) + ": field '" + key + "' must be a string, got " + v.type_name());
   return v.get<std::string>();
 }
 
@@ -123,10 +124,10 @@ std::vector<std::string> word_list(const json& v, const std::string& key, const 
     for (std::string w; in >> w;) out.push_back(w);
     return out;
   }
-  if (!v.is_array()) fail(at_line(where, line) + ": field '" + key + "' must be a list, got " + v.type_name());
+  if (!v.is_array()) throw_error<TrainError>(kTag, at_line(where, line) + ": field '" + key + "' must be a list, got " + v.type_name());
   for (const auto& e : v) {
     std::string s = label_string(e);
-    if (s.empty() && !e.is_string()) fail(at_line(where, line) + ": field '" + key + "' has a non-string entry " + e.dump());
+    if (s.empty() && !e.is_string()) throw_error<TrainError>(kTag, at_line(where, line) + ": field '" + key + "' has a non-string entry " + e.dump());
     out.push_back(s);
   }
   return out;
@@ -136,7 +137,7 @@ std::vector<std::string> word_list(const json& v, const std::string& key, const 
 
 std::vector<json> load_records(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot open data file " + path);
+  if (!in) throw_error<TrainError>(kTag, "cannot open data file " + path);
   std::stringstream ss;
   ss << in.rdbuf();
   std::string text = ss.str();
@@ -145,8 +146,8 @@ std::vector<json> load_records(const std::string& path) {
   if (ext == ".csv") out = load_delimited(path, text, ',');
   else if (ext == ".tsv") out = load_delimited(path, text, '\t');
   else if (ext == ".jsonl" || ext == ".json") out = load_jsonl(path, text);
-  else fail("data file " + path + ": unknown extension '" + ext + "' (.jsonl, .json, .csv, .tsv)");
-  if (out.empty()) fail("data file " + path + " has no records");
+  else throw_error<TrainError>(kTag, "data file " + path + ": unknown extension '" + ext + "' (.jsonl, .json, .csv, .tsv)");
+  if (out.empty()) throw_error<TrainError>(kTag, "data file " + path + " has no records");
   return out;
 }
 
@@ -173,7 +174,7 @@ Encoding Encoding::build(const TaskConfig& task, const std::vector<json>& train,
   e.special_ids_.push_back(e.pad_id_);
 
   if (task.type == TaskType::MaskedLM && e.mask_id_ < 0)
-    fail("task '" + task.name + "': masked_lm needs a [MASK] or <mask> token in the tokenizer");
+    throw_error<TrainError>(kTag, "task '" + task.name + "': masked_lm needs a [MASK] or <mask> token in the tokenizer");
   bool classification = task.type == TaskType::SequenceClassification || task.type == TaskType::TokenClassification;
   if (classification) {
     e.labels_ = task.labels;
@@ -184,7 +185,7 @@ Encoding Encoding::build(const TaskConfig& task, const std::vector<json>& train,
           const json& v = field(train[i], task.label_field, "task '" + task.name + "' train", i + 1);
           std::string s = label_string(v);
           if (s.empty() && !v.is_string())
-            fail("task '" + task.name + "' train record " + std::to_string(i + 1) + ": label '" + task.label_field +
+            throw_error<TrainError>(kTag, "task '" + task.name + "' train record " + std::to_string(i + 1) + ": label '" + task.label_field +
                  "' must be a string or integer, got " + v.dump());
           seen.insert(s);
         } else {
@@ -197,7 +198,7 @@ Encoding Encoding::build(const TaskConfig& task, const std::vector<json>& train,
       if (all_integers(e.labels_))
         std::sort(e.labels_.begin(), e.labels_.end(), [](const auto& a, const auto& b) { return std::stoll(a) < std::stoll(b); });
     }
-    if (e.labels_.size() < 2) fail("task '" + task.name + "' needs at least 2 labels, found " + std::to_string(e.labels_.size()));
+    if (e.labels_.size() < 2) throw_error<TrainError>(kTag, "task '" + task.name + "' needs at least 2 labels, found " + std::to_string(e.labels_.size()));
     for (size_t i = 0; i < e.labels_.size(); ++i) e.label_ids_[e.labels_[i]] = static_cast<int64_t>(i);
   }
   return e;
@@ -209,7 +210,7 @@ int64_t Encoding::label_index(const json& v, const std::string& where, size_t li
   if (it == label_ids_.end()) {
     std::string known;
     for (const auto& l : labels_) known += (known.empty() ? "" : ", ") + l;
-    fail(at_line(where, line) + ": unknown label " + v.dump() + " (labels: " + known + ")");
+    throw_error<TrainError>(kTag, at_line(where, line) + ": unknown label " + v.dump() + " (labels: " + known + ")");
   }
   return it->second;
 }
@@ -265,7 +266,7 @@ Example Encoding::encode_one(const json& r, const std::string& where, size_t lin
       auto words = word_list(field(r, task_.tokens_field, where, line), task_.tokens_field, where, line);
       auto tags = word_list(field(r, task_.tags_field, where, line), task_.tags_field, where, line);
       if (words.size() != tags.size())
-        fail(at_line(where, line) + ": " + std::to_string(words.size()) + " tokens but " + std::to_string(tags.size()) + " tags");
+        throw_error<TrainError>(kTag, at_line(where, line) + ": " + std::to_string(words.size()) + " tokens but " + std::to_string(tags.size()) + " tags");
       ex.input_ids = prefix_;
       ex.labels.assign(prefix_.size(), kIgnoreIndex);
       for (size_t w = 0; w < words.size(); ++w) {
@@ -285,7 +286,7 @@ Example Encoding::encode_one(const json& r, const std::string& where, size_t lin
       break;
     }
   }
-  if (ex.input_ids.empty()) fail(at_line(where, line) + ": the record encodes to no tokens");
+  if (ex.input_ids.empty()) throw_error<TrainError>(kTag, at_line(where, line) + ": the record encodes to no tokens");
   return ex;
 }
 

@@ -1,5 +1,6 @@
 // LT-SFT: two runs of the training loop around the top-K selection of |θ₁ − θ₀|.
 #include "modula/train/lt_sft.h"
+#include "modula/util/error.h"
 
 #include <cmath>
 #include <stdexcept>
@@ -7,7 +8,7 @@
 namespace modula {
 namespace {
 
-[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("[sparse_ft] " + msg); }
+constexpr std::string_view kTag = "sparse_ft";
 
 // Restores every backbone parameter's requires_grad flag at scope exit.
 class FlagGuard {
@@ -84,11 +85,11 @@ void sparse_phase(Backbone& model, SparseDiff& diff, const LtSftOptions& o, cons
 }  // namespace
 
 void LtSftOptions::validate() const {
-  if (full_steps_ < 1) bad("full_steps must be >= 1, got " + std::to_string(full_steps_));
-  if (sparse_steps_ < 0) bad("sparse_steps must be >= 0, got " + std::to_string(sparse_steps_));
-  if (!(lr_ > 0.0) || !std::isfinite(lr_)) bad("lr must be > 0, got " + c10::str(lr_));
-  if (weight_decay_ < 0.0) bad("weight_decay must be >= 0, got " + c10::str(weight_decay_));
-  if (max_grad_norm_ < 0.0) bad("max_grad_norm must be >= 0, got " + c10::str(max_grad_norm_));
+  if (full_steps_ < 1) throw_error(kTag, "full_steps must be >= 1, got " + std::to_string(full_steps_));
+  if (sparse_steps_ < 0) throw_error(kTag, "sparse_steps must be >= 0, got " + std::to_string(sparse_steps_));
+  if (!(lr_ > 0.0) || !std::isfinite(lr_)) throw_error(kTag, "lr must be > 0, got " + c10::str(lr_));
+  if (weight_decay_ < 0.0) throw_error(kTag, "weight_decay must be >= 0, got " + c10::str(weight_decay_));
+  if (max_grad_norm_ < 0.0) throw_error(kTag, "max_grad_norm must be >= 0, got " + c10::str(max_grad_norm_));
 }
 
 train::LoopOptions LtSftOptions::loop_options(int64_t steps, const std::string& phase) const {
@@ -106,7 +107,7 @@ SparseDiff lt_sft(Backbone& model, const SparseDiffOptions& options, const LtSft
                   const std::function<torch::Tensor()>& step, LtSftReport* report) {
   options.validate();
   train.validate();
-  if (!step) bad("lt_sft() needs a step callback");
+  if (!step) throw_error(kTag, "lt_sft() needs a step callback");
   auto chosen = select_parameters(model, options.target_parameters(), options.exclude_parameters());
   FlagGuard flags(model);
   for (auto& p : model.parameters()) p.set_requires_grad(false);

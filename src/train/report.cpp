@@ -2,6 +2,7 @@
 #include "modula/train/report.h"
 
 #include "modula/util/fs.h"
+#include "modula/util/error.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -12,7 +13,7 @@
 namespace modula::train {
 namespace {
 
-[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("[report] " + msg); }
+constexpr std::string_view kTag = "report";
 
 const char* kPalette[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"};
 
@@ -196,7 +197,7 @@ Report& Report::paragraph(const std::string& text) {
 Report& Report::add(LineChart chart) {
   for (const auto& s : chart.series)
     if (s.x.size() != s.y.size())
-      bad("chart '" + chart.title + "' series '" + s.name + "' has " + std::to_string(s.x.size()) + " x values but " +
+      throw_error(kTag, "chart '" + chart.title + "' series '" + s.name + "' has " + std::to_string(s.x.size()) + " x values but " +
           std::to_string(s.y.size()) + " y values");
   blocks_.emplace_back(std::move(chart));
   return *this;
@@ -205,7 +206,7 @@ Report& Report::add(LineChart chart) {
 Report& Report::add(Table table) {
   for (size_t i = 0; i < table.rows.size(); ++i)
     if (table.rows[i].size() != table.columns.size())
-      bad("table '" + table.title + "' row " + std::to_string(i) + " has " + std::to_string(table.rows[i].size()) +
+      throw_error(kTag, "table '" + table.title + "' row " + std::to_string(i) + " has " + std::to_string(table.rows[i].size()) +
           " cells for " + std::to_string(table.columns.size()) + " columns");
   blocks_.emplace_back(std::move(table));
   return *this;
@@ -213,13 +214,13 @@ Report& Report::add(Table table) {
 
 Report& Report::add(Matrix matrix) {
   if (matrix.values.size() != matrix.row_labels.size())
-    bad("matrix '" + matrix.title + "' has " + std::to_string(matrix.values.size()) + " rows for " +
+    throw_error(kTag, "matrix '" + matrix.title + "' has " + std::to_string(matrix.values.size()) + " rows for " +
         std::to_string(matrix.row_labels.size()) + " row labels");
   for (size_t i = 0; i < matrix.values.size(); ++i)
     if (matrix.values[i].size() != matrix.col_labels.size())
-      bad("matrix '" + matrix.title + "' row " + std::to_string(i) + " has " + std::to_string(matrix.values[i].size()) +
+      throw_error(kTag, "matrix '" + matrix.title + "' row " + std::to_string(i) + " has " + std::to_string(matrix.values[i].size()) +
           " values for " + std::to_string(matrix.col_labels.size()) + " column labels");
-  if (!(matrix.hi > matrix.lo)) bad("matrix '" + matrix.title + "' needs hi > lo");
+  if (!(matrix.hi > matrix.lo)) throw_error(kTag, "matrix '" + matrix.title + "' needs hi > lo");
   blocks_.emplace_back(std::move(matrix));
   return *this;
 }

@@ -12,7 +12,7 @@ Schedule schedule_from_string(const std::string& name) {
   if (name == "constant") return Schedule::Constant;
   if (name == "linear") return Schedule::Linear;
   if (name == "cosine") return Schedule::Cosine;
-  throw TrainError("[train] unknown schedule '" + name + "' (constant, linear, cosine)");
+  throw_error<TrainError>("train", "unknown schedule '" + name + "' (constant, linear, cosine)");
 }
 
 std::string to_string(Schedule schedule) {
@@ -45,11 +45,11 @@ std::vector<double> sampling_probabilities(const std::vector<int64_t>& sizes, co
     if (sampling == "uniform") w[i] = 1.0;
     else if (sampling == "proportional") w[i] = n;
     else if (sampling == "temperature") w[i] = std::pow(n, 1.0 / temperature);
-    else throw TrainError("[train] unknown sampling '" + sampling + "' (proportional, temperature, uniform)");
+    else throw_error<TrainError>("train", "unknown sampling '" + sampling + "' (proportional, temperature, uniform)");
   }
   double total = 0;
   for (double x : w) total += x;
-  if (total <= 0) throw TrainError("[train] task sampling: every task has an empty training set");
+  if (total <= 0) throw_error<TrainError>("train", "task sampling: every task has an empty training set");
   for (double& x : w) x /= total;
   return w;
 }

@@ -66,7 +66,7 @@ torch::Tensor batch_loss(Backbone& model, TaskRuntime& task, const InputModules&
   switch (task.cfg.type) {
     case TaskType::CausalLM: {
       if (!out.logits.defined() || out.logits.dim() != 3)
-        throw TrainError("[train] task '" + task.cfg.name + "': causal_lm needs a model with a language-model head (" +
+        throw_error<TrainError>("train", "task '" + task.cfg.name + "': causal_lm needs a model with a language-model head (" +
                          model.config().architecture() + " has none)");
       // Position t predicts token t+1.
       const int64_t T = b.input_ids.size(1);
@@ -75,7 +75,7 @@ torch::Tensor batch_loss(Backbone& model, TaskRuntime& task, const InputModules&
     }
     case TaskType::MaskedLM:
       if (!out.logits.defined() || out.logits.dim() != 3)
-        throw TrainError("[train] task '" + task.cfg.name + "': masked_lm needs a model with a masked-LM head (" +
+        throw_error<TrainError>("train", "task '" + task.cfg.name + "': masked_lm needs a model with a masked-LM head (" +
                          model.config().architecture() + " has none)");
       return token_ce(out.logits, b.labels, sums);
     case TaskType::TokenClassification:
@@ -93,7 +93,7 @@ torch::Tensor batch_loss(Backbone& model, TaskRuntime& task, const InputModules&
       return token_ce(task.head(pooled.to(task.head->weight.scalar_type())).unsqueeze(1), b.labels.unsqueeze(1), sums);
     }
   }
-  throw TrainError("[train] unknown task type");
+  throw_error<TrainError>("train", "unknown task type");
 }
 
 std::map<std::string, double> finish_eval(const TaskRuntime& task, const EvalSums& sums) {

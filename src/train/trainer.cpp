@@ -15,7 +15,7 @@
 namespace modula::train {
 namespace {
 
-using detail::fail;
+using detail::kTag;
 using detail::mean_of;
 using json = nlohmann::json;
 
@@ -157,15 +157,15 @@ Trainer::Trainer(TrainConfig config, Datasets data) : state_(std::make_unique<St
   try {
     s.device = torch::Device(s.cfg.device);
   } catch (const std::exception&) {
-    throw ConfigError("[train] " + s.cfg.source + ": 'device' must be cpu, cuda or cuda:N, got '" + s.cfg.device + "'");
+    throw_error<ConfigError>("train", s.cfg.source + ": 'device' must be cpu, cuda or cuda:N, got '" + s.cfg.device + "'");
   }
-  if (s.device.is_cuda() && !torch::cuda::is_available()) fail("device '" + s.cfg.device + "' requested but CUDA is not available");
+  if (s.device.is_cuda() && !torch::cuda::is_available()) throw_error<TrainError>(kTag, "device '" + s.cfg.device + "' requested but CUDA is not available");
   s.autocast = s.device.is_cuda() && s.cfg.optim.bf16 != "false";
-  if (s.cfg.optim.bf16 == "true" && !s.device.is_cuda()) fail("optim.bf16 = true needs a CUDA device (bf16 autocast)");
+  if (s.cfg.optim.bf16 == "true" && !s.device.is_cuda()) throw_error<TrainError>(kTag, "optim.bf16 = true needs a CUDA device (bf16 autocast)");
   try {
     s.model_config = io::load_hf_config(s.cfg.model);
   } catch (const std::exception& e) {
-    throw ConfigError("[train] " + s.cfg.source + ": 'model': " + e.what());
+    throw_error<ConfigError>("train", s.cfg.source + ": 'model': " + e.what());
   }
   s.load_data(data);
 }

@@ -11,20 +11,20 @@
 
 namespace modula::train {
 
-using detail::fail;
+using detail::kTag;
 using detail::mix;
 using json = nlohmann::json;
 
 void Trainer::State::load_data(const Datasets& data) {
   for (const auto& kv : data)
     if (std::none_of(cfg.tasks.begin(), cfg.tasks.end(), [&](const TaskConfig& t) { return t.name == kv.first; }))
-      throw ConfigError("[train] in-memory data for task '" + kv.first + "', which is not in the config's tasks");
+      throw_error<ConfigError>("train", "in-memory data for task '" + kv.first + "', which is not in the config's tasks");
   std::string tok_path = cfg.tokenizer;
   if (tok_path.empty()) tok_path = fs::is_dir(cfg.model) ? cfg.model : fs::parent(cfg.model);
   try {
     tokenizer = text::Tokenizer::from_file(tok_path);
   } catch (const std::exception& e) {
-    throw ConfigError("[train] " + cfg.source + ": cannot load the tokenizer from '" + tok_path +
+    throw_error<ConfigError>("train", cfg.source + ": cannot load the tokenizer from '" + tok_path +
                       "' (set 'tokenizer' to a tokenizer.json): " + e.what());
   }
   for (size_t i = 0; i < cfg.tasks.size(); ++i) {
@@ -34,10 +34,10 @@ void Trainer::State::load_data(const Datasets& data) {
     std::string train_src = t.train, eval_src = t.eval;
     if (it != data.end() && !it->second.train.empty()) train = it->second.train, train_src = "task '" + t.name + "' train";
     else if (!t.train.empty()) train = load_records(t.train);
-    else throw ConfigError("[train] " + cfg.source + ": task '" + t.name + "' has no 'train' data");
+    else throw_error<ConfigError>("train", cfg.source + ": task '" + t.name + "' has no 'train' data");
     if (it != data.end() && !it->second.eval.empty()) eval = it->second.eval, eval_src = "task '" + t.name + "' eval";
     else if (!t.eval.empty()) eval = load_records(t.eval);
-    if (train.empty()) fail("task '" + t.name + "': the training data is empty");
+    if (train.empty()) throw_error<TrainError>(kTag, "task '" + t.name + "': the training data is empty");
     TaskRuntime rt{t, Encoding::build(t, train, *tokenizer, model_config)};
     rt.train = rt.enc.encode(train, train_src);
     rt.eval = rt.enc.encode(eval, eval_src);
@@ -45,11 +45,11 @@ void Trainer::State::load_data(const Datasets& data) {
       for (const auto& ex : *set)
         for (int64_t id : ex.input_ids)
           if (id < 0 || id >= model_config.vocab_size)
-            fail("task '" + t.name + "': token id " + std::to_string(id) + " is outside the model's vocabulary (" +
+            throw_error<TrainError>(kTag, "task '" + t.name + "': token id " + std::to_string(id) + " is outside the model's vocabulary (" +
                  std::to_string(model_config.vocab_size) + "): the tokenizer does not belong to the model");
     rt.data_seed = mix({cfg.seed, 0xda7aULL, i});
     if (cfg.continual.enabled && rt.eval.empty())
-      throw ConfigError("[train] " + cfg.source + ": continual learning needs 'eval' data for task '" + t.name + "'");
+      throw_error<ConfigError>("train", cfg.source + ": continual learning needs 'eval' data for task '" + t.name + "'");
     prototypes.push_back(std::move(rt));
   }
 }
@@ -105,22 +105,21 @@ void Trainer::State::build(bool train_backbone, const std::vector<ModuleSpec>& s
 
 // Applies cfg.compose over the run's adapters (names = the config's module names).
 void Trainer::State::apply_compose() {
-  auto bad = [&](const std::string& msg) { throw ConfigError("[train] " + cfg.source + ": 'compose': " + msg); };
   SpecNode spec;
   try {
     spec = parse_spec(cfg.compose);
   } catch (const SpecError& e) {
-    bad(e.what());
+    throw_error<ConfigError>(kTag, cfg.source + ": 'compose': " + e.what());
   }
   std::map<std::string, const Adapter*> by_name;
   for (auto& a : adapters) by_name[a.name] = &a;
   for (const auto& name : module_names(spec))
     if (!by_name.count(name))
-      bad("module '" + name + "' was applied to the backbone weights (not an adapter) and cannot be composed");
+      throw_error<ConfigError>(kTag, cfg.source + ": 'compose': module '" + name + "' was applied to the backbone weights (not an adapter) and cannot be composed");
   try {
     composition = apply_spec(*model, spec, by_name);
   } catch (const std::invalid_argument& e) {  // SpecError too
-    bad(e.what());
+    throw_error<ConfigError>(kTag, cfg.source + ": 'compose': " + e.what());
   }
   for (const auto& name : module_names(spec)) composed.insert(name);
   std::vector<const SpecNode*> stack = {&spec};
@@ -141,12 +140,12 @@ void Trainer::State::apply_compose() {
 
 std::string Trainer::State::peft_type_of(const std::string& dir) {
   std::ifstream in(fs::join(dir, "adapter_config.json"));
-  if (!in) fail("module folder " + dir + " has no adapter_config.json");
+  if (!in) throw_error<TrainError>(kTag, "module folder " + dir + " has no adapter_config.json");
   json c;
   try {
     c = json::parse(in);
   } catch (const json::exception& e) {
-    fail(dir + "/adapter_config.json: invalid JSON: " + e.what());
+    throw_error<TrainError>(kTag, dir + "/adapter_config.json: invalid JSON: " + e.what());
   }
   return c.value("peft_type", std::string());
 }

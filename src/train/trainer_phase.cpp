@@ -16,7 +16,7 @@
 namespace modula::train {
 namespace {
 
-using detail::fail;
+using detail::kTag;
 using detail::mean_of;
 using detail::mix;
 using detail::Phase;
@@ -57,6 +57,10 @@ std::vector<std::pair<std::string, torch::Tensor>> Trainer::State::named_state()
     for (auto& f : composition->fusions)
       for (auto& [site, fusion] : f.sites)
         for (auto& [key, p] : fusion->fusion_parameters()) out.emplace_back("compose/" + f.name + "/" + site + "/" + key, p);
+  if (composition)  // learned routers of route(softmax|smear|top<k>, ...), one per site
+    for (size_t i = 0; i < composition->routers.size(); ++i)
+      for (auto& p : composition->routers[i]->named_parameters())
+        out.emplace_back("compose/router" + std::to_string(i) + "/" + p.key(), p.value());
   for (auto& t : tasks)
     if (t.head)
       for (auto& p : t.head->named_parameters()) out.emplace_back("head/" + t.cfg.name + "/" + p.key(), p.value());
@@ -119,7 +123,7 @@ std::vector<ParamGroup> Trainer::State::param_groups(const Phase& ph) {
   add(routers, o.lr_routers);
   add(heads, o.lr_heads);
   add(backbone, o.lr_backbone);
-  if (groups.empty()) fail("phase " + ph.label() + " has nothing to train (no trainable modules, heads or backbone)");
+  if (groups.empty()) throw_error<TrainError>(kTag, "phase " + ph.label() + " has nothing to train (no trainable modules, heads or backbone)");
   return groups;
 }
 
@@ -172,8 +176,8 @@ void Trainer::State::restore_tensors(const LoadedCheckpoint& ck) {
   torch::NoGradGuard g;
   for (auto& [name, t] : named_state()) {
     auto it = saved.find(name);
-    if (it == saved.end()) fail("checkpoint " + ck.dir + " does not match the config: it has no tensor '" + name + "'");
-    if (it->second.sizes() != t.sizes()) fail("checkpoint " + ck.dir + ": tensor '" + name + "' has another shape than the run's");
+    if (it == saved.end()) throw_error<TrainError>(kTag, "checkpoint " + ck.dir + " does not match the config: it has no tensor '" + name + "'");
+    if (it->second.sizes() != t.sizes()) throw_error<TrainError>(kTag, "checkpoint " + ck.dir + ": tensor '" + name + "' has another shape than the run's");
     t.copy_(it->second);
   }
   auto rng = saved.find("rng/cpu");

@@ -12,6 +12,7 @@
 #include "modula/train/loop.h"
 #include "modula/util/fs.h"
 #include "task_runtime.h"
+#include "modula/util/error.h"
 
 #include <chrono>
 #include <cmath>
@@ -28,7 +29,7 @@
 namespace modula::train {
 namespace detail {
 
-[[noreturn]] inline void fail(const std::string& msg) { throw TrainError("[train] " + msg); }
+inline constexpr std::string_view kTag = "train";  // TrainError("[train] ...")
 
 // SplitMix64 over a pair: independent streams per (seed, purpose, phase, step, ...).
 inline uint64_t mix(uint64_t a, uint64_t b) {

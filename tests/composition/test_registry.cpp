@@ -126,3 +126,30 @@ TEST(RegistryMatrix, FusionOverTrainedBottlenecks) {
                  {{"name", "b2"}, {"path", members / "m/modules/b2"}, {"trainable", false}}};
   train_save_reload("llama", {{"peft_type", "MODULA_FUSION"}, {"adapters", {"b1", "b2"}}}, 3e-2, before);
 }
+
+// Routing over LoRA modules from a run's `compose`: learned (softmax per example, top-2 per
+// token with its auxiliary losses, SMEAR's parameter averaging) and fixed by task metadata.
+TEST(RegistryMatrix, RoutedLorasTrainFromTheComposeSpec) {
+  json lora = {{"peft_type", "LORA"}, {"r", 2}, {"target_modules", {"q_proj", "v_proj", "down_proj"}}};
+  for (std::string route : {"softmax", "top2", "smear"}) {
+    TempDir d;
+    json modules = {{{"name", "l1"}, {"config", lora}}, {{"name", "l2"}, {"config", lora}}, {{"name", "l3"}, {"config", lora}}};
+    auto cfg = run_config(d, "llama", "a", modules, 3e-2, 24);
+    cfg["compose"] = "route(" + route + ", l1, l2, l3)";
+    auto r = run(cfg);
+    EXPECT_LT(r.last, r.first) << route;
+  }
+  TempDir d;  // fixed routing: each task's rows go to its own module
+  json modules = {{{"name", "l1"}, {"config", lora}}, {{"name", "l2"}, {"config", lora}}};
+  auto cfg = run_config(d, "llama", "a", modules, 3e-2, 24);
+  cfg["tasks"] = {{{"name", "qa"}, {"type", "causal_lm"}}, {{"name", "qb"}, {"type", "causal_lm"}}};
+  cfg["compose"] = "route(task, l1, l2)";
+  auto data = qa_data();
+  data["qb"] = data["qa"];
+  std::vector<double> losses;
+  Callbacks cb;
+  cb.on_step = [&](const StepInfo& s) { losses.push_back(s.loss); };
+  train::train(parse_train_config(cfg), data, cb);
+  ASSERT_GE(losses.size(), 6u);
+  EXPECT_LT(losses.back() + losses[losses.size() - 2], losses[0] + losses[1]);
+}

@@ -6,6 +6,8 @@
 #include "modula/aggregation/fusion.h"
 #include "modula/backbone/registry.h"
 #include "modula/composition/apply_spec.h"
+#include "modula/composition/modular_linear.h"
+#include "modula/modules/lora.h"
 #include "modula/modules/targets.h"
 #include "support/temp_dir.h"
 
@@ -163,6 +165,72 @@ TEST_F(Spec, RouteOverLoraAdaptersGivesEachRowItsAdapterAndTrainsTheMembers) {
   auto dora = perturbed(*model, {{"peft_type", "LORA"}, {"r", 2}, {"use_dora", true}, {"target_modules", {"q_proj"}}}, "d");
   members["d"] = &dora;
   EXPECT_THROW(modula::apply_spec(*model, modula::parse_spec("route(task, l1, d)"), members), std::invalid_argument);
+}
+
+// route(softmax|softmax_token|top1|smear, ...): a learned router per site; the site output
+// is Algorithm 1 by hand from the router's weights, and training reaches routers and members.
+TEST_F(Spec, LearnedRoutesOverLoraAndBlockModules) {
+  auto l1 = perturbed(*model, kLora, "l1");
+  auto l2 = perturbed(*model, kLora, "l2");
+  members = {{"l1", &l1}, {"l2", &l2}, {"a", &a}, {"b", &b}};
+  a.set_enabled(false), b.set_enabled(false);
+  auto lora_at = [](const modula::Adapter& ad, const std::string& site) {
+    for (const auto& m : ad.modules)
+      if (m.site == site) return std::dynamic_pointer_cast<modula::LoraImpl>(m.module);
+    return std::shared_ptr<modula::LoraImpl>();
+  };
+  for (std::string key : {"softmax", "softmax_token", "top1", "smear"}) {
+    auto comp = modula::apply_spec(*model, modula::parse_spec("route(" + key + ", l1, l2)"), members);
+    ASSERT_EQ(comp.routers.size(), comp.linear_sites.size()) << key;  // one learned router per site
+    auto& [path, layer] = comp.linear_sites.front();
+    auto routed = std::dynamic_pointer_cast<modula::ModularLinearImpl>(layer->module("compose"));
+    ASSERT_TRUE(routed) << key;
+    auto x = torch::randn({2, 5, layer->options.in_features()});
+    torch::NoGradGuard g;
+    auto y = layer->forward(x);
+    auto w = routed->last_routing.weights;  // [2, 2] per example or [2, 5, 2] per token
+    auto w3 = w.dim() == 2 ? w.unsqueeze(1) : w;
+    auto p1 = lora_at(l1, path), p2 = lora_at(l2, path);
+    torch::Tensor want;
+    if (key == "smear") {  // f(x; Σ w φ): (Σ w A) then (Σ w s B), per example
+      auto A = w.select(1, 0).view({2, 1, 1}) * p1->lora_A + w.select(1, 1).view({2, 1, 1}) * p2->lora_A;
+      auto B = w.select(1, 0).view({2, 1, 1}) * p1->options.scaling() * p1->lora_B +
+               w.select(1, 1).view({2, 1, 1}) * p2->options.scaling() * p2->lora_B;
+      want = layer->base_forward(x) + torch::bmm(torch::bmm(x, A.transpose(1, 2)), B.transpose(1, 2));
+    } else {
+      auto f = [&](const std::shared_ptr<modula::LoraImpl>& l) {
+        return l->options.scaling() * torch::matmul(torch::matmul(x, l->lora_A.t()), l->lora_B.t());
+      };
+      want = layer->base_forward(x) + w3.select(2, 0).unsqueeze(-1) * f(p1) + w3.select(2, 1).unsqueeze(-1) * f(p2);
+      if (key == "top1") EXPECT_TRUE(torch::equal((w > 0).sum(-1), torch::ones({2, 5}, torch::kLong))) << key;
+    }
+    EXPECT_LE(max_diff(y, want), 1e-5) << key;
+    modula::remove_composition(comp);
+  }
+  // Training: the learned routers and the members both get gradients; top-k adds its losses.
+  auto comp = modula::apply_spec(*model, modula::parse_spec("route(top1, l1, l2)"), members);
+  model->train();
+  auto aux_free = comp.forward(*model, batch()).logits.pow(2).mean();
+  auto aux = modula::collect_aux_loss(*model);
+  EXPECT_GT(aux.item<double>(), 0);
+  (aux_free + aux).backward();
+  double router_grad = 0, member_grad = 0;
+  for (auto& r : comp.routers)
+    for (auto& p : r->parameters()) router_grad += p.grad().defined() ? p.grad().abs().sum().item<double>() : 0.0;
+  for (auto* ad : {&l1, &l2})
+    for (auto& p : ad->parameters()) member_grad += p.grad().defined() ? p.grad().abs().sum().item<double>() : 0.0;
+  EXPECT_GT(router_grad, 0);
+  EXPECT_GT(member_grad, 0);
+  modula::remove_composition(comp);
+  model->eval();
+  // Block-site members: a learned router per block site; smear is LoRA-only.
+  members = {{"a", &a}, {"b", &b}};
+  auto blocks = modula::apply_spec(*model, modula::parse_spec("route(softmax, a, b)"), members);
+  EXPECT_EQ(blocks.routers.size(), blocks.sites.size());
+  EXPECT_GT(blocks.sites.size(), 0u);
+  modula::remove_composition(blocks);
+  EXPECT_THROW(modula::apply_spec(*model, modula::parse_spec("route(smear, a, b)"), members), std::invalid_argument);
+  EXPECT_THROW(modula::apply_spec(*model, modula::parse_spec("route(top3, a, b)"), members), std::invalid_argument);
 }
 
 TEST_F(Spec, FuseTrainsOnlyTheFusionAndStacksAfterALanguageAdapter) {

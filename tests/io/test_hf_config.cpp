@@ -6,7 +6,7 @@
 #include "modula/util/fs.h"
 #include <fstream>
 
-using modula::io::ConfigError;
+using modula::ConfigError;
 using modula::io::parse_hf_config;
 using nlohmann::json;
 

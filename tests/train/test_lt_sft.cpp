@@ -8,51 +8,14 @@
 #include "modula/backbone/registry.h"
 #include "modula/train/lt_sft.h"
 #include "support/errors.h"
+#include "support/sparse.h"
 #include "support/temp_dir.h"
 
 using modula::SparseDiffOptions;
 using modula::testing::error_of;
 using modula::testing::fixture;
 
-namespace {
-
-std::shared_ptr<modula::Backbone> llama() { return modula::load_backbone(fixture("hf/models/llama")); }
-
-const char* const kProj = "re:model\\.layers\\.\\d+\\..*proj\\.weight";
-
-SparseDiffOptions proj_options(double density = 0.05) {
-  return SparseDiffOptions().target_parameters({kProj}).density(density).base_model_name_or_path("llama");
-}
-
-modula::BackboneInput batch() {
-  modula::BackboneInput in;
-  in.input_ids = torch::arange(10, 34, torch::kInt64).view({2, 12});
-  return in;
-}
-
-torch::Tensor lm_loss(modula::Backbone& model, const torch::Tensor& ids) {
-  modula::BackboneInput in;
-  in.input_ids = ids;
-  auto logits = model.forward(in).logits;
-  const int64_t T = ids.size(1), V = logits.size(-1);
-  return torch::nn::functional::cross_entropy(logits.narrow(1, 0, T - 1).reshape({-1, V}),
-                                              ids.narrow(1, 1, T - 1).reshape({-1}));
-}
-
-std::map<std::string, torch::Tensor> snapshot(modula::Backbone& model) {
-  std::map<std::string, torch::Tensor> out;
-  for (auto& p : model.named_parameters()) out[p.key()] = p.value().detach().clone();
-  return out;
-}
-
-double max_diff(modula::Backbone& model, const std::map<std::string, torch::Tensor>& ref) {
-  double m = 0;
-  for (auto& p : model.named_parameters())
-    m = std::max(m, (p.value().detach() - ref.at(p.key())).abs().max().item<double>());
-  return m;
-}
-
-}  // namespace
+using namespace modula::testing;  // llama, proj_options, batch, lm_loss, snapshot, max_diff
 
 TEST(LtSft, LowersLossWithExactlyKEntries) {
   auto model = llama();

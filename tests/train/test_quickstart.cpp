@@ -1,6 +1,6 @@
 // The quickstart main job, tiny variant: the table's structure, per-task modules forget
 // exactly nothing, the report and the modules are written, bad options are named.
-#include "modula/train/quickstart.h"
+#include "quickstart/quickstart.h"
 #include "modula/util/fs.h"
 #include "support/temp_dir.h"
 

@@ -1,6 +1,6 @@
 // The compositional sequence tasks: skills, composition, sequence layout, held-out split,
 // loss and exact match.
-#include "modula/train/tasks_synthetic.h"
+#include "quickstart/tasks_synthetic.h"
 
 #include <gtest/gtest.h>
 

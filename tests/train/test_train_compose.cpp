@@ -137,7 +137,7 @@ TEST(TrainCompose, BadSpecsNameCompose) {
   e = with(3);
   EXPECT_TRUE(has(e, "'compose': must be a spec string")) << e;
   e = with("route(lang, a, b)");
-  EXPECT_TRUE(has(e, "'compose'") && has(e, "routes by 'task' only")) << e;
+  EXPECT_TRUE(has(e, "'compose'") && has(e, "routes by 'task'") && has(e, "learned router")) << e;
   e = with("route(task, a)");
   EXPECT_TRUE(has(e, "'compose'") && has(e, "one per task (2")) << e;
   auto per_task = cfg;

@@ -75,7 +75,7 @@ TORCH_MODULE(RMSNorm);
 
 // Activation by HF name: silu/swish, gelu (erf), gelu_new/gelu_pytorch_tanh (tanh approx), relu, tanh.
 torch::Tensor activation(const std::string& name, const torch::Tensor& x);
-// Throws io::ConfigError for names activation() does not know.
+// Throws ConfigError for names activation() does not know.
 void check_activation(const std::string& name);
 
 // Rotary position embedding (Su et al. 2021) with HF's default/linear/llama3 frequencies.

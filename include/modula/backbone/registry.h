@@ -12,7 +12,7 @@
 
 namespace modula {
 
-// Builds a randomly initialised backbone for config.model_type; throws io::ConfigError
+// Builds a randomly initialised backbone for config.model_type; throws ConfigError
 // listing the supported types for an unknown one.
 std::shared_ptr<Backbone> create_backbone(const io::ModelConfig& config);
 std::vector<std::string> supported_model_types();

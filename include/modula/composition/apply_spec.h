@@ -46,7 +46,7 @@ struct Composition {
   std::vector<AdapterFusion> fusions;             // one per fuse node, in spec order (trainable)
   std::vector<std::shared_ptr<InputModule>> inputs;  // prepared in order on the first step
   std::shared_ptr<RoutingContext> context = std::make_shared<RoutingContext>();
-  std::vector<std::shared_ptr<RouterImpl>> routers;  // one per route node, shared by its sites
+  std::vector<std::shared_ptr<RouterImpl>> routers;  // fixed: one per route node, shared by its sites; learned: one per site
   std::vector<std::pair<std::string, std::shared_ptr<BlockSite>>> sites;  // where a composite is attached
   // route(...) over LoRA adapters: the Linear sites with a routed bank, and the members it
   // switched off there (they run inside the bank).

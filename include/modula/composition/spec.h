@@ -57,6 +57,10 @@ SpecNode parse_spec_yaml(const std::string& yaml);
 std::string to_string(const SpecNode& node);
 nlohmann::json to_json(const SpecNode& node);
 
+// route keys that name a learned router instead of a metadata key: "softmax" (per
+// example), "softmax_token", "smear" (parameter averaging) and "top<k>" (k ≥ 1).
+bool learned_route_key(const std::string& key);
+
 // "stack", "parallel", "avg", "fuse", "route", "concat" ("module" for leaves).
 std::string operator_name(SpecNode::Kind kind);
 // Every module name the spec uses, in order of first appearance.

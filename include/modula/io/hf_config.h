@@ -6,6 +6,8 @@
 //   modula::io::ModelConfig c = modula::io::load_hf_config("path/to/model");  // dir or file
 #pragma once
 
+#include "modula/util/error.h"
+
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
@@ -15,11 +17,6 @@
 #include <vector>
 
 namespace modula::io {
-
-// what() starts with "[config] " and names the file and key.
-struct ConfigError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 // RoPE frequency scaling (HF "rope_type"): default, linear, llama3.
 struct RopeScaling {

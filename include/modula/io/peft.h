@@ -4,6 +4,7 @@
 // "MODULA_*" peft_type.
 #pragma once
 
+#include "modula/io/config_field.h"
 #include "modula/io/safetensors.h"
 
 #include <nlohmann/json.hpp>
@@ -24,17 +25,5 @@ struct PeftFolder {
 PeftFolder read_peft_folder(const std::string& dir);
 // Writes both files (tensors atomically); creates the folder.
 void write_peft_folder(const std::string& dir, const nlohmann::json& config, const NamedTensors& tensors);
-
-// config[key] as T, `fallback` when absent or null. Throws std::invalid_argument
-// "<tag> config key '<key>' has the wrong type (<json type>)".
-template <typename T>
-T config_field(const nlohmann::json& config, const char* key, T fallback, const std::string& tag) {
-  if (!config.contains(key) || config[key].is_null()) return fallback;
-  try {
-    return config[key].get<T>();
-  } catch (const nlohmann::json::exception&) {
-    throw std::invalid_argument(tag + " config key '" + key + "' has the wrong type (" + config[key].type_name() + ")");
-  }
-}
 
 }  // namespace modula::io

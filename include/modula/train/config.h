@@ -24,6 +24,8 @@
 // path ("tasks[1].type") and what was expected.
 #pragma once
 
+#include "modula/util/error.h"
+
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
@@ -38,10 +40,8 @@ namespace modula::train {
 struct TrainError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
-// A bad config field; what() names the file and key path.
-struct ConfigError : TrainError {
-  using TrainError::TrainError;
-};
+// A bad config field throws modula::ConfigError (util/error.h); what() starts with
+// "[train] " and names the file and key path.
 
 enum class TaskType { CausalLM, MaskedLM, SequenceClassification, TokenClassification };
 TaskType task_type_from_string(const std::string& s);  // throws ConfigError listing the types

@@ -1,7 +1,7 @@
 // Merge recipes: YAML typing, parameter gradients/filters, clear errors, and end-to-end
 // runs over tiny models derived from the llama fixture.
 #include "modula/io/yaml.h"
-#include "modula/aggregation/merge_recipe.h"
+#include "modula/merge/merge_recipe.h"
 #include "derived_models.h"
 #include "support/temp_dir.h"
 

@@ -1,8 +1,9 @@
 // PEFT add_weighted_adapter: merge LoRA adapters into a new one, site by site, with the
 // M inputs stacked so each rule runs as one batched kernel.
-#include "modula/aggregation/lora_merge.h"
-#include "modula/aggregation/task_vectors.h"
+#include "modula/merge/lora_merge.h"
+#include "modula/merge/task_vectors.h"
 #include "modula/modules/lora.h"
+#include "modula/util/error.h"
 
 #include <cmath>
 #include <map>
@@ -13,7 +14,7 @@ namespace {
 
 using json = nlohmann::json;
 
-[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("[lora_merge] " + msg); }
+constexpr std::string_view kTag = "lora_merge";
 
 bool contains(const std::vector<std::string>& v, const std::string& s) {
   return std::find(v.begin(), v.end(), s) != v.end();
@@ -51,7 +52,7 @@ json union_targets(const std::vector<Adapter>& adapters) {
   for (const auto& a : adapters) {
     auto t = a.config.value("target_modules", json());
     if (t.is_string() != strings || !(t.is_string() || t.is_array()))
-      bad("adapter '" + a.name + "': target_modules " + t.dump() +
+      throw_error(kTag, "adapter '" + a.name + "': target_modules " + t.dump() +
           " — all adapters need target_modules of one type (all lists or all regex strings)");
     if (strings) regex += (regex.empty() ? "(" : "|(") + t.get<std::string>() + ")";
     else
@@ -93,26 +94,26 @@ std::vector<std::string> lora_combination_types() {
 }
 
 void LoraMergeOptions::validate(size_t n) const {
-  if (n == 0) bad("no adapters to merge");
+  if (n == 0) throw_error(kTag, "no adapters to merge");
   if (weights().size() != n)
-    bad("weights has " + std::to_string(weights().size()) + " entries for " + std::to_string(n) + " adapters");
+    throw_error(kTag, "weights has " + std::to_string(weights().size()) + " entries for " + std::to_string(n) + " adapters");
   for (double w : weights())
-    if (!std::isfinite(w)) bad("weights must be finite");
+    if (!std::isfinite(w)) throw_error(kTag, "weights must be finite");
   auto types = lora_combination_types();
   if (!contains(types, combination_type())) {
     std::string known;
     for (const auto& t : types) known += (known.empty() ? "" : ", ") + t;
-    bad("combination_type '" + combination_type() + "' is not known (" + known + ")");
+    throw_error(kTag, "combination_type '" + combination_type() + "' is not known (" + known + ")");
   }
   if (needs_density(combination_type()) && n > 1) {
-    if (!density()) bad("combination_type '" + combination_type() + "' needs density");
-    if (!(*density() >= 0 && *density() <= 1)) bad("density must be in [0, 1], got " + std::to_string(*density()));
+    if (!density()) throw_error(kTag, "combination_type '" + combination_type() + "' needs density");
+    if (!(*density() >= 0 && *density() <= 1)) throw_error(kTag, "density must be in [0, 1], got " + std::to_string(*density()));
   }
   sign_method_from_string(majority_sign_method());  // throws naming the value
   if (majority_sign_method() != "total" && majority_sign_method() != "frequency")
-    bad("majority_sign_method '" + majority_sign_method() + "' is not known (total, frequency)");
-  if (svd_rank() < 0) bad("svd_rank must be >= 0 (0: the largest input rank)");
-  if (svd_clamp() && !(*svd_clamp() > 0 && *svd_clamp() <= 1)) bad("svd_clamp must be in (0, 1]");
+    throw_error(kTag, "majority_sign_method '" + majority_sign_method() + "' is not known (total, frequency)");
+  if (svd_rank() < 0) throw_error(kTag, "svd_rank must be >= 0 (0: the largest input rank)");
+  if (svd_clamp() && !(*svd_clamp() > 0 && *svd_clamp() <= 1)) throw_error(kTag, "svd_clamp must be in (0, 1]");
 }
 
 Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapters, const LoraMergeOptions& o,
@@ -123,13 +124,13 @@ Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapter
   std::vector<int64_t> ranks;
   for (size_t i = 0; i < adapters.size(); ++i) {
     const auto& a = adapters[i];
-    if (a.name == name) bad("the merged adapter's name '" + name + "' is already an input's");
-    if (a.peft_type != "LORA") bad("adapter '" + a.name + "' is " + a.peft_type + "; only LORA adapters merge");
-    if (a.config.value("use_dora", false)) bad("adapter '" + a.name + "' uses DoRA; DoRA magnitudes do not merge");
+    if (a.name == name) throw_error(kTag, "the merged adapter's name '" + name + "' is already an input's");
+    if (a.peft_type != "LORA") throw_error(kTag, "adapter '" + a.name + "' is " + a.peft_type + "; only LORA adapters merge");
+    if (a.config.value("use_dora", false)) throw_error(kTag, "adapter '" + a.name + "' uses DoRA; DoRA magnitudes do not merge");
     ranks.push_back(a.config.value("r", int64_t{8}));
     for (const auto& m : a.modules) {
       auto lora = std::dynamic_pointer_cast<LoraImpl>(m.module);
-      if (!lora) bad("adapter '" + a.name + "' has a non-LoRA module at " + m.site);
+      if (!lora) throw_error(kTag, "adapter '" + a.name + "' has a non-LoRA module at " + m.site);
       by_site[i][m.site] = lora.get();
     }
   }
@@ -142,7 +143,7 @@ Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapter
   } else {
     for (size_t i = 0; i < ranks.size(); ++i)
       if (ranks[i] != ranks[0])
-        bad("combination_type '" + type + "' needs equal ranks: adapter '" + adapters[i].name + "' has r=" +
+        throw_error(kTag, "combination_type '" + type + "' needs equal ranks: adapter '" + adapters[i].name + "' has r=" +
             std::to_string(ranks[i]) + ", adapter '" + adapters[0].name + "' r=" + std::to_string(ranks[0]) +
             " (use cat or svd)");
   }
@@ -167,7 +168,7 @@ Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapter
         if (it == by_site[i].end()) continue;
         sources.push_back({it->second, o.weights()[i], it->second->scale * it->second->options.scaling()});
       }
-      if (sources.empty()) bad("site " + m.site + ": no input adapter has a LoRA module there");
+      if (sources.empty()) throw_error(kTag, "site " + m.site + ": no input adapter has a LoRA module there");
       auto f32 = [&](const torch::Tensor& t) { return t.detach().to(target->lora_A.device(), torch::kFloat32); };
       torch::Tensor A, B;
       if (type == "cat") {
@@ -178,7 +179,7 @@ Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapter
           bs.push_back(f32(s.lora->lora_B));
         }
         auto a = torch::cat(as, 0), b = torch::cat(bs, 1);
-        if (a.size(0) > rank) bad("site " + m.site + ": the inputs' ranks sum to " + std::to_string(a.size(0)) +
+        if (a.size(0) > rank) throw_error(kTag, "site " + m.site + ": the inputs' ranks sum to " + std::to_string(a.size(0)) +
                                   " there, more than the merged rank " + std::to_string(rank));
         A = torch::zeros_like(f32(target->lora_A));
         B = torch::zeros_like(f32(target->lora_B));
@@ -199,10 +200,10 @@ Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapter
         for (size_t j = 0; j < sources.size(); ++j) {
           const auto& s = sources[j];
           if (s.weight * s.scaling < 0)
-            bad("combination_type '" + type + "' scales A and B by sqrt(weight * scaling); weight " +
+            throw_error(kTag, "combination_type '" + type + "' scales A and B by sqrt(weight * scaling); weight " +
                 std::to_string(s.weight) + " at site " + m.site + " is negative (use cat or svd)");
           if (s.lora->lora_A.size(0) != rank)
-            bad("combination_type '" + type + "' needs equal ranks: site " + m.site + " has rank " +
+            throw_error(kTag, "combination_type '" + type + "' needs equal ranks: site " + m.site + " has rank " +
                 std::to_string(s.lora->lora_A.size(0)) + ", the merge " + std::to_string(rank));
           as.push_back(f32(s.lora->lora_A));
           bs.push_back(f32(s.lora->lora_B));
@@ -213,7 +214,7 @@ Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapter
         B = combine(type, torch::stack(bs), wt, o, gen);
       }
       if (A.sizes() != target->lora_A.sizes() || B.sizes() != target->lora_B.sizes())
-        bad("site " + m.site + ": merged factors " + c10::str(B.sizes()) + " x " + c10::str(A.sizes()) +
+        throw_error(kTag, "site " + m.site + ": merged factors " + c10::str(B.sizes()) + " x " + c10::str(A.sizes()) +
             " do not fit the new module " + c10::str(target->lora_B.sizes()) + " x " + c10::str(target->lora_A.sizes()));
       target->lora_A.copy_(A);
       target->lora_B.copy_(B);

@@ -1,6 +1,6 @@
 // mergekit-style merge methods on one tensor, against hand-worked values.
-#include "modula/aggregation/model_merge.h"
-#include "modula/aggregation/task_vectors.h"
+#include "modula/merge/model_merge.h"
+#include "modula/merge/task_vectors.h"
 
 #include <gtest/gtest.h>
 

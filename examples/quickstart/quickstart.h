@@ -27,7 +27,7 @@
 #pragma once
 
 #include "modula/train/report.h"
-#include "modula/train/tasks_synthetic.h"
+#include "quickstart/tasks_synthetic.h"
 
 #include <functional>
 #include <map>

@@ -1,6 +1,6 @@
 // The quickstart's shared parts: the tiny backbone, fit() over the one training loop,
 // held-out accuracy, naming helpers.
-#include "common.h"
+#include "quickstart/common.h"
 
 #include <algorithm>
 #include <cstdio>

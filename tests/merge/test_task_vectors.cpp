@@ -1,5 +1,5 @@
 // TIES / DARE primitives against hand-worked examples on tiny tensors.
-#include "modula/aggregation/task_vectors.h"
+#include "modula/merge/task_vectors.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,7 @@
 // mergekit's merge methods on one tensor: the M models stacked on dim 0, one kernel each.
-#include "modula/aggregation/model_merge.h"
-#include "modula/aggregation/task_vectors.h"
+#include "modula/merge/model_merge.h"
+#include "modula/merge/task_vectors.h"
+#include "modula/util/error.h"
 
 #include <algorithm>
 #include <cmath>
@@ -9,7 +10,7 @@
 namespace modula {
 namespace {
 
-[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("[merge] " + msg); }
+constexpr std::string_view kTag = "merge";
 
 bool is_task_arithmetic_family(const std::string& m) {
   return m == "task_arithmetic" || m == "ties" || m == "dare_linear" || m == "dare_ties";
@@ -22,7 +23,7 @@ torch::Tensor linear(const ModelMergeOptions& o, const torch::Tensor& stacked, c
   auto mixed = weighted_sum(stacked, w);
   if (!o.normalized()) return mixed;
   double total = w.sum().item<double>();
-  if (std::abs(total) < 1e-8) bad("linear: the weights sum to 0; set normalize: false or change the weights");
+  if (std::abs(total) < 1e-8) throw_error(kTag, "linear: the weights sum to 0; set normalize: false or change the weights");
   return mixed / total;
 }
 
@@ -94,11 +95,11 @@ void ModelMergeOptions::validate() const {
   if (std::find(methods.begin(), methods.end(), method()) == methods.end()) {
     std::string known;
     for (const auto& m : methods) known += (known.empty() ? "" : ", ") + m;
-    bad("merge_method '" + method() + "' is not known (" + known + ")");
+    throw_error(kTag, "merge_method '" + method() + "' is not known (" + known + ")");
   }
-  if (!std::isfinite(lambda())) bad("lambda must be finite");
+  if (!std::isfinite(lambda())) throw_error(kTag, "lambda must be finite");
   if (consensus() != "sum" && consensus() != "count")
-    bad("consensus '" + consensus() + "' is not known (sum, count)");
+    throw_error(kTag, "consensus '" + consensus() + "' is not known (sum, count)");
 }
 
 bool ModelMergeOptions::normalized() const {
@@ -108,14 +109,14 @@ bool ModelMergeOptions::normalized() const {
 torch::Tensor merge_tensor(const ModelMergeOptions& o, const torch::Tensor& base, const std::vector<MergeTerm>& models,
                            double t, at::Generator& gen) {
   o.validate();
-  if (models.empty()) bad(o.method() + ": no models to merge");
-  if (method_needs_base(o.method()) && !base.defined()) bad(o.method() + " needs a base_model");
+  if (models.empty()) throw_error(kTag, o.method() + ": no models to merge");
+  if (method_needs_base(o.method()) && !base.defined()) throw_error(kTag, o.method() + " needs a base_model");
   const auto shape = base.defined() ? base.sizes() : models[0].value.sizes();
   std::vector<torch::Tensor> values;
   std::vector<double> weights, densities;
   for (size_t i = 0; i < models.size(); ++i) {
     if (models[i].value.sizes() != shape)
-      bad("model " + std::to_string(i) + " has shape " + c10::str(models[i].value.sizes()) + ", expected " +
+      throw_error(kTag, "model " + std::to_string(i) + " has shape " + c10::str(models[i].value.sizes()) + ", expected " +
           c10::str(shape));
     values.push_back(f32(models[i].value));
     weights.push_back(models[i].weight);
@@ -128,11 +129,11 @@ torch::Tensor merge_tensor(const ModelMergeOptions& o, const torch::Tensor& base
   auto b = f32(base);
   if (is_task_arithmetic_family(m)) return task_arithmetic(o, b, stacked, w, densities, gen);
   if (m == "slerp") {
-    if (models.size() != 1) bad("slerp interpolates the base with exactly one other model, got " + std::to_string(models.size()));
-    if (!(t >= 0 && t <= 1)) bad("slerp: t must be in [0, 1], got " + std::to_string(t));
+    if (models.size() != 1) throw_error(kTag, "slerp interpolates the base with exactly one other model, got " + std::to_string(models.size()));
+    if (!(t >= 0 && t <= 1)) throw_error(kTag, "slerp: t must be in [0, 1], got " + std::to_string(t));
     return slerp(b, stacked[0], t);
   }
-  if (models.size() < 2) bad("model_stock needs at least two models besides the base, got " + std::to_string(models.size()));
+  if (models.size() < 2) throw_error(kTag, "model_stock needs at least two models besides the base, got " + std::to_string(models.size()));
   return model_stock(o, b, stacked);
 }
 

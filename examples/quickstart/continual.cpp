@@ -1,5 +1,5 @@
 // Quickstart experiment (a).
-#include "common.h"
+#include "quickstart/common.h"
 
 #include "modula/composition/registry.h"
 #include "modula/util/fs.h"

@@ -1,7 +1,7 @@
 // LoRA merges (PEFT add_weighted_adapter) on the tiny llama fixture, by hand.
 #include "modula/composition/registry.h"
-#include "modula/aggregation/lora_merge.h"
-#include "modula/aggregation/task_vectors.h"
+#include "modula/merge/lora_merge.h"
+#include "modula/merge/task_vectors.h"
 #include "modula/backbone/registry.h"
 #include "modula/modules/lora.h"
 #include "support/temp_dir.h"

@@ -16,7 +16,7 @@
 //   auto report = modula::run_merge(recipe);                 // writes recipe.output
 #pragma once
 
-#include "modula/aggregation/model_merge.h"
+#include "modula/merge/model_merge.h"
 
 #include <nlohmann/json.hpp>
 

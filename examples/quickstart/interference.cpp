@@ -1,5 +1,5 @@
 // Quickstart experiment (b).
-#include "common.h"
+#include "quickstart/common.h"
 
 #include "modula/composition/registry.h"
 

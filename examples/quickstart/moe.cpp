@@ -1,5 +1,5 @@
 // Quickstart experiment (d).
-#include "common.h"
+#include "quickstart/common.h"
 
 #include "modula/composition/moe_lora.h"
 #include "modula/composition/registry.h"

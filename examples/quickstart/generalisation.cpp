@@ -1,5 +1,5 @@
 // Quickstart experiment (c).
-#include "common.h"
+#include "quickstart/common.h"
 
 #include "modula/composition/poly_lora.h"
 #include "modula/composition/registry.h"

@@ -11,7 +11,7 @@
 
 #include "modula/backbone/backbone.h"
 #include "modula/train/loop.h"
-#include "modula/train/quickstart.h"
+#include "quickstart/quickstart.h"
 
 namespace modula::train::quickstart_detail {
 

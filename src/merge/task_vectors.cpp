@@ -1,5 +1,6 @@
 // TIES trim/elect/disjoint-merge and DARE drop-and-rescale, batched over stacked tasks.
-#include "modula/aggregation/task_vectors.h"
+#include "modula/merge/task_vectors.h"
+#include "modula/util/error.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -11,7 +12,7 @@ namespace modula {
 SignMethod sign_method_from_string(const std::string& name) {
   if (name == "total" || name == "sum") return SignMethod::Total;
   if (name == "frequency" || name == "count") return SignMethod::Frequency;
-  throw std::invalid_argument("[merge] majority_sign_method '" + name +
+  throw_error("merge", "majority_sign_method '" + name +
                               "' is not known (total/sum or frequency/count)");
 }
 
@@ -19,10 +20,10 @@ namespace {
 
 void check_densities(const torch::Tensor& stacked, const std::vector<double>& densities) {
   if (static_cast<int64_t>(densities.size()) != stacked.size(0))
-    throw std::invalid_argument("[merge] " + std::to_string(densities.size()) + " densities for " +
+    throw_error("merge", std::to_string(densities.size()) + " densities for " +
                                 std::to_string(stacked.size(0)) + " task tensors");
   for (double d : densities)
-    if (!(d >= 0)) throw std::invalid_argument("[merge] density must be >= 0, got " + std::to_string(d));
+    if (!(d >= 0)) throw_error("merge", "density must be >= 0, got " + std::to_string(d));
 }
 
 }  // namespace
@@ -86,7 +87,7 @@ torch::Tensor disjoint_merge(const torch::Tensor& stacked, const torch::Tensor& 
 
 torch::Tensor broadcast_weights(const torch::Tensor& weights, const torch::Tensor& stacked) {
   if (weights.dim() != 1 || weights.size(0) != stacked.size(0))
-    throw std::invalid_argument("[merge] " + std::to_string(weights.numel()) + " weights for " +
+    throw_error("merge", std::to_string(weights.numel()) + " weights for " +
                                 std::to_string(stacked.size(0)) + " task tensors");
   std::vector<int64_t> shape(stacked.dim(), 1);
   shape[0] = weights.size(0);

@@ -1,6 +1,6 @@
 // The quickstart main job: options, the result table and report, and the run (pretraining,
 // then the experiments in quickstart/{continual,interference,generalisation,moe}.cpp).
-#include "modula/train/quickstart.h"
+#include "quickstart/quickstart.h"
 
 #include "modula/backbone/registry.h"
 #include "modula/composition/registry.h"

@@ -1,5 +1,5 @@
 // Compositional sequence tasks: skills, their composition, sampling with a held-out split.
-#include "modula/train/tasks_synthetic.h"
+#include "quickstart/tasks_synthetic.h"
 
 #include <algorithm>
 #include <stdexcept>
