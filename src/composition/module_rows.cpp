@@ -21,7 +21,7 @@ using json = nlohmann::json;
 constexpr std::string_view kTag = "registry";
 
 template <typename T>
-T field(const json& c, const char* key, T fallback) {
+T field(const json& c, const char* key, T fallback) {  // the shared typed reader, with this file's tag
   return io::config_field<T>(c, key, fallback, "[registry]");
 }
 
@@ -292,6 +292,13 @@ ModuleType fusion_row_impl() {
   return t;
 }
 
+}  // namespace
+
+ModuleType sparse_ft_row() { return sparse_ft_row_impl(); }
+ModuleType bitfit_row() { return bitfit_row_impl(); }
+ModuleType hyper_lora_row() { return hyper_lora_row_impl(); }
+ModuleType fusion_row() { return fusion_row_impl(); }
+
 // ---- MODULA_MOE_LORA -------------------------------------------------------------------
 // Keys named like HF Mixtral's config: num_experts, num_experts_per_tok, router_aux_loss_coef,
 // router_z_loss_coef, norm_topk_prob; LoRA's r, lora_alpha, target_modules.
@@ -309,28 +316,5 @@ Adapter moe_lora_build(Backbone& m, const json& c, const ModuleEnv& env) {
   if (!c.contains("target_modules")) throw_error(kTag, "MODULA_MOE_LORA config needs \"target_modules\"");
   return add_moe_lora(m, c, o);
 }
-
-ModuleType moe_lora_row_impl() {
-  ModuleType t;
-  t.peft_type = "MODULA_MOE_LORA";
-  t.summary = "mixture of LoRA experts per site, token-level top-k router (MoLoRA)";
-  t.build = moe_lora_build;
-  t.load = [](Backbone& m, const std::string& dir, const ModuleEnv& env) {
-    auto folder = io::read_peft_folder(dir);
-    auto a = moe_lora_build(m, folder.config, env);
-    load_peft_tensors(a, dir, folder.tensors);
-    return a;
-  };
-  t.save = save_peft_folder;
-  return t;
-}
-
-}  // namespace
-
-ModuleType sparse_ft_row() { return sparse_ft_row_impl(); }
-ModuleType bitfit_row() { return bitfit_row_impl(); }
-ModuleType hyper_lora_row() { return hyper_lora_row_impl(); }
-ModuleType fusion_row() { return fusion_row_impl(); }
-ModuleType moe_lora_row() { return moe_lora_row_impl(); }
 
 }  // namespace modula

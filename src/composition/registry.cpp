@@ -14,7 +14,7 @@ namespace modula {
 namespace {
 
 using json = nlohmann::json;
-using Build = Adapter (*)(Backbone&, const json&, const std::string&);
+using Build = std::function<Adapter(Backbone&, const json&, const ModuleEnv&)>;
 
 constexpr std::string_view kTag = "registry";
 
@@ -27,10 +27,10 @@ ModuleType peft_row(const std::string& type, const std::string& summary, Build b
   ModuleType t;
   t.peft_type = type;
   t.summary = summary;
-  t.build = [build](Backbone& m, const json& c, const ModuleEnv& env) { return build(m, c, env.name); };
+  t.build = build;
   t.load = [build](Backbone& m, const std::string& dir, const ModuleEnv& env) {
     auto folder = io::read_peft_folder(dir);
-    auto a = build(m, folder.config, env.name);
+    auto a = build(m, folder.config, env);
     load_peft_tensors(a, dir, folder.tensors);
     return a;
   };
@@ -38,39 +38,32 @@ ModuleType peft_row(const std::string& type, const std::string& summary, Build b
   return t;
 }
 
-ModuleType poly_row() {
-  ModuleType t;
-  t.peft_type = "POLY";
-  t.summary = "Polytropon / MHR: LoRA skills with learned task-to-skill routing (PEFT)";
-  t.build = [](Backbone& m, const json& c, const ModuleEnv& env) {
-    auto ctx = context_of(env);
-    auto a = add_poly_adapter(m, c, ctx, env.name);
-    a.context = ctx;
-    return a;
-  };
-  t.load = [](Backbone& m, const std::string& dir, const ModuleEnv& env) {
-    auto ctx = context_of(env);
-    auto a = load_poly_adapter(m, dir, ctx, env.name);
-    a.context = ctx;
-    return a;
-  };
-  t.save = save_peft_folder;
-  return t;
+// Builders that need only the attach name.
+Build named(Adapter (*build)(Backbone&, const json&, const std::string&)) {
+  return [build](Backbone& m, const json& c, const ModuleEnv& env) { return build(m, c, env.name); };
+}
+
+// Polytropon routes by the "task" ids of the env's RoutingContext.
+Adapter poly_build(Backbone& m, const json& c, const ModuleEnv& env) {
+  auto ctx = context_of(env);
+  auto a = add_poly_adapter(m, c, ctx, env.name);
+  a.context = ctx;
+  return a;
 }
 
 std::vector<ModuleType> make_table() {
   std::vector<ModuleType> rows = {
-      peft_row("LORA", "low-rank updates s·B·A (rsLoRA, DoRA, rank/alpha patterns)", lora_adapter),
-      peft_row("IA3", "(IA)³ rescaling vectors", ia3_adapter),
-      peft_row("PROMPT_TUNING", "virtual token embeddings prepended to the input", prompt_adapter),
-      peft_row("PREFIX_TUNING", "per-layer key/value prefixes", prefix_adapter),
-      poly_row(),
-      peft_row("MODULA_BOTTLENECK", "bottleneck adapters on block sites (pfeiffer, houlsby, parallel)", bottleneck_adapter),
+      peft_row("LORA", "low-rank updates s·B·A (rsLoRA, DoRA, rank/alpha patterns)", named(lora_adapter)),
+      peft_row("IA3", "(IA)³ rescaling vectors", named(ia3_adapter)),
+      peft_row("PROMPT_TUNING", "virtual token embeddings prepended to the input", named(prompt_adapter)),
+      peft_row("PREFIX_TUNING", "per-layer key/value prefixes", named(prefix_adapter)),
+      peft_row("POLY", "Polytropon / MHR: LoRA skills with learned task-to-skill routing", poly_build),
+      peft_row("MODULA_BOTTLENECK", "bottleneck adapters on block sites (pfeiffer, houlsby, parallel)", named(bottleneck_adapter)),
       sparse_ft_row(),
       bitfit_row(),
       hyper_lora_row(),
       fusion_row(),
-      moe_lora_row(),
+      peft_row("MODULA_MOE_LORA", "mixture of LoRA experts per site, token-level top-k router (MoLoRA)", moe_lora_build),
   };
   return rows;
 }
