@@ -73,7 +73,9 @@ struct SparseState : AdapterState {
   }
 };
 
-ModuleType sparse_ft_row_impl() {
+}  // namespace
+
+ModuleType sparse_ft_row() {
   ModuleType t;
   t.peft_type = "MODULA_SPARSE_FT";
   t.summary = "sparse fine-tuning: K entries φ added to chosen weights (LT-SFT)";
@@ -84,12 +86,12 @@ ModuleType sparse_ft_row_impl() {
     s->diff->attach(m);  // trainable: θ₀ + scatter(values) in every forward
     return handle("MODULA_SPARSE_FT", env.name, c, s);
   };
-  t.load = [](Backbone& m, const std::string& dir, const ModuleEnv& env) {
+  t.load = [](Backbone& m, const io::PeftFolder& folder, const ModuleEnv& env) {
     auto s = std::make_shared<SparseState>();
     s->model = &m;
-    s->diff = load_sparse_diff(m, dir);
+    s->diff = load_sparse_diff(m, folder.dir);
     s->diff->apply(m, 1.0);
-    return handle("MODULA_SPARSE_FT", env.name, io::read_peft_folder(dir).config, s);
+    return handle("MODULA_SPARSE_FT", env.name, folder.config, s);
   };
   t.save = [](const Adapter& a, const std::string& dir) {
     auto s = std::dynamic_pointer_cast<SparseState>(a.state);
@@ -98,6 +100,8 @@ ModuleType sparse_ft_row_impl() {
   };
   return t;
 }
+
+namespace {
 
 // ---- MODULA_BITFIT ---------------------------------------------------------------------
 // The tuned biases θ over the ones they replaced θ₀: switched off, θ₀; scaled, θ₀ + s·(θ − θ₀).
@@ -152,7 +156,9 @@ std::shared_ptr<BitFitState> bitfit_state(Backbone& m, BitFit bitfit, const std:
   return s;
 }
 
-ModuleType bitfit_row_impl() {
+}  // namespace
+
+ModuleType bitfit_row() {
   ModuleType t;
   t.peft_type = "MODULA_BITFIT";
   t.summary = "bias-only fine-tuning (BitFit)";
@@ -164,10 +170,10 @@ ModuleType bitfit_row_impl() {
     BitFit bitfit(m, o);
     return handle("MODULA_BITFIT", env.name, c, bitfit_state(m, bitfit, before));
   };
-  t.load = [](Backbone& m, const std::string& dir, const ModuleEnv& env) {
+  t.load = [](Backbone& m, const io::PeftFolder& folder, const ModuleEnv& env) {
     auto before = copies(biases(m));
-    auto bitfit = load_bitfit(m, dir);
-    return handle("MODULA_BITFIT", env.name, io::read_peft_folder(dir).config, bitfit_state(m, bitfit, before));
+    auto bitfit = load_bitfit(m, folder.dir);
+    return handle("MODULA_BITFIT", env.name, folder.config, bitfit_state(m, bitfit, before));
   };
   t.save = [](const Adapter& a, const std::string& dir) {
     auto s = std::dynamic_pointer_cast<BitFitState>(a.state);
@@ -176,6 +182,8 @@ ModuleType bitfit_row_impl() {
   };
   return t;
 }
+
+namespace {
 
 // ---- MODULA_HYPER_LORA -----------------------------------------------------------------
 struct HyperState : AdapterState {
@@ -219,7 +227,9 @@ Adapter hyper_handle(Backbone& m, HyperLora hyper, const ModuleEnv& env) {
   return a;
 }
 
-ModuleType hyper_lora_row_impl() {
+}  // namespace
+
+ModuleType hyper_lora_row() {
   ModuleType t;
   t.peft_type = kHyperLoraType;
   t.summary = "hypernetwork generating every site's LoRA from task and site embeddings";
@@ -228,8 +238,8 @@ ModuleType hyper_lora_row_impl() {
     hyper->attach(m, env.name);
     return hyper_handle(m, hyper, env);
   };
-  t.load = [](Backbone& m, const std::string& dir, const ModuleEnv& env) {
-    return hyper_handle(m, load_hyper_lora(m, dir, env.name), env);
+  t.load = [](Backbone& m, const io::PeftFolder& folder, const ModuleEnv& env) {
+    return hyper_handle(m, load_hyper_lora(m, folder.dir, env.name), env);
   };
   t.save = [](const Adapter& a, const std::string& dir) {
     auto s = std::dynamic_pointer_cast<HyperState>(a.state);
@@ -238,6 +248,8 @@ ModuleType hyper_lora_row_impl() {
   };
   return t;
 }
+
+namespace {
 
 // ---- MODULA_FUSION ---------------------------------------------------------------------
 struct FusionState : AdapterState {
@@ -269,7 +281,9 @@ Adapter fusion_handle(AdapterFusion fusion, const std::string& name) {
   return handle("MODULA_FUSION", name, config, s);
 }
 
-ModuleType fusion_row_impl() {
+}  // namespace
+
+ModuleType fusion_row() {
   ModuleType t;
   t.peft_type = "MODULA_FUSION";
   t.summary = "AdapterFusion: attention over member adapters' outputs";
@@ -280,9 +294,9 @@ ModuleType fusion_row_impl() {
     options.erase("adapters"), options.erase("peft_type");
     return fusion_handle(add_fusion(m, members_of(names, env, "MODULA_FUSION config"), options, env.name), env.name);
   };
-  t.load = [](Backbone& m, const std::string& dir, const ModuleEnv& env) {
-    auto folder = read_fusion_folder(dir);
-    return fusion_handle(load_fusion(m, dir, members_of(folder.adapters, env, dir), env.name), env.name);
+  t.load = [](Backbone& m, const io::PeftFolder& folder, const ModuleEnv& env) {
+    const auto& dir = folder.dir;
+    return fusion_handle(load_fusion(m, dir, members_of(read_fusion_folder(dir).adapters, env, dir), env.name), env.name);
   };
   t.save = [](const Adapter& a, const std::string& dir) {
     auto s = std::dynamic_pointer_cast<FusionState>(a.state);
@@ -292,12 +306,7 @@ ModuleType fusion_row_impl() {
   return t;
 }
 
-}  // namespace
 
-ModuleType sparse_ft_row() { return sparse_ft_row_impl(); }
-ModuleType bitfit_row() { return bitfit_row_impl(); }
-ModuleType hyper_lora_row() { return hyper_lora_row_impl(); }
-ModuleType fusion_row() { return fusion_row_impl(); }
 
 // ---- MODULA_MOE_LORA -------------------------------------------------------------------
 // Keys named like HF Mixtral's config: num_experts, num_experts_per_tok, router_aux_loss_coef,

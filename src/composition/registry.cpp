@@ -28,10 +28,9 @@ ModuleType peft_row(const std::string& type, const std::string& summary, Build b
   t.peft_type = type;
   t.summary = summary;
   t.build = build;
-  t.load = [build](Backbone& m, const std::string& dir, const ModuleEnv& env) {
-    auto folder = io::read_peft_folder(dir);
+  t.load = [build](Backbone& m, const io::PeftFolder& folder, const ModuleEnv& env) {
     auto a = build(m, folder.config, env);
-    load_peft_tensors(a, dir, folder.tensors);
+    load_peft_tensors(a, folder.dir, folder.tensors);
     return a;
   };
   t.save = save_peft_folder;
@@ -112,8 +111,9 @@ Adapter build_module(Backbone& model, const json& config, const ModuleEnv& env) 
 }
 
 Adapter load_module(Backbone& model, const std::string& dir, const ModuleEnv& env) {
-  auto type = io::read_peft_folder(dir).peft_type;
-  auto a = module_type(type).load(model, dir, env);
+  auto folder = io::read_peft_folder(dir);
+  const auto type = folder.peft_type;
+  auto a = module_type(type).load(model, folder, env);
   a.peft_type = type;
   if (env.scale != 1.0) a.set_scale(env.scale);
   return a;

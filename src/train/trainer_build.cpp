@@ -138,18 +138,6 @@ void Trainer::State::apply_compose() {
        std::to_string(params) + " fusion parameters)");
 }
 
-std::string Trainer::State::peft_type_of(const std::string& dir) {
-  std::ifstream in(fs::join(dir, "adapter_config.json"));
-  if (!in) throw_error<TrainError>(kTag, "module folder " + dir + " has no adapter_config.json");
-  json c;
-  try {
-    c = json::parse(in);
-  } catch (const json::exception& e) {
-    throw_error<TrainError>(kTag, dir + "/adapter_config.json: invalid JSON: " + e.what());
-  }
-  return c.value("peft_type", std::string());
-}
-
 Adapter* Trainer::State::adapter(const std::string& name) {
   for (auto& a : adapters)
     if (a.name == name) return &a;

@@ -131,7 +131,6 @@ struct Trainer::State {
   void build(bool train_backbone, const std::vector<ModuleSpec>& specs, bool compose = false);
   // Applies cfg.compose over the run's adapters (names = the config's module names).
   void apply_compose();
-  static std::string peft_type_of(const std::string& dir);
   Adapter* adapter(const std::string& name);
   detail::InputModules activate(size_t task);
   void route_rows(size_t ti, int64_t rows);

@@ -13,6 +13,7 @@
 //   modula::save_module(a, "out/poly");
 #pragma once
 
+#include "modula/io/peft.h"
 #include "modula/modules/adapter.h"
 #include "modula/routing/router.h"
 
@@ -41,7 +42,8 @@ struct ModuleType {
   std::string peft_type;
   std::string summary;  // one line for listings
   std::function<Adapter(Backbone&, const nlohmann::json& config, const ModuleEnv&)> build;
-  std::function<Adapter(Backbone&, const std::string& dir, const ModuleEnv&)> load;
+  // The folder as load_module read it (config, peft_type, tensors): read once.
+  std::function<Adapter(Backbone&, const io::PeftFolder& folder, const ModuleEnv&)> load;
   std::function<void(const Adapter&, const std::string& dir)> save;
 };
 
