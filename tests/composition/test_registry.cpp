@@ -1,4 +1,5 @@
-// The module registry through `modula train`'s code path: every module type, with the
+// The module registry through `modula train`'s code path (a YAML config file read by
+// load_train_config, then train::train): every module type, with the
 // routing it carries, is built from a config, trained a few steps on a tiny model (the
 // loss goes down), saved, reloaded from its folder by the same code path, and evaluates
 // to the same loss (the eval loss is the mean token cross-entropy of the logits, so equal
@@ -11,6 +12,8 @@
 #include "train/tiny.h"
 
 #include <gtest/gtest.h>
+
+#include <fstream>
 
 using namespace modula;
 using namespace modula::train;
@@ -47,7 +50,10 @@ Run run(const json& cfg) {
   std::vector<double> losses;
   Callbacks cb;
   cb.on_step = [&](const StepInfo& s) { losses.push_back(s.loss); };
-  auto r = train::train(parse_train_config(cfg), qa_data(), cb);
+  // Through the YAML reader, as `modula train run.yaml` does (JSON flow style is YAML).
+  const auto path = cfg.at("output").get<std::string>() + ".yaml";
+  std::ofstream(path) << cfg.dump(2);
+  auto r = train::train(load_train_config(path), qa_data(), cb);
   Run out;
   out.eval_loss = r.eval.at("qa").at("loss");
   if (losses.size() >= 6) {
