@@ -3,17 +3,17 @@
 // (the plain LoRA site module), on a tiny Llama (hidden 256, 4 layers, r 8 on q/k/v/o).
 //
 //   bench_mixed_lora [--batch 16] [--seq 64] [--adapters 16] [--iters 20] [--threads 0]
-#include "modula/composition/registry.h"
-#include "modula/backbone/registry.h"
-#include "modula/composition/mixed.h"
-#include "modula/io/hf_config.h"
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <functional>
 #include <string>
+
+#include "modula/backbone/registry.h"
+#include "modula/composition/mixed.h"
+#include "modula/composition/registry.h"
+#include "modula/io/hf_config.h"
 
 using namespace modula;
 using json = nlohmann::json;
@@ -36,13 +36,17 @@ std::shared_ptr<Backbone> tiny_llama() {
 }
 
 json lora_config() {
-  return {{"peft_type", "LORA"}, {"r", 8}, {"lora_alpha", 16}, {"init_lora_weights", false},
+  return {{"peft_type", "LORA"},
+          {"r", 8},
+          {"lora_alpha", 16},
+          {"init_lora_weights", false},
           {"target_modules", {"q_proj", "k_proj", "v_proj", "o_proj"}}};
 }
 
 // Median seconds of each of two calls, interleaved (a, b, a, b, ...) so that load from
 // other processes falls on both alike; 3 warm-up rounds first.
-std::pair<double, double> median_seconds(const std::function<void()>& a, const std::function<void()>& b, int64_t iters) {
+std::pair<double, double> median_seconds(const std::function<void()>& a, const std::function<void()>& b,
+                                         int64_t iters) {
   auto time = [](const std::function<void()>& f) {
     auto start = std::chrono::steady_clock::now();
     f();

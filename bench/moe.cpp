@@ -4,15 +4,15 @@
 // Each line: median seconds per forward and the ratio to the dense FFN.
 //
 //   bench_moe [--tokens 4096] [--hidden 512] [--intermediate 2048] [--iters 10] [--threads 0]
-#include "modula/composition/moe_upcycle.h"
-#include "modula/composition/moefication.h"
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <functional>
 #include <string>
+
+#include "modula/composition/moe_upcycle.h"
+#include "modula/composition/moefication.h"
 
 using namespace modula;
 
@@ -50,11 +50,16 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     int64_t v = std::stoll(argv[i + 1]);
-    if (a == "--tokens") tokens = v;
-    else if (a == "--hidden") H = v;
-    else if (a == "--intermediate") I = v;
-    else if (a == "--iters") iters = v;
-    else if (a == "--threads") threads = v;
+    if (a == "--tokens")
+      tokens = v;
+    else if (a == "--hidden")
+      H = v;
+    else if (a == "--intermediate")
+      I = v;
+    else if (a == "--iters")
+      iters = v;
+    else if (a == "--threads")
+      threads = v;
     else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
       return 2;

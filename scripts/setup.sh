@@ -8,6 +8,7 @@ PACKAGES=(
   libtorch-dev libopenblas0-pthread libopenblas-dev
   nlohmann-json3-dev libcli11-dev libsentencepiece-dev libicu-dev
   libgtest-dev libgmock-dev libcpp-httplib-dev libyaml-cpp-dev
+  clang-format
 )
 
 missing=()

@@ -1,7 +1,8 @@
-#include "commands.h"
 #include "modula/conformance.h"
 
 #include <iostream>
+
+#include "commands.h"
 
 namespace modula::cli {
 

@@ -1,12 +1,12 @@
+#include <iostream>
+
+#include "commands.h"
+#include "modula/backbone/registry.h"
 #include "modula/composition/registry.h"
 #include "modula/modules/bitfit.h"
 #include "modula/modules/hypernetwork.h"
 #include "modula/modules/sparse_ft.h"
-#include "commands.h"
-#include "modula/backbone/registry.h"
 #include "modula/util/fs.h"
-
-#include <iostream>
 
 namespace modula::cli {
 

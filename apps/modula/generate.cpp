@@ -1,16 +1,17 @@
+#include "modula/backbone/generate.h"
+
+#include <iostream>
+
+#include "commands.h"
+#include "modula/backbone/registry.h"
+#include "modula/composition/apply_spec.h"
 #include "modula/composition/registry.h"
 #include "modula/modules/bitfit.h"
 #include "modula/modules/hypernetwork.h"
 #include "modula/modules/sparse_ft.h"
-#include "commands.h"
-#include "modula/backbone/generate.h"
-#include "modula/backbone/registry.h"
-#include "modula/composition/apply_spec.h"
 #include "modula/text/stream_decoder.h"
-#include "modula/util/fs.h"
 #include "modula/util/error.h"
-
-#include <iostream>
+#include "modula/util/fs.h"
 
 namespace modula::cli {
 namespace {
@@ -40,8 +41,10 @@ void add_generate(CLI::App& app) {
   cmd->add_option("--model,-m", model_dir, "Model folder")->required();
   cmd->add_option("--prompt,-p", prompt, "Prompt text (needs a tokenizer)");
   cmd->add_option("--prompt-ids", prompt_ids, "Prompt as comma-separated ids; prints ids")->delimiter(',');
-  cmd->add_option("--adapter,-a", adapter_specs, "Adapter folder (PEFT or modula format), optionally DIR:SCALE; repeatable");
-  cmd->add_option("--compose", compose, "Composition spec over --module names, e.g. 'stack(lang, fuse(a, b))' (docs/composition.md)");
+  cmd->add_option("--adapter,-a", adapter_specs,
+                  "Adapter folder (PEFT or modula format), optionally DIR:SCALE; repeatable");
+  cmd->add_option("--compose", compose,
+                  "Composition spec over --module names, e.g. 'stack(lang, fuse(a, b))' (docs/composition.md)");
   cmd->add_option("--module", module_specs, "NAME=DIR: a module folder the --compose spec names; repeatable");
   cmd->add_option("--meta", meta_specs, "KEY=ID: routing id of the prompt for route(KEY, ...); repeatable");
   cmd->add_option("--tokenizer,-t", tokenizer_path, "Tokenizer file or folder (default: the model folder)");
@@ -93,12 +96,17 @@ void add_generate(CLI::App& app) {
     std::unique_ptr<text::StreamDecoder> stream;
     if (tok) stream = std::make_unique<text::StreamDecoder>(*tok);
     bool first = true;
-    generate(*model, ids, o, [&](int64_t id) {
-      if (stream) std::cout << stream->push(id) << std::flush;
-      else std::cout << (first ? "" : " ") << id << std::flush;
-      first = false;
-      return true;
-    }, prepare);
+    generate(
+        *model, ids, o,
+        [&](int64_t id) {
+          if (stream)
+            std::cout << stream->push(id) << std::flush;
+          else
+            std::cout << (first ? "" : " ") << id << std::flush;
+          first = false;
+          return true;
+        },
+        prepare);
     if (stream) std::cout << stream->finish();
     std::cout << "\n";
   });

@@ -1,12 +1,12 @@
+#include <iostream>
+#include <map>
+#include <set>
+
 #include "commands.h"
 #include "modula/backbone/registry.h"
 #include "modula/io/peft.h"
 #include "modula/io/safetensors.h"
 #include "modula/util/fs.h"
-
-#include <iostream>
-#include <map>
-#include <set>
 
 namespace modula::cli {
 namespace {
@@ -29,9 +29,11 @@ void inspect_adapter(const std::string& dir) {
     }
   }
   std::cout << "peft_type         " << folder.peft_type << "\n";
-  for (const char* k : {"task_type", "r", "lora_alpha", "use_rslora", "use_dora", "target_modules", "feedforward_modules",
-                        "rank_pattern", "alpha_pattern", "num_virtual_tokens", "token_dim", "num_layers"})
-    if (folder.config.contains(k) && !folder.config[k].is_null()) std::cout << "  " << k << " " << folder.config[k].dump() << "\n";
+  for (const char* k :
+       {"task_type", "r", "lora_alpha", "use_rslora", "use_dora", "target_modules", "feedforward_modules",
+        "rank_pattern", "alpha_pattern", "num_virtual_tokens", "token_dim", "num_layers"})
+    if (folder.config.contains(k) && !folder.config[k].is_null())
+      std::cout << "  " << k << " " << folder.config[k].dump() << "\n";
   std::cout << "tensors           " << folder.tensors.size() << "\n"
             << "parameters        " << params << "\n";
   if (!sites.empty()) std::cout << "sites             " << sites.size() << " (e.g. " << *sites.begin() << ")\n";
@@ -42,7 +44,8 @@ void inspect_adapter(const std::string& dir) {
 void add_inspect(CLI::App& app) {
   auto* cmd = app.add_subcommand("inspect", "Show architecture, parameter count, dtypes and layers of a model folder");
   static std::string dir;
-  cmd->add_option("dir", dir, "Model folder (config.json + safetensors) or adapter folder (adapter_config.json)")->required();
+  cmd->add_option("dir", dir, "Model folder (config.json + safetensors) or adapter folder (adapter_config.json)")
+      ->required();
   cmd->callback([] {
     if (fs::is_file(fs::join(dir, "adapter_config.json"))) return inspect_adapter(dir);
     auto config = io::load_hf_config(dir);

@@ -1,7 +1,7 @@
 // modula: thin CLI over the library. Parse, call, print.
-#include "commands.h"
-
 #include <iostream>
+
+#include "commands.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"modula: modular deep learning engine (backbones, modules, routing, aggregation)"};

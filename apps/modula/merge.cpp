@@ -1,18 +1,19 @@
 // modula merge RECIPE: full-model merge from a YAML/JSON recipe (docs/merging.md).
 // modula merge-adapters: PEFT add_weighted_adapter over LoRA folders on one base model.
+#include <iostream>
+
 #include "commands.h"
+#include "modula/backbone/registry.h"
 #include "modula/composition/registry.h"
 #include "modula/merge/lora_merge.h"
 #include "modula/merge/merge_recipe.h"
-#include "modula/backbone/registry.h"
-
-#include <iostream>
 
 namespace modula::cli {
 
 void add_merge(CLI::App& app) {
-  auto* cmd = app.add_subcommand("merge", "Merge full models from a recipe (linear, task_arithmetic, ties, "
-                                          "dare_linear, dare_ties, slerp, model_stock)");
+  auto* cmd = app.add_subcommand("merge",
+                                 "Merge full models from a recipe (linear, task_arithmetic, ties, "
+                                 "dare_linear, dare_ties, slerp, model_stock)");
   static std::string recipe_path, out;
   cmd->add_option("recipe", recipe_path, "Recipe file (.yaml, .yml or .json)")->required();
   cmd->add_option("--out,-o", out, "Output folder (overrides the recipe's output)");
@@ -40,8 +41,10 @@ void add_merge_adapters(CLI::App& app) {
   cmd->add_option("--model,-m", model_dir, "Base model folder")->required();
   cmd->add_option("--adapter,-a", adapters, "LoRA adapter folder; repeatable")->required();
   cmd->add_option("--weights,-w", weights, "One weight per adapter")->required()->delimiter(',');
-  cmd->add_option("--combination,-c", combination, "linear, cat, svd, ties, dare_linear, dare_ties, "
-                                                  "magnitude_prune, or a *_svd variant")->capture_default_str();
+  cmd->add_option("--combination,-c", combination,
+                  "linear, cat, svd, ties, dare_linear, dare_ties, "
+                  "magnitude_prune, or a *_svd variant")
+      ->capture_default_str();
   cmd->add_option("--density", density, "Fraction kept by the pruning types, in [0, 1]");
   cmd->add_option("--majority-sign", sign, "total or frequency (ties types)")->capture_default_str();
   cmd->add_option("--svd-rank", svd_rank, "Rank of the svd types (0: the largest input rank)")->capture_default_str();
@@ -51,14 +54,20 @@ void add_merge_adapters(CLI::App& app) {
   cmd->callback([] {
     auto model = load_backbone(model_dir);
     std::vector<Adapter> inputs;
-    for (size_t i = 0; i < adapters.size(); ++i) inputs.push_back(load_adapter(*model, adapters[i], "a" + std::to_string(i)));
-    auto o = LoraMergeOptions(weights).combination_type(combination).majority_sign_method(sign).svd_rank(svd_rank).seed(seed);
+    for (size_t i = 0; i < adapters.size(); ++i)
+      inputs.push_back(load_adapter(*model, adapters[i], "a" + std::to_string(i)));
+    auto o = LoraMergeOptions(weights)
+                 .combination_type(combination)
+                 .majority_sign_method(sign)
+                 .svd_rank(svd_rank)
+                 .seed(seed);
     if (density >= 0) o.density(density);
     if (svd_clamp >= 0) o.svd_clamp(svd_clamp);
     auto merged = merge_lora_adapters(*model, inputs, o, "merged");
     save_adapter(merged, out);
-    std::cout << "merged " << inputs.size() << " LoRA adapter(s) with " << combination << " (r="
-              << merged.config["r"].get<int64_t>() << ", " << merged.modules.size() << " sites) -> " << out << "\n";
+    std::cout << "merged " << inputs.size() << " LoRA adapter(s) with " << combination
+              << " (r=" << merged.config["r"].get<int64_t>() << ", " << merged.modules.size() << " sites) -> " << out
+              << "\n";
   });
 }
 

@@ -1,17 +1,21 @@
 // modula pretrain CONFIG: a causal or masked LM from scratch (random init) into an HF folder.
+#include <iostream>
+
 #include "commands.h"
 #include "modula/util/fs.h"
 #include "train_run.h"
 
-#include <iostream>
-
 namespace modula::cli {
 
 void add_pretrain(CLI::App& app) {
-  auto* cmd = app.add_subcommand("pretrain", "Pretrain a causal/masked LM from random init; writes OUTPUT/model (config.json + model.safetensors)");
+  auto* cmd = app.add_subcommand(
+      "pretrain",
+      "Pretrain a causal/masked LM from random init; writes OUTPUT/model (config.json + model.safetensors)");
   static std::string config_path, output;
   static bool resume = false;
-  cmd->add_option("config", config_path, "Run config: model = a config.json (or folder), tasks = causal_lm or masked_lm")->required();
+  cmd->add_option("config", config_path,
+                  "Run config: model = a config.json (or folder), tasks = causal_lm or masked_lm")
+      ->required();
   cmd->add_option("--output,-o", output, "Output folder (overrides the config's)");
   cmd->add_flag("--resume", resume, "Continue from the newest complete checkpoint");
   cmd->callback([] {
@@ -20,16 +24,19 @@ void add_pretrain(CLI::App& app) {
     config.init = "random";
     config.train_backbone = true;
     config.save_model = true;
-    if (!config.modules.empty()) throw_error<ConfigError>("train", config_path + ": pretraining trains the whole model; remove 'modules'");
+    if (!config.modules.empty())
+      throw_error<ConfigError>("train", config_path + ": pretraining trains the whole model; remove 'modules'");
     for (const auto& t : config.tasks)
       if (t.type != train::TaskType::CausalLM && t.type != train::TaskType::MaskedLM)
-        throw_error<ConfigError>("train", config_path + ": pretraining takes causal_lm or masked_lm tasks, task '" + t.name +
-                                 "' is " + train::to_string(t.type));
+        throw_error<ConfigError>("train", config_path + ": pretraining takes causal_lm or masked_lm tasks, task '" +
+                                              t.name + "' is " + train::to_string(t.type));
     run_training(config, resume);
     // The tokenizer belongs with the model folder.
-    std::string tok = config.tokenizer.empty() ? (fs::is_dir(config.model) ? config.model : fs::parent(config.model)) : config.tokenizer;
+    std::string tok = config.tokenizer.empty() ? (fs::is_dir(config.model) ? config.model : fs::parent(config.model))
+                                               : config.tokenizer;
     if (fs::is_dir(tok)) tok = fs::join(tok, "tokenizer.json");
-    if (fs::is_file(tok) && fs::extension(tok) == ".json") fs::copy_file(tok, fs::join(config.output, "model/tokenizer.json"));
+    if (fs::is_file(tok) && fs::extension(tok) == ".json")
+      fs::copy_file(tok, fs::join(config.output, "model/tokenizer.json"));
     std::cout << "model written to " << fs::join(config.output, "model") << "\n";
   });
 }

@@ -2,18 +2,20 @@
 // continual-learning, multi-task-interference, systematic-generalisation and mixture-of-
 // LoRA-experts experiments (examples/quickstart/quickstart.h),
 // print the table and write the HTML report.
-#include "commands.h"
 #include "quickstart/quickstart.h"
-#include "modula/util/fs.h"
 
 #include <iostream>
+
+#include "commands.h"
+#include "modula/util/fs.h"
 
 namespace modula::cli {
 
 void add_quickstart(CLI::App& app) {
-  auto* cmd = app.add_subcommand("quickstart",
-                                 "Main job: pretrain a tiny model, then continual learning, multi-task interference, "
-                                 "systematic generalisation (Polytropon) and mixture of LoRA experts; table + HTML report");
+  auto* cmd =
+      app.add_subcommand("quickstart",
+                         "Main job: pretrain a tiny model, then continual learning, multi-task interference, "
+                         "systematic generalisation (Polytropon) and mixture of LoRA experts; table + HTML report");
   struct Flags {
     bool full = false, tiny = false;
     std::string out = "build/quickstart";
@@ -24,7 +26,8 @@ void add_quickstart(CLI::App& app) {
   static Flags f;
   cmd->add_flag("--full", f.full, "Longer, stronger run (bigger model, more steps and tasks)");
   cmd->add_flag("--tiny", f.tiny, "A few steps of everything (a smoke test, seconds)");
-  cmd->add_option("--out", f.out, "Folder for the backbone, the per-task modules and report.html")->capture_default_str();
+  cmd->add_option("--out", f.out, "Folder for the backbone, the per-task modules and report.html")
+      ->capture_default_str();
   cmd->add_option("--seed", f.seed, "Seed of initialisation and data")->capture_default_str();
   cmd->add_option("--pretrain-steps", f.pretrain_steps, "Override the pretraining steps");
   cmd->add_option("--finetune-steps", f.finetune_steps, "Override the fine-tuning steps per task");
@@ -39,7 +42,9 @@ void add_quickstart(CLI::App& app) {
   cmd->add_option("--threads", f.threads, "Intra-op threads (0: libtorch's choice)")->capture_default_str();
   cmd->callback([] {
     if (f.full && f.tiny) throw std::invalid_argument("choose one of --full and --tiny");
-    auto o = f.full ? train::QuickstartOptions::full() : f.tiny ? train::QuickstartOptions::tiny() : train::QuickstartOptions();
+    auto o = f.full   ? train::QuickstartOptions::full()
+             : f.tiny ? train::QuickstartOptions::tiny()
+                      : train::QuickstartOptions();
     o.output(f.out).seed(f.seed);
     if (f.pretrain_steps) o.pretrain_steps(f.pretrain_steps);
     if (f.finetune_steps) o.finetune_steps(f.finetune_steps);
@@ -50,15 +55,19 @@ void add_quickstart(CLI::App& app) {
     if (!f.heldout.empty()) o.heldout_tasks(f.heldout);
     if (!f.moe.empty()) o.moe_tasks(f.moe);
     if (f.threads > 0) torch::set_num_threads(static_cast<int>(f.threads));
-    std::cout << "modula quickstart" << (f.full ? " --full" : f.tiny ? " --tiny" : "") << " (seed " << f.seed << ", "
-              << torch::get_num_threads() << " threads)\n";
+    std::cout << "modula quickstart"
+              << (f.full   ? " --full"
+                  : f.tiny ? " --tiny"
+                           : "")
+              << " (seed " << f.seed << ", " << torch::get_num_threads() << " threads)\n";
     auto result = train::run_quickstart(o, [](const std::string& line) { std::cout << line << "\n" << std::flush; });
     std::cout << "\n" << train::format_table(result.summary_table());
     for (const auto& e : result.experiments)
       for (const auto& m : result.accuracy_matrices(e)) std::cout << "\n" << train::format_matrix(m);
     if (!result.output.empty())
-      std::cout << "\nreport: " << fs::join(result.output, "report.html") << "  (modules: "
-                << fs::join(result.output, "modules") << ", backbone: " << fs::join(result.output, "backbone") << ")\n";
+      std::cout << "\nreport: " << fs::join(result.output, "report.html")
+                << "  (modules: " << fs::join(result.output, "modules")
+                << ", backbone: " << fs::join(result.output, "backbone") << ")\n";
     std::cout << "total " << static_cast<int>(result.seconds) << " s\n";
   });
 }

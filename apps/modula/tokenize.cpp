@@ -1,7 +1,7 @@
+#include <iostream>
+
 #include "commands.h"
 #include "modula/text/tokenizer.h"
-
-#include <iostream>
 
 namespace modula::cli {
 

@@ -1,8 +1,4 @@
 // modula train CONFIG: one config-driven run (backbone + modules + tasks + optimisation).
-#include "commands.h"
-#include "modula/train/report.h"
-#include "train_run.h"
-
 #include <unistd.h>
 
 #include <cmath>
@@ -11,6 +7,10 @@
 #include <map>
 #include <sstream>
 
+#include "commands.h"
+#include "modula/train/report.h"
+#include "train_run.h"
+
 namespace modula::cli {
 namespace {
 
@@ -18,8 +18,10 @@ std::string clock(double s) {
   if (!std::isfinite(s) || s < 0) return "--:--";
   char buf[32];
   auto t = static_cast<long>(s);
-  if (t >= 3600) std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
-  else std::snprintf(buf, sizeof buf, "%02ld:%02ld", t / 60, t % 60);
+  if (t >= 3600)
+    std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%02ld:%02ld", t / 60, t % 60);
   return buf;
 }
 
@@ -50,9 +52,9 @@ int run_training(const train::TrainConfig& config, bool resume) {
                    clock(s.eta_s).c_str());
       if (s.step == s.total_steps) std::fprintf(stderr, "\n");
     } else {
-      std::cerr << s.phase << " step " << s.step << "/" << s.total_steps << " task " << s.task << " loss " << fmt(s.loss)
-                << " lr " << fmt(s.lr, 3) << " grad_norm " << fmt(s.grad_norm, 3) << " tokens/s " << fmt(s.tokens_per_s, 5)
-                << " eta " << clock(s.eta_s) << "\n";
+      std::cerr << s.phase << " step " << s.step << "/" << s.total_steps << " task " << s.task << " loss "
+                << fmt(s.loss) << " lr " << fmt(s.lr, 3) << " grad_norm " << fmt(s.grad_norm, 3) << " tokens/s "
+                << fmt(s.tokens_per_s, 5) << " eta " << clock(s.eta_s) << "\n";
     }
   };
   cb.on_eval = [&](const train::EvalInfo& e) {
@@ -83,8 +85,12 @@ int run_training(const train::TrainConfig& config, bool resume) {
     std::cout << train::format_table(t);
   }
   auto matrix = [&](const std::string& title, const train::ContinualResult& c) {
-    train::Matrix m{title, {}, c.tasks, c.accuracy,
-                    "average accuracy " + fmt(c.average_accuracy) + ", average forgetting " + fmt(c.average_forgetting)};
+    train::Matrix m{
+        title,
+        {},
+        c.tasks,
+        c.accuracy,
+        "average accuracy " + fmt(c.average_accuracy) + ", average forgetting " + fmt(c.average_forgetting)};
     for (const auto& t : c.tasks) m.row_labels.push_back("after " + t);
     report.add(m);
     std::cout << train::format_matrix(m) << m.caption << "\n";
@@ -93,7 +99,8 @@ int run_training(const train::TrainConfig& config, bool resume) {
   if (r.baseline) matrix("full fine-tuning baseline: accuracy (task x time)", *r.baseline);
   if (!r.continual) {
     std::cout << "trainable parameters " << r.trainable_parameters << " of " << r.total_parameters << "\n";
-    std::cout << "steps " << r.steps << " final loss " << fmt(r.final_loss) << (r.stopped_early ? " (stopped early)" : "") << "\n";
+    std::cout << "steps " << r.steps << " final loss " << fmt(r.final_loss)
+              << (r.stopped_early ? " (stopped early)" : "") << "\n";
   }
   report.write_html(r.output + "/report.html");
   std::cout << "wrote " << r.output << " (metrics.jsonl, result.json, report.html)\n";

@@ -1,8 +1,7 @@
 // Quickstart experiment (a).
-#include "quickstart/common.h"
-
 #include "modula/composition/registry.h"
 #include "modula/util/fs.h"
+#include "quickstart/common.h"
 
 namespace modula::train::quickstart_detail {
 
@@ -14,7 +13,8 @@ ExperimentResult continual(Context& c) {
   ExperimentResult e;
   e.key = "continual";
   e.title = "(a) continual learning";
-  e.claim = "Per-task modules on a frozen backbone keep every earlier task's accuracy; updating shared weights forgets.";
+  e.claim =
+      "Per-task modules on a frozen backbone keep every earlier task's accuracy; updating shared weights forgets.";
   e.tasks = o.continual_tasks();
   const size_t K = tasks.size();
 
@@ -38,7 +38,8 @@ ExperimentResult continual(Context& c) {
       for (auto& p : params) trained.push_back(p);
       m.select(k);
       std::vector<int64_t> ids{static_cast<int64_t>(k)};
-      fit(*m.model, params, [&] { return c.sampler.sample(tasks, ids, o.batch_size(), Split::Train, false); },
+      fit(
+          *m.model, params, [&] { return c.sampler.sample(tasks, ids, o.batch_size(), Split::Train, false); },
           o.finetune_steps(), m.lr, o.log_every(), r.loss, m.name + "/" + tasks[k].name, c.progress);
       std::vector<double> row(K, NAN);
       for (size_t j = 0; j <= k; ++j) {

@@ -1,8 +1,7 @@
 // Quickstart experiment (c).
-#include "quickstart/common.h"
-
 #include "modula/composition/poly_lora.h"
 #include "modula/composition/registry.h"
+#include "quickstart/common.h"
 
 namespace modula::train::quickstart_detail {
 
@@ -24,17 +23,22 @@ ExperimentResult generalisation(Context& c) {
   ExperimentResult e;
   e.key = "generalisation";
   e.title = "(c) systematic generalisation";
-  e.claim = "Skills shared across tasks with a learned task-to-skill routing recombine: a held-out composition of seen "
-            "skills needs only a new routing, learned from " + std::to_string(o.few_shot_examples()) + " examples.";
+  e.claim =
+      "Skills shared across tasks with a learned task-to-skill routing recombine: a held-out composition of seen "
+      "skills needs only a new routing, learned from " +
+      std::to_string(o.few_shot_examples()) + " examples.";
   e.tasks = o.generalisation_tasks();
   e.tasks.insert(e.tasks.end(), o.heldout_tasks().begin(), o.heldout_tasks().end());
   e.heldout_tasks = o.heldout_tasks();
-  e.notes.push_back("Training tasks: " + std::to_string(o.generalisation_steps()) + " multi-task steps per method (per-task "
-                    "LoRA: split evenly over its tasks). Held-out tasks: " + std::to_string(o.adapt_steps()) +
-                    " full-batch steps on the same " + std::to_string(o.few_shot_examples()) +
+  e.notes.push_back("Training tasks: " + std::to_string(o.generalisation_steps()) +
+                    " multi-task steps per method (per-task "
+                    "LoRA: split evenly over its tasks). Held-out tasks: " +
+                    std::to_string(o.adapt_steps()) + " full-batch steps on the same " +
+                    std::to_string(o.few_shot_examples()) +
                     " examples for every method; evaluation on held-out inputs. Polytropon (n_skills " +
-                    std::to_string(o.poly_skills()) + ", rank " + std::to_string(o.lora_r()) +
-                    ", routing lr " + fmt(o.routing_lr(), 2) + ") adapts only the new task's routing logits (MHR-z); "
+                    std::to_string(o.poly_skills()) + ", rank " + std::to_string(o.lora_r()) + ", routing lr " +
+                    fmt(o.routing_lr(), 2) +
+                    ") adapts only the new task's routing logits (MHR-z); "
                     "the uniform-routing row evaluates the held-out tasks with their untrained routing (σ(≈0): every "
                     "skill weighted equally, MHR-μ's allocation), no adaptation.");
   auto train_ids = iota_ids(K);
@@ -60,8 +64,8 @@ ExperimentResult generalisation(Context& c) {
     auto model = copy_backbone(*c.pretrained);
     freeze_backbone(*model);
     auto ctx = std::make_shared<RoutingContext>();
-    json config = {{"peft_type", "POLY"},          {"r", o.lora_r()},  {"n_tasks", static_cast<int64_t>(K + H)},
-                   {"n_skills", o.poly_skills()}, {"n_splits", 1},    {"target_modules", "all-linear"}};
+    json config = {{"peft_type", "POLY"},         {"r", o.lora_r()}, {"n_tasks", static_cast<int64_t>(K + H)},
+                   {"n_skills", o.poly_skills()}, {"n_splits", 1},   {"target_modules", "all-linear"}};
     auto poly = add_poly_adapter(*model, config, ctx, "poly");
     std::vector<torch::Tensor> skills, routing;
     for (auto& m : poly.modules) {
@@ -78,8 +82,9 @@ ExperimentResult generalisation(Context& c) {
       ctx->set("task", b.task_ids);
       return b;
     };
-    fit(*model, {ParamGroup{skills, o.module_lr()}, ParamGroup{routing, o.routing_lr()}}, [&] { return routed(mixed()); },
-        o.generalisation_steps(), o.log_every(), r.loss, "Polytropon", c.progress);
+    fit(
+        *model, {ParamGroup{skills, o.module_lr()}, ParamGroup{routing, o.routing_lr()}},
+        [&] { return routed(mixed()); }, o.generalisation_steps(), o.log_every(), r.loss, "Polytropon", c.progress);
     auto uniform = start("Polytropon, uniform routing (no adaptation)");
     uniform.trainable_parameters = r.trainable_parameters;
     uniform.active_parameters = r.active_parameters;
@@ -92,8 +97,9 @@ ExperimentResult generalisation(Context& c) {
     }
     auto z = mhr_z(poly);  // skills frozen; only the routing logits train
     for (size_t h = 0; h < H; ++h) {
-      fit(*model, {ParamGroup{z, o.routing_lr()}}, [&] { return routed(shots[h]); }, o.adapt_steps(), o.log_every(), r.loss,
-          "MHR-z/" + held[h].name, c.progress);
+      fit(
+          *model, {ParamGroup{z, o.routing_lr()}}, [&] { return routed(shots[h]); }, o.adapt_steps(), o.log_every(),
+          r.loss, "MHR-z/" + held[h].name, c.progress);
       routed(evals[K + h]);
       r.accuracy[0][K + h] = accuracy(*model, evals[K + h]);
     }
@@ -110,12 +116,14 @@ ExperimentResult generalisation(Context& c) {
     auto a = add_adapter(*model, lora_config(o), "shared");
     auto r = start("shared LoRA");
     r.trainable_parameters = r.active_parameters = count(a.parameters());
-    fit(*model, a.parameters(), mixed, o.generalisation_steps(), o.module_lr(), o.log_every(), r.loss, "shared LoRA", c.progress);
+    fit(*model, a.parameters(), mixed, o.generalisation_steps(), o.module_lr(), o.log_every(), r.loss, "shared LoRA",
+        c.progress);
     for (size_t j = 0; j < K; ++j) r.accuracy[0][j] = accuracy(*model, evals[j]);
     auto trained = snapshot(a.parameters());
     for (size_t h = 0; h < H; ++h) {
       restore(a.parameters(), trained);
-      fit(*model, a.parameters(), [&] { return shots[h]; }, o.adapt_steps(), o.module_lr(), o.log_every(), r.loss,
+      fit(
+          *model, a.parameters(), [&] { return shots[h]; }, o.adapt_steps(), o.module_lr(), o.log_every(), r.loss,
           "shared LoRA/" + held[h].name, c.progress);
       r.accuracy[0][K + h] = accuracy(*model, evals[K + h]);
     }
@@ -140,11 +148,14 @@ ExperimentResult generalisation(Context& c) {
       select(j);
       std::vector<int64_t> ids{static_cast<int64_t>(j)};
       if (j < K)
-        fit(*model, modules[j].parameters(), [&] { return c.sampler.sample(tasks, ids, o.batch_size(), Split::Train, false); },
-            per_task, o.module_lr(), o.log_every(), r.loss, "per-task LoRA/" + tasks[j].name, c.progress);
+        fit(
+            *model, modules[j].parameters(),
+            [&] { return c.sampler.sample(tasks, ids, o.batch_size(), Split::Train, false); }, per_task, o.module_lr(),
+            o.log_every(), r.loss, "per-task LoRA/" + tasks[j].name, c.progress);
       else
-        fit(*model, modules[j].parameters(), [&] { return shots[j - K]; }, o.adapt_steps(), o.module_lr(), o.log_every(),
-            r.loss, "per-task LoRA/" + tasks[j].name, c.progress);
+        fit(
+            *model, modules[j].parameters(), [&] { return shots[j - K]; }, o.adapt_steps(), o.module_lr(),
+            o.log_every(), r.loss, "per-task LoRA/" + tasks[j].name, c.progress);
       r.accuracy[0][j] = accuracy(*model, evals[j]);
     }
     finish(r, t0);

@@ -1,7 +1,6 @@
 // Quickstart experiment (b).
-#include "quickstart/common.h"
-
 #include "modula/composition/registry.h"
+#include "quickstart/common.h"
 
 namespace modula::train::quickstart_detail {
 
@@ -54,7 +53,8 @@ ExperimentResult interference(Context& c) {
     for (size_t k = 0; k < K; ++k) {
       select(k);
       std::vector<int64_t> ids{static_cast<int64_t>(k)};
-      fit(*model, modules[k].parameters(),
+      fit(
+          *model, modules[k].parameters(),
           [&] { return c.sampler.sample(tasks, ids, o.batch_size(), Split::Train, false); }, o.finetune_steps(),
           o.module_lr(), o.log_every(), r.loss, "per-task LoRA/" + tasks[k].name, c.progress);
     }
@@ -68,16 +68,19 @@ ExperimentResult interference(Context& c) {
     freeze_backbone(*model);
     auto config = lora_config(o);
     config["r"] = rank;
-    config["lora_alpha"] = o.lora_alpha() * static_cast<double>(rank) / static_cast<double>(o.lora_r());  // same scaling
+    config["lora_alpha"] =
+        o.lora_alpha() * static_cast<double>(rank) / static_cast<double>(o.lora_r());  // same scaling
     auto a = add_adapter(*model, config, "shared");
     MethodResult r;
     r.method = name;
     r.loss.name = name;
     r.trainable_parameters = count(a.parameters());
     r.active_parameters = r.trainable_parameters;
-    fit(*model, a.parameters(), [&] { return c.sampler.sample(tasks, all, o.batch_size(), Split::Train, false); },
+    fit(
+        *model, a.parameters(), [&] { return c.sampler.sample(tasks, all, o.batch_size(), Split::Train, false); },
         total_steps, o.module_lr(), o.log_every(), r.loss, name, c.progress);
-    finish(r, [](size_t) {}, *model, t0);
+    finish(
+        r, [](size_t) {}, *model, t0);
     e.methods.push_back(std::move(r));
   };
   shared("shared LoRA", o.lora_r());

@@ -1,8 +1,7 @@
 // Quickstart experiment (d).
-#include "quickstart/common.h"
-
 #include "modula/composition/moe_lora.h"
 #include "modula/composition/registry.h"
+#include "quickstart/common.h"
 
 namespace modula::train::quickstart_detail {
 
@@ -17,13 +16,18 @@ ExperimentResult moe(Context& c) {
   ExperimentResult e;
   e.key = "moe";
   e.title = "(d) mixture of LoRA experts";
-  e.claim = "Experts with learned top-k routing add capacity at the active compute of one module; compared with one "
-            "module of the same active size and one of the same total size.";
+  e.claim =
+      "Experts with learned top-k routing add capacity at the active compute of one module; compared with one "
+      "module of the same active size and one of the same total size.";
   e.tasks = o.moe_tasks();
-  e.notes.push_back(std::to_string(o.moe_steps()) + " steps per method on batches mixing every task, skill markers in "
-                    "the text, no task id. MoE: " + std::to_string(M) + " LoRA experts of rank " + std::to_string(r0) +
-                    " per linear site, token-level top-" + std::to_string(k) + " routing, training loss + router losses "
-                    "(load balancing α = " + fmt(o.load_balance_coef(), 3) + ", z-loss β = 0.001). Active params: router + " +
+  e.notes.push_back(std::to_string(o.moe_steps()) +
+                    " steps per method on batches mixing every task, skill markers in "
+                    "the text, no task id. MoE: " +
+                    std::to_string(M) + " LoRA experts of rank " + std::to_string(r0) +
+                    " per linear site, token-level top-" + std::to_string(k) +
+                    " routing, training loss + router losses "
+                    "(load balancing α = " +
+                    fmt(o.load_balance_coef(), 3) + ", z-loss β = 0.001). Active params: router + " +
                     std::to_string(k) + "/" + std::to_string(M) + " of the experts.");
   auto all = iota_ids(K);
   auto ctx = std::make_shared<RoutingContext>();
@@ -42,12 +46,14 @@ ExperimentResult moe(Context& c) {
   };
   {
     auto t0 = Clock::now();
-    std::string name = "MoE LoRA (" + std::to_string(M) + "x r" + std::to_string(r0) + ", top-" + std::to_string(k) + ")";
+    std::string name =
+        "MoE LoRA (" + std::to_string(M) + "x r" + std::to_string(r0) + ", top-" + std::to_string(k) + ")";
     c.say(" " + name + ": token-level routing with load balancing");
     auto model = copy_backbone(*c.pretrained);
     freeze_backbone(*model);
-    auto layers = add_moe_lora(*model, {{"target_modules", "all-linear"}},
-                               MoeLoraOptions(M).r(r0).alpha(o.lora_alpha()).k(k).load_balance_coef(o.load_balance_coef()).context(ctx));
+    auto layers = add_moe_lora(
+        *model, {{"target_modules", "all-linear"}},
+        MoeLoraOptions(M).r(r0).alpha(o.lora_alpha()).k(k).load_balance_coef(o.load_balance_coef()).context(ctx));
     std::vector<torch::Tensor> params;
     int64_t router = 0;
     for (auto& m : layers.modules) {
@@ -61,7 +67,8 @@ ExperimentResult moe(Context& c) {
     r.aux.name = name;
     r.trainable_parameters = count(params);
     r.active_parameters = router + (r.trainable_parameters - router) * k / M;
-    fit(*model, {ParamGroup{params, o.module_lr()}}, draw, o.moe_steps(), o.log_every(), r.loss, name, c.progress, &r.aux);
+    fit(*model, {ParamGroup{params, o.module_lr()}}, draw, o.moe_steps(), o.log_every(), r.loss, name, c.progress,
+        &r.aux);
     r.aux_loss = r.aux.loss.back();
     finish(r, *model, t0);
     e.methods.push_back(std::move(r));

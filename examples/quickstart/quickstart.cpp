@@ -71,7 +71,8 @@ void QuickstartOptions::validate() const {
   positive(eval_examples_, "eval_examples");
   positive(log_every_, "log_every");
   if (hidden_size_ % num_heads_ != 0)
-    bad("hidden_size (" + std::to_string(hidden_size_) + ") must be divisible by num_heads (" + std::to_string(num_heads_) + ")");
+    bad("hidden_size (" + std::to_string(hidden_size_) + ") must be divisible by num_heads (" +
+        std::to_string(num_heads_) + ")");
   if (!(pretrain_lr_ > 0) || !(module_lr_ > 0) || !(full_lr_ > 0)) bad("learning rates must be > 0");
   if (pretrain_tasks_.empty()) bad("pretrain_tasks is empty");
   for (const auto& t : parse_tasks(pretrain_tasks_))
@@ -96,7 +97,8 @@ void QuickstartOptions::validate() const {
   if (generalisation_tasks_.empty()) bad("generalisation_tasks is empty");
   if (heldout_tasks_.empty()) bad("heldout_tasks is empty");
   if (moe_tasks_.size() < 2) bad("moe_tasks needs at least 2 tasks");
-  for (const auto* list : {&continual_tasks_, &interference_tasks_, &generalisation_tasks_, &heldout_tasks_, &moe_tasks_})
+  for (const auto* list :
+       {&continual_tasks_, &interference_tasks_, &generalisation_tasks_, &heldout_tasks_, &moe_tasks_})
     for (size_t i = 0; i < list->size(); ++i) {
       parse_task((*list)[i]);
       for (size_t j = 0; j < i; ++j)
@@ -109,7 +111,9 @@ void QuickstartOptions::validate() const {
     for (Skill s : h.skills) {
       bool seen = false;
       for (const auto& t : train) seen = seen || std::find(t.skills.begin(), t.skills.end(), s) != t.skills.end();
-      if (!seen) bad("held-out task '" + h.name + "' uses skill '" + to_string(s) + "', which no generalisation_tasks entry trains");
+      if (!seen)
+        bad("held-out task '" + h.name + "' uses skill '" + to_string(s) +
+            "', which no generalisation_tasks entry trains");
     }
     for (const auto& t : train) {
       bool same = true;
@@ -140,8 +144,8 @@ double average_forgetting(const std::vector<std::vector<double>>& a) {
 
 Table QuickstartResult::summary_table() const {
   Table t{"modula quickstart: exact-match accuracy on held-out inputs",
-          {"experiment", "method", "trainable params", "active params", "final accuracy", "held-out tasks", "forgetting",
-           "seconds"},
+          {"experiment", "method", "trainable params", "active params", "final accuracy", "held-out tasks",
+           "forgetting", "seconds"},
           {},
           "final accuracy: mean over the (training) tasks at the end; held-out tasks: (c)'s compositions never trained "
           "on, learned from a few examples; forgetting: mean over earlier tasks of (best - final) accuracy; active "
@@ -161,7 +165,8 @@ std::vector<Matrix> QuickstartResult::accuracy_matrices(const ExperimentResult& 
     x.row_labels = m.stages;
     x.col_labels = e.tasks;
     for (auto& label : x.col_labels)
-      if (std::find(e.heldout_tasks.begin(), e.heldout_tasks.end(), label) != e.heldout_tasks.end()) label += " (held out)";
+      if (std::find(e.heldout_tasks.begin(), e.heldout_tasks.end(), label) != e.heldout_tasks.end())
+        label += " (held out)";
     x.values = m.accuracy;
     x.caption = "rows: training stage; columns: task; cells: held-out exact-match accuracy";
     ms.push_back(std::move(x));
@@ -171,14 +176,19 @@ std::vector<Matrix> QuickstartResult::accuracy_matrices(const ExperimentResult& 
 
 Report QuickstartResult::report() const {
   Report r("modula quickstart");
-  r.paragraph("A tiny Llama (" + std::to_string(backbone_parameters) + " parameters, " + std::to_string(options.num_layers()) +
-              " layers, hidden " + std::to_string(options.hidden_size()) +
+  r.paragraph("A tiny Llama (" + std::to_string(backbone_parameters) + " parameters, " +
+              std::to_string(options.num_layers()) + " layers, hidden " + std::to_string(options.hidden_size()) +
               ") pretrained on compositional sequence tasks with a task marker, then fine-tuned on tasks whose "
               "identity is metadata only. Accuracy: exact match of the whole answer on held-out generated inputs. "
-              "Seed " + std::to_string(options.seed()) + "; total " + fmt(seconds, 1) + " s.");
+              "Seed " +
+              std::to_string(options.seed()) + "; total " + fmt(seconds, 1) + " s.");
   r.add(summary_table());
   r.heading("Pretraining");
-  r.add(LineChart{"pretraining loss (answer tokens)", "step", "loss", {{"pretraining", pretrain_loss.step, pretrain_loss.loss}}, true});
+  r.add(LineChart{"pretraining loss (answer tokens)",
+                  "step",
+                  "loss",
+                  {{"pretraining", pretrain_loss.step, pretrain_loss.loss}},
+                  true});
   Table pre{"held-out accuracy after pretraining (marker in the text)", {"task", "accuracy"}, {}, ""};
   for (const auto& [task, acc] : pretrain_accuracy) pre.rows.push_back({task, fmt(acc)});
   r.add(pre);
@@ -197,7 +207,10 @@ Report QuickstartResult::report() const {
     for (const auto& m : e.methods)
       if (!m.aux.loss.empty()) aux.series.push_back({m.method, m.aux.step, m.aux.loss});
     if (!aux.series.empty()) r.add(aux);
-    Table params{e.title + ": parameters and accuracy", {"method", "trainable params", "active params", "final accuracy", "held-out tasks"}, {}, ""};
+    Table params{e.title + ": parameters and accuracy",
+                 {"method", "trainable params", "active params", "final accuracy", "held-out tasks"},
+                 {},
+                 ""};
     for (const auto& m : e.methods)
       params.rows.push_back({m.method, std::to_string(m.trainable_parameters), std::to_string(m.active_parameters),
                              fmt(m.final_accuracy), fmt(m.heldout_accuracy)});
@@ -230,11 +243,14 @@ QuickstartResult run_quickstart(const QuickstartOptions& o, const Progress& prog
   Context c{o, progress, sampler, model};
 
   c.say("pretraining a tiny Llama (" + std::to_string(result.backbone_parameters) + " parameters) on " +
-        std::to_string(pre_tasks.size()) + " skills with task markers, " + std::to_string(o.pretrain_steps()) + " steps");
+        std::to_string(pre_tasks.size()) + " skills with task markers, " + std::to_string(o.pretrain_steps()) +
+        " steps");
   auto pre_ids = iota_ids(pre_tasks.size());
   result.pretrain_loss.name = "pretraining";
-  fit(*model, model->parameters(), [&] { return sampler.sample(pre_tasks, pre_ids, o.batch_size(), Split::Train, true); },
-      o.pretrain_steps(), o.pretrain_lr(), o.log_every(), result.pretrain_loss, "pretraining", progress);
+  fit(
+      *model, model->parameters(),
+      [&] { return sampler.sample(pre_tasks, pre_ids, o.batch_size(), Split::Train, true); }, o.pretrain_steps(),
+      o.pretrain_lr(), o.log_every(), result.pretrain_loss, "pretraining", progress);
   auto pre_evals = eval_sets(o, pre_tasks, true);
   std::string line;
   for (size_t k = 0; k < pre_tasks.size(); ++k) {
@@ -252,8 +268,8 @@ QuickstartResult run_quickstart(const QuickstartOptions& o, const Progress& prog
       c.say("(b) multi-task interference on " + std::to_string(o.interference_tasks().size()) + " conflicting tasks");
       result.experiments.push_back(interference(c));
     } else if (x == "generalisation") {
-      c.say("(c) systematic generalisation: " + std::to_string(o.generalisation_tasks().size()) + " training compositions, " +
-            std::to_string(o.heldout_tasks().size()) + " held out");
+      c.say("(c) systematic generalisation: " + std::to_string(o.generalisation_tasks().size()) +
+            " training compositions, " + std::to_string(o.heldout_tasks().size()) + " held out");
       result.experiments.push_back(generalisation(c));
     } else if (x == "moe") {
       c.say("(d) mixture of LoRA experts on " + std::to_string(o.moe_tasks().size()) + " tasks, no task id");

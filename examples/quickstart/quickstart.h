@@ -26,11 +26,11 @@
 //   result.report().write_html("build/quickstart/report.html");
 #pragma once
 
-#include "modula/train/report.h"
-#include "quickstart/tasks_synthetic.h"
-
 #include <functional>
 #include <map>
+
+#include "modula/train/report.h"
+#include "quickstart/tasks_synthetic.h"
 
 namespace modula::train {
 
@@ -43,19 +43,19 @@ struct QuickstartOptions {
   TORCH_ARG(int64_t, num_heads) = 4;
   TORCH_ARG(int64_t, intermediate_size) = 128;
   // Pretraining: the primitive skills, task marker in the text.
-  TORCH_ARG(std::vector<std::string>, pretrain_tasks) =
-      std::vector<std::string>{"reverse", "sort", "shift", "duplicate"};
+  TORCH_ARG(std::vector<std::string>, pretrain_tasks) = std::vector<std::string>{"reverse", "sort", "shift",
+                                                                                 "duplicate"};
   TORCH_ARG(int64_t, pretrain_steps) = 1200;
   TORCH_ARG(double, pretrain_lr) = 3e-3;
   // Fine-tuning tasks (no marker): (a) in this order, (b) jointly.
-  TORCH_ARG(std::vector<std::string>, continual_tasks) =
-      std::vector<std::string>{"shift+duplicate", "reverse+shift", "sort"};
+  TORCH_ARG(std::vector<std::string>, continual_tasks) = std::vector<std::string>{"shift+duplicate", "reverse+shift",
+                                                                                  "sort"};
   TORCH_ARG(std::vector<std::string>, interference_tasks) = std::vector<std::string>{"reverse", "shift", "sort+shift"};
   TORCH_ARG(int64_t, finetune_steps) = 150;  // per task (joint training: per task × tasks)
   // (c) training compositions (no marker, task id as metadata) and held-out compositions
   // of the same skills, each learned from `few_shot_examples` for `adapt_steps` full-batch steps.
-  TORCH_ARG(std::vector<std::string>, generalisation_tasks) =
-      std::vector<std::string>{"reverse+shift", "sort+duplicate", "shift+duplicate", "sort+reverse"};
+  TORCH_ARG(std::vector<std::string>, generalisation_tasks) = std::vector<std::string>{
+      "reverse+shift", "sort+duplicate", "shift+duplicate", "sort+reverse"};
   TORCH_ARG(std::vector<std::string>, heldout_tasks) = std::vector<std::string>{"reverse+duplicate", "sort+shift"};
   TORCH_ARG(int64_t, generalisation_steps) = 240;  // multi-task steps per method (per-task: split evenly)
   TORCH_ARG(int64_t, few_shot_examples) = 32;
@@ -65,8 +65,8 @@ struct QuickstartOptions {
   // allocations of order 1 within a few dozen steps (skills keep module_lr).
   TORCH_ARG(double, routing_lr) = 0.1;
   // (d) tasks (markers in the text, no task id), experts, top-k, steps per method.
-  TORCH_ARG(std::vector<std::string>, moe_tasks) =
-      std::vector<std::string>{"reverse+shift", "sort+duplicate", "shift+duplicate", "sort+reverse"};
+  TORCH_ARG(std::vector<std::string>, moe_tasks) = std::vector<std::string>{"reverse+shift", "sort+duplicate",
+                                                                            "shift+duplicate", "sort+reverse"};
   TORCH_ARG(int64_t, moe_experts) = 4;
   TORCH_ARG(int64_t, moe_k) = 1;
   TORCH_ARG(int64_t, moe_steps) = 240;
@@ -80,8 +80,8 @@ struct QuickstartOptions {
   TORCH_ARG(int64_t, eval_examples) = 256;  // held-out, per task
   TORCH_ARG(int64_t, log_every) = 25;       // loss curve resolution and progress lines
   // Which experiments: "continual", "interference", "generalisation", "moe".
-  TORCH_ARG(std::vector<std::string>, experiments) =
-      std::vector<std::string>{"continual", "interference", "generalisation", "moe"};
+  TORCH_ARG(std::vector<std::string>, experiments) = std::vector<std::string>{"continual", "interference",
+                                                                              "generalisation", "moe"};
   // Where the backbone, the per-task modules and report.html go ("" = nothing written).
   TORCH_ARG(std::string, output) = "build/quickstart";
 
@@ -116,9 +116,9 @@ struct MethodResult {
 };
 
 struct ExperimentResult {
-  std::string key;    // "continual", "interference"
-  std::string title;  // "(a) continual learning"
-  std::string claim;  // the survey's claim this tests, one sentence
+  std::string key;                         // "continual", "interference"
+  std::string title;                       // "(a) continual learning"
+  std::string claim;                       // the survey's claim this tests, one sentence
   std::vector<std::string> tasks;          // columns of the accuracy matrices
   std::vector<std::string> heldout_tasks;  // generalisation: the tasks never trained on (a suffix of tasks)
   std::vector<std::string> notes;          // extra paragraphs for the report

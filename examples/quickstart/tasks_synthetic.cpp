@@ -22,10 +22,14 @@ std::vector<Skill> all_skills() { return {Skill::Reverse, Skill::Sort, Skill::Sh
 
 std::string to_string(Skill s) {
   switch (s) {
-    case Skill::Reverse: return "reverse";
-    case Skill::Sort: return "sort";
-    case Skill::Shift: return "shift";
-    case Skill::Duplicate: return "duplicate";
+    case Skill::Reverse:
+      return "reverse";
+    case Skill::Sort:
+      return "sort";
+    case Skill::Shift:
+      return "shift";
+    case Skill::Duplicate:
+      return "duplicate";
   }
   return "?";
 }
@@ -67,8 +71,12 @@ void SequenceTaskOptions::validate() const {
 
 std::vector<int64_t> apply_skill(Skill s, std::vector<int64_t> x, int64_t num_symbols) {
   switch (s) {
-    case Skill::Reverse: std::reverse(x.begin(), x.end()); return x;
-    case Skill::Sort: std::sort(x.begin(), x.end()); return x;
+    case Skill::Reverse:
+      std::reverse(x.begin(), x.end());
+      return x;
+    case Skill::Sort:
+      std::sort(x.begin(), x.end());
+      return x;
     case Skill::Shift:
       for (auto& v : x) v = (v + 1) % num_symbols;  // each symbol to its successor, cyclic
       return x;
@@ -149,9 +157,8 @@ TaskBatch TaskSampler::sample(const std::vector<Task>& tasks, const std::vector<
 }
 
 torch::Tensor answer_loss(const torch::Tensor& logits, const torch::Tensor& labels) {
-  return torch::nn::functional::cross_entropy(
-      logits.reshape({-1, logits.size(-1)}), labels.reshape({-1}),
-      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));
+  return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), labels.reshape({-1}),
+                                              torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));
 }
 
 torch::Tensor exact_match(const torch::Tensor& logits, const torch::Tensor& labels) {

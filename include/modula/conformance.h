@@ -13,11 +13,11 @@ namespace modula {
 enum class CaseStatus { Pass, Fail, Skip };
 
 struct CaseResult {
-  std::string path;          // folder of the case.json
-  std::string kind;          // "model", "tokenizers", "adapter", ...
+  std::string path;  // folder of the case.json
+  std::string kind;  // "model", "tokenizers", "adapter", ...
   CaseStatus status = CaseStatus::Skip;
-  double max_abs_diff = 0;   // worst compared value (tokenizers: number of mismatching probes)
-  std::string detail;        // why it failed or was skipped
+  double max_abs_diff = 0;  // worst compared value (tokenizers: number of mismatching probes)
+  std::string detail;       // why it failed or was skipped
 };
 
 struct ConformanceOptions {

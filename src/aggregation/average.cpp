@@ -1,20 +1,20 @@
 #include "modula/aggregation/average.h"
-#include "modula/util/error.h"
 
 #include <cmath>
 #include <stdexcept>
+
+#include "modula/util/error.h"
 
 namespace modula {
 
 AverageImpl::AverageImpl(std::vector<std::shared_ptr<SiteModule>> children, std::vector<double> weights, bool normalize)
     : CompositeImpl("avg", std::move(children)) {
   if (weights.size() != this->children().size())
-    throw_error("avg", std::to_string(weights.size()) + " weights for " +
-                                std::to_string(this->children().size()) + " modules");
+    throw_error(
+        "avg", std::to_string(weights.size()) + " weights for " + std::to_string(this->children().size()) + " modules");
   double sum = 0;
   for (size_t i = 0; i < weights.size(); ++i) {
-    if (!std::isfinite(weights[i]))
-      throw_error("avg", "weight " + std::to_string(i) + " is not finite");
+    if (!std::isfinite(weights[i])) throw_error("avg", "weight " + std::to_string(i) + " is not finite");
     sum += weights[i];
   }
   if (!normalize) {

@@ -1,9 +1,9 @@
 #include "modula/aggregation/composite.h"
 
+#include <stdexcept>
+
 #include "modula/modules/bottleneck.h"
 #include "modula/util/error.h"
-
-#include <stdexcept>
 
 namespace modula {
 
@@ -15,7 +15,7 @@ CompositeImpl::CompositeImpl(std::string op, std::vector<std::shared_ptr<SiteMod
     if (!c) throw_error(op_, "module " + std::to_string(i) + " is null");
     if (c->site_kind() != SiteKind::Block)
       throw_error(op_, "module " + std::to_string(i) +
-                                  " is a linear-site module; compositions combine block-site modules (bottleneck adapters)");
+                           " is a linear-site module; compositions combine block-site modules (bottleneck adapters)");
     if (std::dynamic_pointer_cast<CompositeImpl>(c)) register_module("c" + std::to_string(i), c);
   }
 }
@@ -43,12 +43,13 @@ namespace {
 
 // Children that are residual bottleneck adapters of one shape and kind, without a
 // LayerNorm: their contributions come from one batched kernel. Empty otherwise.
-std::vector<std::shared_ptr<BottleneckImpl>> uniform_bottlenecks(const std::vector<std::shared_ptr<SiteModule>>& children) {
+std::vector<std::shared_ptr<BottleneckImpl>> uniform_bottlenecks(
+    const std::vector<std::shared_ptr<SiteModule>>& children) {
   std::vector<std::shared_ptr<BottleneckImpl>> out;
   for (const auto& c : children) {
     auto b = std::dynamic_pointer_cast<BottleneckImpl>(c);
     if (!b || b->adapter_norm_before || !b->options.residual()) return {};
-    const auto& o = b->options, &first = out.empty() ? o : out.front()->options;
+    const auto &o = b->options, &first = out.empty() ? o : out.front()->options;
     if (o.bottleneck_size() != first.bottleneck_size() || o.non_linearity() != first.non_linearity() ||
         o.mode() != first.mode())
       return {};

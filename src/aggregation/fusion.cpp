@@ -1,14 +1,14 @@
 // AdapterFusion (Pfeiffer et al. 2021): attention over adapter contributions per block site.
 #include "modula/aggregation/fusion.h"
-#include "modula/io/peft.h"
-
-#include "modula/modules/targets.h"
-#include "modula/util/error.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
 #include <set>
+
+#include "modula/io/peft.h"
+#include "modula/modules/targets.h"
+#include "modula/util/error.h"
 
 namespace modula {
 namespace {
@@ -30,12 +30,16 @@ void FusionOptions::validate() const {
     throw_error(kTag, "temperature must be positive and finite (got " + std::to_string(temperature()) + ")");
   if (!std::isfinite(value_epsilon())) throw_error(kTag, "value_epsilon must be finite");
   if (!(init_std() >= 0) || !std::isfinite(init_std())) throw_error(kTag, "init_std must be >= 0");
-  if (!(dropout() >= 0 && dropout() < 1)) throw_error(kTag, "dropout must be in [0, 1) (got " + std::to_string(dropout()) + ")");
+  if (!(dropout() >= 0 && dropout() < 1))
+    throw_error(kTag, "dropout must be in [0, 1) (got " + std::to_string(dropout()) + ")");
 }
 
 json FusionOptions::to_json() const {
-  return {{"temperature", temperature()}, {"value_epsilon", value_epsilon()}, {"init_std", init_std()},
-          {"dropout", dropout()}, {"seed", seed()}};
+  return {{"temperature", temperature()},
+          {"value_epsilon", value_epsilon()},
+          {"init_std", init_std()},
+          {"dropout", dropout()},
+          {"seed", seed()}};
 }
 
 FusionOptions FusionOptions::from_json(const json& c, int64_t features) {
@@ -90,8 +94,11 @@ torch::Tensor FusionImpl::value_regularization() const {
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> FusionImpl::fusion_parameters() const {
-  return {{"query.weight", query->weight}, {"query.bias", query->bias}, {"key.weight", key->weight},
-          {"key.bias", key->bias}, {"value.weight", value->weight}};
+  return {{"query.weight", query->weight},
+          {"query.bias", query->bias},
+          {"key.weight", key->weight},
+          {"key.bias", key->bias},
+          {"value.weight", value->weight}};
 }
 
 std::vector<torch::Tensor> AdapterFusion::parameters() const {
@@ -129,7 +136,7 @@ AdapterFusion add_fusion(Backbone& model, const std::vector<const Adapter*>& ada
     for (const auto& m : a->modules) has_block = has_block || m.module->site_kind() == SiteKind::Block;
     if (!has_block)
       throw_error(kTag, "'" + name + "': adapter '" + a->name + "' (" + a->peft_type +
-          ") has no block-site modules; fusion combines bottleneck adapters (MODULA_BOTTLENECK)");
+                            ") has no block-site modules; fusion combines bottleneck adapters (MODULA_BOTTLENECK)");
     fusion.adapters.push_back(a->name);
   }
   fusion.config = FusionOptions::from_json(config, 1).to_json();  // validates the keys

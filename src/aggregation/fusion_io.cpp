@@ -1,9 +1,9 @@
 // MODULA_FUSION folders: save / read / load AdapterFusion weights (docs/module-formats.md).
+#include <set>
+
 #include "modula/aggregation/fusion.h"
 #include "modula/io/peft.h"
 #include "modula/util/error.h"
-
-#include <set>
 
 namespace modula {
 namespace {
@@ -44,7 +44,8 @@ FusionFolder read_fusion_folder(const std::string& dir) {
   out.dir = dir;
   out.config = folder.config;
   const auto& a = folder.config.value("adapters", json());
-  if (!a.is_array() || a.empty()) throw_error(kTag, dir + ": adapter_config.json key 'adapters' must be a non-empty list of names");
+  if (!a.is_array() || a.empty())
+    throw_error(kTag, dir + ": adapter_config.json key 'adapters' must be a non-empty list of names");
   for (const auto& n : a) {
     if (!n.is_string()) throw_error(kTag, dir + ": adapter_config.json 'adapters' holds a non-string " + n.dump());
     out.adapters.push_back(n.get<std::string>());
@@ -60,10 +61,11 @@ void load_fusion_weights(AdapterFusion& fusion, const FusionFolder& folder) {
     for (auto& [param, dst] : f->fusion_parameters()) {
       const auto key = tensor_key(path, param);
       auto it = folder.tensors.find(key);
-      if (it == folder.tensors.end()) throw_error(kTag, folder.dir + ": adapter_model.safetensors has no tensor '" + key + "'");
+      if (it == folder.tensors.end())
+        throw_error(kTag, folder.dir + ": adapter_model.safetensors has no tensor '" + key + "'");
       if (it->second.sizes() != dst.sizes())
-        throw_error(kTag, folder.dir + ": tensor '" + key + "' has shape " + c10::str(it->second.sizes()) + ", expected " +
-            c10::str(dst.sizes()));
+        throw_error(kTag, folder.dir + ": tensor '" + key + "' has shape " + c10::str(it->second.sizes()) +
+                              ", expected " + c10::str(dst.sizes()));
       dst.copy_(it->second);
       used.insert(key);
     }
@@ -88,7 +90,8 @@ AdapterFusion load_fusion(Backbone& model, const std::string& dir, const std::ve
     ordered.push_back(found);
   }
   if (ordered.size() != adapters.size())
-    throw_error(kTag, dir + ": fuses " + std::to_string(ordered.size()) + " adapters, given " + std::to_string(adapters.size()));
+    throw_error(kTag, dir + ": fuses " + std::to_string(ordered.size()) + " adapters, given " +
+                          std::to_string(adapters.size()));
   json config = folder.config;
   for (const char* k : {"peft_type", "adapters", "sites", "inference_mode"}) config.erase(k);
   auto fusion = add_fusion(model, ordered, config, name);

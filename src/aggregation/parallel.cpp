@@ -1,7 +1,8 @@
 #include "modula/aggregation/parallel.h"
-#include "modula/util/error.h"
 
 #include <stdexcept>
+
+#include "modula/util/error.h"
 
 namespace modula {
 

@@ -1,7 +1,8 @@
 #include "modula/aggregation/prompt_concat.h"
-#include "modula/util/error.h"
 
 #include <stdexcept>
+
+#include "modula/util/error.h"
 
 namespace modula {
 
@@ -12,8 +13,8 @@ ConcatenatedPromptImpl::ConcatenatedPromptImpl(std::vector<std::shared_ptr<Promp
     if (!prompts[i]) throw_error("concat", "prompt " + std::to_string(i) + " is null");
     if (prompts[i]->options.token_dim() != prompts[0]->options.token_dim())
       throw_error("concat", "prompt " + std::to_string(i) + " has token_dim " +
-                                  std::to_string(prompts[i]->options.token_dim()) + ", prompt 0 has " +
-                                  std::to_string(prompts[0]->options.token_dim()));
+                                std::to_string(prompts[i]->options.token_dim()) + ", prompt 0 has " +
+                                std::to_string(prompts[0]->options.token_dim()));
   }
 }
 

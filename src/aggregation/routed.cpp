@@ -1,7 +1,8 @@
 #include "modula/aggregation/routed.h"
-#include "modula/util/error.h"
 
 #include <stdexcept>
+
+#include "modula/util/error.h"
 
 namespace modula {
 
@@ -11,8 +12,7 @@ RoutedImpl::RoutedImpl(std::shared_ptr<RouterImpl> router_, std::vector<std::sha
   if (!router) throw_error("route", "the router is null");
   const auto M = router->num_modules(), C = static_cast<int64_t>(this->children().size());
   if (M != C)
-    throw_error("route", "the router routes over " + std::to_string(M) + " modules, given " +
-                                std::to_string(C));
+    throw_error("route", "the router routes over " + std::to_string(M) + " modules, given " + std::to_string(C));
   if (owns_router) register_module("router", router);
 }
 
@@ -21,8 +21,8 @@ torch::Tensor RoutedImpl::transform_block(const torch::Tensor& x, const torch::T
 }
 
 torch::Tensor RoutedImpl::mixed(const SiteInput& in, const torch::Tensor& r) {  // Σ_c r_c d_c, r [N, C] or [N, T, C]
-  auto w = r.dim() == 3 ? r : r.unsqueeze(1);  // [N, T|1, C]
-  auto d = contributions(in.x, in.y);          // [N, T, C, H]
+  auto w = r.dim() == 3 ? r : r.unsqueeze(1);                                   // [N, T|1, C]
+  auto d = contributions(in.x, in.y);                                           // [N, T, C, H]
   return torch::einsum("ntc,ntch->nth", {w.to(d.scalar_type()), d});
 }
 

@@ -1,10 +1,10 @@
 // Llama-family decoder (Llama, Qwen2, Mistral): RMSNorm, RoPE, GQA, SwiGLU.
 // HF modeling_llama.py: h = x + attn(norm1(x)); out = h + mlp(norm2(h)).
+#include <cmath>
+
 #include "families.h"
 #include "modula/backbone/layers.h"
 #include "modula/util/compat.h"
-
-#include <cmath>
 
 namespace modula::detail {
 namespace {
@@ -12,8 +12,13 @@ namespace {
 // Block site "model.layers.N.self_attn": x = input_layernorm output, y = o_proj output.
 class AttentionImpl : public BlockSite {
  public:
-  AttentionImpl(const io::ModelConfig& c, size_t layer) : BlockSite(BlockRole::Attention, c.hidden_size), layer_(layer), heads_(c.num_attention_heads),
-      kv_heads_(c.num_key_value_heads), head_dim_(c.head_dim), window_(c.sliding_window.value_or(0)) {
+  AttentionImpl(const io::ModelConfig& c, size_t layer)
+      : BlockSite(BlockRole::Attention, c.hidden_size),
+        layer_(layer),
+        heads_(c.num_attention_heads),
+        kv_heads_(c.num_key_value_heads),
+        head_dim_(c.head_dim),
+        window_(c.sliding_window.value_or(0)) {
     q_proj = register_module("q_proj", Linear(LinearOptions(c.hidden_size, heads_ * head_dim_).bias(c.qkv_bias)));
     k_proj = register_module("k_proj", Linear(LinearOptions(c.hidden_size, kv_heads_ * head_dim_).bias(c.qkv_bias)));
     v_proj = register_module("v_proj", Linear(LinearOptions(c.hidden_size, kv_heads_ * head_dim_).bias(c.qkv_bias)));
@@ -53,9 +58,11 @@ TORCH_MODULE(Attention);
 class MlpImpl : public BlockSite {
  public:
   explicit MlpImpl(const io::ModelConfig& c) : BlockSite(BlockRole::FeedForward, c.hidden_size), act_(c.hidden_act) {
-    gate_proj = register_module("gate_proj", Linear(LinearOptions(c.hidden_size, c.intermediate_size).bias(c.mlp_bias)));
+    gate_proj =
+        register_module("gate_proj", Linear(LinearOptions(c.hidden_size, c.intermediate_size).bias(c.mlp_bias)));
     up_proj = register_module("up_proj", Linear(LinearOptions(c.hidden_size, c.intermediate_size).bias(c.mlp_bias)));
-    down_proj = register_module("down_proj", Linear(LinearOptions(c.intermediate_size, c.hidden_size).bias(c.mlp_bias)));
+    down_proj =
+        register_module("down_proj", Linear(LinearOptions(c.intermediate_size, c.hidden_size).bias(c.mlp_bias)));
   }
   torch::Tensor forward(const torch::Tensor& x) {
     return adapt(x, [&] { return down_proj(activation(act_, gate_proj(x)) * up_proj(x)); });
@@ -106,7 +113,8 @@ class Decoder : public Backbone {
   explicit Decoder(const io::ModelConfig& c) : Backbone(c), rotary_(c), head_(head_from_architecture(c)) {
     check_activation(c.hidden_act);
     if (head_ == Head::SequenceClassification)
-      throw_error<ConfigError>("config", c.architecture() + ": sequence classification heads are supported for encoders only");
+      throw_error<ConfigError>("config",
+                               c.architecture() + ": sequence classification heads are supported for encoders only");
     model = register_module("model", Stack(c));
     if (head_ == Head::CausalLM && !c.tie_word_embeddings)
       lm_head = register_module("lm_head", Linear(LinearOptions(c.hidden_size, c.vocab_size).bias(false)));
@@ -116,7 +124,8 @@ class Decoder : public Backbone {
   Head head() const override { return head_; }
   torch::Tensor embed_tokens(const torch::Tensor& ids) override { return model->embed_tokens(ids); }
   std::vector<std::pair<std::string, std::string>> tied_weights() const override {
-    if (head_ == Head::CausalLM && config_.tie_word_embeddings) return {{"lm_head.weight", "model.embed_tokens.weight"}};
+    if (head_ == Head::CausalLM && config_.tie_word_embeddings)
+      return {{"lm_head.weight", "model.embed_tokens.weight"}};
     return {};
   }
 
@@ -124,9 +133,10 @@ class Decoder : public Backbone {
     const int64_t past = in.cache ? in.cache->length() : 0;
     auto [B, T] = check_input(in, config_, past);
     auto h = in.inputs_embeds.defined() ? in.inputs_embeds : model->embed_tokens(in.input_ids);
-    auto position_ids = in.position_ids.defined()
-                            ? in.position_ids
-                            : torch::arange(past, past + T, torch::dtype(torch::kInt64).device(h.device())).expand({B, T});
+    auto position_ids =
+        in.position_ids.defined()
+            ? in.position_ids
+            : torch::arange(past, past + T, torch::dtype(torch::kInt64).device(h.device())).expand({B, T});
     auto [cos, sin] = rotary_.cos_sin(position_ids, h.scalar_type());
     auto mask = attention_bias(in.attention_mask, B, T, past + T, /*causal=*/true, config_.sliding_window.value_or(0),
                                h.scalar_type(), h.device());

@@ -1,12 +1,12 @@
 // Encoders BERT (Devlin et al. 2019), RoBERTa and XLM-R: post-LN blocks, token types,
 // learned absolute positions (RoBERTa family: offset by padding_idx + 1).
 // HF modeling_bert.py: a = LN(x + attn(x)); out = LN(a + ffn(a)).
+#include <cmath>
+
 #include "families.h"
 #include "modula/backbone/layers.h"
 #include "modula/util/compat.h"
 #include "modula/util/error.h"
-
-#include <cmath>
 
 namespace modula::detail {
 namespace {
@@ -24,8 +24,8 @@ Linear dense(int64_t in, int64_t out) { return Linear(LinearOptions(in, out)); }
 // before their residual add + LayerNorm.
 class LayerImpl : public torch::nn::Module {
  public:
-  LayerImpl(const io::ModelConfig& c) : heads_(c.num_attention_heads), head_dim_(c.hidden_size / c.num_attention_heads),
-      act_(c.hidden_act) {
+  LayerImpl(const io::ModelConfig& c)
+      : heads_(c.num_attention_heads), head_dim_(c.hidden_size / c.num_attention_heads), act_(c.hidden_act) {
     attention = register_module("attention", std::make_shared<BlockSite>(BlockRole::Attention, c.hidden_size));
     query = register_at(*this, "attention.self.query", dense(c.hidden_size, c.hidden_size).ptr());
     key = register_at(*this, "attention.self.key", dense(c.hidden_size, c.hidden_size).ptr());
@@ -61,11 +61,15 @@ TORCH_MODULE(Layer);
 class Encoder : public Backbone {
  public:
   explicit Encoder(const io::ModelConfig& c)
-      : Backbone(c), roberta_(c.model_type != "bert"), prefix_(roberta_ ? "roberta" : "bert"),
+      : Backbone(c),
+        roberta_(c.model_type != "bert"),
+        prefix_(roberta_ ? "roberta" : "bert"),
         head_(head_from_architecture(c)) {
     check_activation(c.hidden_act);
-    if (head_ == Head::CausalLM) throw_error<ConfigError>("config", c.architecture() + ": encoders have no causal LM head");
-    if (roberta_ && !c.pad_token_id) throw_error<ConfigError>("config", c.model_type + " needs pad_token_id (position offset)");
+    if (head_ == Head::CausalLM)
+      throw_error<ConfigError>("config", c.architecture() + ": encoders have no causal LM head");
+    if (roberta_ && !c.pad_token_id)
+      throw_error<ConfigError>("config", c.model_type + " needs pad_token_id (position offset)");
     const std::string p = prefix_ + ".";
     word = register_at(*this, p + "embeddings.word_embeddings", Embedding(c.vocab_size, c.hidden_size).ptr());
     position = register_at(*this, p + "embeddings.position_embeddings",
@@ -124,10 +128,11 @@ class Encoder : public Backbone {
 
   void build_mlm_head(const io::ModelConfig& c) {
     const std::string p = roberta_ ? "lm_head." : "cls.predictions.";
-    head_dense = register_at(*this, p + (roberta_ ? "dense" : "transform.dense"), dense(c.hidden_size, c.hidden_size).ptr());
+    head_dense =
+        register_at(*this, p + (roberta_ ? "dense" : "transform.dense"), dense(c.hidden_size, c.hidden_size).ptr());
     head_norm = register_at(*this, p + (roberta_ ? "layer_norm" : "transform.LayerNorm"), layer_norm(c).ptr());
-    auto* owner = roberta_ ? named_children()["lm_head"].get()
-                           : named_children()["cls"]->named_children()["predictions"].get();
+    auto* owner =
+        roberta_ ? named_children()["lm_head"].get() : named_children()["cls"]->named_children()["predictions"].get();
     decoder_bias = owner->register_parameter("bias", torch::zeros({c.vocab_size}));
     if (!c.tie_word_embeddings) {
       auto decoder = std::make_shared<torch::nn::Module>();

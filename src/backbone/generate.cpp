@@ -1,7 +1,8 @@
 #include "modula/backbone/generate.h"
-#include "modula/util/error.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+
+#include "modula/util/error.h"
 
 namespace modula {
 

@@ -1,11 +1,11 @@
 // GPT-2 (Radford et al. 2019): learned positions, pre-LN blocks, Conv1D weights [in, out].
 // HF modeling_gpt2.py: h = x + attn(ln_1(x)); out = h + mlp(ln_2(h)).
+#include <cmath>
+
 #include "families.h"
 #include "modula/backbone/layers.h"
 #include "modula/util/compat.h"
 #include "modula/util/error.h"
-
-#include <cmath>
 
 namespace modula::detail {
 namespace {
@@ -15,8 +15,11 @@ LinearOptions conv1d(int64_t in, int64_t out) { return LinearOptions(in, out).co
 // Block site "transformer.h.N.attn": x = ln_1 output, y = c_proj output.
 class AttentionImpl : public BlockSite {
  public:
-  AttentionImpl(const io::ModelConfig& c, size_t layer) : BlockSite(BlockRole::Attention, c.hidden_size), layer_(layer), heads_(c.num_attention_heads),
-      head_dim_(c.hidden_size / c.num_attention_heads) {
+  AttentionImpl(const io::ModelConfig& c, size_t layer)
+      : BlockSite(BlockRole::Attention, c.hidden_size),
+        layer_(layer),
+        heads_(c.num_attention_heads),
+        head_dim_(c.hidden_size / c.num_attention_heads) {
     c_attn = register_module("c_attn", Linear(conv1d(c.hidden_size, 3 * c.hidden_size)));
     c_proj = register_module("c_proj", Linear(conv1d(c.hidden_size, c.hidden_size)));
     scale_ = c.scale_attn_weights ? 1.0 / std::sqrt(static_cast<double>(head_dim_)) : 1.0;
@@ -102,7 +105,8 @@ class Gpt2 : public Backbone {
   explicit Gpt2(const io::ModelConfig& c) : Backbone(c), head_(head_from_architecture(c)) {
     check_activation(c.hidden_act);
     if (head_ == Head::SequenceClassification)
-      throw_error<ConfigError>("config", c.architecture() + ": sequence classification heads are supported for encoders only");
+      throw_error<ConfigError>("config",
+                               c.architecture() + ": sequence classification heads are supported for encoders only");
     transformer = register_module("transformer", Stack(c));
     if (head_ == Head::CausalLM && !c.tie_word_embeddings)
       lm_head = register_module("lm_head", Linear(LinearOptions(c.hidden_size, c.vocab_size).bias(false)));
@@ -120,12 +124,13 @@ class Gpt2 : public Backbone {
     const int64_t past = in.cache ? in.cache->length() : 0;
     auto [B, T] = check_input(in, config_, past);
     auto h = in.inputs_embeds.defined() ? in.inputs_embeds : transformer->wte(in.input_ids);
-    auto position_ids = in.position_ids.defined()
-                            ? in.position_ids
-                            : torch::arange(past, past + T, torch::dtype(torch::kInt64).device(h.device())).expand({B, T});
+    auto position_ids =
+        in.position_ids.defined()
+            ? in.position_ids
+            : torch::arange(past, past + T, torch::dtype(torch::kInt64).device(h.device())).expand({B, T});
     if (position_ids.max().item<int64_t>() >= config_.max_position_embeddings)
-      throw_error("gpt2", "position " + std::to_string(position_ids.max().item<int64_t>()) +
-                                  " exceeds n_positions " + std::to_string(config_.max_position_embeddings));
+      throw_error("gpt2", "position " + std::to_string(position_ids.max().item<int64_t>()) + " exceeds n_positions " +
+                              std::to_string(config_.max_position_embeddings));
     h = h + transformer->wpe(position_ids);
     auto mask = attention_bias(in.attention_mask, B, T, past + T, /*causal=*/true, 0, h.scalar_type(), h.device());
     for (auto& block : *transformer->h) h = block->as<BlockImpl>()->forward(h, mask, in.cache);

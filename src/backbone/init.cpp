@@ -1,6 +1,6 @@
-#include "modula/backbone/registry.h"
-
 #include <ATen/CPUGeneratorImpl.h>
+
+#include "modula/backbone/registry.h"
 
 namespace modula {
 
@@ -13,9 +13,12 @@ void init_weights(Backbone& model, double std, uint64_t seed) {
     bool is_norm = name.find("norm") != std::string::npos || name.find("LayerNorm") != std::string::npos ||
                    name.find("ln_") != std::string::npos;
     bool is_bias = name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0;
-    if (is_bias) t.zero_();
-    else if (is_norm) t.fill_(1.0);
-    else t.copy_(at::normal(0.0, std, t.sizes(), gen).to(t.dtype()));
+    if (is_bias)
+      t.zero_();
+    else if (is_norm)
+      t.fill_(1.0);
+    else
+      t.copy_(at::normal(0.0, std, t.sizes(), gen).to(t.dtype()));
   }
 }
 

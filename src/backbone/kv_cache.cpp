@@ -38,10 +38,8 @@ std::pair<int64_t, int64_t> check_input(const BackboneInput& in, const io::Model
     B = in.inputs_embeds.size(0);
     T = in.inputs_embeds.size(1);
   } else {
-    if (!in.input_ids.defined() || in.input_ids.dim() != 2)
-      throw_error("backbone", "input_ids must be [B,T]");
-    if (in.input_ids.scalar_type() != torch::kInt64)
-      throw_error("backbone", "input_ids must be int64");
+    if (!in.input_ids.defined() || in.input_ids.dim() != 2) throw_error("backbone", "input_ids must be [B,T]");
+    if (in.input_ids.scalar_type() != torch::kInt64) throw_error("backbone", "input_ids must be int64");
     B = in.input_ids.size(0);
     T = in.input_ids.size(1);
     if (in.input_ids.numel() > 0) {

@@ -1,7 +1,8 @@
 #include "modula/backbone/layers.h"
-#include "modula/util/error.h"
 
 #include <cmath>
+
+#include "modula/util/error.h"
 
 namespace modula {
 
@@ -123,8 +124,8 @@ torch::Tensor attention_bias(const torch::Tensor& attention_mask, int64_t B, int
   auto allowed = torch::ones({B, 1, T, S}, opts.dtype(torch::kBool));
   if (attention_mask.defined()) {
     if (attention_mask.dim() != 2 || attention_mask.size(0) != B || attention_mask.size(1) != S)
-      throw_error("backbone", "attention_mask must be [B,S] = [" + std::to_string(B) + "," +
-                                  std::to_string(S) + "], got " + c10::str(attention_mask.sizes()));
+      throw_error("backbone", "attention_mask must be [B,S] = [" + std::to_string(B) + "," + std::to_string(S) +
+                                  "], got " + c10::str(attention_mask.sizes()));
     allowed = allowed.logical_and(attention_mask.to(device).to(torch::kBool).view({B, 1, 1, S}));
   }
   if (causal || window > 0) {

@@ -1,10 +1,10 @@
 // Checkpoint folder <-> backbone: HF state-dict keys are the parameter names.
-#include "modula/backbone/registry.h"
-#include "modula/util/fs.h"
-
 #include <fstream>
 #include <map>
 #include <set>
+
+#include "modula/backbone/registry.h"
+#include "modula/util/fs.h"
 
 namespace modula {
 namespace {
@@ -52,8 +52,10 @@ LoadReport load_weights(Backbone& model, const io::Checkpoint& ckpt) {
     if (!is_module_param(b.key())) assign(b.key(), b.value());
   for (const auto& key : ckpt.keys()) {
     if (used.count(key)) continue;
-    if (tied.count(key) || tied.count("model." + key)) report.tied_keys.push_back(key);
-    else report.unused_keys.push_back(key);
+    if (tied.count(key) || tied.count("model." + key))
+      report.tied_keys.push_back(key);
+    else
+      report.unused_keys.push_back(key);
   }
   return report;
 }

@@ -1,10 +1,11 @@
 // Architectures are data: model_type -> family factory. Adding an architecture is a
 // row here (and, for a new family, one file).
-#include "families.h"
 #include "modula/backbone/registry.h"
 
 #include <functional>
 #include <map>
+
+#include "families.h"
 
 namespace modula {
 namespace {
@@ -13,8 +14,8 @@ using Factory = std::function<std::shared_ptr<Backbone>(const io::ModelConfig&)>
 
 const std::map<std::string, Factory>& architectures() {
   static const std::map<std::string, Factory> table = {
-      {"llama", detail::make_decoder},   {"qwen2", detail::make_decoder},   {"mistral", detail::make_decoder},
-      {"gpt2", detail::make_gpt2},       {"bert", detail::make_encoder},    {"roberta", detail::make_encoder},
+      {"llama", detail::make_decoder},       {"qwen2", detail::make_decoder}, {"mistral", detail::make_decoder},
+      {"gpt2", detail::make_gpt2},           {"bert", detail::make_encoder},  {"roberta", detail::make_encoder},
       {"xlm-roberta", detail::make_encoder},
   };
   return table;
@@ -52,16 +53,21 @@ Head head_from_architecture(const io::ModelConfig& c) {
     bool encoder = c.type_vocab_size > 0;
     return encoder ? Head::MaskedLM : Head::CausalLM;
   }
-  throw_error<ConfigError>("config", "unsupported architecture '" + a +
-                        "' (supported: *ForCausalLM, *LMHeadModel, *ForMaskedLM, *ForSequenceClassification, *Model)");
+  throw_error<ConfigError>(
+      "config", "unsupported architecture '" + a +
+                    "' (supported: *ForCausalLM, *LMHeadModel, *ForMaskedLM, *ForSequenceClassification, *Model)");
 }
 
 std::string to_string(Head h) {
   switch (h) {
-    case Head::None: return "none";
-    case Head::CausalLM: return "causal-lm";
-    case Head::MaskedLM: return "masked-lm";
-    case Head::SequenceClassification: return "sequence-classification";
+    case Head::None:
+      return "none";
+    case Head::CausalLM:
+      return "causal-lm";
+    case Head::MaskedLM:
+      return "masked-lm";
+    case Head::SequenceClassification:
+      return "sequence-classification";
   }
   return "?";
 }

@@ -1,7 +1,8 @@
 #include "modula/backbone/site.h"
-#include "modula/util/error.h"
 
 #include <stdexcept>
+
+#include "modula/util/error.h"
 
 namespace modula {
 
@@ -19,7 +20,7 @@ void SiteHost::attach(const std::string& name, std::shared_ptr<SiteModule> m) {
   if (!m) throw_error("site", "cannot attach a null module as '" + name + "'");
   if (m->site_kind() != kind_)
     throw_error("site", "'" + name + "' is a " + to_string(m->site_kind()) + "-site module; this is a " +
-                                to_string(kind_) + " site");
+                            to_string(kind_) + " site");
   if (module(name)) throw_error("site", "a module named '" + name + "' is already attached");
   auto& host = owner();
   if (!adapters_) adapters_ = host.register_module("adapters", std::make_shared<torch::nn::Module>());

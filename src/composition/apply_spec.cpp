@@ -1,6 +1,5 @@
 // A composition spec applied to a model: validate where each module may go, then build
 // one composite per block site (aggregation/*.h) and attach it.
-#include "modula/composition/registry.h"
 #include "modula/composition/apply_spec.h"
 
 #include "modula/aggregation/average.h"
@@ -9,8 +8,9 @@
 #include "modula/aggregation/routed.h"
 #include "modula/aggregation/stack.h"
 #include "modula/composition/modular_linear.h"
-#include "modula/modules/lora.h"
+#include "modula/composition/registry.h"
 #include "modula/io/peft.h"
+#include "modula/modules/lora.h"
 #include "modula/modules/targets.h"
 #include "modula/routing/fixed.h"
 #include "modula/routing/softmax.h"
@@ -43,7 +43,8 @@ LearnedRoute learned_route(const std::string& key) {
 std::shared_ptr<RouterImpl> learned_router(const SpecNode& n, const LearnedRoute& r, int64_t features, int64_t M,
                                            const std::shared_ptr<RoutingContext>& ctx) {
   if (r.kind == "top") {
-    if (r.k < 1 || r.k > M) bad(n, "route(" + n.name + ", …) selects " + std::to_string(r.k) + " of " + std::to_string(M) + " modules");
+    if (r.k < 1 || r.k > M)
+      bad(n, "route(" + n.name + ", …) selects " + std::to_string(r.k) + " of " + std::to_string(M) + " modules");
     return TopKRouter(TopKRouterOptions(features, M).k(r.k), ctx).ptr();
   }
   return SoftmaxRouter(SoftmaxRouterOptions(features, M).per_token(r.kind == "softmax_token"), ctx).ptr();
@@ -82,9 +83,11 @@ struct Builder {
   // `mixer`: "fuse"/"route" when under one; `top`: the root or an argument of a root stack.
   void plan(const SpecNode& n, double weight, const std::string& mixer, bool top, bool in_concat, bool root) {
     switch (n.kind) {
-      case Kind::Module: return plan_module(n, weight, mixer, top, in_concat);
+      case Kind::Module:
+        return plan_module(n, weight, mixer, top, in_concat);
       case Kind::Concat:
-        if (!top) bad(n, "concat(…) joins prompts and must be at the top level (the spec or an argument of the outer stack)");
+        if (!top)
+          bad(n, "concat(…) joins prompts and must be at the top level (the spec or an argument of the outer stack)");
         for (const auto& c : n.children) plan(c, weight, mixer, false, true, false);
         return;
       case Kind::Stack:
@@ -116,7 +119,8 @@ struct Builder {
       }
       case Kind::Route: {
         if (learned_route(n.name).kind.empty()) {  // fixed by metadata: one router shared by every site
-          auto router = FixedRouter(FixedRouterOptions(static_cast<int64_t>(n.children.size())).key(n.name), comp.context);
+          auto router =
+              FixedRouter(FixedRouterOptions(static_cast<int64_t>(n.children.size())).key(n.name), comp.context);
           router_of[&n] = router.ptr();
           comp.routers.push_back(router.ptr());
         }
@@ -136,8 +140,7 @@ struct Builder {
     const auto& a = adapter(n);
     const auto what = "'" + n.name + "' (" + a.peft_type + ")";
     if (a.input) {
-      if (!top && !in_concat)
-        bad(n, "prompt " + what + " can only be stacked at the top level or joined by concat(…)");
+      if (!top && !in_concat) bad(n, "prompt " + what + " can only be stacked at the top level or joined by concat(…)");
       if (in_concat && !std::dynamic_pointer_cast<PromptTuningImpl>(a.input))
         bad(n, "concat joins PROMPT_TUNING modules; " + what + " is not one");
       return;
@@ -146,7 +149,8 @@ struct Builder {
     if (has_site_kind(a, SiteKind::Linear)) {
       if (!mixer.empty())
         bad(n, "linear-site adapter " + what + " cannot be under " + mixer +
-                   "(…): fuse combines block-site adapters (MODULA_BOTTLENECK); route takes LoRA adapters only as its direct arguments");
+                   "(…): fuse combines block-site adapters (MODULA_BOTTLENECK); route takes LoRA adapters only as its "
+                   "direct arguments");
       linear_scale[n.name] += weight;
     }
   }
@@ -173,13 +177,17 @@ struct Builder {
     }
     if (!any) return nullptr;
     switch (n.kind) {
-      case Kind::Stack: return kids.size() == 1 ? kids[0] : Stack(kids).ptr();
-      case Kind::Parallel: return kids.size() == 1 ? kids[0] : Parallel(kids).ptr();
-      case Kind::Average: return kids.size() == 1 && weights[0] == 1.0 ? kids[0] : Average(kids, weights, false).ptr();
+      case Kind::Stack:
+        return kids.size() == 1 ? kids[0] : Stack(kids).ptr();
+      case Kind::Parallel:
+        return kids.size() == 1 ? kids[0] : Parallel(kids).ptr();
+      case Kind::Average:
+        return kids.size() == 1 && weights[0] == 1.0 ? kids[0] : Average(kids, weights, false).ptr();
       case Kind::Route: {
         auto learned = learned_route(n.name);
         if (learned.kind.empty()) return Routed(router_of.at(&n), kids, /*owns_router=*/false).ptr();
-        if (learned.kind == "smear") bad(n, "route(smear, …) averages parameters: it takes LoRA adapters, not block-site modules");
+        if (learned.kind == "smear")
+          bad(n, "route(smear, …) averages parameters: it takes LoRA adapters, not block-site modules");
         auto router = learned_router(n, learned, site.features, static_cast<int64_t>(kids.size()), comp.context);
         comp.routers.push_back(router);
         auto p = site.parameters().front();
@@ -196,7 +204,8 @@ struct Builder {
         record.sites.emplace_back(path, f);
         return f;
       }
-      default: return nullptr;
+      default:
+        return nullptr;
     }
   }
 
@@ -223,7 +232,8 @@ struct Builder {
       for (const auto& m : adapter(c).modules) {
         if (m.module->site_kind() != SiteKind::Linear) continue;
         auto lora = std::dynamic_pointer_cast<LoraImpl>(m.module);
-        if (!lora) bad(c, "route(…) over Linear-site modules takes LoRA adapters; '" + c.name + "' is " + adapter(c).peft_type);
+        if (!lora)
+          bad(c, "route(…) over Linear-site modules takes LoRA adapters; '" + c.name + "' is " + adapter(c).peft_type);
         auto& slot = sites[m.site];
         if (!slot.first) slot = {m.layer, std::vector<std::shared_ptr<LoraImpl>>(C)}, order.push_back(m.site);
         slot.second[i] = lora;
@@ -325,7 +335,8 @@ SpecNode expand_fusions(const SpecNode& n, const std::map<std::string, FusionFol
 void ComposeOptions::validate() const {
   if (name().empty() || name().find('.') != std::string::npos)
     throw std::invalid_argument("[compose] name '" + name() + "' must be non-empty and contain no '.'");
-  if (!fusion().is_object()) throw std::invalid_argument("[compose] fusion options must be a JSON object, got " + fusion().dump());
+  if (!fusion().is_object())
+    throw std::invalid_argument("[compose] fusion options must be a JSON object, got " + fusion().dump());
 }
 
 void Composition::prepare(Backbone& model, BackboneInput& in) const {

@@ -1,7 +1,8 @@
 #include "modula/composition/ia3_bank.h"
-#include "modula/util/error.h"
 
 #include <stdexcept>
+
+#include "modula/util/error.h"
 
 namespace modula {
 namespace {
@@ -21,7 +22,8 @@ std::shared_ptr<Ia3BankImpl> Ia3BankImpl::stack(const std::vector<std::shared_pt
     const auto& ia3 = modules[m];
     if (!ia3) continue;
     if (!first) first = ia3.get();
-    if (ia3->options.in_features() != first->options.in_features() || ia3->options.out_features() != first->options.out_features())
+    if (ia3->options.in_features() != first->options.in_features() ||
+        ia3->options.out_features() != first->options.out_features())
       throw_error(kTag, "module " + std::to_string(m) + " has another shape than the first module at this site");
     if (ia3->merged) throw_error(kTag, "module " + std::to_string(m) + " is merged into the weights; unmerge it first");
   }
@@ -29,7 +31,8 @@ std::shared_ptr<Ia3BankImpl> Ia3BankImpl::stack(const std::vector<std::shared_pt
   const auto M = static_cast<int64_t>(modules.size());
   std::shared_ptr<Ia3BankImpl> bank(new Ia3BankImpl());
   auto opts = first->ia3_l.options();
-  auto out = torch::ones({M, first->options.out_features()}, opts), in = torch::ones({M, first->options.in_features()}, opts);
+  auto out = torch::ones({M, first->options.out_features()}, opts),
+       in = torch::ones({M, first->options.in_features()}, opts);
   torch::NoGradGuard no_grad;
   for (int64_t m = 0; m < M; ++m) {
     const auto& ia3 = modules[m];
@@ -57,8 +60,8 @@ torch::Tensor Ia3BankImpl::apply(const SiteInput& in, const torch::Tensor& v_out
 torch::Tensor Ia3BankImpl::mixed(const SiteInput& in, const torch::Tensor& w) {
   const auto M = num_modules();
   if (w.size(-1) != M || w.dim() < 2 || w.dim() > 3 || w.size(0) != in.x.size(0))
-    throw_error(kTag, "routing weights " + c10::str(w.sizes()) + " for " + std::to_string(in.x.size(0)) + " rows and " + std::to_string(M) +
-        " modules");
+    throw_error(kTag, "routing weights " + c10::str(w.sizes()) + " for " + std::to_string(in.x.size(0)) + " rows and " +
+                          std::to_string(M) + " modules");
   auto w3 = w.dim() == 2 ? w.unsqueeze(1) : w;  // [N, 1|T, M]
   auto wl = w3.to(l_out.scalar_type());
   return apply(in, torch::matmul(wl, l_out - 1), torch::matmul(wl, l_in - 1));  // v = Σ_m w_m (l_m − 1)

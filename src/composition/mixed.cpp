@@ -1,5 +1,9 @@
 #include "modula/composition/mixed.h"
 
+#include <algorithm>
+#include <map>
+#include <stdexcept>
+
 #include "modula/aggregation/routed.h"
 #include "modula/composition/ia3_bank.h"
 #include "modula/composition/input_bank.h"
@@ -9,10 +13,6 @@
 #include "modula/modules/lora.h"
 #include "modula/routing/fixed.h"
 #include "modula/util/error.h"
-
-#include <algorithm>
-#include <map>
-#include <stdexcept>
 
 namespace modula {
 namespace {
@@ -43,12 +43,14 @@ struct MixState : AdapterState {
 };
 
 // Sorts every module of the sets into per-site slots; throws for modules that cannot be mixed.
-void collect(const std::vector<Adapter>& sets, std::map<std::string, LinearSlots>& linear, std::map<std::string, BlockSlots>& block,
-             std::vector<std::string>& order) {
+void collect(const std::vector<Adapter>& sets, std::map<std::string, LinearSlots>& linear,
+             std::map<std::string, BlockSlots>& block, std::vector<std::string>& order) {
   const auto M = sets.size();
   for (size_t m = 0; m < M; ++m) {
     const auto& a = sets[m];
-    if (a.state) throw_error(kTag, "'" + a.name + "' (" + a.peft_type + ") keeps state outside its site modules and cannot be mixed per row");
+    if (a.state)
+      throw_error(kTag, "'" + a.name + "' (" + a.peft_type +
+                            ") keeps state outside its site modules and cannot be mixed per row");
     for (const auto& mod : a.modules) {
       auto what = "'" + a.name + "' (" + a.peft_type + ") at " + mod.site;
       if (mod.module->merged) throw_error(kTag, what + " is merged into the weights; unmerge it first");
@@ -59,15 +61,18 @@ void collect(const std::vector<Adapter>& sets, std::map<std::string, LinearSlots
         continue;
       }
       auto& slot = linear[mod.site];
-      if (!slot.layer) slot = {mod.layer, std::vector<std::shared_ptr<LoraImpl>>(M), std::vector<std::shared_ptr<Ia3Impl>>(M)},
-                       order.push_back(mod.site);
+      if (!slot.layer)
+        slot = {mod.layer, std::vector<std::shared_ptr<LoraImpl>>(M), std::vector<std::shared_ptr<Ia3Impl>>(M)},
+        order.push_back(mod.site);
       if (auto lora = std::dynamic_pointer_cast<LoraImpl>(mod.module)) {
-        if (lora->options.use_dora()) throw_error(kTag, what + " uses DoRA (not linear in x); it cannot be mixed per row");
+        if (lora->options.use_dora())
+          throw_error(kTag, what + " uses DoRA (not linear in x); it cannot be mixed per row");
         slot.lora[m] = lora;
       } else if (auto ia3 = std::dynamic_pointer_cast<Ia3Impl>(mod.module)) {
         slot.ia3[m] = ia3;
       } else {
-        throw_error(kTag, what + ": this module routes on its own (Poly, MoE, hypernetwork) and cannot be mixed per row");
+        throw_error(kTag,
+                    what + ": this module routes on its own (Poly, MoE, hypernetwork) and cannot be mixed per row");
       }
     }
   }
@@ -90,14 +95,16 @@ void mix_linear(Adapter& mixed, const std::string& site, LinearSlots& s, size_t 
     s.layer->attach(as, layer);
     mixed.modules.push_back(am);
   };
-  if (any(s.lora)) add(std::make_shared<ModularLinearImpl>(LoraBankImpl::stack(s.lora), fixed(M, key, mixed.context)), mixed.name);
+  if (any(s.lora))
+    add(std::make_shared<ModularLinearImpl>(LoraBankImpl::stack(s.lora), fixed(M, key, mixed.context)), mixed.name);
   if (any(s.ia3))
-    add(std::make_shared<ModularLinearImpl>(Ia3BankImpl::stack(s.ia3), fixed(M, key, mixed.context)), mixed.name + "_ia3");
+    add(std::make_shared<ModularLinearImpl>(Ia3BankImpl::stack(s.ia3), fixed(M, key, mixed.context)),
+        mixed.name + "_ia3");
 }
 
 // Block sites: the members stay attached (switched off) and run inside a Routed composite.
-void mix_block(Adapter& mixed, MixState& state, const std::string& site, BlockSlots& s, const std::vector<Adapter>& sets,
-               const std::string& key) {
+void mix_block(Adapter& mixed, MixState& state, const std::string& site, BlockSlots& s,
+               const std::vector<Adapter>& sets, const std::string& key) {
   std::vector<std::shared_ptr<SiteModule>> children;
   for (size_t m = 0; m < sets.size(); ++m) {
     if (s.modules[m]) state.members.emplace_back(s.host, sets[m].name);
@@ -149,7 +156,8 @@ Adapter mix_adapters(std::vector<Adapter> sets, const std::string& name, std::sh
     collect(sets, linear, block, order);
     for (auto& a : sets)  // linear-site modules are copied into banks: detach the originals
       for (auto& mod : a.modules)
-        if (mod.module->site_kind() == SiteKind::Linear) mod.host->detach(mod.attached_as.empty() ? a.name : mod.attached_as);
+        if (mod.module->site_kind() == SiteKind::Linear)
+          mod.host->detach(mod.attached_as.empty() ? a.name : mod.attached_as);
     for (const auto& site : order) {
       if (linear.count(site)) mix_linear(mixed, site, linear[site], sets.size(), key);
       if (block.count(site)) mix_block(mixed, *state, site, block[site], sets, key);
@@ -160,19 +168,22 @@ Adapter mix_adapters(std::vector<Adapter> sets, const std::string& name, std::sh
     state->remove();
     for (auto& a : sets)
       for (auto& mod : a.modules)  // whatever is still attached
-        if (mod.host->module(mod.attached_as.empty() ? a.name : mod.attached_as)) mod.host->detach(mod.attached_as.empty() ? a.name : mod.attached_as);
-    throw std::invalid_argument(std::string(e.what()).rfind("[mixed]", 0) == 0 ? e.what() : "[mixed] " + std::string(e.what()));
+        if (mod.host->module(mod.attached_as.empty() ? a.name : mod.attached_as))
+          mod.host->detach(mod.attached_as.empty() ? a.name : mod.attached_as);
+    throw std::invalid_argument(std::string(e.what()).rfind("[mixed]", 0) == 0 ? e.what()
+                                                                               : "[mixed] " + std::string(e.what()));
   }
   mixed.state = state;
   return mixed;
 }
 
-Adapter load_mixed(Backbone& model, const std::vector<std::pair<std::string, std::string>>& named_dirs, const std::string& name,
-                   std::shared_ptr<RoutingContext> context) {
+Adapter load_mixed(Backbone& model, const std::vector<std::pair<std::string, std::string>>& named_dirs,
+                   const std::string& name, std::shared_ptr<RoutingContext> context) {
   std::vector<Adapter> sets;  // attached under their routing names until mixed
   try {
     for (const auto& [set_name, dir] : named_dirs) {
-      if (set_name == kBaseAdapter) throw_error(kTag, "module set name '" + set_name + "' is reserved for rows without modules");
+      if (set_name == kBaseAdapter)
+        throw_error(kTag, "module set name '" + set_name + "' is reserved for rows without modules");
       sets.push_back(load_adapter(model, dir, set_name));
     }
   } catch (...) {
@@ -183,7 +194,8 @@ Adapter load_mixed(Backbone& model, const std::vector<std::pair<std::string, std
 }
 
 torch::Tensor row_ids(const Adapter& mixed, const std::vector<std::string>& name_per_row) {
-  if (mixed.peft_type != kMixedType) throw_error(kTag, "'" + mixed.name + "' is a " + mixed.peft_type + " module set, not a mixed one");
+  if (mixed.peft_type != kMixedType)
+    throw_error(kTag, "'" + mixed.name + "' is a " + mixed.peft_type + " module set, not a mixed one");
   const auto& names = mixed.config.at("modules");
   std::vector<int64_t> ids;
   for (const auto& n : name_per_row) {
@@ -192,7 +204,8 @@ torch::Tensor row_ids(const Adapter& mixed, const std::vector<std::string>& name
       continue;
     }
     auto it = std::find(names.begin(), names.end(), n);
-    if (it == names.end()) throw_error(kTag, "unknown module set name '" + n + "' (known: " + kBaseAdapter + ", " + names.dump() + ")");
+    if (it == names.end())
+      throw_error(kTag, "unknown module set name '" + n + "' (known: " + kBaseAdapter + ", " + names.dump() + ")");
     ids.push_back(it - names.begin());
   }
   return torch::tensor(ids, torch::kLong);

@@ -1,7 +1,8 @@
 #include "modula/composition/modular_linear.h"
-#include "modula/util/error.h"
 
 #include <stdexcept>
+
+#include "modula/util/error.h"
 
 namespace modula {
 
@@ -11,7 +12,7 @@ ModularLinearImpl::ModularLinearImpl(std::shared_ptr<torch::nn::Module> module, 
   if (!module || !bank_ || !router) throw_error("modular linear", "needs a module bank and a router");
   if (router->num_modules() != bank_->num_modules())
     throw_error("modular linear", "router routes over " + std::to_string(router->num_modules()) +
-                                " modules, the bank holds " + std::to_string(bank_->num_modules()));
+                                      " modules, the bank holds " + std::to_string(bank_->num_modules()));
   register_module("bank", module);
   if (options.owns_router()) register_module("router", router);
 }
@@ -22,7 +23,8 @@ std::shared_ptr<LoraBankImpl> ModularLinearImpl::lora_bank() const {
   return lora;
 }
 
-torch::Tensor ModularLinearImpl::transform_output(const torch::Tensor& x, const torch::Tensor& y, const LinearImpl& base) {
+torch::Tensor ModularLinearImpl::transform_output(const torch::Tensor& x, const torch::Tensor& y,
+                                                  const LinearImpl& base) {
   auto x3 = as_rows(x, "modular linear");  // [N, T, in]
   auto delta = algorithm1(*router, *bank_, options.aggregation(), {x3, y.reshape({x3.size(0), x3.size(1), -1}), &base},
                           &last_routing);

@@ -2,6 +2,8 @@
 // AdapterState (the weights they change in place, a hypernetwork, a fusion's layers).
 #include "composition/module_rows.h"
 
+#include <stdexcept>
+
 #include "modula/aggregation/fusion.h"
 #include "modula/composition/moe_lora.h"
 #include "modula/io/peft.h"
@@ -10,8 +12,6 @@
 #include "modula/modules/sparse_ft.h"
 #include "modula/modules/targets.h"
 #include "modula/util/error.h"
-
-#include <stdexcept>
 
 namespace modula {
 namespace {
@@ -25,7 +25,8 @@ T field(const json& c, const char* key, T fallback) {  // the shared typed reade
   return io::config_field<T>(c, key, fallback, "[registry]");
 }
 
-Adapter handle(const std::string& type, const std::string& name, const json& config, std::shared_ptr<AdapterState> state) {
+Adapter handle(const std::string& type, const std::string& name, const json& config,
+               std::shared_ptr<AdapterState> state) {
   Adapter a;
   a.name = name;
   a.peft_type = type;
@@ -68,8 +69,10 @@ struct SparseState : AdapterState {
     if (diff->attached()) diff->refresh();
   }
   void remove() override {
-    if (diff->attached()) diff->detach();
-    else set_enabled(false);
+    if (diff->attached())
+      diff->detach();
+    else
+      set_enabled(false);
   }
 };
 
@@ -148,7 +151,8 @@ std::map<std::string, torch::Tensor> copies(const std::map<std::string, torch::T
   return out;
 }
 
-std::shared_ptr<BitFitState> bitfit_state(Backbone& m, BitFit bitfit, const std::map<std::string, torch::Tensor>& before) {
+std::shared_ptr<BitFitState> bitfit_state(Backbone& m, BitFit bitfit,
+                                          const std::map<std::string, torch::Tensor>& before) {
   auto s = std::make_shared<BitFitState>();
   s->bitfit = bitfit;
   auto now = biases(m);
@@ -196,7 +200,9 @@ struct HyperState : AdapterState {
     for (const auto& site : linear_sites(*model))
       if (auto m = site.second->module(name)) f(*m);
   }
-  void set_enabled(bool on) override { each([on](SiteModule& m) { m.enabled = on; }); }
+  void set_enabled(bool on) override {
+    each([on](SiteModule& m) { m.enabled = on; });
+  }
   void set_scale(double s) override {
     scale = s;
     each([s](SiteModule& m) { m.scale = s; });
@@ -208,7 +214,8 @@ struct HyperState : AdapterState {
     for (const auto& w : hyper->modules_for_embedding(hyper->task_embedding()[0]))
       for (auto& [path, layer] : sites)
         if (path == w.site)
-          layer->add_to_weight((scale * hyper->options.scaling()) * torch::matmul(w.lora_B, w.lora_A).to(layer->weight.dtype()));
+          layer->add_to_weight((scale * hyper->options.scaling()) *
+                               torch::matmul(w.lora_B, w.lora_A).to(layer->weight.dtype()));
     hyper->detach();
   }
   void remove() override { hyper->detach(); }
@@ -262,12 +269,14 @@ struct FusionState : AdapterState {
   void remove() override { remove_fusion(fusion); }
 };
 
-std::vector<const Adapter*> members_of(const std::vector<std::string>& names, const ModuleEnv& env, const std::string& where) {
+std::vector<const Adapter*> members_of(const std::vector<std::string>& names, const ModuleEnv& env,
+                                       const std::string& where) {
   std::vector<const Adapter*> out;
   for (const auto& n : names) {
     auto it = env.members.find(n);
     if (it == env.members.end())
-      throw_error(kTag, where + ": member adapter '" + n + "' is not loaded (load the fused adapters first and pass them as members)");
+      throw_error(kTag, where + ": member adapter '" + n +
+                            "' is not loaded (load the fused adapters first and pass them as members)");
     out.push_back(it->second);
   }
   return out;
@@ -296,7 +305,8 @@ ModuleType fusion_row() {
   };
   t.load = [](Backbone& m, const io::PeftFolder& folder, const ModuleEnv& env) {
     const auto& dir = folder.dir;
-    return fusion_handle(load_fusion(m, dir, members_of(read_fusion_folder(dir).adapters, env, dir), env.name), env.name);
+    return fusion_handle(load_fusion(m, dir, members_of(read_fusion_folder(dir).adapters, env, dir), env.name),
+                         env.name);
   };
   t.save = [](const Adapter& a, const std::string& dir) {
     auto s = std::dynamic_pointer_cast<FusionState>(a.state);
@@ -305,8 +315,6 @@ ModuleType fusion_row() {
   };
   return t;
 }
-
-
 
 // ---- MODULA_MOE_LORA -------------------------------------------------------------------
 // Keys named like HF Mixtral's config: num_experts, num_experts_per_tok, router_aux_loss_coef,

@@ -1,11 +1,11 @@
 #include "modula/composition/moe_ffn.h"
 
-#include "modula/routing/top_k.h"
-#include "modula/util/error.h"
-
 #include <cmath>
 #include <stdexcept>
 #include <string>
+
+#include "modula/routing/top_k.h"
+#include "modula/util/error.h"
 
 namespace modula {
 
@@ -39,7 +39,7 @@ MoeFfnImpl::MoeFfnImpl(const MoeFfnOptions& options_, std::shared_ptr<RouterImpl
   if (!router) throw_error(kTag, "needs a router");
   if (router->num_modules() != options.num_experts())
     throw_error(kTag, "the router routes over " + std::to_string(router->num_modules()) + " modules, the layer has " +
-         std::to_string(options.num_experts()) + " experts");
+                          std::to_string(options.num_experts()) + " experts");
   if (options.router_distillation_coef() > 0 && !std::dynamic_pointer_cast<TopKRouterImpl>(router))
     throw_error(kTag, "router_distillation_coef needs a TopKRouter (it trains the gate logits)");
   register_module("router", router);
@@ -83,7 +83,8 @@ torch::Tensor MoeFfnImpl::dispatch(const torch::Tensor& x, const torch::Tensor& 
   slot = slot.masked_select(valid);
   expert_of = expert_of.masked_select(valid);
   if ((expert_of >= E).any().item<bool>())
-    throw_error(kTag, "routing names expert " + std::to_string(expert_of.max().item<int64_t>()) + " of " + std::to_string(E));
+    throw_error(kTag,
+                "routing names expert " + std::to_string(expert_of.max().item<int64_t>()) + " of " + std::to_string(E));
   // Sort by expert (stable: priority order inside each expert's segment).
   auto order = std::get<1>(torch::sort(expert_of, /*stable=*/true, /*dim=*/0, /*descending=*/false));
   auto sorted_expert = expert_of.index_select(0, order);
@@ -133,9 +134,10 @@ torch::Tensor MoeFfnImpl::mixed(const SiteInput& in, const torch::Tensor& w) {
 torch::Tensor MoeFfnImpl::forward(const torch::Tensor& x) {
   const int64_t H = options.features();
   if (!x.defined() || x.dim() < 1 || x.size(-1) != H)
-    throw_error(kTag, "input must be [.., " + std::to_string(H) + "], got " + (x.defined() ? c10::str(x.sizes()) : "undefined"));
-  auto out = algorithm1(*router, *this, options.weighted() ? Aggregation::WeightedSum : Aggregation::Sum, {x, {}, nullptr},
-                        &last_routing);
+    throw_error(kTag, "input must be [.., " + std::to_string(H) + "], got " +
+                          (x.defined() ? c10::str(x.sizes()) : "undefined"));
+  auto out = algorithm1(*router, *this, options.weighted() ? Aggregation::WeightedSum : Aggregation::Sum,
+                        {x, {}, nullptr}, &last_routing);
   if (output_bias.defined()) out = out + output_bias;
   if (options.router_distillation_coef() > 0 && is_training()) {
     auto loss = options.router_distillation_coef() * router_distillation_loss(x);
@@ -151,8 +153,9 @@ torch::Tensor MoeFfnImpl::activation_norms(const torch::Tensor& x) const {
   auto flat = x.reshape({-1, H});
   auto with_bias = [](torch::Tensor h, const torch::Tensor& b) { return b.defined() ? h + b : h; };
   auto h = with_bias(torch::einsum("nh,eih->nei", {flat, w_up}), b_up);  // [N, E, I]
-  h = options.gated() ? activation(options.activation(), with_bias(torch::einsum("nh,eih->nei", {flat, w_gate}), b_gate)) * h
-                      : activation(options.activation(), h);
+  h = options.gated()
+          ? activation(options.activation(), with_bias(torch::einsum("nh,eih->nei", {flat, w_gate}), b_gate)) * h
+          : activation(options.activation(), h);
   auto shape = x.sizes().vec();
   shape.back() = E;
   return h.norm(2, -1).view(shape);
@@ -170,8 +173,8 @@ torch::Tensor MoeFfnImpl::router_distillation_loss(const torch::Tensor& x) {
   }
   auto logits = gate->logits(x).to(torch::kFloat32);
   auto mask = gate->token_mask(x);
-  auto loss = torch::binary_cross_entropy_with_logits(logits, target.to(torch::kFloat32), {}, {}, at::Reduction::None)
-                  .mean(-1);
+  auto loss =
+      torch::binary_cross_entropy_with_logits(logits, target.to(torch::kFloat32), {}, {}, at::Reduction::None).mean(-1);
   if (!mask.defined()) return loss.mean();
   auto m = mask.to(torch::kFloat32);
   return (loss * m).sum() / m.sum().clamp_min(1.0);

@@ -1,9 +1,9 @@
 #include "modula/composition/moe_lora.h"
 
+#include <stdexcept>
+
 #include "modula/modules/targets.h"
 #include "modula/util/error.h"
-
-#include <stdexcept>
 
 namespace modula {
 
@@ -12,7 +12,8 @@ void MoeLoraOptions::validate() const {
   if (num_experts() <= 0) throw_error(kTag, "num_experts must be positive, got " + std::to_string(num_experts()));
   if (r() <= 0) throw_error(kTag, "r must be positive, got " + std::to_string(r()));
   if (k() < 1 || k() > num_experts())
-    throw_error(kTag, "k must be in [1, num_experts = " + std::to_string(num_experts()) + "], got " + std::to_string(k()));
+    throw_error(kTag,
+                "k must be in [1, num_experts = " + std::to_string(num_experts()) + "], got " + std::to_string(k()));
 }
 
 TopKRouterOptions MoeLoraOptions::router(int64_t features) const {

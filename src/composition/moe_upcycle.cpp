@@ -1,15 +1,19 @@
 #include "modula/composition/moe_upcycle.h"
 
-#include "modula/routing/top_k.h"
-
 #include <stdexcept>
+
+#include "modula/routing/top_k.h"
 
 namespace modula {
 
 void UpcycleOptions::validate() const {
   // The router and layer options check every field; build them once to fail early.
   MoeFfnOptions(1, 1, num_experts()).dropless(dropless()).capacity_factor(capacity_factor()).validate();
-  TopKRouterOptions(1, num_experts()).k(k()).load_balance_coef(load_balance_coef()).z_loss_coef(z_loss_coef()).validate();
+  TopKRouterOptions(1, num_experts())
+      .k(k())
+      .load_balance_coef(load_balance_coef())
+      .z_loss_coef(z_loss_coef())
+      .validate();
 }
 
 MoeFfn upcycle_ffn(const DenseFfn& ffn, const UpcycleOptions& options) {
@@ -33,8 +37,10 @@ MoeFfn upcycle_ffn(const DenseFfn& ffn, const UpcycleOptions& options) {
                     router.ptr());
   torch::NoGradGuard no_grad;
   auto copy = [](torch::Tensor& dst, const torch::Tensor& src) {
-    if (src.defined()) dst.copy_(src.unsqueeze(0).expand(dst.sizes()));
-    else dst.zero_();
+    if (src.defined())
+      dst.copy_(src.unsqueeze(0).expand(dst.sizes()));
+    else
+      dst.zero_();
   };
   copy(moe->w_up, ffn.w_up);
   if (ffn.gated) copy(moe->w_gate, ffn.w_gate);

@@ -1,16 +1,15 @@
 #include "modula/composition/moefication.h"
 
-#include "modula/modules/targets.h"
-#include "modula/routing/top_k.h"
-#include "modula/util/error.h"
-
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
 #include <stdexcept>
+
+#include "modula/modules/targets.h"
+#include "modula/routing/top_k.h"
+#include "modula/util/error.h"
 
 namespace modula {
 
@@ -42,7 +41,8 @@ DenseFfn dense_ffn(Backbone& model, const std::string& path) {
   auto modules = model.named_modules();
   auto* found = modules.find(path);
   auto site = found ? std::dynamic_pointer_cast<BlockSite>(*found) : nullptr;
-  if (!site || site->role != BlockRole::FeedForward) throw_error(kTag, "'" + path + "' is not a feed-forward block site");
+  if (!site || site->role != BlockRole::FeedForward)
+    throw_error(kTag, "'" + path + "' is not a feed-forward block site");
   auto children = site->named_children();
   DenseFfn ffn;
   ffn.activation = model.config().hidden_act;
@@ -59,7 +59,8 @@ DenseFfn dense_ffn(Backbone& model, const std::string& path) {
     up = linear_at(model, layer + ".intermediate.dense");
     down = linear_at(model, path + ".dense");
   } else {
-    throw_error(kTag, "'" + path + "' has no known feed-forward projections (gate_proj/up_proj/down_proj, c_fc/c_proj, dense)");
+    throw_error(
+        kTag, "'" + path + "' has no known feed-forward projections (gate_proj/up_proj/down_proj, c_fc/c_proj, dense)");
   }
   ffn.gated = gate != nullptr;
   ffn.w_up = detached(up->weight_out_in());
@@ -77,7 +78,8 @@ torch::Tensor balanced_kmeans(const torch::Tensor& points, int64_t clusters, int
   if (points.dim() != 2) throw_error(kTag, "k-means points must be [n, d], got " + c10::str(points.sizes()));
   const int64_t n = points.size(0);
   if (clusters <= 0 || n % clusters != 0)
-    throw_error(kTag, "cannot split " + std::to_string(n) + " neurons into " + std::to_string(clusters) + " equal groups");
+    throw_error(kTag,
+                "cannot split " + std::to_string(n) + " neurons into " + std::to_string(clusters) + " equal groups");
   if (iterations <= 0) throw_error(kTag, "kmeans_iterations must be positive, got " + std::to_string(iterations));
   const int64_t size = n / clusters;
   auto x = points.detach().to(torch::kCPU, torch::kFloat32).contiguous();
@@ -115,8 +117,10 @@ torch::Tensor balanced_kmeans(const torch::Tensor& points, int64_t clusters, int
 void MoefyOptions::validate() const {
   if (num_experts() <= 0) throw_error(kTag, "num_experts must be positive, got " + std::to_string(num_experts()));
   if (k() < 1 || k() > num_experts())
-    throw_error(kTag, "k must be in [1, num_experts = " + std::to_string(num_experts()) + "], got " + std::to_string(k()));
-  if (kmeans_iterations() <= 0) throw_error(kTag, "kmeans_iterations must be positive, got " + std::to_string(kmeans_iterations()));
+    throw_error(kTag,
+                "k must be in [1, num_experts = " + std::to_string(num_experts()) + "], got " + std::to_string(k()));
+  if (kmeans_iterations() <= 0)
+    throw_error(kTag, "kmeans_iterations must be positive, got " + std::to_string(kmeans_iterations()));
   if (router_distillation_coef() < 0) throw_error(kTag, "router_distillation_coef must be >= 0");
 }
 
@@ -124,7 +128,8 @@ MoeFfn moefy_ffn(const DenseFfn& ffn, const MoefyOptions& options) {
   options.validate();
   const int64_t E = options.num_experts(), H = ffn.features(), I = ffn.intermediate();
   if (I % E != 0)
-    throw_error(kTag, "intermediate size " + std::to_string(I) + " is not divisible by num_experts " + std::to_string(E));
+    throw_error(kTag,
+                "intermediate size " + std::to_string(I) + " is not divisible by num_experts " + std::to_string(E));
   const int64_t size = I / E;
   // Cluster the rows that decide each neuron's activation (SwiGLU: both of its input rows).
   auto rows = ffn.gated ? torch::cat({ffn.w_gate, ffn.w_up}, 1) : ffn.w_up;
@@ -151,8 +156,9 @@ MoeFfn moefy_ffn(const DenseFfn& ffn, const MoefyOptions& options) {
   moe->w_down.copy_(ffn.w_down.index_select(1, perm).view({H, E, size}).permute({1, 0, 2}));
   if (ffn.b_up.defined()) {
     moe->b_up.copy_(ffn.b_up.index_select(0, perm).view({E, size}));
-    if (ffn.gated) moe->b_gate.copy_(ffn.b_gate.defined() ? ffn.b_gate.index_select(0, perm).view({E, size})
-                                                          : torch::zeros({E, size}));
+    if (ffn.gated)
+      moe->b_gate.copy_(ffn.b_gate.defined() ? ffn.b_gate.index_select(0, perm).view({E, size})
+                                             : torch::zeros({E, size}));
     moe->b_down.zero_();  // the dense output bias is shared, not split
   }
   if (ffn.b_down.defined()) moe->output_bias.copy_(ffn.b_down);
@@ -162,8 +168,8 @@ MoeFfn moefy_ffn(const DenseFfn& ffn, const MoefyOptions& options) {
 }
 
 std::vector<std::pair<std::string, MoeFfn>> replace_ffns(Backbone& model, const std::vector<int64_t>& layers,
-                                                        const std::string& name,
-                                                        const std::function<MoeFfn(const DenseFfn&)>& make) {
+                                                         const std::string& name,
+                                                         const std::function<MoeFfn(const DenseFfn&)>& make) {
   nlohmann::json select = {{"target_modules", ".*"}};
   if (!layers.empty()) select["layers_to_transform"] = layers;
   std::vector<std::pair<std::string, MoeFfn>> result;

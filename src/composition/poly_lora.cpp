@@ -1,13 +1,14 @@
 #include "modula/composition/poly_lora.h"
-#include "modula/io/peft.h"
-#include "modula/modules/lora.h"
-#include "modula/modules/targets.h"
-#include "modula/util/error.h"
 
 #include <algorithm>
 #include <cmath>
 #include <set>
 #include <stdexcept>
+
+#include "modula/io/peft.h"
+#include "modula/modules/lora.h"
+#include "modula/modules/targets.h"
+#include "modula/util/error.h"
 
 namespace modula {
 namespace {
@@ -18,7 +19,8 @@ constexpr std::string_view kTag = "poly";
 
 int64_t config_int(const json& c, const char* key, int64_t fallback) {
   if (!c.contains(key) || c[key].is_null()) return fallback;
-  if (!c[key].is_number_integer()) throw_error(kTag, std::string("config key '") + key + "' must be an integer (got " + c[key].dump() + ")");
+  if (!c[key].is_number_integer())
+    throw_error(kTag, std::string("config key '") + key + "' must be an integer (got " + c[key].dump() + ")");
   return c[key].get<int64_t>();
 }
 
@@ -27,13 +29,15 @@ int64_t config_int(const json& c, const char* key, int64_t fallback) {
 void PolyLoraOptions::validate() const {
   if (in_features() <= 0 || out_features() <= 0) throw_error(kTag, "in_features and out_features must be positive");
   if (r() <= 0) throw_error(kTag, "r must be positive (got " + std::to_string(r()) + ")");
-  if (n_tasks() <= 0 || n_skills() <= 0 || n_splits() <= 0) throw_error(kTag, "n_tasks, n_skills and n_splits must be positive");
+  if (n_tasks() <= 0 || n_skills() <= 0 || n_splits() <= 0)
+    throw_error(kTag, "n_tasks, n_skills and n_splits must be positive");
   if (in_features() % n_splits() || out_features() % n_splits())
-    throw_error(kTag, "n_splits " + std::to_string(n_splits()) + " must divide in_features " + std::to_string(in_features()) +
-        " and out_features " + std::to_string(out_features()));
+    throw_error(kTag, "n_splits " + std::to_string(n_splits()) + " must divide in_features " +
+                          std::to_string(in_features()) + " and out_features " + std::to_string(out_features()));
 }
 
-PolyLoraImpl::PolyLoraImpl(const PolyLoraOptions& options_, std::shared_ptr<RoutingContext> context) : options(options_) {
+PolyLoraImpl::PolyLoraImpl(const PolyLoraOptions& options_, std::shared_ptr<RoutingContext> context)
+    : options(options_) {
   options.validate();
   const auto q = options.n_splits(), s = options.n_skills(), r = options.r();
   poly_lora_A = register_parameter("poly_lora_A", torch::empty({q, s, options.in_features() / q, r}));
@@ -50,8 +54,10 @@ void PolyLoraImpl::reset() {
   for (int64_t q = 0; q < options.n_splits(); ++q)
     for (int64_t s = 0; s < options.n_skills(); ++s) {
       torch::nn::init::kaiming_uniform_(poly_lora_A[q][s].t(), std::sqrt(5.0));
-      if (options.init_weights()) poly_lora_B[q][s].zero_();
-      else torch::nn::init::kaiming_uniform_(poly_lora_B[q][s].t(), std::sqrt(5.0));
+      if (options.init_weights())
+        poly_lora_B[q][s].zero_();
+      else
+        torch::nn::init::kaiming_uniform_(poly_lora_B[q][s].t(), std::sqrt(5.0));
     }
   poly_router->reset();
 }
@@ -65,7 +71,8 @@ std::pair<torch::Tensor, torch::Tensor> PolyLoraImpl::combine_skills(const torch
 
 torch::Tensor PolyLoraImpl::averaged(const SiteInput& in, const torch::Tensor& w) {
   const auto& x = in.x;
-  auto [A, B] = combine_skills(w.view({x.size(0), options.n_splits(), options.n_skills()}).to(poly_lora_A.scalar_type()));
+  auto [A, B] =
+      combine_skills(w.view({x.size(0), options.n_splits(), options.n_skills()}).to(poly_lora_A.scalar_type()));
   return torch::bmm(torch::bmm(x, A.to(x.scalar_type())), B.to(x.scalar_type())) / static_cast<double>(options.r());
 }
 
@@ -86,8 +93,10 @@ void PolyLoraImpl::merge(LinearImpl&) {
 }
 void PolyLoraImpl::unmerge(LinearImpl&) { throw std::logic_error("[poly] not merged"); }
 
-Adapter add_poly_adapter(Backbone& model, const json& config, std::shared_ptr<RoutingContext> context, const std::string& name) {
-  if (config.value("peft_type", std::string()) != "POLY") throw_error(kTag, "config peft_type must be \"POLY\" (got " + config.value("peft_type", json()).dump() + ")");
+Adapter add_poly_adapter(Backbone& model, const json& config, std::shared_ptr<RoutingContext> context,
+                         const std::string& name) {
+  if (config.value("peft_type", std::string()) != "POLY")
+    throw_error(kTag, "config peft_type must be \"POLY\" (got " + config.value("peft_type", json()).dump() + ")");
   auto poly_type = config.value("poly_type", json("poly"));
   if (poly_type != "poly") throw_error(kTag, "poly_type " + poly_type.dump() + " is not supported (\"poly\")");
   if (!context) throw_error(kTag, "a RoutingContext is needed for the task ids");
@@ -102,7 +111,8 @@ Adapter add_poly_adapter(Backbone& model, const json& config, std::shared_ptr<Ro
                  .n_skills(config_int(config, "n_skills", 4))
                  .n_splits(config_int(config, "n_splits", 1))
                  .init_weights(config.value("init_weights", true));
-    if (layer->options.conv1d_layout()) throw_error(kTag, "site " + path + " is a Conv1D layer; PEFT POLY supports nn.Linear only");
+    if (layer->options.conv1d_layout())
+      throw_error(kTag, "site " + path + " is a Conv1D layer; PEFT POLY supports nn.Linear only");
     try {
       o.validate();
     } catch (const std::invalid_argument& e) {
@@ -118,7 +128,8 @@ Adapter add_poly_adapter(Backbone& model, const json& config, std::shared_ptr<Ro
   return a;
 }
 
-Adapter load_poly_adapter(Backbone& model, const std::string& dir, std::shared_ptr<RoutingContext> context, const std::string& name) {
+Adapter load_poly_adapter(Backbone& model, const std::string& dir, std::shared_ptr<RoutingContext> context,
+                          const std::string& name) {
   auto folder = io::read_peft_folder(dir);
   auto a = add_poly_adapter(model, folder.config, std::move(context), name);
   std::set<std::string> used;
@@ -128,9 +139,11 @@ Adapter load_poly_adapter(Backbone& model, const std::string& dir, std::shared_p
       for (auto& p : m.module->named_parameters()) {
         auto key = io::kPeftPrefix + m.site + "." + m.peft_keys.at(p.key());
         auto it = folder.tensors.find(key);
-        if (it == folder.tensors.end()) throw_error(kTag, dir + ": adapter_model.safetensors has no tensor '" + key + "'");
+        if (it == folder.tensors.end())
+          throw_error(kTag, dir + ": adapter_model.safetensors has no tensor '" + key + "'");
         if (it->second.sizes() != p.value().sizes())
-          throw_error(kTag, dir + ": tensor '" + key + "' has shape " + c10::str(it->second.sizes()) + ", expected " + c10::str(p.value().sizes()));
+          throw_error(kTag, dir + ": tensor '" + key + "' has shape " + c10::str(it->second.sizes()) + ", expected " +
+                                c10::str(p.value().sizes()));
         p.value().copy_(it->second);
         used.insert(key);
       }
@@ -172,11 +185,12 @@ Adapter mhr_mu(Backbone& model, const Adapter& poly, const std::string& name) {
   torch::NoGradGuard no_grad;
   for (size_t i = 0; i < poly.modules.size(); ++i) {
     auto p = std::dynamic_pointer_cast<PolyLoraImpl>(poly.modules[i].module);
-    auto uniform = torch::full({1, p->options.n_splits(), p->options.n_skills()}, 1.0 / static_cast<double>(p->options.n_skills()),
-                               p->poly_lora_A.options());
+    auto uniform = torch::full({1, p->options.n_splits(), p->options.n_skills()},
+                               1.0 / static_cast<double>(p->options.n_skills()), p->poly_lora_A.options());
     auto [A, B] = p->combine_skills(uniform);  // mean over skills
     auto same_site = [&](const AttachedModule& m) { return m.site == poly.modules[i].site; };
-    auto l = std::dynamic_pointer_cast<LoraImpl>(std::find_if(lora.modules.begin(), lora.modules.end(), same_site)->module);
+    auto l =
+        std::dynamic_pointer_cast<LoraImpl>(std::find_if(lora.modules.begin(), lora.modules.end(), same_site)->module);
     l->lora_A.copy_(A[0].t());
     l->lora_B.copy_(B[0].t());
   }

@@ -3,12 +3,12 @@
 // one loader (config -> modules, then tensors by PEFT key).
 #include "modula/composition/registry.h"
 
+#include <stdexcept>
+
 #include "composition/module_rows.h"
 #include "modula/composition/poly_lora.h"
 #include "modula/io/peft.h"
 #include "modula/util/error.h"
-
-#include <stdexcept>
 
 namespace modula {
 namespace {
@@ -57,12 +57,14 @@ std::vector<ModuleType> make_table() {
       peft_row("PROMPT_TUNING", "virtual token embeddings prepended to the input", named(prompt_adapter)),
       peft_row("PREFIX_TUNING", "per-layer key/value prefixes", named(prefix_adapter)),
       peft_row("POLY", "Polytropon / MHR: LoRA skills with learned task-to-skill routing", poly_build),
-      peft_row("MODULA_BOTTLENECK", "bottleneck adapters on block sites (pfeiffer, houlsby, parallel)", named(bottleneck_adapter)),
+      peft_row("MODULA_BOTTLENECK", "bottleneck adapters on block sites (pfeiffer, houlsby, parallel)",
+               named(bottleneck_adapter)),
       sparse_ft_row(),
       bitfit_row(),
       hyper_lora_row(),
       fusion_row(),
-      peft_row("MODULA_MOE_LORA", "mixture of LoRA experts per site, token-level top-k router (MoLoRA)", moe_lora_build),
+      peft_row("MODULA_MOE_LORA", "mixture of LoRA experts per site, token-level top-k router (MoLoRA)",
+               moe_lora_build),
   };
   return rows;
 }

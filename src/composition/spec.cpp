@@ -1,14 +1,14 @@
 // The composition spec: text, JSON and YAML forms → one AST (docs/composition.md).
 #include "modula/composition/spec.h"
 
-#include "modula/io/yaml.h"
-
 #include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <regex>
+
+#include "modula/io/yaml.h"
 
 namespace modula {
 namespace {
@@ -17,9 +17,9 @@ using json = nlohmann::json;
 using Kind = SpecNode::Kind;
 
 const std::vector<std::pair<std::string, Kind>>& operators() {
-  static const std::vector<std::pair<std::string, Kind>> ops = {
-      {"stack", Kind::Stack}, {"parallel", Kind::Parallel}, {"avg", Kind::Average},
-      {"fuse", Kind::Fuse},   {"route", Kind::Route},       {"concat", Kind::Concat}};
+  static const std::vector<std::pair<std::string, Kind>> ops = {{"stack", Kind::Stack}, {"parallel", Kind::Parallel},
+                                                                {"avg", Kind::Average}, {"fuse", Kind::Fuse},
+                                                                {"route", Kind::Route}, {"concat", Kind::Concat}};
   return ops;
 }
 
@@ -39,8 +39,10 @@ const Kind* find_operator(const std::string& name) {
 size_t min_arity(Kind k) {
   switch (k) {
     case Kind::Fuse:
-    case Kind::Route: return 1;
-    default: return 2;
+    case Kind::Route:
+      return 1;
+    default:
+      return 2;
   }
 }
 
@@ -103,8 +105,8 @@ void check_operator(SpecNode& n, Fail fail) {
     n.children.erase(n.children.begin());
   }
   if (n.children.size() < min_arity(n.kind))
-    fail(-1, op + " needs at least " + std::to_string(min_arity(n.kind)) + " module" + (min_arity(n.kind) > 1 ? "s" : "") +
-                 ", got " + std::to_string(n.children.size()));
+    fail(-1, op + " needs at least " + std::to_string(min_arity(n.kind)) + " module" +
+                 (min_arity(n.kind) > 1 ? "s" : "") + ", got " + std::to_string(n.children.size()));
   size_t weighted = 0;
   for (size_t i = 0; i < n.children.size(); ++i) {
     const auto& c = n.children[i];
@@ -112,14 +114,15 @@ void check_operator(SpecNode& n, Fail fail) {
       fail(static_cast<int>(i), "weights (':number') are only allowed inside avg(…), not in " + op);
     weighted += c.weight ? 1 : 0;
     if (n.kind == Kind::Concat && c.kind != Kind::Module)
-      fail(static_cast<int>(i), "concat joins prompt modules; argument " + std::to_string(i + 1) + " is " +
-                                    operator_name(c.kind) + "(…)");
+      fail(static_cast<int>(i),
+           "concat joins prompt modules; argument " + std::to_string(i + 1) + " is " + operator_name(c.kind) + "(…)");
   }
   if (n.kind == Kind::Average && weighted > 0 && weighted < n.children.size()) {
     for (size_t i = 0; i < n.children.size(); ++i)
       if (!n.children[i].weight)
-        fail(static_cast<int>(i), "avg argument " + std::to_string(i + 1) +
-                                      " has no weight but others do: give every argument a weight (name:number) or none");
+        fail(static_cast<int>(i),
+             "avg argument " + std::to_string(i + 1) +
+                 " has no weight but others do: give every argument a weight (name:number) or none");
   }
   if (n.kind == Kind::Average && weighted > 0) {
     double sum = 0;
@@ -208,13 +211,21 @@ class TextParser {
         node.children.push_back(parse_expr());
         skip_ws();
         if (i_ == s_.size()) fail(open, "unbalanced '(': no matching ')'");
-        if (s_[i_] == ',') { ++i_; continue; }
-        if (s_[i_] == ')') { ++i_; break; }
+        if (s_[i_] == ',') {
+          ++i_;
+          continue;
+        }
+        if (s_[i_] == ')') {
+          ++i_;
+          break;
+        }
         fail(i_, std::string("expected ',' or ')', got '") + s_[i_] + "'");
       }
     }
     check_operator(node, [&](int child, const std::string& m) {
-      fail(child < 0 ? start : starts[static_cast<size_t>(child) + (node.kind == Kind::Route && !node.name.empty() ? 1 : 0)], m);
+      fail(child < 0 ? start
+                     : starts[static_cast<size_t>(child) + (node.kind == Kind::Route && !node.name.empty() ? 1 : 0)],
+           m);
     });
     return node;
   }
@@ -239,7 +250,8 @@ SpecNode parse_json_node(const json& j, const std::string& where) {
   std::string op;
   for (auto it = j.begin(); it != j.end(); ++it) {
     if (it.key() == "weights" || it.key() == "key") continue;
-    if (!find_operator(it.key())) fail_json(where, "unknown operator '" + it.key() + "' (operators: " + operator_list() + ")");
+    if (!find_operator(it.key()))
+      fail_json(where, "unknown operator '" + it.key() + "' (operators: " + operator_list() + ")");
     if (!op.empty()) fail_json(where, "one operator per object, got '" + op + "' and '" + it.key() + "'");
     op = it.key();
   }
@@ -263,12 +275,15 @@ SpecNode parse_json_node(const json& j, const std::string& where) {
     const auto& w = j["weights"];
     if (node.kind != Kind::Average) fail_json(where + "/weights", "weights belong to avg only");
     if (!w.is_array() || w.size() != args.size())
-      fail_json(where + "/weights", "weights must be a list of " + std::to_string(args.size()) + " numbers, got " + w.dump());
+      fail_json(where + "/weights",
+                "weights must be a list of " + std::to_string(args.size()) + " numbers, got " + w.dump());
     for (size_t i = 0; i < w.size(); ++i) {
-      if (!w[i].is_number()) fail_json(where + "/weights/" + std::to_string(i), "weight is not a number: " + w[i].dump());
+      if (!w[i].is_number())
+        fail_json(where + "/weights/" + std::to_string(i), "weight is not a number: " + w[i].dump());
       if (node.children[i].weight) fail_json(where + "/" + op + "/" + std::to_string(i), "weight given twice");
       node.children[i].weight = w[i].get<double>();
-      if (!std::isfinite(*node.children[i].weight)) fail_json(where + "/weights/" + std::to_string(i), "weight is not finite");
+      if (!std::isfinite(*node.children[i].weight))
+        fail_json(where + "/weights/" + std::to_string(i), "weight is not finite");
     }
   }
   check_operator(node, [&](int child, const std::string& m) {  // route's key is never a child here
@@ -353,15 +368,17 @@ void check_module_names(const SpecNode& n, const std::set<std::string>& known) {
     std::string list;
     for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
     const auto where = n.where.empty() ? std::string("spec") : n.where;
-    throw SpecError("[spec] " + where + ": unknown module name '" + n.name + "' (known: " + (list.empty() ? "none" : list) + ")",
-                    n.where);
+    throw SpecError(
+        "[spec] " + where + ": unknown module name '" + n.name + "' (known: " + (list.empty() ? "none" : list) + ")",
+        n.where);
   }
   for (const auto& c : n.children) check_module_names(c, known);
 }
 
 bool learned_route_key(const std::string& key) {
   if (key == "softmax" || key == "softmax_token" || key == "smear") return true;
-  return key.size() > 3 && key.size() <= 7 && key.compare(0, 3, "top") == 0 && key.find_first_not_of("0123456789", 3) == std::string::npos;
+  return key.size() > 3 && key.size() <= 7 && key.compare(0, 3, "top") == 0 &&
+         key.find_first_not_of("0123456789", 3) == std::string::npos;
 }
 
 }  // namespace modula

@@ -1,12 +1,12 @@
 // Shared by the conformance case kinds (runner.cpp and one file per later kind).
 #pragma once
 
-#include "modula/conformance.h"
-
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
 #include <string>
+
+#include "modula/conformance.h"
 
 namespace modula {
 

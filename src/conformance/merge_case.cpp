@@ -1,15 +1,15 @@
 // "merge" cases: PEFT add_weighted_adapter over the parent folder's adapters, compared on
 // the merged lora_A / lora_B tensors (svd: on B@A) and on the logits of base + merged.
+#include <map>
+
 #include "cases.h"
-#include "modula/composition/registry.h"
-#include "modula/merge/lora_merge.h"
 #include "modula/backbone/registry.h"
+#include "modula/composition/registry.h"
 #include "modula/io/peft.h"
 #include "modula/io/safetensors.h"
+#include "modula/merge/lora_merge.h"
 #include "modula/modules/lora.h"
 #include "modula/util/fs.h"
-
-#include <map>
 
 using nlohmann::json;
 
@@ -42,7 +42,8 @@ CaseResult merge_case(const std::string& dir, const json& spec, const Conformanc
   auto type = spec.at("combination_type").get<std::string>();
   auto options = LoraMergeOptions(spec.at("weights").get<std::vector<double>>()).combination_type(type);
   if (spec.contains("density") && !spec["density"].is_null()) options.density(spec["density"].get<double>());
-  if (spec.contains("majority_sign_method")) options.majority_sign_method(spec["majority_sign_method"].get<std::string>());
+  if (spec.contains("majority_sign_method"))
+    options.majority_sign_method(spec["majority_sign_method"].get<std::string>());
   if (spec.contains("svd_rank") && !spec["svd_rank"].is_null()) options.svd_rank(spec["svd_rank"].get<int64_t>());
   auto merged = merge_lora_adapters(*model, inputs, options, "merged_" + type);
   for (auto& a : inputs) a.set_enabled(false);
@@ -62,7 +63,8 @@ CaseResult merge_case(const std::string& dir, const json& spec, const Conformanc
     if (key.rfind("merged::", 0) != 0) continue;
     auto [site, part] = merged_key_site(key);
     auto it = sites.find(site);
-    if (it == sites.end()) throw std::runtime_error("[conformance] merged adapter has no module at " + site + " (" + key + ")");
+    if (it == sites.end())
+      throw std::runtime_error("[conformance] merged adapter has no module at " + site + " (" + key + ")");
     if (svd) {
       want_factors[site][part] = expected.get(key);
       continue;
@@ -72,13 +74,15 @@ CaseResult merge_case(const std::string& dir, const json& spec, const Conformanc
     ++compared;
   }
   for (auto& [site, f] : want_factors) {  // svd factors are unique up to rotation: compare B@A
-    if (!f.count("lora_A") || !f.count("lora_B")) throw std::runtime_error("[conformance] " + site + ": svd case lacks lora_A or lora_B");
+    if (!f.count("lora_A") || !f.count("lora_B"))
+      throw std::runtime_error("[conformance] " + site + ": svd case lacks lora_A or lora_B");
     auto* l = sites.at(site);
     worst = std::max(worst, compare(torch::matmul(l->lora_B, l->lora_A), torch::matmul(f["lora_B"], f["lora_A"]),
                                     torch::Tensor(), o, ok, site + " B@A"));
     ++compared;
   }
-  if (compared == 0) throw std::runtime_error("[conformance] " + dir + ": expected.safetensors has no merged:: tensors");
+  if (compared == 0)
+    throw std::runtime_error("[conformance] " + dir + ": expected.safetensors has no merged:: tensors");
 
   BackboneInput in;
   in.input_ids = ids_file.get("input_ids").clone();
@@ -86,7 +90,8 @@ CaseResult merge_case(const std::string& dir, const json& spec, const Conformanc
   torch::NoGradGuard no_grad;
   auto out = forward_adapted(*model, merged, in);
   auto want = expected.get("logits");
-  worst = std::max(worst, compare(out.logits, want, want.dim() == 3 ? in.attention_mask : torch::Tensor(), o, ok, "logits"));
+  worst = std::max(worst,
+                   compare(out.logits, want, want.dim() == 3 ? in.attention_mask : torch::Tensor(), o, ok, "logits"));
   r.status = ok ? CaseStatus::Pass : CaseStatus::Fail;
   r.max_abs_diff = worst;
   r.detail = std::to_string(compared) + " merged tensors";

@@ -28,7 +28,8 @@ CaseResult mixed_batch_case(const std::string& dir, const nlohmann::json& spec, 
   auto per_row = spec.at("adapter_per_row").get<std::vector<std::string>>();
   std::vector<std::pair<std::string, std::string>> named_dirs;
   for (const auto& name : per_row)
-    if (name != kBaseAdapter && std::none_of(named_dirs.begin(), named_dirs.end(), [&](const auto& nd) { return nd.first == name; }))
+    if (name != kBaseAdapter &&
+        std::none_of(named_dirs.begin(), named_dirs.end(), [&](const auto& nd) { return nd.first == name; }))
       named_dirs.emplace_back(name, fs::join(dir, name));
   std::sort(named_dirs.begin(), named_dirs.end());
   auto mixed = load_mixed(*model, named_dirs);

@@ -1,22 +1,21 @@
 // Case kinds and their checks. Kinds that later subsystems implement SKIP until then.
 // A new kind is one function (in its own file, declared in cases.h) plus one line in
 // case_kinds().
+#include <algorithm>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
 #include "cases.h"
-#include "modula/composition/registry.h"
 #include "modula/backbone/registry.h"
+#include "modula/composition/registry.h"
 #include "modula/io/peft.h"
 #include "modula/io/safetensors.h"
 #include "modula/modules/adapter.h"
 #include "modula/text/tokenizer.h"
 #include "modula/util/fs.h"
-
-#include <nlohmann/json.hpp>
-
-#include <algorithm>
-#include <fstream>
-#include <functional>
-#include <map>
-#include <sstream>
 
 using nlohmann::json;
 
@@ -109,8 +108,9 @@ CaseResult tokenizers_case(const std::string& dir, const json& spec, const Confo
   }
   r.status = mismatches == 0 ? CaseStatus::Pass : CaseStatus::Fail;
   r.max_abs_diff = mismatches;
-  r.detail = mismatches ? std::to_string(mismatches) + "/" + std::to_string(probes) + " probes differ, first " + first_bad
-                        : std::to_string(probes) + " probes";
+  r.detail = mismatches
+                 ? std::to_string(mismatches) + "/" + std::to_string(probes) + " probes differ, first " + first_bad
+                 : std::to_string(probes) + " probes";
   return r;
 }
 
@@ -149,11 +149,8 @@ CaseResult adapter_case(const std::string& dir, const json& spec, const Conforma
 
 const std::map<std::string, CaseFn>& case_kinds() {
   static const std::map<std::string, CaseFn> kinds = {
-      {"model", model_case},
-      {"tokenizers", tokenizers_case},
-      {"adapter", adapter_case},
-      {"merge", merge_case},
-      {"mixed-batch", mixed_batch_case},
+      {"model", model_case}, {"tokenizers", tokenizers_case},   {"adapter", adapter_case},
+      {"merge", merge_case}, {"mixed-batch", mixed_batch_case},
   };
   return kinds;
 }

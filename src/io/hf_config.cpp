@@ -1,10 +1,11 @@
 #include "modula/io/hf_config.h"
-#include "modula/util/fs.h"
-#include "modula/io/config_field.h"
-#include "modula/util/error.h"
 
 #include <fstream>
 #include <set>
+
+#include "modula/io/config_field.h"
+#include "modula/util/error.h"
+#include "modula/util/fs.h"
 
 using nlohmann::json;
 
@@ -27,7 +28,8 @@ T get_or(const json& j, std::initializer_list<const char*> names, T fallback, co
 std::optional<int64_t> get_opt_int(const json& j, const char* name, const std::string& source) {
   auto it = j.find(name);
   if (it == j.end() || it->is_null()) return std::nullopt;
-  if (!it->is_number_integer()) throw_error<ConfigError>(kTag, source + ": " + std::string("key '") + name + "' must be an integer");
+  if (!it->is_number_integer())
+    throw_error<ConfigError>(kTag, source + ": " + std::string("key '") + name + "' must be an integer");
   return it->get<int64_t>();
 }
 
@@ -40,7 +42,7 @@ Family family_of(const std::string& model_type, const std::string& source) {
   if (model_type == "gpt2") return Family::Gpt2;
   if (encoders.count(model_type)) return Family::Encoder;
   throw_error<ConfigError>(kTag, source + ": unknown model_type '" + model_type +
-                   "' (supported: llama, qwen2, mistral, gpt2, bert, roberta, xlm-roberta)");
+                                     "' (supported: llama, qwen2, mistral, gpt2, bert, roberta, xlm-roberta)");
 }
 
 // transformers 5: rope_parameters {rope_theta, rope_type, factor, ...};
@@ -60,10 +62,10 @@ void parse_rope(const json& j, ModelConfig& c, const std::string& source) {
   r.factor = get_or<double>(*scaling, {"factor"}, 1.0, source);
   r.low_freq_factor = get_or<double>(*scaling, {"low_freq_factor"}, 1.0, source);
   r.high_freq_factor = get_or<double>(*scaling, {"high_freq_factor"}, 4.0, source);
-  r.original_max_position_embeddings =
-      get_or<int64_t>(*scaling, {"original_max_position_embeddings"}, 8192, source);
+  r.original_max_position_embeddings = get_or<int64_t>(*scaling, {"original_max_position_embeddings"}, 8192, source);
   if (r.type != "default" && r.type != "linear" && r.type != "llama3")
-    throw_error<ConfigError>(kTag, source + ": unsupported rope type '" + r.type + "' (supported: default, linear, llama3)");
+    throw_error<ConfigError>(kTag,
+                             source + ": unsupported rope type '" + r.type + "' (supported: default, linear, llama3)");
   if (r.factor <= 0) throw_error<ConfigError>(kTag, source + ": rope factor must be positive");
 }
 
@@ -112,11 +114,15 @@ void parse_encoder(const json& j, ModelConfig& c, const std::string& source) {
   c.tie_word_embeddings = get_or<bool>(j, {"tie_word_embeddings"}, true, source);
   c.qkv_bias = c.o_bias = c.mlp_bias = true;
   std::string position_type = get_or<std::string>(j, {"position_embedding_type"}, "absolute", source);
-  if (position_type != "absolute") throw_error<ConfigError>(kTag, source + ": position_embedding_type '" + position_type + "' is not supported (absolute only)");
+  if (position_type != "absolute")
+    throw_error<ConfigError>(
+        kTag, source + ": position_embedding_type '" + position_type + "' is not supported (absolute only)");
 }
 
 void require_positive(int64_t v, const char* name, const std::string& source) {
-  if (v <= 0) throw_error<ConfigError>(kTag, source + ": " + std::string("'") + name + "' must be positive (got " + std::to_string(v) + ")");
+  if (v <= 0)
+    throw_error<ConfigError>(
+        kTag, source + ": " + std::string("'") + name + "' must be positive (got " + std::to_string(v) + ")");
 }
 
 }  // namespace
@@ -125,7 +131,8 @@ ModelConfig parse_hf_config(const json& j, const std::string& source) {
   if (!j.is_object()) throw_error<ConfigError>(kTag, source + ": expected a JSON object");
   ModelConfig c;
   c.raw = j;
-  if (!j.contains("model_type") || !j["model_type"].is_string()) throw_error<ConfigError>(kTag, source + ": missing string key 'model_type'");
+  if (!j.contains("model_type") || !j["model_type"].is_string())
+    throw_error<ConfigError>(kTag, source + ": missing string key 'model_type'");
   c.model_type = j["model_type"].get<std::string>();
   Family family = family_of(c.model_type, source);
   c.architectures = get_or<std::vector<std::string>>(j, {"architectures"}, {}, source);
@@ -144,9 +151,15 @@ ModelConfig parse_hf_config(const json& j, const std::string& source) {
   c.num_labels = get_or<int64_t>(j, {"num_labels"}, c.num_labels, source);
 
   switch (family) {
-    case Family::Decoder: parse_decoder(j, c, source); break;
-    case Family::Gpt2: parse_gpt2(j, c, source); break;
-    case Family::Encoder: parse_encoder(j, c, source); break;
+    case Family::Decoder:
+      parse_decoder(j, c, source);
+      break;
+    case Family::Gpt2:
+      parse_gpt2(j, c, source);
+      break;
+    case Family::Encoder:
+      parse_encoder(j, c, source);
+      break;
   }
   require_positive(c.vocab_size, "vocab_size", source);
   require_positive(c.hidden_size, "hidden_size", source);
@@ -158,15 +171,18 @@ ModelConfig parse_hf_config(const json& j, const std::string& source) {
   c.head_dim = get_or<int64_t>(j, {"head_dim"}, 0, source);
   if (c.head_dim == 0) {
     if (c.hidden_size % c.num_attention_heads != 0)
-      throw_error<ConfigError>(kTag, source + ": hidden_size " + std::to_string(c.hidden_size) + " is not divisible by num_attention_heads " +
-                       std::to_string(c.num_attention_heads));
+      throw_error<ConfigError>(kTag, source + ": hidden_size " + std::to_string(c.hidden_size) +
+                                         " is not divisible by num_attention_heads " +
+                                         std::to_string(c.num_attention_heads));
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
   require_positive(c.head_dim, "head_dim", source);
   if (c.num_attention_heads % c.num_key_value_heads != 0)
     throw_error<ConfigError>(kTag, source + ": num_attention_heads " + std::to_string(c.num_attention_heads) +
-                     " is not a multiple of num_key_value_heads " + std::to_string(c.num_key_value_heads));
-  if (family == Family::Decoder && c.head_dim % 2 != 0) throw_error<ConfigError>(kTag, source + ": head_dim must be even for RoPE");
+                                       " is not a multiple of num_key_value_heads " +
+                                       std::to_string(c.num_key_value_heads));
+  if (family == Family::Decoder && c.head_dim % 2 != 0)
+    throw_error<ConfigError>(kTag, source + ": head_dim must be even for RoPE");
   if (c.norm_eps <= 0) throw_error<ConfigError>(kTag, source + ": norm epsilon must be positive");
   return c;
 }

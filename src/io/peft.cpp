@@ -1,7 +1,8 @@
 #include "modula/io/peft.h"
-#include "modula/util/fs.h"
 
 #include <fstream>
+
+#include "modula/util/fs.h"
 
 namespace modula::io {
 
@@ -21,7 +22,9 @@ PeftFolder read_peft_folder(const std::string& dir) {
   f.peft_type = f.config["peft_type"].get<std::string>();
   const std::string weights = fs::join(dir, "adapter_model.safetensors");
   if (!fs::is_file(weights)) {
-    std::string hint = fs::is_file(fs::join(dir, "adapter_model.bin")) ? " (adapter_model.bin is not supported: convert to safetensors)" : "";
+    std::string hint = fs::is_file(fs::join(dir, "adapter_model.bin"))
+                           ? " (adapter_model.bin is not supported: convert to safetensors)"
+                           : "";
     throw std::runtime_error("[peft] " + weights + ": no such file" + hint);
   }
   auto file = SafetensorsFile::open(weights);

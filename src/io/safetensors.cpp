@@ -148,14 +148,16 @@ TensorInfo parse_entry(const std::string& file, const std::string& key, const js
   if (t.begin > t.end)
     fail_key(file, key, "data_offsets begin " + std::to_string(t.begin) + " > end " + std::to_string(t.end));
   if (t.end > buffer)
-    fail_key(file, key, "data_offsets end " + std::to_string(t.end) + " is beyond the data buffer (" +
-                            std::to_string(buffer) + " bytes)");
+    fail_key(file, key,
+             "data_offsets end " + std::to_string(t.end) + " is beyond the data buffer (" + std::to_string(buffer) +
+                 " bytes)");
   uint64_t bytes = 0;
   if (!byte_size(t.shape, c10::elementSize(t.dtype), bytes))
     fail_key(file, key, "shape " + shape_str(t.shape) + " is too large");
   if (bytes != t.end - t.begin)
-    fail_key(file, key, "shape " + shape_str(t.shape) + " of " + dt.get<std::string>() + " needs " +
-                            std::to_string(bytes) + " bytes but data_offsets span " + std::to_string(t.end - t.begin));
+    fail_key(file, key,
+             "shape " + shape_str(t.shape) + " of " + dt.get<std::string>() + " needs " + std::to_string(bytes) +
+                 " bytes but data_offsets span " + std::to_string(t.end - t.begin));
   return t;
 }
 
@@ -188,7 +190,8 @@ void check_overlaps(const std::string& file, const std::map<std::string, TensorI
 torch::ScalarType dtype_from_string(const std::string& s) {
   for (const auto& d : kDtypes)
     if (s == d.name) return d.type;
-  throw SafetensorsError("[safetensors] unsupported dtype '" + s + "' (supported: F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL)");
+  throw SafetensorsError("[safetensors] unsupported dtype '" + s +
+                         "' (supported: F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL)");
 }
 
 std::string dtype_to_string(torch::ScalarType t) {
@@ -210,7 +213,8 @@ struct SafetensorsFile::Mapping {
     if (::fstat(fd, &st) != 0) close_and_fail(fd, path, "cannot stat: " + errno_text(errno));
     if (!S_ISREG(st.st_mode)) close_and_fail(fd, path, "not a regular file");
     if (st.st_size < 8)
-      close_and_fail(fd, path, "file is " + std::to_string(st.st_size) + " bytes, shorter than the 8-byte header length");
+      close_and_fail(fd, path,
+                     "file is " + std::to_string(st.st_size) + " bytes, shorter than the 8-byte header length");
     size = static_cast<size_t>(st.st_size);
     void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) close_and_fail(fd, path, "mmap failed: " + errno_text(errno));
@@ -285,7 +289,8 @@ torch::Tensor SafetensorsFile::get(const std::string& name) const {
     return copy;
   }
   std::shared_ptr<Mapping> keep = map_;
-  return torch::from_blob(p, t.shape, [keep](void*) {}, opts);
+  return torch::from_blob(
+      p, t.shape, [keep](void*) {}, opts);
 }
 
 }  // namespace modula::io

@@ -61,9 +61,8 @@ std::vector<Item> prepare(const std::string& path, const NamedTensors& tensors) 
 std::vector<size_t> assign_offsets(std::vector<Item>& items) {
   std::vector<size_t> order(items.size());
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return items[a].data.element_size() > items[b].data.element_size();
-  });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return items[a].data.element_size() > items[b].data.element_size(); });
   uint64_t offset = 0;
   for (size_t i : order) {
     items[i].begin = offset;

@@ -1,11 +1,12 @@
 #include "modula/io/yaml.h"
-#include "modula/util/error.h"
 
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
 #include <regex>
 #include <stdexcept>
+
+#include "modula/util/error.h"
 
 namespace modula::io {
 namespace {
@@ -38,8 +39,10 @@ json scalar(const YAML::Node& n) {
 json convert(const YAML::Node& n) {
   switch (n.Type()) {
     case YAML::NodeType::Null:
-    case YAML::NodeType::Undefined: return nullptr;
-    case YAML::NodeType::Scalar: return scalar(n);
+    case YAML::NodeType::Undefined:
+      return nullptr;
+    case YAML::NodeType::Scalar:
+      return scalar(n);
     case YAML::NodeType::Sequence: {
       json a = json::array();
       for (const auto& item : n) a.push_back(convert(item));
@@ -60,8 +63,8 @@ json yaml_to_json(const std::string& text, const std::string& source) {
   try {
     return convert(YAML::Load(text));
   } catch (const YAML::Exception& e) {
-    throw_error("yaml", source + ": invalid YAML at line " + std::to_string(e.mark.line + 1) +
-                                ", column " + std::to_string(e.mark.column + 1) + ": " + e.msg);
+    throw_error("yaml", source + ": invalid YAML at line " + std::to_string(e.mark.line + 1) + ", column " +
+                            std::to_string(e.mark.column + 1) + ": " + e.msg);
   }
 }
 

@@ -1,13 +1,14 @@
 // PEFT add_weighted_adapter: merge LoRA adapters into a new one, site by site, with the
 // M inputs stacked so each rule runs as one batched kernel.
 #include "modula/merge/lora_merge.h"
-#include "modula/merge/task_vectors.h"
-#include "modula/modules/lora.h"
-#include "modula/util/error.h"
 
 #include <cmath>
 #include <map>
 #include <set>
+
+#include "modula/merge/task_vectors.h"
+#include "modula/modules/lora.h"
+#include "modula/util/error.h"
 
 namespace modula {
 namespace {
@@ -53,8 +54,9 @@ json union_targets(const std::vector<Adapter>& adapters) {
     auto t = a.config.value("target_modules", json());
     if (t.is_string() != strings || !(t.is_string() || t.is_array()))
       throw_error(kTag, "adapter '" + a.name + "': target_modules " + t.dump() +
-          " — all adapters need target_modules of one type (all lists or all regex strings)");
-    if (strings) regex += (regex.empty() ? "(" : "|(") + t.get<std::string>() + ")";
+                            " — all adapters need target_modules of one type (all lists or all regex strings)");
+    if (strings)
+      regex += (regex.empty() ? "(" : "|(") + t.get<std::string>() + ")";
     else
       for (const auto& n : t) names.insert(n.get<std::string>());
   }
@@ -89,14 +91,24 @@ std::pair<torch::Tensor, torch::Tensor> factorise(const torch::Tensor& delta, in
 }  // namespace
 
 std::vector<std::string> lora_combination_types() {
-  return {"svd", "linear", "cat", "ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd",
-          "dare_linear_svd", "magnitude_prune", "magnitude_prune_svd"};
+  return {"svd",
+          "linear",
+          "cat",
+          "ties",
+          "ties_svd",
+          "dare_ties",
+          "dare_linear",
+          "dare_ties_svd",
+          "dare_linear_svd",
+          "magnitude_prune",
+          "magnitude_prune_svd"};
 }
 
 void LoraMergeOptions::validate(size_t n) const {
   if (n == 0) throw_error(kTag, "no adapters to merge");
   if (weights().size() != n)
-    throw_error(kTag, "weights has " + std::to_string(weights().size()) + " entries for " + std::to_string(n) + " adapters");
+    throw_error(kTag,
+                "weights has " + std::to_string(weights().size()) + " entries for " + std::to_string(n) + " adapters");
   for (double w : weights())
     if (!std::isfinite(w)) throw_error(kTag, "weights must be finite");
   auto types = lora_combination_types();
@@ -107,7 +119,8 @@ void LoraMergeOptions::validate(size_t n) const {
   }
   if (needs_density(combination_type()) && n > 1) {
     if (!density()) throw_error(kTag, "combination_type '" + combination_type() + "' needs density");
-    if (!(*density() >= 0 && *density() <= 1)) throw_error(kTag, "density must be in [0, 1], got " + std::to_string(*density()));
+    if (!(*density() >= 0 && *density() <= 1))
+      throw_error(kTag, "density must be in [0, 1], got " + std::to_string(*density()));
   }
   sign_method_from_string(majority_sign_method());  // throws naming the value
   if (majority_sign_method() != "total" && majority_sign_method() != "frequency")
@@ -125,8 +138,10 @@ Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapter
   for (size_t i = 0; i < adapters.size(); ++i) {
     const auto& a = adapters[i];
     if (a.name == name) throw_error(kTag, "the merged adapter's name '" + name + "' is already an input's");
-    if (a.peft_type != "LORA") throw_error(kTag, "adapter '" + a.name + "' is " + a.peft_type + "; only LORA adapters merge");
-    if (a.config.value("use_dora", false)) throw_error(kTag, "adapter '" + a.name + "' uses DoRA; DoRA magnitudes do not merge");
+    if (a.peft_type != "LORA")
+      throw_error(kTag, "adapter '" + a.name + "' is " + a.peft_type + "; only LORA adapters merge");
+    if (a.config.value("use_dora", false))
+      throw_error(kTag, "adapter '" + a.name + "' uses DoRA; DoRA magnitudes do not merge");
     ranks.push_back(a.config.value("r", int64_t{8}));
     for (const auto& m : a.modules) {
       auto lora = std::dynamic_pointer_cast<LoraImpl>(m.module);
@@ -143,9 +158,9 @@ Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapter
   } else {
     for (size_t i = 0; i < ranks.size(); ++i)
       if (ranks[i] != ranks[0])
-        throw_error(kTag, "combination_type '" + type + "' needs equal ranks: adapter '" + adapters[i].name + "' has r=" +
-            std::to_string(ranks[i]) + ", adapter '" + adapters[0].name + "' r=" + std::to_string(ranks[0]) +
-            " (use cat or svd)");
+        throw_error(kTag, "combination_type '" + type + "' needs equal ranks: adapter '" + adapters[i].name +
+                              "' has r=" + std::to_string(ranks[i]) + ", adapter '" + adapters[0].name +
+                              "' r=" + std::to_string(ranks[0]) + " (use cat or svd)");
   }
 
   json config = adapters[0].config;  // PEFT: replace(config of the first, r, lora_alpha, target_modules)
@@ -179,8 +194,9 @@ Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapter
           bs.push_back(f32(s.lora->lora_B));
         }
         auto a = torch::cat(as, 0), b = torch::cat(bs, 1);
-        if (a.size(0) > rank) throw_error(kTag, "site " + m.site + ": the inputs' ranks sum to " + std::to_string(a.size(0)) +
-                                  " there, more than the merged rank " + std::to_string(rank));
+        if (a.size(0) > rank)
+          throw_error(kTag, "site " + m.site + ": the inputs' ranks sum to " + std::to_string(a.size(0)) +
+                                " there, more than the merged rank " + std::to_string(rank));
         A = torch::zeros_like(f32(target->lora_A));
         B = torch::zeros_like(f32(target->lora_B));
         A.narrow(0, 0, a.size(0)).copy_(a);
@@ -201,10 +217,10 @@ Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapter
           const auto& s = sources[j];
           if (s.weight * s.scaling < 0)
             throw_error(kTag, "combination_type '" + type + "' scales A and B by sqrt(weight * scaling); weight " +
-                std::to_string(s.weight) + " at site " + m.site + " is negative (use cat or svd)");
+                                  std::to_string(s.weight) + " at site " + m.site + " is negative (use cat or svd)");
           if (s.lora->lora_A.size(0) != rank)
             throw_error(kTag, "combination_type '" + type + "' needs equal ranks: site " + m.site + " has rank " +
-                std::to_string(s.lora->lora_A.size(0)) + ", the merge " + std::to_string(rank));
+                                  std::to_string(s.lora->lora_A.size(0)) + ", the merge " + std::to_string(rank));
           as.push_back(f32(s.lora->lora_A));
           bs.push_back(f32(s.lora->lora_B));
           w.push_back(std::sqrt(s.weight * s.scaling));  // √(w_i s_i) on each factor
@@ -215,7 +231,8 @@ Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapter
       }
       if (A.sizes() != target->lora_A.sizes() || B.sizes() != target->lora_B.sizes())
         throw_error(kTag, "site " + m.site + ": merged factors " + c10::str(B.sizes()) + " x " + c10::str(A.sizes()) +
-            " do not fit the new module " + c10::str(target->lora_B.sizes()) + " x " + c10::str(target->lora_A.sizes()));
+                              " do not fit the new module " + c10::str(target->lora_B.sizes()) + " x " +
+                              c10::str(target->lora_A.sizes()));
       target->lora_A.copy_(A);
       target->lora_B.copy_(B);
     }

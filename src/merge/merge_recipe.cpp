@@ -1,12 +1,5 @@
 // Merge recipes: parsing (YAML/JSON, mergekit layout) and the streaming merge run.
 #include "modula/merge/merge_recipe.h"
-#include "modula/io/yaml.h"
-#include "modula/merge/task_vectors.h"
-#include "modula/backbone/registry.h"
-#include "modula/io/hf_config.h"
-#include "modula/util/fs.h"
-#include "modula/util/error.h"
-
 
 #include <algorithm>
 #include <cctype>
@@ -17,6 +10,13 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+
+#include "modula/backbone/registry.h"
+#include "modula/io/hf_config.h"
+#include "modula/io/yaml.h"
+#include "modula/merge/task_vectors.h"
+#include "modula/util/error.h"
+#include "modula/util/fs.h"
 
 namespace modula {
 namespace {
@@ -37,9 +37,9 @@ std::string resolve(const std::string& base_dir, const std::string& path) {
 
 // --- recipe fields -----------------------------------------------------------------------
 
-const std::set<std::string> kTopKeys = {"merge_method", "base_model", "models",   "parameters", "dtype",
-                                        "tokenizer_source", "output", "seed", "weights", "densities",
-                                        "name", "description"};
+const std::set<std::string> kTopKeys = {"merge_method", "base_model",       "models", "parameters",
+                                        "dtype",        "tokenizer_source", "output", "seed",
+                                        "weights",      "densities",        "name",   "description"};
 const std::set<std::string> kMethodParams = {"normalize", "lambda", "consensus", "rescale", "filter_wise"};
 const std::set<std::string> kTensorParams = {"weight", "density", "t"};
 
@@ -66,8 +66,11 @@ double number(const json& v, const std::string& field) {
 void add_tensor_param(std::map<std::string, ParamValue>& out, const std::string& name, const json& v,
                       const std::string& field, const std::string& method) {
   if (!kTensorParams.count(name))
-    throw_error(kTag, field + ": unknown parameter (known: weight, density, t, normalize, lambda, consensus, rescale, filter_wise)");
-  if (name == "weight" && !takes_weight(method)) throw_error(kTag, field + ": merge_method " + method + " takes no weight");
+    throw_error(
+        kTag,
+        field + ": unknown parameter (known: weight, density, t, normalize, lambda, consensus, rescale, filter_wise)");
+  if (name == "weight" && !takes_weight(method))
+    throw_error(kTag, field + ": merge_method " + method + " takes no weight");
   if (name == "density" && !takes_density(method))
     throw_error(kTag, field + ": merge_method " + method + " takes no density (ties, dare_linear, dare_ties do)");
   if (name == "t" && method != "slerp") throw_error(kTag, field + ": only slerp takes t");
@@ -136,9 +139,16 @@ torch::ScalarType dtype_from_name(const std::string& name) {
 }
 
 const std::vector<std::string>& tokenizer_files() {
-  static const std::vector<std::string> files = {
-      "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-      "sentencepiece.bpe.model", "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "generation_config.json"};
+  static const std::vector<std::string> files = {"tokenizer.json",
+                                                 "tokenizer_config.json",
+                                                 "special_tokens_map.json",
+                                                 "tokenizer.model",
+                                                 "sentencepiece.bpe.model",
+                                                 "vocab.json",
+                                                 "merges.txt",
+                                                 "vocab.txt",
+                                                 "added_tokens.json",
+                                                 "generation_config.json"};
   return files;
 }
 
@@ -152,7 +162,8 @@ ParamValue ParamValue::parse(const json& v, const std::string& field) {
   auto anchors = [&](const json& x, const std::string& f) {
     std::vector<double> a;
     if (x.is_number()) return std::vector<double>{number(x, f)};
-    if (!x.is_array() || x.empty()) throw_error(kTag, f + ": expected a number or a non-empty list of numbers, got " + x.dump());
+    if (!x.is_array() || x.empty())
+      throw_error(kTag, f + ": expected a number or a non-empty list of numbers, got " + x.dump());
     for (size_t i = 0; i < x.size(); ++i) a.push_back(number(x[i], f + "[" + std::to_string(i) + "]"));
     return a;
   };
@@ -160,10 +171,13 @@ ParamValue ParamValue::parse(const json& v, const std::string& field) {
     for (size_t i = 0; i < v.size(); ++i) {
       std::string f = field + "[" + std::to_string(i) + "]";
       const auto& rule = v[i];
-      if (!rule.is_object() || !rule.contains("value")) throw_error(kTag, f + ": expected {filter: <name part>, value: ...}");
+      if (!rule.is_object() || !rule.contains("value"))
+        throw_error(kTag, f + ": expected {filter: <name part>, value: ...}");
       for (const auto& kv : rule.items())
-        if (kv.key() != "filter" && kv.key() != "value") throw_error(kTag, f + "." + kv.key() + ": unknown key (filter, value)");
-      std::string filter = rule.contains("filter") ? get_as<std::string>(rule["filter"], f + ".filter", "a string") : "";
+        if (kv.key() != "filter" && kv.key() != "value")
+          throw_error(kTag, f + "." + kv.key() + ": unknown key (filter, value)");
+      std::string filter =
+          rule.contains("filter") ? get_as<std::string>(rule["filter"], f + ".filter", "a string") : "";
       p.rules_.push_back({filter, anchors(rule["value"], f + ".value")});
     }
   } else {
@@ -190,11 +204,14 @@ MergeRecipe parse_recipe(const json& j, const std::string& base_dir) {
   if (!j.is_object()) throw_error(kTag, "the recipe must be a mapping with merge_method and models, got " + j.dump());
   for (const auto& kv : j.items())
     if (!kTopKeys.count(kv.key()))
-      throw_error(kTag, kv.key() + ": unknown key (known: merge_method, base_model, models, parameters, dtype, tokenizer_source, "
-                     "output, seed, weights, densities)");
+      throw_error(kTag,
+                  kv.key() +
+                      ": unknown key (known: merge_method, base_model, models, parameters, dtype, tokenizer_source, "
+                      "output, seed, weights, densities)");
   MergeRecipe r;
   r.source = j;
-  if (!j.contains("merge_method")) throw_error(kTag, "merge_method: missing (" + join_names(model_merge_methods()) + ")");
+  if (!j.contains("merge_method"))
+    throw_error(kTag, "merge_method: missing (" + join_names(model_merge_methods()) + ")");
   const auto method = get_as<std::string>(j["merge_method"], "merge_method", "a string");
   auto methods = model_merge_methods();
   if (std::find(methods.begin(), methods.end(), method) == methods.end())
@@ -208,12 +225,18 @@ MergeRecipe parse_recipe(const json& j, const std::string& base_dir) {
     if (!params.is_object()) throw_error(kTag, "parameters: expected a mapping, got " + params.dump());
     for (const auto& [name, v] : params.items()) {
       std::string f = "parameters." + name;
-      if (name == "normalize") r.options.normalize(get_as<bool>(v, f, "true or false"));
-      else if (name == "lambda") r.options.lambda(number(v, f));
-      else if (name == "consensus") r.options.consensus(get_as<std::string>(v, f, "\"sum\" or \"count\""));
-      else if (name == "rescale") r.options.rescale(get_as<bool>(v, f, "true or false"));
-      else if (name == "filter_wise") r.options.filter_wise(get_as<bool>(v, f, "true or false"));
-      else add_tensor_param(r.parameters, name, v, f, method);
+      if (name == "normalize")
+        r.options.normalize(get_as<bool>(v, f, "true or false"));
+      else if (name == "lambda")
+        r.options.lambda(number(v, f));
+      else if (name == "consensus")
+        r.options.consensus(get_as<std::string>(v, f, "\"sum\" or \"count\""));
+      else if (name == "rescale")
+        r.options.rescale(get_as<bool>(v, f, "true or false"));
+      else if (name == "filter_wise")
+        r.options.filter_wise(get_as<bool>(v, f, "true or false"));
+      else
+        add_tensor_param(r.parameters, name, v, f, method);
     }
   }
   try {
@@ -233,11 +256,13 @@ MergeRecipe parse_recipe(const json& j, const std::string& base_dir) {
       rm.path = resolve(base_dir, m.get<std::string>());
     } else if (m.is_object()) {
       for (const auto& kv : m.items())
-        if (kv.key() != "model" && kv.key() != "parameters") throw_error(kTag, f + "." + kv.key() + ": unknown key (model, parameters)");
+        if (kv.key() != "model" && kv.key() != "parameters")
+          throw_error(kTag, f + "." + kv.key() + ": unknown key (model, parameters)");
       if (!m.contains("model")) throw_error(kTag, f + ".model: missing (the model's folder)");
       rm.path = resolve(base_dir, get_as<std::string>(m["model"], f + ".model", "a folder path"));
       if (m.contains("parameters")) {
-        if (!m["parameters"].is_object()) throw_error(kTag, f + ".parameters: expected a mapping, got " + m["parameters"].dump());
+        if (!m["parameters"].is_object())
+          throw_error(kTag, f + ".parameters: expected a mapping, got " + m["parameters"].dump());
         for (const auto& [name, v] : m["parameters"].items())
           add_tensor_param(rm.parameters, name, v, f + ".parameters." + name, method);
       }
@@ -253,11 +278,12 @@ MergeRecipe parse_recipe(const json& j, const std::string& base_dir) {
     const auto& v = j[list];
     if (!v.is_array()) throw_error(kTag, std::string(list) + ": expected a list with one entry per model");
     if (v.size() != r.models.size())
-      throw_error(kTag, std::string(list) + ": " + std::to_string(v.size()) + " entries for " + std::to_string(r.models.size()) +
-          " models");
+      throw_error(kTag, std::string(list) + ": " + std::to_string(v.size()) + " entries for " +
+                            std::to_string(r.models.size()) + " models");
     for (size_t i = 0; i < v.size(); ++i) {
       std::string f = std::string(list) + "[" + std::to_string(i) + "]";
-      if (r.models[i].parameters.count(name)) throw_error(kTag, f + ": models[" + std::to_string(i) + "] sets " + name + " already");
+      if (r.models[i].parameters.count(name))
+        throw_error(kTag, f + ": models[" + std::to_string(i) + "] sets " + name + " already");
       add_tensor_param(r.models[i].parameters, name, v[i], f, method);
     }
   }
@@ -266,21 +292,25 @@ MergeRecipe parse_recipe(const json& j, const std::string& base_dir) {
   // base listed among the models (mergekit style) is not one of them.
   if (method_needs_base(method)) {
     if (r.base_model.empty()) throw_error(kTag, "base_model: merge_method " + method + " needs a base_model");
-    r.models.erase(std::remove_if(r.models.begin(), r.models.end(),
-                                  [&](const RecipeModel& m) { return m.path == r.base_model; }),
-                   r.models.end());
+    r.models.erase(
+        std::remove_if(r.models.begin(), r.models.end(), [&](const RecipeModel& m) { return m.path == r.base_model; }),
+        r.models.end());
     if (r.models.empty()) throw_error(kTag, "models: no model besides the base_model");
   }
   if (method == "slerp" && r.models.size() != 1)
-    throw_error(kTag, "models: slerp interpolates the base_model with exactly one other model, got " + std::to_string(r.models.size()));
+    throw_error(kTag, "models: slerp interpolates the base_model with exactly one other model, got " +
+                          std::to_string(r.models.size()));
   if (method == "model_stock" && r.models.size() < 2)
-    throw_error(kTag, "models: model_stock needs at least two models besides the base_model, got " + std::to_string(r.models.size()));
-  if (method == "slerp" && !r.parameters.count("t")) throw_error(kTag, "parameters.t: slerp needs t (0: base_model, 1: the other model)");
+    throw_error(kTag, "models: model_stock needs at least two models besides the base_model, got " +
+                          std::to_string(r.models.size()));
+  if (method == "slerp" && !r.parameters.count("t"))
+    throw_error(kTag, "parameters.t: slerp needs t (0: base_model, 1: the other model)");
   if (takes_weight(method))
     for (size_t i = 0; i < r.models.size(); ++i)
       if (!r.models[i].parameters.count("weight") && !r.parameters.count("weight"))
-        throw_error(kTag, "models[" + std::to_string(i) + "].parameters.weight: missing ('" + r.models[i].path + "'; merge_method " +
-            method + " needs a weight per model, or a default in parameters.weight)");
+        throw_error(kTag, "models[" + std::to_string(i) + "].parameters.weight: missing ('" + r.models[i].path +
+                              "'; merge_method " + method +
+                              " needs a weight per model, or a default in parameters.weight)");
 
   if (j.contains("dtype")) {
     r.dtype = get_as<std::string>(j["dtype"], "dtype", "a string");
@@ -293,7 +323,8 @@ MergeRecipe parse_recipe(const json& j, const std::string& base_dir) {
   }
   if (j.contains("output")) r.output = resolve(base_dir, get_as<std::string>(j["output"], "output", "a folder path"));
   if (j.contains("seed")) {
-    if (!j["seed"].is_number_integer() || j["seed"].get<int64_t>() < 0) throw_error(kTag, "seed: expected an integer >= 0");
+    if (!j["seed"].is_number_integer() || j["seed"].get<int64_t>() < 0)
+      throw_error(kTag, "seed: expected an integer >= 0");
     r.seed = j["seed"].get<uint64_t>();
   }
   return r;
@@ -341,8 +372,8 @@ MergeReport run_merge(const MergeRecipe& r, const std::string& output_override) 
   const Source& ref = base ? *base : models[0];
   for (const auto& m : models)
     if (m.config.model_type != ref.config.model_type)
-      throw_error(kTag, m.field + ": model_type '" + m.config.model_type + "' ('" + m.path + "') differs from " + ref.field + "'s '" +
-          ref.config.model_type + "'");
+      throw_error(kTag, m.field + ": model_type '" + m.config.model_type + "' ('" + m.path + "') differs from " +
+                            ref.field + "'s '" + ref.config.model_type + "'");
   auto out_real = real_path(report.output);
   for (const Source* s : [&] {
          std::vector<const Source*> all;
@@ -350,11 +381,13 @@ MergeReport run_merge(const MergeRecipe& r, const std::string& output_override) 
          for (const auto& m : models) all.push_back(&m);
          return all;
        }())
-    if (real_path(s->path) == out_real) throw_error(kTag, "output: '" + report.output + "' is an input folder (" + s->field + ")");
+    if (real_path(s->path) == out_real)
+      throw_error(kTag, "output: '" + report.output + "' is an input folder (" + s->field + ")");
 
   auto model = create_backbone(ref.config);
   auto gen = seeded_generator(r.seed);
-  auto param = [&](const RecipeModel& m, const std::string& name, const std::string& tensor, double depth, double dflt) {
+  auto param = [&](const RecipeModel& m, const std::string& name, const std::string& tensor, double depth,
+                   double dflt) {
     auto it = m.parameters.find(name);
     if (it != m.parameters.end()) return it->second.at(tensor, depth);
     auto top = r.parameters.find(name);
@@ -366,16 +399,18 @@ MergeReport run_merge(const MergeRecipe& r, const std::string& output_override) 
     if (name.find(".adapters.") != std::string::npos) return;  // attached modules are no backbone weights
     torch::Tensor base_t = base ? tensor_of(*base, name) : torch::Tensor();
     if (base_t.defined() && base_t.sizes() != dst.sizes())
-      throw_error(kTag, "tensor '" + name + "': base_model ('" + base->path + "') has shape " + c10::str(base_t.sizes()) +
-          ", the architecture expects " + c10::str(dst.sizes()));
+      throw_error(kTag, "tensor '" + name + "': base_model ('" + base->path + "') has shape " +
+                            c10::str(base_t.sizes()) + ", the architecture expects " + c10::str(dst.sizes()));
     double depth = depth_of(name, num_layers);
     std::vector<MergeTerm> terms;
     for (size_t i = 0; i < models.size(); ++i) {
       auto t = tensor_of(models[i], name);
       if (t.sizes() != dst.sizes())
         throw_error(kTag, "tensor '" + name + "': " + models[i].field + " ('" + models[i].path + "') has shape " +
-            c10::str(t.sizes()) + ", " + (base ? "base_model" : "the architecture") + " has " + c10::str(dst.sizes()));
-      terms.push_back({t, param(r.models[i], "weight", name, depth, 1.0), param(r.models[i], "density", name, depth, 1.0)});
+                              c10::str(t.sizes()) + ", " + (base ? "base_model" : "the architecture") + " has " +
+                              c10::str(dst.sizes()));
+      terms.push_back(
+          {t, param(r.models[i], "weight", name, depth, 1.0), param(r.models[i], "density", name, depth, 1.0)});
     }
     if (!dst.is_floating_point()) {  // integer buffers (position ids): taken as they are
       dst.copy_(base_t.defined() ? base_t : terms[0].value);

@@ -1,11 +1,12 @@
 // mergekit's merge methods on one tensor: the M models stacked on dim 0, one kernel each.
 #include "modula/merge/model_merge.h"
-#include "modula/merge/task_vectors.h"
-#include "modula/util/error.h"
 
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+
+#include "modula/merge/task_vectors.h"
+#include "modula/util/error.h"
 
 namespace modula {
 namespace {
@@ -23,7 +24,8 @@ torch::Tensor linear(const ModelMergeOptions& o, const torch::Tensor& stacked, c
   auto mixed = weighted_sum(stacked, w);
   if (!o.normalized()) return mixed;
   double total = w.sum().item<double>();
-  if (std::abs(total) < 1e-8) throw_error(kTag, "linear: the weights sum to 0; set normalize: false or change the weights");
+  if (std::abs(total) < 1e-8)
+    throw_error(kTag, "linear: the weights sum to 0; set normalize: false or change the weights");
   return mixed / total;
 }
 
@@ -68,16 +70,16 @@ torch::Tensor slerp(const torch::Tensor& v0, const torch::Tensor& v1, double t) 
 // Model Stock: t = N cos / (1 + (N−1) cos), cos = mean pairwise cosine of the τ_i.
 torch::Tensor model_stock(const ModelMergeOptions& o, const torch::Tensor& base, const torch::Tensor& stacked) {
   const int64_t n = stacked.size(0);
-  bool rows = o.filter_wise() && base.dim() >= 2;  // one t per output row (filter)
-  auto b = rows ? base.reshape({base.size(0), -1}) : base.reshape({1, -1});             // [R, D]
-  auto w = stacked.reshape({n, b.size(0), b.size(1)});                                   // [N, R, D]
+  bool rows = o.filter_wise() && base.dim() >= 2;                            // one t per output row (filter)
+  auto b = rows ? base.reshape({base.size(0), -1}) : base.reshape({1, -1});  // [R, D]
+  auto w = stacked.reshape({n, b.size(0), b.size(1)});                       // [N, R, D]
   auto tau = w - b.unsqueeze(0);
-  auto norms = tau.norm(2, /*dim=*/-1);                                                  // [N, R]
-  auto dots = torch::einsum("ird,jrd->rij", {tau, tau});                                 // [R, N, N]
+  auto norms = tau.norm(2, /*dim=*/-1);                   // [N, R]
+  auto dots = torch::einsum("ird,jrd->rij", {tau, tau});  // [R, N, N]
   auto cos = (dots / (norms.t().unsqueeze(2) * norms.t().unsqueeze(1)).clamp_min(1e-6)).clamp(-1, 1);
-  auto pairs = torch::triu(torch::ones({n, n}, cos.options()), /*diagonal=*/1);          // i < j
-  auto mean_cos = (cos * pairs).sum({1, 2}) / pairs.sum();                               // [R]
-  auto t = (n * mean_cos / (1 + (n - 1) * mean_cos)).unsqueeze(1);                        // [R, 1]
+  auto pairs = torch::triu(torch::ones({n, n}, cos.options()), /*diagonal=*/1);  // i < j
+  auto mean_cos = (cos * pairs).sum({1, 2}) / pairs.sum();                       // [R]
+  auto t = (n * mean_cos / (1 + (n - 1) * mean_cos)).unsqueeze(1);               // [R, 1]
   auto merged = t * w.mean(0) + (1 - t) * b;
   return merged.view(base.sizes());
 }
@@ -102,9 +104,7 @@ void ModelMergeOptions::validate() const {
     throw_error(kTag, "consensus '" + consensus() + "' is not known (sum, count)");
 }
 
-bool ModelMergeOptions::normalized() const {
-  return normalize().value_or(method() == "linear" || method() == "ties");
-}
+bool ModelMergeOptions::normalized() const { return normalize().value_or(method() == "linear" || method() == "ties"); }
 
 torch::Tensor merge_tensor(const ModelMergeOptions& o, const torch::Tensor& base, const std::vector<MergeTerm>& models,
                            double t, at::Generator& gen) {
@@ -116,8 +116,8 @@ torch::Tensor merge_tensor(const ModelMergeOptions& o, const torch::Tensor& base
   std::vector<double> weights, densities;
   for (size_t i = 0; i < models.size(); ++i) {
     if (models[i].value.sizes() != shape)
-      throw_error(kTag, "model " + std::to_string(i) + " has shape " + c10::str(models[i].value.sizes()) + ", expected " +
-          c10::str(shape));
+      throw_error(kTag, "model " + std::to_string(i) + " has shape " + c10::str(models[i].value.sizes()) +
+                            ", expected " + c10::str(shape));
     values.push_back(f32(models[i].value));
     weights.push_back(models[i].weight);
     densities.push_back(models[i].density);
@@ -129,11 +129,14 @@ torch::Tensor merge_tensor(const ModelMergeOptions& o, const torch::Tensor& base
   auto b = f32(base);
   if (is_task_arithmetic_family(m)) return task_arithmetic(o, b, stacked, w, densities, gen);
   if (m == "slerp") {
-    if (models.size() != 1) throw_error(kTag, "slerp interpolates the base with exactly one other model, got " + std::to_string(models.size()));
+    if (models.size() != 1)
+      throw_error(kTag,
+                  "slerp interpolates the base with exactly one other model, got " + std::to_string(models.size()));
     if (!(t >= 0 && t <= 1)) throw_error(kTag, "slerp: t must be in [0, 1], got " + std::to_string(t));
     return slerp(b, stacked[0], t);
   }
-  if (models.size() < 2) throw_error(kTag, "model_stock needs at least two models besides the base, got " + std::to_string(models.size()));
+  if (models.size() < 2)
+    throw_error(kTag, "model_stock needs at least two models besides the base, got " + std::to_string(models.size()));
   return model_stock(o, b, stacked);
 }
 

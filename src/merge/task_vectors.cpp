@@ -1,27 +1,27 @@
 // TIES trim/elect/disjoint-merge and DARE drop-and-rescale, batched over stacked tasks.
 #include "modula/merge/task_vectors.h"
-#include "modula/util/error.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
 #include <stdexcept>
 
+#include "modula/util/error.h"
+
 namespace modula {
 
 SignMethod sign_method_from_string(const std::string& name) {
   if (name == "total" || name == "sum") return SignMethod::Total;
   if (name == "frequency" || name == "count") return SignMethod::Frequency;
-  throw_error("merge", "majority_sign_method '" + name +
-                              "' is not known (total/sum or frequency/count)");
+  throw_error("merge", "majority_sign_method '" + name + "' is not known (total/sum or frequency/count)");
 }
 
 namespace {
 
 void check_densities(const torch::Tensor& stacked, const std::vector<double>& densities) {
   if (static_cast<int64_t>(densities.size()) != stacked.size(0))
-    throw_error("merge", std::to_string(densities.size()) + " densities for " +
-                                std::to_string(stacked.size(0)) + " task tensors");
+    throw_error("merge", std::to_string(densities.size()) + " densities for " + std::to_string(stacked.size(0)) +
+                             " task tensors");
   for (double d : densities)
     if (!(d >= 0)) throw_error("merge", "density must be >= 0, got " + std::to_string(d));
 }
@@ -69,7 +69,8 @@ torch::Tensor random_prune(const torch::Tensor& stacked, const std::vector<doubl
   auto kept = stacked * mask;
   if (!rescale) return kept;
   // DARE: τ̃ = m ⊙ τ / p (p = 0 keeps nothing, so nothing to rescale)
-  auto divisor = torch::tensor(p, torch::kFloat64).clamp_min(1e-12).view(row).to(stacked.device(), stacked.scalar_type());
+  auto divisor =
+      torch::tensor(p, torch::kFloat64).clamp_min(1e-12).view(row).to(stacked.device(), stacked.scalar_type());
   return kept / divisor;
 }
 
@@ -87,8 +88,8 @@ torch::Tensor disjoint_merge(const torch::Tensor& stacked, const torch::Tensor& 
 
 torch::Tensor broadcast_weights(const torch::Tensor& weights, const torch::Tensor& stacked) {
   if (weights.dim() != 1 || weights.size(0) != stacked.size(0))
-    throw_error("merge", std::to_string(weights.numel()) + " weights for " +
-                                std::to_string(stacked.size(0)) + " task tensors");
+    throw_error("merge",
+                std::to_string(weights.numel()) + " weights for " + std::to_string(stacked.size(0)) + " task tensors");
   std::vector<int64_t> shape(stacked.dim(), 1);
   shape[0] = weights.size(0);
   return weights.to(stacked.device(), stacked.scalar_type()).view(shape);

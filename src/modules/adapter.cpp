@@ -2,17 +2,18 @@
 // from a config, move tensors between PEFT keys and module parameters. The registry
 // (composition/registry.cpp) dispatches by peft_type.
 #include "modula/modules/adapter.h"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <set>
+
 #include "modula/io/peft.h"
 #include "modula/modules/bottleneck.h"
 #include "modula/modules/ia3.h"
 #include "modula/modules/lora.h"
 #include "modula/modules/targets.h"
 #include "modula/util/error.h"
-
-#include <algorithm>
-#include <cmath>
-#include <functional>
-#include <set>
 
 namespace modula {
 namespace {
@@ -28,9 +29,11 @@ T field(const json& c, const char* key, T fallback) {
 
 void build_lora(Backbone& model, Adapter& a) {
   const auto& c = a.config;
-  if (field<std::string>(c, "bias", "none") != "none") throw_error(kTag, "LoRA bias '" + c["bias"].get<std::string>() + "' is not supported (use \"none\")");
+  if (field<std::string>(c, "bias", "none") != "none")
+    throw_error(kTag, "LoRA bias '" + c["bias"].get<std::string>() + "' is not supported (use \"none\")");
   auto init = c.value("init_lora_weights", json(true));
-  if (!(init.is_boolean() || init == "gaussian")) throw_error(kTag, "init_lora_weights " + init.dump() + " is not supported (true, false, \"gaussian\")");
+  if (!(init.is_boolean() || init == "gaussian"))
+    throw_error(kTag, "init_lora_weights " + init.dump() + " is not supported (true, false, \"gaussian\")");
   json ranks = c.value("rank_pattern", json::object()), alphas = c.value("alpha_pattern", json::object());
   for (auto& [path, layer] : select_sites(model, c)) {
     const json* rp = pattern_value(ranks, path);
@@ -67,12 +70,18 @@ void build_ia3(Backbone& model, Adapter& a) {
 void build_prompt(Backbone& model, Adapter& a) {
   const auto& c = a.config;
   std::string init = field<std::string>(c, "prompt_tuning_init", "RANDOM");
-  auto o = PromptTuningOptions(field<int64_t>(c, "num_virtual_tokens", 0), field<int64_t>(c, "token_dim", model.config().hidden_size));
-  if (init == "RANDOM") o.init("random");
-  else if (init == "SAMPLE_VOCAB") o.init("vocab");
-  else if (init == "TEXT") o.init("text").init_token_ids(field<std::vector<int64_t>>(c, "init_token_ids", {}));
-  else throw_error(kTag, "prompt_tuning_init '" + init + "' is not supported (RANDOM, SAMPLE_VOCAB, TEXT)");
-  if (field<int64_t>(c, "num_transformer_submodules", 1) != 1) throw_error(kTag, "prompt tuning for encoder-decoder models is not supported");
+  auto o = PromptTuningOptions(field<int64_t>(c, "num_virtual_tokens", 0),
+                               field<int64_t>(c, "token_dim", model.config().hidden_size));
+  if (init == "RANDOM")
+    o.init("random");
+  else if (init == "SAMPLE_VOCAB")
+    o.init("vocab");
+  else if (init == "TEXT")
+    o.init("text").init_token_ids(field<std::vector<int64_t>>(c, "init_token_ids", {}));
+  else
+    throw_error(kTag, "prompt_tuning_init '" + init + "' is not supported (RANDOM, SAMPLE_VOCAB, TEXT)");
+  if (field<int64_t>(c, "num_transformer_submodules", 1) != 1)
+    throw_error(kTag, "prompt tuning for encoder-decoder models is not supported");
   a.input = std::make_shared<PromptTuningImpl>(o, model);
 }
 
@@ -81,9 +90,10 @@ void build_prefix(Backbone& model, Adapter& a) {
   const auto& mc = model.config();
   int64_t heads = field<int64_t>(c, "num_attention_heads", mc.num_key_value_heads);
   int64_t token_dim = field<int64_t>(c, "token_dim", mc.num_key_value_heads * mc.head_dim);
-  if (heads <= 0 || token_dim % heads != 0) throw_error(kTag, "prefix token_dim must be a multiple of num_attention_heads");
-  auto o = PrefixTuningOptions(field<int64_t>(c, "num_virtual_tokens", 0), field<int64_t>(c, "num_layers", mc.num_hidden_layers),
-                               heads, token_dim / heads)
+  if (heads <= 0 || token_dim % heads != 0)
+    throw_error(kTag, "prefix token_dim must be a multiple of num_attention_heads");
+  auto o = PrefixTuningOptions(field<int64_t>(c, "num_virtual_tokens", 0),
+                               field<int64_t>(c, "num_layers", mc.num_hidden_layers), heads, token_dim / heads)
                .projection(field<bool>(c, "prefix_projection", false))
                .encoder_hidden(field<int64_t>(c, "encoder_hidden_size", 0));
   auto prefix = std::make_shared<PrefixTuningImpl>(o);
@@ -105,7 +115,8 @@ json bottleneck_targets(Backbone& model, const json& c, const BottleneckPreset& 
 // Bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2021; He et al. 2022) on block sites.
 void build_bottleneck(Backbone& model, Adapter& a) {
   const auto& c = a.config;
-  if (!c.contains("config")) throw_error(kTag, "MODULA_BOTTLENECK needs \"config\": \"pfeiffer\", \"houlsby\" or \"parallel\"");
+  if (!c.contains("config"))
+    throw_error(kTag, "MODULA_BOTTLENECK needs \"config\": \"pfeiffer\", \"houlsby\" or \"parallel\"");
   const auto& preset = bottleneck_preset(field<std::string>(c, "config", ""));
   const auto& d = preset.defaults;
   for (auto& [path, site] : select_block_sites(model, bottleneck_targets(model, c, preset))) {
@@ -145,8 +156,12 @@ std::string peft_key(const AttachedModule& m, const std::string& param) {
 
 }  // namespace
 
-Adapter lora_adapter(Backbone& model, const json& c, const std::string& name) { return build_with(build_lora, "LORA", model, c, name); }
-Adapter ia3_adapter(Backbone& model, const json& c, const std::string& name) { return build_with(build_ia3, "IA3", model, c, name); }
+Adapter lora_adapter(Backbone& model, const json& c, const std::string& name) {
+  return build_with(build_lora, "LORA", model, c, name);
+}
+Adapter ia3_adapter(Backbone& model, const json& c, const std::string& name) {
+  return build_with(build_ia3, "IA3", model, c, name);
+}
 Adapter prompt_adapter(Backbone& model, const json& c, const std::string& name) {
   return build_with(build_prompt, "PROMPT_TUNING", model, c, name);
 }
@@ -192,7 +207,8 @@ void Adapter::merge() {
   if (input) throw_error(kTag, "input modules (" + peft_type + ") cannot be merged into weights");
   for (auto& m : modules)
     if (!m.module->mergeable() || !m.layer)
-      throw_error(kTag, peft_type + " modules are non-linear or routed (site " + m.site + ") and cannot be merged into weights");
+      throw_error(kTag, peft_type + " modules are non-linear or routed (site " + m.site +
+                            ") and cannot be merged into weights");
   if (state && !state->mergeable()) throw_error(kTag, peft_type + " modules cannot be merged into weights");
   for (auto& m : modules) m.module->merge(*m.layer);
   if (state) state->merge();
@@ -236,7 +252,8 @@ void load_peft_tensors(Adapter& a, const std::string& dir, const std::map<std::s
     auto it = tensors.find(key);
     if (it == tensors.end()) throw_error(kTag, dir + ": adapter_model.safetensors has no tensor '" + key + "'");
     if (it->second.sizes() != dst.sizes())
-      throw_error(kTag, dir + ": tensor '" + key + "' has shape " + c10::str(it->second.sizes()) + ", expected " + c10::str(dst.sizes()));
+      throw_error(kTag, dir + ": tensor '" + key + "' has shape " + c10::str(it->second.sizes()) + ", expected " +
+                            c10::str(dst.sizes()));
     torch::NoGradGuard no_grad;
     dst.copy_(it->second);
     used.insert(key);
@@ -254,8 +271,8 @@ void load_peft_tensors(Adapter& a, const std::string& dir, const std::map<std::s
     }
     for (const auto& [key, t] : tensors)
       if (!used.count(key))
-        throw_error(kTag, dir + ": tensor '" + key + "' matches no module of this " + a.peft_type + " config (target_modules " +
-            a.config.value("target_modules", json()).dump() + ")");
+        throw_error(kTag, dir + ": tensor '" + key + "' matches no module of this " + a.peft_type +
+                              " config (target_modules " + a.config.value("target_modules", json()).dump() + ")");
   } catch (...) {
     a.remove();
     throw;

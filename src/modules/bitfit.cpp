@@ -1,13 +1,14 @@
 // BitFit (Ben Zaken et al. 2022): train only bias terms; MODULA_BITFIT folder format.
 #include "modula/modules/bitfit.h"
-#include "modula/io/peft.h"
-#include "modula/modules/sparse_ft.h"
-#include "modula/util/fs.h"
-#include "modula/util/error.h"
 
 #include <algorithm>
 #include <map>
 #include <set>
+
+#include "modula/io/peft.h"
+#include "modula/modules/sparse_ft.h"
+#include "modula/util/error.h"
+#include "modula/util/fs.h"
 
 namespace modula {
 namespace {
@@ -51,7 +52,8 @@ std::vector<std::pair<std::string, torch::Tensor>> select_biases(Backbone& model
   }
   for (const auto& t : o.target_parameters())
     if (std::none_of(chosen.begin(), chosen.end(), [&](const auto& c) { return matches_parameter(t, c.first); }))
-      throw_error(kTag, "target_parameters pattern '" + t + "' matches no bias parameter of the " + model.config().model_type + " model");
+      throw_error(kTag, "target_parameters pattern '" + t + "' matches no bias parameter of the " +
+                            model.config().model_type + " model");
   if (chosen.empty()) throw_error(kTag, "no bias parameter selected in the " + model.config().model_type + " model");
   return chosen;
 }
@@ -69,7 +71,9 @@ T field(const json& c, const std::string& file, const char* key, T fallback) {
 void BitFitOptions::validate() const {
   for (const auto* list : {&target_parameters_, &exclude_parameters_})
     for (const auto& p : *list)
-      if (p.empty()) throw_error(kTag, std::string(list == &target_parameters_ ? "target_parameters" : "exclude_parameters") + " has an empty pattern");
+      if (p.empty())
+        throw_error(kTag, std::string(list == &target_parameters_ ? "target_parameters" : "exclude_parameters") +
+                              " has an empty pattern");
 }
 
 BitFitImpl::BitFitImpl(Backbone& model, BitFitOptions options_) : options(std::move(options_)) {
@@ -78,7 +82,8 @@ BitFitImpl::BitFitImpl(Backbone& model, BitFitOptions options_) : options(std::m
   for (auto& p : model.parameters()) p.set_requires_grad(false);
   for (auto& [name, tensor] : chosen) {
     const auto dot = name.rfind('.');
-    auto& parent = dot == std::string::npos ? static_cast<torch::nn::Module&>(*this) : module_at(*this, name.substr(0, dot));
+    auto& parent =
+        dot == std::string::npos ? static_cast<torch::nn::Module&>(*this) : module_at(*this, name.substr(0, dot));
     parent.register_parameter(name.substr(dot == std::string::npos ? 0 : dot + 1), tensor, /*requires_grad=*/true);
     names_.push_back(name);
   }
@@ -103,7 +108,8 @@ void BitFitImpl::save(const std::string& dir) const {
 BitFit load_bitfit(Backbone& model, const std::string& dir) {
   auto folder = io::read_peft_folder(dir);
   const std::string cfg = fs::join(dir, "adapter_config.json"), file = fs::join(dir, "adapter_model.safetensors");
-  if (folder.peft_type != kBitFitType) throw_error<std::runtime_error>(kTag, cfg + ": peft_type '" + folder.peft_type + "' is not " + kBitFitType);
+  if (folder.peft_type != kBitFitType)
+    throw_error<std::runtime_error>(kTag, cfg + ": peft_type '" + folder.peft_type + "' is not " + kBitFitType);
   BitFitOptions o;
   o.target_parameters(field<std::vector<std::string>>(folder.config, cfg, "target_parameters", {}));
   o.exclude_parameters(field<std::vector<std::string>>(folder.config, cfg, "exclude_parameters", {}));
@@ -111,20 +117,25 @@ BitFit load_bitfit(Backbone& model, const std::string& dir) {
   auto params = model.named_parameters();
   for (const auto& [key, t] : folder.tensors) {  // validate everything before writing
     auto* p = params.find(key);
-    if (!p) throw_error<std::runtime_error>(kTag, file + ": tensor '" + key + "' names a parameter the " + model.config().model_type + " model does not have");
+    if (!p)
+      throw_error<std::runtime_error>(kTag, file + ": tensor '" + key + "' names a parameter the " +
+                                                model.config().model_type + " model does not have");
     if (!is_bias(key)) throw_error<std::runtime_error>(kTag, file + ": tensor '" + key + "' is not a bias");
     if (t.sizes() != p->sizes())
-      throw_error<std::runtime_error>(kTag, file + ": shape mismatch for key '" + key + "': " + c10::str(t.sizes()) + " in the file, " +
-                        c10::str(p->sizes()) + " in the model");
-    if (!t.is_floating_point()) throw_error<std::runtime_error>(kTag, file + ": tensor '" + key + "' is not a float tensor");
+      throw_error<std::runtime_error>(kTag, file + ": shape mismatch for key '" + key + "': " + c10::str(t.sizes()) +
+                                                " in the file, " + c10::str(p->sizes()) + " in the model");
+    if (!t.is_floating_point())
+      throw_error<std::runtime_error>(kTag, file + ": tensor '" + key + "' is not a float tensor");
   }
   std::set<std::string> selected;
   for (const auto& c : select_biases(model, o)) selected.insert(c.first);
   for (const auto& name : selected)
-    if (!folder.tensors.count(name)) throw_error<std::runtime_error>(kTag, file + ": missing tensor '" + name + "' (selected by the config)");
+    if (!folder.tensors.count(name))
+      throw_error<std::runtime_error>(kTag, file + ": missing tensor '" + name + "' (selected by the config)");
   for (const auto& [key, t] : folder.tensors)
     if (!selected.count(key))
-      throw_error<std::runtime_error>(kTag, file + ": tensor '" + key + "' is not selected by the config's target_parameters/exclude_parameters");
+      throw_error<std::runtime_error>(
+          kTag, file + ": tensor '" + key + "' is not selected by the config's target_parameters/exclude_parameters");
   BitFit bitfit(model, o);
   torch::NoGradGuard no_grad;
   for (const auto& name : bitfit->names()) params[name].copy_(folder.tensors.at(name));

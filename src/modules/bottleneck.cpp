@@ -1,7 +1,8 @@
 #include "modula/modules/bottleneck.h"
-#include "modula/util/error.h"
 
 #include <cmath>
+
+#include "modula/util/error.h"
 
 namespace modula {
 namespace {
@@ -19,11 +20,12 @@ void BottleneckOptions::validate() const {
   if (!(reduction_factor() > 0) || !std::isfinite(reduction_factor()))
     throw_error(kTag, "reduction_factor must be positive (got " + std::to_string(reduction_factor()) + ")");
   if (bottleneck_size() < 1)
-    throw_error(kTag, "reduction_factor " + std::to_string(reduction_factor()) + " leaves no bottleneck units for hidden size " +
-        std::to_string(features()));
+    throw_error(kTag, "reduction_factor " + std::to_string(reduction_factor()) +
+                          " leaves no bottleneck units for hidden size " + std::to_string(features()));
   if (!known_activation(non_linearity()))
     throw_error(kTag, "unknown non_linearity '" + non_linearity() + "' (supported: relu, gelu, silu, swish, tanh)");
-  if (mode() != "sequential" && mode() != "parallel") throw_error(kTag, "mode '" + mode() + "' is not sequential or parallel");
+  if (mode() != "sequential" && mode() != "parallel")
+    throw_error(kTag, "mode '" + mode() + "' is not sequential or parallel");
   if (!std::isfinite(scaling())) throw_error(kTag, "scaling must be finite");
 }
 
@@ -39,7 +41,8 @@ BottleneckImpl::BottleneckImpl(const BottleneckOptions& options_) : options(opti
 void BottleneckImpl::reset() {
   const int64_t h = options.features(), m = options.bottleneck_size();
   if (options.ln_before())
-    adapter_norm_before = register_module("adapter_norm_before", torch::nn::LayerNorm(torch::nn::LayerNormOptions({h})));
+    adapter_norm_before =
+        register_module("adapter_norm_before", torch::nn::LayerNorm(torch::nn::LayerNormOptions({h})));
   adapter_down = register_module("adapter_down", torch::nn::Linear(h, m));
   adapter_up = register_module("adapter_up", torch::nn::Linear(m, h));
   // Near-identity start (Houlsby et al. 2019), made exact: the up-projection is zero.
@@ -72,7 +75,8 @@ const BottleneckPreset& bottleneck_preset(const std::string& name) {
       // Houlsby et al. 2019: adapters after the attention and the feed-forward blocks.
       {"houlsby", {R::Attention, R::FeedForward}, BottleneckOptions(0).reduction_factor(16).non_linearity("silu")},
       // He et al. 2022: scaled parallel adapter on the feed-forward block.
-      {"parallel", {R::FeedForward},
+      {"parallel",
+       {R::FeedForward},
        BottleneckOptions(0).reduction_factor(2).non_linearity("relu").mode("parallel").scaling(4.0)},
   };
   for (const auto& p : presets)

@@ -108,13 +108,15 @@ void HyperLoraImpl::attach(Backbone& model, const std::string& name) {
   for (auto& [path, layer] : linear_sites(model)) layers[path] = layer;
   for (const auto& s : sites_) {
     auto it = layers.find(s.path);
-    if (it == layers.end()) throw_error(kTag, "attach '" + name + "': the backbone has no linear site '" + s.path + "'");
+    if (it == layers.end())
+      throw_error(kTag, "attach '" + name + "': the backbone has no linear site '" + s.path + "'");
     const auto& lo = it->second->options;
     if (lo.in_features() != s.in_features || lo.out_features() != s.out_features)
-      throw_error(kTag, "attach '" + name + "': site '" + s.path + "' is [" + std::to_string(lo.in_features()) + " -> " +
-          std::to_string(lo.out_features()) + "], the hypernetwork was built for [" + std::to_string(s.in_features) +
-          " -> " + std::to_string(s.out_features) + "]");
-    if (it->second->module(name)) throw_error(kTag, "attach: a module named '" + name + "' is already attached at " + s.path);
+      throw_error(kTag, "attach '" + name + "': site '" + s.path + "' is [" + std::to_string(lo.in_features()) +
+                            " -> " + std::to_string(lo.out_features()) + "], the hypernetwork was built for [" +
+                            std::to_string(s.in_features) + " -> " + std::to_string(s.out_features) + "]");
+    if (it->second->module(name))
+      throw_error(kTag, "attach: a module named '" + name + "' is already attached at " + s.path);
   }
   auto self = std::static_pointer_cast<HyperLoraImpl>(shared_from_this());
   for (size_t i = 0; i < sites_.size(); ++i) {
@@ -133,14 +135,16 @@ void HyperLoraImpl::detach() {
 void HyperLoraImpl::set_task_ids(const torch::Tensor& ids) {
   if (!ids.defined() || ids.dim() != 1 || ids.numel() == 0)
     throw_error(kTag, "task_ids must be a non-empty 1-D tensor [batch] (got " +
-        (ids.defined() ? c10::str(ids.sizes()) : "undefined") + ")");
-  if (at::isFloatingType(ids.scalar_type()) || ids.scalar_type() == torch::kBool) throw_error(kTag, "task_ids must be integers");
+                          (ids.defined() ? c10::str(ids.sizes()) : "undefined") + ")");
+  if (at::isFloatingType(ids.scalar_type()) || ids.scalar_type() == torch::kBool)
+    throw_error(kTag, "task_ids must be integers");
   auto cpu = ids.to(torch::kCPU, torch::kInt64);
   for (int64_t bound : {cpu.min().item<int64_t>(), cpu.max().item<int64_t>()})
     if (bound < 0 || bound >= options.num_tasks())
-      throw_error(kTag, "task id " + std::to_string(bound) + " is out of range: num_tasks is " + std::to_string(options.num_tasks()) +
-          (options.num_tasks() == 0 ? " (use set_task_embedding)"
-                                    : " (ids 0.." + std::to_string(options.num_tasks() - 1) + ")"));
+      throw_error(kTag, "task id " + std::to_string(bound) + " is out of range: num_tasks is " +
+                            std::to_string(options.num_tasks()) +
+                            (options.num_tasks() == 0 ? " (use set_task_embedding)"
+                                                      : " (ids 0.." + std::to_string(options.num_tasks() - 1) + ")"));
   task_ids_ = cpu.to(site_embeddings.device());
   external_embedding_ = torch::Tensor();
   ++task_version_;
@@ -149,8 +153,8 @@ void HyperLoraImpl::set_task_ids(const torch::Tensor& ids) {
 void HyperLoraImpl::set_task_embedding(const torch::Tensor& e) {
   const int64_t dt = options.task_embedding_dim();
   if (!e.defined() || e.dim() < 1 || e.dim() > 2 || e.size(-1) != dt || e.numel() == 0)
-    throw_error(kTag, "task embedding must be [" + std::to_string(dt) + "] or [batch, " + std::to_string(dt) + "] (got " +
-        (e.defined() ? c10::str(e.sizes()) : "undefined") + ")");
+    throw_error(kTag, "task embedding must be [" + std::to_string(dt) + "] or [batch, " + std::to_string(dt) +
+                          "] (got " + (e.defined() ? c10::str(e.sizes()) : "undefined") + ")");
   external_embedding_ = e.dim() == 1 ? e.unsqueeze(0) : e;
   task_ids_ = torch::Tensor();
   ++task_version_;
@@ -217,7 +221,7 @@ torch::Tensor HyperLoraImpl::apply(size_t site, const torch::Tensor& x, const to
   const int64_t tasks = a.size(0), batch = x.dim() < 2 ? 1 : x.size(0);
   if (tasks != 1 && tasks != batch)
     throw_error(kTag, "site " + sites_[site].path + ": " + std::to_string(tasks) + " tasks set for a batch of " +
-        std::to_string(batch) + " (one task id per example, or one for all)");
+                          std::to_string(batch) + " (one task id per example, or one for all)");
   auto x3 = x.reshape({batch, -1, sites_[site].in_features});  // [N, T, in]
   if (a.scalar_type() != x.scalar_type()) a = a.to(x.scalar_type()), b = b.to(x.scalar_type());
   // Batched matmuls over the examples: (x A^T) B^T, [N,T,in] -> [N,T,r] -> [N,T,out].
@@ -250,8 +254,6 @@ void GeneratedLoraImpl::merge(LinearImpl&) {
       "export_lora writes a static LoRA for one task");
 }
 
-void GeneratedLoraImpl::unmerge(LinearImpl&) {
-  throw_error("hyper_lora", "generated modules are never merged");
-}
+void GeneratedLoraImpl::unmerge(LinearImpl&) { throw_error("hyper_lora", "generated modules are never merged"); }
 
 }  // namespace modula

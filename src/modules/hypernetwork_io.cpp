@@ -5,8 +5,8 @@
 
 #include "modula/io/peft.h"
 #include "modula/modules/hypernetwork.h"
-#include "modula/util/fs.h"
 #include "modula/util/error.h"
+#include "modula/util/fs.h"
 
 namespace modula {
 namespace {
@@ -31,7 +31,7 @@ void check_sites(const HyperLoraImpl& hyper, const json& config, const std::stri
     std::string a = i < saved.size() ? saved[i] : "(none)", b = i < now.size() ? now[i].path : "(none)";
     if (a != b)
       throw_error(kTag, where + ": site " + std::to_string(i) + " is '" + a + "' in the file but '" + b +
-          "' in this backbone (target_modules select other sites)");
+                            "' in this backbone (target_modules select other sites)");
   }
 }
 
@@ -45,12 +45,13 @@ void copy_parameters(HyperLoraImpl& hyper, const std::map<std::string, torch::Te
     if (it == tensors.end()) throw_error(kTag, file + ": no tensor '" + p.key() + "'");
     if (it->second.sizes() != p.value().sizes())
       throw_error(kTag, file + ": tensor '" + p.key() + "' has shape " + c10::str(it->second.sizes()) + ", expected " +
-          c10::str(p.value().sizes()));
+                            c10::str(p.value().sizes()));
     p.value().copy_(it->second);
     used.insert(p.key());
   }
   for (const auto& kv : tensors)
-    if (!used.count(kv.first)) throw_error(kTag, file + ": tensor '" + kv.first + "' is no parameter of this hypernetwork");
+    if (!used.count(kv.first))
+      throw_error(kTag, file + ": tensor '" + kv.first + "' is no parameter of this hypernetwork");
 }
 
 }  // namespace
@@ -94,7 +95,8 @@ HyperLora load_hyper_lora(Backbone& model, const std::string& dir, const std::st
 }
 
 void export_lora(const HyperLoraImpl& hyper, const torch::Tensor& task_embedding, const std::string& dir) {
-  if (!task_embedding.defined() || task_embedding.dim() != 1) throw_error(kTag, "export_lora takes one task embedding [d_t]");
+  if (!task_embedding.defined() || task_embedding.dim() != 1)
+    throw_error(kTag, "export_lora takes one task embedding [d_t]");
   json targets = json::array();
   io::NamedTensors tensors;
   bool conv1d = false;

@@ -1,4 +1,5 @@
 #include "modula/modules/ia3.h"
+
 #include "modula/util/error.h"
 
 namespace modula {
@@ -17,9 +18,7 @@ void Ia3Impl::reset() {
 
 torch::Tensor Ia3Impl::scaled_l() const { return scale == 1.0 ? ia3_l.flatten() : 1 + scale * (ia3_l.flatten() - 1); }
 
-torch::Tensor Ia3Impl::transform_input(const torch::Tensor& x) {
-  return options.feedforward() ? x * scaled_l() : x;
-}
+torch::Tensor Ia3Impl::transform_input(const torch::Tensor& x) { return options.feedforward() ? x * scaled_l() : x; }
 
 torch::Tensor Ia3Impl::transform_output(const torch::Tensor&, const torch::Tensor& y, const LinearImpl&) {
   return options.feedforward() ? y : y * scaled_l();

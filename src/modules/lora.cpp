@@ -1,7 +1,8 @@
 #include "modula/modules/lora.h"
-#include "modula/util/error.h"
 
 #include <cmath>
+
+#include "modula/util/error.h"
 
 namespace modula {
 
@@ -27,7 +28,8 @@ void LoraImpl::reset() {
   lora_B = register_parameter("lora_B", torch::zeros({options.out_features(), options.r()}));
   torch::NoGradGuard no_grad;
   torch::nn::init::kaiming_uniform_(lora_A, std::sqrt(5.0));
-  if (options.use_dora()) lora_magnitude_vector = register_parameter("lora_magnitude_vector", torch::ones({options.out_features()}));
+  if (options.use_dora())
+    lora_magnitude_vector = register_parameter("lora_magnitude_vector", torch::ones({options.out_features()}));
 }
 
 void LoraImpl::init_dora_magnitude(const LinearImpl& base) {

@@ -2,10 +2,6 @@
 // composition (Ansell et al. 2022). The folder format: sparse_ft_io.cpp; LT-SFT, the
 // training procedure: src/train/lt_sft.cpp.
 #include "modula/modules/sparse_ft.h"
-#include "modula/backbone/layers.h"
-#include "modula/io/peft.h"
-#include "modula/util/fs.h"
-#include "modula/util/error.h"
 
 #include <algorithm>
 #include <cmath>
@@ -15,6 +11,11 @@
 #include <regex>
 #include <set>
 #include <unordered_set>
+
+#include "modula/backbone/layers.h"
+#include "modula/io/peft.h"
+#include "modula/util/error.h"
+#include "modula/util/fs.h"
 
 namespace modula {
 namespace {
@@ -49,7 +50,8 @@ struct Matcher {
   }
 };
 
-std::vector<Matcher> compile(const std::vector<std::string>& patterns, const std::string& tag, const std::string& field) {
+std::vector<Matcher> compile(const std::vector<std::string>& patterns, const std::string& tag,
+                             const std::string& field) {
   std::vector<Matcher> out;
   for (const auto& p : patterns) {
     Matcher m;
@@ -84,7 +86,8 @@ torch::Tensor find_param(torch::OrderedDict<std::string, torch::Tensor>& params,
   if (!p || is_module_param(name))
     throw_error(kTag, "parameter '" + name + "' is not in the " + model.config().model_type + " model");
   if (p->sizes().vec() != shape)
-    throw_error(kTag, "parameter '" + name + "' has shape " + c10::str(p->sizes()) + ", the diff was made for " + shape_str(shape));
+    throw_error(kTag, "parameter '" + name + "' has shape " + c10::str(p->sizes()) + ", the diff was made for " +
+                          shape_str(shape));
   return *p;
 }
 
@@ -156,8 +159,9 @@ std::vector<std::pair<std::string, torch::Tensor>> select_parameters(Backbone& m
   };
   for (size_t i = 0; i < want.size(); ++i)
     if (!used[i])
-      throw std::invalid_argument(tag + " target_parameters pattern '" + want[i].pattern + "' matches no parameter of the " +
-                                  model.config().model_type + " model (names look like " + examples() + ")");
+      throw std::invalid_argument(tag + " target_parameters pattern '" + want[i].pattern +
+                                  "' matches no parameter of the " + model.config().model_type +
+                                  " model (names look like " + examples() + ")");
   if (chosen.empty()) throw std::invalid_argument(tag + " exclude_parameters leave no target parameter");
   return chosen;
 }
@@ -175,7 +179,8 @@ void SparseDiffOptions::validate() const {
 
 int64_t SparseDiffOptions::num_entries(int64_t total) const {
   const int64_t K = k_ > 0 ? k_ : std::max<int64_t>(1, std::llround(density_ * static_cast<double>(total)));
-  if (K > total) throw_error(kTag, "k = " + std::to_string(K) + " exceeds the " + std::to_string(total) + " chosen entries");
+  if (K > total)
+    throw_error(kTag, "k = " + std::to_string(K) + " exceeds the " + std::to_string(total) + " chosen entries");
   return K;
 }
 
@@ -203,10 +208,12 @@ void SparseDiffImpl::add(const std::string& name, std::vector<int64_t> shape, to
   auto val = values.defined() ? values.detach().to(idx.device(), torch::kFloat32)
                               : torch::zeros({idx.numel()}, idx.options().dtype(torch::kFloat32));
   if (val.dim() != 1 || val.numel() != idx.numel())
-    throw_error(kTag, "values of '" + name + "' have shape " + c10::str(val.sizes()) + ", expected [" + std::to_string(idx.numel()) + "]");
+    throw_error(kTag, "values of '" + name + "' have shape " + c10::str(val.sizes()) + ", expected [" +
+                          std::to_string(idx.numel()) + "]");
   const int64_t n = numel_of(shape);
   if (idx.numel() > 0 && (idx.min().item<int64_t>() < 0 || idx.max().item<int64_t>() >= n))
-    throw_error(kTag, "indices of '" + name + "' out of range [0, " + std::to_string(n) + ") for shape " + shape_str(shape));
+    throw_error(kTag,
+                "indices of '" + name + "' out of range [0, " + std::to_string(n) + ") for shape " + shape_str(shape));
   auto sorted = idx.sort();
   idx = std::get<0>(sorted).contiguous();
   val = val.index_select(0, std::get<1>(sorted)).contiguous();
@@ -334,7 +341,8 @@ void SparseDiffImpl::detach() {
 }
 
 BackboneOutput SparseDiffImpl::forward(Backbone& model, const BackboneInput& in) {
-  if (model_ != &model) throw std::logic_error("[sparse_ft] forward() needs attach(model) first (apply() for inference)");
+  if (model_ != &model)
+    throw std::logic_error("[sparse_ft] forward() needs attach(model) first (apply() for inference)");
   refresh();
   return model.forward(in);
 }
@@ -344,7 +352,8 @@ BackboneOutput SparseDiffImpl::forward(Backbone& model, const BackboneInput& in)
 SparseDiff compose(const std::vector<SparseDiff>& diffs, const std::vector<double>& scales) {
   if (diffs.empty()) throw_error(kTag, "compose() needs at least one diff");
   if (!scales.empty() && scales.size() != diffs.size())
-    throw_error(kTag, "compose(): " + std::to_string(scales.size()) + " scales for " + std::to_string(diffs.size()) + " diffs");
+    throw_error(
+        kTag, "compose(): " + std::to_string(scales.size()) + " scales for " + std::to_string(diffs.size()) + " diffs");
   SparseDiffOptions o;
   std::vector<std::string> order;
   std::map<std::string, std::vector<int64_t>> shapes;
@@ -363,8 +372,8 @@ SparseDiff compose(const std::vector<SparseDiff>& diffs, const std::vector<doubl
     for (const auto& name : d->names()) {
       if (!shapes.count(name)) order.push_back(name), shapes[name] = d->shape(name);
       if (shapes[name] != d->shape(name))
-        throw_error(kTag, "compose(): parameter '" + name + "' has shape " + shape_str(d->shape(name)) + " in diff " + std::to_string(i) +
-            " but " + shape_str(shapes[name]) + " before");
+        throw_error(kTag, "compose(): parameter '" + name + "' has shape " + shape_str(d->shape(name)) + " in diff " +
+                              std::to_string(i) + " but " + shape_str(shapes[name]) + " before");
       idx[name].push_back(d->indices(name).to(torch::kCPU));
       val[name].push_back(d->values(name).detach().to(torch::kCPU) * s);
     }
@@ -378,7 +387,8 @@ SparseDiff compose(const std::vector<SparseDiff>& diffs, const std::vector<doubl
                                                : diffs.front()->indices(diffs.front()->names().front()).device();
   out->to(device);
   out->options.k(out->num_trainable());
-  out->options.density(static_cast<double>(out->num_trainable()) / static_cast<double>(std::max<int64_t>(1, out->num_chosen())));
+  out->options.density(static_cast<double>(out->num_trainable()) /
+                       static_cast<double>(std::max<int64_t>(1, out->num_chosen())));
   return out;
 }
 
@@ -410,7 +420,8 @@ SparseDiff random_sparse_diff(Backbone& model, const SparseDiffOptions& options,
   std::sort(flat.begin(), flat.end());
   SparseDiff diff(options);
   const auto device = params.front().second.device();
-  add_split(*diff, chosen, torch::tensor(flat, torch::kInt64), device, [](size_t, const torch::Tensor&) { return torch::Tensor(); });
+  add_split(*diff, chosen, torch::tensor(flat, torch::kInt64), device,
+            [](size_t, const torch::Tensor&) { return torch::Tensor(); });
   return diff;
 }
 

@@ -1,11 +1,11 @@
 // The MODULA_SPARSE_FT folder format: save_sparse_diff / load_sparse_diff.
-#include "modula/io/peft.h"
-#include "modula/modules/sparse_ft.h"
-#include "modula/util/fs.h"
-#include "modula/util/error.h"
-
 #include <set>
 #include <stdexcept>
+
+#include "modula/io/peft.h"
+#include "modula/modules/sparse_ft.h"
+#include "modula/util/error.h"
+#include "modula/util/fs.h"
 
 namespace modula {
 namespace {
@@ -44,16 +44,19 @@ SparseDiffOptions options_from_config(const json& c, const std::string& file) {
 void check_entry(const std::string& file, const std::string& name, const torch::Tensor& param, const torch::Tensor& idx,
                  const torch::Tensor& val) {
   const std::string ik = name + ".sft_indices", vk = name + ".sft_values";
-  if (idx.scalar_type() != torch::kInt64 || idx.dim() != 1) throw_error<std::runtime_error>(kTag, file + ": tensor '" + ik + "' must be a 1-D I64 tensor");
-  if (!val.is_floating_point() || val.dim() != 1) throw_error<std::runtime_error>(kTag, file + ": tensor '" + vk + "' must be a 1-D float tensor");
+  if (idx.scalar_type() != torch::kInt64 || idx.dim() != 1)
+    throw_error<std::runtime_error>(kTag, file + ": tensor '" + ik + "' must be a 1-D I64 tensor");
+  if (!val.is_floating_point() || val.dim() != 1)
+    throw_error<std::runtime_error>(kTag, file + ": tensor '" + vk + "' must be a 1-D float tensor");
   if (val.numel() != idx.numel())
-    throw_error<std::runtime_error>(kTag, file + ": shape mismatch: '" + vk + "' has " + std::to_string(val.numel()) + " values, '" + ik + "' " +
-                      std::to_string(idx.numel()) + " indices");
+    throw_error<std::runtime_error>(kTag, file + ": shape mismatch: '" + vk + "' has " + std::to_string(val.numel()) +
+                                              " values, '" + ik + "' " + std::to_string(idx.numel()) + " indices");
   if (idx.numel() == 0) return;
   const int64_t lo = idx.min().item<int64_t>(), hi = idx.max().item<int64_t>();
   if (lo < 0 || hi >= param.numel())
-    throw_error<std::runtime_error>(kTag, file + ": tensor '" + ik + "': index " + std::to_string(lo < 0 ? lo : hi) + " out of range for parameter '" + name +
-                      "' with " + std::to_string(param.numel()) + " entries");
+    throw_error<std::runtime_error>(kTag, file + ": tensor '" + ik + "': index " + std::to_string(lo < 0 ? lo : hi) +
+                                              " out of range for parameter '" + name + "' with " +
+                                              std::to_string(param.numel()) + " entries");
   if (idx.numel() > 1 && !(idx.slice(0, 1) > idx.slice(0, 0, -1)).all().item<bool>())
     throw_error<std::runtime_error>(kTag, file + ": tensor '" + ik + "': indices are not sorted and unique");
 }
@@ -84,13 +87,18 @@ void save_sparse_diff(const SparseDiff& diff, const std::string& dir) {
 SparseDiff load_sparse_diff(Backbone& model, const std::string& dir) {
   auto folder = io::read_peft_folder(dir);
   const std::string cfg = fs::join(dir, "adapter_config.json"), file = fs::join(dir, "adapter_model.safetensors");
-  if (folder.peft_type != kSparseType) throw_error<std::runtime_error>(kTag, cfg + ": peft_type '" + folder.peft_type + "' is not " + kSparseType);
+  if (folder.peft_type != kSparseType)
+    throw_error<std::runtime_error>(kTag, cfg + ": peft_type '" + folder.peft_type + "' is not " + kSparseType);
   const json shapes = folder.config.value("parameter_shapes", json::object());
   std::set<std::string> names;
   for (const auto& [key, t] : folder.tensors) {
-    if (ends_with(key, ".sft_indices")) names.insert(key.substr(0, key.size() - 12));
-    else if (ends_with(key, ".sft_values")) names.insert(key.substr(0, key.size() - 11));
-    else throw_error<std::runtime_error>(kTag, file + ": unexpected tensor '" + key + "' (expected '<parameter>.sft_indices' / '.sft_values')");
+    if (ends_with(key, ".sft_indices"))
+      names.insert(key.substr(0, key.size() - 12));
+    else if (ends_with(key, ".sft_values"))
+      names.insert(key.substr(0, key.size() - 11));
+    else
+      throw_error<std::runtime_error>(
+          kTag, file + ": unexpected tensor '" + key + "' (expected '<parameter>.sft_indices' / '.sft_values')");
   }
   auto params = model.named_parameters();
   SparseDiff diff(options_from_config(folder.config, cfg));
@@ -98,18 +106,24 @@ SparseDiff load_sparse_diff(Backbone& model, const std::string& dir) {
     const std::string& name = p.key();
     if (!names.count(name) || is_module_param(name)) continue;
     auto ii = folder.tensors.find(name + ".sft_indices"), vi = folder.tensors.find(name + ".sft_values");
-    if (ii == folder.tensors.end()) throw_error<std::runtime_error>(kTag, file + ": tensor '" + name + ".sft_values' has no partner '" + name + ".sft_indices'");
-    if (vi == folder.tensors.end()) throw_error<std::runtime_error>(kTag, file + ": tensor '" + name + ".sft_indices' has no partner '" + name + ".sft_values'");
+    if (ii == folder.tensors.end())
+      throw_error<std::runtime_error>(
+          kTag, file + ": tensor '" + name + ".sft_values' has no partner '" + name + ".sft_indices'");
+    if (vi == folder.tensors.end())
+      throw_error<std::runtime_error>(
+          kTag, file + ": tensor '" + name + ".sft_indices' has no partner '" + name + ".sft_values'");
     if (shapes.contains(name) && shapes[name] != json(p.value().sizes().vec()))
-      throw_error<std::runtime_error>(kTag, cfg + ": shape mismatch for key '" + name + "': the adapter was made for " + shapes[name].dump() +
-                       ", the model's parameter is " + c10::str(p.value().sizes()));
+      throw_error<std::runtime_error>(kTag, cfg + ": shape mismatch for key '" + name + "': the adapter was made for " +
+                                                shapes[name].dump() + ", the model's parameter is " +
+                                                c10::str(p.value().sizes()));
     check_entry(file, name, p.value(), ii->second, vi->second);
     diff->add(name, p.value().sizes().vec(), ii->second.clone(), vi->second.to(torch::kFloat32).clone());
     names.erase(name);
   }
   if (!names.empty())
-    throw_error<std::runtime_error>(kTag, file + ": tensor '" + *names.begin() + ".sft_indices' names parameter '" + *names.begin() + "', which the " +
-                      model.config().model_type + " model does not have");
+    throw_error<std::runtime_error>(kTag, file + ": tensor '" + *names.begin() + ".sft_indices' names parameter '" +
+                                              *names.begin() + "', which the " + model.config().model_type +
+                                              " model does not have");
   if (!params.is_empty()) diff->to(params.values().front().device());
   return diff;
 }

@@ -1,8 +1,9 @@
 #include "modula/modules/targets.h"
-#include "modula/util/error.h"
 
 #include <algorithm>
 #include <regex>
+
+#include "modula/util/error.h"
 
 namespace modula {
 namespace {
@@ -58,8 +59,8 @@ Sites<Site> select(const Sites<Site>& all, const nlohmann::json& config, const s
   if (chosen.empty()) {
     std::string names;
     for (size_t i = 0; i < all.size() && i < 6; ++i) names += (i ? ", " : "") + all[i].first;
-    throw_error("targets", "target_modules " + target.dump() + " match no " + kind +
-                                " site (sites look like: " + names + ")");
+    throw_error("targets",
+                "target_modules " + target.dump() + " match no " + kind + " site (sites look like: " + names + ")");
   }
   return chosen;
 }
@@ -88,7 +89,8 @@ bool matches_target(const nlohmann::json& target, const std::string& path) {
   return false;
 }
 
-std::vector<std::pair<std::string, std::shared_ptr<LinearImpl>>> select_sites(Backbone& model, const nlohmann::json& config) {
+std::vector<std::pair<std::string, std::shared_ptr<LinearImpl>>> select_sites(Backbone& model,
+                                                                              const nlohmann::json& config) {
   return select(linear_sites(model), config, "linear");
 }
 

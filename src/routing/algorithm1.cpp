@@ -1,15 +1,19 @@
 #include "modula/routing/algorithm1.h"
-#include "modula/util/error.h"
 
 #include <stdexcept>
+
+#include "modula/util/error.h"
 
 namespace modula {
 
 std::string to_string(Aggregation a) {
   switch (a) {
-    case Aggregation::WeightedSum: return "weighted_sum";
-    case Aggregation::Sum: return "sum";
-    case Aggregation::ParameterAverage: return "parameter_average";
+    case Aggregation::WeightedSum:
+      return "weighted_sum";
+    case Aggregation::Sum:
+      return "sum";
+    case Aggregation::ParameterAverage:
+      return "parameter_average";
   }
   return "?";
 }
@@ -17,27 +21,27 @@ std::string to_string(Aggregation a) {
 Aggregation aggregation_from_string(const std::string& name) {
   for (auto a : {Aggregation::WeightedSum, Aggregation::Sum, Aggregation::ParameterAverage})
     if (to_string(a) == name) return a;
-  throw_error("algorithm 1", "unknown aggregation '" + name +
-                              "' (choose from: weighted_sum, sum, parameter_average)");
+  throw_error("algorithm 1", "unknown aggregation '" + name + "' (choose from: weighted_sum, sum, parameter_average)");
 }
 
 torch::Tensor ModuleBank::averaged(const SiteInput&, const torch::Tensor&) {
-  throw_error(kind(), "parameter averaging is not defined for these modules "
-                     "(they are not linear in their parameters); use weighted_sum");
+  throw_error(kind(),
+              "parameter averaging is not defined for these modules "
+              "(they are not linear in their parameters); use weighted_sum");
 }
 
 torch::Tensor as_rows(const torch::Tensor& x, const char* where) {
   if (!x.defined() || x.dim() < 2)
-    throw std::invalid_argument(std::string("[") + where + "] input " + (x.defined() ? c10::str(x.sizes()) : "undefined") +
-                                " has no batch dimension");
+    throw std::invalid_argument(std::string("[") + where + "] input " +
+                                (x.defined() ? c10::str(x.sizes()) : "undefined") + " has no batch dimension");
   return x.reshape({x.size(0), -1, x.size(-1)});
 }
 
 torch::Tensor average_parameters(const torch::Tensor& w, const torch::Tensor& P) {
   if (w.dim() != 3 || P.dim() < 2 || w.size(1) != P.size(0) || w.size(2) != P.size(1))
-    throw_error("algorithm 1", "parameter averaging: weights " + c10::str(w.sizes()) +
-                                " do not match parameters " + c10::str(P.sizes()) + " ([N, G, M] with [G, M, ...])");
-  auto flat = P.reshape({P.size(0), P.size(1), -1});                      // [G, M, D]
+    throw_error("algorithm 1", "parameter averaging: weights " + c10::str(w.sizes()) + " do not match parameters " +
+                                   c10::str(P.sizes()) + " ([N, G, M] with [G, M, ...])");
+  auto flat = P.reshape({P.size(0), P.size(1), -1});                        // [G, M, D]
   auto out = torch::einsum("ngm,gmd->ngd", {w.to(P.scalar_type()), flat});  // Σ_m w φ_m
   auto shape = P.sizes().vec();
   shape[1] = w.size(0);  // [G, N, ...] -> [N, G, ...]
@@ -56,8 +60,8 @@ torch::Tensor dense_weights(const torch::Tensor& idx, const torch::Tensor& w, in
 torch::Tensor algorithm1(RouterImpl& router, ModuleBank& bank, Aggregation aggregation, const SiteInput& in,
                          Routing* last) {
   if (router.num_modules() != bank.num_modules())
-    throw_error("algorithm 1", "the router routes over " + std::to_string(router.num_modules()) +
-                                " modules, the " + bank.kind() + " holds " + std::to_string(bank.num_modules()));
+    throw_error("algorithm 1", "the router routes over " + std::to_string(router.num_modules()) + " modules, the " +
+                                   bank.kind() + " holds " + std::to_string(bank.num_modules()));
   Routing r = router.route(in.x);  // route
   if (last) *last = {r.weights.detach(), r.indices};
   if (aggregation == Aggregation::ParameterAverage) return bank.averaged(in, r.weights);  // aggregate parameters

@@ -1,7 +1,8 @@
 #include "modula/routing/fixed.h"
-#include "modula/util/error.h"
 
 #include <stdexcept>
+
+#include "modula/util/error.h"
 
 namespace modula {
 
@@ -12,15 +13,15 @@ void FixedRouterOptions::validate() const {
 
 void check_row_ids(const torch::Tensor& ids, const std::string& key, int64_t rows, int64_t num_modules) {
   if (ids.size(0) != rows)
-    throw_error("routing", "metadata '" + key + "' has " + std::to_string(ids.size(0)) +
-                                " ids for a batch of " + std::to_string(rows) + " rows");
+    throw_error("routing", "metadata '" + key + "' has " + std::to_string(ids.size(0)) + " ids for a batch of " +
+                               std::to_string(rows) + " rows");
   if (rows == 0) return;
   auto range = torch::stack({ids.min(), ids.max()}).cpu();  // one device sync
   auto lo = range[0].item<int64_t>(), hi = range[1].item<int64_t>();
   if (lo < -1 || hi >= num_modules)
-    throw_error("routing", "metadata '" + key + "' has id " + std::to_string(lo < -1 ? lo : hi) +
-                                " outside [-1, " + std::to_string(num_modules) + ") (" + std::to_string(num_modules) +
-                                " modules; -1 = none)");
+    throw_error("routing", "metadata '" + key + "' has id " + std::to_string(lo < -1 ? lo : hi) + " outside [-1, " +
+                               std::to_string(num_modules) + ") (" + std::to_string(num_modules) +
+                               " modules; -1 = none)");
 }
 
 FixedRouterImpl::FixedRouterImpl(const FixedRouterOptions& options_, std::shared_ptr<RoutingContext> context_)
@@ -38,7 +39,8 @@ Routing FixedRouterImpl::route(const torch::Tensor& x) {
   }
   auto ids = given.to(x.device());
   auto used = ids.ge(0);
-  auto weights = torch::one_hot(ids.clamp_min(0), num_modules()).to(x.scalar_type()) * used.unsqueeze(1).to(x.scalar_type());
+  auto weights =
+      torch::one_hot(ids.clamp_min(0), num_modules()).to(x.scalar_type()) * used.unsqueeze(1).to(x.scalar_type());
   return {weights, ids.unsqueeze(1)};
 }
 

@@ -1,9 +1,10 @@
-#include "modula/util/error.h"
 #include "modula/routing/poly.h"
-#include "modula/routing/fixed.h"
 
 #include <limits>
 #include <stdexcept>
+
+#include "modula/routing/fixed.h"
+#include "modula/util/error.h"
 
 namespace modula {
 
@@ -49,7 +50,7 @@ Routing PolyRouterImpl::route(const torch::Tensor& x) {
   auto ids = context->get(options.key());
   if (ids.size(0) != x.size(0))
     throw_error("routing", "metadata '" + options.key() + "' has " + std::to_string(ids.size(0)) +
-                                " ids for a batch of " + std::to_string(x.size(0)) + " rows");
+                               " ids for a batch of " + std::to_string(x.size(0)) + " rows");
   return {skill_weights(ids).reshape({x.size(0), num_modules()}).to(x.scalar_type()), torch::Tensor()};
 }
 

@@ -1,7 +1,8 @@
 #include "modula/routing/router.h"
-#include "modula/util/error.h"
 
 #include <stdexcept>
+
+#include "modula/util/error.h"
 
 namespace modula {
 
@@ -17,8 +18,8 @@ const torch::Tensor& RoutingContext::get(const std::string& key) const {
   if (it != metadata_.end()) return it->second;
   std::string present;
   for (const auto& [k, v] : metadata_) present += (present.empty() ? "" : ", ") + k;
-  throw_error("routing", "no metadata '" + key + "' set for this batch (present: " +
-                              (present.empty() ? "none" : present) + ")");
+  throw_error("routing",
+              "no metadata '" + key + "' set for this batch (present: " + (present.empty() ? "none" : present) + ")");
 }
 
 torch::Tensor collect_aux_loss(torch::nn::Module& model) {

@@ -1,8 +1,9 @@
 #include "modula/routing/top_k.h"
-#include "modula/util/error.h"
 
 #include <stdexcept>
 #include <string>
+
+#include "modula/util/error.h"
 
 namespace modula {
 
@@ -11,8 +12,10 @@ void TopKRouterOptions::validate() const {
   if (features() <= 0) throw_error(kTag, "features must be positive, got " + std::to_string(features()));
   if (num_experts() <= 0) throw_error(kTag, "num_experts must be positive, got " + std::to_string(num_experts()));
   if (k() < 1 || k() > num_experts())
-    throw_error(kTag, "k must be in [1, num_experts = " + std::to_string(num_experts()) + "], got " + std::to_string(k()));
-  if (load_balance_coef() < 0) throw_error(kTag, "load_balance_coef must be >= 0, got " + std::to_string(load_balance_coef()));
+    throw_error(kTag,
+                "k must be in [1, num_experts = " + std::to_string(num_experts()) + "], got " + std::to_string(k()));
+  if (load_balance_coef() < 0)
+    throw_error(kTag, "load_balance_coef must be >= 0, got " + std::to_string(load_balance_coef()));
   if (z_loss_coef() < 0) throw_error(kTag, "z_loss_coef must be >= 0, got " + std::to_string(z_loss_coef()));
 }
 
@@ -35,7 +38,7 @@ void TopKRouterImpl::reset() {
 torch::Tensor TopKRouterImpl::logits(const torch::Tensor& x) const {
   if (!x.defined() || x.dim() < 1 || x.size(-1) != options.features())
     throw_error("top-k router", "input must be [.., " + std::to_string(options.features()) + "], got " +
-                                (x.defined() ? c10::str(x.sizes()) : std::string("an undefined tensor")));
+                                    (x.defined() ? c10::str(x.sizes()) : std::string("an undefined tensor")));
   return torch::nn::functional::linear(x, gate->weight);
 }
 
@@ -44,8 +47,8 @@ torch::Tensor TopKRouterImpl::token_mask(const torch::Tensor& x) const {
   const auto& mask = context->mask();
   const bool fits = x.dim() == 3 && mask.dim() == 2 && mask.size(0) == x.size(0) && mask.size(1) >= x.size(1);
   if (!fits)
-    throw_error("top-k router", "padding mask " + c10::str(mask.sizes()) +
-                                " does not fit the routed input " + c10::str(x.sizes()) + " (want [N, S >= T] for [N, T, H])");
+    throw_error("top-k router", "padding mask " + c10::str(mask.sizes()) + " does not fit the routed input " +
+                                    c10::str(x.sizes()) + " (want [N, S >= T] for [N, T, H])");
   return mask.narrow(1, mask.size(1) - x.size(1), x.size(1)).to(x.device()) != 0;
 }
 
@@ -80,8 +83,8 @@ std::pair<torch::Tensor, torch::Tensor> real_tokens(const torch::Tensor& mask, i
     return {ones, ones.sum()};
   }
   if (mask.numel() != tokens)
-    throw_error("top-k router", "mask " + c10::str(mask.sizes()) + " holds " +
-                                std::to_string(mask.numel()) + " tokens, the router saw " + std::to_string(tokens));
+    throw_error("top-k router", "mask " + c10::str(mask.sizes()) + " holds " + std::to_string(mask.numel()) +
+                                    " tokens, the router saw " + std::to_string(tokens));
   auto m = mask.reshape({-1}).to(like.device(), torch::kFloat32);
   return {m, m.sum().clamp_min(1.0)};
 }

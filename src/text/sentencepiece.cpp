@@ -5,8 +5,8 @@
 
 #include <cstdlib>
 
-#include "text/unicode.h"
 #include "modula/util/fs.h"
+#include "text/unicode.h"
 
 namespace modula::text {
 

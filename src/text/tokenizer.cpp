@@ -5,9 +5,9 @@
 #include <fstream>
 #include <sstream>
 
+#include "modula/util/fs.h"
 #include "text/hf_tokenizer.h"
 #include "text/sentencepiece.h"
-#include "modula/util/fs.h"
 
 namespace modula::text {
 namespace {

@@ -1,10 +1,6 @@
 // Atomic, self-verifying checkpoint folders (temp folder + fsync + manifest last + rename).
 #include "modula/train/checkpoint.h"
 
-#include "modula/train/config.h"
-#include "modula/util/fs.h"
-#include "modula/util/error.h"
-
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -15,6 +11,10 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+
+#include "modula/train/config.h"
+#include "modula/util/error.h"
+#include "modula/util/fs.h"
 
 namespace modula::train {
 namespace {
@@ -50,7 +50,8 @@ void write_file(const std::string& path, const std::string& bytes) {
     }
     done += static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) throw_error<TrainError>(kTag, "checkpoint: fsync/close " + path + ": " + std::strerror(errno));
+  if (::fsync(fd) != 0 || ::close(fd) != 0)
+    throw_error<TrainError>(kTag, "checkpoint: fsync/close " + path + ": " + std::strerror(errno));
 }
 
 std::string read_file(const std::string& path) {
@@ -79,7 +80,9 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
   if (!d) return out;
   while (dirent* e = ::readdir(d)) {
     std::string name = e->d_name;
-    if (name.rfind("step-", 0) != 0 || name.size() != 14 || name.find_first_not_of("0123456789", 5) != std::string::npos) continue;
+    if (name.rfind("step-", 0) != 0 || name.size() != 14 ||
+        name.find_first_not_of("0123456789", 5) != std::string::npos)
+      continue;
     out.emplace_back(std::stoll(name.substr(5)), fs::join(root, name));
   }
   ::closedir(d);
@@ -150,8 +153,10 @@ std::string verify_checkpoint(const std::string& dir) {
     int64_t size = file_size(p);
     if (size < 0) return std::string(f) + " is missing";
     if (size != e.value("size", int64_t{-1}))
-      return std::string(f) + " has " + std::to_string(size) + " bytes, the manifest says " + e.value("size", json()).dump();
-    if (file_checksum(p) != e.value("fnv1a64", std::string())) return std::string(f) + " checksum differs from the manifest";
+      return std::string(f) + " has " + std::to_string(size) + " bytes, the manifest says " +
+             e.value("size", json()).dump();
+    if (file_checksum(p) != e.value("fnv1a64", std::string()))
+      return std::string(f) + " checksum differs from the manifest";
   }
   return "";
 }

@@ -1,16 +1,16 @@
 // TrainConfig from JSON/YAML: typed fields, defaults, unknown keys rejected, one
 // validation pass with messages naming the file and key path.
 #include "modula/train/config.h"
-#include "modula/composition/spec.h"
-#include "modula/io/yaml.h"
-
-#include "modula/util/fs.h"
-#include "modula/util/error.h"
 
 #include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
+
+#include "modula/composition/spec.h"
+#include "modula/io/yaml.h"
+#include "modula/util/error.h"
+#include "modula/util/fs.h"
 
 namespace modula::train {
 namespace {
@@ -22,7 +22,9 @@ class Fields {
  public:
   Fields(const json& j, std::string where, std::string source)
       : j_(j), where_(std::move(where)), source_(std::move(source)) {
-    if (!j_.is_object()) fail(where_.empty() ? "the config must be a mapping" : "'" + where_ + "' must be a mapping, got " + j_.type_name());
+    if (!j_.is_object())
+      fail(where_.empty() ? "the config must be a mapping"
+                          : "'" + where_ + "' must be a mapping, got " + j_.type_name());
   }
 
   [[noreturn]] void fail(const std::string& msg) const { throw_error<ConfigError>("train", source_ + ": " + msg); }
@@ -41,10 +43,14 @@ class Fields {
     if (!has(key)) return;
     const json& v = j_[key];
     bool ok = true;
-    if constexpr (std::is_same_v<T, bool>) ok = v.is_boolean();
-    else if constexpr (std::is_same_v<T, std::string>) ok = v.is_string();
-    else if constexpr (std::is_integral_v<T>) ok = v.is_number_integer();
-    else if constexpr (std::is_floating_point_v<T>) ok = v.is_number();
+    if constexpr (std::is_same_v<T, bool>)
+      ok = v.is_boolean();
+    else if constexpr (std::is_same_v<T, std::string>)
+      ok = v.is_string();
+    else if constexpr (std::is_integral_v<T>)
+      ok = v.is_number_integer();
+    else if constexpr (std::is_floating_point_v<T>)
+      ok = v.is_number();
     if (!ok) fail("'" + path(key) + "' must be " + expected<T>() + ", got " + v.type_name() + " " + v.dump());
     if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
       if (std::is_unsigned_v<T> && v.get<int64_t>() < 0) fail("'" + path(key) + "' must be non-negative");
@@ -84,10 +90,14 @@ class Fields {
  private:
   template <typename T>
   static std::string expected() {
-    if constexpr (std::is_same_v<T, bool>) return "a boolean";
-    else if constexpr (std::is_same_v<T, std::string>) return "a string";
-    else if constexpr (std::is_integral_v<T>) return "an integer";
-    else return "a number";
+    if constexpr (std::is_same_v<T, bool>)
+      return "a boolean";
+    else if constexpr (std::is_same_v<T, std::string>)
+      return "a string";
+    else if constexpr (std::is_integral_v<T>)
+      return "an integer";
+    else
+      return "a number";
   }
   const json& j_;
   std::string where_, source_;
@@ -104,16 +114,22 @@ void collect(const SpecNode& n, SpecNode::Kind kind, std::vector<const SpecNode*
 // `compose`: the spec (text or mapping), its module names against `modules`, route keys
 // and arities against `tasks`, and per-task module lists (they may not name members).
 std::string parse_compose(const json& v, const TrainConfig& c, const std::string& source) {
-  if (c.continual.enabled) throw_error<ConfigError>("train", source + ": 'compose': not supported with continual learning (continual.enabled)");
+  if (c.continual.enabled)
+    throw_error<ConfigError>("train",
+                             source + ": 'compose': not supported with continual learning (continual.enabled)");
   SpecNode spec;
   try {
     if (v.is_string()) {
-      if (v.get<std::string>().find_first_not_of(" \t\r\n") == std::string::npos) throw_error<ConfigError>("train", source + ": 'compose': must not be empty");
+      if (v.get<std::string>().find_first_not_of(" \t\r\n") == std::string::npos)
+        throw_error<ConfigError>("train", source + ": 'compose': must not be empty");
       spec = parse_spec(v.get<std::string>());
     } else if (v.is_object()) {
       spec = parse_spec_json(v);
     } else {
-      throw_error<ConfigError>("train", source + ": 'compose': " + std::string("must be a spec string (\"fuse(a, b)\") or a mapping ({fuse: [a, b]}), got ") + v.type_name());
+      throw_error<ConfigError>(
+          "train", source + ": 'compose': " +
+                       std::string("must be a spec string (\"fuse(a, b)\") or a mapping ({fuse: [a, b]}), got ") +
+                       v.type_name());
     }
     std::set<std::string> known;
     for (const auto& m : c.modules) known.insert(m.name);
@@ -126,18 +142,22 @@ std::string parse_compose(const json& v, const TrainConfig& c, const std::string
   for (const auto* r : routes) {
     if (learned_route_key(r->name)) continue;  // route(softmax|softmax_token|smear|top<k>, ...): a learned router
     if (r->name != "task")
-      throw_error<ConfigError>("train", source + ": 'compose': route(" + r->name + ", ...): the trainer routes by 'task' (the batch's task index in 'tasks') or by a learned router (softmax, softmax_token, smear, top<k>)");
+      throw_error<ConfigError>("train", source + ": 'compose': route(" + r->name +
+                                            ", ...): the trainer routes by 'task' (the batch's task index in 'tasks') "
+                                            "or by a learned router (softmax, softmax_token, smear, top<k>)");
     if (r->children.size() != c.tasks.size())
-      throw_error<ConfigError>("train", source + ": 'compose': route(task, ...) has " + std::to_string(r->children.size()) + " arguments; it needs one per task (" +
-           std::to_string(c.tasks.size()) + ", in the order of 'tasks')");
+      throw_error<ConfigError>("train", source + ": 'compose': route(task, ...) has " +
+                                            std::to_string(r->children.size()) + " arguments; it needs one per task (" +
+                                            std::to_string(c.tasks.size()) + ", in the order of 'tasks')");
   }
   auto members = module_names(spec);
   for (size_t i = 0; i < c.tasks.size(); ++i)
     for (const auto& m : c.tasks[i].modules)
       if (std::find(members.begin(), members.end(), m) != members.end())
-        throw_error<ConfigError>("train", source + ": '" + indexed("tasks", i) + ".modules' names '" + m +
-                          "', a member of 'compose': the composition is on for every task (use route(task, ...) to "
-                          "choose modules per task); per-task lists may name only modules outside the spec");
+        throw_error<ConfigError>(
+            "train", source + ": '" + indexed("tasks", i) + ".modules' names '" + m +
+                         "', a member of 'compose': the composition is on for every task (use route(task, ...) to "
+                         "choose modules per task); per-task lists may name only modules outside the spec");
   return to_string(spec);
 }
 
@@ -150,7 +170,8 @@ TaskConfig parse_task(const json& j, const std::string& where, const std::string
   TaskConfig t;
   f.get("name", t.name);
   std::string type;
-  if (!f.has("type")) f.fail("'" + f.path("type") + "' is missing (causal_lm, masked_lm, sequence_classification, token_classification)");
+  if (!f.has("type"))
+    f.fail("'" + f.path("type") + "' is missing (causal_lm, masked_lm, sequence_classification, token_classification)");
   f.get("type", type);
   try {
     t.type = task_type_from_string(type);
@@ -174,7 +195,8 @@ TaskConfig parse_task(const json& j, const std::string& where, const std::string
   f.done();
   if (t.name.empty()) t.name = to_string(t.type);
   check(t.max_length >= 2, source, "'" + f.path("max_length") + "' must be >= 2");
-  check(t.mlm_probability > 0 && t.mlm_probability < 1, source, "'" + f.path("mlm_probability") + "' must be in (0, 1)");
+  check(t.mlm_probability > 0 && t.mlm_probability < 1, source,
+        "'" + f.path("mlm_probability") + "' must be in (0, 1)");
   check(t.weight > 0, source, "'" + f.path("weight") + "' must be positive");
   return t;
 }
@@ -191,8 +213,10 @@ ModuleSpec parse_module(const json& j, const std::string& where, const std::stri
   }
   f.done();
   if (m.name.empty()) f.fail("'" + f.path("name") + "' is missing");
-  if (m.name.find('.') != std::string::npos) f.fail("'" + f.path("name") + "' must not contain '.' (got '" + m.name + "')");
-  if (m.path.empty() == m.config.is_null()) f.fail("'" + where + "' needs exactly one of 'config' (a fresh module) or 'path' (a module folder)");
+  if (m.name.find('.') != std::string::npos)
+    f.fail("'" + f.path("name") + "' must not contain '.' (got '" + m.name + "')");
+  if (m.path.empty() == m.config.is_null())
+    f.fail("'" + where + "' needs exactly one of 'config' (a fresh module) or 'path' (a module folder)");
   return m;
 }
 
@@ -206,7 +230,8 @@ void parse_optim(const json& j, OptimConfig& o, const std::string& source) {
   f.get("weight_decay", o.weight_decay);
   if (f.has("betas")) {
     const json& b = f.raw("betas");
-    if (!b.is_array() || b.size() != 2 || !b[0].is_number() || !b[1].is_number()) f.fail("'optim.betas' must be a list of two numbers");
+    if (!b.is_array() || b.size() != 2 || !b[0].is_number() || !b[1].is_number())
+      f.fail("'optim.betas' must be a list of two numbers");
     o.beta1 = b[0].get<double>();
     o.beta2 = b[1].get<double>();
   }
@@ -220,14 +245,22 @@ void parse_optim(const json& j, OptimConfig& o, const std::string& source) {
   f.get("max_grad_norm", o.max_grad_norm);
   if (f.has("bf16")) {
     const json& v = f.raw("bf16");
-    if (v.is_boolean()) o.bf16 = v.get<bool>() ? "true" : "false";
-    else if (v == "auto") o.bf16 = "auto";
-    else f.fail("'optim.bf16' must be true, false or auto, got " + v.dump());
+    if (v.is_boolean())
+      o.bf16 = v.get<bool>() ? "true" : "false";
+    else if (v == "auto")
+      o.bf16 = "auto";
+    else
+      f.fail("'optim.bf16' must be true, false or auto, got " + v.dump());
   }
   f.done();
-  auto positive = [&](double v, const char* key) { check(v > 0, source, std::string("'optim.") + key + "' must be positive"); };
+  auto positive = [&](double v, const char* key) {
+    check(v > 0, source, std::string("'optim.") + key + "' must be positive");
+  };
   positive(o.lr, "lr");
-  for (auto [v, key] : {std::pair{o.lr_modules, "lr_modules"}, {o.lr_routers, "lr_routers"}, {o.lr_heads, "lr_heads"}, {o.lr_backbone, "lr_backbone"}})
+  for (auto [v, key] : {std::pair{o.lr_modules, "lr_modules"},
+                        {o.lr_routers, "lr_routers"},
+                        {o.lr_heads, "lr_heads"},
+                        {o.lr_backbone, "lr_backbone"}})
     if (v) check(*v >= 0, source, std::string("'optim.") + key + "' must be >= 0");
   positive(static_cast<double>(o.max_steps), "max_steps");
   positive(static_cast<double>(o.batch_size), "batch_size");
@@ -254,15 +287,20 @@ TaskType task_type_from_string(const std::string& s) {
   if (s == "masked_lm") return TaskType::MaskedLM;
   if (s == "sequence_classification") return TaskType::SequenceClassification;
   if (s == "token_classification") return TaskType::TokenClassification;
-  throw ConfigError("unknown task type '" + s + "' (causal_lm, masked_lm, sequence_classification, token_classification)");
+  throw ConfigError("unknown task type '" + s +
+                    "' (causal_lm, masked_lm, sequence_classification, token_classification)");
 }
 
 std::string to_string(TaskType t) {
   switch (t) {
-    case TaskType::CausalLM: return "causal_lm";
-    case TaskType::MaskedLM: return "masked_lm";
-    case TaskType::SequenceClassification: return "sequence_classification";
-    case TaskType::TokenClassification: return "token_classification";
+    case TaskType::CausalLM:
+      return "causal_lm";
+    case TaskType::MaskedLM:
+      return "masked_lm";
+    case TaskType::SequenceClassification:
+      return "sequence_classification";
+    case TaskType::TokenClassification:
+      return "token_classification";
   }
   return "?";
 }
@@ -324,7 +362,8 @@ TrainConfig parse_train_config(const json& j, const std::string& source) {
     m.get("full_finetune_baseline", c.continual.full_finetune_baseline);
     if (m.has("module")) c.continual.module = m.raw("module");
     m.done();
-    if (!c.continual.module.is_null() && !c.continual.module.is_object()) m.fail("'continual.module' must be a mapping");
+    if (!c.continual.module.is_null() && !c.continual.module.is_object())
+      m.fail("'continual.module' must be a mapping");
   }
   const json* compose = f.has("compose") ? &f.raw("compose") : nullptr;
   if (f.has("checkpoint")) {
@@ -337,19 +376,22 @@ TrainConfig parse_train_config(const json& j, const std::string& source) {
   }
   f.done();
 
-  check(c.init == "pretrained" || c.init == "random", source, "'init' must be pretrained or random, got '" + c.init + "'");
+  check(c.init == "pretrained" || c.init == "random", source,
+        "'init' must be pretrained or random, got '" + c.init + "'");
   check(c.init_std > 0, source, "'init_std' must be positive");
   check(c.log_every >= 1, source, "'log_every' must be >= 1");
   check(!c.output.empty(), source, "'output' must not be empty");
   std::set<std::string> names;
   for (const auto& t : c.tasks) check(names.insert(t.name).second, source, "task name '" + t.name + "' is used twice");
   std::set<std::string> modules;
-  for (const auto& m : c.modules) check(modules.insert(m.name).second, source, "module name '" + m.name + "' is used twice");
+  for (const auto& m : c.modules)
+    check(modules.insert(m.name).second, source, "module name '" + m.name + "' is used twice");
   for (const auto& t : c.tasks)
     for (const auto& m : t.modules)
       check(modules.count(m), source, "task '" + t.name + "' uses module '" + m + "', which is not in 'modules'");
   if (c.continual.enabled)
-    check(c.modules.empty(), source, "continual learning creates one module per task: leave 'modules' empty (set 'continual.module')");
+    check(c.modules.empty(), source,
+          "continual learning creates one module per task: leave 'modules' empty (set 'continual.module')");
   if (compose) c.compose = parse_compose(*compose, c, source);
   return c;
 }

@@ -1,9 +1,6 @@
 // Records (JSONL/CSV/TSV) -> examples of one task type -> padded, bucketed batches.
 #include "modula/train/data.h"
 
-#include "modula/util/fs.h"
-#include "modula/util/error.h"
-
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
@@ -12,6 +9,9 @@
 #include <random>
 #include <set>
 #include <sstream>
+
+#include "modula/util/error.h"
+#include "modula/util/fs.h"
 
 namespace modula::train {
 namespace {
@@ -23,7 +23,8 @@ constexpr std::string_view kTag = "train";
 std::string at_line(const std::string& where, size_t line) { return where + ":" + std::to_string(line); }
 
 // One CSV record starting at `pos` (RFC 4180: quoted fields, "" escapes, newlines in quotes).
-std::vector<std::string> csv_record(const std::string& text, size_t& pos, char sep, size_t& line, const std::string& path) {
+std::vector<std::string> csv_record(const std::string& text, size_t& pos, char sep, size_t& line,
+                                    const std::string& path) {
   std::vector<std::string> fields;
   std::string cur;
   bool quoted = false, was_quoted = false;
@@ -31,8 +32,10 @@ std::vector<std::string> csv_record(const std::string& text, size_t& pos, char s
   while (pos < text.size()) {
     char c = text[pos++];
     if (quoted) {
-      if (c == '"' && pos < text.size() && text[pos] == '"') cur += '"', ++pos;
-      else if (c == '"') quoted = false;
+      if (c == '"' && pos < text.size() && text[pos] == '"')
+        cur += '"', ++pos;
+      else if (c == '"')
+        quoted = false;
       else {
         if (c == '\n') ++line;
         cur += c;
@@ -56,14 +59,16 @@ std::vector<std::string> csv_record(const std::string& text, size_t& pos, char s
 std::vector<json> load_delimited(const std::string& path, const std::string& text, char sep) {
   size_t pos = 0, line = 1;
   auto header = csv_record(text, pos, sep, line, path);
-  if (header.size() == 1 && header[0].empty()) throw_error<TrainError>(kTag, path + ": empty file (expected a header row)");
+  if (header.size() == 1 && header[0].empty())
+    throw_error<TrainError>(kTag, path + ": empty file (expected a header row)");
   std::vector<json> out;
   while (pos < text.size()) {
     size_t here = line;
     auto fields = csv_record(text, pos, sep, line, path);
     if (fields.size() == 1 && fields[0].empty()) continue;  // blank line
     if (fields.size() != header.size())
-      throw_error<TrainError>(kTag, at_line(path, here) + ": " + std::to_string(fields.size()) + " fields, the header has " + std::to_string(header.size()));
+      throw_error<TrainError>(kTag, at_line(path, here) + ": " + std::to_string(fields.size()) +
+                                        " fields, the header has " + std::to_string(header.size()));
     json r = json::object();
     for (size_t i = 0; i < header.size(); ++i) r[header[i]] = fields[i];
     out.push_back(std::move(r));
@@ -83,7 +88,8 @@ std::vector<json> load_jsonl(const std::string& path, const std::string& text) {
     } catch (const json::exception& e) {
       throw_error<TrainError>(kTag, at_line(path, line) + ": invalid JSON (" + e.what() + ")");
     }
-    if (!r.is_object()) throw_error<TrainError>(kTag, at_line(path, line) + ": each line must be a JSON object, got " + r.type_name());
+    if (!r.is_object())
+      throw_error<TrainError>(kTag, at_line(path, line) + ": each line must be a JSON object, got " + r.type_name());
     out.push_back(std::move(r));
   }
   return out;
@@ -112,7 +118,9 @@ const json& field(const json& r, const std::string& key, const std::string& wher
 
 std::string text_field(const json& r, const std::string& key, const std::string& where, size_t line) {
   const json& v = field(r, key, where, line);
-  if (!v.is_string()) throw_error<TrainError>(kTag, at_line(where, line) + ": field '" + key + "' must be a string, got " + v.type_name());
+  if (!v.is_string())
+    throw_error<TrainError>(kTag,
+                            at_line(where, line) + ": field '" + key + "' must be a string, got " + v.type_name());
   return v.get<std::string>();
 }
 
@@ -124,10 +132,12 @@ std::vector<std::string> word_list(const json& v, const std::string& key, const 
     for (std::string w; in >> w;) out.push_back(w);
     return out;
   }
-  if (!v.is_array()) throw_error<TrainError>(kTag, at_line(where, line) + ": field '" + key + "' must be a list, got " + v.type_name());
+  if (!v.is_array())
+    throw_error<TrainError>(kTag, at_line(where, line) + ": field '" + key + "' must be a list, got " + v.type_name());
   for (const auto& e : v) {
     std::string s = label_string(e);
-    if (s.empty() && !e.is_string()) throw_error<TrainError>(kTag, at_line(where, line) + ": field '" + key + "' has a non-string entry " + e.dump());
+    if (s.empty() && !e.is_string())
+      throw_error<TrainError>(kTag, at_line(where, line) + ": field '" + key + "' has a non-string entry " + e.dump());
     out.push_back(s);
   }
   return out;
@@ -143,10 +153,15 @@ std::vector<json> load_records(const std::string& path) {
   std::string text = ss.str();
   std::string ext = fs::extension(path);
   std::vector<json> out;
-  if (ext == ".csv") out = load_delimited(path, text, ',');
-  else if (ext == ".tsv") out = load_delimited(path, text, '\t');
-  else if (ext == ".jsonl" || ext == ".json") out = load_jsonl(path, text);
-  else throw_error<TrainError>(kTag, "data file " + path + ": unknown extension '" + ext + "' (.jsonl, .json, .csv, .tsv)");
+  if (ext == ".csv")
+    out = load_delimited(path, text, ',');
+  else if (ext == ".tsv")
+    out = load_delimited(path, text, '\t');
+  else if (ext == ".jsonl" || ext == ".json")
+    out = load_jsonl(path, text);
+  else
+    throw_error<TrainError>(kTag,
+                            "data file " + path + ": unknown extension '" + ext + "' (.jsonl, .json, .csv, .tsv)");
   if (out.empty()) throw_error<TrainError>(kTag, "data file " + path + " has no records");
   return out;
 }
@@ -158,15 +173,19 @@ Encoding Encoding::build(const TaskConfig& task, const std::vector<json>& train,
   e.tokenizer_ = &tokenizer;
   // Special tokens around a text: what the post-processor adds to an empty string.
   auto empty = tokenizer.encode("", true);
-  if (empty.size() >= 2) e.prefix_ = {empty.front()}, e.suffix_ = {empty.back()};
+  if (empty.size() >= 2)
+    e.prefix_ = {empty.front()}, e.suffix_ = {empty.back()};
   else if (empty.size() == 1) {
-    bool is_eos = std::find(model.eos_token_ids.begin(), model.eos_token_ids.end(), empty[0]) != model.eos_token_ids.end();
+    bool is_eos =
+        std::find(model.eos_token_ids.begin(), model.eos_token_ids.end(), empty[0]) != model.eos_token_ids.end();
     (is_eos ? e.suffix_ : e.prefix_) = {empty[0]};
   }
   e.special_ids_ = empty;
   e.eos_ = model.eos_token_ids.empty() ? std::vector<int64_t>{} : std::vector<int64_t>{model.eos_token_ids.front()};
-  if (model.pad_token_id) e.pad_id_ = *model.pad_token_id;
-  else if (!model.eos_token_ids.empty()) e.pad_id_ = model.eos_token_ids.front();
+  if (model.pad_token_id)
+    e.pad_id_ = *model.pad_token_id;
+  else if (!model.eos_token_ids.empty())
+    e.pad_id_ = model.eos_token_ids.front();
   for (const char* t : {"[MASK]", "<mask>"})
     if (auto id = tokenizer.token_to_id(t)) e.mask_id_ = *id;
   for (const char* t : {"[PAD]", "<pad>"})
@@ -174,7 +193,8 @@ Encoding Encoding::build(const TaskConfig& task, const std::vector<json>& train,
   e.special_ids_.push_back(e.pad_id_);
 
   if (task.type == TaskType::MaskedLM && e.mask_id_ < 0)
-    throw_error<TrainError>(kTag, "task '" + task.name + "': masked_lm needs a [MASK] or <mask> token in the tokenizer");
+    throw_error<TrainError>(kTag,
+                            "task '" + task.name + "': masked_lm needs a [MASK] or <mask> token in the tokenizer");
   bool classification = task.type == TaskType::SequenceClassification || task.type == TaskType::TokenClassification;
   if (classification) {
     e.labels_ = task.labels;
@@ -185,20 +205,24 @@ Encoding Encoding::build(const TaskConfig& task, const std::vector<json>& train,
           const json& v = field(train[i], task.label_field, "task '" + task.name + "' train", i + 1);
           std::string s = label_string(v);
           if (s.empty() && !v.is_string())
-            throw_error<TrainError>(kTag, "task '" + task.name + "' train record " + std::to_string(i + 1) + ": label '" + task.label_field +
-                 "' must be a string or integer, got " + v.dump());
+            throw_error<TrainError>(kTag, "task '" + task.name + "' train record " + std::to_string(i + 1) +
+                                              ": label '" + task.label_field + "' must be a string or integer, got " +
+                                              v.dump());
           seen.insert(s);
         } else {
-          for (auto& t : word_list(field(train[i], task.tags_field, "task '" + task.name + "' train", i + 1), task.tags_field,
-                                   "task '" + task.name + "' train", i + 1))
+          for (auto& t : word_list(field(train[i], task.tags_field, "task '" + task.name + "' train", i + 1),
+                                   task.tags_field, "task '" + task.name + "' train", i + 1))
             seen.insert(t);
         }
       }
       e.labels_.assign(seen.begin(), seen.end());
       if (all_integers(e.labels_))
-        std::sort(e.labels_.begin(), e.labels_.end(), [](const auto& a, const auto& b) { return std::stoll(a) < std::stoll(b); });
+        std::sort(e.labels_.begin(), e.labels_.end(),
+                  [](const auto& a, const auto& b) { return std::stoll(a) < std::stoll(b); });
     }
-    if (e.labels_.size() < 2) throw_error<TrainError>(kTag, "task '" + task.name + "' needs at least 2 labels, found " + std::to_string(e.labels_.size()));
+    if (e.labels_.size() < 2)
+      throw_error<TrainError>(
+          kTag, "task '" + task.name + "' needs at least 2 labels, found " + std::to_string(e.labels_.size()));
     for (size_t i = 0; i < e.labels_.size(); ++i) e.label_ids_[e.labels_[i]] = static_cast<int64_t>(i);
   }
   return e;
@@ -231,8 +255,9 @@ Example Encoding::encode_one(const json& r, const std::string& where, size_t lin
         ex.labels = ex.input_ids;
       } else {
         // Loss on the completion only (prompt tokens are context).
-        auto prompt = r.contains(task_.prompt_field) ? tokenizer_->encode(text_field(r, task_.prompt_field, where, line), true)
-                                                     : prefix_;
+        auto prompt = r.contains(task_.prompt_field)
+                          ? tokenizer_->encode(text_field(r, task_.prompt_field, where, line), true)
+                          : prefix_;
         auto completion = tokenizer_->encode(text_field(r, task_.completion_field, where, line), false);
         completion.insert(completion.end(), eos_.begin(), eos_.end());
         ex.input_ids = prompt;
@@ -266,7 +291,8 @@ Example Encoding::encode_one(const json& r, const std::string& where, size_t lin
       auto words = word_list(field(r, task_.tokens_field, where, line), task_.tokens_field, where, line);
       auto tags = word_list(field(r, task_.tags_field, where, line), task_.tags_field, where, line);
       if (words.size() != tags.size())
-        throw_error<TrainError>(kTag, at_line(where, line) + ": " + std::to_string(words.size()) + " tokens but " + std::to_string(tags.size()) + " tags");
+        throw_error<TrainError>(kTag, at_line(where, line) + ": " + std::to_string(words.size()) + " tokens but " +
+                                          std::to_string(tags.size()) + " tags");
       ex.input_ids = prefix_;
       ex.labels.assign(prefix_.size(), kIgnoreIndex);
       for (size_t w = 0; w < words.size(); ++w) {
@@ -298,7 +324,8 @@ std::vector<Example> Encoding::encode(const std::vector<json>& records, const st
 }
 
 Batch Batch::to(const torch::Device& d) const {
-  return {input_ids.to(d), attention_mask.to(d), token_type_ids.to(d), labels.defined() ? labels.to(d) : labels, tokens};
+  return {input_ids.to(d), attention_mask.to(d), token_type_ids.to(d), labels.defined() ? labels.to(d) : labels,
+          tokens};
 }
 
 Batch collate(const std::vector<const Example*>& examples, int64_t pad_id, bool sequence_labels) {
@@ -318,8 +345,10 @@ Batch collate(const std::vector<const Example*>& examples, int64_t pad_id, bool 
       mask_a[i][t] = 1;
       if (!e.token_type_ids.empty()) types_a[i][t] = e.token_type_ids[t];
     }
-    if (sequence_labels) labels[i] = e.label;
-    else if (!e.labels.empty()) labels[i].narrow(0, 0, e.length()).copy_(torch::tensor(e.labels, torch::kInt64));
+    if (sequence_labels)
+      labels[i] = e.label;
+    else if (!e.labels.empty())
+      labels[i].narrow(0, 0, e.length()).copy_(torch::tensor(e.labels, torch::kInt64));
     b.tokens += e.length();
   }
   b.input_ids = ids, b.attention_mask = mask, b.token_type_ids = types, b.labels = labels;
@@ -341,7 +370,8 @@ void mask_tokens(Batch& batch, double p, int64_t mask_id, int64_t vocab_size, co
   batch.input_ids = torch::where(chosen & (how >= 0.8) & (how < 0.9), random_ids, out);
 }
 
-std::vector<std::vector<int64_t>> bucketed_batches(const std::vector<int64_t>& lengths, int64_t batch_size, uint64_t seed) {
+std::vector<std::vector<int64_t>> bucketed_batches(const std::vector<int64_t>& lengths, int64_t batch_size,
+                                                   uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::vector<int64_t> order(lengths.size());
   std::iota(order.begin(), order.end(), 0);
@@ -354,8 +384,9 @@ std::vector<std::vector<int64_t>> bucketed_batches(const std::vector<int64_t>& l
   }
   std::vector<std::vector<int64_t>> batches;
   for (size_t s = 0; s < order.size(); s += static_cast<size_t>(batch_size))
-    batches.emplace_back(order.begin() + static_cast<std::ptrdiff_t>(s),
-                         order.begin() + static_cast<std::ptrdiff_t>(std::min(order.size(), s + static_cast<size_t>(batch_size))));
+    batches.emplace_back(
+        order.begin() + static_cast<std::ptrdiff_t>(s),
+        order.begin() + static_cast<std::ptrdiff_t>(std::min(order.size(), s + static_cast<size_t>(batch_size))));
   std::shuffle(batches.begin(), batches.end(), rng);
   return batches;
 }

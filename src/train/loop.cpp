@@ -66,9 +66,11 @@ void LoopOptions::validate() const {
   if (!(eps > 0.0)) throw_error(kTag, "eps must be > 0, got " + num(eps));
   if (warmup_steps < 0) throw_error(kTag, "warmup_steps must be >= 0, got " + std::to_string(warmup_steps));
   if (total_steps < 0) throw_error(kTag, "total_steps must be >= 0, got " + std::to_string(total_steps));
-  if (!(min_lr_ratio >= 0.0 && min_lr_ratio <= 1.0)) throw_error(kTag, "min_lr_ratio must be in [0, 1], got " + num(min_lr_ratio));
+  if (!(min_lr_ratio >= 0.0 && min_lr_ratio <= 1.0))
+    throw_error(kTag, "min_lr_ratio must be in [0, 1], got " + num(min_lr_ratio));
   if (grad_accum < 1) throw_error(kTag, "grad_accum must be >= 1, got " + std::to_string(grad_accum));
-  if (!(max_grad_norm >= 0.0)) throw_error(kTag, "max_grad_norm must be >= 0 (0 = no clipping), got " + num(max_grad_norm));
+  if (!(max_grad_norm >= 0.0))
+    throw_error(kTag, "max_grad_norm must be >= 0 (0 = no clipping), got " + num(max_grad_norm));
 }
 
 struct TrainLoop::Impl {
@@ -130,7 +132,8 @@ TrainLoop::TrainLoop(std::vector<ParamGroup> groups, LoopOptions options, torch:
     if (!(groups[g].lr > 0.0) || !std::isfinite(groups[g].lr))
       throw_error(kTag, name + ".lr must be > 0, got " + num(groups[g].lr));
     for (const auto& p : groups[g].params) {
-      if (!p.defined() || !p.is_leaf()) throw_error(kTag, name + " holds a tensor that is not a parameter (undefined or not a leaf)");
+      if (!p.defined() || !p.is_leaf())
+        throw_error(kTag, name + " holds a tensor that is not a parameter (undefined or not a leaf)");
       s.params.push_back(p);
     }
     s.peaks.push_back(groups[g].lr);

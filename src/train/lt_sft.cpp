@@ -1,9 +1,10 @@
 // LT-SFT: two runs of the training loop around the top-K selection of |θ₁ − θ₀|.
 #include "modula/train/lt_sft.h"
-#include "modula/util/error.h"
 
 #include <cmath>
 #include <stdexcept>
+
+#include "modula/util/error.h"
 
 namespace modula {
 namespace {

@@ -1,14 +1,14 @@
 // HTML report with inline SVG charts; plain-text tables for terminals.
 #include "modula/train/report.h"
 
-#include "modula/util/fs.h"
-#include "modula/util/error.h"
-
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+
+#include "modula/util/error.h"
+#include "modula/util/fs.h"
 
 namespace modula::train {
 namespace {
@@ -42,7 +42,8 @@ std::vector<double> nice_ticks(double lo, double hi, int count) {
       break;
     }
   std::vector<double> ticks;
-  for (double t = std::ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) ticks.push_back(std::abs(t) < step * 1e-9 ? 0.0 : t);
+  for (double t = std::ceil(lo / step) * step; t <= hi + step * 1e-9; t += step)
+    ticks.push_back(std::abs(t) < step * 1e-9 ? 0.0 : t);
   return ticks;
 }
 
@@ -72,9 +73,10 @@ std::string svg_line_chart(const LineChart& c) {
   auto X = [&](double x) { return left + (x - rx.lo) / (rx.hi - rx.lo) * pw; };
   auto Y = [&](double y) { return top + (1.0 - (y - ry.lo) / (ry.hi - ry.lo)) * ph; };
   std::ostringstream o;
-  o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W << " " << H
-    << "\" font-family=\"sans-serif\" font-size=\"11\">\n";
-  o << "<text x=\"" << left << "\" y=\"18\" font-size=\"13\" font-weight=\"bold\">" << html_escape(c.title) << "</text>\n";
+  o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W
+    << " " << H << "\" font-family=\"sans-serif\" font-size=\"11\">\n";
+  o << "<text x=\"" << left << "\" y=\"18\" font-size=\"13\" font-weight=\"bold\">" << html_escape(c.title)
+    << "</text>\n";
   o << "<rect x=\"" << left << "\" y=\"" << top << "\" width=\"" << pw << "\" height=\"" << ph
     << "\" fill=\"none\" stroke=\"#999\"/>\n";
   for (double t : nice_ticks(ry.lo, ry.hi, 5)) {
@@ -86,8 +88,8 @@ std::string svg_line_chart(const LineChart& c) {
   for (double t : nice_ticks(rx.lo, rx.hi, 6)) {
     if (t < rx.lo - 1e-12 || t > rx.hi + 1e-12) continue;
     o << "<line x1=\"" << X(t) << "\" x2=\"" << X(t) << "\" y1=\"" << top + ph << "\" y2=\"" << top + ph + 4
-      << "\" stroke=\"#999\"/><text x=\"" << X(t) << "\" y=\"" << top + ph + 16 << "\" text-anchor=\"middle\">" << num(t, 6)
-      << "</text>\n";
+      << "\" stroke=\"#999\"/><text x=\"" << X(t) << "\" y=\"" << top + ph + 16 << "\" text-anchor=\"middle\">"
+      << num(t, 6) << "</text>\n";
   }
   o << "<text x=\"" << left + pw / 2 << "\" y=\"" << H - 8 << "\" text-anchor=\"middle\">" << html_escape(c.x_label)
     << "</text>\n<text transform=\"translate(14," << top + ph / 2 << ") rotate(-90)\" text-anchor=\"middle\">"
@@ -101,8 +103,8 @@ std::string svg_line_chart(const LineChart& c) {
     o << "\"><title>" << html_escape(s.name) << "</title></polyline>\n";
     double ly = top + 10 + 16 * static_cast<double>(k);
     o << "<line x1=\"" << left + pw + 10 << "\" x2=\"" << left + pw + 28 << "\" y1=\"" << ly << "\" y2=\"" << ly
-      << "\" stroke=\"" << colour << "\" stroke-width=\"2\"/><text x=\"" << left + pw + 32 << "\" y=\"" << ly + 4 << "\">"
-      << html_escape(s.name) << "</text>\n";
+      << "\" stroke=\"" << colour << "\" stroke-width=\"2\"/><text x=\"" << left + pw + 32 << "\" y=\"" << ly + 4
+      << "\">" << html_escape(s.name) << "</text>\n";
   }
   o << "</svg>\n";
   return o.str();
@@ -124,8 +126,8 @@ std::string svg_matrix(const Matrix& m) {
   const double W = left + cell_w * static_cast<double>(m.col_labels.size()) + 20;
   const double H = top + cell_h * static_cast<double>(m.row_labels.size()) + 10;
   std::ostringstream o;
-  o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W << " " << H
-    << "\" font-family=\"sans-serif\" font-size=\"11\">\n";
+  o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W
+    << " " << H << "\" font-family=\"sans-serif\" font-size=\"11\">\n";
   o << "<text x=\"4\" y=\"18\" font-size=\"13\" font-weight=\"bold\">" << html_escape(m.title) << "</text>\n";
   for (size_t j = 0; j < m.col_labels.size(); ++j) {
     double x = left + cell_w * (static_cast<double>(j) + 0.5);
@@ -134,15 +136,15 @@ std::string svg_matrix(const Matrix& m) {
   }
   for (size_t i = 0; i < m.row_labels.size(); ++i) {
     double y = top + cell_h * static_cast<double>(i);
-    o << "<text x=\"" << left - 6 << "\" y=\"" << y + cell_h / 2 + 4 << "\" text-anchor=\"end\">" << html_escape(m.row_labels[i])
-      << "</text>\n";
+    o << "<text x=\"" << left - 6 << "\" y=\"" << y + cell_h / 2 + 4 << "\" text-anchor=\"end\">"
+      << html_escape(m.row_labels[i]) << "</text>\n";
     for (size_t j = 0; j < m.col_labels.size(); ++j) {
       double v = m.values[i][j], x = left + cell_w * static_cast<double>(j);
       double t = std::isnan(v) ? 0.0 : (v - m.lo) / (m.hi - m.lo);
       o << "<rect x=\"" << x << "\" y=\"" << y << "\" width=\"" << cell_w << "\" height=\"" << cell_h << "\" fill=\""
-        << heat_colour(v, m.lo, m.hi) << "\" stroke=\"#fff\"/><text x=\"" << x + cell_w / 2 << "\" y=\"" << y + cell_h / 2 + 4
-        << "\" text-anchor=\"middle\" fill=\"" << (t > 0.6 ? "#fff" : "#222") << "\">" << fixed(v, m.precision)
-        << "</text>\n";
+        << heat_colour(v, m.lo, m.hi) << "\" stroke=\"#fff\"/><text x=\"" << x + cell_w / 2 << "\" y=\""
+        << y + cell_h / 2 + 4 << "\" text-anchor=\"middle\" fill=\"" << (t > 0.6 ? "#fff" : "#222") << "\">"
+        << fixed(v, m.precision) << "</text>\n";
     }
   }
   o << "</svg>\n";
@@ -172,11 +174,20 @@ std::string html_escape(const std::string& text) {
   std::string out;
   for (char ch : text) {
     switch (ch) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += ch;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += ch;
     }
   }
   return out;
@@ -197,8 +208,8 @@ Report& Report::paragraph(const std::string& text) {
 Report& Report::add(LineChart chart) {
   for (const auto& s : chart.series)
     if (s.x.size() != s.y.size())
-      throw_error(kTag, "chart '" + chart.title + "' series '" + s.name + "' has " + std::to_string(s.x.size()) + " x values but " +
-          std::to_string(s.y.size()) + " y values");
+      throw_error(kTag, "chart '" + chart.title + "' series '" + s.name + "' has " + std::to_string(s.x.size()) +
+                            " x values but " + std::to_string(s.y.size()) + " y values");
   blocks_.emplace_back(std::move(chart));
   return *this;
 }
@@ -206,8 +217,9 @@ Report& Report::add(LineChart chart) {
 Report& Report::add(Table table) {
   for (size_t i = 0; i < table.rows.size(); ++i)
     if (table.rows[i].size() != table.columns.size())
-      throw_error(kTag, "table '" + table.title + "' row " + std::to_string(i) + " has " + std::to_string(table.rows[i].size()) +
-          " cells for " + std::to_string(table.columns.size()) + " columns");
+      throw_error(kTag, "table '" + table.title + "' row " + std::to_string(i) + " has " +
+                            std::to_string(table.rows[i].size()) + " cells for " +
+                            std::to_string(table.columns.size()) + " columns");
   blocks_.emplace_back(std::move(table));
   return *this;
 }
@@ -215,11 +227,12 @@ Report& Report::add(Table table) {
 Report& Report::add(Matrix matrix) {
   if (matrix.values.size() != matrix.row_labels.size())
     throw_error(kTag, "matrix '" + matrix.title + "' has " + std::to_string(matrix.values.size()) + " rows for " +
-        std::to_string(matrix.row_labels.size()) + " row labels");
+                          std::to_string(matrix.row_labels.size()) + " row labels");
   for (size_t i = 0; i < matrix.values.size(); ++i)
     if (matrix.values[i].size() != matrix.col_labels.size())
-      throw_error(kTag, "matrix '" + matrix.title + "' row " + std::to_string(i) + " has " + std::to_string(matrix.values[i].size()) +
-          " values for " + std::to_string(matrix.col_labels.size()) + " column labels");
+      throw_error(kTag, "matrix '" + matrix.title + "' row " + std::to_string(i) + " has " +
+                            std::to_string(matrix.values[i].size()) + " values for " +
+                            std::to_string(matrix.col_labels.size()) + " column labels");
   if (!(matrix.hi > matrix.lo)) throw_error(kTag, "matrix '" + matrix.title + "' needs hi > lo");
   blocks_.emplace_back(std::move(matrix));
   return *this;
@@ -236,10 +249,14 @@ std::string Report::html() const {
        "</style>\n</head>\n<body>\n<h1>"
     << html_escape(title_) << "</h1>\n";
   for (const auto& block : blocks_) {
-    if (auto* h = std::get_if<Heading>(&block)) o << "<h2>" << html_escape(h->text) << "</h2>\n";
-    else if (auto* p = std::get_if<Paragraph>(&block)) o << "<p>" << html_escape(p->text) << "</p>\n";
-    else if (auto* c = std::get_if<LineChart>(&block)) o << svg_line_chart(*c);
-    else if (auto* t = std::get_if<Table>(&block)) o << html_table(*t);
+    if (auto* h = std::get_if<Heading>(&block))
+      o << "<h2>" << html_escape(h->text) << "</h2>\n";
+    else if (auto* p = std::get_if<Paragraph>(&block))
+      o << "<p>" << html_escape(p->text) << "</p>\n";
+    else if (auto* c = std::get_if<LineChart>(&block))
+      o << svg_line_chart(*c);
+    else if (auto* t = std::get_if<Table>(&block))
+      o << html_table(*t);
     else if (auto* m = std::get_if<Matrix>(&block)) {
       o << svg_matrix(*m);
       if (!m->caption.empty()) o << "<p class=\"note\">" << html_escape(m->caption) << "</p>\n";
@@ -276,8 +293,10 @@ std::string format_table(const Table& t) {
   auto line = [&](const std::vector<std::string>& cells) {
     for (size_t j = 0; j < cells.size() && j < width.size(); ++j) {
       size_t pad = width[j] - measure(cells[j]);
-      if (j == 0) o << cells[j] << std::string(pad, ' ');
-      else o << "  " << std::string(pad, ' ') << cells[j];
+      if (j == 0)
+        o << cells[j] << std::string(pad, ' ');
+      else
+        o << "  " << std::string(pad, ' ') << cells[j];
     }
     o << "\n";
   };

@@ -1,10 +1,10 @@
 // Warmup + decay schedules and task-sampling distributions.
 #include "modula/train/schedule.h"
 
-#include "modula/train/config.h"
-
 #include <algorithm>
 #include <cmath>
+
+#include "modula/train/config.h"
 
 namespace modula::train {
 
@@ -17,9 +17,12 @@ Schedule schedule_from_string(const std::string& name) {
 
 std::string to_string(Schedule schedule) {
   switch (schedule) {
-    case Schedule::Constant: return "constant";
-    case Schedule::Linear: return "linear";
-    case Schedule::Cosine: return "cosine";
+    case Schedule::Constant:
+      return "constant";
+    case Schedule::Linear:
+      return "linear";
+    case Schedule::Cosine:
+      return "cosine";
   }
   return "?";
 }
@@ -42,10 +45,14 @@ std::vector<double> sampling_probabilities(const std::vector<int64_t>& sizes, co
   std::vector<double> w(sizes.size());
   for (size_t i = 0; i < sizes.size(); ++i) {
     double n = static_cast<double>(sizes[i]);
-    if (sampling == "uniform") w[i] = 1.0;
-    else if (sampling == "proportional") w[i] = n;
-    else if (sampling == "temperature") w[i] = std::pow(n, 1.0 / temperature);
-    else throw_error<TrainError>("train", "unknown sampling '" + sampling + "' (proportional, temperature, uniform)");
+    if (sampling == "uniform")
+      w[i] = 1.0;
+    else if (sampling == "proportional")
+      w[i] = n;
+    else if (sampling == "temperature")
+      w[i] = std::pow(n, 1.0 / temperature);
+    else
+      throw_error<TrainError>("train", "unknown sampling '" + sampling + "' (proportional, temperature, uniform)");
   }
   double total = 0;
   for (double x : w) total += x;

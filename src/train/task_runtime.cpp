@@ -33,7 +33,9 @@ BackboneOutput forward_batch(Backbone& model, const InputModules& modules, const
   BackboneOutput out = modules.empty() ? model.forward(in) : forward_with(model, modules, in);
   // Prompt tuning returns the virtual positions too: keep the batch's own T.
   const int64_t T = b.input_ids.size(1);
-  auto own = [&](torch::Tensor t) { return t.defined() && t.dim() == 3 && t.size(1) > T ? t.narrow(1, t.size(1) - T, T) : t; };
+  auto own = [&](torch::Tensor t) {
+    return t.defined() && t.dim() == 3 && t.size(1) > T ? t.narrow(1, t.size(1) - T, T) : t;
+  };
   out.last_hidden_state = own(out.last_hidden_state);
   out.logits = own(out.logits);
   return out;
@@ -66,8 +68,9 @@ torch::Tensor batch_loss(Backbone& model, TaskRuntime& task, const InputModules&
   switch (task.cfg.type) {
     case TaskType::CausalLM: {
       if (!out.logits.defined() || out.logits.dim() != 3)
-        throw_error<TrainError>("train", "task '" + task.cfg.name + "': causal_lm needs a model with a language-model head (" +
-                         model.config().architecture() + " has none)");
+        throw_error<TrainError>("train", "task '" + task.cfg.name +
+                                             "': causal_lm needs a model with a language-model head (" +
+                                             model.config().architecture() + " has none)");
       // Position t predicts token t+1.
       const int64_t T = b.input_ids.size(1);
       auto labels = b.labels.masked_fill(b.attention_mask.eq(0), kIgnoreIndex);
@@ -75,8 +78,9 @@ torch::Tensor batch_loss(Backbone& model, TaskRuntime& task, const InputModules&
     }
     case TaskType::MaskedLM:
       if (!out.logits.defined() || out.logits.dim() != 3)
-        throw_error<TrainError>("train", "task '" + task.cfg.name + "': masked_lm needs a model with a masked-LM head (" +
-                         model.config().architecture() + " has none)");
+        throw_error<TrainError>("train", "task '" + task.cfg.name +
+                                             "': masked_lm needs a model with a masked-LM head (" +
+                                             model.config().architecture() + " has none)");
       return token_ce(out.logits, b.labels, sums);
     case TaskType::TokenClassification:
       return token_ce(task.head(out.last_hidden_state.to(task.head->weight.scalar_type())), b.labels, sums);
@@ -102,8 +106,10 @@ std::map<std::string, double> finish_eval(const TaskRuntime& task, const EvalSum
   auto preds = sums.preds.empty() ? torch::empty({0}, torch::kInt64) : torch::cat(sums.preds);
   auto targets = sums.targets.empty() ? torch::empty({0}, torch::kInt64) : torch::cat(sums.targets);
   m["accuracy"] = accuracy(preds, targets);
-  if (task.classification()) m["macro_f1"] = macro_f1(preds, targets, task.num_labels());
-  else m["perplexity"] = perplexity(sums.nll, sums.count);
+  if (task.classification())
+    m["macro_f1"] = macro_f1(preds, targets, task.num_labels());
+  else
+    m["perplexity"] = perplexity(sums.nll, sums.count);
   m["examples"] = static_cast<double>(task.eval.size());
   return m;
 }

@@ -2,14 +2,14 @@
 // evaluation of a batch for its type.
 #pragma once
 
-#include "modula/backbone/backbone.h"
-#include "modula/modules/adapter.h"
-#include "modula/train/data.h"
-
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "modula/backbone/backbone.h"
+#include "modula/modules/adapter.h"
+#include "modula/train/data.h"
 
 namespace modula::train::detail {
 
@@ -34,8 +34,8 @@ struct TaskRuntime {
 
 // Sums a batch contributes to evaluation.
 struct EvalSums {
-  double nll = 0;           // summed token / example loss
-  int64_t count = 0;        // scored tokens / examples
+  double nll = 0;                             // summed token / example loss
+  int64_t count = 0;                          // scored tokens / examples
   std::vector<torch::Tensor> preds, targets;  // flattened, scored positions only
 };
 
@@ -48,8 +48,8 @@ BackboneOutput forward_batch(Backbone& model, const InputModules& inputs, const 
 
 // Mean loss of a batch (sum of per-token / per-example cross-entropy / count), and, when
 // `sums` is given, what evaluation needs.
-torch::Tensor batch_loss(Backbone& model, TaskRuntime& task, const InputModules& inputs,
-                         const Batch& b, EvalSums* sums = nullptr);
+torch::Tensor batch_loss(Backbone& model, TaskRuntime& task, const InputModules& inputs, const Batch& b,
+                         EvalSums* sums = nullptr);
 
 // loss, accuracy, macro_f1 (classification) or perplexity (LM).
 std::map<std::string, double> finish_eval(const TaskRuntime& task, const EvalSums& sums);

@@ -5,12 +5,11 @@
 // Every random choice is a function of (seed, phase, step): task sampling, data order
 // (per task and epoch), MLM masking. With the optimizer state, data positions and torch's
 // CPU RNG in the checkpoint, a resumed run repeats the uninterrupted one exactly.
-#include "trainer_state.h"
-
-#include "modula/backbone/registry.h"
-
 #include <cmath>
 #include <fstream>
+
+#include "modula/backbone/registry.h"
+#include "trainer_state.h"
 
 namespace modula::train {
 namespace {
@@ -53,7 +52,8 @@ void Trainer::State::save_heads() {
   for (auto& t : tasks) {
     meta[t.cfg.name] = {{"type", to_string(t.cfg.type)}, {"labels", t.enc.labels()}};
     if (t.head)
-      for (auto& p : t.head->named_parameters()) heads.emplace_back(t.cfg.name + "." + p.key(), p.value().detach().cpu());
+      for (auto& p : t.head->named_parameters())
+        heads.emplace_back(t.cfg.name + "." + p.key(), p.value().detach().cpu());
   }
   if (!heads.empty()) io::save_safetensors(out("heads.safetensors"), heads, {{"format", "pt"}});
   std::ofstream(out("heads.json")) << meta.dump(2) << "\n";
@@ -80,7 +80,8 @@ void Trainer::State::main_stage(TrainResult& r) {
   for (auto& p : model->parameters())
     if (p.requires_grad()) r.trainable_parameters += p.numel();
   for (auto& t : tasks)
-    if (t.head && t.head->weight.requires_grad()) r.trainable_parameters += t.head->weight.numel() + t.head->bias.numel();
+    if (t.head && t.head->weight.requires_grad())
+      r.trainable_parameters += t.head->weight.numel() + t.head->bias.numel();
   for (auto& a : adapters)
     if (a.input)
       for (auto& p : a.input->parameters())
@@ -114,19 +115,23 @@ ContinualResult Trainer::State::sequence_stage(const std::string& stage, int64_t
   bool baseline = stage == "baseline";
   if (!baseline)
     for (auto& t : cfg.tasks)
-      specs.push_back({module_name_for(t.name), cfg.continual.module.is_null() ? default_continual_module() : cfg.continual.module, "", true});
+      specs.push_back({module_name_for(t.name),
+                       cfg.continual.module.is_null() ? default_continual_module() : cfg.continual.module, "", true});
   build(baseline, specs);
   ContinualResult cr;
   for (auto& t : tasks) cr.tasks.push_back(t.cfg.name);
   const json& saved = results.contains(stage + "_rows") ? results[stage + "_rows"] : json::array();
   for (size_t i = 0; i < tasks.size(); ++i) {
     if (!baseline) enabled[i] = {specs[i].name};
-    if (i < saved.size() && !(resume_from && resume_from->data.state.value("phase", int64_t{-1}) == static_cast<int64_t>(i) &&
-                               resume_from->data.state.value("stage", "") == stage)) {
+    if (i < saved.size() &&
+        !(resume_from && resume_from->data.state.value("phase", int64_t{-1}) == static_cast<int64_t>(i) &&
+          resume_from->data.state.value("stage", "") == stage)) {
       cr.accuracy.push_back(saved[i].get<std::vector<double>>());  // finished before the resume
       continue;
     }
-    Phase ph{stage, static_cast<int64_t>(i), {i}, {}, baseline, stage_offset + static_cast<int64_t>(i) * cfg.optim.max_steps};
+    Phase ph{stage,    static_cast<int64_t>(i),
+             {i},      {},
+             baseline, stage_offset + static_cast<int64_t>(i) * cfg.optim.max_steps};
     if (!baseline) ph.train_adapters = {specs[i].name};
     if (resume_from && resume_from->data.state.value("stage", "") == stage &&
         resume_from->data.state.value("phase", int64_t{0}) > static_cast<int64_t>(i))
@@ -157,11 +162,14 @@ Trainer::Trainer(TrainConfig config, Datasets data) : state_(std::make_unique<St
   try {
     s.device = torch::Device(s.cfg.device);
   } catch (const std::exception&) {
-    throw_error<ConfigError>("train", s.cfg.source + ": 'device' must be cpu, cuda or cuda:N, got '" + s.cfg.device + "'");
+    throw_error<ConfigError>("train",
+                             s.cfg.source + ": 'device' must be cpu, cuda or cuda:N, got '" + s.cfg.device + "'");
   }
-  if (s.device.is_cuda() && !torch::cuda::is_available()) throw_error<TrainError>(kTag, "device '" + s.cfg.device + "' requested but CUDA is not available");
+  if (s.device.is_cuda() && !torch::cuda::is_available())
+    throw_error<TrainError>(kTag, "device '" + s.cfg.device + "' requested but CUDA is not available");
   s.autocast = s.device.is_cuda() && s.cfg.optim.bf16 != "false";
-  if (s.cfg.optim.bf16 == "true" && !s.device.is_cuda()) throw_error<TrainError>(kTag, "optim.bf16 = true needs a CUDA device (bf16 autocast)");
+  if (s.cfg.optim.bf16 == "true" && !s.device.is_cuda())
+    throw_error<TrainError>(kTag, "optim.bf16 = true needs a CUDA device (bf16 autocast)");
   try {
     s.model_config = io::load_hf_config(s.cfg.model);
   } catch (const std::exception& e) {
@@ -221,10 +229,17 @@ TrainResult Trainer::run(const Callbacks& callbacks, bool resume) {
     if (s.cfg.continual.full_finetune_baseline) r.baseline = s.sequence_stage("baseline", T * s.cfg.optim.max_steps);
     r.steps = s.cfg.optim.max_steps * T;
   }
-  json res = {{"steps", r.steps}, {"final_loss", r.final_loss}, {"stopped_early", r.stopped_early}, {"resumed", r.resumed},
-              {"trainable_parameters", r.trainable_parameters}, {"total_parameters", r.total_parameters}, {"eval", r.eval}};
+  json res = {{"steps", r.steps},
+              {"final_loss", r.final_loss},
+              {"stopped_early", r.stopped_early},
+              {"resumed", r.resumed},
+              {"trainable_parameters", r.trainable_parameters},
+              {"total_parameters", r.total_parameters},
+              {"eval", r.eval}};
   auto cont = [](const ContinualResult& c) {
-    return json{{"tasks", c.tasks}, {"accuracy", c.accuracy}, {"average_forgetting", c.average_forgetting},
+    return json{{"tasks", c.tasks},
+                {"accuracy", c.accuracy},
+                {"average_forgetting", c.average_forgetting},
                 {"average_accuracy", c.average_accuracy}};
   };
   if (r.continual) res["continual"] = cont(*r.continual);

@@ -1,13 +1,12 @@
 // The Trainer's construction side: task data, and per stage the backbone, its modules,
 // the composition, the heads; which modules a task's batches use.
-#include "trainer_state.h"
-
-#include "modula/backbone/registry.h"
-#include "modula/routing/router.h"
-
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
+
+#include "modula/backbone/registry.h"
+#include "modula/routing/router.h"
+#include "trainer_state.h"
 
 namespace modula::train {
 
@@ -18,25 +17,31 @@ using json = nlohmann::json;
 void Trainer::State::load_data(const Datasets& data) {
   for (const auto& kv : data)
     if (std::none_of(cfg.tasks.begin(), cfg.tasks.end(), [&](const TaskConfig& t) { return t.name == kv.first; }))
-      throw_error<ConfigError>("train", "in-memory data for task '" + kv.first + "', which is not in the config's tasks");
+      throw_error<ConfigError>("train",
+                               "in-memory data for task '" + kv.first + "', which is not in the config's tasks");
   std::string tok_path = cfg.tokenizer;
   if (tok_path.empty()) tok_path = fs::is_dir(cfg.model) ? cfg.model : fs::parent(cfg.model);
   try {
     tokenizer = text::Tokenizer::from_file(tok_path);
   } catch (const std::exception& e) {
     throw_error<ConfigError>("train", cfg.source + ": cannot load the tokenizer from '" + tok_path +
-                      "' (set 'tokenizer' to a tokenizer.json): " + e.what());
+                                          "' (set 'tokenizer' to a tokenizer.json): " + e.what());
   }
   for (size_t i = 0; i < cfg.tasks.size(); ++i) {
     const TaskConfig& t = cfg.tasks[i];
     auto it = data.find(t.name);
     std::vector<json> train, eval;
     std::string train_src = t.train, eval_src = t.eval;
-    if (it != data.end() && !it->second.train.empty()) train = it->second.train, train_src = "task '" + t.name + "' train";
-    else if (!t.train.empty()) train = load_records(t.train);
-    else throw_error<ConfigError>("train", cfg.source + ": task '" + t.name + "' has no 'train' data");
-    if (it != data.end() && !it->second.eval.empty()) eval = it->second.eval, eval_src = "task '" + t.name + "' eval";
-    else if (!t.eval.empty()) eval = load_records(t.eval);
+    if (it != data.end() && !it->second.train.empty())
+      train = it->second.train, train_src = "task '" + t.name + "' train";
+    else if (!t.train.empty())
+      train = load_records(t.train);
+    else
+      throw_error<ConfigError>("train", cfg.source + ": task '" + t.name + "' has no 'train' data");
+    if (it != data.end() && !it->second.eval.empty())
+      eval = it->second.eval, eval_src = "task '" + t.name + "' eval";
+    else if (!t.eval.empty())
+      eval = load_records(t.eval);
     if (train.empty()) throw_error<TrainError>(kTag, "task '" + t.name + "': the training data is empty");
     TaskRuntime rt{t, Encoding::build(t, train, *tokenizer, model_config)};
     rt.train = rt.enc.encode(train, train_src);
@@ -45,11 +50,13 @@ void Trainer::State::load_data(const Datasets& data) {
       for (const auto& ex : *set)
         for (int64_t id : ex.input_ids)
           if (id < 0 || id >= model_config.vocab_size)
-            throw_error<TrainError>(kTag, "task '" + t.name + "': token id " + std::to_string(id) + " is outside the model's vocabulary (" +
-                 std::to_string(model_config.vocab_size) + "): the tokenizer does not belong to the model");
+            throw_error<TrainError>(
+                kTag, "task '" + t.name + "': token id " + std::to_string(id) + " is outside the model's vocabulary (" +
+                          std::to_string(model_config.vocab_size) + "): the tokenizer does not belong to the model");
     rt.data_seed = mix({cfg.seed, 0xda7aULL, i});
     if (cfg.continual.enabled && rt.eval.empty())
-      throw_error<ConfigError>("train", cfg.source + ": continual learning needs 'eval' data for task '" + t.name + "'");
+      throw_error<ConfigError>("train",
+                               cfg.source + ": continual learning needs 'eval' data for task '" + t.name + "'");
     prototypes.push_back(std::move(rt));
   }
 }
@@ -74,7 +81,7 @@ void Trainer::State::build(bool train_backbone, const std::vector<ModuleSpec>& s
   } else {
     freeze_backbone(*model);
   }
-  torch::manual_seed(cfg.seed);  // fresh modules are initialised from torch's RNG
+  torch::manual_seed(cfg.seed);                  // fresh modules are initialised from torch's RNG
   routing = std::make_shared<RoutingContext>();  // task index per row for every module that routes by it
   for (const auto& s : specs) {
     ModuleEnv env;  // every module type through the registry (composition/registry.h)
@@ -115,7 +122,9 @@ void Trainer::State::apply_compose() {
   for (auto& a : adapters) by_name[a.name] = &a;
   for (const auto& name : module_names(spec))
     if (!by_name.count(name))
-      throw_error<ConfigError>(kTag, cfg.source + ": 'compose': module '" + name + "' was applied to the backbone weights (not an adapter) and cannot be composed");
+      throw_error<ConfigError>(kTag,
+                               cfg.source + ": 'compose': module '" + name +
+                                   "' was applied to the backbone weights (not an adapter) and cannot be composed");
   try {
     composition = apply_spec(*model, spec, by_name);
   } catch (const std::invalid_argument& e) {  // SpecError too

@@ -1,17 +1,16 @@
 // One phase of the Trainer: parameter groups, the training loop over sampled single-task
 // batches, periodic evaluation, early stopping, checkpoints and resume.
-#include "trainer_state.h"
-
-#include "modula/routing/router.h"
-#include "modula/train/schedule.h"
-#include "modula/util/compat.h"
-
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
 #include <cmath>
 #include <random>
 #include <sstream>
+
+#include "modula/routing/router.h"
+#include "modula/train/schedule.h"
+#include "modula/util/compat.h"
+#include "trainer_state.h"
 
 namespace modula::train {
 namespace {
@@ -45,9 +44,11 @@ std::vector<std::pair<std::string, torch::Tensor>> Trainer::State::named_state()
   std::vector<std::pair<std::string, torch::Tensor>> out;
   for (auto& a : adapters) {
     for (auto& m : a.modules)
-      for (auto& p : m.module->named_parameters()) out.emplace_back("adapter/" + a.name + "/" + m.site + "/" + p.key(), p.value());
+      for (auto& p : m.module->named_parameters())
+        out.emplace_back("adapter/" + a.name + "/" + m.site + "/" + p.key(), p.value());
     if (a.input)
-      for (auto& p : a.input->named_parameters()) out.emplace_back("adapter/" + a.name + "/input/" + p.key(), p.value());
+      for (auto& p : a.input->named_parameters())
+        out.emplace_back("adapter/" + a.name + "/input/" + p.key(), p.value());
     if (a.state) {
       int64_t i = 0;
       for (auto& p : a.state->parameters()) out.emplace_back("adapter/" + a.name + "/state/" + std::to_string(i++), p);
@@ -56,7 +57,8 @@ std::vector<std::pair<std::string, torch::Tensor>> Trainer::State::named_state()
   if (composition)
     for (auto& f : composition->fusions)
       for (auto& [site, fusion] : f.sites)
-        for (auto& [key, p] : fusion->fusion_parameters()) out.emplace_back("compose/" + f.name + "/" + site + "/" + key, p);
+        for (auto& [key, p] : fusion->fusion_parameters())
+          out.emplace_back("compose/" + f.name + "/" + site + "/" + key, p);
   if (composition)  // learned routers of route(softmax|smear|top<k>, ...), one per site
     for (size_t i = 0; i < composition->routers.size(); ++i)
       for (auto& p : composition->routers[i]->named_parameters())
@@ -123,7 +125,9 @@ std::vector<ParamGroup> Trainer::State::param_groups(const Phase& ph) {
   add(routers, o.lr_routers);
   add(heads, o.lr_heads);
   add(backbone, o.lr_backbone);
-  if (groups.empty()) throw_error<TrainError>(kTag, "phase " + ph.label() + " has nothing to train (no trainable modules, heads or backbone)");
+  if (groups.empty())
+    throw_error<TrainError>(kTag,
+                            "phase " + ph.label() + " has nothing to train (no trainable modules, heads or backbone)");
   return groups;
 }
 
@@ -167,7 +171,8 @@ void Trainer::State::save(const Phase& ph, int64_t step, torch::optim::Optimizer
   d.optimizer = os.str();
   json pos = json::array();
   for (auto& t : tasks) pos.push_back({t.epoch, t.cursor});
-  d.state = {{"stage", ph.stage}, {"phase", ph.index}, {"step", step}, {"data", pos}, {"loop", loop}, {"results", results}};
+  d.state = {{"stage", ph.stage}, {"phase", ph.index}, {"step", step},
+             {"data", pos},       {"loop", loop},      {"results", results}};
   save_checkpoint(out("checkpoints"), ph.global_offset + step, d, cfg.checkpoint.keep);
 }
 
@@ -176,8 +181,12 @@ void Trainer::State::restore_tensors(const LoadedCheckpoint& ck) {
   torch::NoGradGuard g;
   for (auto& [name, t] : named_state()) {
     auto it = saved.find(name);
-    if (it == saved.end()) throw_error<TrainError>(kTag, "checkpoint " + ck.dir + " does not match the config: it has no tensor '" + name + "'");
-    if (it->second.sizes() != t.sizes()) throw_error<TrainError>(kTag, "checkpoint " + ck.dir + ": tensor '" + name + "' has another shape than the run's");
+    if (it == saved.end())
+      throw_error<TrainError>(kTag,
+                              "checkpoint " + ck.dir + " does not match the config: it has no tensor '" + name + "'");
+    if (it->second.sizes() != t.sizes())
+      throw_error<TrainError>(kTag,
+                              "checkpoint " + ck.dir + ": tensor '" + name + "' has another shape than the run's");
     t.copy_(it->second);
   }
   auto rng = saved.find("rng/cpu");
@@ -229,7 +238,8 @@ MicroLoss Trainer::State::micro_loss(const Phase& ph, const std::vector<double>&
 // positions, optimizer state, step, early-stopping state.
 void Trainer::State::resume_phase(const Phase& ph, TrainLoop& loop, PhaseProgress& pp) {
   auto& ck = resume_from;
-  if (!ck || ck->data.state.value("stage", "") != ph.stage || ck->data.state.value("phase", int64_t{-1}) != ph.index) return;
+  if (!ck || ck->data.state.value("stage", "") != ph.stage || ck->data.state.value("phase", int64_t{-1}) != ph.index)
+    return;
   restore_tensors(*ck);
   torch::serialize::InputArchive ar;
   std::istringstream is(ck->data.optimizer);
@@ -255,7 +265,7 @@ void Trainer::State::maybe_evaluate(const Phase& ph, int64_t step, PhaseProgress
   } else if (++pp.bad_evals >= e.patience) {
     pp.stopped = true;
     note(ph.label() + ": early stopping at step " + std::to_string(step) + " (no better eval loss for " +
-           std::to_string(pp.bad_evals) + " evaluations)");
+         std::to_string(pp.bad_evals) + " evaluations)");
   }
 }
 
@@ -277,9 +287,16 @@ PhaseOutcome Trainer::State::run_phase(const Phase& ph) {
     if (st.step % cfg.log_every == 0 || st.step == o.max_steps) {
       StepInfo info = step_info(ph, st, clock, o.max_steps);
       if (cb.on_step) cb.on_step(info);
-      log_line({{"type", "step"}, {"phase", info.phase}, {"step", st.step}, {"global_step", ph.global_offset + st.step},
-                {"task", info.task}, {"loss", st.loss}, {"lr", st.lr}, {"grad_norm", st.grad_norm},
-                {"tokens_per_s", info.tokens_per_s}, {"elapsed_s", info.elapsed_s}});
+      log_line({{"type", "step"},
+                {"phase", info.phase},
+                {"step", st.step},
+                {"global_step", ph.global_offset + st.step},
+                {"task", info.task},
+                {"loss", st.loss},
+                {"lr", st.lr},
+                {"grad_norm", st.grad_norm},
+                {"tokens_per_s", info.tokens_per_s},
+                {"elapsed_s", info.elapsed_s}});
     }
     maybe_evaluate(ph, st.step, pp);
     if (cfg.checkpoint.every > 0 && st.step % cfg.checkpoint.every == 0 && st.step < o.max_steps && !pp.stopped)
@@ -297,7 +314,11 @@ double Trainer::State::eval_tasks(const Phase& ph, int64_t step) {
     losses.push_back(m["loss"]);
     EvalInfo e{step, ph.label(), tasks[ti].cfg.name, m};
     if (cb.on_eval) cb.on_eval(e);
-    json line = {{"type", "eval"}, {"phase", e.phase}, {"step", step}, {"global_step", ph.global_offset + step}, {"task", e.task}};
+    json line = {{"type", "eval"},
+                 {"phase", e.phase},
+                 {"step", step},
+                 {"global_step", ph.global_offset + step},
+                 {"task", e.task}};
     for (auto& [k, v] : m) line[k] = std::isfinite(v) ? json(v) : json(nullptr);
     log_line(line);
   }

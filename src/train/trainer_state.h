@@ -4,16 +4,6 @@
 //   trainer.cpp        stages (main / continual / baseline), outputs, Trainer::run.
 #pragma once
 
-#include "modula/train/trainer.h"
-
-#include "modula/composition/apply_spec.h"
-#include "modula/composition/registry.h"
-#include "modula/train/checkpoint.h"
-#include "modula/train/loop.h"
-#include "modula/util/fs.h"
-#include "task_runtime.h"
-#include "modula/util/error.h"
-
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -25,6 +15,15 @@
 #include <set>
 #include <string>
 #include <vector>
+
+#include "modula/composition/apply_spec.h"
+#include "modula/composition/registry.h"
+#include "modula/train/checkpoint.h"
+#include "modula/train/loop.h"
+#include "modula/train/trainer.h"
+#include "modula/util/error.h"
+#include "modula/util/fs.h"
+#include "task_runtime.h"
 
 namespace modula::train {
 namespace detail {
@@ -71,10 +70,11 @@ struct PhaseProgress {
   double best = INFINITY;  // best mean eval loss
   int64_t bad_evals = 0;   // evaluations since the best
   double last_loss = 0;
-  bool stopped = false;    // early stopping
+  bool stopped = false;  // early stopping
   nlohmann::json to_json() const {
     using json = nlohmann::json;
-    return {{"best", std::isfinite(best) ? json(best) : json(nullptr)}, {"bad_evals", bad_evals}, {"last_loss", last_loss}};
+    return {
+        {"best", std::isfinite(best) ? json(best) : json(nullptr)}, {"bad_evals", bad_evals}, {"last_loss", last_loss}};
   }
 };
 
@@ -124,7 +124,6 @@ struct Trainer::State {
     if (cb.on_message) cb.on_message(s);
   }
   std::string out(const std::string& name) const { return fs::join(cfg.output, name); }
-
 
   // ---- construction, stages (trainer_build.cpp) -----------------------------------------
   void load_data(const Datasets& data);

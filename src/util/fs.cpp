@@ -34,8 +34,10 @@ void walk(const std::string& dir, const std::string& name, std::vector<std::stri
     std::string entry = e->d_name;
     if (entry == "." || entry == "..") continue;
     std::string p = join(dir, entry);
-    if (is_dir(p)) walk(p, name, out);
-    else if (entry == name && is_file(p)) out.push_back(p);
+    if (is_dir(p))
+      walk(p, name, out);
+    else if (entry == name && is_file(p))
+      out.push_back(p);
   }
   ::closedir(d);
 }

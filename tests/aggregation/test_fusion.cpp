@@ -3,21 +3,21 @@
 // copy of the batch; AdapterFusion with W_v = I over one adapter equals that adapter, trains
 // only its own parameters, saves/loads as MODULA_FUSION; concatenated prompts equal one
 // prompt holding both.
-#include "modula/composition/registry.h"
+#include <gtest/gtest.h>
+
 #include "modula/aggregation/average.h"
 #include "modula/aggregation/fusion.h"
 #include "modula/aggregation/parallel.h"
 #include "modula/aggregation/prompt_concat.h"
 #include "modula/aggregation/stack.h"
 #include "modula/backbone/registry.h"
+#include "modula/composition/registry.h"
 #include "modula/io/peft.h"
 #include "modula/modules/adapter.h"
 #include "modula/modules/bottleneck.h"
 #include "modula/modules/lora.h"
 #include "modula/modules/targets.h"
 #include "support/temp_dir.h"
-
-#include <gtest/gtest.h>
 
 using modula::testing::fixture;
 using modula::testing::TempDir;
@@ -37,8 +37,10 @@ modula::BackboneInput batch() {
 }
 
 // A bottleneck adapter after every feed-forward block, moved off the identity.
-modula::Adapter bottleneck(modula::Backbone& model, const std::string& name, double amount = 0.3, bool attention = false) {
-  json c = {{"peft_type", "MODULA_BOTTLENECK"}, {"config", attention ? "houlsby" : "pfeiffer"}, {"reduction_factor", 4}};
+modula::Adapter bottleneck(modula::Backbone& model, const std::string& name, double amount = 0.3,
+                           bool attention = false) {
+  json c = {
+      {"peft_type", "MODULA_BOTTLENECK"}, {"config", attention ? "houlsby" : "pfeiffer"}, {"reduction_factor", 4}};
   auto a = modula::add_adapter(model, c, name);
   torch::NoGradGuard g;
   for (auto& p : a.parameters()) p.add_(torch::randn_like(p) * amount);
@@ -83,7 +85,7 @@ struct TwoAdapters : ::testing::Test {
 TEST_F(TwoAdapters, StackEqualsTheAdaptersInSequenceByHand) {
   torch::NoGradGuard g;
   auto stack = modula::Stack(std::vector<std::shared_ptr<modula::SiteModule>>{ma, mb});
-  auto y1 = y + f_by_hand(*ma, y);  // language adapter
+  auto y1 = y + f_by_hand(*ma, y);    // language adapter
   auto y2 = y1 + f_by_hand(*mb, y1);  // task adapter on its output
   EXPECT_LE(max_diff(stack->transform_block(x, y), y2), 1e-5);
 }
@@ -150,7 +152,8 @@ TEST_F(TwoAdapters, ReplicatedParallelRunsEachAdapterOnItsCopyOfTheBatch) {
   b.set_enabled(true);
   for (auto& [path, site] : modula::block_sites(*model)) {
     if (!site->module("a")) continue;
-    auto par = modula::Parallel(std::vector<std::shared_ptr<modula::SiteModule>>{site->module("a"), site->module("b")}, true);
+    auto par =
+        modula::Parallel(std::vector<std::shared_ptr<modula::SiteModule>>{site->module("a"), site->module("b")}, true);
     modula::attach_composition(*site, "parallel", par.ptr());
   }
   auto both = model->forward(modula::replicate_batch(batch(), 2)).logits;  // [2B, T, V]
@@ -315,7 +318,8 @@ TEST(ConcatenatedPrompt, EqualsOneNativePromptHoldingBoth) {
   auto both = modula::ConcatenatedPrompt(std::vector<std::shared_ptr<modula::PromptTuningImpl>>{prompt1, prompt2});
   EXPECT_EQ(both->num_virtual_tokens(), 5);
 
-  auto single = std::make_shared<modula::PromptTuningImpl>(modula::PromptTuningOptions(5, model->config().hidden_size), *model);
+  auto single =
+      std::make_shared<modula::PromptTuningImpl>(modula::PromptTuningOptions(5, model->config().hidden_size), *model);
   {
     torch::NoGradGuard g;
     single->embedding.copy_(torch::cat({prompt1->embedding, prompt2->embedding}, 0));
@@ -330,7 +334,8 @@ TEST(ConcatenatedPrompt, EqualsOneNativePromptHoldingBoth) {
   // Order matters: [P2; P1] is another prompt.
   auto swapped = modula::ConcatenatedPrompt(std::vector<std::shared_ptr<modula::PromptTuningImpl>>{prompt2, prompt1});
   EXPECT_GT(max_diff(modula::forward_with(*model, {swapped.ptr()}, batch()).logits, expected), 1e-4);
-  EXPECT_THROW(modula::ConcatenatedPrompt(std::vector<std::shared_ptr<modula::PromptTuningImpl>>{}), std::invalid_argument);
+  EXPECT_THROW(modula::ConcatenatedPrompt(std::vector<std::shared_ptr<modula::PromptTuningImpl>>{}),
+               std::invalid_argument);
 }
 
 }  // namespace

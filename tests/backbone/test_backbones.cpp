@@ -1,11 +1,11 @@
 // Backbones against the HF reference outputs, load/save round trips and dtype handling.
-#include "modula/backbone/registry.h"
-#include "modula/conformance.h"
-#include "support/temp_dir.h"
-
 #include <gtest/gtest.h>
 
 #include <fstream>
+
+#include "modula/backbone/registry.h"
+#include "modula/conformance.h"
+#include "support/temp_dir.h"
 
 using modula::testing::fixture;
 using modula::testing::TempDir;
@@ -80,8 +80,7 @@ TEST(Backbone, ShapeMismatchIsNamed) {
   modula::fs::copy_file(fixture("hf/models/llama/config.json"), dir / "config.json");
   auto full = modula::io::SafetensorsFile::open(fixture("hf/models/llama/model.safetensors"));
   modula::io::NamedTensors tensors;
-  for (const auto& k : full.keys())
-    tensors.emplace_back(k, k == "model.norm.weight" ? torch::ones({63}) : full.get(k));
+  for (const auto& k : full.keys()) tensors.emplace_back(k, k == "model.norm.weight" ? torch::ones({63}) : full.get(k));
   modula::io::save_safetensors(dir / "model.safetensors", tensors);
   try {
     modula::load_backbone(dir.path);

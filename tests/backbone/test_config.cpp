@@ -1,12 +1,12 @@
 // Config spellings change nothing in the numbers: rope_theta/rope_scaling at top level
 // load the same model as transformers-5 rope_parameters; rope scaling changes logits.
-#include "modula/backbone/layers.h"
-#include "modula/backbone/registry.h"
-#include "support/temp_dir.h"
-
 #include <gtest/gtest.h>
 
 #include <fstream>
+
+#include "modula/backbone/layers.h"
+#include "modula/backbone/registry.h"
+#include "support/temp_dir.h"
 
 using modula::testing::fixture;
 using modula::testing::TempDir;

@@ -1,10 +1,10 @@
 // CUDA vs CPU (the test-backend-ops idea): every reference model in bf16 on the GPU
 // against fp32 on the CPU, and KV-cache decoding on the GPU. Skips without a GPU.
+#include <gtest/gtest.h>
+
 #include "modula/backbone/generate.h"
 #include "modula/backbone/registry.h"
 #include "support/temp_dir.h"
-
-#include <gtest/gtest.h>
 
 using modula::testing::fixture;
 

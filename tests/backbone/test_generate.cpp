@@ -1,10 +1,10 @@
 // Generation: greedy equals argmax of the full forward; sampling is seeded; filters work.
+#include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
+
 #include "modula/backbone/generate.h"
 #include "modula/backbone/registry.h"
 #include "support/temp_dir.h"
-
-#include <ATen/CPUGeneratorImpl.h>
-#include <gtest/gtest.h>
 
 using modula::testing::fixture;
 
@@ -37,7 +37,10 @@ TEST(Generate, SamplingIsSeededAndStreams) {
   o.top_p = 0.9;
   o.seed = 7;
   std::vector<int64_t> streamed;
-  auto a = modula::generate(*model, {1, 2, 3}, o, [&](int64_t id) { streamed.push_back(id); return true; });
+  auto a = modula::generate(*model, {1, 2, 3}, o, [&](int64_t id) {
+    streamed.push_back(id);
+    return true;
+  });
   auto b = modula::generate(*model, {1, 2, 3}, o);
   EXPECT_EQ(a, b);
   EXPECT_EQ(a, streamed);

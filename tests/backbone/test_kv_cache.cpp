@@ -1,9 +1,9 @@
 // Incremental decoding with the KV cache gives the logits of the full forward, for
 // every decoder architecture, with and without padding.
+#include <gtest/gtest.h>
+
 #include "modula/backbone/registry.h"
 #include "support/temp_dir.h"
-
-#include <gtest/gtest.h>
 
 using modula::testing::fixture;
 

@@ -1,15 +1,15 @@
 // Mixed batches of every module type: one forward whose rows use different LoRA, (IA)³,
 // bottleneck, prompt or prefix modules (or none), each row equal to that row run alone
 // with its own module (saved, then loaded onto a fresh model).
+#include <gtest/gtest.h>
+
 #include "modula/backbone/registry.h"
-#include "modula/composition/input_bank.h"
 #include "modula/composition/ia3_bank.h"
+#include "modula/composition/input_bank.h"
 #include "modula/composition/mixed.h"
 #include "modula/composition/modular_linear.h"
 #include "modula/composition/registry.h"
 #include "support/temp_dir.h"
-
-#include <gtest/gtest.h>
 
 using namespace modula;
 using modula::testing::fixture;
@@ -74,7 +74,9 @@ Sets make_sets(const std::string& model, const std::vector<std::pair<std::string
 }
 
 // The last T positions of logits [1|B, S, V] (prompt rows carry their virtual slots first).
-torch::Tensor last(const torch::Tensor& logits, int64_t T) { return logits.slice(1, logits.size(1) - T, logits.size(1)); }
+torch::Tensor last(const torch::Tensor& logits, int64_t T) {
+  return logits.slice(1, logits.size(1) - T, logits.size(1));
+}
 
 // One forward over rows routed to `per_row`; every row must equal that row alone.
 void expect_each_row_alone(const std::string& model, const Sets& sets, const std::vector<std::string>& per_row) {
@@ -93,7 +95,8 @@ void expect_each_row_alone(const std::string& model, const Sets& sets, const std
     if (per_row[n] == kBaseAdapter) {
       want = alone->forward(row(in, n)).logits;
     } else {
-      auto it = std::find_if(sets.named_dirs.begin(), sets.named_dirs.end(), [&](const auto& nd) { return nd.first == per_row[n]; });
+      auto it = std::find_if(sets.named_dirs.begin(), sets.named_dirs.end(),
+                             [&](const auto& nd) { return nd.first == per_row[n]; });
       auto a = load_adapter(*alone, it->second, per_row[n]);
       want = forward_adapted(*alone, a, row(in, n)).logits;
     }
@@ -169,13 +172,15 @@ TEST(MixedBatch, Ia3BankRoutesPerRowInOneKernelAndTrainsOnlyUsedRows) {
 
 TEST(MixedBatch, ErrorsNameTheSetAndModule) {
   auto m = model_of("llama");
-  auto poly = add_adapter(*m, {{"peft_type", "POLY"}, {"r", 2}, {"n_tasks", 2}, {"target_modules", {"q_proj"}}}, "poly");
+  auto poly =
+      add_adapter(*m, {{"peft_type", "POLY"}, {"r", 2}, {"n_tasks", 2}, {"target_modules", {"q_proj"}}}, "poly");
   auto l = add_adapter(*m, lora(), "l");
   try {
     mix_adapters({l, poly});
     FAIL() << "no exception";
   } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("'poly' (POLY) at model.layers.0.self_attn.q_proj"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("'poly' (POLY) at model.layers.0.self_attn.q_proj"), std::string::npos)
+        << e.what();
   }
   for (const auto& p : m->named_parameters()) EXPECT_EQ(p.key().find(".adapters."), std::string::npos) << p.key();
   auto a = add_adapter(*m, lora(), "same");
@@ -208,8 +213,16 @@ TEST(MixedLora, DifferentRanksAlphasAndTargets) {
   auto model = llama();
   std::vector<json> configs = {
       {{"peft_type", "LORA"}, {"r", 2}, {"lora_alpha", 3}, {"target_modules", {"q_proj", "v_proj"}}},
-      {{"peft_type", "LORA"}, {"r", 6}, {"lora_alpha", 4}, {"use_rslora", true}, {"target_modules", {"v_proj", "down_proj"}}},
-      {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"target_modules", {"q_proj"}}, {"rank_pattern", {{"q_proj", 1}}}},
+      {{"peft_type", "LORA"},
+       {"r", 6},
+       {"lora_alpha", 4},
+       {"use_rslora", true},
+       {"target_modules", {"v_proj", "down_proj"}}},
+      {{"peft_type", "LORA"},
+       {"r", 4},
+       {"lora_alpha", 8},
+       {"target_modules", {"q_proj"}},
+       {"rank_pattern", {{"q_proj", 1}}}},
   };
   std::vector<Adapter> adapters;
   for (size_t i = 0; i < configs.size(); ++i) {
@@ -228,8 +241,7 @@ TEST(MixedLora, DifferentRanksAlphasAndTargets) {
   set_row_modules(mixed, {"t1", "t2", "t0"});
   auto got = model->forward(in).logits;
   std::vector<int64_t> which = {1, 2, 0};
-  for (int64_t n = 0; n < 3; ++n)
-    expect_rows_close(got[n], want[which[n]][n], in.attention_mask[n], n);
+  for (int64_t n = 0; n < 3; ++n) expect_rows_close(got[n], want[which[n]][n], in.attention_mask[n], n);
   mixed.remove();
   for (const auto& p : model->named_parameters()) EXPECT_EQ(p.key().find(".adapters."), std::string::npos) << p.key();
 }
@@ -260,7 +272,9 @@ TEST(MixedLora, ErrorsAreClear) {
     set_row_modules(mixed, {"a0", "nope"});
     FAIL() << "no exception";
   } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("unknown module set name 'nope' (known: __base__, [\"a0\",\"a1\",\"a2\"])"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("unknown module set name 'nope' (known: __base__, [\"a0\",\"a1\",\"a2\"])"),
+              std::string::npos)
+        << e.what();
   }
   set_row_modules(mixed, {"a0", "a1"});
   try {
@@ -270,9 +284,11 @@ TEST(MixedLora, ErrorsAreClear) {
     EXPECT_NE(std::string(e.what()).find("'adapter' has 2 ids for a batch of 3 rows"), std::string::npos) << e.what();
   }
   mixed.remove();
-  auto dora = add_adapter(*model, {{"peft_type", "LORA"}, {"r", 2}, {"use_dora", true}, {"target_modules", {"q_proj"}}}, "d");
+  auto dora =
+      add_adapter(*model, {{"peft_type", "LORA"}, {"r", 2}, {"use_dora", true}, {"target_modules", {"q_proj"}}}, "d");
   EXPECT_THROW(mix_adapters({dora}), std::invalid_argument);
-  auto poly = add_adapter(*model, {{"peft_type", "POLY"}, {"r", 2}, {"n_tasks", 2}, {"target_modules", {"k_proj"}}}, "p");
+  auto poly =
+      add_adapter(*model, {{"peft_type", "POLY"}, {"r", 2}, {"n_tasks", 2}, {"target_modules", {"k_proj"}}}, "p");
   EXPECT_THROW(mix_adapters({poly}), std::invalid_argument);
   EXPECT_THROW(load_mixed(*model, {{"x", fixture("hf/adapters/llama-mixed/missing")}}), std::exception);
   for (const auto& p : model->named_parameters()) EXPECT_EQ(p.key().find(".adapters."), std::string::npos) << p.key();

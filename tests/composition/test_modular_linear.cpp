@@ -1,11 +1,11 @@
 // Algorithm 1 at a Linear site: fixed routing gathers the routed modules, soft routing with
 // one-hot weights equals it, SMEAR equals the hand-averaged module, gradients reach only
 // the routed modules.
+#include <gtest/gtest.h>
+
 #include "modula/composition/modular_linear.h"
 #include "modula/routing/fixed.h"
 #include "modula/routing/softmax.h"
-
-#include <gtest/gtest.h>
 
 using namespace modula;
 
@@ -62,7 +62,8 @@ TEST(ModularLinear, SoftRoutingWithOneHotWeightsEqualsFixed) {
   ModularLinear fixed(bank, FixedRouter(FixedRouterOptions(3), ctx).ptr());
   auto onehot = torch::tensor({{0., 0., 1.}, {1., 0., 0.}, {0., 0., 0.}});
   ModularLinear soft(bank, std::make_shared<GivenRouter>(onehot));
-  ModularLinear smear(bank, std::make_shared<GivenRouter>(onehot), ModularLinearOptions().aggregation(Aggregation::ParameterAverage));
+  ModularLinear smear(bank, std::make_shared<GivenRouter>(onehot),
+                      ModularLinearOptions().aggregation(Aggregation::ParameterAverage));
   auto layer = base_layer(6, 5);
   auto x = torch::randn({3, 4, 6}), y = layer->base_forward(x);
   auto want = fixed->transform_output(x, y, *layer);
@@ -92,7 +93,8 @@ TEST(ModularLinear, SmearEqualsTheHandAveragedModule) {
   torch::manual_seed(3);
   auto bank = random_bank(6, 5, 3, 2);
   auto w = torch::softmax(torch::randn({2, 3}), -1);
-  ModularLinear smear(bank, std::make_shared<GivenRouter>(w), ModularLinearOptions().aggregation(Aggregation::ParameterAverage));
+  ModularLinear smear(bank, std::make_shared<GivenRouter>(w),
+                      ModularLinearOptions().aggregation(Aggregation::ParameterAverage));
   auto layer = base_layer(6, 5);
   auto x = torch::randn({2, 4, 6});
   auto got = smear->transform_output(x, torch::zeros({2, 4, 5}), *layer);
@@ -151,7 +153,8 @@ TEST(ModularLinear, SoftmaxRouterLearnsAndSharesAcrossSites) {
 
 TEST(ModularLinear, ErrorsAreClear) {
   auto ctx = std::make_shared<RoutingContext>();
-  EXPECT_THROW(ModularLinear(random_bank(6, 5, 3, 2), FixedRouter(FixedRouterOptions(4), ctx).ptr()), std::invalid_argument);
+  EXPECT_THROW(ModularLinear(random_bank(6, 5, 3, 2), FixedRouter(FixedRouterOptions(4), ctx).ptr()),
+               std::invalid_argument);
   EXPECT_THROW(LoraBankOptions(6, 5, 0).validate(), std::invalid_argument);
   ModularLinear m(random_bank(6, 5, 3, 2), FixedRouter(FixedRouterOptions(3), ctx).ptr());
   auto layer = base_layer(6, 5);

@@ -1,13 +1,13 @@
 // Polytropon / MHR with PEFT POLY semantics: fixture logits, train/eval routing, save/load,
 // MHR-z (routing only) and MHR-μ (averaged skills).
-#include "modula/composition/registry.h"
+#include <gtest/gtest.h>
+
 #include "modula/backbone/registry.h"
 #include "modula/composition/poly_lora.h"
+#include "modula/composition/registry.h"
 #include "modula/io/peft.h"
 #include "modula/io/safetensors.h"
 #include "support/temp_dir.h"
-
-#include <gtest/gtest.h>
 
 using namespace modula;
 using modula::testing::fixture;
@@ -29,7 +29,9 @@ struct PolyFixture {
   torch::Tensor task_ids() const { return expected.get("task_ids").clone(); }
 };
 
-torch::Tensor masked(const torch::Tensor& logits, const torch::Tensor& mask) { return logits.index({mask.to(torch::kBool)}); }
+torch::Tensor masked(const torch::Tensor& logits, const torch::Tensor& mask) {
+  return logits.index({mask.to(torch::kBool)});
+}
 
 }  // namespace
 
@@ -44,7 +46,8 @@ TEST(Poly, FixtureLogitsInEvalMode) {
   torch::NoGradGuard no_grad;
   auto in = f.input();
   auto got = model->forward(in).logits;
-  EXPECT_TRUE(torch::allclose(masked(got, in.attention_mask), masked(f.expected.get("logits"), in.attention_mask), 1e-4, 1e-4));
+  EXPECT_TRUE(
+      torch::allclose(masked(got, in.attention_mask), masked(f.expected.get("logits"), in.attention_mask), 1e-4, 1e-4));
 }
 
 TEST(Poly, TrainModeSamplesEvalModeIsDeterministic) {
@@ -88,7 +91,8 @@ TEST(Poly, MhrMuEqualsUniformRoutingAndMhrZTrainsOnlyRouting) {
   auto in = f.input();
   {
     torch::NoGradGuard no_grad;
-    for (auto& m : poly.modules) std::dynamic_pointer_cast<PolyLoraImpl>(m.module)->poly_router->module_logits.fill_(0.3);
+    for (auto& m : poly.modules)
+      std::dynamic_pointer_cast<PolyLoraImpl>(m.module)->poly_router->module_logits.fill_(0.3);
   }
   torch::Tensor uniform, mu;
   {
@@ -123,7 +127,8 @@ TEST(Poly, MhrMuEqualsUniformRoutingAndMhrZTrainsOnlyRouting) {
 TEST(Poly, ErrorsAreClear) {
   auto model = llama();
   auto ctx = std::make_shared<RoutingContext>();
-  json config = {{"peft_type", "POLY"}, {"r", 2}, {"n_tasks", 2}, {"n_skills", 2}, {"n_splits", 3}, {"target_modules", {"q_proj"}}};
+  json config = {{"peft_type", "POLY"}, {"r", 2},        {"n_tasks", 2},
+                 {"n_skills", 2},       {"n_splits", 3}, {"target_modules", {"q_proj"}}};
   try {
     add_poly_adapter(*model, config, ctx);
     FAIL() << "no exception";

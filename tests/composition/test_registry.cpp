@@ -4,16 +4,16 @@
 // loss goes down), saved, reloaded from its folder by the same code path, and evaluates
 // to the same loss (the eval loss is the mean token cross-entropy of the logits, so equal
 // losses to 1e-5 mean the reloaded modules give the trained logits).
+#include <gtest/gtest.h>
+
+#include <fstream>
+
 #include "modula/backbone/registry.h"
 #include "modula/composition/registry.h"
 #include "modula/train/trainer.h"
 #include "modula/util/fs.h"
 #include "support/errors.h"
 #include "train/tiny.h"
-
-#include <gtest/gtest.h>
-
-#include <fstream>
 
 using namespace modula;
 using namespace modula::train;
@@ -26,20 +26,22 @@ namespace {
 Datasets qa_data() {
   Datasets data;
   for (int i = 0; i < 16; ++i)
-    data["qa"].train.push_back({{"prompt", i % 2 ? "alice lives in" : "bob lives in"}, {"completion", i % 2 ? "paris" : "london"}});
+    data["qa"].train.push_back(
+        {{"prompt", i % 2 ? "alice lives in" : "bob lives in"}, {"completion", i % 2 ? "paris" : "london"}});
   data["qa"].eval = data["qa"].train;
   return data;
 }
 
 json run_config(const TempDir& dir, const std::string& model, const std::string& out, const json& modules, double lr,
                 int64_t steps) {
-  return {{"model", fixture("hf/models/" + model)},
-          {"tokenizer", modula::testing::write_tiny_tokenizer(dir / "tokenizer.json", false)},
-          {"output", dir / out},
-          {"seed", 5},
-          {"tasks", {{{"name", "qa"}, {"type", "causal_lm"}}}},
-          {"optim", {{"lr", lr}, {"max_steps", steps}, {"batch_size", 4}, {"schedule", "constant"}, {"warmup_steps", 0}}},
-          {"modules", modules}};
+  return {
+      {"model", fixture("hf/models/" + model)},
+      {"tokenizer", modula::testing::write_tiny_tokenizer(dir / "tokenizer.json", false)},
+      {"output", dir / out},
+      {"seed", 5},
+      {"tasks", {{{"name", "qa"}, {"type", "causal_lm"}}}},
+      {"optim", {{"lr", lr}, {"max_steps", steps}, {"batch_size", 4}, {"schedule", "constant"}, {"warmup_steps", 0}}},
+      {"modules", modules}};
 }
 
 struct Run {
@@ -90,39 +92,80 @@ const json kAllLinear = "all-linear";
 }  // namespace
 
 TEST(RegistryMatrix, ListsEveryTypeOnce) {
-  std::vector<std::string> want = {"LORA", "IA3", "PROMPT_TUNING", "PREFIX_TUNING", "POLY", "MODULA_BOTTLENECK",
-                                   "MODULA_SPARSE_FT", "MODULA_BITFIT", "MODULA_HYPER_LORA", "MODULA_FUSION", "MODULA_MOE_LORA"};
+  std::vector<std::string> want = {"LORA",
+                                   "IA3",
+                                   "PROMPT_TUNING",
+                                   "PREFIX_TUNING",
+                                   "POLY",
+                                   "MODULA_BOTTLENECK",
+                                   "MODULA_SPARSE_FT",
+                                   "MODULA_BITFIT",
+                                   "MODULA_HYPER_LORA",
+                                   "MODULA_FUSION",
+                                   "MODULA_MOE_LORA"};
   EXPECT_EQ(supported_peft_types(), want);
   auto msg = modula::testing::error_of([] { module_type("LOHA"); });
   EXPECT_NE(msg.find("unknown peft_type 'LOHA' (supported: LORA, IA3"), std::string::npos) << msg;
 }
 
-TEST(RegistryMatrix, Lora) { train_save_reload("llama", {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"target_modules", kAllLinear}}); }
+TEST(RegistryMatrix, Lora) {
+  train_save_reload("llama", {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"target_modules", kAllLinear}});
+}
 TEST(RegistryMatrix, LoraDoraRslora) {
-  train_save_reload("llama", {{"peft_type", "LORA"}, {"r", 4}, {"use_dora", true}, {"use_rslora", true}, {"target_modules", {"q_proj", "v_proj"}}});
+  train_save_reload("llama", {{"peft_type", "LORA"},
+                              {"r", 4},
+                              {"use_dora", true},
+                              {"use_rslora", true},
+                              {"target_modules", {"q_proj", "v_proj"}}});
 }
 TEST(RegistryMatrix, Ia3) {
-  train_save_reload("llama", {{"peft_type", "IA3"}, {"target_modules", {"k_proj", "v_proj", "down_proj"}}, {"feedforward_modules", {"down_proj"}}}, 1e-1);
+  train_save_reload("llama",
+                    {{"peft_type", "IA3"},
+                     {"target_modules", {"k_proj", "v_proj", "down_proj"}},
+                     {"feedforward_modules", {"down_proj"}}},
+                    1e-1);
 }
-TEST(RegistryMatrix, PromptTuning) { train_save_reload("llama", {{"peft_type", "PROMPT_TUNING"}, {"num_virtual_tokens", 4}}, 1e-1); }
-TEST(RegistryMatrix, PrefixTuning) { train_save_reload("qwen2", {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 4}}, 1e-1); }
+TEST(RegistryMatrix, PromptTuning) {
+  train_save_reload("llama", {{"peft_type", "PROMPT_TUNING"}, {"num_virtual_tokens", 4}}, 1e-1);
+}
+TEST(RegistryMatrix, PrefixTuning) {
+  train_save_reload("qwen2", {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 4}}, 1e-1);
+}
 TEST(RegistryMatrix, PolytroponRoutedByTask) {
-  train_save_reload("llama", {{"peft_type", "POLY"}, {"r", 2}, {"n_tasks", 2}, {"n_skills", 4}, {"target_modules", kAllLinear}});
+  train_save_reload("llama",
+                    {{"peft_type", "POLY"}, {"r", 2}, {"n_tasks", 2}, {"n_skills", 4}, {"target_modules", kAllLinear}});
 }
 TEST(RegistryMatrix, MultiHeadRoutingMhr) {
-  train_save_reload("llama", {{"peft_type", "POLY"}, {"r", 2}, {"n_tasks", 1}, {"n_skills", 2}, {"n_splits", 2}, {"target_modules", kAllLinear}});
+  train_save_reload("llama", {{"peft_type", "POLY"},
+                              {"r", 2},
+                              {"n_tasks", 1},
+                              {"n_skills", 2},
+                              {"n_splits", 2},
+                              {"target_modules", kAllLinear}});
 }
-TEST(RegistryMatrix, BottleneckAdapter) { train_save_reload("llama", {{"peft_type", "MODULA_BOTTLENECK"}, {"config", "pfeiffer"}}); }
+TEST(RegistryMatrix, BottleneckAdapter) {
+  train_save_reload("llama", {{"peft_type", "MODULA_BOTTLENECK"}, {"config", "pfeiffer"}});
+}
 TEST(RegistryMatrix, SparseFineTuning) {
-  train_save_reload("llama", {{"peft_type", "MODULA_SPARSE_FT"}, {"target_parameters", {"re:.*mlp.*weight"}}, {"k", 512}}, 1e-2);
+  train_save_reload("llama",
+                    {{"peft_type", "MODULA_SPARSE_FT"}, {"target_parameters", {"re:.*mlp.*weight"}}, {"k", 512}}, 1e-2);
 }
 TEST(RegistryMatrix, BitFit) { train_save_reload("qwen2", {{"peft_type", "MODULA_BITFIT"}}, 1e-2); }  // q/k/v biases
 TEST(RegistryMatrix, HypernetworkConditionedOnTask) {
-  train_save_reload("llama", {{"peft_type", "MODULA_HYPER_LORA"}, {"num_tasks", 2}, {"r", 2}, {"hidden", 8}, {"target_modules", {"q_proj", "v_proj"}}});
+  train_save_reload("llama", {{"peft_type", "MODULA_HYPER_LORA"},
+                              {"num_tasks", 2},
+                              {"r", 2},
+                              {"hidden", 8},
+                              {"target_modules", {"q_proj", "v_proj"}}});
 }
 TEST(RegistryMatrix, MixtureOfLoraExpertsTopK) {
-  train_save_reload("llama", {{"peft_type", "MODULA_MOE_LORA"}, {"num_experts", 4}, {"num_experts_per_tok", 2}, {"r", 2},
-                              {"router_aux_loss_coef", 0.01}, {"router_z_loss_coef", 0.001}, {"target_modules", kAllLinear}});
+  train_save_reload("llama", {{"peft_type", "MODULA_MOE_LORA"},
+                              {"num_experts", 4},
+                              {"num_experts_per_tok", 2},
+                              {"r", 2},
+                              {"router_aux_loss_coef", 0.01},
+                              {"router_z_loss_coef", 0.001},
+                              {"target_modules", kAllLinear}});
 }
 TEST(RegistryMatrix, FusionOverTrainedBottlenecks) {
   TempDir members;
@@ -139,7 +182,8 @@ TEST(RegistryMatrix, RoutedLorasTrainFromTheComposeSpec) {
   json lora = {{"peft_type", "LORA"}, {"r", 2}, {"target_modules", {"q_proj", "v_proj", "down_proj"}}};
   for (std::string route : {"softmax", "top2", "smear"}) {
     TempDir d;
-    json modules = {{{"name", "l1"}, {"config", lora}}, {{"name", "l2"}, {"config", lora}}, {{"name", "l3"}, {"config", lora}}};
+    json modules = {
+        {{"name", "l1"}, {"config", lora}}, {{"name", "l2"}, {"config", lora}}, {{"name", "l3"}, {"config", lora}}};
     auto cfg = run_config(d, "llama", "a", modules, 3e-2, 24);
     cfg["compose"] = "route(" + route + ", l1, l2, l3)";
     auto r = run(cfg);

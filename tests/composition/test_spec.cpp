@@ -1,9 +1,9 @@
 // The composition spec: text, JSON and YAML forms parse to the same AST, print back to
 // themselves, and every malformed spec is rejected with a message naming the problem and
 // where it is.
-#include "modula/composition/spec.h"
-
 #include <gtest/gtest.h>
+
+#include "modula/composition/spec.h"
 
 using json = nlohmann::json;
 using modula::SpecNode;
@@ -68,8 +68,10 @@ TEST(Spec, JsonRoundTripsAndMatchesTheText) {
   }
   EXPECT_EQ(modula::parse_spec(R"({"stack": ["lang:de", {"fuse": ["task:a", "task:b"]}]})"),
             modula::parse_spec("stack(lang:de, fuse(task:a, task:b))"));
-  EXPECT_EQ(modula::to_json(modula::parse_spec("avg(a:0.7, b:0.3)")), json::parse(R"({"avg": ["a", "b"], "weights": [0.7, 0.3]})"));
-  EXPECT_EQ(modula::to_json(modula::parse_spec("route(task, a, b)")), json::parse(R"({"route": ["a", "b"], "key": "task"})"));
+  EXPECT_EQ(modula::to_json(modula::parse_spec("avg(a:0.7, b:0.3)")),
+            json::parse(R"({"avg": ["a", "b"], "weights": [0.7, 0.3]})"));
+  EXPECT_EQ(modula::to_json(modula::parse_spec("route(task, a, b)")),
+            json::parse(R"({"route": ["a", "b"], "key": "task"})"));
 }
 
 TEST(Spec, YamlMatchesTheText) {
@@ -138,7 +140,8 @@ TEST(Spec, RejectsMalformedJsonAndYamlNamingThePath) {
       {R"({"route": ["a", "b"]})", "route needs \"key\"", "/"},
       {R"({"stack": ["a"]})", "stack needs at least 2 modules, got 1", "/"},
       {R"({"stack": ["a", {"parallel": ["b:0.5", "c"]}]})", "only allowed inside avg", "/stack/1/parallel/0"},
-      {"stack: [a, {fuse: [b, c]}", "YAML line 1, column 1: end of sequence flow not found", "line 1, column 1"},  // yaml-cpp's mark
+      {"stack: [a, {fuse: [b, c]}", "YAML line 1, column 1: end of sequence flow not found",
+       "line 1, column 1"},  // yaml-cpp's mark
       {"avg: [a, b]\nweights: [0.5, heavy]\n", "weight is not a number: \"heavy\"", "/weights/1"},
   };
   for (const auto& c : cases) {
@@ -159,7 +162,8 @@ TEST(Spec, UnknownModuleNamesAreNamedWithTheirColumn) {
     modula::check_module_names(n, {"a", "b"});
     FAIL() << "c is unknown";
   } catch (const modula::SpecError& e) {
-    EXPECT_NE(std::string(e.what()).find("column 18: unknown module name 'c' (known: a, b)"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("column 18: unknown module name 'c' (known: a, b)"), std::string::npos)
+        << e.what();
     EXPECT_EQ(e.where, "column 18");
   }
 }

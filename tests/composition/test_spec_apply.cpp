@@ -2,16 +2,16 @@
 // stack = native sequential attachment, parallel/avg = the sum / weighted sum, route = the
 // adapter of each row, avg over LoRA = scaled LoRA, concat = one prompt; folders (incl. a
 // MODULA_FUSION folder) load by name; misplaced modules are rejected by name.
-#include "modula/composition/registry.h"
+#include <gtest/gtest.h>
+
 #include "modula/aggregation/fusion.h"
 #include "modula/backbone/registry.h"
 #include "modula/composition/apply_spec.h"
 #include "modula/composition/modular_linear.h"
+#include "modula/composition/registry.h"
 #include "modula/modules/lora.h"
 #include "modula/modules/targets.h"
 #include "support/temp_dir.h"
-
-#include <gtest/gtest.h>
 
 using modula::testing::fixture;
 using modula::testing::TempDir;
@@ -90,7 +90,7 @@ TEST_F(Spec, ParallelAndAverageEqualTheirHandBuiltSums) {
     if (path.find("self_attn") != std::string::npos) ++attention_sites;
   }
   EXPECT_EQ(par.sites.size(), static_cast<size_t>(model->config().num_hidden_layers));  // mlp sites only
-  EXPECT_EQ(attention_sites, 0);  // b alone there: runs natively
+  EXPECT_EQ(attention_sites, 0);                                                        // b alone there: runs natively
   auto x = torch::randn({1, 2, model->config().hidden_size}), y = torch::randn({1, 2, model->config().hidden_size});
   auto site = par.sites.front().second;
   auto ma = a.modules.front().module, mb = site->module("b");
@@ -162,7 +162,8 @@ TEST_F(Spec, RouteOverLoraAdaptersGivesEachRowItsAdapterAndTrainsTheMembers) {
   torch::NoGradGuard g;
   l2.set_enabled(false), a.set_enabled(false);
   EXPECT_LE(max_diff(model->forward(batch()).logits, with_l1), 1e-6);
-  auto dora = perturbed(*model, {{"peft_type", "LORA"}, {"r", 2}, {"use_dora", true}, {"target_modules", {"q_proj"}}}, "d");
+  auto dora =
+      perturbed(*model, {{"peft_type", "LORA"}, {"r", 2}, {"use_dora", true}, {"target_modules", {"q_proj"}}}, "d");
   members["d"] = &dora;
   EXPECT_THROW(modula::apply_spec(*model, modula::parse_spec("route(task, l1, d)"), members), std::invalid_argument);
 }
@@ -284,7 +285,8 @@ TEST_F(Spec, ConcatenatedPromptsAndMisplacedPrompts) {
   members["p1"] = &p1;
   members["p2"] = &p2;
   torch::NoGradGuard g;
-  auto single = std::make_shared<modula::PromptTuningImpl>(modula::PromptTuningOptions(4, model->config().hidden_size), *model);
+  auto single =
+      std::make_shared<modula::PromptTuningImpl>(modula::PromptTuningOptions(4, model->config().hidden_size), *model);
   single->embedding.copy_(torch::cat({p1.input->prompt_embeddings(), p2.input->prompt_embeddings()}, 0));
   auto expected = modula::forward_with(*model, {single}, batch()).logits;  // a and b native
   auto comp = modula::apply_spec(*model, modula::parse_spec("stack(concat(p1, p2), a, b)"), members);

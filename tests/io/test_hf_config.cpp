@@ -1,10 +1,10 @@
 // config.json parsing: both rope spellings, family defaults, and clear errors.
-#include "modula/io/hf_config.h"
-
 #include <gtest/gtest.h>
 
-#include "modula/util/fs.h"
 #include <fstream>
+
+#include "modula/io/hf_config.h"
+#include "modula/util/fs.h"
 
 using modula::ConfigError;
 using modula::io::parse_hf_config;
@@ -15,8 +15,9 @@ namespace {
 std::string fixture(const std::string& rel) { return std::string(MODULA_FIXTURES) + "/" + rel; }
 
 json llama() {
-  return json{{"model_type", "llama"}, {"architectures", {"LlamaForCausalLM"}}, {"vocab_size", 100},
-              {"hidden_size", 32}, {"intermediate_size", 64}, {"num_hidden_layers", 2},
+  return json{{"model_type", "llama"},    {"architectures", {"LlamaForCausalLM"}},
+              {"vocab_size", 100},        {"hidden_size", 32},
+              {"intermediate_size", 64},  {"num_hidden_layers", 2},
               {"num_attention_heads", 4}, {"num_key_value_heads", 2}};
 }
 
@@ -63,8 +64,11 @@ TEST(HfConfig, BothRopeSpellings) {
     EXPECT_DOUBLE_EQ(c.rope_scaling.factor, 2.0);
   }
   auto l3 = llama();
-  l3["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
-                        {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
+  l3["rope_scaling"] = {{"rope_type", "llama3"},
+                        {"factor", 8.0},
+                        {"low_freq_factor", 1.0},
+                        {"high_freq_factor", 4.0},
+                        {"original_max_position_embeddings", 8192}};
   EXPECT_EQ(parse_hf_config(l3).rope_scaling.type, "llama3");
 }
 

@@ -1,7 +1,5 @@
 // safetensors reader/writer/checkpoint: round trips, Python-written fixtures,
 // zero-copy behaviour, a corruption matrix and atomic-write failures.
-#include "modula/io/safetensors.h"
-
 #include <dirent.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -17,6 +15,8 @@
 #include <limits>
 #include <random>
 #include <sstream>
+
+#include "modula/io/safetensors.h"
 
 using namespace modula::io;
 
@@ -406,38 +406,59 @@ TEST(Safetensors, CorruptFilesAreRejected) {
       {"bad_utf8", craft("{\"\xff\":1}", ""), {"not valid JSON"}},
       {"not_object", craft("[1,2]", ""), {"JSON object"}},
       {"deep_nesting", craft(R"({"a":)" + std::string(5000, '[') + std::string(5000, ']') + "}", ""), {"nests deeper"}},
-      {"duplicate_key", craft(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
-                              R"("a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})", "xx"),
+      {"duplicate_key",
+       craft(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
+             R"("a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})",
+             "xx"),
        {"duplicate key 'a'"}},
       {"entry_not_object", craft(entry("5"), ""), {"'a'", "must be an object"}},
       {"unknown_dtype", craft(entry(R"({"dtype":"F33","shape":[2],"data_offsets":[0,8]})"), data), {"'a'", "'F33'"}},
-      {"unsupported_dtype", craft(entry(R"({"dtype":"U16","shape":[1],"data_offsets":[0,2]})"), data), {"'a'", "'U16'"}},
+      {"unsupported_dtype",
+       craft(entry(R"({"dtype":"U16","shape":[1],"data_offsets":[0,2]})"), data),
+       {"'a'", "'U16'"}},
       {"dtype_not_string", craft(entry(R"({"dtype":4,"shape":[2],"data_offsets":[0,8]})"), data), {"'a'", "dtype"}},
       {"missing_dtype", craft(entry(R"({"shape":[2],"data_offsets":[0,8]})"), data), {"'a'", "missing 'dtype'"}},
       {"missing_shape", craft(entry(R"({"dtype":"F32","data_offsets":[0,8]})"), data), {"'a'", "missing 'shape'"}},
       {"missing_offsets", craft(entry(R"({"dtype":"F32","shape":[2]})"), data), {"'a'", "missing 'data_offsets'"}},
-      {"shape_not_array", craft(entry(R"({"dtype":"F32","shape":"2","data_offsets":[0,8]})"), data), {"'a'", "'shape'"}},
-      {"shape_float", craft(entry(R"({"dtype":"F32","shape":[2.0],"data_offsets":[0,8]})"), data), {"'a'", "integer, got 2.0"}},
-      {"shape_negative", craft(entry(R"({"dtype":"F32","shape":[-2],"data_offsets":[0,8]})"), data), {"'a'", "negative"}},
+      {"shape_not_array",
+       craft(entry(R"({"dtype":"F32","shape":"2","data_offsets":[0,8]})"), data),
+       {"'a'", "'shape'"}},
+      {"shape_float",
+       craft(entry(R"({"dtype":"F32","shape":[2.0],"data_offsets":[0,8]})"), data),
+       {"'a'", "integer, got 2.0"}},
+      {"shape_negative",
+       craft(entry(R"({"dtype":"F32","shape":[-2],"data_offsets":[0,8]})"), data),
+       {"'a'", "negative"}},
       {"shape_overflow",
        craft(entry(R"({"dtype":"F32","shape":[4611686018427387904,4611686018427387904],"data_offsets":[0,8]})"), data),
        {"'a'", "too large"}},
       {"shape_bigger_than_u64", craft(entry(R"({"dtype":"F32","shape":[1e30],"data_offsets":[0,8]})"), data), {"'a'"}},
-      {"offsets_three", craft(entry(R"({"dtype":"F32","shape":[2],"data_offsets":[0,4,8]})"), data), {"'a'", "data_offsets"}},
-      {"offsets_negative", craft(entry(R"({"dtype":"F32","shape":[2],"data_offsets":[-8,0]})"), data), {"'a'", "negative"}},
+      {"offsets_three",
+       craft(entry(R"({"dtype":"F32","shape":[2],"data_offsets":[0,4,8]})"), data),
+       {"'a'", "data_offsets"}},
+      {"offsets_negative",
+       craft(entry(R"({"dtype":"F32","shape":[2],"data_offsets":[-8,0]})"), data),
+       {"'a'", "negative"}},
       {"begin_after_end", craft(entry(R"({"dtype":"F32","shape":[2],"data_offsets":[8,0]})"), data), {"'a'", "> end"}},
-      {"shape_bytes_mismatch", craft(entry(R"({"dtype":"F32","shape":[3],"data_offsets":[0,8]})"), data),
+      {"shape_bytes_mismatch",
+       craft(entry(R"({"dtype":"F32","shape":[3],"data_offsets":[0,8]})"), data),
        {"'a'", "needs 12 bytes", "span 8"}},
-      {"offsets_out_of_bounds", craft(entry(R"({"dtype":"F32","shape":[250],"data_offsets":[0,1000]})"), data),
+      {"offsets_out_of_bounds",
+       craft(entry(R"({"dtype":"F32","shape":[250],"data_offsets":[0,1000]})"), data),
        {"'a'", "beyond the data buffer"}},
-      {"offsets_huge", craft(entry(R"({"dtype":"U8","shape":[1],"data_offsets":[18446744073709551614,18446744073709551615]})"), data),
+      {"offsets_huge",
+       craft(entry(R"({"dtype":"U8","shape":[1],"data_offsets":[18446744073709551614,18446744073709551615]})"), data),
        {"'a'", "beyond the data buffer"}},
-      {"overlapping", craft(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-                            R"("b":{"dtype":"I8","shape":[3],"data_offsets":[4,7]}})", data),
+      {"overlapping",
+       craft(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+             R"("b":{"dtype":"I8","shape":[3],"data_offsets":[4,7]}})",
+             data),
        {"'a'", "'b'", "overlapping"}},
-      {"overlapping_contained", craft(R"({"a":{"dtype":"U8","shape":[10],"data_offsets":[0,10]},)"
-                                      R"("b":{"dtype":"U8","shape":[1],"data_offsets":[2,3]},)"
-                                      R"("c":{"dtype":"U8","shape":[1],"data_offsets":[5,6]}})", data),
+      {"overlapping_contained",
+       craft(R"({"a":{"dtype":"U8","shape":[10],"data_offsets":[0,10]},)"
+             R"("b":{"dtype":"U8","shape":[1],"data_offsets":[2,3]},)"
+             R"("c":{"dtype":"U8","shape":[1],"data_offsets":[5,6]}})",
+             data),
        {"overlapping"}},
       {"metadata_not_object", craft(R"({"__metadata__":["x"]})", ""), {"__metadata__"}},
       {"metadata_value_number", craft(R"({"__metadata__":{"k":1}})", ""), {"__metadata__", "'k'"}},
@@ -457,8 +478,11 @@ TEST(Safetensors, RandomMutationsNeverCrash) {
   // Every mutated file either opens (and all its tensors read) or throws SafetensorsError.
   TempDir dir;
   const std::string seed_path = dir / "seed.safetensors";
-  save_safetensors(seed_path, {{"a", torch::randn({3, 2})}, {"b", torch::ones({2}, torch::kBool)},
-                               {"c", torch::arange(5, torch::kInt16)}, {"s", torch::tensor(1.5)}},
+  save_safetensors(seed_path,
+                   {{"a", torch::randn({3, 2})},
+                    {"b", torch::ones({2}, torch::kBool)},
+                    {"c", torch::arange(5, torch::kInt16)},
+                    {"s", torch::tensor(1.5)}},
                    {{"format", "pt"}});
   const std::string seed = read_bytes(seed_path);
   std::mt19937 rng(1234);
@@ -517,9 +541,16 @@ TEST(Safetensors, WriterRejectsBadInput) {
   TempDir dir;
   const std::string path = dir / "bad.safetensors";
   const torch::Tensor t = torch::ones({2});
-  expect_error([&] { save_safetensors(path, {{"x", t}, {"y", t}, {"x", t}}); }, {"bad.safetensors", "duplicate", "'x'"});
-  expect_error([&] { save_safetensors(path, {{"c", torch::ones({2}, torch::kComplexFloat)}}); },
-               {"bad.safetensors", "'c'", "unsupported dtype"});
+  expect_error(
+      [&] {
+        save_safetensors(path, {{"x", t}, {"y", t}, {"x", t}});
+      },
+      {"bad.safetensors", "duplicate", "'x'"});
+  expect_error(
+      [&] {
+        save_safetensors(path, {{"c", torch::ones({2}, torch::kComplexFloat)}});
+      },
+      {"bad.safetensors", "'c'", "unsupported dtype"});
   expect_error([&] { save_safetensors(path, {{"u", torch::Tensor()}}); }, {"'u'", "undefined"});
   expect_error([&] { save_safetensors(path, {{"__metadata__", t}}); }, {"reserved"});
   expect_error([&] { save_safetensors(path, {{"sp", torch::ones({2, 2}).to_sparse()}}); }, {"'sp'", "dense"});
@@ -530,8 +561,11 @@ TEST(Safetensors, WriterRejectsBadInput) {
 TEST(Safetensors, SaveIntoMissingDirectoryLeavesNothing) {
   TempDir dir;
   const std::string path = dir / "no_such_dir/x.safetensors";
-  expect_error([&] { save_safetensors(path, {{"a", torch::ones({2})}}); },
-               {"x.safetensors", "No such file or directory"});
+  expect_error(
+      [&] {
+        save_safetensors(path, {{"a", torch::ones({2})}});
+      },
+      {"x.safetensors", "No such file or directory"});
   EXPECT_FALSE(exists(dir / "no_such_dir"));
   EXPECT_TRUE(list_dir(dir.path).empty());
 }
@@ -566,7 +600,11 @@ TEST(Safetensors, OverwriteIsAtomicAndFailureKeepsOriginal) {
 
   // Destination is a directory: rename fails, the temp file is removed.
   ASSERT_EQ(::mkdir((dir / "d.safetensors").c_str(), 0755), 0);
-  expect_error([&] { save_safetensors(dir / "d.safetensors", {{"a", torch::ones({1})}}); }, {"rename", "d.safetensors"});
+  expect_error(
+      [&] {
+        save_safetensors(dir / "d.safetensors", {{"a", torch::ones({1})}});
+      },
+      {"rename", "d.safetensors"});
   EXPECT_TRUE(tmp_leftovers(dir.path).empty());
 }
 
@@ -633,9 +671,11 @@ TEST(Checkpoint, ShardedLoadsAllKeys) {
 
 TEST(Checkpoint, ShardedErrorsNameIndexAndKey) {
   const std::vector<std::tuple<std::string, std::string, std::vector<std::string>>> cases = {
-      {"missing_shard", R"({"a": "model-00001-of-00002.safetensors", "d": "model-00003-of-00003.safetensors"})",
+      {"missing_shard",
+       R"({"a": "model-00001-of-00002.safetensors", "d": "model-00003-of-00003.safetensors"})",
        {"'d'", "model-00003-of-00003.safetensors", "does not exist"}},
-      {"key_not_in_shard", R"({"a": "model-00001-of-00002.safetensors", "d": "model-00001-of-00002.safetensors"})",
+      {"key_not_in_shard",
+       R"({"a": "model-00001-of-00002.safetensors", "d": "model-00001-of-00002.safetensors"})",
        {"'d'", "model-00001-of-00002.safetensors", "does not contain"}},
       {"wrong_shard", R"({"c": "model-00001-of-00002.safetensors"})", {"'c'", "does not contain"}},
       {"escaping_path", R"({"a": "../model-00001-of-00002.safetensors"})", {"'a'", "relative path"}},

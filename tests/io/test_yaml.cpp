@@ -1,14 +1,15 @@
 // YAML → JSON with YAML 1.2 core scalar typing, and errors naming source and position.
-#include "modula/io/yaml.h"
-
 #include <gtest/gtest.h>
 
 #include <cmath>
 
+#include "modula/io/yaml.h"
+
 using modula::io::yaml_to_json;
 
 TEST(Yaml, CoreSchemaScalars) {
-  auto j = yaml_to_json("a: 1\nb: 0.5\nc: true\nd: ~\ne: text\nf: '12'\ng: [1, 2.5e-3, -.inf]\nh: {x: -3, y: 0x1F}\ni:\n");
+  auto j =
+      yaml_to_json("a: 1\nb: 0.5\nc: true\nd: ~\ne: text\nf: '12'\ng: [1, 2.5e-3, -.inf]\nh: {x: -3, y: 0x1F}\ni:\n");
   EXPECT_EQ(j["a"], 1);
   EXPECT_DOUBLE_EQ(j["b"].get<double>(), 0.5);
   EXPECT_EQ(j["c"], true);

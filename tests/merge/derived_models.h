@@ -2,11 +2,11 @@
 // perturbations of every floating-point tensor (θ_i = θ_0 + scale · N(0, 1)).
 #pragma once
 
+#include <string>
+
 #include "modula/backbone/registry.h"
 #include "modula/io/safetensors.h"
 #include "modula/util/fs.h"
-
-#include <string>
 
 namespace modula::testing {
 
@@ -27,7 +27,8 @@ inline void write_merge_models(const std::string& root) {
   auto model = load_backbone(llama_fixture());
   save_backbone(*model, fs::join(root, "base"));
   for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
-    if (fs::is_file(fs::join(llama_fixture(), f))) fs::copy_file(fs::join(llama_fixture(), f), fs::join(root, "base/" + std::string(f)));
+    if (fs::is_file(fs::join(llama_fixture(), f)))
+      fs::copy_file(fs::join(llama_fixture(), f), fs::join(root, "base/" + std::string(f)));
   write_derived_model(fs::join(root, "a"), 1, 0.01);
   write_derived_model(fs::join(root, "b"), 2, 0.01);
 }

@@ -1,9 +1,9 @@
 // Test setup for the `modula merge` CLI tests: writes base/, a/, b/ and two recipes
 // (ties.yaml that merges, bad.yaml with a missing weight) into the folder given.
-#include "derived_models.h"
-
 #include <fstream>
 #include <iostream>
+
+#include "derived_models.h"
 
 int main(int argc, char** argv) {
   if (argc != 2) {

@@ -1,12 +1,12 @@
 // LoRA merges (PEFT add_weighted_adapter) on the tiny llama fixture, by hand.
+#include <gtest/gtest.h>
+
+#include "modula/backbone/registry.h"
 #include "modula/composition/registry.h"
 #include "modula/merge/lora_merge.h"
 #include "modula/merge/task_vectors.h"
-#include "modula/backbone/registry.h"
 #include "modula/modules/lora.h"
 #include "support/temp_dir.h"
-
-#include <gtest/gtest.h>
 
 using namespace modula;
 using nlohmann::json;
@@ -17,7 +17,8 @@ struct LoraMerge : ::testing::Test {
   std::shared_ptr<Backbone> model = load_backbone(modula::testing::fixture("hf/models/llama"));
   // a: r 2, alpha 4 (s = 2) on q_proj; b: r 2, alpha 2 (s = 1) on q_proj and v_proj.
   Adapter a = make("a", json{{"peft_type", "LORA"}, {"r", 2}, {"lora_alpha", 4}, {"target_modules", {"q_proj"}}}, 1);
-  Adapter b = make("b", json{{"peft_type", "LORA"}, {"r", 2}, {"lora_alpha", 2}, {"target_modules", {"q_proj", "v_proj"}}}, 2);
+  Adapter b =
+      make("b", json{{"peft_type", "LORA"}, {"r", 2}, {"lora_alpha", 2}, {"target_modules", {"q_proj", "v_proj"}}}, 2);
 
   Adapter make(const std::string& name, const json& config, uint64_t seed) {
     auto ad = add_adapter(*model, config, name);
@@ -137,25 +138,33 @@ TEST_F(LoraMerge, MergedAdapterSavesAndLoads) {
 }
 
 TEST_F(LoraMerge, BadRequestsNameTheField) {
-  EXPECT_NE(message_of([&] { merge_lora_adapters(*model, {a, b}, LoraMergeOptions({1.0}), "m"); })
-                .find("weights has 1 entries for 2 adapters"),
+  EXPECT_NE(message_of([&] {
+              merge_lora_adapters(*model, {a, b}, LoraMergeOptions({1.0}), "m");
+            }).find("weights has 1 entries for 2 adapters"),
             std::string::npos);
-  EXPECT_NE(message_of([&] { merge_lora_adapters(*model, {a, b}, LoraMergeOptions({1, 1}).combination_type("avg"), "m"); })
-                .find("combination_type 'avg' is not known"),
+  EXPECT_NE(message_of([&] {
+              merge_lora_adapters(*model, {a, b}, LoraMergeOptions({1, 1}).combination_type("avg"), "m");
+            }).find("combination_type 'avg' is not known"),
             std::string::npos);
-  EXPECT_NE(message_of([&] { merge_lora_adapters(*model, {a, b}, LoraMergeOptions({1, 1}).combination_type("ties"), "m"); })
-                .find("'ties' needs density"),
+  EXPECT_NE(message_of([&] {
+              merge_lora_adapters(*model, {a, b}, LoraMergeOptions({1, 1}).combination_type("ties"), "m");
+            }).find("'ties' needs density"),
             std::string::npos);
-  EXPECT_NE(message_of([&] { merge_lora_adapters(*model, {a, b}, LoraMergeOptions({1, -1}).combination_type("linear"), "m"); })
-                .find("negative"),
+  EXPECT_NE(message_of([&] {
+              merge_lora_adapters(*model, {a, b}, LoraMergeOptions({1, -1}).combination_type("linear"), "m");
+            }).find("negative"),
             std::string::npos);
   auto c = make("c", json{{"peft_type", "LORA"}, {"r", 3}, {"target_modules", {"q_proj"}}}, 3);
-  EXPECT_NE(message_of([&] { merge_lora_adapters(*model, {a, c}, LoraMergeOptions({1, 1}).combination_type("linear"), "m"); })
-                .find("needs equal ranks: adapter 'c' has r=3"),
+  EXPECT_NE(message_of([&] {
+              merge_lora_adapters(*model, {a, c}, LoraMergeOptions({1, 1}).combination_type("linear"), "m");
+            }).find("needs equal ranks: adapter 'c' has r=3"),
             std::string::npos);
-  auto ia3 = add_adapter(*model, json{{"peft_type", "IA3"}, {"target_modules", {"q_proj"}}, {"feedforward_modules", json::array()}}, "ia3");
-  EXPECT_NE(message_of([&] { merge_lora_adapters(*model, {a, ia3}, LoraMergeOptions({1, 1}), "m"); })
-                .find("adapter 'ia3' is IA3; only LORA adapters merge"),
+  auto ia3 = add_adapter(
+      *model, json{{"peft_type", "IA3"}, {"target_modules", {"q_proj"}}, {"feedforward_modules", json::array()}},
+      "ia3");
+  EXPECT_NE(message_of([&] {
+              merge_lora_adapters(*model, {a, ia3}, LoraMergeOptions({1, 1}), "m");
+            }).find("adapter 'ia3' is IA3; only LORA adapters merge"),
             std::string::npos);
   // cat and svd accept different ranks.
   auto m = merge_lora_adapters(*model, {a, c}, LoraMergeOptions({1, 1}).combination_type("cat"), "m");

@@ -1,13 +1,13 @@
 // Merge recipes: YAML typing, parameter gradients/filters, clear errors, and end-to-end
 // runs over tiny models derived from the llama fixture.
-#include "modula/io/yaml.h"
-#include "modula/merge/merge_recipe.h"
-#include "derived_models.h"
-#include "support/temp_dir.h"
-
 #include <gtest/gtest.h>
 
 #include <fstream>
+
+#include "derived_models.h"
+#include "modula/io/yaml.h"
+#include "modula/merge/merge_recipe.h"
+#include "support/temp_dir.h"
 
 using namespace modula;
 using nlohmann::json;
@@ -26,8 +26,9 @@ std::string error_of(const json& recipe) {
 json ties_recipe() {
   return json{{"merge_method", "ties"},
               {"base_model", "base"},
-              {"models", {{{"model", "a"}, {"parameters", {{"weight", 0.7}, {"density", 0.5}}}},
-                          {{"model", "b"}, {"parameters", {{"weight", 0.3}, {"density", 0.5}}}}}}};
+              {"models",
+               {{{"model", "a"}, {"parameters", {{"weight", 0.7}, {"density", 0.5}}}},
+                {{"model", "b"}, {"parameters", {{"weight", 0.3}, {"density", 0.5}}}}}}};
 }
 
 #define EXPECT_ERROR(recipe, text) EXPECT_NE(error_of(recipe).find(text), std::string::npos) << error_of(recipe)
@@ -61,7 +62,8 @@ TEST(MergeRecipe, ParsesModelsPathsAndParameters) {
   j["models"].push_back({{"model", "base"}, {"parameters", {{"weight", 1}}}});
   EXPECT_EQ(parse_recipe(j, "/r").models.size(), 2u);
   // Sugar: weights / densities lists, one entry per model.
-  auto k = json{{"merge_method", "task_arithmetic"}, {"base_model", "/abs/base"}, {"models", {"a", "b"}}, {"weights", {1, 2}}};
+  auto k = json{
+      {"merge_method", "task_arithmetic"}, {"base_model", "/abs/base"}, {"models", {"a", "b"}}, {"weights", {1, 2}}};
   auto rk = parse_recipe(k, "/r");
   EXPECT_EQ(rk.base_model, "/abs/base");
   EXPECT_DOUBLE_EQ(rk.models[1].parameters.at("weight").at("x", 0), 2);
@@ -73,7 +75,9 @@ TEST(MergeRecipe, ParamValueGradientsAndFilters) {
   EXPECT_DOUBLE_EQ(g.at("x", 0.0), 0.0);
   EXPECT_DOUBLE_EQ(g.at("x", 0.25), 0.25);
   EXPECT_DOUBLE_EQ(g.at("x", 1.0), 1.0);
-  auto f = ParamValue::parse(json::parse(R"([{"filter": "self_attn", "value": [0, 1]}, {"filter": "mlp", "value": 0.2}, {"value": 0.5}])"), "t");
+  auto f = ParamValue::parse(
+      json::parse(R"([{"filter": "self_attn", "value": [0, 1]}, {"filter": "mlp", "value": 0.2}, {"value": 0.5}])"),
+      "t");
   EXPECT_DOUBLE_EQ(f.at("model.layers.1.self_attn.q_proj.weight", 0.5), 0.5);
   EXPECT_DOUBLE_EQ(f.at("model.layers.1.self_attn.q_proj.weight", 1.0), 1.0);
   EXPECT_DOUBLE_EQ(f.at("model.layers.1.mlp.up_proj.weight", 1.0), 0.2);
@@ -107,7 +111,8 @@ TEST(MergeRecipe, ErrorsNameTheField) {
   EXPECT_ERROR(j, "models: expected a non-empty list");
   j = json{{"merge_method", "linear"}, {"models", {"a", "b"}}, {"weights", {1, 2, 3}}};
   EXPECT_ERROR(j, "weights: 3 entries for 2 models");
-  j = json{{"merge_method", "linear"}, {"models", {{{"model", "a"}, {"parameters", {{"weight", 1}, {"density", 0.5}}}}}}};
+  j = json{{"merge_method", "linear"},
+           {"models", {{{"model", "a"}, {"parameters", {{"weight", 1}, {"density", 0.5}}}}}}};
   EXPECT_ERROR(j, "models[0].parameters.density: merge_method linear takes no density");
   j = json{{"merge_method", "slerp"}, {"base_model", "a"}, {"models", {"a", "b"}}};
   EXPECT_ERROR(j, "parameters.t: slerp needs t");
@@ -131,12 +136,16 @@ TEST(MergeRecipe, ErrorsNameTheField) {
 TEST(MergeRecipe, RunTaskArithmeticEndToEnd) {
   modula::testing::TempDir dir;
   modula::testing::write_merge_models(dir.path);
-  auto j = json{{"merge_method", "task_arithmetic"}, {"base_model", "base"}, {"models", {"a", "b"}},
-                {"parameters", {{"weight", 1.0}}}, {"output", "out"}};
+  auto j = json{{"merge_method", "task_arithmetic"},
+                {"base_model", "base"},
+                {"models", {"a", "b"}},
+                {"parameters", {{"weight", 1.0}}},
+                {"output", "out"}};
   auto report = run_merge(parse_recipe(j, dir.path));
   EXPECT_GT(report.tensors, 5);
   auto out = io::Checkpoint::open(dir / "out");
-  auto base = io::Checkpoint::open(dir / "base"), a = io::Checkpoint::open(dir / "a"), b = io::Checkpoint::open(dir / "b");
+  auto base = io::Checkpoint::open(dir / "base"), a = io::Checkpoint::open(dir / "a"),
+       b = io::Checkpoint::open(dir / "b");
   for (const auto& key : base.keys()) {
     auto want = a.get(key) + b.get(key) - base.get(key);
     EXPECT_TRUE(torch::allclose(out.get(key), want, 1e-5, 1e-5)) << key;
@@ -153,7 +162,8 @@ TEST(MergeRecipe, RunLinearWritesTheAverage) {
   modula::testing::write_merge_models(dir.path);
   auto j = json{{"merge_method", "linear"}, {"models", {"a", "b"}}, {"weights", {1, 1}}, {"output", "out"}};
   run_merge(parse_recipe(j, dir.path));
-  auto out = io::Checkpoint::open(dir / "out"), a = io::Checkpoint::open(dir / "a"), b = io::Checkpoint::open(dir / "b");
+  auto out = io::Checkpoint::open(dir / "out"), a = io::Checkpoint::open(dir / "a"),
+       b = io::Checkpoint::open(dir / "b");
   auto key = out.keys().front();
   EXPECT_TRUE(torch::allclose(out.get(key), (a.get(key) + b.get(key)) / 2, 1e-6, 1e-6));
   j["dtype"] = "bfloat16";
@@ -165,8 +175,11 @@ TEST(MergeRecipe, RunLinearWritesTheAverage) {
 TEST(MergeRecipe, DareRunsAreReproducible) {
   modula::testing::TempDir dir;
   modula::testing::write_merge_models(dir.path);
-  auto j = json{{"merge_method", "dare_ties"}, {"base_model", "base"}, {"models", {"a", "b"}},
-                {"parameters", {{"weight", 0.5}, {"density", 0.5}}}, {"seed", 11}};
+  auto j = json{{"merge_method", "dare_ties"},
+                {"base_model", "base"},
+                {"models", {"a", "b"}},
+                {"parameters", {{"weight", 0.5}, {"density", 0.5}}},
+                {"seed", 11}};
   run_merge(parse_recipe(j, dir.path), dir / "x");
   run_merge(parse_recipe(j, dir.path), dir / "y");
   j["seed"] = 12;
@@ -183,13 +196,17 @@ TEST(MergeRecipe, DareRunsAreReproducible) {
 TEST(MergeRecipe, RunErrorsNameTheModelAndTensor) {
   modula::testing::TempDir dir;
   modula::testing::write_merge_models(dir.path);
-  auto j = json{{"merge_method", "task_arithmetic"}, {"base_model", "base"}, {"models", {"a", "missing"}},
-                {"parameters", {{"weight", 1.0}}}, {"output", "out"}};
+  auto j = json{{"merge_method", "task_arithmetic"},
+                {"base_model", "base"},
+                {"models", {"a", "missing"}},
+                {"parameters", {{"weight", 1.0}}},
+                {"output", "out"}};
   try {
     run_merge(parse_recipe(j, dir.path));
     FAIL();
   } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("models[1].model: '" + (dir / "missing") + "' is not a folder"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("models[1].model: '" + (dir / "missing") + "' is not a folder"),
+              std::string::npos)
         << e.what();
   }
   // A model whose embedding has another shape.
@@ -217,8 +234,9 @@ TEST(MergeRecipe, RunErrorsNameTheModelAndTensor) {
 
 TEST(MergeRecipe, LoadsYamlFiles) {
   modula::testing::TempDir dir;
-  std::ofstream(dir / "r.yaml") << "merge_method: slerp\nbase_model: a\nmodels:\n  - model: a\n  - model: b\n"
-                                   "parameters:\n  t:\n    - filter: self_attn\n      value: [0, 1]\n    - value: 0.5\n";
+  std::ofstream(dir / "r.yaml")
+      << "merge_method: slerp\nbase_model: a\nmodels:\n  - model: a\n  - model: b\n"
+         "parameters:\n  t:\n    - filter: self_attn\n      value: [0, 1]\n    - value: 0.5\n";
   auto r = load_recipe(dir / "r.yaml");
   EXPECT_EQ(r.options.method(), "slerp");
   ASSERT_EQ(r.models.size(), 1u);

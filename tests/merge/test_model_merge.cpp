@@ -1,10 +1,10 @@
 // mergekit-style merge methods on one tensor, against hand-worked values.
-#include "modula/merge/model_merge.h"
-#include "modula/merge/task_vectors.h"
-
 #include <gtest/gtest.h>
 
 #include <cmath>
+
+#include "modula/merge/model_merge.h"
+#include "modula/merge/task_vectors.h"
 
 using namespace modula;
 
@@ -14,7 +14,8 @@ void expect_near(const torch::Tensor& got, const torch::Tensor& want, double tol
   ASSERT_EQ(got.sizes(), want.sizes());
   EXPECT_TRUE(torch::allclose(got, want, tol, tol)) << got << "\nwant\n" << want;
 }
-torch::Tensor merge(const ModelMergeOptions& o, const torch::Tensor& base, std::vector<MergeTerm> terms, double t = 0.5) {
+torch::Tensor merge(const ModelMergeOptions& o, const torch::Tensor& base, std::vector<MergeTerm> terms,
+                    double t = 0.5) {
   auto gen = seeded_generator(0);
   return merge_tensor(o, base, terms, t, gen);
 }
@@ -99,7 +100,8 @@ TEST(ModelMerge, ModelStock) {
   expect_near(merge(o, V({0, 0}), {{V({1, 0})}, {V({0, 1})}}), V({0, 0}));
   // 2-D: flattened τ = [1,0,1,0], [0,1,1,0]: cos 0.5 -> t = 1 / 1.5; mean [[.5,.5],[1,0]].
   auto base = torch::zeros({2, 2});
-  auto a = torch::tensor({1.0f, 0.0f, 1.0f, 0.0f}).view({2, 2}), b = torch::tensor({0.0f, 1.0f, 1.0f, 0.0f}).view({2, 2});
+  auto a = torch::tensor({1.0f, 0.0f, 1.0f, 0.0f}).view({2, 2}),
+       b = torch::tensor({0.0f, 1.0f, 1.0f, 0.0f}).view({2, 2});
   expect_near(merge(o, base, {{a}, {b}}), torch::tensor({1.0f / 3, 1.0f / 3, 2.0f / 3, 0.0f}).view({2, 2}));
   // filter_wise: row 0 cos 0 -> t 0 -> [0, 0]; row 1 cos 1 -> t 1 -> mean [1, 0].
   expect_near(merge(ModelMergeOptions().method("model_stock").filter_wise(true), base, {{a}, {b}}),

@@ -1,7 +1,7 @@
 // TIES / DARE primitives against hand-worked examples on tiny tensors.
-#include "modula/merge/task_vectors.h"
-
 #include <gtest/gtest.h>
+
+#include "modula/merge/task_vectors.h"
 
 using namespace modula;
 
@@ -37,8 +37,10 @@ TEST(TaskVectors, MajoritySignTotal) {
 // One column [1, 1, -5]: total Σ = -3 elects "-", frequency Σ sgn = +1 elects "+".
 TEST(TaskVectors, MajoritySignTotalVersusFrequency) {
   auto tau = T({1, 1, -5}, {3, 1});
-  EXPECT_TRUE(torch::equal(majority_sign_mask(tau, SignMethod::Total), torch::tensor({false, false, true}).view({3, 1})));
-  EXPECT_TRUE(torch::equal(majority_sign_mask(tau, SignMethod::Frequency), torch::tensor({true, true, false}).view({3, 1})));
+  EXPECT_TRUE(
+      torch::equal(majority_sign_mask(tau, SignMethod::Total), torch::tensor({false, false, true}).view({3, 1})));
+  EXPECT_TRUE(
+      torch::equal(majority_sign_mask(tau, SignMethod::Frequency), torch::tensor({true, true, false}).view({3, 1})));
   EXPECT_EQ(sign_method_from_string("sum"), SignMethod::Total);
   EXPECT_EQ(sign_method_from_string("count"), SignMethod::Frequency);
   EXPECT_THROW(sign_method_from_string("median"), std::invalid_argument);

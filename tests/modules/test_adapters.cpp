@@ -1,14 +1,14 @@
 // Computation functions as PEFT-style adapters: identity at init, parameter counts,
 // gradients only into modules, save/load round trip, merge/unmerge, training.
-#include "modula/composition/registry.h"
+#include <gtest/gtest.h>
+
 #include "modula/backbone/registry.h"
+#include "modula/composition/registry.h"
 #include "modula/io/peft.h"
 #include "modula/modules/adapter.h"
 #include "modula/modules/lora.h"
 #include "modula/modules/targets.h"
 #include "support/temp_dir.h"
-
-#include <gtest/gtest.h>
 
 using modula::testing::fixture;
 using modula::testing::TempDir;
@@ -29,15 +29,33 @@ const std::vector<json>& configs() {
   static const std::vector<json> all = {
       {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"target_modules", {"q_proj", "v_proj", "down_proj"}}},
       {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"use_rslora", true}, {"target_modules", "all-linear"}},
-      {{"peft_type", "LORA"}, {"r", 2}, {"lora_alpha", 4}, {"use_dora", true}, {"target_modules", {"q_proj", "k_proj"}}},
-      {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"target_modules", {"q_proj", "down_proj"}},
-       {"rank_pattern", {{"q_proj", 2}}}, {"alpha_pattern", {{"down_proj", 3}}}},
-      {{"peft_type", "IA3"}, {"target_modules", {"k_proj", "v_proj", "down_proj"}}, {"feedforward_modules", {"down_proj"}}},
+      {{"peft_type", "LORA"},
+       {"r", 2},
+       {"lora_alpha", 4},
+       {"use_dora", true},
+       {"target_modules", {"q_proj", "k_proj"}}},
+      {{"peft_type", "LORA"},
+       {"r", 4},
+       {"lora_alpha", 8},
+       {"target_modules", {"q_proj", "down_proj"}},
+       {"rank_pattern", {{"q_proj", 2}}},
+       {"alpha_pattern", {{"down_proj", 3}}}},
+      {{"peft_type", "IA3"},
+       {"target_modules", {"k_proj", "v_proj", "down_proj"}},
+       {"feedforward_modules", {"down_proj"}}},
       {{"peft_type", "PROMPT_TUNING"}, {"num_virtual_tokens", 5}, {"token_dim", 64}},
-      {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 3}, {"num_layers", 2}, {"num_attention_heads", 2},
+      {{"peft_type", "PREFIX_TUNING"},
+       {"num_virtual_tokens", 3},
+       {"num_layers", 2},
+       {"num_attention_heads", 2},
        {"token_dim", 32}},
-      {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 3}, {"num_layers", 2}, {"num_attention_heads", 2},
-       {"token_dim", 32}, {"prefix_projection", true}, {"encoder_hidden_size", 16}},
+      {{"peft_type", "PREFIX_TUNING"},
+       {"num_virtual_tokens", 3},
+       {"num_layers", 2},
+       {"num_attention_heads", 2},
+       {"token_dim", 32},
+       {"prefix_projection", true},
+       {"encoder_hidden_size", 16}},
   };
   return all;
 }
@@ -105,7 +123,10 @@ TEST_P(EachModule, GradientsReachOnlyModuleParameters) {
   modula::freeze_backbone(*model);
   auto in = batch();
   // Non-zero module outputs, so every module parameter gets a gradient.
-  { torch::NoGradGuard g; for (auto& p : a.parameters()) p.add_(torch::randn_like(p) * 0.01); }
+  {
+    torch::NoGradGuard g;
+    for (auto& p : a.parameters()) p.add_(torch::randn_like(p) * 0.01);
+  }
   lm_loss(modula::forward_adapted(*model, a, in).logits, in.input_ids).backward();
   for (auto& p : model->named_parameters()) {
     bool is_module = p.key().find(".adapters.") != std::string::npos;
@@ -124,7 +145,10 @@ TEST_P(EachModule, GradientsReachOnlyModuleParameters) {
 TEST_P(EachModule, SaveLoadRoundTrip) {
   auto model = llama();
   auto a = modula::add_adapter(*model, config());
-  { torch::NoGradGuard g; for (auto& p : a.parameters()) p.add_(torch::randn_like(p) * 0.05); }
+  {
+    torch::NoGradGuard g;
+    for (auto& p : a.parameters()) p.add_(torch::randn_like(p) * 0.05);
+  }
   TempDir dir;
   modula::save_adapter(a, dir.path);
   torch::NoGradGuard g;
@@ -141,7 +165,10 @@ TEST_P(EachModule, MergeThenUnmergeRestoresBase) {
     EXPECT_THROW(a.merge(), std::invalid_argument);
     return;
   }
-  { torch::NoGradGuard g; for (auto& p : a.parameters()) p.add_(torch::randn_like(p) * 0.05); }
+  {
+    torch::NoGradGuard g;
+    for (auto& p : a.parameters()) p.add_(torch::randn_like(p) * 0.05);
+  }
   std::map<std::string, torch::Tensor> base;
   for (auto& [k, v] : modula::state_dict(*model)) base[k] = v.clone();
   torch::NoGradGuard g;
@@ -149,8 +176,7 @@ TEST_P(EachModule, MergeThenUnmergeRestoresBase) {
   a.merge();
   EXPECT_TRUE(torch::allclose(model->forward(batch()).logits, unmerged, 1e-4, 1e-4));
   a.unmerge();
-  for (auto& [k, v] : modula::state_dict(*model))
-    EXPECT_LT((v - base[k]).abs().max().item<double>(), 1e-6) << k;
+  for (auto& [k, v] : modula::state_dict(*model)) EXPECT_LT((v - base[k]).abs().max().item<double>(), 1e-6) << k;
 }
 
 TEST_P(EachModule, TrainingLowersLoss) {
@@ -174,7 +200,8 @@ INSTANTIATE_TEST_SUITE_P(Configs, EachModule, ::testing::Range<size_t>(0, 8));
 
 TEST(Adapters, ClearErrors) {
   auto model = llama();
-  EXPECT_THROW(modula::add_adapter(*model, {{"peft_type", "VERA"}, {"target_modules", {"q_proj"}}}), std::invalid_argument);
+  EXPECT_THROW(modula::add_adapter(*model, {{"peft_type", "VERA"}, {"target_modules", {"q_proj"}}}),
+               std::invalid_argument);
   try {
     modula::add_adapter(*model, {{"peft_type", "LORA"}, {"target_modules", {"query"}}});
     FAIL();
@@ -191,8 +218,9 @@ TEST(Adapters, ClearErrors) {
   modula::save_adapter(a, dir.path);
   auto cfg = configs()[0];
   cfg["r"] = 8;
-  modula::io::write_peft_folder(dir.path + "/bad", cfg, {{"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
-                                                          torch::zeros({4, 64})}});
+  modula::io::write_peft_folder(
+      dir.path + "/bad", cfg,
+      {{"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", torch::zeros({4, 64})}});
   auto fresh = llama();
   EXPECT_THROW(modula::load_adapter(*fresh, dir.path + "/bad"), std::invalid_argument);
   EXPECT_THROW(modula::load_adapter(*fresh, dir.path + "/missing"), std::runtime_error);

@@ -1,14 +1,14 @@
 // BitFit: identity at init, trainable count = Σ bias numel, gradients only into biases,
 // training lowers the loss, save/load round trip, and clear errors.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
 #include "modula/backbone/registry.h"
 #include "modula/io/peft.h"
 #include "modula/modules/bitfit.h"
 #include "support/errors.h"
 #include "support/temp_dir.h"
-
-#include <gtest/gtest.h>
-
-#include <fstream>
 
 using modula::BitFit;
 using modula::BitFitOptions;
@@ -18,7 +18,9 @@ using modula::testing::TempDir;
 using modula::testing::error_of;
 namespace {
 
-std::shared_ptr<modula::Backbone> load(const std::string& name) { return modula::load_backbone(fixture("hf/models/" + name)); }
+std::shared_ptr<modula::Backbone> load(const std::string& name) {
+  return modula::load_backbone(fixture("hf/models/" + name));
+}
 
 bool ends_with_bias(const std::string& s) { return s.size() >= 5 && s.compare(s.size() - 5, 5, ".bias") == 0; }
 
@@ -33,7 +35,6 @@ torch::Tensor mlm_loss(modula::Backbone& model) {
   auto labels = (batch().input_ids * 7 + 3) % logits.size(-1);
   return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), labels.reshape({-1}));
 }
-
 
 }  // namespace
 
@@ -74,8 +75,10 @@ TEST(BitFit, GradientsOnlyIntoBiases) {
   BitFit bitfit(*model, BitFitOptions());
   mlm_loss(*model).backward();
   for (auto& p : model->named_parameters()) {
-    if (ends_with_bias(p.key())) EXPECT_TRUE(p.value().grad().defined()) << p.key();
-    else EXPECT_FALSE(p.value().grad().defined()) << p.key();
+    if (ends_with_bias(p.key()))
+      EXPECT_TRUE(p.value().grad().defined()) << p.key();
+    else
+      EXPECT_FALSE(p.value().grad().defined()) << p.key();
   }
   for (auto& p : bitfit->named_parameters()) EXPECT_TRUE(p.value().grad().defined()) << p.key();
 }
@@ -113,9 +116,11 @@ TEST(BitFit, Errors) {
   auto none = error_of<std::invalid_argument>([&] { BitFit b(*llama, BitFitOptions()); });
   EXPECT_NE(none.find("[bitfit] the llama model has no bias parameters"), std::string::npos) << none;
   auto bert = load("bert");
-  auto weight = error_of<std::invalid_argument>([&] { BitFit b(*bert, BitFitOptions().target_parameters({"query.weight"})); });
+  auto weight =
+      error_of<std::invalid_argument>([&] { BitFit b(*bert, BitFitOptions().target_parameters({"query.weight"})); });
   EXPECT_NE(weight.find("'query.weight' matches no bias"), std::string::npos) << weight;
-  auto unknown = error_of<std::invalid_argument>([&] { BitFit b(*bert, BitFitOptions().target_parameters({"nope.bias"})); });
+  auto unknown =
+      error_of<std::invalid_argument>([&] { BitFit b(*bert, BitFitOptions().target_parameters({"nope.bias"})); });
   EXPECT_NE(unknown.find("'nope.bias' matches no parameter"), std::string::npos) << unknown;
 
   BitFit bitfit(*bert, BitFitOptions().target_parameters({"query.bias"}));
@@ -128,7 +133,8 @@ TEST(BitFit, Errors) {
   modula::io::save_safetensors(file, {{"bert.encoder.layer.0.attention.self.query.bias", torch::zeros({3})},
                                       {"bert.encoder.layer.1.attention.self.query.bias", torch::zeros({64})}});
   auto shape = error_of<std::runtime_error>([&] { modula::load_bitfit(*bert, dir); });
-  EXPECT_NE(shape.find("shape mismatch for key 'bert.encoder.layer.0.attention.self.query.bias'"), std::string::npos) << shape;
+  EXPECT_NE(shape.find("shape mismatch for key 'bert.encoder.layer.0.attention.self.query.bias'"), std::string::npos)
+      << shape;
   std::ofstream(tmp / "b/adapter_config.json") << R"({"peft_type": "LORA"})";
   auto type = error_of<std::runtime_error>([&] { modula::load_bitfit(*bert, dir); });
   EXPECT_NE(type.find("is not MODULA_BITFIT"), std::string::npos) << type;

@@ -1,16 +1,16 @@
 // Bottleneck adapters on block sites (Houlsby et al. 2019; Pfeiffer et al. 2021; He et al.
 // 2022): block sites see the right x and y, identity at init, parameter counts, gradients
 // only into adapters, save/load round trip, training, no merging, clear config errors.
-#include "modula/composition/registry.h"
+#include <gtest/gtest.h>
+
 #include "modula/backbone/registry.h"
+#include "modula/composition/registry.h"
 #include "modula/io/peft.h"
 #include "modula/modules/adapter.h"
 #include "modula/modules/bottleneck.h"
 #include "modula/modules/lora.h"
 #include "modula/modules/targets.h"
 #include "support/temp_dir.h"
-
-#include <gtest/gtest.h>
 
 using modula::testing::fixture;
 using modula::testing::TempDir;
@@ -36,7 +36,7 @@ json config_for(const std::string& preset) {
   json c = {{"peft_type", "MODULA_BOTTLENECK"}, {"config", preset}};
   if (preset == "pfeiffer") c["reduction_factor"] = 8;
   if (preset == "houlsby") c["ln_before"] = true;  // also covers the LayerNorm tensors
-  return c;  // parallel: the preset defaults (reduction_factor 2, scaling 4)
+  return c;                                        // parallel: the preset defaults (reduction_factor 2, scaling 4)
 }
 
 // HF paths of the block sites of layer i: {attention, feed-forward}.
@@ -125,8 +125,10 @@ TEST_P(EachCase, SavedTensorsAreKeyedByBlockPath) {
   modula::save_adapter(a, dir.path);
   auto folder = modula::io::read_peft_folder(dir.path);
   EXPECT_EQ(folder.peft_type, "MODULA_BOTTLENECK");
-  std::vector<std::string> suffixes = {"adapter_down.weight", "adapter_down.bias", "adapter_up.weight", "adapter_up.bias"};
-  if (preset() == "houlsby") suffixes.insert(suffixes.end(), {"adapter_norm_before.weight", "adapter_norm_before.bias"});
+  std::vector<std::string> suffixes = {"adapter_down.weight", "adapter_down.bias", "adapter_up.weight",
+                                       "adapter_up.bias"};
+  if (preset() == "houlsby")
+    suffixes.insert(suffixes.end(), {"adapter_norm_before.weight", "adapter_norm_before.bias"});
   std::set<std::string> want;
   for (int64_t i = 0; i < model->config().num_hidden_layers; ++i) {
     auto [attn, ffn] = block_paths(family(), i);
@@ -141,8 +143,10 @@ TEST_P(EachCase, SavedTensorsAreKeyedByBlockPath) {
   const int64_t H = model->config().hidden_size;
   auto [attn, ffn] = block_paths(family(), 0);
   const int64_t m = H / (preset() == "pfeiffer" ? 8 : preset() == "houlsby" ? 16 : 2);
-  EXPECT_EQ(folder.tensors.at(modula::io::kPeftPrefix + ffn + ".adapter_down.weight").sizes(), torch::IntArrayRef({m, H}));
-  EXPECT_EQ(folder.tensors.at(modula::io::kPeftPrefix + ffn + ".adapter_up.weight").sizes(), torch::IntArrayRef({H, m}));
+  EXPECT_EQ(folder.tensors.at(modula::io::kPeftPrefix + ffn + ".adapter_down.weight").sizes(),
+            torch::IntArrayRef({m, H}));
+  EXPECT_EQ(folder.tensors.at(modula::io::kPeftPrefix + ffn + ".adapter_up.weight").sizes(),
+            torch::IntArrayRef({H, m}));
 }
 
 TEST_P(EachCase, TrainingLowersLoss) {
@@ -211,7 +215,8 @@ torch::Tensor rms_norm(const torch::Tensor& h, const torch::Tensor& w, double ep
 
 torch::Tensor layer_norm(modula::Backbone& model, const torch::Tensor& h, const std::string& prefix) {
   const auto& c = model.config();
-  return torch::layer_norm(h, {c.hidden_size}, param(model, prefix + ".weight"), param(model, prefix + ".bias"), c.norm_eps);
+  return torch::layer_norm(h, {c.hidden_size}, param(model, prefix + ".weight"), param(model, prefix + ".bias"),
+                           c.norm_eps);
 }
 
 void expect_close(const torch::Tensor& got, const torch::Tensor& want, const std::string& what) {
@@ -234,7 +239,8 @@ TEST(BlockSites, LlamaSitesSeeNormedInputAndBlockOutput) {
     const auto layer = "model.layers." + std::to_string(i);
     expect_close(probes[attn]->x, rms_norm(h, param(*model, layer + ".input_layernorm.weight"), eps), attn + " x");
     h = h + probes[attn]->y;
-    expect_close(probes[mlp]->x, rms_norm(h, param(*model, layer + ".post_attention_layernorm.weight"), eps), mlp + " x");
+    expect_close(probes[mlp]->x, rms_norm(h, param(*model, layer + ".post_attention_layernorm.weight"), eps),
+                 mlp + " x");
     h = h + probes[mlp]->y;
   }
   expect_close(rms_norm(h, param(*model, "model.norm.weight"), eps), out.last_hidden_state, "final hidden state");
@@ -265,7 +271,8 @@ TEST(BlockSites, BertSitesSeeSubLayerInputAndOutputBeforeResidual) {
   torch::NoGradGuard g;
   auto in = batch();
   auto out = model->forward(in);
-  auto h = model->embed_tokens(in.input_ids) + param(*model, "bert.embeddings.position_embeddings.weight").narrow(0, 0, 12) +
+  auto h = model->embed_tokens(in.input_ids) +
+           param(*model, "bert.embeddings.position_embeddings.weight").narrow(0, 0, 12) +
            param(*model, "bert.embeddings.token_type_embeddings.weight")[0];
   h = layer_norm(*model, h, "bert.embeddings.LayerNorm");
   for (int64_t i = 0; i < model->config().num_hidden_layers; ++i) {
@@ -320,15 +327,19 @@ TEST(Bottleneck, SequentialAndParallelFormulas) {
   auto x = torch::randn({2, 5, 16}), y = torch::randn({2, 5, 16});
   for (const std::string mode : {"sequential", "parallel"}) {
     for (bool ln : {false, true}) {
-      auto o = modula::BottleneckOptions(16).reduction_factor(4).non_linearity("tanh").mode(mode).ln_before(ln).scaling(2.5);
+      auto o =
+          modula::BottleneckOptions(16).reduction_factor(4).non_linearity("tanh").mode(mode).ln_before(ln).scaling(2.5);
       auto b = modula::Bottleneck(o);
-      { torch::NoGradGuard g; for (auto& p : b->parameters()) p.add_(torch::randn_like(p) * 0.3); }
+      {
+        torch::NoGradGuard g;
+        for (auto& p : b->parameters()) p.add_(torch::randn_like(p) * 0.3);
+      }
       b->scale = 0.5;
       auto h = mode == "parallel" ? x : y;
       if (ln) h = torch::layer_norm(h, {16}, b->adapter_norm_before->weight, b->adapter_norm_before->bias, 1e-5);
-      auto f = torch::nn::functional::linear(torch::tanh(torch::nn::functional::linear(h, b->adapter_down->weight,
-                                                                                       b->adapter_down->bias)),
-                                             b->adapter_up->weight, b->adapter_up->bias);
+      auto f = torch::nn::functional::linear(
+          torch::tanh(torch::nn::functional::linear(h, b->adapter_down->weight, b->adapter_down->bias)),
+          b->adapter_up->weight, b->adapter_up->bias);
       expect_close(b->transform_block(x, y), y + 1.25 * f, mode);
       b->options.residual(false);
       expect_close(b->transform_block(x, y), 1.25 * f, mode + " without residual");
@@ -356,13 +367,14 @@ TEST(Bottleneck, ScaleZeroAndDisabledAreTheBase) {
 
 TEST(Bottleneck, TargetOverrideAndLayersToTransform) {
   auto model = load("llama");
-  auto a = modula::add_adapter(*model, {{"peft_type", "MODULA_BOTTLENECK"}, {"config", "pfeiffer"},
-                                        {"target_modules", {"self_attn"}}}, "attn_only");
+  auto a = modula::add_adapter(
+      *model, {{"peft_type", "MODULA_BOTTLENECK"}, {"config", "pfeiffer"}, {"target_modules", {"self_attn"}}},
+      "attn_only");
   ASSERT_EQ(a.modules.size(), 2u);
   EXPECT_EQ(a.modules[0].site, "model.layers.0.self_attn");
   EXPECT_EQ(a.modules[1].site, "model.layers.1.self_attn");
-  auto b = modula::add_adapter(*model, {{"peft_type", "MODULA_BOTTLENECK"}, {"config", "houlsby"},
-                                        {"layers_to_transform", {1}}}, "last_layer");
+  auto b = modula::add_adapter(
+      *model, {{"peft_type", "MODULA_BOTTLENECK"}, {"config", "houlsby"}, {"layers_to_transform", {1}}}, "last_layer");
   ASSERT_EQ(b.modules.size(), 2u);
   EXPECT_EQ(b.modules[0].site, "model.layers.1.self_attn");
   EXPECT_EQ(b.modules[1].site, "model.layers.1.mlp");

@@ -1,18 +1,18 @@
 // LoRA hypernetworks (HyperFormer, Mahabadi et al. 2021; Üstün et al. 2022): identity at
 // init, parameter count, gradients, per-example tasks, save/load, multi-task training,
 // modules for unseen task embeddings, errors.
-#include "modula/composition/registry.h"
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <set>
+
 #include "modula/backbone/registry.h"
+#include "modula/composition/registry.h"
 #include "modula/io/peft.h"
 #include "modula/modules/adapter.h"
 #include "modula/modules/hypernetwork.h"
 #include "modula/modules/targets.h"
 #include "support/temp_dir.h"
-
-#include <gtest/gtest.h>
-
-#include <functional>
-#include <set>
 
 using modula::testing::fixture;
 using modula::testing::TempDir;

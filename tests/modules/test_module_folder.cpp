@@ -1,14 +1,14 @@
 // Module folders of every modula type load by peft_type (what --adapter takes), give the
 // outputs of the module that was saved, honour the scale, and merge into the weights.
-#include "modula/composition/registry.h"
+#include <gtest/gtest.h>
+
 #include "modula/backbone/registry.h"
-#include "modula/modules/bottleneck.h"
+#include "modula/composition/registry.h"
 #include "modula/modules/bitfit.h"
+#include "modula/modules/bottleneck.h"
 #include "modula/modules/hypernetwork.h"
 #include "modula/modules/sparse_ft.h"
 #include "support/temp_dir.h"
-
-#include <gtest/gtest.h>
 
 using modula::testing::fixture;
 using modula::testing::TempDir;
@@ -44,7 +44,8 @@ TEST(ModuleFolder, SparseDiffLoadsAppliedAndScaled) {
   {
     auto model = gpt2();
     s.base = logits(*model);
-    auto diff = modula::random_sparse_diff(*model, modula::SparseDiffOptions().target_parameters({"re:.*c_fc\\.weight"}).k(64), 3);
+    auto diff = modula::random_sparse_diff(
+        *model, modula::SparseDiffOptions().target_parameters({"re:.*c_fc\\.weight"}).k(64), 3);
     randomize({diff->values(diff->names()[0]), diff->values(diff->names()[1])}, 0.5);
     modula::save_sparse_diff(diff, s.dir.path);
     diff->apply(*model, 0.5);
@@ -94,8 +95,9 @@ TEST(ModuleFolder, HyperLoraTaskRowScaleAndMerge) {
   {
     auto model = gpt2();
     s.base = logits(*model);
-    auto hyper = modula::HyperLora(*model, modula::HyperLoraOptions(2).r(2).hidden(8).task_embedding_dim(4)
-                                               .layer_embedding_dim(4).target_modules({"c_attn", "c_fc"}));
+    auto hyper = modula::HyperLora(
+        *model, modula::HyperLoraOptions(2).r(2).hidden(8).task_embedding_dim(4).layer_embedding_dim(4).target_modules(
+                    {"c_attn", "c_fc"}));
     randomize(hyper->parameters(), 0.3);
     modula::save_hyper_lora(*hyper, s.dir.path);
     hyper->attach(*model, "h");

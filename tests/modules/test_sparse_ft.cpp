@@ -1,16 +1,16 @@
 // Sparse fine-tuning: identity at init, K trainable values, gradients only into φ (and
 // equal to the dense gradient at the mask), save/load, apply/remove, composition,
 // and clear errors for bad inputs (LT-SFT: tests/train/test_lt_sft.cpp).
+#include <gtest/gtest.h>
+
+#include <fstream>
+
 #include "modula/backbone/registry.h"
 #include "modula/io/peft.h"
 #include "modula/modules/sparse_ft.h"
 #include "support/errors.h"
 #include "support/sparse.h"
 #include "support/temp_dir.h"
-
-#include <gtest/gtest.h>
-
-#include <fstream>
 
 using modula::SparseDiff;
 using modula::SparseDiffOptions;
@@ -145,7 +145,8 @@ TEST(SparseFt, ApplyThenRemoveRestoresBase) {
 TEST(SparseFt, CompositionEqualsSequentialApply) {
   auto a = llama(), b = llama();
   auto d1 = random_diff(*a, 17);
-  auto d2 = random_diff(*a, 19, SparseDiffOptions().target_parameters({"down_proj.weight", "lm_head.weight"}).density(0.1));
+  auto d2 =
+      random_diff(*a, 19, SparseDiffOptions().target_parameters({"down_proj.weight", "lm_head.weight"}).density(0.1));
   auto both = modula::compose({d1, d2});
   // The union of the masks, overlaps summed.
   int64_t overlap = 0;
@@ -192,15 +193,18 @@ TEST(SparseFt, BadOptions) {
   EXPECT_NE(error_of<std::invalid_argument>([&] { proj_options(1.5).validate(); }).find("density"), std::string::npos);
   EXPECT_NE(error_of<std::invalid_argument>([&] { SparseDiffOptions().validate(); }).find("target_parameters"),
             std::string::npos);
-  EXPECT_NE(error_of<std::invalid_argument>([&] { proj_options().k(-1).validate(); }).find("k must"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { proj_options().k(-1).validate(); }).find("k must"),
+            std::string::npos);
   auto unknown = error_of<std::invalid_argument>(
       [&] { modula::random_sparse_diff(*model, SparseDiffOptions().target_parameters({"no_such_proj.weight"}), 1); });
   EXPECT_NE(unknown.find("'no_such_proj.weight' matches no parameter"), std::string::npos) << unknown;
-  EXPECT_NE(error_of<std::invalid_argument>([&] { proj_options().target_parameters({"re:(["}).validate(); })
-                .find("not a valid regex"),
+  EXPECT_NE(error_of<std::invalid_argument>([&] {
+              proj_options().target_parameters({"re:(["}).validate();
+            }).find("not a valid regex"),
             std::string::npos);
-  EXPECT_NE(error_of<std::invalid_argument>([&] { modula::random_sparse_diff(*model, proj_options().k(1 << 30), 1); })
-                .find("exceeds"),
+  EXPECT_NE(error_of<std::invalid_argument>([&] {
+              modula::random_sparse_diff(*model, proj_options().k(1 << 30), 1);
+            }).find("exceeds"),
             std::string::npos);
   SparseDiff d;
   EXPECT_THROW(d->add("model.norm.weight", {64}, torch::tensor({3, 64})), std::invalid_argument);

@@ -2,13 +2,13 @@
 // the dense computation under the same routing, capacity overflow leaves exactly the
 // residual, GShard priority, gradients to router and experts, the dense FFN skipped in the
 // backbone — and MoLoRA experts at Linear sites.
+#include <gtest/gtest.h>
+
 #include "modula/backbone/registry.h"
 #include "modula/composition/moe_ffn.h"
 #include "modula/composition/moe_lora.h"
 #include "modula/routing/top_k.h"
 #include "support/temp_dir.h"
-
-#include <gtest/gtest.h>
 
 namespace {
 
@@ -41,7 +41,8 @@ TEST(MoeFfn, DroplessEqualsDenseComputationOfTheRouting) {
   torch::manual_seed(0);
   for (bool gated : {true, false}) {
     auto router = modula::TopKRouter(modula::TopKRouterOptions(16, 4).k(2));
-    auto moe = MoeFfn(MoeFfnOptions(16, 8, 4).gated(gated).bias(true).activation(gated ? "silu" : "gelu"), router.ptr());
+    auto moe =
+        MoeFfn(MoeFfnOptions(16, 8, 4).gated(gated).bias(true).activation(gated ? "silu" : "gelu"), router.ptr());
     {
       torch::NoGradGuard g;
       for (auto& p : moe->parameters()) p.add_(torch::randn_like(p) * 0.1);
@@ -62,8 +63,8 @@ TEST(MoeFfn, TokensOverCapacityGetExactlyTheResidual) {
   modula::Routing r;
   r.indices = torch::zeros({1, 6, 1}, torch::kLong);
   r.weights = torch::zeros({1, 6, 2}).index_fill(2, torch::tensor({0}, torch::kLong), 0.75);
-  auto moe = MoeFfn(MoeFfnOptions(8, 4, 2).dropless(false).capacity_factor(0.5),
-                    std::make_shared<ScriptedRouter>(2, r));
+  auto moe =
+      MoeFfn(MoeFfnOptions(8, 4, 2).dropless(false).capacity_factor(0.5), std::make_shared<ScriptedRouter>(2, r));
   EXPECT_EQ(moe->options.capacity(6, 1), 2);
   auto x = torch::randn({1, 6, 8});
   auto y = moe->forward(x);
@@ -182,8 +183,9 @@ TEST(MoeFfn, ClearErrors) {
   expect_error([&] { MoeFfn(MoeFfnOptions(8, 0, 4), router.ptr()); }, "expert_size");
   modula::Routing r;
   r.weights = torch::ones({1, 2});
-  expect_error([&] { MoeFfn(MoeFfnOptions(8, 4, 2).router_distillation_coef(1), std::make_shared<ScriptedRouter>(2, r)); },
-               "needs a TopKRouter");
+  expect_error(
+      [&] { MoeFfn(MoeFfnOptions(8, 4, 2).router_distillation_coef(1), std::make_shared<ScriptedRouter>(2, r)); },
+      "needs a TopKRouter");
   auto moe = MoeFfn(MoeFfnOptions(8, 4, 4), router.ptr());
   expect_error([&] { moe->forward(torch::randn({1, 2, 6})); }, "[1, 2, 6]");
 }

@@ -1,11 +1,11 @@
 // Top-k router (Shazeer et al. 2017; Fedus et al. 2022; Zoph et al. 2022): top-k selection
 // and renormalisation, load-balancing and z-loss against hand-computed values, padding
 // masks, noise only in training, gradients, clear option errors.
-#include "modula/routing/top_k.h"
-
 #include <gtest/gtest.h>
 
 #include <cmath>
+
+#include "modula/routing/top_k.h"
 
 namespace {
 

@@ -2,14 +2,14 @@
 // active equals the dense FFN (Llama / GPT-2 / BERT), top-k < E routes and the router
 // distillation loss falls while the routers train, clear errors. Sparse upcycling
 // (Komatsuzaki et al. 2023) starts equal to the dense model.
+#include <gtest/gtest.h>
+
 #include "modula/backbone/registry.h"
 #include "modula/composition/moe_upcycle.h"
 #include "modula/composition/moefication.h"
 #include "modula/modules/lora.h"
 #include "modula/routing/top_k.h"
 #include "support/temp_dir.h"
-
-#include <gtest/gtest.h>
 
 namespace {
 
@@ -183,7 +183,8 @@ TEST(Moefication, ClearErrors) {
   expect_error([&] { modula::moefy(*model, MoefyOptions(4).layers({0})); }, "carries attached modules");
   up->detach("lora");
   modula::moefy(*model, MoefyOptions(4).layers({0}));
-  expect_error([&] { modula::moefy(*model, MoefyOptions(4).layers({0})); }, "already carries block modules; replace the FFN");
+  expect_error([&] { modula::moefy(*model, MoefyOptions(4).layers({0})); },
+               "already carries block modules; replace the FFN");
 }
 
 }  // namespace

@@ -1,11 +1,10 @@
 // Routing functions: fixed (metadata), softmax (learned, per token / per example), Poly.
+#include <gtest/gtest.h>
+
 #include "modula/routing/fixed.h"
 #include "modula/routing/poly.h"
 #include "modula/routing/softmax.h"
-
 #include "support/errors.h"
-
-#include <gtest/gtest.h>
 
 using namespace modula;
 
@@ -27,12 +26,14 @@ TEST(FixedRouter, ErrorsNameKeyAndProblem) {
   auto x = torch::zeros({2, 1, 4});
   EXPECT_NE(error_of<std::invalid_argument>([&] { router->route(x); }).find("no metadata 'task'"), std::string::npos);
   ctx->set("task", torch::tensor({0, 1, 2}));
-  EXPECT_NE(error_of<std::invalid_argument>([&] { router->route(x); }).find("'task' has 3 ids for a batch of 2 rows"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { router->route(x); }).find("'task' has 3 ids for a batch of 2 rows"),
+            std::string::npos);
   ctx->set("task", torch::tensor({0, 3}));
   EXPECT_NE(error_of<std::invalid_argument>([&] { router->route(x); }).find("id 3 outside [-1, 3)"), std::string::npos);
   ctx->set("task", torch::tensor({-2, 0}));
   EXPECT_NE(error_of<std::invalid_argument>([&] { router->route(x); }).find("id -2"), std::string::npos);
-  EXPECT_NE(error_of<std::invalid_argument>([] { FixedRouterOptions(0).validate(); }).find("num_modules"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([] { FixedRouterOptions(0).validate(); }).find("num_modules"),
+            std::string::npos);
 }
 
 TEST(SoftmaxRouter, PerExamplePoolsOnlyRealPositions) {
@@ -51,7 +52,8 @@ TEST(SoftmaxRouter, PerExamplePoolsOnlyRealPositions) {
   y[1][4].normal_();
   EXPECT_TRUE(torch::allclose(router->route(y).weights, w));
   // Row 1 pools positions 0..2 only.
-  auto want = torch::softmax(torch::nn::functional::linear(x[1].slice(0, 0, 3).mean(0), router->weight, router->bias), -1);
+  auto want =
+      torch::softmax(torch::nn::functional::linear(x[1].slice(0, 0, 3).mean(0), router->weight, router->bias), -1);
   EXPECT_TRUE(torch::allclose(w[1], want, 1e-5, 1e-6));
 }
 
@@ -67,7 +69,10 @@ TEST(SoftmaxRouter, PerTokenAndMaskCoversCachedPositions) {
                               torch::softmax(example->logits(x.mean(1).unsqueeze(1)).squeeze(1), -1), 1e-5, 1e-6));
   ctx->set_mask(torch::ones({2, 3}));
   EXPECT_NE(error_of<std::invalid_argument>([&] { example->route(x); }).find("does not cover"), std::string::npos);
-  EXPECT_NE(error_of<std::invalid_argument>([&] { example->route(torch::randn({2, 5, 7})); }).find("width 8"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] {
+              example->route(torch::randn({2, 5, 7}));
+            }).find("width 8"),
+            std::string::npos);
 }
 
 TEST(PolyRouter, EvalIsNormalisedSigmoidPerSplit) {

@@ -2,12 +2,12 @@
 // weights as sparse targets, a causal LM loss and parameter snapshots.
 #pragma once
 
+#include <map>
+#include <string>
+
 #include "modula/backbone/registry.h"
 #include "modula/modules/sparse_ft.h"
 #include "support/temp_dir.h"
-
-#include <map>
-#include <string>
 
 namespace modula::testing {
 

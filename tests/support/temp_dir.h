@@ -1,9 +1,9 @@
 // A fresh temporary folder removed at scope exit (POSIX, see modula/util/fs.h).
 #pragma once
 
-#include "modula/util/fs.h"
-
 #include <string>
+
+#include "modula/util/fs.h"
 
 namespace modula::testing {
 

@@ -1,7 +1,7 @@
 // Streaming detokenisation prints every character once, whole, in order.
-#include "modula/text/stream_decoder.h"
-
 #include <gtest/gtest.h>
+
+#include "modula/text/stream_decoder.h"
 
 namespace {
 

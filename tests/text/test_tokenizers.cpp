@@ -4,13 +4,13 @@
 #include <unistd.h>
 
 #include <cctype>
-#include "modula/util/fs.h"
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
 #include <random>
 
 #include "modula/text/tokenizer.h"
+#include "modula/util/fs.h"
 
 using modula::text::Tokenizer;
 using modula::text::TokenizerError;

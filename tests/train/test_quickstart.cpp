@@ -1,14 +1,14 @@
 // The quickstart main job, tiny variant: the table's structure, per-task modules forget
 // exactly nothing, the report and the modules are written, bad options are named.
-#include "quickstart/quickstart.h"
-#include "modula/util/fs.h"
-#include "support/temp_dir.h"
-
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <fstream>
 #include <sstream>
+
+#include "modula/util/fs.h"
+#include "quickstart/quickstart.h"
+#include "support/temp_dir.h"
 
 using namespace modula::train;
 
@@ -37,8 +37,10 @@ TEST(Quickstart, TinyRunTableAndZeroForgettingForModules) {
   for (size_t t = 0; t < K; ++t) {
     ASSERT_EQ(per_task.accuracy[t].size(), K);
     for (size_t j = 0; j < K; ++j) {
-      if (j > t) EXPECT_TRUE(std::isnan(per_task.accuracy[t][j]));  // not trained yet
-      else EXPECT_EQ(per_task.accuracy[t][j], per_task.accuracy[j][j]);
+      if (j > t)
+        EXPECT_TRUE(std::isnan(per_task.accuracy[t][j]));  // not trained yet
+      else
+        EXPECT_EQ(per_task.accuracy[t][j], per_task.accuracy[j][j]);
     }
   }
   EXPECT_EQ(per_task.forgetting, 0.0);
@@ -68,7 +70,8 @@ TEST(Quickstart, TinyRunTableAndZeroForgettingForModules) {
       EXPECT_LE(a, 1.0);
     }
   }
-  EXPECT_EQ(inter.method("shared LoRA (2x rank)").trainable_parameters, inter.method("per-task LoRA").trainable_parameters);
+  EXPECT_EQ(inter.method("shared LoRA (2x rank)").trainable_parameters,
+            inter.method("per-task LoRA").trainable_parameters);
 
   // (c) held-out compositions are never training tasks; every method has a real accuracy on
   // both; MHR-z changes only the routing, so Poly's training-task accuracy is that of the
@@ -79,7 +82,8 @@ TEST(Quickstart, TinyRunTableAndZeroForgettingForModules) {
   for (const auto& h : gen.heldout_tasks)
     EXPECT_EQ(std::count(o.generalisation_tasks().begin(), o.generalisation_tasks().end(), h), 0) << h;
   ASSERT_EQ(gen.tasks.size(), o.generalisation_tasks().size() + o.heldout_tasks().size());
-  for (const auto& name : {"Polytropon + MHR-z", "Polytropon, uniform routing (no adaptation)", "shared LoRA", "per-task LoRA"}) {
+  for (const auto& name :
+       {"Polytropon + MHR-z", "Polytropon, uniform routing (no adaptation)", "shared LoRA", "per-task LoRA"}) {
     const auto& m = gen.method(name);
     ASSERT_EQ(m.accuracy.size(), 1u);
     ASSERT_EQ(m.accuracy[0].size(), gen.tasks.size());
@@ -111,7 +115,8 @@ TEST(Quickstart, TinyRunTableAndZeroForgettingForModules) {
   EXPECT_LT(mo.methods[1].trainable_parameters, experts.active_parameters);  // rank r + router ≥ rank r
   // active = router + experts · k/M  =>  experts = (trainable - active) · M / (M - k)
   const int64_t M = o.moe_experts(), k = o.moe_k();
-  EXPECT_EQ(mo.methods[2].trainable_parameters, (experts.trainable_parameters - experts.active_parameters) * M / (M - k));
+  EXPECT_EQ(mo.methods[2].trainable_parameters,
+            (experts.trainable_parameters - experts.active_parameters) * M / (M - k));
   EXPECT_LT(mo.methods[2].trainable_parameters, experts.trainable_parameters);
   for (const auto& m : mo.methods)
     for (double a : m.accuracy.at(0)) {
@@ -127,7 +132,8 @@ TEST(Quickstart, TinyRunTableAndZeroForgettingForModules) {
   for (const auto* title : {"(a) continual learning", "(c) systematic generalisation", "(d) mixture of LoRA experts"})
     EXPECT_NE(html.str().find(title), std::string::npos) << title;
   EXPECT_TRUE(modula::fs::is_file(dir / "backbone/model.safetensors"));
-  for (const auto& t : o.continual_tasks()) EXPECT_TRUE(modula::fs::is_file(dir / ("modules/" + t + "/adapter_config.json")));
+  for (const auto& t : o.continual_tasks())
+    EXPECT_TRUE(modula::fs::is_file(dir / ("modules/" + t + "/adapter_config.json")));
 }
 
 TEST(Quickstart, ForgettingFormula) {
@@ -150,9 +156,11 @@ TEST(Quickstart, BadOptionsAreNamed) {
   expect_message(QuickstartOptions().continual_tasks({"reverse"}), "continual_tasks");
   expect_message(QuickstartOptions().interference_tasks({"sort", "sort"}), "listed twice");
   expect_message(QuickstartOptions().experiments({"mixture"}), "'mixture'");
-  expect_message(QuickstartOptions().heldout_tasks({"reverse+shift"}).generalisation_tasks({"reverse+shift", "sort"}), "same function");
-  expect_message(QuickstartOptions().generalisation_tasks({"reverse+shift", "shift+duplicate"}).heldout_tasks({"duplicate+shift"}),
+  expect_message(QuickstartOptions().heldout_tasks({"reverse+shift"}).generalisation_tasks({"reverse+shift", "sort"}),
                  "same function");
+  expect_message(
+      QuickstartOptions().generalisation_tasks({"reverse+shift", "shift+duplicate"}).heldout_tasks({"duplicate+shift"}),
+      "same function");
   expect_message(QuickstartOptions().generalisation_tasks({"reverse+shift"}).heldout_tasks({"sort+shift"}), "'sort'");
   expect_message(QuickstartOptions().moe_k(5), "moe_k");
   expect_message(QuickstartOptions().hidden_size(30).num_heads(4), "hidden_size");

@@ -1,10 +1,10 @@
 // The compositional sequence tasks: skills, composition, sequence layout, held-out split,
 // loss and exact match.
-#include "quickstart/tasks_synthetic.h"
-
 #include <gtest/gtest.h>
 
 #include <set>
+
+#include "quickstart/tasks_synthetic.h"
 
 using namespace modula::train;
 
@@ -73,7 +73,8 @@ TEST(QuickstartTasks, HeldOutInputsNeverOccurInTraining) {
     std::set<std::vector<int64_t>> seen;
     for (int64_t r = 0; r < b.input_ids.size(0); ++r) {
       std::vector<int64_t> x;
-      for (int64_t t = 1; b.input_ids[r][t].item<int64_t>() != SymbolVocab::sep; ++t) x.push_back(b.input_ids[r][t].item<int64_t>());
+      for (int64_t t = 1; b.input_ids[r][t].item<int64_t>() != SymbolVocab::sep; ++t)
+        x.push_back(b.input_ids[r][t].item<int64_t>());
       seen.insert(x);
     }
     return seen;
@@ -98,8 +99,9 @@ TEST(QuickstartTasks, ExactMatchNeedsEveryAnswerToken) {
   EXPECT_FALSE(em[1].item<bool>());
   // Cross entropy only over the answer positions.
   auto loss = answer_loss(logits, labels).item<double>();
-  auto expected = torch::cross_entropy_loss(logits.index({torch::indexing::Slice(), torch::indexing::Slice(1, 3)}).reshape({4, 8}),
-                                            torch::tensor({5, 6, 5, 6}, torch::kLong))
-                      .item<double>();
+  auto expected =
+      torch::cross_entropy_loss(logits.index({torch::indexing::Slice(), torch::indexing::Slice(1, 3)}).reshape({4, 8}),
+                                torch::tensor({5, 6, 5, 6}, torch::kLong))
+          .item<double>();
   EXPECT_NEAR(loss, expected, 1e-6);
 }

@@ -1,11 +1,11 @@
 // The HTML report: self-contained SVG charts, escaping, shape validation, text tables.
-#include "modula/train/report.h"
-#include "support/temp_dir.h"
-
 #include <gtest/gtest.h>
 
 #include <fstream>
 #include <sstream>
+
+#include "modula/train/report.h"
+#include "support/temp_dir.h"
 
 using namespace modula::train;
 
@@ -20,7 +20,8 @@ size_t occurrences(const std::string& s, const std::string& what) {
 Report sample_report() {
   Report r("run <1>");
   r.heading("Loss").paragraph("a & b");
-  r.add(LineChart{"loss", "step", "loss", {{"lora", {1, 2, 3}, {2.0, 1.0, 0.5}}, {"full", {1, 2, 3}, {2.5, 0.8, 0.1}}}, true});
+  r.add(LineChart{
+      "loss", "step", "loss", {{"lora", {1, 2, 3}, {2.0, 1.0, 0.5}}, {"full", {1, 2, 3}, {2.5, 0.8, 0.1}}}, true});
   r.add(Table{"summary", {"method", "accuracy"}, {{"per-task", "1.000"}, {"shared", "0.333"}}, "note"});
   r.add(Matrix{"acc", {"after A", "after B"}, {"A", "B"}, {{1.0, NAN}, {0.25, 0.9}}, "rows: stage"});
   return r;

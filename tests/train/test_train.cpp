@@ -1,32 +1,30 @@
 // The config-driven trainer: configs, data, metrics, schedules, checkpoints, every task type,
 // multi-task and continual runs, resume, NaN detection.
-#include "modula/io/yaml.h"
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+
 #include "modula/backbone/registry.h"
 #include "modula/io/safetensors.h"
+#include "modula/io/yaml.h"
 #include "modula/train/checkpoint.h"
 #include "modula/train/config.h"
 #include "modula/train/data.h"
 #include "modula/train/metrics.h"
 #include "modula/train/schedule.h"
 #include "modula/train/trainer.h"
-#include "tiny.h"
-
 #include "support/errors.h"
-
-#include <gtest/gtest.h>
-
-#include <cmath>
-#include <fstream>
+#include "tiny.h"
 
 using namespace modula;
 using namespace modula::train;
-using modula::testing::TempDir;
 using modula::testing::fixture;
+using modula::testing::TempDir;
 using json = nlohmann::json;
 
 using modula::testing::error_of;
 namespace {
-
 
 json base_config(const TempDir& dir, const std::string& model, bool bert) {
   return {{"model", fixture("hf/models/" + model)},
@@ -34,7 +32,9 @@ json base_config(const TempDir& dir, const std::string& model, bool bert) {
           {"output", dir / "out"},
           {"seed", 3},
           {"optim", {{"lr", 1e-2}, {"max_steps", 30}, {"batch_size", 4}, {"schedule", "cosine"}, {"warmup_steps", 3}}},
-          {"modules", {{{"name", "m"}, {"config", {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"target_modules", "all-linear"}}}}}}};
+          {"modules",
+           {{{"name", "m"},
+             {"config", {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"target_modules", "all-linear"}}}}}}};
 }
 
 // Trains and returns (mean of the first 5 logged losses, mean of the last 5).
@@ -62,7 +62,9 @@ std::map<std::string, torch::Tensor> tensors_of(const std::string& file) {
 // ---- configs -------------------------------------------------------------------------
 
 TEST(TrainConfig, YamlParsesWithTypesAndDefaults) {
-  auto j = io::yaml_to_json("model: m\ntasks:\n  - {name: a, type: causal_lm, train: t.jsonl}\noptim: {lr: 3e-4, max_steps: 5, bf16: false}\n");
+  auto j = io::yaml_to_json(
+      "model: m\ntasks:\n  - {name: a, type: causal_lm, train: t.jsonl}\noptim: {lr: 3e-4, max_steps: 5, bf16: "
+      "false}\n");
   auto c = parse_train_config(j, "x.yaml");
   EXPECT_EQ(c.tasks.at(0).type, TaskType::CausalLM);
   EXPECT_DOUBLE_EQ(c.optim.lr, 3e-4);
@@ -73,8 +75,14 @@ TEST(TrainConfig, YamlParsesWithTypesAndDefaults) {
 
 TEST(TrainConfig, BadConfigsNameTheKey) {
   auto task = json{{"name", "a"}, {"type", "causal_lm"}, {"train", "t.jsonl"}};
-  EXPECT_NE(error_of([&] { parse_train_config(json{{"tasks", {task}}}, "c.yaml"); }).find("'model' is missing"), std::string::npos);
-  EXPECT_NE(error_of([&] { parse_train_config(json{{"model", "m"}}, "c.yaml"); }).find("'tasks' is missing"), std::string::npos);
+  EXPECT_NE(error_of([&] {
+              parse_train_config(json{{"tasks", {task}}}, "c.yaml");
+            }).find("'model' is missing"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              parse_train_config(json{{"model", "m"}}, "c.yaml");
+            }).find("'tasks' is missing"),
+            std::string::npos);
   auto bad_type = task;
   bad_type["type"] = "summarization";
   auto e = error_of([&] { parse_train_config(json{{"model", "m"}, {"tasks", {bad_type}}}, "c.yaml"); });
@@ -92,7 +100,8 @@ TEST(TrainConfig, BadConfigsNameTheKey) {
   uses["modules"] = {"nope"};
   e = error_of([&] { parse_train_config(json{{"model", "m"}, {"tasks", {uses}}}, "c.yaml"); });
   EXPECT_NE(e.find("module 'nope'"), std::string::npos) << e;
-  EXPECT_NE(error_of([] { io::yaml_to_json("a: [1, 2", "bad.yaml"); }).find("bad.yaml: invalid YAML"), std::string::npos);
+  EXPECT_NE(error_of([] { io::yaml_to_json("a: [1, 2", "bad.yaml"); }).find("bad.yaml: invalid YAML"),
+            std::string::npos);
 }
 
 // ---- data ----------------------------------------------------------------------------
@@ -140,9 +149,13 @@ TEST(TrainData, LabelsAndMissingFields) {
   auto rows = modula::testing::tiny_classification(4);
   auto enc = Encoding::build(t, rows, *tok, mc);
   EXPECT_EQ(enc.labels(), (std::vector<std::string>{"neg", "pos"}));
-  EXPECT_NE(error_of([&] { enc.encode({{{"text", "good"}, {"label", "meh"}}}, "dev.jsonl"); }).find("dev.jsonl:1: unknown label \"meh\""),
+  EXPECT_NE(error_of([&] {
+              enc.encode({{{"text", "good"}, {"label", "meh"}}}, "dev.jsonl");
+            }).find("dev.jsonl:1: unknown label \"meh\""),
             std::string::npos);
-  EXPECT_NE(error_of([&] { enc.encode({{{"txt", "good"}, {"label", "pos"}}}, "dev.jsonl"); }).find("missing field 'text'"),
+  EXPECT_NE(error_of([&] {
+              enc.encode({{{"txt", "good"}, {"label", "pos"}}}, "dev.jsonl");
+            }).find("missing field 'text'"),
             std::string::npos);
 }
 
@@ -165,7 +178,8 @@ TEST(TrainData, BucketingCoversEveryExampleOnce) {
 TEST(TrainMetrics, AccuracyMacroF1Perplexity) {
   auto pred = torch::tensor({0, 1, 1, 2, 0, 5}), target = torch::tensor({0, 1, 0, 2, 2, -100});
   EXPECT_DOUBLE_EQ(accuracy(pred, target), 3.0 / 5.0);
-  // class 0: tp 1, pred 2, actual 2 -> 0.5; class 1: tp 1, pred 2, actual 1 -> 2/3; class 2: tp 1, pred 1, actual 2 -> 2/3
+  // class 0: tp 1, pred 2, actual 2 -> 0.5; class 1: tp 1, pred 2, actual 1 -> 2/3; class 2: tp 1, pred 1, actual 2 ->
+  // 2/3
   EXPECT_NEAR(macro_f1(pred, target, 3), (0.5 + 2.0 / 3 + 2.0 / 3) / 3, 1e-12);
   EXPECT_NEAR(perplexity(std::log(4.0) * 10, 10), 4.0, 1e-12);
 }
@@ -219,7 +233,8 @@ TEST(TrainRun, CausalLmWithPromptCompletion) {
   cfg["tasks"] = {{{"name", "qa"}, {"type", "causal_lm"}}};
   Datasets data;
   for (int i = 0; i < 16; ++i)
-    data["qa"].train.push_back({{"prompt", i % 2 ? "alice lives in" : "bob lives in"}, {"completion", i % 2 ? "paris" : "london"}});
+    data["qa"].train.push_back(
+        {{"prompt", i % 2 ? "alice lives in" : "bob lives in"}, {"completion", i % 2 ? "paris" : "london"}});
   data["qa"].eval = data["qa"].train;
   TrainResult r;
   auto [first, last] = loss_drop(cfg, data, &r);
@@ -251,7 +266,10 @@ TEST(TrainRun, SequenceClassificationFromFiles) {
   TempDir d;
   auto cfg = base_config(d, "bert-cls", true);
   modula::testing::write_lines(d / "train.jsonl", modula::testing::tiny_classification(16));
-  cfg["tasks"] = {{{"name", "sent"}, {"type", "sequence_classification"}, {"train", d / "train.jsonl"}, {"eval", d / "train.jsonl"}}};
+  cfg["tasks"] = {{{"name", "sent"},
+                   {"type", "sequence_classification"},
+                   {"train", d / "train.jsonl"},
+                   {"eval", d / "train.jsonl"}}};
   cfg["optim"]["lr_heads"] = 3e-2;
   TrainResult r;
   auto [first, last] = loss_drop(cfg, {}, &r);
@@ -309,7 +327,8 @@ TEST(TrainRun, ContinualModulesDoNotForgetAndTheBaselineRuns) {
   TempDir d;
   auto cfg = base_config(d, "bert", true);
   cfg.erase("modules");
-  cfg["tasks"] = {{{"name", "A"}, {"type", "sequence_classification"}}, {{"name", "B"}, {"type", "sequence_classification"}}};
+  cfg["tasks"] = {{{"name", "A"}, {"type", "sequence_classification"}},
+                  {{"name", "B"}, {"type", "sequence_classification"}}};
   cfg["continual"] = {{"enabled", true},
                       {"full_finetune_baseline", true},
                       {"module", {{"peft_type", "LORA"}, {"r", 2}, {"target_modules", {"query", "value"}}}}};
@@ -361,9 +380,12 @@ TEST(TrainRun, ResumeAfterInterruptionMatchesAnUninterruptedRun) {
   bool said = false;
   for (auto& n : notes) said |= n.find("resumed train at step 8") != std::string::npos;
   EXPECT_TRUE(said);
-  auto ta = tensors_of(a / "out/modules/m/adapter_model.safetensors"), tb = tensors_of(b / "out/modules/m/adapter_model.safetensors");
+  auto ta = tensors_of(a / "out/modules/m/adapter_model.safetensors"),
+       tb = tensors_of(b / "out/modules/m/adapter_model.safetensors");
   ASSERT_EQ(ta.size(), tb.size());
-  for (auto& [k, v] : ta) EXPECT_TRUE(torch::equal(v, tb.at(k))) << k << " max diff " << (v - tb.at(k)).abs().max().item<double>() << " norm " << v.abs().max().item<double>();
+  for (auto& [k, v] : ta)
+    EXPECT_TRUE(torch::equal(v, tb.at(k)))
+        << k << " max diff " << (v - tb.at(k)).abs().max().item<double>() << " norm " << v.abs().max().item<double>();
   // The same losses step by step (the resumed run's metrics continue the killed run's).
   auto losses = [](const std::string& file) {
     std::map<int64_t, double> out;
@@ -400,7 +422,8 @@ TEST(TrainRun, BadDataIsAClearError) {
   cfg["tasks"] = {{{"name", "s"}, {"type", "sequence_classification"}, {"train", d / "empty.jsonl"}}};
   EXPECT_NE(error_of([&] { Trainer t(parse_train_config(cfg)); }).find("has no records"), std::string::npos);
   cfg["tasks"][0].erase("train");
-  EXPECT_NE(error_of([&] { Trainer t(parse_train_config(cfg)); }).find("task 's' has no 'train' data"), std::string::npos);
+  EXPECT_NE(error_of([&] { Trainer t(parse_train_config(cfg)); }).find("task 's' has no 'train' data"),
+            std::string::npos);
   Datasets data;
   data["other"].train = modula::testing::tiny_classification(2);
   EXPECT_NE(error_of([&] { Trainer t(parse_train_config(cfg), data); }).find("task 'other'"), std::string::npos);

@@ -1,14 +1,8 @@
 // `modula train` killed with SIGKILL mid-run and resumed reaches the parameters of an
 // uninterrupted run; `modula pretrain` writes a loadable HF model folder.
-#include "modula/backbone/registry.h"
-#include "modula/io/safetensors.h"
-#include "modula/train/checkpoint.h"
-#include "tiny.h"
-
-#include <gtest/gtest.h>
-
 #include <dirent.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -18,11 +12,16 @@
 #include <fstream>
 #include <thread>
 
+#include "modula/backbone/registry.h"
+#include "modula/io/safetensors.h"
+#include "modula/train/checkpoint.h"
+#include "tiny.h"
+
 extern char** environ;
 
 using namespace modula;
-using modula::testing::TempDir;
 using modula::testing::fixture;
+using modula::testing::TempDir;
 
 namespace {
 
@@ -68,14 +67,15 @@ std::string write_config(const TempDir& d, const std::string& name) {
   modula::testing::write_tiny_tokenizer(d / "tokenizer.json", true);
   modula::testing::write_lines(d / "train.jsonl", modula::testing::tiny_classification(24));
   std::string path = d / (name + ".yaml");
-  std::ofstream(path) << "model: " << fixture("hf/models/bert") << "\n"
-                      << "tokenizer: tokenizer.json\n"
-                      << "output: " << name << "\n"
-                      << "seed: 5\n"
-                      << "modules:\n  - name: m\n    config: {peft_type: LORA, r: 4, target_modules: all-linear}\n"
-                      << "tasks:\n  - {name: sent, type: sequence_classification, train: train.jsonl}\n"
-                      << "optim: {lr: 0.01, max_steps: 150, batch_size: 4, schedule: cosine, warmup_steps: 5, max_grad_norm: 1.0}\n"
-                      << "checkpoint: {every: 5, keep: 2}\n";
+  std::ofstream(path)
+      << "model: " << fixture("hf/models/bert") << "\n"
+      << "tokenizer: tokenizer.json\n"
+      << "output: " << name << "\n"
+      << "seed: 5\n"
+      << "modules:\n  - name: m\n    config: {peft_type: LORA, r: 4, target_modules: all-linear}\n"
+      << "tasks:\n  - {name: sent, type: sequence_classification, train: train.jsonl}\n"
+      << "optim: {lr: 0.01, max_steps: 150, batch_size: 4, schedule: cosine, warmup_steps: 5, max_grad_norm: 1.0}\n"
+      << "checkpoint: {every: 5, keep: 2}\n";
   return path;
 }
 
@@ -89,7 +89,8 @@ TEST(TrainCli, SigkillThenResumeEqualsUninterruptedRun) {
 
   pid_t pid = spawn({cli, "train", killed}, d / "killed.log");
   auto start = std::chrono::steady_clock::now();
-  while (!any_checkpoint(d / "killed/checkpoints") && std::chrono::steady_clock::now() - start < std::chrono::seconds(60))
+  while (!any_checkpoint(d / "killed/checkpoints") &&
+         std::chrono::steady_clock::now() - start < std::chrono::seconds(60))
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // somewhere mid-run, maybe mid-checkpoint
   kill(pid, SIGKILL);
@@ -103,7 +104,8 @@ TEST(TrainCli, SigkillThenResumeEqualsUninterruptedRun) {
   auto b = io::SafetensorsFile::open(d / "killed/modules/m/adapter_model.safetensors");
   ASSERT_EQ(a.keys(), b.keys());
   for (const auto& k : a.keys()) EXPECT_TRUE(torch::equal(a.get(k), b.get(k))) << k;
-  auto ha = io::SafetensorsFile::open(d / "full/heads.safetensors"), hb = io::SafetensorsFile::open(d / "killed/heads.safetensors");
+  auto ha = io::SafetensorsFile::open(d / "full/heads.safetensors"),
+       hb = io::SafetensorsFile::open(d / "killed/heads.safetensors");
   for (const auto& k : ha.keys()) EXPECT_TRUE(torch::equal(ha.get(k), hb.get(k))) << k;
 }
 

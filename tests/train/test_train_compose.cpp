@@ -1,6 +1,10 @@
 // `compose` in a train config: the spec is applied over the run's modules; fuse(...) trains
 // only its fusion (members and backbone untouched), route(task, ...) sends each task's
 // batches to its module, checkpoints carry the fusion, and bad specs name `compose`.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
 #include "modula/io/safetensors.h"
 #include "modula/io/yaml.h"
 #include "modula/train/config.h"
@@ -8,14 +12,10 @@
 #include "modula/util/fs.h"
 #include "tiny.h"
 
-#include <gtest/gtest.h>
-
-#include <fstream>
-
 using namespace modula;
 using namespace modula::train;
-using modula::testing::TempDir;
 using modula::testing::fixture;
+using modula::testing::TempDir;
 using json = nlohmann::json;
 
 namespace {
@@ -191,7 +191,8 @@ TEST(TrainCompose, FuseTrainsOnlyTheFusion) {
 
   // The members (frozen by fuse) and the backbone are bit-identical to what went in.
   for (const char* m : {"a", "b"})
-    expect_identical(trained_adapters() + "/" + m + "/adapter_model.safetensors", d / "out/modules" + "/" + m + "/adapter_model.safetensors");
+    expect_identical(trained_adapters() + "/" + m + "/adapter_model.safetensors",
+                     d / "out/modules" + "/" + m + "/adapter_model.safetensors");
   expect_identical(fixture("hf/models/llama/model.safetensors"), d / "out/model/model.safetensors");
 }
 
@@ -216,7 +217,8 @@ TEST(TrainCompose, ResumeReproducesTheFusion) {
   EXPECT_TRUE(has_fusion);
   auto r = train::train(parse_train_config(make(b)), lm_data(), {}, /*resume=*/true);
   EXPECT_TRUE(r.resumed);
-  expect_identical(a / "out/compose/fuse0/adapter_model.safetensors", b / "out/compose/fuse0/adapter_model.safetensors");
+  expect_identical(a / "out/compose/fuse0/adapter_model.safetensors",
+                   b / "out/compose/fuse0/adapter_model.safetensors");
   EXPECT_EQ(step_losses(a / "out/metrics.jsonl"), step_losses(b / "out/metrics.jsonl"));
 }
 
@@ -241,9 +243,11 @@ TEST(TrainCompose, RouteByTaskIndex) {
   EXPECT_EQ(seen, (std::set<std::string>{"lm", "sent"}));
   EXPECT_TRUE(r.eval.count("lm") && r.eval.count("sent"));
   // a (routed for task 0) trained; b was not trainable and is not written.
-  auto before = tensors_of(pre + "/a/adapter_model.safetensors"), after = tensors_of(d / "out/modules/a/adapter_model.safetensors");
+  auto before = tensors_of(pre + "/a/adapter_model.safetensors"),
+       after = tensors_of(d / "out/modules/a/adapter_model.safetensors");
   double moved = 0;
-  for (auto& [k, v] : before) moved += (v.to(torch::kFloat32) - after.at(k).to(torch::kFloat32)).abs().sum().item<double>();
+  for (auto& [k, v] : before)
+    moved += (v.to(torch::kFloat32) - after.at(k).to(torch::kFloat32)).abs().sum().item<double>();
   EXPECT_GT(moved, 0);
   EXPECT_FALSE(fs::exists(d / "out/modules/b"));
 }

@@ -2,20 +2,19 @@
 // 512-token vocabularies).
 #pragma once
 
-#include "support/temp_dir.h"
-
-#include <nlohmann/json.hpp>
-
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include "support/temp_dir.h"
 
 namespace modula::testing {
 
 inline const std::vector<std::string>& tiny_words() {
-  static const std::vector<std::string> w = {"good", "bad", "great", "awful", "movie", "film", "the", "a", "is",
-                                             "was", "very", "not", "red", "blue", "cat", "dog", "runs", "sleeps",
-                                             "paris", "london", "in", "lives", "alice", "bob", "yes", "no"};
+  static const std::vector<std::string> w = {
+      "good", "bad", "great", "awful", "movie",  "film",  "the",    "a",  "is",    "was",   "very", "not", "red",
+      "blue", "cat", "dog",   "runs",  "sleeps", "paris", "london", "in", "lives", "alice", "bob",  "yes", "no"};
   return w;
 }
 
@@ -32,18 +31,25 @@ inline std::string write_tiny_tokenizer(const std::string& path, bool bert) {
                         {"pre_tokenizer", {{"type", "WhitespaceSplit"}}},
                         {"model", {{"type", "WordLevel"}, {"vocab", vocab}, {"unk_token", bert ? "[UNK]" : "<unk>"}}},
                         {"decoder", nullptr}};
-  auto special = [](const std::string& t, int64_t i) { return nlohmann::json{{"id", t}, {"ids", {i}}, {"tokens", {t}}}; };
+  auto special = [](const std::string& t, int64_t i) {
+    return nlohmann::json{{"id", t}, {"ids", {i}}, {"tokens", {t}}};
+  };
   if (bert)
-    tok["post_processor"] = {{"type", "TemplateProcessing"},
-                             {"single", {{{"SpecialToken", {{"id", "[CLS]"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
-                                         {{"SpecialToken", {{"id", "[SEP]"}, {"type_id", 0}}}}}},
-                             {"pair", {{{"Sequence", {{"id", "A"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
-                             {"special_tokens", {{"[CLS]", special("[CLS]", 2)}, {"[SEP]", special("[SEP]", 3)}}}};
+    tok["post_processor"] = {
+        {"type", "TemplateProcessing"},
+        {"single",
+         {{{"SpecialToken", {{"id", "[CLS]"}, {"type_id", 0}}}},
+          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
+          {{"SpecialToken", {{"id", "[SEP]"}, {"type_id", 0}}}}}},
+        {"pair", {{{"Sequence", {{"id", "A"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
+        {"special_tokens", {{"[CLS]", special("[CLS]", 2)}, {"[SEP]", special("[SEP]", 3)}}}};
   else
-    tok["post_processor"] = {{"type", "TemplateProcessing"},
-                             {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
-                             {"pair", {{{"Sequence", {{"id", "A"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
-                             {"special_tokens", {{"<s>", special("<s>", 1)}}}};
+    tok["post_processor"] = {
+        {"type", "TemplateProcessing"},
+        {"single",
+         {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+        {"pair", {{{"Sequence", {{"id", "A"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
+        {"special_tokens", {{"<s>", special("<s>", 1)}}}};
   std::ofstream(path) << tok.dump(1);
   return path;
 }
@@ -54,7 +60,8 @@ inline void write_lines(const std::string& path, const std::vector<nlohmann::jso
 }
 
 // Sentiment-like: label = whether "good"/"great" appears.
-inline std::vector<nlohmann::json> tiny_classification(int n, const std::string& a = "good", const std::string& b = "bad") {
+inline std::vector<nlohmann::json> tiny_classification(int n, const std::string& a = "good",
+                                                       const std::string& b = "bad") {
   std::vector<nlohmann::json> rows;
   const std::vector<std::string> fill = {"the movie was", "a film is", "the film was very", "a movie"};
   for (int i = 0; i < n; ++i) {
@@ -66,8 +73,10 @@ inline std::vector<nlohmann::json> tiny_classification(int n, const std::string&
 
 inline std::vector<nlohmann::json> tiny_tagging(int n) {
   std::vector<nlohmann::json> rows;
-  const std::vector<std::vector<std::string>> s = {{"alice", "lives", "in", "paris"}, {"bob", "runs", "in", "london"},
-                                                   {"the", "cat", "sleeps"}, {"alice", "is", "in", "london"}};
+  const std::vector<std::vector<std::string>> s = {{"alice", "lives", "in", "paris"},
+                                                   {"bob", "runs", "in", "london"},
+                                                   {"the", "cat", "sleeps"},
+                                                   {"alice", "is", "in", "london"}};
   for (int i = 0; i < n; ++i) {
     const auto& words = s[i % s.size()];
     std::vector<std::string> tags;

@@ -23,11 +23,11 @@
 //   attach_composition(*site, "compose", stack);
 #pragma once
 
-#include "modula/backbone/layers.h"
-
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "modula/backbone/layers.h"
 
 namespace modula {
 

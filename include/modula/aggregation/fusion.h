@@ -14,21 +14,21 @@
 //   modula::save_fusion(fusion, "out/fusion-ab");        // MODULA_FUSION folder
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include "modula/aggregation/composite.h"
 #include "modula/modules/adapter.h"
-
-#include <nlohmann/json.hpp>
 
 namespace modula {
 
 struct FusionOptions {
   explicit FusionOptions(int64_t features) : features_(features) {}
-  TORCH_ARG(int64_t, features);               // hidden size H of the block site
-  TORCH_ARG(double, temperature) = 1.0;       // T of the softmax
-  TORCH_ARG(double, value_epsilon) = 1e-6;    // off-diagonal entries of the initial W_v
-  TORCH_ARG(double, init_std) = 0.02;         // std of the initial W_q, W_k
-  TORCH_ARG(double, dropout) = 0.0;           // on the attention scores, training only
-  TORCH_ARG(uint64_t, seed) = 0;              // initialisation seed of W_q, W_k
+  TORCH_ARG(int64_t, features);             // hidden size H of the block site
+  TORCH_ARG(double, temperature) = 1.0;     // T of the softmax
+  TORCH_ARG(double, value_epsilon) = 1e-6;  // off-diagonal entries of the initial W_v
+  TORCH_ARG(double, init_std) = 0.02;       // std of the initial W_q, W_k
+  TORCH_ARG(double, dropout) = 0.0;         // on the attention scores, training only
+  TORCH_ARG(uint64_t, seed) = 0;            // initialisation seed of W_q, W_k
 
  public:  // TORCH_ARG leaves the section private
   // Throws std::invalid_argument naming the bad field.
@@ -62,8 +62,8 @@ TORCH_MODULE(Fusion);
 // least one member has a module.
 struct AdapterFusion {
   std::string name = "fusion";
-  std::vector<std::string> adapters;  // member adapter names, in attention order
-  nlohmann::json config;              // FusionOptions::to_json()
+  std::vector<std::string> adapters;                                       // member adapter names, in attention order
+  nlohmann::json config;                                                   // FusionOptions::to_json()
   std::vector<std::pair<std::string, std::shared_ptr<FusionImpl>>> sites;  // block path -> fusion
   std::vector<std::pair<std::string, std::shared_ptr<SiteHost>>> hosts;    // where attached (add_fusion only)
 

@@ -6,9 +6,9 @@
 // e.g. a language prompt and a task prompt. Equal to one PromptTuning holding cat(P_i).
 #pragma once
 
-#include "modula/modules/prompt.h"
-
 #include <vector>
+
+#include "modula/modules/prompt.h"
 
 namespace modula {
 

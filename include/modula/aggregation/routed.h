@@ -4,8 +4,8 @@
 //   y_n ← y_n + Σ_c r_{n,c} d_c(x_n, y_n)        (r [N, C] or [N, T, C])
 //
 // Hard routing with one module per example (fixed routing by task/language id, top-1;
-// routing/fixed.h) runs each child on its own rows only (id −1: no module for that row) (index_select / index_copy per child), so the
-// cost is one adapter per row, not C.
+// routing/fixed.h) runs each child on its own rows only (id −1: no module for that row) (index_select / index_copy per
+// child), so the cost is one adapter per row, not C.
 #pragma once
 
 #include "modula/aggregation/composite.h"

@@ -8,13 +8,13 @@
 //   auto out = model->forward({.input_ids = ids});   // out.logits [B,T,V]
 #pragma once
 
-#include "modula/io/hf_config.h"
-
 #include <torch/torch.h>
 
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "modula/io/hf_config.h"
 
 namespace modula {
 

@@ -5,17 +5,17 @@
 //   auto ids = modula::generate(*model, prompt_ids, o, [](int64_t id) { return true; });
 #pragma once
 
-#include "modula/backbone/backbone.h"
-
 #include <functional>
+
+#include "modula/backbone/backbone.h"
 
 namespace modula {
 
 struct GenerateOptions {
   int64_t max_new_tokens = 32;
-  double temperature = 0.0;   // 0 = greedy (argmax)
-  int64_t top_k = 0;          // 0 = off
-  double top_p = 1.0;         // 1 = off; keep the smallest set with mass >= top_p
+  double temperature = 0.0;  // 0 = greedy (argmax)
+  int64_t top_k = 0;         // 0 = off
+  double top_p = 1.0;        // 1 = off; keep the smallest set with mass >= top_p
   uint64_t seed = 0;
   std::vector<int64_t> stop_ids;  // stop after emitting one of these (e.g. eos)
   // Throws std::invalid_argument naming the bad field.

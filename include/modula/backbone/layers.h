@@ -2,13 +2,13 @@
 // names so that outputs match transformers to float rounding.
 #pragma once
 
-#include "modula/backbone/site.h"
-#include "modula/io/hf_config.h"
-
 #include <torch/torch.h>
 
 #include <functional>
 #include <string>
+
+#include "modula/backbone/site.h"
+#include "modula/io/hf_config.h"
 
 namespace modula {
 

@@ -5,10 +5,10 @@
 //   modula::save_backbone(*model, "out/");                        // HF-loadable folder
 #pragma once
 
+#include <optional>
+
 #include "modula/backbone/backbone.h"
 #include "modula/io/safetensors.h"
-
-#include <optional>
 
 namespace modula {
 

@@ -21,32 +21,33 @@
 // (routing/fixed.h; id −1: no module for that row).
 #pragma once
 
+#include <map>
+
 #include "modula/aggregation/fusion.h"
 #include "modula/composition/spec.h"
 #include "modula/modules/adapter.h"
 #include "modula/routing/router.h"
 
-#include <map>
-
 namespace modula {
 
 struct ComposeOptions {
-  TORCH_ARG(std::string, name) = "compose";  // the composition's name at each site (no '.')
+  TORCH_ARG(std::string, name) = "compose";                      // the composition's name at each site (no '.')
   TORCH_ARG(nlohmann::json, fusion) = nlohmann::json::object();  // FusionOptions keys for new fuse(…) nodes
 
- public:  // TORCH_ARG leaves the section private
+ public:                  // TORCH_ARG leaves the section private
   void validate() const;  // std::invalid_argument naming the bad field
 };
 
 struct Composition {
   SpecNode spec;
   std::string name;
-  std::map<std::string, const Adapter*> members;  // module name → adapter
-  std::map<std::string, Adapter> owned;           // adapters apply_spec loaded from folders
-  std::vector<AdapterFusion> fusions;             // one per fuse node, in spec order (trainable)
+  std::map<std::string, const Adapter*> members;     // module name → adapter
+  std::map<std::string, Adapter> owned;              // adapters apply_spec loaded from folders
+  std::vector<AdapterFusion> fusions;                // one per fuse node, in spec order (trainable)
   std::vector<std::shared_ptr<InputModule>> inputs;  // prepared in order on the first step
   std::shared_ptr<RoutingContext> context = std::make_shared<RoutingContext>();
-  std::vector<std::shared_ptr<RouterImpl>> routers;  // fixed: one per route node, shared by its sites; learned: one per site
+  std::vector<std::shared_ptr<RouterImpl>>
+      routers;  // fixed: one per route node, shared by its sites; learned: one per site
   std::vector<std::pair<std::string, std::shared_ptr<BlockSite>>> sites;  // where a composite is attached
   // route(...) over LoRA adapters: the Linear sites with a routed bank, and the members it
   // switched off there (they run inside the bank).

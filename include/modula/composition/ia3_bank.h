@@ -9,8 +9,8 @@
 // parameter averaging equals output averaging.
 #pragma once
 
-#include "modula/routing/algorithm1.h"
 #include "modula/modules/ia3.h"
+#include "modula/routing/algorithm1.h"
 
 namespace modula {
 

@@ -7,15 +7,16 @@
 // x is [N, T, in] (N rows, T positions); every result is [N, T, out].
 #pragma once
 
-#include "modula/routing/algorithm1.h"
-#include "modula/modules/lora.h"
-
 #include <torch/torch.h>
+
+#include "modula/modules/lora.h"
+#include "modula/routing/algorithm1.h"
 
 namespace modula {
 
 struct LoraBankOptions {
-  LoraBankOptions(int64_t in, int64_t out, int64_t num_modules) : in_features_(in), out_features_(out), num_modules_(num_modules) {}
+  LoraBankOptions(int64_t in, int64_t out, int64_t num_modules)
+      : in_features_(in), out_features_(out), num_modules_(num_modules) {}
   TORCH_ARG(int64_t, in_features);
   TORCH_ARG(int64_t, out_features);
   TORCH_ARG(int64_t, num_modules);

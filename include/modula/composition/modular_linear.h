@@ -12,8 +12,8 @@
 #pragma once
 
 #include "modula/backbone/layers.h"
-#include "modula/routing/algorithm1.h"
 #include "modula/composition/lora_bank.h"
+#include "modula/routing/algorithm1.h"
 #include "modula/routing/router.h"
 
 namespace modula {
@@ -31,11 +31,13 @@ class ModularLinearImpl : public SiteModule {
   // Ia3BankImpl). Throws std::invalid_argument when the router's module count differs
   // from the bank's.
   template <class Bank>
-  ModularLinearImpl(std::shared_ptr<Bank> bank, std::shared_ptr<RouterImpl> router, const ModularLinearOptions& options = {})
+  ModularLinearImpl(std::shared_ptr<Bank> bank, std::shared_ptr<RouterImpl> router,
+                    const ModularLinearOptions& options = {})
       : ModularLinearImpl(std::static_pointer_cast<torch::nn::Module>(bank), std::static_pointer_cast<ModuleBank>(bank),
                           std::move(router), options) {}
   template <class Bank>
-  ModularLinearImpl(torch::nn::ModuleHolder<Bank> bank, std::shared_ptr<RouterImpl> router, const ModularLinearOptions& options = {})
+  ModularLinearImpl(torch::nn::ModuleHolder<Bank> bank, std::shared_ptr<RouterImpl> router,
+                    const ModularLinearOptions& options = {})
       : ModularLinearImpl(bank.ptr(), std::move(router), options) {}
   ModularLinearImpl(std::shared_ptr<torch::nn::Module> module, std::shared_ptr<ModuleBank> bank,
                     std::shared_ptr<RouterImpl> router, const ModularLinearOptions& options);

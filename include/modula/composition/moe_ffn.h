@@ -23,27 +23,27 @@
 //   block_site->attach("moe", moe.ptr());   // the site no longer runs its dense FFN
 #pragma once
 
+#include <string>
+
 #include "modula/backbone/layers.h"
 #include "modula/routing/algorithm1.h"
 #include "modula/routing/router.h"
-
-#include <string>
 
 namespace modula {
 
 struct MoeFfnOptions {
   MoeFfnOptions(int64_t features, int64_t expert_size, int64_t num_experts)
       : features_(features), expert_size_(expert_size), num_experts_(num_experts) {}
-  TORCH_ARG(int64_t, features);               // H
-  TORCH_ARG(int64_t, expert_size);            // I, intermediate neurons per expert
-  TORCH_ARG(int64_t, num_experts);            // E
+  TORCH_ARG(int64_t, features);                 // H
+  TORCH_ARG(int64_t, expert_size);              // I, intermediate neurons per expert
+  TORCH_ARG(int64_t, num_experts);              // E
   TORCH_ARG(std::string, activation) = "silu";  // an HF activation name (layers.h)
-  TORCH_ARG(bool, gated) = true;              // SwiGLU experts (Llama/Mixtral); false: plain MLP (GPT-2/BERT/Switch)
-  TORCH_ARG(bool, bias) = false;              // per-expert biases b_up, b_gate, b_down
-  TORCH_ARG(bool, shared_bias) = false;       // one output bias for every token (MoEfication keeps the dense one)
-  TORCH_ARG(bool, weighted) = true;           // scale expert outputs by the routing weights
-  TORCH_ARG(bool, dropless) = true;           // no capacity limit
-  TORCH_ARG(double, capacity_factor) = 1.25;  // C, used when !dropless
+  TORCH_ARG(bool, gated) = true;                // SwiGLU experts (Llama/Mixtral); false: plain MLP (GPT-2/BERT/Switch)
+  TORCH_ARG(bool, bias) = false;                // per-expert biases b_up, b_gate, b_down
+  TORCH_ARG(bool, shared_bias) = false;         // one output bias for every token (MoEfication keeps the dense one)
+  TORCH_ARG(bool, weighted) = true;             // scale expert outputs by the routing weights
+  TORCH_ARG(bool, dropless) = true;             // no capacity limit
+  TORCH_ARG(double, capacity_factor) = 1.25;    // C, used when !dropless
   // MoEfication router training: adds coef · BCE(router logits, top-k experts by
   // activation norm) to the router's aux_loss in training mode. Needs a TopKRouter.
   TORCH_ARG(double, router_distillation_coef) = 0.0;

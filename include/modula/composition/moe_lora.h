@@ -10,15 +10,14 @@
 //                                    modula::MoeLoraOptions(4).r(8).k(2));
 #pragma once
 
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
 #include "modula/backbone/backbone.h"
 #include "modula/composition/modular_linear.h"
 #include "modula/modules/adapter.h"
 #include "modula/routing/top_k.h"
-
-#include <nlohmann/json.hpp>
-
-#include <string>
-#include <vector>
 
 namespace modula {
 
@@ -27,12 +26,12 @@ struct MoeLoraOptions {
   TORCH_ARG(int64_t, num_experts);  // M LoRA experts per site
   TORCH_ARG(int64_t, r) = 8;
   TORCH_ARG(double, alpha) = 8.0;
-  TORCH_ARG(int64_t, k) = 2;        // experts per token
+  TORCH_ARG(int64_t, k) = 2;  // experts per token
   TORCH_ARG(bool, noisy) = false;
   TORCH_ARG(bool, normalize) = true;
   TORCH_ARG(double, load_balance_coef) = 0.01;
   TORCH_ARG(double, z_loss_coef) = 0.001;
-  TORCH_ARG(std::string, name) = "moe_lora";  // attach name at each site
+  TORCH_ARG(std::string, name) = "moe_lora";                      // attach name at each site
   TORCH_ARG(std::shared_ptr<RoutingContext>, context) = nullptr;  // padding mask for the losses
 
  public:  // TORCH_ARG leaves the section private

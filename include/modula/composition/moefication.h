@@ -14,12 +14,12 @@
 //   model->train();  ... loss = modula::collect_aux_loss(*model); // trains the routers
 #pragma once
 
-#include "modula/backbone/backbone.h"
-#include "modula/composition/moe_ffn.h"
-
 #include <functional>
 #include <string>
 #include <vector>
+
+#include "modula/backbone/backbone.h"
+#include "modula/composition/moe_ffn.h"
 
 namespace modula {
 
@@ -50,19 +50,19 @@ torch::Tensor balanced_kmeans(const torch::Tensor& points, int64_t clusters, int
 // dense FFN in the forward. Throws when a site already carries block modules (a replacing
 // module must come first) or nothing matches. Returns the attached layers by site path.
 std::vector<std::pair<std::string, MoeFfn>> replace_ffns(Backbone& model, const std::vector<int64_t>& layers,
-                                                        const std::string& name,
-                                                        const std::function<MoeFfn(const DenseFfn&)>& make);
+                                                         const std::string& name,
+                                                         const std::function<MoeFfn(const DenseFfn&)>& make);
 
 struct MoefyOptions {
   explicit MoefyOptions(int64_t num_experts) : num_experts_(num_experts) {}
-  TORCH_ARG(int64_t, num_experts);                 // E; must divide the intermediate size
-  TORCH_ARG(int64_t, k) = 2;                       // experts computed per token
-  TORCH_ARG(std::vector<int64_t>, layers) = {};    // layer indices; empty = every layer
+  TORCH_ARG(int64_t, num_experts);               // E; must divide the intermediate size
+  TORCH_ARG(int64_t, k) = 2;                     // experts computed per token
+  TORCH_ARG(std::vector<int64_t>, layers) = {};  // layer indices; empty = every layer
   TORCH_ARG(int64_t, kmeans_iterations) = 20;
   TORCH_ARG(uint64_t, seed) = 0;
-  TORCH_ARG(std::string, name) = "moe";            // the attach name at each site
+  TORCH_ARG(std::string, name) = "moe";  // the attach name at each site
   TORCH_ARG(double, router_distillation_coef) = 1.0;
-  TORCH_ARG(double, load_balance_coef) = 0.0;      // router losses (top_k.h), off by default
+  TORCH_ARG(double, load_balance_coef) = 0.0;  // router losses (top_k.h), off by default
   TORCH_ARG(double, z_loss_coef) = 0.0;
   // Padding mask source for the routers' losses (RoutingContext::set_mask); optional.
   TORCH_ARG(std::shared_ptr<RoutingContext>, context) = nullptr;

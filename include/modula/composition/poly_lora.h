@@ -17,8 +17,8 @@
 
 #include "modula/backbone/backbone.h"
 #include "modula/backbone/layers.h"
-#include "modula/routing/algorithm1.h"
 #include "modula/modules/adapter.h"
+#include "modula/routing/algorithm1.h"
 #include "modula/routing/poly.h"
 
 namespace modula {

@@ -13,16 +13,15 @@
 //   modula::save_module(a, "out/poly");
 #pragma once
 
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
 #include "modula/io/peft.h"
 #include "modula/modules/adapter.h"
 #include "modula/routing/router.h"
-
-#include <nlohmann/json.hpp>
-
-#include <functional>
-#include <map>
-#include <string>
-#include <vector>
 
 namespace modula {
 

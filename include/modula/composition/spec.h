@@ -14,7 +14,6 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
-
 #include <optional>
 #include <set>
 #include <stdexcept>
@@ -26,10 +25,10 @@ namespace modula {
 struct SpecNode {
   enum class Kind { Module, Stack, Parallel, Average, Fuse, Route, Concat };
   Kind kind = Kind::Module;
-  std::string name;               // Module: the module name; Route: the metadata key
-  std::optional<double> weight;   // an argument of avg: its weight (none: uniform)
+  std::string name;              // Module: the module name; Route: the metadata key
+  std::optional<double> weight;  // an argument of avg: its weight (none: uniform)
   std::vector<SpecNode> children;
-  std::string where;              // where it was written: "column 7" or a JSON pointer "/stack/1"
+  std::string where;  // where it was written: "column 7" or a JSON pointer "/stack/1"
 
   bool operator==(const SpecNode& o) const {  // structure, names and weights (not `where`)
     return kind == o.kind && name == o.name && weight == o.weight && children == o.children;

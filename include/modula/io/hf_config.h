@@ -6,15 +6,14 @@
 //   modula::io::ModelConfig c = modula::io::load_hf_config("path/to/model");  // dir or file
 #pragma once
 
-#include "modula/util/error.h"
-
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "modula/util/error.h"
 
 namespace modula::io {
 
@@ -22,8 +21,8 @@ namespace modula::io {
 struct RopeScaling {
   std::string type = "default";
   double factor = 1.0;
-  double low_freq_factor = 1.0;                      // llama3
-  double high_freq_factor = 4.0;                     // llama3
+  double low_freq_factor = 1.0;                     // llama3
+  double high_freq_factor = 4.0;                    // llama3
   int64_t original_max_position_embeddings = 8192;  // llama3
 };
 
@@ -38,11 +37,11 @@ struct ModelConfig {
   int64_t num_key_value_heads = 0;  // = num_attention_heads unless GQA
   int64_t head_dim = 0;             // = hidden_size / num_attention_heads unless given
   int64_t max_position_embeddings = 0;
-  double norm_eps = 1e-5;       // rms_norm_eps / layer_norm_eps / layer_norm_epsilon
-  std::string hidden_act;       // silu, gelu, gelu_new, relu, ...
+  double norm_eps = 1e-5;  // rms_norm_eps / layer_norm_eps / layer_norm_epsilon
+  std::string hidden_act;  // silu, gelu, gelu_new, relu, ...
   bool tie_word_embeddings = false;
-  bool qkv_bias = false;        // bias on q/k/v projections (qwen2: true)
-  bool o_bias = false;          // bias on the attention output projection
+  bool qkv_bias = false;  // bias on q/k/v projections (qwen2: true)
+  bool o_bias = false;    // bias on the attention output projection
   bool mlp_bias = false;
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
@@ -50,7 +49,7 @@ struct ModelConfig {
   int64_t type_vocab_size = 0;  // encoders
   std::optional<int64_t> pad_token_id, bos_token_id;
   std::vector<int64_t> eos_token_ids;
-  int64_t num_labels = 2;       // sequence classification
+  int64_t num_labels = 2;                        // sequence classification
   bool scale_attn_weights = true;                // gpt2
   bool scale_attn_by_inverse_layer_idx = false;  // gpt2
   std::string torch_dtype = "float32";           // "dtype" / "torch_dtype" as saved

@@ -4,10 +4,10 @@
 // "MODULA_*" peft_type.
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include "modula/io/config_field.h"
 #include "modula/io/safetensors.h"
-
-#include <nlohmann/json.hpp>
 
 namespace modula::io {
 
@@ -15,8 +15,8 @@ inline const std::string kPeftPrefix = "base_model.model.";
 
 struct PeftFolder {
   std::string dir;
-  nlohmann::json config;  // adapter_config.json
-  std::string peft_type;  // "LORA", "IA3", "PROMPT_TUNING", "PREFIX_TUNING", ...
+  nlohmann::json config;                         // adapter_config.json
+  std::string peft_type;                         // "LORA", "IA3", "PROMPT_TUNING", "PREFIX_TUNING", ...
   std::map<std::string, torch::Tensor> tensors;  // as keyed in the file
 };
 

@@ -37,7 +37,7 @@ struct TensorInfo {
 
 // "F32" <-> torch::kFloat32 etc. Supported: F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL.
 torch::ScalarType dtype_from_string(const std::string& s);  // throws SafetensorsError
-std::string dtype_to_string(torch::ScalarType t);          // throws SafetensorsError
+std::string dtype_to_string(torch::ScalarType t);           // throws SafetensorsError
 
 class SafetensorsFile {
  public:

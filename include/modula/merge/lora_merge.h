@@ -18,9 +18,9 @@
 //   modula::save_adapter(m, "out/ab");   // PEFT loads it
 #pragma once
 
-#include "modula/modules/adapter.h"
-
 #include <optional>
+
+#include "modula/modules/adapter.h"
 
 namespace modula {
 

@@ -16,13 +16,12 @@
 //   auto report = modula::run_merge(recipe);                 // writes recipe.output
 #pragma once
 
-#include "modula/merge/model_merge.h"
-
-#include <nlohmann/json.hpp>
-
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include "modula/merge/model_merge.h"
 
 namespace modula {
 
@@ -52,8 +51,8 @@ struct RecipeModel {
 };
 
 struct MergeRecipe {
-  ModelMergeOptions options;                     // method and its scalar parameters
-  std::string base_model;                        // resolved folder; "" when none
+  ModelMergeOptions options;  // method and its scalar parameters
+  std::string base_model;     // resolved folder; "" when none
   std::vector<RecipeModel> models;
   std::map<std::string, ParamValue> parameters;  // t, and defaults for weight / density
   std::string dtype = "float32";                 // of the written checkpoint
@@ -72,8 +71,8 @@ MergeRecipe load_recipe(const std::string& path);
 
 struct MergeReport {
   std::string output;
-  int64_t tensors = 0;     // merged (floating-point) tensors
-  int64_t parameters = 0;  // their elements
+  int64_t tensors = 0;                    // merged (floating-point) tensors
+  int64_t parameters = 0;                 // their elements
   std::vector<std::string> copied_files;  // tokenizer files copied beside the weights
 };
 

@@ -10,20 +10,19 @@
 //   modula::save_module(a, "out/sst2");                        // PEFT loads PEFT types
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include "modula/backbone/backbone.h"
 #include "modula/backbone/layers.h"
 #include "modula/modules/prompt.h"
-
-
-#include <nlohmann/json.hpp>
 
 namespace modula {
 
 class RoutingContext;  // routing/router.h
 
 struct AttachedModule {
-  std::string site;                       // HF path of the site
-  std::shared_ptr<LinearImpl> layer;      // the Linear site; null for block sites
+  std::string site;                   // HF path of the site
+  std::shared_ptr<LinearImpl> layer;  // the Linear site; null for block sites
   std::shared_ptr<SiteModule> module;
   std::map<std::string, std::string> peft_keys;  // module parameter (recursive name) -> PEFT key suffix
   std::shared_ptr<SiteHost> host = nullptr;  // where the module attaches; add_adapter fills it from `layer` if unset
@@ -50,7 +49,7 @@ class AdapterState {
 struct Adapter {
   std::string name = "default";
   std::string peft_type;
-  nlohmann::json config;               // adapter_config.json
+  nlohmann::json config;                // adapter_config.json
   std::vector<AttachedModule> modules;  // parameter/function composition
   std::shared_ptr<InputModule> input;   // input composition (prompt/prefix), or null
   std::shared_ptr<AdapterState> state;  // everything else, or null
@@ -65,7 +64,7 @@ struct Adapter {
   void unmerge();  // and back
   void set_enabled(bool on);
   void set_scale(double scale);  // per-adapter strength; 1 = as trained
-  void remove();   // detach everything (the handle is empty afterwards)
+  void remove();                 // detach everything (the handle is empty afterwards)
 };
 
 // PEFT-layout module sets of the modules library (build + attach), one per type; the

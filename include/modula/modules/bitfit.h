@@ -9,10 +9,10 @@
 //   bitfit->save("out/bitfit");  modula::load_bitfit(*fresh, "out/bitfit");
 #pragma once
 
-#include "modula/backbone/backbone.h"
-
 #include <string>
 #include <vector>
+
+#include "modula/backbone/backbone.h"
 
 namespace modula {
 

@@ -16,22 +16,22 @@
 //   block_site->attach("default", b.ptr());
 #pragma once
 
-#include "modula/backbone/layers.h"
-
 #include <string>
 #include <vector>
+
+#include "modula/backbone/layers.h"
 
 namespace modula {
 
 struct BottleneckOptions {
   explicit BottleneckOptions(int64_t features) : features_(features) {}
-  TORCH_ARG(int64_t, features);               // hidden size H of the block site
-  TORCH_ARG(double, reduction_factor) = 16.0;  // bottleneck m = floor(H / reduction_factor)
+  TORCH_ARG(int64_t, features);                    // hidden size H of the block site
+  TORCH_ARG(double, reduction_factor) = 16.0;      // bottleneck m = floor(H / reduction_factor)
   TORCH_ARG(std::string, non_linearity) = "relu";  // relu, gelu, silu (swish), tanh
-  TORCH_ARG(bool, residual) = true;           // add the adapter output to y
-  TORCH_ARG(bool, ln_before) = false;         // LayerNorm on the adapter input
-  TORCH_ARG(double, scaling) = 1.0;           // s, the output scale (He et al. 2022 use 4 for parallel)
-  TORCH_ARG(std::string, mode) = "sequential";  // "sequential" (reads y) or "parallel" (reads x)
+  TORCH_ARG(bool, residual) = true;                // add the adapter output to y
+  TORCH_ARG(bool, ln_before) = false;              // LayerNorm on the adapter input
+  TORCH_ARG(double, scaling) = 1.0;                // s, the output scale (He et al. 2022 use 4 for parallel)
+  TORCH_ARG(std::string, mode) = "sequential";     // "sequential" (reads y) or "parallel" (reads x)
 
  public:  // TORCH_ARG leaves the section private
   // Throws std::invalid_argument naming the bad field.

@@ -30,16 +30,14 @@
 // the model, and save it with save_hyper_lora (not save_adapter).
 #pragma once
 
-#include "modula/backbone/backbone.h"
-#include "modula/backbone/layers.h"
-
-#include <nlohmann/json.hpp>
-
 #include <functional>
-
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include "modula/backbone/backbone.h"
+#include "modula/backbone/layers.h"
 
 namespace modula {
 
@@ -54,7 +52,7 @@ struct HyperLoraOptions {
   TORCH_ARG(int64_t, r) = 8;                     // LoRA rank of the generated modules
   TORCH_ARG(double, alpha) = 16.0;               // LoRA scaling alpha / r
   TORCH_ARG(nlohmann::json, target_modules) = nlohmann::json::array({"q_proj", "v_proj"});  // PEFT rules
-  TORCH_ARG(uint64_t, seed) = 0;                 // initialisation seed
+  TORCH_ARG(uint64_t, seed) = 0;                                                            // initialisation seed
 
  public:  // TORCH_ARG leaves the section private
   // Throws std::invalid_argument naming the bad field.

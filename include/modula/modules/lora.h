@@ -49,7 +49,7 @@ class LoraImpl : public SiteModule {
 
  private:
   torch::Tensor dora_weight_norm(const LinearImpl& base) const;  // ||W + s B A||_row, detached
-  torch::Tensor merged_norm_;                                   // DoRA: the norm used when merging
+  torch::Tensor merged_norm_;                                    // DoRA: the norm used when merging
 };
 TORCH_MODULE(Lora);
 

@@ -29,7 +29,7 @@ struct PromptTuningOptions {
       : num_virtual_tokens_(num_virtual_tokens), token_dim_(token_dim) {}
   TORCH_ARG(int64_t, num_virtual_tokens);
   TORCH_ARG(int64_t, token_dim);
-  TORCH_ARG(std::string, init) = "random";  // random | vocab | text (PEFT RANDOM/SAMPLE_VOCAB/TEXT)
+  TORCH_ARG(std::string, init) = "random";               // random | vocab | text (PEFT RANDOM/SAMPLE_VOCAB/TEXT)
   TORCH_ARG(std::vector<int64_t>, init_token_ids) = {};  // for init "text": tiled to n tokens
   TORCH_ARG(uint64_t, seed) = 0;
 
@@ -76,8 +76,8 @@ class PrefixTuningImpl : public InputModule {
   void check_model(const Backbone& model) const;
 
   PrefixTuningOptions options;
-  torch::Tensor embedding;                  // [n, L·2·token_dim], or [n, token_dim] with projection
-  torch::nn::Sequential mlp{nullptr};       // projection only
+  torch::Tensor embedding;             // [n, L·2·token_dim], or [n, token_dim] with projection
+  torch::nn::Sequential mlp{nullptr};  // projection only
 };
 TORCH_MODULE(PrefixTuning);
 

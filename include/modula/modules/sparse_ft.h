@@ -12,11 +12,11 @@
 //   diff->apply(*model);  ...  diff->remove(*model);
 #pragma once
 
-#include "modula/backbone/backbone.h"
-
 #include <functional>
 #include <string>
 #include <vector>
+
+#include "modula/backbone/backbone.h"
 
 namespace modula {
 

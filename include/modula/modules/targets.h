@@ -6,10 +6,10 @@
 // The same rules pick block sites ("model.layers.0.mlp", "bert.encoder.layer.0.output").
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include "modula/backbone/backbone.h"
 #include "modula/backbone/layers.h"
-
-#include <nlohmann/json.hpp>
 
 namespace modula {
 
@@ -21,7 +21,8 @@ bool matches_target(const nlohmann::json& target_modules, const std::string& pat
 // The sites a PEFT-style config selects (target_modules, exclude_modules,
 // layers_to_transform). Throws std::invalid_argument listing a few site names when
 // nothing matches.
-std::vector<std::pair<std::string, std::shared_ptr<LinearImpl>>> select_sites(Backbone& model, const nlohmann::json& config);
+std::vector<std::pair<std::string, std::shared_ptr<LinearImpl>>> select_sites(Backbone& model,
+                                                                              const nlohmann::json& config);
 
 // Every block site (attention / feed-forward sub-layer) by HF path, in module order.
 std::vector<std::pair<std::string, std::shared_ptr<BlockSite>>> block_sites(Backbone& model);

@@ -18,8 +18,8 @@ struct PolyRouterOptions {
   PolyRouterOptions(int64_t n_tasks, int64_t n_skills) : n_tasks_(n_tasks), n_skills_(n_skills) {}
   TORCH_ARG(int64_t, n_tasks);
   TORCH_ARG(int64_t, n_skills);
-  TORCH_ARG(int64_t, n_splits) = 1;       // MHR heads; 1 = Polytropon
-  TORCH_ARG(std::string, key) = "task";   // RoutingContext entry with the task ids
+  TORCH_ARG(int64_t, n_splits) = 1;      // MHR heads; 1 = Polytropon
+  TORCH_ARG(std::string, key) = "task";  // RoutingContext entry with the task ids
 
  public:
   void validate() const;  // std::invalid_argument naming the bad field

@@ -35,7 +35,10 @@ class RoutingContext {
   // Throws std::invalid_argument naming the key (and the keys present) when absent.
   const torch::Tensor& get(const std::string& key) const;
   bool has(const std::string& key) const { return metadata_.count(key) > 0; }
-  void clear() { metadata_.clear(); mask_ = torch::Tensor(); }
+  void clear() {
+    metadata_.clear();
+    mask_ = torch::Tensor();
+  }
   // Padding mask [N, S] (1 = real token) for routers that pool over positions (the
   // backbone's attention_mask); undefined = every position is real.
   void set_mask(torch::Tensor attention_mask) { mask_ = std::move(attention_mask); }

@@ -13,11 +13,12 @@
 namespace modula {
 
 struct SoftmaxRouterOptions {
-  SoftmaxRouterOptions(int64_t in_features, int64_t num_modules) : in_features_(in_features), num_modules_(num_modules) {}
+  SoftmaxRouterOptions(int64_t in_features, int64_t num_modules)
+      : in_features_(in_features), num_modules_(num_modules) {}
   TORCH_ARG(int64_t, in_features);
   TORCH_ARG(int64_t, num_modules);
-  TORCH_ARG(bool, per_token) = false;      // false: one distribution per example
-  TORCH_ARG(double, temperature) = 1.0;    // softmax(logits / temperature)
+  TORCH_ARG(bool, per_token) = false;    // false: one distribution per example
+  TORCH_ARG(double, temperature) = 1.0;  // softmax(logits / temperature)
 
  public:
   void validate() const;  // std::invalid_argument naming the bad field

@@ -23,11 +23,11 @@ namespace modula {
 
 struct TopKRouterOptions {
   TopKRouterOptions(int64_t features, int64_t num_experts) : features_(features), num_experts_(num_experts) {}
-  TORCH_ARG(int64_t, features);             // H, the size of the routed hidden state
-  TORCH_ARG(int64_t, num_experts);          // E
-  TORCH_ARG(int64_t, k) = 2;                // experts per token, 1 ≤ k ≤ E
-  TORCH_ARG(bool, noisy) = false;           // Shazeer et al. 2017 tunable Gaussian noise (training only)
-  TORCH_ARG(bool, normalize) = true;        // renormalise the top-k probabilities to sum to 1
+  TORCH_ARG(int64_t, features);                 // H, the size of the routed hidden state
+  TORCH_ARG(int64_t, num_experts);              // E
+  TORCH_ARG(int64_t, k) = 2;                    // experts per token, 1 ≤ k ≤ E
+  TORCH_ARG(bool, noisy) = false;               // Shazeer et al. 2017 tunable Gaussian noise (training only)
+  TORCH_ARG(bool, normalize) = true;            // renormalise the top-k probabilities to sum to 1
   TORCH_ARG(double, load_balance_coef) = 0.01;  // α (0: off)
   TORCH_ARG(double, z_loss_coef) = 0.001;       // β (0: off)
 

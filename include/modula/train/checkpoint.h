@@ -10,13 +10,12 @@
 //   if (auto ck = modula::train::load_latest_checkpoint("runs/x/checkpoints")) ...
 #pragma once
 
-#include "modula/io/safetensors.h"
-
 #include <nlohmann/json.hpp>
-
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "modula/io/safetensors.h"
 
 namespace modula::train {
 

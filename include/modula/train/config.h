@@ -24,15 +24,14 @@
 // path ("tasks[1].type") and what was expected.
 #pragma once
 
-#include "modula/util/error.h"
-
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "modula/util/error.h"
 
 namespace modula::train {
 
@@ -48,9 +47,9 @@ TaskType task_type_from_string(const std::string& s);  // throws ConfigError lis
 std::string to_string(TaskType t);
 
 struct ModuleSpec {
-  std::string name;             // adapter name, unique in the run
-  nlohmann::json config;        // fresh module: a PEFT-style adapter_config (add_adapter)
-  std::string path;             // or an existing module folder (load_adapter)
+  std::string name;       // adapter name, unique in the run
+  nlohmann::json config;  // fresh module: a PEFT-style adapter_config (add_adapter)
+  std::string path;       // or an existing module folder (load_adapter)
   bool trainable = true;
 };
 
@@ -60,17 +59,17 @@ struct TaskConfig {
   std::string train, eval;  // JSONL / CSV / TSV files (or in-memory data given to Trainer)
   // Field names in the records.
   std::string text_field = "text";
-  std::string text_pair_field;              // optional second segment (seq. classification)
-  std::string label_field = "label";        // class name or integer
-  std::string prompt_field = "prompt";      // causal LM: loss on the completion only
+  std::string text_pair_field;          // optional second segment (seq. classification)
+  std::string label_field = "label";    // class name or integer
+  std::string prompt_field = "prompt";  // causal LM: loss on the completion only
   std::string completion_field = "completion";
-  std::string tokens_field = "tokens";      // token classification: list of words
-  std::string tags_field = "tags";          // and their tags
-  std::vector<std::string> labels;          // class / tag names; default: sorted set seen in train
+  std::string tokens_field = "tokens";  // token classification: list of words
+  std::string tags_field = "tags";      // and their tags
+  std::vector<std::string> labels;      // class / tag names; default: sorted set seen in train
   int64_t max_length = 128;
   double mlm_probability = 0.15;
-  std::vector<std::string> modules;         // modules enabled for this task; empty = all
-  double weight = 1.0;                      // loss weight
+  std::vector<std::string> modules;  // modules enabled for this task; empty = all
+  double weight = 1.0;               // loss weight
 };
 
 struct OptimConfig {
@@ -90,8 +89,8 @@ struct OptimConfig {
 };
 
 struct EvalConfig {
-  int64_t every = 0;         // evaluate every N optimizer steps (0 = only at the end)
-  int64_t patience = 0;      // early stopping after N evaluations without improvement (0 = off)
+  int64_t every = 0;     // evaluate every N optimizer steps (0 = only at the end)
+  int64_t patience = 0;  // early stopping after N evaluations without improvement (0 = off)
   int64_t batch_size = 16;
   int64_t max_examples = 0;  // 0 = all
 };

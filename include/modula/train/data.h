@@ -7,17 +7,16 @@
 //   for (auto& idx : modula::train::bucketed_batches(lengths(examples), 8, seed)) ...
 #pragma once
 
+#include <torch/torch.h>
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
 #include "modula/io/hf_config.h"
 #include "modula/text/tokenizer.h"
 #include "modula/train/config.h"
-
-#include <torch/torch.h>
-
-#include <nlohmann/json.hpp>
-
-#include <map>
-#include <string>
-#include <vector>
 
 namespace modula::train {
 
@@ -80,8 +79,8 @@ Batch collate(const std::vector<const Example*>& examples, int64_t pad_id, bool 
 // Masked LM corruption (Devlin et al. 2019): each non-special, non-pad token is chosen with
 // probability p; chosen tokens become [MASK] 80%, a random token 10%, unchanged 10%. Labels
 // are the original ids at chosen positions, kIgnoreIndex elsewhere. Deterministic in `seed`.
-void mask_tokens(Batch& batch, double p, int64_t mask_id, int64_t vocab_size,
-                 const std::vector<int64_t>& special_ids, uint64_t seed);
+void mask_tokens(Batch& batch, double p, int64_t mask_id, int64_t vocab_size, const std::vector<int64_t>& special_ids,
+                 uint64_t seed);
 
 // Batches of example indices for one epoch with length bucketing: shuffle (seeded), sort
 // windows of 50 batches by length, cut into batches, shuffle the batches.

@@ -30,16 +30,15 @@
 // The library never prints: progress goes to the callbacks.
 #pragma once
 
-#include "modula/train/config.h"
-
-#include <nlohmann/json.hpp>
-
 #include <functional>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "modula/train/config.h"
 
 namespace modula::train {
 
@@ -50,14 +49,14 @@ struct TaskData {
 using Datasets = std::map<std::string, TaskData>;  // by task name; overrides the config's files
 
 struct StepInfo {
-  int64_t step = 0;          // optimizer steps done (within the current phase)
-  int64_t total_steps = 0;   // of the current phase
-  std::string phase;         // "train", or "continual/<task>", "baseline/<task>"
-  std::string task;          // task of the last batch
-  double loss = 0;           // mean loss over the accumulated micro-batches
-  double lr = 0;             // base learning rate after the schedule
-  double grad_norm = 0;      // before clipping
-  double tokens_per_s = 0;   // non-pad tokens seen per second since the phase started
+  int64_t step = 0;         // optimizer steps done (within the current phase)
+  int64_t total_steps = 0;  // of the current phase
+  std::string phase;        // "train", or "continual/<task>", "baseline/<task>"
+  std::string task;         // task of the last batch
+  double loss = 0;          // mean loss over the accumulated micro-batches
+  double lr = 0;            // base learning rate after the schedule
+  double grad_norm = 0;     // before clipping
+  double tokens_per_s = 0;  // non-pad tokens seen per second since the phase started
   double elapsed_s = 0;
   double eta_s = 0;
 };
@@ -85,15 +84,15 @@ struct ContinualResult {
 };
 
 struct TrainResult {
-  int64_t steps = 0;                  // optimizer steps of the main phase
+  int64_t steps = 0;  // optimizer steps of the main phase
   int64_t trainable_parameters = 0;
   int64_t total_parameters = 0;
   double final_loss = 0;
   bool stopped_early = false;
   bool resumed = false;
   std::map<std::string, std::map<std::string, double>> eval;  // final metrics by task
-  std::optional<ContinualResult> continual, baseline;          // continual learning
-  std::string output;                                          // output folder
+  std::optional<ContinualResult> continual, baseline;         // continual learning
+  std::string output;                                         // output folder
 };
 
 class Trainer {

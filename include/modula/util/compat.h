@@ -31,8 +31,8 @@ inline void set_cuda_autocast(bool on, at::ScalarType dtype = at::kBFloat16) {
 inline torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const torch::Tensor& mask, double scale) {
 #if MODULA_TORCH2
-  return at::scaled_dot_product_attention(q, k, v, mask.defined() ? c10::optional<at::Tensor>(mask) : c10::nullopt,
-                                          0.0, false, scale);
+  return at::scaled_dot_product_attention(q, k, v, mask.defined() ? c10::optional<at::Tensor>(mask) : c10::nullopt, 0.0,
+                                          false, scale);
 #else
   auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;
   if (mask.defined()) scores = scores + mask;

@@ -12,7 +12,7 @@ namespace modula::fs {
 bool exists(const std::string& p);
 bool is_dir(const std::string& p);
 bool is_file(const std::string& p);
-std::string join(const std::string& a, const std::string& b);  // "a/b"
+std::string join(const std::string& a, const std::string& b);    // "a/b"
 std::string parent(const std::string& p);                        // "a/b/c" -> "a/b"; "c" -> "."
 std::string filename(const std::string& p);                      // "a/b/c.json" -> "c.json"
 std::string extension(const std::string& p);                     // ".json" or ""
