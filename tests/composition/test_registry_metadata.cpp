@@ -1,0 +1,2 @@
+// Registry matrix: metadata (see registry_matrix.h).
+#include "composition/registry_matrix.h"
