@@ -11,6 +11,17 @@ PACKAGES=(
   clang-format
 )
 
+# The official openai npm client for the `modula serve` test (tests/serve/node); without npm
+# or the registry that test is skipped, nothing else depends on it.
+npm_client() {
+  local dir
+  dir="$(cd "$(dirname "$0")/.." && pwd)/tests/serve/node"
+  if command -v npm >/dev/null && [ ! -d "$dir/node_modules/openai" ]; then
+    (cd "$dir" && npm ci --no-audit --no-fund --silent) || echo "setup: npm ci failed; the openai client test will be skipped"
+  fi
+}
+trap npm_client EXIT
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

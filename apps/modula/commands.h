@@ -13,7 +13,10 @@ void add_quickstart(CLI::App& app);
 void add_export(CLI::App& app);
 void add_merge(CLI::App& app);
 void add_merge_adapters(CLI::App& app);
+void add_moefy(CLI::App& app);    // moe.cpp
+void add_upcycle(CLI::App& app);  // moe.cpp
 void add_train(CLI::App& app);
 void add_pretrain(CLI::App& app);
+void add_serve(CLI::App& app);  // when built with cpp-httplib (MODULA_HAVE_SERVE)
 
 }  // namespace modula::cli

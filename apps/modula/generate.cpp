@@ -5,6 +5,7 @@
 #include "commands.h"
 #include "modula/backbone/registry.h"
 #include "modula/composition/apply_spec.h"
+#include "modula/composition/composition_module.h"
 #include "modula/composition/registry.h"
 #include "modula/modules/bitfit.h"
 #include "modula/modules/hypernetwork.h"
@@ -44,9 +45,12 @@ void add_generate(CLI::App& app) {
   cmd->add_option("--adapter,-a", adapter_specs,
                   "Adapter folder (PEFT or modula format), optionally DIR:SCALE; repeatable");
   cmd->add_option("--compose", compose,
-                  "Composition spec over --module names, e.g. 'stack(lang, fuse(a, b))' (docs/composition.md)");
-  cmd->add_option("--module", module_specs, "NAME=DIR: a module folder the --compose spec names; repeatable");
-  cmd->add_option("--meta", meta_specs, "KEY=ID: routing id of the prompt for route(KEY, ...); repeatable");
+                  "Composition spec over --module names, e.g. 'stack(lang, fuse(a, b))', or a trained composition "
+                  "folder (MODULA_COMPOSITION, e.g. a run's out/compose) over them (docs/composition.md)");
+  cmd->add_option("--module", module_specs,
+                  "NAME=DIR: a module folder the --compose spec (or composition folder) names; repeatable");
+  cmd->add_option("--meta", meta_specs,
+                  "KEY=ID: routing id of the prompt for route(KEY, ...) and modules with routing_key KEY; repeatable");
   cmd->add_option("--tokenizer,-t", tokenizer_path, "Tokenizer file or folder (default: the model folder)");
   cmd->add_option("--max-new-tokens,-n", o.max_new_tokens, "Tokens to generate")->capture_default_str();
   cmd->add_option("--temperature", o.temperature, "0 = greedy")->capture_default_str();
@@ -66,7 +70,22 @@ void add_generate(CLI::App& app) {
     auto modules = load_module_folders(*model, adapter_specs, task, context);
     if (compose.empty() && !module_specs.empty()) throw_error("generate", "--module needs --compose");
     Composition composition;
-    if (!compose.empty()) composition = apply_spec(*model, parse_spec(compose), named(module_specs, "--module"));
+    std::vector<Adapter> composed;  // --compose DIR: the members, then the trained composition (last)
+    if (!compose.empty() && fs::is_file(fs::join(compose, "adapter_config.json"))) {
+      const auto members = named(module_specs, "--module");
+      composed.reserve(members.size() + 1);  // the composition keeps pointers to the members
+      ModuleEnv env;
+      env.context = context;
+      for (const auto& [name, dir] : members) {
+        env.name = name;
+        composed.push_back(load_module(*model, dir, env));
+        env.members[name] = &composed.back();
+      }
+      env.name = "compose";
+      composed.push_back(load_module(*model, compose, env));
+    } else if (!compose.empty()) {
+      composition = apply_spec(*model, parse_spec(compose), named(module_specs, "--module"));
+    }
     for (const auto& [key, id] : named(meta_specs, "--meta")) {
       char* end = nullptr;
       const long long value = std::strtoll(id.c_str(), &end, 10);
@@ -79,6 +98,7 @@ void add_generate(CLI::App& app) {
       for (auto& a : modules)
         if (a.input) a.input->prepare(*model, in, unused);
       composition.prepare(*model, in);
+      if (!composed.empty() && composed.back().input) composed.back().input->prepare(*model, in, unused);
     };
     std::unique_ptr<text::Tokenizer> tok;
     std::string tpath = tokenizer_path.empty() ? model_dir : tokenizer_path;

@@ -13,9 +13,14 @@ int main(int argc, char** argv) {
   modula::cli::add_export(app);
   modula::cli::add_merge(app);
   modula::cli::add_merge_adapters(app);
+  modula::cli::add_moefy(app);
+  modula::cli::add_upcycle(app);
   modula::cli::add_train(app);
   modula::cli::add_pretrain(app);
   modula::cli::add_conformance(app);
+#ifdef MODULA_HAVE_SERVE
+  modula::cli::add_serve(app);
+#endif
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

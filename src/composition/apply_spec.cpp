@@ -2,14 +2,19 @@
 // one composite per block site (aggregation/*.h) and attach it.
 #include "modula/composition/apply_spec.h"
 
+#include <algorithm>
+
 #include "modula/aggregation/average.h"
 #include "modula/aggregation/parallel.h"
 #include "modula/aggregation/prompt_concat.h"
 #include "modula/aggregation/routed.h"
 #include "modula/aggregation/stack.h"
+#include "modula/composition/ia3_bank.h"
+#include "modula/composition/input_bank.h"
 #include "modula/composition/modular_linear.h"
 #include "modula/composition/registry.h"
 #include "modula/io/peft.h"
+#include "modula/modules/ia3.h"
 #include "modula/modules/lora.h"
 #include "modula/modules/targets.h"
 #include "modula/routing/fixed.h"
@@ -73,9 +78,20 @@ struct Builder {
   Composition& comp;
   std::map<const SpecNode*, size_t> fusion_of;
   std::map<const SpecNode*, std::shared_ptr<RouterImpl>> router_of;
-  std::map<std::string, double> linear_scale;  // linear-site adapters: Σ of their path weights
-  std::set<std::string> frozen;                // members of fuse nodes
-  std::set<const SpecNode*> linear_routes;     // route nodes with linear-site members
+  std::map<std::string, double> linear_scale;      // linear-site adapters: Σ of their path weights
+  std::set<std::string> frozen;                    // members of fuse nodes
+  std::vector<const SpecNode*> linear_routes;      // route nodes with linear-site members, in spec order
+  std::map<const SpecNode*, int64_t> route_index;  // route nodes in spec order: "route<j>" keys routers
+
+  // Numbers the route nodes in pre-order (router_keys: "route<j>.<site>").
+  void number_routes(const SpecNode& n) {
+    if (n.kind == Kind::Route) route_index.emplace(&n, static_cast<int64_t>(route_index.size()));
+    for (const auto& c : n.children) number_routes(c);
+  }
+  void add_learned_router(const SpecNode& n, const std::string& site, std::shared_ptr<RouterImpl> router) {
+    comp.routers.push_back(std::move(router));
+    comp.router_keys.push_back("route" + std::to_string(route_index.at(&n)) + "." + site);
+  }
 
   const Adapter& adapter(const SpecNode& n) const { return *adapters.at(n.name); }
 
@@ -118,15 +134,18 @@ struct Builder {
         return;
       }
       case Kind::Route: {
+        if (input_route(n)) return plan_input_route(n, top);
         if (learned_route(n.name).kind.empty()) {  // fixed by metadata: one router shared by every site
           auto router =
               FixedRouter(FixedRouterOptions(static_cast<int64_t>(n.children.size())).key(n.name), comp.context);
           router_of[&n] = router.ptr();
           comp.routers.push_back(router.ptr());
+          comp.router_keys.emplace_back();  // no parameters
         }
         for (const auto& c : n.children) {
           if (c.kind == Kind::Module && !adapter(c).input && has_site_kind(adapter(c), SiteKind::Linear)) {
-            linear_routes.insert(&n);  // routed per Linear site over a bank (build_linear_routes)
+            if (std::find(linear_routes.begin(), linear_routes.end(), &n) == linear_routes.end())
+              linear_routes.push_back(&n);  // routed per Linear site over a bank (build_linear_routes)
             continue;
           }
           plan(c, weight, "route", false, false, false);
@@ -134,6 +153,25 @@ struct Builder {
         return;
       }
     }
+  }
+
+  // route(key, p_0, p_1, ...) over prompts or prefixes: one InputBank, row i using p_{ids[i]}.
+  bool input_route(const SpecNode& n) const {
+    if (n.kind != Kind::Route) return false;
+    return std::any_of(n.children.begin(), n.children.end(),
+                       [&](const SpecNode& c) { return c.kind == Kind::Module && adapter(c).input; });
+  }
+  void plan_input_route(const SpecNode& n, bool top) {
+    if (!learned_route(n.name).kind.empty())
+      bad(n, "route(" + n.name +
+                 ", …) over prompt modules: input modules are routed by metadata only (route(task, …) "
+                 "or another metadata key); learned routing needs site modules");
+    if (!top)
+      bad(n, "route(…) over prompt modules must be at the top level (the spec or an argument of the outer stack)");
+    for (const auto& c : n.children)
+      if (c.kind != Kind::Module || !adapter(c).input)
+        bad(c, "route(…) over prompt modules takes only PROMPT_TUNING or only PREFIX_TUNING modules; '" + to_string(c) +
+                   "' is not one");
   }
 
   void plan_module(const SpecNode& n, double weight, const std::string& mixer, bool top, bool in_concat) {
@@ -149,8 +187,8 @@ struct Builder {
     if (has_site_kind(a, SiteKind::Linear)) {
       if (!mixer.empty())
         bad(n, "linear-site adapter " + what + " cannot be under " + mixer +
-                   "(…): fuse combines block-site adapters (MODULA_BOTTLENECK); route takes LoRA adapters only as its "
-                   "direct arguments");
+                   "(…): fuse combines block-site adapters (MODULA_BOTTLENECK); route takes LoRA and (IA)³ adapters "
+                   "only as its direct arguments");
       linear_scale[n.name] += weight;
     }
   }
@@ -189,7 +227,7 @@ struct Builder {
         if (learned.kind == "smear")
           bad(n, "route(smear, …) averages parameters: it takes LoRA adapters, not block-site modules");
         auto router = learned_router(n, learned, site.features, static_cast<int64_t>(kids.size()), comp.context);
-        comp.routers.push_back(router);
+        add_learned_router(n, path, router);
         auto p = site.parameters().front();
         router->to(p.device(), p.scalar_type());
         return Routed(router, kids, /*owns_router=*/true).ptr();
@@ -216,49 +254,73 @@ struct Builder {
       for (const auto& c : n.children) prompts.push_back(std::dynamic_pointer_cast<PromptTuningImpl>(adapter(c).input));
       comp.inputs.push_back(ConcatenatedPrompt(prompts).ptr());
     }
+    if (input_route(n)) {  // plan_input_route checked the members; InputBank checks their kinds and shapes
+      std::vector<std::shared_ptr<InputModule>> members;
+      for (const auto& c : n.children) members.push_back(adapter(c).input);
+      comp.inputs.push_back(InputBank(members, comp.context, InputBankOptions().key(n.name)).ptr());
+    }
     if (n.kind == Kind::Stack && root)
       for (const auto& c : n.children) collect_inputs(c, false);
   }
 
-  // route(key, a, b, ...) over LoRA adapters: per Linear site a ModularLinear over a view
-  // bank of the members (they stay attached, switched off; gradients reach them).
+  // route(key, a, b, ...) over LoRA or (IA)³ adapters: per Linear site a ModularLinear over
+  // a view bank of the members (they stay attached, switched off; gradients reach them).
   void build_linear_routes(const SpecNode& n) {
     const size_t C = n.children.size();
-    std::map<std::string, std::pair<std::shared_ptr<LinearImpl>, std::vector<std::shared_ptr<LoraImpl>>>> sites;
+    using Slot = std::pair<std::shared_ptr<LinearImpl>, std::vector<std::shared_ptr<SiteModule>>>;
+    std::map<std::string, Slot> sites;
+    std::map<std::string, std::string> kind_at;  // site → "LoRA" / "(IA)³" of its first member
     std::vector<std::string> order;
     for (size_t i = 0; i < C; ++i) {
       const auto& c = n.children[i];
       if (c.kind != Kind::Module || adapter(c).input) continue;
       for (const auto& m : adapter(c).modules) {
         if (m.module->site_kind() != SiteKind::Linear) continue;
-        auto lora = std::dynamic_pointer_cast<LoraImpl>(m.module);
-        if (!lora)
-          bad(c, "route(…) over Linear-site modules takes LoRA adapters; '" + c.name + "' is " + adapter(c).peft_type);
+        const bool lora = std::dynamic_pointer_cast<LoraImpl>(m.module) != nullptr;
+        if (!lora && !std::dynamic_pointer_cast<Ia3Impl>(m.module))
+          bad(c, "route(…) over Linear-site modules takes LoRA or (IA)³ adapters; '" + c.name + "' is " +
+                     adapter(c).peft_type);
         auto& slot = sites[m.site];
-        if (!slot.first) slot = {m.layer, std::vector<std::shared_ptr<LoraImpl>>(C)}, order.push_back(m.site);
-        slot.second[i] = lora;
+        if (!slot.first) {
+          slot = {m.layer, std::vector<std::shared_ptr<SiteModule>>(C)}, order.push_back(m.site);
+          kind_at[m.site] = lora ? "LoRA" : "(IA)³";
+        } else if (kind_at[m.site] != (lora ? "LoRA" : "(IA)³")) {
+          bad(c, "route(…) mixes LoRA and (IA)³ modules at " + m.site + " ('" + c.name +
+                     "'): a routed site takes one kind");
+        }
+        slot.second[i] = m.module;
       }
     }
     const auto learned = learned_route(n.name);
     for (const auto& path : order) {
-      auto& [layer, loras] = sites[path];
+      auto& [layer, members] = sites[path];
       auto router = router_of.count(&n) ? router_of.at(&n) : nullptr;
       if (!learned.kind.empty()) {
         router = learned_router(n, learned, layer->options.in_features(), static_cast<int64_t>(C), comp.context);
         router->to(layer->weight.device(), layer->weight.scalar_type());
-        comp.routers.push_back(router);
+        add_learned_router(n, path, router);
       }
       auto o = ModularLinearOptions().owns_router(!learned.kind.empty());
       if (learned.kind == "smear") o.aggregation(Aggregation::ParameterAverage);
-      auto routed = std::make_shared<ModularLinearImpl>(LoraBankImpl::view(loras), router, o);
+      std::shared_ptr<ModularLinearImpl> routed;
+      if (kind_at[path] == "LoRA") {
+        std::vector<std::shared_ptr<LoraImpl>> loras;
+        for (const auto& m : members) loras.push_back(std::dynamic_pointer_cast<LoraImpl>(m));
+        routed = std::make_shared<ModularLinearImpl>(LoraBankImpl::view(loras), router, o);
+      } else {
+        std::vector<std::shared_ptr<Ia3Impl>> ia3s;
+        for (const auto& m : members) ia3s.push_back(std::dynamic_pointer_cast<Ia3Impl>(m));
+        routed = std::make_shared<ModularLinearImpl>(Ia3BankImpl::view(ia3s), router, o);
+      }
       layer->attach(comp.name, routed);
       comp.linear_sites.emplace_back(path, layer);
-      for (auto& l : loras)
-        if (l && l->enabled) l->enabled = false, comp.switched_off.push_back(l);
+      for (auto& m : members)
+        if (m && m->enabled) m->enabled = false, comp.switched_off.push_back(m);
     }
   }
 
   void run() {
+    number_routes(comp.spec);
     plan(comp.spec, 1.0, "", true, false, true);
     for (const auto* n : linear_routes) build_linear_routes(*n);
     collect_inputs(comp.spec, true);
@@ -296,9 +358,11 @@ Composition compose(Backbone& model, Composition comp, const std::map<std::strin
   }
   check_module_names(comp.spec, known);
   comp.name = options.name();
+  comp.options = options;
+  if (options.context()) comp.context = options.context();
   comp.members = adapters;
   try {
-    Builder builder{model, adapters, fusion_folders, options, comp, {}, {}, {}, {}};
+    Builder builder{model, adapters, fusion_folders, options, comp, {}, {}, {}, {}, {}, {}};
     builder.run();
   } catch (...) {
     remove_composition(comp);

@@ -16,7 +16,8 @@ Ia3BankImpl::Ia3BankImpl(int64_t in, int64_t out, int64_t M, bool feedforward) {
   any_feedforward = feedforward, any_output = !feedforward;
 }
 
-std::shared_ptr<Ia3BankImpl> Ia3BankImpl::stack(const std::vector<std::shared_ptr<Ia3Impl>>& modules) {
+// Checks the members (same shape, none merged) and returns the first one present.
+static const Ia3Impl* check_members(const std::vector<std::shared_ptr<Ia3Impl>>& modules) {
   const Ia3Impl* first = nullptr;
   for (size_t m = 0; m < modules.size(); ++m) {
     const auto& ia3 = modules[m];
@@ -28,6 +29,41 @@ std::shared_ptr<Ia3BankImpl> Ia3BankImpl::stack(const std::vector<std::shared_pt
     if (ia3->merged) throw_error(kTag, "module " + std::to_string(m) + " is merged into the weights; unmerge it first");
   }
   if (!first) throw_error(kTag, "no modules to stack");
+  return first;
+}
+
+// l as the bank holds it: 1 + scale·(l − 1), flattened.
+static torch::Tensor scaled(const Ia3Impl& ia3) { return 1 + ia3.scale * (ia3.ia3_l.flatten() - 1); }
+
+std::shared_ptr<Ia3BankImpl> Ia3BankImpl::view(const std::vector<std::shared_ptr<Ia3Impl>>& modules) {
+  check_members(modules);
+  std::shared_ptr<Ia3BankImpl> bank(new Ia3BankImpl());
+  for (const auto& ia3 : modules)
+    if (ia3) (ia3->options.feedforward() ? bank->any_feedforward : bank->any_output) = true;
+  bank->members_ = modules;
+  bank->sync();
+  return bank;
+}
+
+void Ia3BankImpl::sync() {
+  if (members_.empty()) return;
+  const Ia3Impl* first = nullptr;
+  for (const auto& m : members_)
+    if (m && !first) first = m.get();
+  auto opts = first->ia3_l.options();
+  auto ones_out = torch::ones({first->options.out_features()}, opts),
+       ones_in = torch::ones({first->options.in_features()}, opts);
+  std::vector<torch::Tensor> out, in;
+  for (const auto& m : members_) {
+    const bool ff = m && m->options.feedforward();
+    out.push_back(m && !ff ? scaled(*m) : ones_out);
+    in.push_back(ff ? scaled(*m) : ones_in);
+  }
+  l_out = torch::stack(out), l_in = torch::stack(in);
+}
+
+std::shared_ptr<Ia3BankImpl> Ia3BankImpl::stack(const std::vector<std::shared_ptr<Ia3Impl>>& modules) {
+  const Ia3Impl* first = check_members(modules);
   const auto M = static_cast<int64_t>(modules.size());
   std::shared_ptr<Ia3BankImpl> bank(new Ia3BankImpl());
   auto opts = first->ia3_l.options();
@@ -37,8 +73,7 @@ std::shared_ptr<Ia3BankImpl> Ia3BankImpl::stack(const std::vector<std::shared_pt
   for (int64_t m = 0; m < M; ++m) {
     const auto& ia3 = modules[m];
     if (!ia3) continue;
-    auto l = 1 + ia3->scale * (ia3->ia3_l.flatten() - 1);
-    (ia3->options.feedforward() ? in : out)[m].copy_(l);
+    (ia3->options.feedforward() ? in : out)[m].copy_(scaled(*ia3));
     (ia3->options.feedforward() ? bank->any_feedforward : bank->any_output) = true;
   }
   bank->l_out = bank->register_parameter("l_out", out);
@@ -58,6 +93,7 @@ torch::Tensor Ia3BankImpl::apply(const SiteInput& in, const torch::Tensor& v_out
 }
 
 torch::Tensor Ia3BankImpl::mixed(const SiteInput& in, const torch::Tensor& w) {
+  sync();
   const auto M = num_modules();
   if (w.size(-1) != M || w.dim() < 2 || w.dim() > 3 || w.size(0) != in.x.size(0))
     throw_error(kTag, "routing weights " + c10::str(w.sizes()) + " for " + std::to_string(in.x.size(0)) + " rows and " +
@@ -68,6 +104,7 @@ torch::Tensor Ia3BankImpl::mixed(const SiteInput& in, const torch::Tensor& w) {
 }
 
 torch::Tensor Ia3BankImpl::selected(const SiteInput& in, const torch::Tensor& idx, const torch::Tensor& w) {
+  sync();
   if (idx.dim() != 2) return mixed(in, dense_weights(idx, w, num_modules()));
   const auto N = idx.size(0), k = idx.size(1);
   auto flat = idx.clamp_min(0).reshape({-1});

@@ -9,6 +9,7 @@
 #include "modula/io/peft.h"
 #include "modula/modules/bitfit.h"
 #include "modula/modules/hypernetwork.h"
+#include "modula/modules/lottery_ticket.h"
 #include "modula/modules/sparse_ft.h"
 #include "modula/modules/targets.h"
 #include "modula/util/error.h"
@@ -46,29 +47,45 @@ SparseDiffOptions sparse_options(const json& c) {
   return o;
 }
 
-// A loaded diff lives in the weights (scale·φ); a fresh one trains through attach().
+// A loaded diff lives in the weights (scale·φ); a fresh one trains through attach(). With
+// mask: lottery_ticket the mask is not known yet: a trainer first runs the dense phase over
+// the ticket's parameters, then end_dense_phase() selects the mask (LT-SFT).
 struct SparseState : AdapterState {
   SparseDiff diff{nullptr};
+  std::unique_ptr<LotteryTicket> ticket;
+  int64_t dense_steps = 0;
   Backbone* model = nullptr;
   double scale = 1.0;
   bool on = true;
-  std::vector<torch::Tensor> parameters() const override { return diff->parameters(); }
+  std::vector<torch::Tensor> parameters() const override { return ticket ? ticket->parameters() : diff->parameters(); }
+  int64_t dense_phase_steps() const override { return ticket ? dense_steps : 0; }
+  void end_dense_phase() override {
+    if (!ticket) return;
+    diff = ticket->select();
+    ticket.reset();
+    diff->attach(*model);
+  }
   void set_enabled(bool enable) override {
     if (enable == on) return;
+    if (ticket) throw_error(kTag, "a lottery-ticket sparse diff before its dense phase cannot be switched off");
     if (diff->attached()) throw_error(kTag, "a sparse diff in training cannot be switched off");
     enable ? diff->apply(*model, scale) : diff->remove(*model, scale);
     on = enable;
   }
   void set_scale(double s) override {
-    if (diff->attached()) throw_error(kTag, "a sparse diff in training has no scale");
+    if (ticket || diff->attached()) throw_error(kTag, "a sparse diff in training has no scale");
     if (on) diff->remove(*model, scale), diff->apply(*model, s);
     scale = s;
   }
   void merge() override {}  // already in the weights
   void refresh() override {
-    if (diff->attached()) diff->refresh();
+    if (diff && diff->attached()) diff->refresh();
   }
   void remove() override {
+    if (ticket) {
+      ticket.reset();  // θ₀ restored
+      return;
+    }
     if (diff->attached())
       diff->detach();
     else
@@ -85,6 +102,16 @@ ModuleType sparse_ft_row() {
   t.build = [](Backbone& m, const json& c, const ModuleEnv& env) {
     auto s = std::make_shared<SparseState>();
     s->model = &m;
+    const auto mask = field<std::string>(c, "mask", "random");
+    if (mask == "lottery_ticket") {  // LT-SFT: the mask comes from a dense phase of dense_steps
+      s->dense_steps = field<int64_t>(c, "dense_steps", 100);
+      if (s->dense_steps < 1)
+        throw_error(kTag, "MODULA_SPARSE_FT 'dense_steps' must be >= 1, got " + std::to_string(s->dense_steps));
+      s->ticket = std::make_unique<LotteryTicket>(m, sparse_options(c));
+      return handle("MODULA_SPARSE_FT", env.name, c, s);
+    }
+    if (mask != "random")
+      throw_error(kTag, "MODULA_SPARSE_FT 'mask' must be random or lottery_ticket, got '" + mask + "'");
     s->diff = random_sparse_diff(m, sparse_options(c), field<uint64_t>(c, "seed", 0));
     s->diff->attach(m);  // trainable: θ₀ + scatter(values) in every forward
     return handle("MODULA_SPARSE_FT", env.name, c, s);
@@ -99,6 +126,7 @@ ModuleType sparse_ft_row() {
   t.save = [](const Adapter& a, const std::string& dir) {
     auto s = std::dynamic_pointer_cast<SparseState>(a.state);
     if (!s) throw_error(kTag, "adapter '" + a.name + "' has no sparse diff to save");
+    if (s->ticket) throw_error(kTag, "adapter '" + a.name + "': its mask is not selected yet (LT-SFT dense phase)");
     save_sparse_diff(s->diff, dir);
   };
   return t;
@@ -222,7 +250,15 @@ struct HyperState : AdapterState {
 };
 
 Adapter hyper_handle(Backbone& m, HyperLora hyper, const ModuleEnv& env) {
-  if (env.task >= 0) {
+  const std::string key = hyper->options.routing_key();
+  if (key != "task" && env.context) {  // routed by a metadata field: always per row from the context
+    hyper->task_source = [ctx = env.context, key] {
+      if (!ctx->has(key))
+        throw_error(kTag, "the hypernetwork routes by '" + key +
+                              "', which the RoutingContext does not hold (modula generate: --meta " + key + "=ID)");
+      return ctx->get(key);
+    };
+  } else if (env.task >= 0) {
     hyper->set_task_ids(torch::tensor({env.task}, torch::kLong));
   } else if (env.context) {  // per row, from the routing metadata
     hyper->task_source = [ctx = env.context] { return ctx->has("task") ? ctx->get("task") : torch::Tensor(); };

@@ -100,17 +100,26 @@ Adapter add_poly_adapter(Backbone& model, const json& config, std::shared_ptr<Ro
   auto poly_type = config.value("poly_type", json("poly"));
   if (poly_type != "poly") throw_error(kTag, "poly_type " + poly_type.dump() + " is not supported (\"poly\")");
   if (!context) throw_error(kTag, "a RoutingContext is needed for the task ids");
+  // modula extension: the RoutingContext entry with the ids (a metadata field); written to
+  // adapter_config.json only when it is not PEFT's "task".
+  const json key =
+      config.contains("routing_key") && !config["routing_key"].is_null() ? config["routing_key"] : json("task");
+  if (!key.is_string() || key.get<std::string>().empty())
+    throw_error(kTag,
+                "config key 'routing_key' must name a RoutingContext entry (default \"task\"), got " + key.dump());
   Adapter a;
   a.name = name;
   a.peft_type = "POLY";
   a.config = config;
+  if (key == "task") a.config.erase("routing_key");
   for (auto& [path, layer] : select_sites(model, config)) {
     auto o = PolyLoraOptions(layer->options.in_features(), layer->options.out_features())
                  .r(config_int(config, "r", 8))
                  .n_tasks(config_int(config, "n_tasks", 1))
                  .n_skills(config_int(config, "n_skills", 4))
                  .n_splits(config_int(config, "n_splits", 1))
-                 .init_weights(config.value("init_weights", true));
+                 .init_weights(config.value("init_weights", true))
+                 .key(key.get<std::string>());
     if (layer->options.conv1d_layout())
       throw_error(kTag, "site " + path + " is a Conv1D layer; PEFT POLY supports nn.Linear only");
     try {

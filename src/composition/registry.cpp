@@ -42,7 +42,7 @@ Build named(Adapter (*build)(Backbone&, const json&, const std::string&)) {
   return [build](Backbone& m, const json& c, const ModuleEnv& env) { return build(m, c, env.name); };
 }
 
-// Polytropon routes by the "task" ids of the env's RoutingContext.
+// Polytropon routes by the ids of the env's RoutingContext under its routing_key ("task").
 Adapter poly_build(Backbone& m, const json& c, const ModuleEnv& env) {
   auto ctx = context_of(env);
   auto a = add_poly_adapter(m, c, ctx, env.name);
@@ -65,6 +65,8 @@ std::vector<ModuleType> make_table() {
       fusion_row(),
       peft_row("MODULA_MOE_LORA", "mixture of LoRA experts per site, token-level top-k router (MoLoRA)",
                moe_lora_build),
+      moe_ffn_row(),
+      composition_row(),
   };
   return rows;
 }

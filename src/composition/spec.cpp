@@ -17,9 +17,9 @@ using json = nlohmann::json;
 using Kind = SpecNode::Kind;
 
 const std::vector<std::pair<std::string, Kind>>& operators() {
-  static const std::vector<std::pair<std::string, Kind>> ops = {{"stack", Kind::Stack}, {"parallel", Kind::Parallel},
-                                                                {"avg", Kind::Average}, {"fuse", Kind::Fuse},
-                                                                {"route", Kind::Route}, {"concat", Kind::Concat}};
+  static const std::vector<std::pair<std::string, Kind>> ops = {
+      {"stack", Kind::Stack}, {"parallel", Kind::Parallel}, {"avg", Kind::Average}, {"fuse", Kind::Fuse},
+      {"route", Kind::Route}, {"concat", Kind::Concat},     {"moe", Kind::Route}};  // moe: route(top<k>, …)
   return ops;
 }
 
@@ -131,6 +131,36 @@ void check_operator(SpecNode& n, Fail fail) {
   }
 }
 
+// moe(…) before check_operator: route(top<k>, …) with k = 2 unless the first argument is
+// top<k> (the text form) or the caller gave the key (JSON "k" / "key").
+template <typename Fail>
+void moe_to_route(SpecNode& n, bool has_key, Fail fail) {
+  if (has_key) return;
+  if (!n.children.empty() && n.children.front().kind == Kind::Module && !n.children.front().weight) {
+    const auto& first = n.children.front().name;
+    if (first.compare(0, 3, "top") == 0 && learned_route_key(first)) return;  // moe(top1, a, b)
+    if (learned_route_key(first))
+      fail(0, "moe(…) routes each token to its top-k experts; '" + first + "' is not top<k> (use route(" + first +
+                  ", …) for that router)");
+  }
+  SpecNode key;
+  key.name = "top2";
+  key.where = n.where;
+  n.children.insert(n.children.begin(), key);
+}
+
+// moe(…) after check_operator: at least two experts, k of them or fewer.
+template <typename Fail>
+void check_moe(const SpecNode& n, Fail fail) {
+  if (n.name.compare(0, 3, "top") != 0 || !learned_route_key(n.name))
+    fail(-1, "moe(…) takes top<k> as its key (moe(top1, a, b)), got '" + n.name + "'");
+  const auto k = std::stoll(n.name.substr(3));
+  if (n.children.size() < 2) fail(-1, "moe needs at least 2 experts, got " + std::to_string(n.children.size()));
+  if (k < 1 || static_cast<size_t>(k) > n.children.size())
+    fail(-1, "moe(" + n.name + ", …) selects " + std::to_string(k) + " of " + std::to_string(n.children.size()) +
+                 " experts");
+}
+
 // Recursive descent over the text form.
 class TextParser {
  public:
@@ -222,11 +252,18 @@ class TextParser {
         fail(i_, std::string("expected ',' or ')', got '") + s_[i_] + "'");
       }
     }
-    check_operator(node, [&](int child, const std::string& m) {
+    auto at = [&](int child, const std::string& m) {
       fail(child < 0 ? start
                      : starts[static_cast<size_t>(child) + (node.kind == Kind::Route && !node.name.empty() ? 1 : 0)],
            m);
-    });
+    };
+    if (op == "moe") {
+      const auto before = node.children.size();
+      moe_to_route(node, false, at);
+      if (node.children.size() > before) starts.insert(starts.begin(), start);  // the implied key top2
+    }
+    check_operator(node, at);
+    if (op == "moe") check_moe(node, at);
     return node;
   }
 
@@ -249,7 +286,7 @@ SpecNode parse_json_node(const json& j, const std::string& where) {
   node.where = where;
   std::string op;
   for (auto it = j.begin(); it != j.end(); ++it) {
-    if (it.key() == "weights" || it.key() == "key") continue;
+    if (it.key() == "weights" || it.key() == "key" || it.key() == "k") continue;
     if (!find_operator(it.key()))
       fail_json(where, "unknown operator '" + it.key() + "' (operators: " + operator_list() + ")");
     if (!op.empty()) fail_json(where, "one operator per object, got '" + op + "' and '" + it.key() + "'");
@@ -268,6 +305,17 @@ SpecNode parse_json_node(const json& j, const std::string& where) {
     SpecNode key;
     key.name = j["key"].get<std::string>();
     node.children.insert(node.children.begin(), key);
+  } else if (j.contains("k")) {
+    if (op != "moe") fail_json(where + "/k", "'k' belongs to moe only");
+    if (!j["k"].is_number_integer() || j["k"].get<int64_t>() < 1)
+      fail_json(where + "/k", "moe's k must be a positive integer, got " + j["k"].dump());
+    SpecNode key;
+    key.name = "top" + std::to_string(j["k"].get<int64_t>());
+    node.children.insert(node.children.begin(), key);
+  } else if (op == "moe") {
+    moe_to_route(node, false, [&](int child, const std::string& m) {
+      fail_json(where + "/" + op + "/" + std::to_string(child), m);
+    });
   } else if (node.kind == Kind::Route) {
     fail_json(where, "route needs \"key\": the metadata key that picks the module per row");
   }
@@ -286,9 +334,11 @@ SpecNode parse_json_node(const json& j, const std::string& where) {
         fail_json(where + "/weights/" + std::to_string(i), "weight is not finite");
     }
   }
-  check_operator(node, [&](int child, const std::string& m) {  // route's key is never a child here
+  auto at = [&](int child, const std::string& m) {  // route's key is never a child here
     fail_json(child < 0 ? where : where + "/" + op + "/" + std::to_string(child), m);
-  });
+  };
+  check_operator(node, at);
+  if (op == "moe") check_moe(node, at);
   return node;
 }
 

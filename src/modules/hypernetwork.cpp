@@ -50,6 +50,7 @@ void HyperLoraOptions::validate() const {
   positive("hidden", hidden());
   positive("r", r());
   if (!std::isfinite(alpha())) throw_error(kTag, "alpha must be finite");
+  if (routing_key().empty()) throw_error(kTag, "routing_key must name a RoutingContext entry (default \"task\")");
   if (!target_modules().is_string() && !target_modules().is_array())
     throw_error(kTag, "target_modules must be a string or a list (got " + target_modules().dump() + ")");
 }
@@ -241,6 +242,7 @@ nlohmann::json HyperLoraImpl::config() const {
                       {"seed", options.seed()},
                       {"sites", nlohmann::json::array()}};
   for (const auto& s : sites_) c["sites"].push_back(s.path);
+  if (options.routing_key() != "task") c["routing_key"] = options.routing_key();
   return c;
 }
 

@@ -66,7 +66,8 @@ HyperLoraOptions hyper_lora_options(const json& c, const std::string& where) {
                .r(field<int64_t>(c, where, "r", d.r()))
                .alpha(field<double>(c, where, "alpha", d.alpha()))
                .target_modules(c.value("target_modules", d.target_modules()))
-               .seed(field<uint64_t>(c, where, "seed", d.seed()));
+               .seed(field<uint64_t>(c, where, "seed", d.seed()))
+               .routing_key(field<std::string>(c, where, "routing_key", d.routing_key()));
   try {
     o.validate();
   } catch (const std::invalid_argument& e) {

@@ -7,6 +7,7 @@
 #include <set>
 #include <sstream>
 
+#include "config_routing.h"
 #include "modula/composition/spec.h"
 #include "modula/io/yaml.h"
 #include "modula/util/error.h"
@@ -106,13 +107,8 @@ class Fields {
 
 std::string indexed(const std::string& key, size_t i) { return key + "[" + std::to_string(i) + "]"; }
 
-void collect(const SpecNode& n, SpecNode::Kind kind, std::vector<const SpecNode*>& out) {
-  if (n.kind == kind) out.push_back(&n);
-  for (const auto& c : n.children) collect(c, kind, out);
-}
-
-// `compose`: the spec (text or mapping), its module names against `modules`, route keys
-// and arities against `tasks`, and per-task module lists (they may not name members).
+// `compose`: the spec (text or mapping), its module names against `modules`, and per-task
+// module lists (they may not name members); route keys and arities: check_routing.
 std::string parse_compose(const json& v, const TrainConfig& c, const std::string& source) {
   if (c.continual.enabled)
     throw_error<ConfigError>("train",
@@ -136,19 +132,6 @@ std::string parse_compose(const json& v, const TrainConfig& c, const std::string
     check_module_names(spec, known);
   } catch (const SpecError& e) {
     throw_error<ConfigError>("train", source + ": 'compose': " + e.what());
-  }
-  std::vector<const SpecNode*> routes;
-  collect(spec, SpecNode::Kind::Route, routes);
-  for (const auto* r : routes) {
-    if (learned_route_key(r->name)) continue;  // route(softmax|softmax_token|smear|top<k>, ...): a learned router
-    if (r->name != "task")
-      throw_error<ConfigError>("train", source + ": 'compose': route(" + r->name +
-                                            ", ...): the trainer routes by 'task' (the batch's task index in 'tasks') "
-                                            "or by a learned router (softmax, softmax_token, smear, top<k>)");
-    if (r->children.size() != c.tasks.size())
-      throw_error<ConfigError>("train", source + ": 'compose': route(task, ...) has " +
-                                            std::to_string(r->children.size()) + " arguments; it needs one per task (" +
-                                            std::to_string(c.tasks.size()) + ", in the order of 'tasks')");
   }
   auto members = module_names(spec);
   for (size_t i = 0; i < c.tasks.size(); ++i)
@@ -335,6 +318,7 @@ TrainConfig parse_train_config(const json& j, const std::string& source) {
   const json& tasks = f.raw("tasks");
   if (!tasks.is_array() || tasks.empty()) f.fail("'tasks' must be a non-empty list");
   for (size_t i = 0; i < tasks.size(); ++i) c.tasks.push_back(parse_task(tasks[i], indexed("tasks", i), source));
+  if (f.has("metadata")) c.metadata = detail::parse_metadata(f.raw("metadata"), source);
   if (f.has("optim")) parse_optim(f.raw("optim"), c.optim, source);
   if (f.has("eval")) {
     Fields e(f.raw("eval"), "eval", source);
@@ -393,6 +377,7 @@ TrainConfig parse_train_config(const json& j, const std::string& source) {
     check(c.modules.empty(), source,
           "continual learning creates one module per task: leave 'modules' empty (set 'continual.module')");
   if (compose) c.compose = parse_compose(*compose, c, source);
+  check_routing(c, /*folders=*/false);
   return c;
 }
 

@@ -143,7 +143,43 @@ std::vector<std::string> word_list(const json& v, const std::string& key, const 
   return out;
 }
 
+std::string joined(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : ", ") + s;
+  return out;
+}
+
+// A record's value of metadata field `f` in its string form (integers in decimal).
+std::string metadata_value(const json& r, const MetadataField& f, const std::string& where, size_t line) {
+  const std::string known = f.values.empty() ? "" : "; values: " + joined(f.values);
+  if (!r.contains(f.name) || r[f.name].is_null()) {
+    std::string keys;
+    for (const auto& kv : r.items()) keys += (keys.empty() ? "" : ", ") + kv.key();
+    throw_error<TrainError>(
+        kTag, at_line(where, line) + ": missing metadata field '" + f.name + "' (record has: " + keys + known + ")");
+  }
+  const json& v = r[f.name];
+  if (!v.is_string() && !v.is_number_integer())
+    throw_error<TrainError>(kTag, at_line(where, line) + ": metadata field '" + f.name +
+                                      "' must be a string or an integer, got " + v.dump());
+  return v.is_string() ? v.get<std::string>() : v.dump();
+}
+
 }  // namespace
+
+std::vector<MetadataField> resolve_metadata(std::vector<MetadataField> fields, const std::vector<NamedRecords>& train) {
+  for (auto& f : fields) {
+    if (!f.values.empty()) continue;
+    std::set<std::string> seen;
+    for (const auto& [where, records] : train)
+      for (size_t i = 0; i < records->size(); ++i) seen.insert(metadata_value((*records)[i], f, where, i + 1));
+    f.values.assign(seen.begin(), seen.end());
+    if (all_integers(f.values))
+      std::sort(f.values.begin(), f.values.end(),
+                [](const auto& a, const auto& b) { return std::stoll(a) < std::stoll(b); });
+  }
+  return fields;
+}
 
 std::vector<json> load_records(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -167,10 +203,15 @@ std::vector<json> load_records(const std::string& path) {
 }
 
 Encoding Encoding::build(const TaskConfig& task, const std::vector<json>& train, const text::Tokenizer& tokenizer,
-                         const io::ModelConfig& model) {
+                         const io::ModelConfig& model, const std::vector<MetadataField>& metadata) {
   Encoding e;
   e.task_ = task;
   e.tokenizer_ = &tokenizer;
+  e.metadata_ = metadata;
+  for (const auto& f : metadata) {
+    auto& ids = e.metadata_ids_.emplace_back();
+    for (size_t i = 0; i < f.values.size(); ++i) ids[f.values[i]] = static_cast<int64_t>(i);
+  }
   // Special tokens around a text: what the post-processor adds to an empty string.
   auto empty = tokenizer.encode("", true);
   if (empty.size() >= 2)
@@ -241,6 +282,15 @@ int64_t Encoding::label_index(const json& v, const std::string& where, size_t li
 
 Example Encoding::encode_one(const json& r, const std::string& where, size_t line) const {
   Example ex;
+  for (size_t f = 0; f < metadata_.size(); ++f) {
+    const std::string v = metadata_value(r, metadata_[f], where, line);
+    auto it = metadata_ids_[f].find(v);
+    if (it == metadata_ids_[f].end())
+      throw_error<TrainError>(kTag, at_line(where, line) + ": unknown value " + r[metadata_[f].name].dump() +
+                                        " of metadata field '" + metadata_[f].name +
+                                        "' (values: " + joined(metadata_[f].values) + ")");
+    ex.metadata.push_back(it->second);
+  }
   const auto max_len = static_cast<size_t>(task_.max_length);
   auto truncate = [&](std::vector<int64_t>& v) {
     if (v.size() > max_len) v.resize(max_len);
@@ -324,8 +374,12 @@ std::vector<Example> Encoding::encode(const std::vector<json>& records, const st
 }
 
 Batch Batch::to(const torch::Device& d) const {
-  return {input_ids.to(d), attention_mask.to(d), token_type_ids.to(d), labels.defined() ? labels.to(d) : labels,
-          tokens};
+  return {input_ids.to(d),
+          attention_mask.to(d),
+          token_type_ids.to(d),
+          labels.defined() ? labels.to(d) : labels,
+          tokens,
+          metadata.defined() ? metadata.to(d) : metadata};
 }
 
 Batch collate(const std::vector<const Example*>& examples, int64_t pad_id, bool sequence_labels) {
@@ -336,10 +390,14 @@ Batch collate(const std::vector<const Example*>& examples, int64_t pad_id, bool 
   auto mask = torch::zeros({B, T}, torch::kInt64);
   auto types = torch::zeros({B, T}, torch::kInt64);
   auto labels = sequence_labels ? torch::empty({B}, torch::kInt64) : torch::full({B, T}, kIgnoreIndex, torch::kInt64);
+  const auto F = B > 0 ? static_cast<int64_t>(examples[0]->metadata.size()) : 0;
+  auto meta = torch::empty({B, F}, torch::kInt64);
   auto ids_a = ids.accessor<int64_t, 2>(), mask_a = mask.accessor<int64_t, 2>(), types_a = types.accessor<int64_t, 2>();
+  auto meta_a = meta.accessor<int64_t, 2>();
   Batch b;
   for (int64_t i = 0; i < B; ++i) {
     const Example& e = *examples[i];
+    for (int64_t f = 0; f < F; ++f) meta_a[i][f] = e.metadata.at(static_cast<size_t>(f));
     for (int64_t t = 0; t < e.length(); ++t) {
       ids_a[i][t] = e.input_ids[t];
       mask_a[i][t] = 1;
@@ -351,7 +409,7 @@ Batch collate(const std::vector<const Example*>& examples, int64_t pad_id, bool 
       labels[i].narrow(0, 0, e.length()).copy_(torch::tensor(e.labels, torch::kInt64));
     b.tokens += e.length();
   }
-  b.input_ids = ids, b.attention_mask = mask, b.token_type_ids = types, b.labels = labels;
+  b.input_ids = ids, b.attention_mask = mask, b.token_type_ids = types, b.labels = labels, b.metadata = meta;
   return b;
 }
 

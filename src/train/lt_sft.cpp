@@ -4,6 +4,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "modula/modules/lottery_ticket.h"
 #include "modula/util/error.h"
 
 namespace modula {
@@ -11,58 +12,28 @@ namespace {
 
 constexpr std::string_view kTag = "sparse_ft";
 
-// Restores every backbone parameter's requires_grad flag at scope exit.
-class FlagGuard {
+// Freezes every backbone parameter; restores the requires_grad flags at scope exit.
+class FrozenBackbone {
  public:
-  explicit FlagGuard(Backbone& model) {
-    for (auto& p : model.parameters()) saved_.emplace_back(p, p.requires_grad());
+  explicit FrozenBackbone(Backbone& model) {
+    for (auto& p : model.parameters()) saved_.emplace_back(p, p.requires_grad()), p.set_requires_grad(false);
   }
-  ~FlagGuard() {
-    for (auto& [p, flag] : saved_)
-      if (p.is_leaf()) p.set_requires_grad(flag);
+  ~FrozenBackbone() {
+    for (auto& [p, flag] : saved_) p.set_requires_grad(flag);
   }
-  FlagGuard(const FlagGuard&) = delete;
-  FlagGuard& operator=(const FlagGuard&) = delete;
+  FrozenBackbone(const FrozenBackbone&) = delete;
+  FrozenBackbone& operator=(const FrozenBackbone&) = delete;
 
  private:
   std::vector<std::pair<torch::Tensor, bool>> saved_;
 };
 
-// Copies θ₀ back into the chosen parameters at scope exit unless dismissed.
-class RestoreGuard {
- public:
-  RestoreGuard(std::vector<torch::Tensor> params, std::vector<torch::Tensor> theta0)
-      : params_(std::move(params)), theta0_(std::move(theta0)) {}
-  ~RestoreGuard() { restore(); }
-  RestoreGuard(const RestoreGuard&) = delete;
-  RestoreGuard& operator=(const RestoreGuard&) = delete;
-  void restore() {
-    torch::NoGradGuard no_grad;
-    for (size_t i = 0; i < theta0_.size(); ++i) {
-      params_[i].copy_(theta0_[i]);
-      params_[i].mutable_grad() = torch::Tensor();
-    }
-    theta0_.clear();
-  }
-
- private:
-  std::vector<torch::Tensor> params_, theta0_;
-};
-
-// Phase 1: dense fine-tuning of `params`; returns θ₁ − θ₀ per chosen parameter (float32).
-std::vector<std::pair<std::string, torch::Tensor>> full_phase(
-    Backbone& model, const std::vector<std::pair<std::string, torch::Tensor>>& chosen,
-    const std::vector<torch::Tensor>& theta0, const LtSftOptions& o, const std::function<torch::Tensor()>& step,
-    std::vector<double>& losses) {
-  std::vector<torch::Tensor> params;
-  for (const auto& [name, p] : chosen) params.push_back(p), p.set_requires_grad(true);
-  train::TrainLoop loop({{params, o.lr()}}, o.loop_options(o.full_steps(), "phase 1 (full fine-tuning)"), &model);
+// Phase 1: dense fine-tuning of the ticket's parameters.
+void full_phase(Backbone& model, const LotteryTicket& ticket, const LtSftOptions& o,
+                const std::function<torch::Tensor()>& step, std::vector<double>& losses) {
+  train::TrainLoop loop({{ticket.parameters(), o.lr()}}, o.loop_options(o.full_steps(), "phase 1 (full fine-tuning)"),
+                        &model);
   loop.run([&](int64_t) { return step(); }, [&](const train::StepStats& s) { losses.push_back(s.loss); });
-  std::vector<std::pair<std::string, torch::Tensor>> deltas;
-  torch::NoGradGuard no_grad;
-  for (size_t i = 0; i < chosen.size(); ++i)
-    deltas.emplace_back(chosen[i].first, params[i].detach().to(torch::kFloat32) - theta0[i].to(torch::kFloat32));
-  return deltas;
 }
 
 // Phase 2: only the masked entries, θ = θ₀ + φ (refreshed before every forward).
@@ -109,26 +80,15 @@ SparseDiff lt_sft(Backbone& model, const SparseDiffOptions& options, const LtSft
   options.validate();
   train.validate();
   if (!step) throw_error(kTag, "lt_sft() needs a step callback");
-  auto chosen = select_parameters(model, options.target_parameters(), options.exclude_parameters());
-  FlagGuard flags(model);
-  for (auto& p : model.parameters()) p.set_requires_grad(false);
-  std::vector<torch::Tensor> params, theta0;
-  {
-    torch::NoGradGuard no_grad;
-    for (auto& [name, p] : chosen) params.push_back(p), theta0.push_back(p.detach().clone());
-  }
-  RestoreGuard restore(params, theta0);
   LtSftReport local;
   LtSftReport& r = report ? *report : local;
-
-  auto deltas = full_phase(model, chosen, theta0, train, step, r.full_losses);
-  theta0.clear();
-  SparseDiff diff = sparse_diff_from_delta(deltas, options);
-  deltas.clear();
-  restore.restore();  // back to θ₀ (exact copy)
-  for (auto& p : params) p.set_requires_grad(false);
-
-  diff->to(params.front().device());
+  SparseDiff diff{nullptr};
+  {
+    LotteryTicket ticket(model, options);  // θ₀ and every requires_grad flag restored on exit
+    full_phase(model, ticket, train, step, r.full_losses);
+    diff = ticket.select();
+  }
+  FrozenBackbone frozen(model);  // phase 2 trains φ only
   sparse_phase(model, diff, train, step, r.sparse_losses);
   return diff;
 }

@@ -2,6 +2,7 @@
 // positions), sequence classification (pooled hidden -> head), token classification.
 #include "task_runtime.h"
 
+#include "modula/composition/input_bank.h"
 #include "modula/modules/prompt.h"
 #include "modula/train/metrics.h"
 
@@ -31,10 +32,15 @@ BackboneOutput forward_batch(Backbone& model, const InputModules& modules, const
   in.attention_mask = b.attention_mask;
   if (!model.causal()) in.token_type_ids = b.token_type_ids;
   BackboneOutput out = modules.empty() ? model.forward(in) : forward_with(model, modules, in);
-  // Prompt tuning returns the virtual positions too: keep the batch's own T.
+  // Prompt tuning returns the virtual positions too: keep the batch's own T (an input bank
+  // knows where each row's real tokens are; a single prompt puts them last).
   const int64_t T = b.input_ids.size(1);
+  std::shared_ptr<InputBankImpl> bank;
+  for (const auto& m : modules)
+    if (auto ib = std::dynamic_pointer_cast<InputBankImpl>(m)) bank = ib;
   auto own = [&](torch::Tensor t) {
-    return t.defined() && t.dim() == 3 && t.size(1) > T ? t.narrow(1, t.size(1) - T, T) : t;
+    if (!t.defined() || t.dim() != 3 || t.size(1) <= T) return t;
+    return bank ? bank->real_tokens(model, t) : t.narrow(1, t.size(1) - T, T);
   };
   out.last_hidden_state = own(out.last_hidden_state);
   out.logits = own(out.logits);

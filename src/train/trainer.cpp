@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "modula/backbone/registry.h"
+#include "modula/composition/composition_module.h"
 #include "trainer_state.h"
 
 namespace modula::train {
@@ -76,6 +77,7 @@ void Trainer::State::main_stage(TrainResult& r) {
   for (auto& p : model->parameters()) r.total_parameters += p.numel();
   for (auto& t : tasks)
     if (t.head) r.total_parameters += t.head->weight.numel() + t.head->bias.numel();
+  ph.global_offset = dense_phase(ph);
   auto outcome = run_phase(ph);
   for (auto& p : model->parameters())
     if (p.requires_grad()) r.trainable_parameters += p.numel();
@@ -99,6 +101,7 @@ void Trainer::State::main_stage(TrainResult& r) {
     for (const auto& f : composition->fusions) save_fusion(f, out("compose/" + f.name));
     fs::make_dirs(out("compose"));
     std::ofstream(out("compose/spec.txt")) << cfg.compose << "\n";
+    save_composition(*composition, out("compose"));  // a MODULA_COMPOSITION folder over the run's modules
   }
   if (cfg.train_backbone || cfg.save_model) {
     if (composition) remove_composition(*composition);
@@ -106,6 +109,31 @@ void Trainer::State::main_stage(TrainResult& r) {
     save_backbone(*model, out("model"));
     note("model written to " + out("model"));
   }
+}
+
+// LT-SFT (Ansell et al. 2022) as a stage of the run: modules with a dense phase (a
+// MODULA_SPARSE_FT with mask: lottery_ticket) first fine-tune their chosen weights densely on
+// the run's tasks; each then keeps the top-K |θ₁ − θ₀| as its mask, the weights and heads go
+// back to θ₀, and the main phase trains the sparse values. Returns the steps it ran.
+int64_t Trainer::State::dense_phase(const Phase& main) {
+  Phase ph{"lt_sft", 0, main.tasks, {}, false, main.global_offset};
+  for (auto& a : adapters)
+    if (a.state && a.state->dense_phase_steps() > 0 && main.train_adapters.count(a.name)) {
+      ph.train_adapters.insert(a.name);
+      ph.max_steps = std::max(ph.max_steps, a.state->dense_phase_steps());
+    }
+  if (ph.train_adapters.empty()) return 0;
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> heads;  // θ₀ of the heads
+  for (auto& t : tasks)
+    if (t.head)
+      for (auto& p : t.head->parameters()) heads.emplace_back(p, p.detach().clone());
+  run_phase(ph);
+  torch::NoGradGuard no_grad;
+  for (auto& [p, theta0] : heads) p.copy_(theta0), p.mutable_grad() = torch::Tensor();
+  for (auto& a : adapters)
+    if (ph.train_adapters.count(a.name)) a.state->end_dense_phase();
+  note("lt_sft: masks selected after " + std::to_string(ph.max_steps) + " dense steps");
+  return main.global_offset + ph.max_steps;
 }
 
 // Tasks in sequence (survey §6.3): one new module (or, for the baseline, the whole
@@ -118,6 +146,11 @@ ContinualResult Trainer::State::sequence_stage(const std::string& stage, int64_t
       specs.push_back({module_name_for(t.name),
                        cfg.continual.module.is_null() ? default_continual_module() : cfg.continual.module, "", true});
   build(baseline, specs);
+  for (auto& a : adapters)
+    if (a.state && a.state->dense_phase_steps() > 0)
+      throw_error<ConfigError>(kTag, cfg.source +
+                                         ": 'continual.module': mask: lottery_ticket (LT-SFT) is not "
+                                         "supported in continual learning; use mask: random");
   ContinualResult cr;
   for (auto& t : tasks) cr.tasks.push_back(t.cfg.name);
   const json& saved = results.contains(stage + "_rows") ? results[stage + "_rows"] : json::array();

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "modula/backbone/registry.h"
+#include "modula/composition/composition_module.h"
 #include "modula/routing/router.h"
 #include "trainer_state.h"
 
@@ -27,25 +28,36 @@ void Trainer::State::load_data(const Datasets& data) {
     throw_error<ConfigError>("train", cfg.source + ": cannot load the tokenizer from '" + tok_path +
                                           "' (set 'tokenizer' to a tokenizer.json): " + e.what());
   }
-  for (size_t i = 0; i < cfg.tasks.size(); ++i) {
+  const size_t n = cfg.tasks.size();
+  std::vector<std::vector<json>> trains(n), evals(n);
+  std::vector<NamedRecords> train_sets;
+  std::vector<std::string> eval_srcs(n);
+  for (size_t i = 0; i < n; ++i) {
     const TaskConfig& t = cfg.tasks[i];
     auto it = data.find(t.name);
-    std::vector<json> train, eval;
-    std::string train_src = t.train, eval_src = t.eval;
+    std::string train_src = t.train;
+    eval_srcs[i] = t.eval;
     if (it != data.end() && !it->second.train.empty())
-      train = it->second.train, train_src = "task '" + t.name + "' train";
+      trains[i] = it->second.train, train_src = "task '" + t.name + "' train";
     else if (!t.train.empty())
-      train = load_records(t.train);
+      trains[i] = load_records(t.train);
     else
       throw_error<ConfigError>("train", cfg.source + ": task '" + t.name + "' has no 'train' data");
     if (it != data.end() && !it->second.eval.empty())
-      eval = it->second.eval, eval_src = "task '" + t.name + "' eval";
+      evals[i] = it->second.eval, eval_srcs[i] = "task '" + t.name + "' eval";
     else if (!t.eval.empty())
-      eval = load_records(t.eval);
-    if (train.empty()) throw_error<TrainError>(kTag, "task '" + t.name + "': the training data is empty");
-    TaskRuntime rt{t, Encoding::build(t, train, *tokenizer, model_config)};
-    rt.train = rt.enc.encode(train, train_src);
-    rt.eval = rt.enc.encode(eval, eval_src);
+      evals[i] = load_records(t.eval);
+    if (trains[i].empty()) throw_error<TrainError>(kTag, "task '" + t.name + "': the training data is empty");
+    train_sets.emplace_back(train_src, &trains[i]);
+  }
+  // Metadata values left to the data, then the routing checks that need them.
+  cfg.metadata = resolve_metadata(cfg.metadata, train_sets);
+  check_routing(cfg, /*folders=*/true);
+  for (size_t i = 0; i < n; ++i) {
+    const TaskConfig& t = cfg.tasks[i];
+    TaskRuntime rt{t, Encoding::build(t, trains[i], *tokenizer, model_config, cfg.metadata)};
+    rt.train = rt.enc.encode(trains[i], train_sets[i].first);
+    rt.eval = rt.enc.encode(evals[i], eval_srcs[i]);
     for (const auto* set : {&rt.train, &rt.eval})
       for (const auto& ex : *set)
         for (int64_t id : ex.input_ids)
@@ -94,6 +106,10 @@ void Trainer::State::build(bool train_backbone, const std::vector<ModuleSpec>& s
     if (adapters.back().peft_type == "MODULA_FUSION")  // members run inside the fusion, frozen
       for (const auto& member : adapters.back().config.value("adapters", std::vector<std::string>{}))
         composed.insert(member), fused.insert(member);
+    if (const auto* c = composition_of(adapters.back())) {  // MODULA_COMPOSITION: members run inside it
+      for (const auto& member : module_names(c->spec)) composed.insert(member);
+      for (const auto& member : fused_module_names(c->spec)) fused.insert(member);
+    }
   }
   if (compose && !cfg.compose.empty()) apply_compose();
   tasks = prototypes;
@@ -172,11 +188,19 @@ detail::InputModules Trainer::State::activate(size_t task) {
   return on;
 }
 
-// route(task, ...): every row of a batch of task `ti` carries the task's index.
-void Trainer::State::route_rows(size_t ti, int64_t rows) {
-  auto ids = torch::full({rows}, static_cast<int64_t>(ti), torch::TensorOptions(torch::kInt64).device(device));
-  routing->set("task", ids);
-  if (routes_by_task) composition->context->set("task", ids);
+// Every row of a batch of task `ti` carries the task's index ("task": route(task, ...),
+// modules with routing_key task) and its id of each metadata field (key: the field name).
+void Trainer::State::route_rows(size_t ti, const Batch& b) {
+  auto set = [&](const std::string& key, const torch::Tensor& ids) {
+    routing->set(key, ids);
+    if (routes_by_task) composition->context->set(key, ids);
+  };
+  const int64_t rows = b.input_ids.size(0);
+  set("task", torch::full({rows}, static_cast<int64_t>(ti), torch::TensorOptions(torch::kInt64).device(device)));
+  if (cfg.metadata.empty()) return;
+  auto meta = b.metadata.to(device);
+  for (size_t f = 0; f < cfg.metadata.size(); ++f)
+    set(cfg.metadata[f].name, meta.select(1, static_cast<int64_t>(f)).contiguous());
 }
 
 }  // namespace modula::train

@@ -147,7 +147,7 @@ std::map<std::string, double> Trainer::State::evaluate(size_t ti) {
     if (t.cfg.type == TaskType::MaskedLM)
       mask_tokens(b, t.cfg.mlm_probability, t.enc.mask_id(), model_config.vocab_size, t.enc.special_ids(),
                   mix({cfg.seed, 0xe7a1ULL, ti, static_cast<uint64_t>(k)}));
-    route_rows(ti, b.input_ids.size(0));
+    route_rows(ti, b);
     detail::batch_loss(*model, t, inputs, b.to(device), &sums);
   }
   model->train();
@@ -205,7 +205,7 @@ LoopOptions Trainer::State::loop_options(const Phase& ph) const {
   lo.optimizer = OptimizerKind::AdamW;
   lo.weight_decay = o.weight_decay, lo.beta1 = o.beta1, lo.beta2 = o.beta2, lo.eps = o.eps;
   lo.schedule = schedule_from_string(o.schedule);
-  lo.warmup_steps = o.warmup_steps, lo.total_steps = o.max_steps, lo.min_lr_ratio = o.min_lr_ratio;
+  lo.warmup_steps = o.warmup_steps, lo.total_steps = ph.steps(o.max_steps), lo.min_lr_ratio = o.min_lr_ratio;
   lo.grad_accum = o.grad_accum, lo.max_grad_norm = o.max_grad_norm;
   lo.label = "[train] " + ph.label();
   return lo;
@@ -227,7 +227,7 @@ MicroLoss Trainer::State::micro_loss(const Phase& ph, const std::vector<double>&
                 mix({cfg.seed, 0x3a5cULL, at, m}));
   clock.tokens += b.tokens;
   auto inputs = activate(ti);
-  route_rows(ti, b.input_ids.size(0));
+  route_rows(ti, b);
   if (autocast) compat::set_cuda_autocast(true);
   auto loss = detail::batch_loss(*model, t, inputs, b.to(device));
   if (autocast) compat::set_cuda_autocast(false);
@@ -257,7 +257,7 @@ void Trainer::State::resume_phase(const Phase& ph, TrainLoop& loop, PhaseProgres
 // Evaluation every eval.every steps with early stopping on the mean eval loss.
 void Trainer::State::maybe_evaluate(const Phase& ph, int64_t step, PhaseProgress& pp) {
   const auto& e = cfg.eval;
-  if (e.every <= 0 || step % e.every != 0 || step >= cfg.optim.max_steps) return;
+  if (e.every <= 0 || step % e.every != 0 || step >= ph.steps(cfg.optim.max_steps)) return;
   double score = eval_tasks(ph, step);
   if (e.patience <= 0 || std::isnan(score)) return;
   if (score < pp.best) {
@@ -270,7 +270,7 @@ void Trainer::State::maybe_evaluate(const Phase& ph, int64_t step, PhaseProgress
 }
 
 PhaseOutcome Trainer::State::run_phase(const Phase& ph) {
-  const auto& o = cfg.optim;
+  const int64_t total = ph.steps(cfg.optim.max_steps);
   TrainLoop loop(param_groups(ph), loop_options(ph), model.get());
   note(ph.label() + ": " + std::to_string(loop.num_parameters()) + " trainable parameters");
   std::vector<int64_t> sizes;
@@ -280,12 +280,12 @@ PhaseOutcome Trainer::State::run_phase(const Phase& ph) {
   resume_phase(ph, loop, pp);
   PhaseClock clock;
   clock.first_step = loop.steps_done();
-  while (loop.steps_done() < o.max_steps && !pp.stopped) {
+  while (loop.steps_done() < total && !pp.stopped) {
     const int64_t at = loop.steps_done();
     StepStats st = loop.step([&](int64_t micro) { return micro_loss(ph, probs, at, micro, clock); });
     pp.last_loss = st.loss;
-    if (st.step % cfg.log_every == 0 || st.step == o.max_steps) {
-      StepInfo info = step_info(ph, st, clock, o.max_steps);
+    if (st.step % cfg.log_every == 0 || st.step == total) {
+      StepInfo info = step_info(ph, st, clock, total);
       if (cb.on_step) cb.on_step(info);
       log_line({{"type", "step"},
                 {"phase", info.phase},
@@ -299,7 +299,7 @@ PhaseOutcome Trainer::State::run_phase(const Phase& ph) {
                 {"elapsed_s", info.elapsed_s}});
     }
     maybe_evaluate(ph, st.step, pp);
-    if (cfg.checkpoint.every > 0 && st.step % cfg.checkpoint.every == 0 && st.step < o.max_steps && !pp.stopped)
+    if (cfg.checkpoint.every > 0 && st.step % cfg.checkpoint.every == 0 && st.step < total && !pp.stopped)
       save(ph, st.step, loop.optimizer(), pp.to_json());
   }
   return {loop.steps_done(), pp.last_loss, pp.stopped};

@@ -56,7 +56,12 @@ struct Phase {
   std::set<std::string> train_adapters;
   bool backbone = false;
   int64_t global_offset = 0;  // checkpoint numbering: global step = offset + step
-  std::string label() const { return stage == "main" ? "train" : stage + "/" + std::to_string(index); }
+  int64_t max_steps = 0;      // 0 = optim.max_steps
+  int64_t steps(int64_t configured) const { return max_steps > 0 ? max_steps : configured; }
+  std::string label() const {
+    if (stage == "main") return "train";
+    return stage == "lt_sft" ? stage : stage + "/" + std::to_string(index);
+  }
 };
 
 struct PhaseOutcome {
@@ -103,7 +108,7 @@ struct Trainer::State {
 
   // The stage being run.
   std::shared_ptr<Backbone> model;
-  std::shared_ptr<RoutingContext> routing;  // per-row metadata the modules route by (task index)
+  std::shared_ptr<RoutingContext> routing;  // per-row ids the modules route by (task, metadata)
   std::vector<Adapter> adapters;
   std::vector<bool> adapter_trainable;
   std::vector<TaskRuntime> tasks;
@@ -132,7 +137,7 @@ struct Trainer::State {
   void apply_compose();
   Adapter* adapter(const std::string& name);
   detail::InputModules activate(size_t task);
-  void route_rows(size_t ti, int64_t rows);
+  void route_rows(size_t ti, const Batch& b);
 
   // ---- one phase (trainer_phase.cpp) ------------------------------------------------------
   std::vector<std::pair<std::string, torch::Tensor>> named_state();
@@ -157,6 +162,7 @@ struct Trainer::State {
   void save_heads();
   void save_modules(const std::function<bool(size_t)>& which);
   void main_stage(TrainResult& r);
+  int64_t dense_phase(const Phase& main);  // LT-SFT's first phase; returns its steps
   ContinualResult sequence_stage(const std::string& stage, int64_t stage_offset);
 };
 

@@ -4,7 +4,12 @@
 // loss goes down), saved, reloaded from its folder by the same code path, and evaluates
 // to the same loss (the eval loss is the mean token cross-entropy of the logits, so equal
 // losses to 1e-5 mean the reloaded modules give the trained logits).
+#include <algorithm>
+#include <map>
+#include <set>
+
 #include "composition/registry_matrix.h"
+#include "modula/io/safetensors.h"
 
 using namespace modula;
 using namespace modula::train;
@@ -24,7 +29,9 @@ TEST(RegistryMatrix, ListsEveryTypeOnce) {
                                    "MODULA_BITFIT",
                                    "MODULA_HYPER_LORA",
                                    "MODULA_FUSION",
-                                   "MODULA_MOE_LORA"};
+                                   "MODULA_MOE_LORA",
+                                   "MODULA_MOE_FFN",
+                                   "MODULA_COMPOSITION"};
   EXPECT_EQ(supported_peft_types(), want);
   auto msg = modula::testing::error_of([] { module_type("LOHA"); });
   EXPECT_NE(msg.find("unknown peft_type 'LOHA' (supported: LORA, IA3"), std::string::npos) << msg;
@@ -124,4 +131,134 @@ TEST(RegistryMatrix, RoutedLorasTrainFromTheComposeSpec) {
   train::train(parse_train_config(cfg), data, cb);
   ASSERT_GE(losses.size(), 6u);
   EXPECT_LT(losses.back() + losses[losses.size() - 2], losses[0] + losses[1]);
+}
+
+// LT-SFT's two phases as a stage of the run (MODULA_SPARSE_FT with mask: lottery_ticket): a
+// dense phase of dense_steps (labelled lt_sft) selects the mask, then the sparse values train.
+TEST(RegistryMatrix, LtSftTwoPhasesAsARunStage) {
+  json sft = {{"peft_type", "MODULA_SPARSE_FT"},
+              {"mask", "lottery_ticket"},
+              {"dense_steps", 6},
+              {"target_parameters", {"model.embed_tokens.weight", "re:.*mlp.down_proj.weight"}},
+              {"k", 256}};
+  train_save_reload("llama", sft);
+}
+
+// The mask is the top-K of |θ₁ − θ₀| of the dense phase: embedding rows of tokens the data
+// never uses get no gradient, so every selected entry lies in a used row. A random mask of
+// the same size (the control) puts most of its entries elsewhere (9 of 512 rows are used).
+TEST(RegistryMatrix, LtSftMaskComesFromTheDensePhase) {
+  auto used_rows = [](const std::string& folder) {
+    auto f = io::SafetensorsFile::open(fs::join(folder, "adapter_model.safetensors"));
+    auto rows = f.get("model.embed_tokens.weight.sft_indices").div(64, "floor");  // hidden size 64
+    std::set<int64_t> used = {0, 1, 2};                                           // <unk> <s> </s>
+    const auto& words = modula::testing::tiny_words();
+    for (const char* w : {"alice", "bob", "lives", "in", "paris", "london"})
+      used.insert(3 + (std::find(words.begin(), words.end(), w) - words.begin()));
+    int64_t inside = 0;
+    for (int64_t i = 0; i < rows.numel(); ++i) inside += used.count(rows[i].item<int64_t>());
+    return std::make_pair(inside, rows.numel());
+  };
+  for (std::string mask : {"lottery_ticket", "random"}) {
+    TempDir d;
+    json sft = {{"peft_type", "MODULA_SPARSE_FT"},
+                {"mask", mask},
+                {"dense_steps", 3},
+                {"target_parameters", {"model.embed_tokens.weight"}},
+                {"k", 64}};
+    std::map<std::string, int64_t> steps;
+    Callbacks cb;
+    cb.on_step = [&](const StepInfo& s) { steps[s.phase] += 1; };
+    train::train(parse_train_config(run_config(d, "llama", "a", {{{"name", "m"}, {"config", sft}}}, 3e-2, 2)),
+                 qa_data(), cb);
+    auto [inside, k] = used_rows(d / "a/modules/m");
+    EXPECT_EQ(k, 64);
+    if (mask == "lottery_ticket") {
+      EXPECT_EQ(steps, (std::map<std::string, int64_t>{{"lt_sft", 3}, {"train", 2}}));
+      EXPECT_EQ(inside, k) << "entries outside the rows the data uses";
+    } else {
+      EXPECT_EQ(steps, (std::map<std::string, int64_t>{{"train", 2}}));
+      EXPECT_LT(inside, k / 4) << "the control should rarely hit the used rows";
+    }
+  }
+  auto msg = modula::testing::error_of([] {
+    TempDir d;
+    json sft = {{"peft_type", "MODULA_SPARSE_FT"}, {"mask", "winning"}, {"target_parameters", {"lm_head.weight"}}};
+    train::train(parse_train_config(run_config(d, "llama", "a", {{{"name", "m"}, {"config", sft}}}, 3e-2, 1)),
+                 qa_data(), {});
+  });
+  EXPECT_NE(msg.find("'mask' must be random or lottery_ticket, got 'winning'"), std::string::npos) << msg;
+}
+
+// A run with an LT-SFT stage, killed in its main phase and resumed from the checkpoint, ends
+// with the same diff as the uninterrupted run (the dense phase re-runs deterministically to
+// recover the mask; the values come from the checkpoint).
+TEST(RegistryMatrix, LtSftRunResumesToTheSameDiff) {
+  json sft = {{"peft_type", "MODULA_SPARSE_FT"},
+              {"mask", "lottery_ticket"},
+              {"dense_steps", 4},
+              {"target_parameters", {"re:.*mlp.down_proj.weight"}},
+              {"k", 128}};
+  auto make = [&](const TempDir& d) {
+    auto cfg = run_config(d, "llama", "a", {{{"name", "m"}, {"config", sft}}}, 3e-2, 8);
+    cfg["checkpoint"] = {{"every", 3}, {"keep", 2}};
+    return parse_train_config(cfg);
+  };
+  TempDir a, b;
+  train::train(make(a), qa_data(), {});
+  Callbacks stop;
+  stop.on_step = [](const StepInfo& s) {
+    if (s.phase == "train" && s.step == 7) throw std::runtime_error("interrupted");
+  };
+  EXPECT_THROW(train::train(make(b), qa_data(), stop), std::runtime_error);
+  auto r = train::train(make(b), qa_data(), {}, /*resume=*/true);
+  EXPECT_TRUE(r.resumed);
+  auto fa = io::SafetensorsFile::open(a / "a/modules/m/adapter_model.safetensors");
+  auto fb = io::SafetensorsFile::open(b / "a/modules/m/adapter_model.safetensors");
+  ASSERT_EQ(fa.keys(), fb.keys());
+  for (const auto& k : fa.keys()) EXPECT_TRUE(torch::equal(fa.get(k), fb.get(k))) << k;
+}
+
+// route(task, p, q) over prompts (or prefixes) of different lengths in `compose`: one input
+// bank, each task's rows with their own module; trains, is written as out/compose and the
+// members plus that folder reload to the same eval loss on both tasks.
+TEST(RegistryMatrix, ComposeRouteByTaskOverPromptsAndPrefixes) {
+  Datasets data = qa_data();
+  for (auto& r : data["qa"].train) data["qb"].train.push_back({{"prompt", r["prompt"]}, {"completion", "yes"}});
+  data["qb"].eval = data["qb"].train;
+  const json tasks = {{{"name", "qa"}, {"type", "causal_lm"}}, {{"name", "qb"}, {"type", "causal_lm"}}};
+  auto eval = [&](json cfg) {
+    cfg["tasks"] = tasks;
+    auto r = train::train(parse_train_config(cfg), data, {});
+    return std::make_pair(r.eval.at("qa").at("loss"), r.eval.at("qb").at("loss"));
+  };
+  for (std::string type : {"PROMPT_TUNING", "PREFIX_TUNING"}) {
+    TempDir d;
+    json modules = {{{"name", "p"}, {"config", {{"peft_type", type}, {"num_virtual_tokens", 3}}}},
+                    {{"name", "q"}, {"config", {{"peft_type", type}, {"num_virtual_tokens", 5}}}}};
+    auto cfg = run_config(d, "llama", "a", modules, 3e-2, 16);
+    cfg["compose"] = "route(task, p, q)";
+    auto before = cfg;
+    before["optim"]["lr"] = 1e-12, before["optim"]["max_steps"] = 1, before["output"] = d / "untrained";
+    auto [qa0, qb0] = eval(before);
+    auto [qa1, qb1] = eval(cfg);
+    EXPECT_LT(qa1, qa0) << type;
+    EXPECT_LT(qb1, qb0) << type;
+    json reload = {{{"name", "p"}, {"path", d / "a/modules/p"}, {"trainable", false}},
+                   {{"name", "q"}, {"path", d / "a/modules/q"}, {"trainable", false}},
+                   {{"name", "c0"}, {"path", d / "a/compose"}, {"trainable", false}},
+                   {{"name", "probe"}, {"config", {{"peft_type", "LORA"}, {"r", 1}, {"target_modules", {"q_proj"}}}}}};
+    auto [qa2, qb2] = eval(run_config(d, "llama", "b", reload, 1e-12, 1));
+    EXPECT_NEAR(qa2, qa1, 1e-5 * std::max(1.0, qa1)) << type;
+    EXPECT_NEAR(qb2, qb1, 1e-5 * std::max(1.0, qb1)) << type;
+  }
+  auto msg = modula::testing::error_of([&] {
+    TempDir d;
+    json modules = {{{"name", "p"}, {"config", {{"peft_type", "PROMPT_TUNING"}, {"num_virtual_tokens", 3}}}},
+                    {{"name", "q"}, {"config", {{"peft_type", "PROMPT_TUNING"}, {"num_virtual_tokens", 5}}}}};
+    auto cfg = run_config(d, "llama", "a", modules, 3e-2, 1);
+    cfg["compose"] = "route(softmax, p, q)";
+    eval(cfg);
+  });
+  EXPECT_NE(msg.find("input modules are routed by metadata only"), std::string::npos) << msg;
 }

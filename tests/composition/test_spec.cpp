@@ -82,6 +82,31 @@ TEST(Spec, YamlMatchesTheText) {
   EXPECT_EQ(modula::parse_spec_yaml("concat: [p1, p2]"), modula::parse_spec("concat(p1, p2)"));
 }
 
+// moe(…) is route(top<k>, …): k = 2 unless the first argument is top<k> (JSON: "k").
+TEST(Spec, MoeIsARouteToTheTopKExpertsInEveryForm) {
+  auto n = modula::parse_spec("moe(a, b, c)");
+  EXPECT_EQ(n.kind, Kind::Route);
+  EXPECT_EQ(n.name, "top2");
+  EXPECT_EQ(modula::module_names(n), (std::vector<std::string>{"a", "b", "c"}));
+  EXPECT_EQ(n, modula::parse_spec("route(top2, a, b, c)"));
+  EXPECT_EQ(n.children[0].where, "column 5");
+  auto top1 = modula::parse_spec("moe(top1, a, b, c)");
+  EXPECT_EQ(top1, modula::parse_spec("route(top1, a, b, c)"));
+  // The canonical text is the route form; it and the JSON form round-trip.
+  for (const auto& text : {"moe(a, b, c)", "moe(top1, a, b, c)", "stack(x, moe(top3, a, b, c))"}) {
+    auto m = modula::parse_spec(text);
+    EXPECT_EQ(modula::parse_spec(modula::to_string(m)), m) << text;
+    EXPECT_EQ(modula::parse_spec_json(modula::to_json(m)), m) << text;
+  }
+  EXPECT_EQ(modula::to_string(top1), "route(top1, a, b, c)");
+  EXPECT_EQ(modula::parse_spec(R"({"moe": ["a", "b", "c"]})"), n);
+  EXPECT_EQ(modula::parse_spec(R"({"moe": ["a", "b", "c"], "k": 1})"), top1);
+  EXPECT_EQ(modula::parse_spec(R"({"moe": ["top1", "a", "b", "c"]})"), top1);
+  EXPECT_EQ(modula::parse_spec("moe: [a, b, c]"), n);
+  EXPECT_EQ(modula::parse_spec("{moe: [a, b, c], k: 1}"), top1);
+  EXPECT_EQ(modula::parse_spec("stack: [x, {moe: [a, b]}]"), modula::parse_spec("stack(x, moe(a, b))"));
+}
+
 struct Bad {
   std::string spec;
   std::string message;  // a part of what() that names the problem
@@ -94,8 +119,8 @@ TEST(Spec, RejectsMalformedTextNamingTheProblemAndColumn) {
       {"stack(a, b", "unbalanced '(': no matching ')'", "column 6"},
       {"stack(a, fuse(b, c)", "unbalanced '('", "column 6"},
       {"stack(a, b))", "unbalanced ')': no '(' to close", "column 12"},
-      {"stack(lang:de, fusee(a, b))", "unknown operator 'fusee' (operators: stack, parallel, avg, fuse, route, concat)",
-       "column 16"},
+      {"stack(lang:de, fusee(a, b))",
+       "unknown operator 'fusee' (operators: stack, parallel, avg, fuse, route, concat, moe)", "column 16"},
       {"stack(a)", "stack needs at least 2 modules, got 1", "column 1"},
       {"parallel()", "parallel needs at least 2 modules, got 0", "column 1"},
       {"fuse()", "fuse needs at least 1 module, got 0", "column 1"},
@@ -114,6 +139,11 @@ TEST(Spec, RejectsMalformedTextNamingTheProblemAndColumn) {
       {"stack(task.a, b)", "module name 'task.a' may not contain '.'", "column 11"},
       {"concat(p, stack(a, b))", "concat joins prompt modules; argument 2 is stack(…)", "column 11"},
       {"stack(a, :0.5)", "empty module name", "column 10"},
+      {"moe(a)", "moe needs at least 2 experts, got 1", "column 1"},
+      {"moe(top3, a, b)", "moe(top3, …) selects 3 of 2 experts", "column 1"},
+      {"moe(top1, a)", "moe needs at least 2 experts, got 1", "column 1"},
+      {"moe(softmax, a, b)", "'softmax' is not top<k>", "column 5"},
+      {"moe(a:0.5, b)", "weights (':number') are only allowed inside avg", "column 5"},
   };
   for (const auto& c : cases) {
     try {
@@ -138,6 +168,10 @@ TEST(Spec, RejectsMalformedJsonAndYamlNamingThePath) {
       {R"({"avg": ["a", "b"], "weights": [0.5]})", "weights must be a list of 2 numbers", "/weights"},
       {R"({"parallel": ["a", "b"], "weights": [0.5, 0.5]})", "weights belong to avg only", "/weights"},
       {R"({"route": ["a", "b"]})", "route needs \"key\"", "/"},
+      {R"({"moe": ["a", "b"], "k": 0})", "moe's k must be a positive integer, got 0", "/k"},
+      {R"({"moe": ["a", "b"], "k": 3})", "selects 3 of 2 experts", "/"},
+      {R"({"route": ["a", "b"], "k": 1})", "'k' belongs to moe only", "/k"},
+      {R"({"moe": ["a"]})", "moe needs at least 2 experts", "/"},
       {R"({"stack": ["a"]})", "stack needs at least 2 modules, got 1", "/"},
       {R"({"stack": ["a", {"parallel": ["b:0.5", "c"]}]})", "only allowed inside avg", "/stack/1/parallel/0"},
       {"stack: [a, {fuse: [b, c]}", "YAML line 1, column 1: end of sequence flow not found",

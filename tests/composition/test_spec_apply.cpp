@@ -9,6 +9,7 @@
 #include "modula/composition/apply_spec.h"
 #include "modula/composition/modular_linear.h"
 #include "modula/composition/registry.h"
+#include "modula/modules/ia3.h"
 #include "modula/modules/lora.h"
 #include "modula/modules/targets.h"
 #include "support/temp_dir.h"
@@ -232,6 +233,103 @@ TEST_F(Spec, LearnedRoutesOverLoraAndBlockModules) {
   modula::remove_composition(blocks);
   EXPECT_THROW(modula::apply_spec(*model, modula::parse_spec("route(smear, a, b)"), members), std::invalid_argument);
   EXPECT_THROW(modula::apply_spec(*model, modula::parse_spec("route(top3, a, b)"), members), std::invalid_argument);
+}
+
+// (IA)³ under route(...): a view bank over the attached members (Ia3BankImpl::view), fixed
+// and learned. Each site's output is Algorithm 1 by hand, y + Σ_m w_m d_m with
+// d_m = y ⊙ (l_m − 1) (attention/output) or W (x ⊙ (l_m − 1)) (feed-forward), and
+// gradients reach the members' vectors.
+TEST_F(Spec, RouteOverIa3AdaptersIsAlgorithm1AndTrainsTheMembers) {
+  const json kIa3 = {
+      {"peft_type", "IA3"}, {"target_modules", {"v_proj", "down_proj"}}, {"feedforward_modules", {"down_proj"}}};
+  auto i1 = perturbed(*model, kIa3, "i1");
+  auto i2 = perturbed(*model, kIa3, "i2");
+  a.set_enabled(false), b.set_enabled(false);
+  members = {{"i1", &i1}, {"i2", &i2}};
+  auto alone = [&](modula::Adapter* on) {
+    torch::NoGradGuard g;
+    i1.set_enabled(on == &i1), i2.set_enabled(on == &i2);
+    auto out = model->forward(batch()).logits;
+    i1.set_enabled(true), i2.set_enabled(true);
+    return out;
+  };
+  auto with_i1 = alone(&i1), with_i2 = alone(&i2);
+  torch::Tensor both;  // both on, natively
+  {
+    torch::NoGradGuard g;
+    both = model->forward(batch()).logits;
+  }
+  {  // fixed: each row its module
+    auto comp = modula::apply_spec(*model, modula::parse_spec("route(task, i1, i2)"), members);
+    EXPECT_EQ(comp.linear_sites.size(), 2u * model->config().num_hidden_layers);  // v, down
+    comp.context->set("task", torch::tensor({1, 0}, torch::kInt64));
+    torch::NoGradGuard g;
+    auto out = comp.forward(*model, batch()).logits;
+    EXPECT_LE(max_diff(out[0], with_i2[0]), 1e-5);
+    EXPECT_LE(max_diff(out[1], with_i1[1]), 1e-5);
+    modula::remove_composition(comp);
+  }
+  auto l_at = [](const modula::Adapter& ad, const std::string& site) {
+    for (const auto& m : ad.modules)
+      if (m.site == site) return std::dynamic_pointer_cast<modula::Ia3Impl>(m.module)->ia3_l.flatten();
+    return torch::Tensor();
+  };
+  for (std::string key : {"softmax", "softmax_token", "top1", "smear"}) {
+    auto comp = modula::apply_spec(*model, modula::parse_spec("route(" + key + ", i1, i2)"), members);
+    ASSERT_EQ(comp.routers.size(), comp.linear_sites.size()) << key;
+    for (auto& [path, layer] : comp.linear_sites) {
+      auto routed = std::dynamic_pointer_cast<modula::ModularLinearImpl>(layer->module("compose"));
+      ASSERT_TRUE(routed) << key;
+      auto x = torch::randn({2, 5, layer->options.in_features()});
+      torch::NoGradGuard g;
+      auto y = layer->forward(x);
+      auto w = routed->last_routing.weights;
+      auto w3 = w.dim() == 2 ? w.unsqueeze(1) : w;  // [2, 1|5, 2]
+      auto v =
+          w3.select(2, 0).unsqueeze(-1) * (l_at(i1, path) - 1) + w3.select(2, 1).unsqueeze(-1) * (l_at(i2, path) - 1);
+      auto base = layer->base_forward(x);
+      const bool ff = path.find("down_proj") != std::string::npos;
+      auto want = ff ? base + torch::matmul(x * v, layer->weight_out_in().t()) : base + base * v;
+      EXPECT_LE(max_diff(y, want), 1e-5) << key << " " << path;
+    }
+    modula::remove_composition(comp);
+  }
+  // Training: the learned routers and both members get gradients; a fixed route only the routed member.
+  auto grad_of = [](const modula::Adapter& ad) {
+    double g = 0;
+    for (auto& p : ad.parameters()) g += p.grad().defined() ? p.grad().abs().sum().item<double>() : 0.0;
+    return g;
+  };
+  auto comp = modula::apply_spec(*model, modula::parse_spec("route(softmax, i1, i2)"), members);
+  comp.forward(*model, batch()).logits.pow(2).mean().backward();
+  double router_grad = 0;
+  for (auto& r : comp.routers)
+    for (auto& p : r->parameters()) router_grad += p.grad().defined() ? p.grad().abs().sum().item<double>() : 0.0;
+  EXPECT_GT(router_grad, 0);
+  EXPECT_GT(grad_of(i1), 0);
+  EXPECT_GT(grad_of(i2), 0);
+  modula::remove_composition(comp);
+  for (auto* ad : {&i1, &i2})
+    for (auto& p : ad->parameters()) p.mutable_grad() = torch::Tensor();
+  auto fixed = modula::apply_spec(*model, modula::parse_spec("route(task, i1, i2)"), members);
+  fixed.context->set("task", torch::tensor({1, 1}, torch::kInt64));
+  fixed.forward(*model, batch()).logits.pow(2).mean().backward();
+  EXPECT_EQ(grad_of(i1), 0);
+  EXPECT_GT(grad_of(i2), 0);
+  modula::remove_composition(fixed);  // the members run natively again
+  {
+    torch::NoGradGuard g;
+    EXPECT_LE(max_diff(model->forward(batch()).logits, both), 1e-6);
+  }
+  // One kind per routed site: LoRA and (IA)³ at v_proj.
+  auto l1 = perturbed(*model, kLora, "l1");
+  members["l1"] = &l1;
+  try {
+    modula::apply_spec(*model, modula::parse_spec("route(task, l1, i1)"), members);
+    FAIL() << "LoRA and (IA)³ at one routed site must throw";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("mixes LoRA and (IA)³ modules at"), std::string::npos) << e.what();
+  }
 }
 
 TEST_F(Spec, FuseTrainsOnlyTheFusionAndStacksAfterALanguageAdapter) {

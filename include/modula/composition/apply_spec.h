@@ -11,14 +11,19 @@
 //     a site is the identity there (stack/parallel/avg/fuse skip it, route keeps its slot).
 //   linear-site adapters (LORA, IA3): applied at their own sites; stack and parallel add
 //     them, avg scales them by their normalised weight (scale = Σ over their appearances of
-//     the product of the avg weights above them); under fuse or route they are rejected.
+//     the product of the avg weights above them); under fuse they are rejected. As direct
+//     arguments of route(...) they are routed per Linear site over a view bank (LoRA or
+//     (IA)³, one kind per site; not DoRA): the members stay attached, switched off, and
+//     gradients reach them.
 //   prompts (PROMPT_TUNING, PREFIX_TUNING): only at the top level (the spec itself or an
 //     argument of a top-level stack), or inside concat (PROMPT_TUNING only).
 //   MODULA_FUSION folders (by folder only): a name whose folder is a fusion stands for
 //     fuse(<its member adapters>) with the trained fusion weights; the members must be
 //     named in the same map.
 // route(key, a, b, …) routes each row by the ids the caller sets in `context` under `key`
-// (routing/fixed.h; id −1: no module for that row).
+// (routing/fixed.h; id −1: no module for that row); route(softmax|softmax_token|smear|top<k>,
+// …) and moe(…) learn one router per site. A trained composition is saved and reloaded as
+// one module folder (MODULA_COMPOSITION, composition/composition_module.h).
 #pragma once
 
 #include <map>
@@ -33,6 +38,8 @@ namespace modula {
 struct ComposeOptions {
   TORCH_ARG(std::string, name) = "compose";                      // the composition's name at each site (no '.')
   TORCH_ARG(nlohmann::json, fusion) = nlohmann::json::object();  // FusionOptions keys for new fuse(…) nodes
+  // The routing metadata route(key, …) reads; null: the composition makes its own.
+  TORCH_ARG(std::shared_ptr<RoutingContext>, context) = nullptr;
 
  public:                  // TORCH_ARG leaves the section private
   void validate() const;  // std::invalid_argument naming the bad field
@@ -48,6 +55,10 @@ struct Composition {
   std::shared_ptr<RoutingContext> context = std::make_shared<RoutingContext>();
   std::vector<std::shared_ptr<RouterImpl>>
       routers;  // fixed: one per route node, shared by its sites; learned: one per site
+  // Parallel to `routers`: "route<j>.<site>" for a learned router (j: the route node in
+  // pre-order), "" for a fixed one; the stable names its parameters are saved under.
+  std::vector<std::string> router_keys;
+  ComposeOptions options;                                                 // as applied
   std::vector<std::pair<std::string, std::shared_ptr<BlockSite>>> sites;  // where a composite is attached
   // route(...) over LoRA adapters: the Linear sites with a routed bank, and the members it
   // switched off there (they run inside the bank).

@@ -20,6 +20,11 @@ class Ia3BankImpl : public torch::nn::Module, public ModuleBank {
   // (1 + scale·(l − 1)). Throws std::invalid_argument naming the module index when the
   // shapes disagree or none is given.
   static std::shared_ptr<Ia3BankImpl> stack(const std::vector<std::shared_ptr<Ia3Impl>>& modules);
+  // A bank over modules that stay where they are (a route(...) over attached (IA)³
+  // adapters): l_out / l_in are re-stacked from the members at every call, so gradients
+  // reach the members' own vectors and their scale is read live. No parameters of its own.
+  // Same checks as stack().
+  static std::shared_ptr<Ia3BankImpl> view(const std::vector<std::shared_ptr<Ia3Impl>>& modules);
   // M identity modules (l = 1) for a site with `in` inputs and `out` outputs; `feedforward`
   // picks which vector trains.
   Ia3BankImpl(int64_t in, int64_t out, int64_t num_modules, bool feedforward);
@@ -35,6 +40,8 @@ class Ia3BankImpl : public torch::nn::Module, public ModuleBank {
 
  private:
   Ia3BankImpl() = default;
+  void sync();  // view banks: re-stack from the members
+  std::vector<std::shared_ptr<Ia3Impl>> members_;
   // y ⊙ v_out + W (x ⊙ v_in) for combined vectors v [N, 1|T, F].
   torch::Tensor apply(const SiteInput& in, const torch::Tensor& v_out, const torch::Tensor& v_in) const;
 };

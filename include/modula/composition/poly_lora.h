@@ -68,8 +68,8 @@ class PolyLoraImpl : public SiteModule, public ModuleBank {
 TORCH_MODULE(PolyLora);
 
 // Attaches freshly initialised Poly modules for a PEFT POLY config (r, n_tasks, n_skills,
-// n_splits, poly_type "poly", target_modules). Throws std::invalid_argument naming the
-// bad key or site.
+// n_splits, poly_type "poly", target_modules; modula's routing_key: the RoutingContext
+// entry with the ids, default "task"). Throws std::invalid_argument naming the bad key or site.
 Adapter add_poly_adapter(Backbone& model, const nlohmann::json& config, std::shared_ptr<RoutingContext> context,
                          const std::string& name = "default");
 // Loads a PEFT POLY folder; every tensor must find its module and shape. save_adapter()

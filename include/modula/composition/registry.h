@@ -6,7 +6,8 @@
 //
 //   LORA (rsLoRA, DoRA, rank/alpha patterns), IA3, PROMPT_TUNING, PREFIX_TUNING, POLY   PEFT
 //   MODULA_BOTTLENECK, MODULA_SPARSE_FT, MODULA_BITFIT, MODULA_HYPER_LORA, MODULA_FUSION,
-//   MODULA_MOE_LORA                                                 docs/module-formats.md
+//   MODULA_MOE_LORA, MODULA_MOE_FFN (MoEfication, sparse upcycling)    docs/module-formats.md
+//   MODULA_COMPOSITION (a trained composition spec over member modules)  docs/composition.md
 //
 //   auto a = modula::load_module(*model, "adapters/poly", {.name = "poly", .context = ctx});
 //   auto b = modula::build_module(*model, {{"peft_type", "MODULA_MOE_LORA"}, {"num_experts", 4}});
@@ -33,7 +34,7 @@ struct ModuleEnv {
   // padding); a fresh one is made when null.
   std::shared_ptr<RoutingContext> context;
   int64_t task = -1;  // HYPER_LORA: the one task all rows use; -1 = per row from context "task"
-  // MODULA_FUSION: the member adapters by name (attached to the same model).
+  // MODULA_FUSION, MODULA_COMPOSITION: the member adapters by name (attached to the same model).
   std::map<std::string, const Adapter*> members;
 };
 

@@ -44,6 +44,11 @@ class AdapterState {
   // Before each forward in training: re-derive what the parameters feed (a sparse diff's
   // θ₀ + φ after an optimizer step).
   virtual void refresh() {}
+  // Modules trained in two phases (LT-SFT's lottery ticket): the steps of the dense phase a
+  // trainer runs first over parameters() (0 = none), and the call that ends it (after
+  // which parameters() are the module's own).
+  virtual int64_t dense_phase_steps() const { return 0; }
+  virtual void end_dense_phase() {}
 };
 
 struct Adapter {

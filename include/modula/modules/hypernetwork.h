@@ -53,6 +53,9 @@ struct HyperLoraOptions {
   TORCH_ARG(double, alpha) = 16.0;               // LoRA scaling alpha / r
   TORCH_ARG(nlohmann::json, target_modules) = nlohmann::json::array({"q_proj", "v_proj"});  // PEFT rules
   TORCH_ARG(uint64_t, seed) = 0;                                                            // initialisation seed
+  // The RoutingContext entry with the per-row ids when the tasks follow routing metadata
+  // (the registry's task_source): "task" or a metadata field such as "language".
+  TORCH_ARG(std::string, routing_key) = "task";
 
  public:  // TORCH_ARG leaves the section private
   // Throws std::invalid_argument naming the bad field.
@@ -108,9 +111,11 @@ class HyperLoraImpl : public torch::nn::Module {
 
   const std::vector<HyperSite>& sites() const { return sites_; }
   // Where the tasks come from when they follow per-row metadata (the registry reads the
-  // RoutingContext's "task"): called before each forward's generation; undefined = keep.
+  // RoutingContext's options.routing_key): called before each forward's generation;
+  // undefined = keep.
   std::function<torch::Tensor()> task_source;
-  // adapter_config.json: {"peft_type": "MODULA_HYPER_LORA", the options, "sites": [paths]}.
+  // adapter_config.json: {"peft_type": "MODULA_HYPER_LORA", the options (routing_key only
+  // when it is not "task"), "sites": [paths]}.
   nlohmann::json config() const;
 
   HyperLoraOptions options;

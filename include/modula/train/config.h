@@ -19,6 +19,13 @@
 //   continual: {enabled: false, full_finetune_baseline: false}
 //   checkpoint: {every: 50, keep: 2}
 //   compose: "fuse(a, b)"                     # optional composition spec over the modules
+//   metadata: [{field: language, values: [en, de, fr]}]   # per-example routing ids
+//
+// Routing: every batch row carries "task" (its task's index in `tasks`) and, per `metadata`
+// field, the index of the row's value in that field's `values`. POLY / MODULA_HYPER_LORA
+// modules read the entry their config's `routing_key` names (default "task"), and
+// route(<key>, m_0, ..., m_{V-1}) in `compose` sends each row to m_<id> (docs/training.md,
+// "Routing by metadata").
 //
 // parse_train_config validates once and throws ConfigError naming the source, the key
 // path ("tasks[1].type") and what was expected.
@@ -51,6 +58,13 @@ struct ModuleSpec {
   nlohmann::json config;  // fresh module: a PEFT-style adapter_config (add_adapter)
   std::string path;       // or an existing module folder (load_adapter)
   bool trainable = true;
+};
+
+// A per-example metadata field the modules and route(...) can route by: each record's value
+// (a string or an integer, compared as its string form) becomes its index in `values`.
+struct MetadataField {
+  std::string name;                 // the record field, and the RoutingContext key ("task" is reserved)
+  std::vector<std::string> values;  // default: the sorted set seen in all tasks' train records
 };
 
 struct TaskConfig {
@@ -126,9 +140,12 @@ struct TrainConfig {
   // A composition spec over `modules` (docs/composition.md), in its canonical text form
   // (the config may give the text or the JSON/YAML mapping form); empty = none. Members of
   // fuse(...) are frozen and the fusions train; route(task, m_0, m_1, ...) sends each batch
-  // of task i (its index in `tasks`) to m_i.
+  // of task i (its index in `tasks`) to m_i, route(<metadata field>, ...) each row by its value.
   std::string compose;
   std::vector<TaskConfig> tasks;
+  // Per-example routing fields, in the order of Example::metadata / Batch::metadata. The
+  // trainer fills values left empty from the train records (Trainer::config() has them).
+  std::vector<MetadataField> metadata;
   OptimConfig optim;
   EvalConfig eval;
   MultitaskConfig multitask;
@@ -138,6 +155,15 @@ struct TrainConfig {
 
   const TaskConfig& task(const std::string& name) const;  // throws ConfigError
 };
+
+// Checks what routes by task or metadata: each POLY / MODULA_HYPER_LORA module's
+// `routing_key` (default "task") is "task" or a field in `metadata`, and, for fields whose
+// values are known, the module's n_tasks / num_tasks covers them; each route(<key>, ...) in
+// `compose` routes by "task", a declared field or a learned router, with one argument per
+// task / value. With `folders`, module folders' adapter_config.json are read too.
+// parse_train_config runs it without folders; the trainer again once values are known.
+// Throws ConfigError naming the source and the key.
+void check_routing(const TrainConfig& c, bool folders);
 
 // Validates and fills defaults. `source` names the file in messages.
 TrainConfig parse_train_config(const nlohmann::json& j, const std::string& source = "<memory>");

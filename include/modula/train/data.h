@@ -32,6 +32,7 @@ struct Example {
   std::vector<int64_t> token_type_ids;  // empty = zeros
   std::vector<int64_t> labels;          // per token (LM, token classification), kIgnoreIndex = unscored
   int64_t label = kIgnoreIndex;         // sequence classification
+  std::vector<int64_t> metadata;        // the run's metadata ids (TrainConfig::metadata order)
   int64_t length() const { return static_cast<int64_t>(input_ids.size()); }
 };
 
@@ -40,8 +41,11 @@ class Encoding {
  public:
   // Label names from task.labels or, when empty, the sorted set seen in `train`
   // (numerically sorted when all are integers). Throws ConfigError for a missing field.
+  // `metadata`: the run's metadata fields with their values (resolve_metadata); each
+  // example carries the index of its record's value of each.
   static Encoding build(const TaskConfig& task, const std::vector<nlohmann::json>& train,
-                        const text::Tokenizer& tokenizer, const io::ModelConfig& model);
+                        const text::Tokenizer& tokenizer, const io::ModelConfig& model,
+                        const std::vector<MetadataField>& metadata = {});
 
   // `where` names the data source in errors (file or "task 'x' eval").
   std::vector<Example> encode(const std::vector<nlohmann::json>& records, const std::string& where) const;
@@ -59,7 +63,9 @@ class Encoding {
   const text::Tokenizer* tokenizer_ = nullptr;
   std::vector<std::string> labels_;
   std::map<std::string, int64_t> label_ids_;
-  std::vector<int64_t> prefix_, suffix_;  // special tokens the tokenizer adds around a text
+  std::vector<MetadataField> metadata_;
+  std::vector<std::map<std::string, int64_t>> metadata_ids_;  // per field: value -> id
+  std::vector<int64_t> prefix_, suffix_;                      // special tokens the tokenizer adds around a text
   std::vector<int64_t> special_ids_;
   int64_t pad_id_ = 0, mask_id_ = -1;
   std::vector<int64_t> eos_;
@@ -71,10 +77,18 @@ struct Batch {
   torch::Tensor token_type_ids;  // [B,T] int64
   torch::Tensor labels;          // [B,T] (token tasks) or [B] (sequence classification)
   int64_t tokens = 0;            // non-pad tokens
+  torch::Tensor metadata;        // [B,F] int64: each row's id of each metadata field
   Batch to(const torch::Device& d) const;
 };
 
 Batch collate(const std::vector<const Example*>& examples, int64_t pad_id, bool sequence_labels);
+
+// Records of one data source, named as in errors (a file, or "task 'x' train").
+using NamedRecords = std::pair<std::string, const std::vector<nlohmann::json>*>;
+// The metadata fields with their values: as declared, or the sorted set (numerically when
+// all are integers) of the values in `train`. Throws TrainError naming the source, line and
+// field of a record without the field or with a value that is no string or integer.
+std::vector<MetadataField> resolve_metadata(std::vector<MetadataField> fields, const std::vector<NamedRecords>& train);
 
 // Masked LM corruption (Devlin et al. 2019): each non-special, non-pad token is chosen with
 // probability p; chosen tokens become [MASK] 80%, a random token 10%, unchanged 10%. Labels

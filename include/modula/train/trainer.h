@@ -24,7 +24,8 @@
 //     task × time accuracy matrix and average forgetting;
 //   - evaluation (accuracy, macro-F1, perplexity), early stopping, metrics JSONL
 //     (output/metrics.jsonl), atomic checkpoints (output/checkpoints/step-N) with resume;
-//   - at the end: modules (output/modules/<name>, PEFT folders), fusions (output/compose/), heads
+//   - at the end: modules (output/modules/<name>, PEFT folders), the composition (output/compose/,
+//     a MODULA_COMPOSITION folder that reloads over the modules; its fusions in output/compose/<fusion>/), heads
 //     (output/heads.safetensors), the model when train_backbone/save_model (output/model).
 //
 // The library never prints: progress goes to the callbacks.
@@ -51,7 +52,7 @@ using Datasets = std::map<std::string, TaskData>;  // by task name; overrides th
 struct StepInfo {
   int64_t step = 0;         // optimizer steps done (within the current phase)
   int64_t total_steps = 0;  // of the current phase
-  std::string phase;        // "train", or "continual/<task>", "baseline/<task>"
+  std::string phase;        // "train", "lt_sft" (LT-SFT dense phase), "continual/<task>", "baseline/<task>"
   std::string task;         // task of the last batch
   double loss = 0;          // mean loss over the accumulated micro-batches
   double lr = 0;            // base learning rate after the schedule

@@ -1,0 +1,58 @@
+// modula serve: the OpenAI-compatible server (docs/serving.md). Runs until SIGINT/SIGTERM.
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <iostream>
+#include <thread>
+
+#include "commands.h"
+#include "modula/serve/server.h"
+
+namespace modula::cli {
+
+void add_serve(CLI::App& app) {
+  auto* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server; each request picks its module set by name");
+  static serve::ServeOptions o;
+  cmd->add_option("--model,-m", o.model_dir, "Model folder")->required();
+  cmd->add_option("--adapter,-a", o.adapters, "NAME=DIR: a module folder served as model NAME; repeatable");
+  cmd->add_option("--tokenizer,-t", o.tokenizer, "Tokenizer file or folder (default: the model folder)");
+  cmd->add_option("--name", o.name, "The base model's id (default: the model folder's name)");
+  cmd->add_option("--host", o.host, "Address to listen on (loopback by default)")->capture_default_str();
+  cmd->add_option("--port", o.port, "Port (0 = any free port)")->capture_default_str();
+  cmd->add_option("--api-key", o.api_key, "Require 'Authorization: Bearer KEY'");
+  cmd->add_option("--max-batch", o.max_batch, "Rows decoded together")->capture_default_str();
+  cmd->add_option("--max-queue", o.max_queue, "Waiting requests before 503")->capture_default_str();
+  cmd->add_option("--device", o.device, "cpu or cuda")->capture_default_str();
+  cmd->callback([] {
+    // SIGINT/SIGTERM write to a pipe (async-signal-safe); a watcher thread stops the server.
+    static int wake[2] = {-1, -1};
+    if (pipe(wake) != 0) throw std::runtime_error("[serve] cannot create the signal pipe");
+    struct sigaction sa {};
+    sa.sa_handler = [](int) {
+      const char c = 1;
+      [[maybe_unused]] auto n = write(wake[1], &c, 1);
+    };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+    serve::Server server(o);
+    const int port = server.bind();
+    std::cerr << "modula serve: http://" << o.host << ":" << port << "/v1 (models:";
+    for (const auto& id : server.model_ids()) std::cerr << " " << id;
+    std::cerr << ")" << std::endl;
+    std::thread watcher([&] {
+      char c = 0;
+      while (read(wake[0], &c, 1) < 0 && errno == EINTR) {
+      }
+      server.stop();
+    });
+    server.run();
+    const char c = 0;  // run() may end on its own: wake the watcher either way
+    [[maybe_unused]] auto n = write(wake[1], &c, 1);
+    watcher.join();
+    std::cerr << "modula serve: stopped" << std::endl;
+  });
+}
+
+}  // namespace modula::cli

@@ -1,0 +1,341 @@
+#include "modula/serve/scheduler.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+#include <set>
+
+#include "modula/util/error.h"
+
+namespace modula::serve {
+namespace {
+
+constexpr std::string_view kTag = "serve";
+
+// Prepends n masked slots to keys/values [B, Hkv, S, D] (dim 2).
+torch::Tensor pad_slots(const torch::Tensor& t, int64_t n) { return torch::constant_pad_nd(t, {0, 0, n, 0}, 0); }
+
+void pad_cache(KVCache& cache, torch::Tensor& mask, int64_t n) {
+  if (n <= 0) return;
+  for (size_t l = 0; l < cache.keys.size(); ++l) {
+    cache.keys[l] = pad_slots(cache.keys[l], n);
+    cache.values[l] = pad_slots(cache.values[l], n);
+  }
+  mask = torch::constant_pad_nd(mask, {n, 0}, 0);
+}
+
+}  // namespace
+
+void SchedulerOptions::validate() const {
+  check(max_batch >= 1, kTag, "max_batch must be >= 1 (got " + std::to_string(max_batch) + ")");
+  check(max_queue >= 0, kTag, "max_queue must be >= 0 (got " + std::to_string(max_queue) + ")");
+}
+
+// ---- Generation ----------------------------------------------------------------------
+
+bool Generation::next(int64_t& token) {
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait(lk, [&] { return !tokens_.empty() || finish_ != Finish::None; });
+  if (tokens_.empty()) return false;
+  token = tokens_.front();
+  tokens_.pop_front();
+  return true;
+}
+
+Finish Generation::finish() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return finish_;
+}
+
+std::string Generation::error() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return error_;
+}
+
+void Generation::push(int64_t token) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    tokens_.push_back(token);
+  }
+  cv_.notify_all();
+}
+
+void Generation::end(Finish f, const std::string& error) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (finish_ != Finish::None) return;
+    finish_ = f;
+    error_ = error;
+  }
+  cv_.notify_all();
+}
+
+// ---- Scheduler -----------------------------------------------------------------------
+
+struct Scheduler::Row {
+  GenRequest request;
+  std::shared_ptr<Generation> gen;
+  torch::Generator rng;
+  KVCache cache;         // after prefill, until the row joins the batch: [1, Hkv, S, D]
+  torch::Tensor mask;    // [1, S] int64, 0 = a slot the row does not attend to
+  int64_t position = 0;  // position id of the next token
+  int64_t last = 0;      // the token fed at the next step
+  int64_t produced = 0;
+
+  // Hands the token over; false when the row is done (stop id or length).
+  bool emit(int64_t token) {
+    gen->push(token);
+    ++produced;
+    last = token;
+    const auto& stop = request.options.stop_ids;
+    if (std::find(stop.begin(), stop.end(), token) != stop.end()) {
+      gen->end(Finish::Stop);
+      return false;
+    }
+    if (produced >= request.options.max_new_tokens) {
+      gen->end(Finish::Length);
+      return false;
+    }
+    return true;
+  }
+  bool done() const { return gen->finish() != Finish::None || gen->cancelled(); }
+};
+
+// The running rows: one KV cache [B, Hkv, S, D] whose rows are left-padded to a common S.
+struct Scheduler::Batch {
+  std::vector<std::unique_ptr<Row>> rows;
+  KVCache cache;
+  torch::Tensor mask;  // [B, S]
+};
+
+Scheduler::Scheduler(Backbone& model, const Adapter* mixed, SchedulerOptions options)
+    : model_(model), mixed_(mixed), options_(std::move(options)), device_(torch::kCPU), batch_(new Batch) {
+  options_.validate();
+  if (!model_.causal() || model_.head() != Head::CausalLM)
+    throw_error(kTag, "the model has no causal LM head (" + to_string(model_.head()) + ")");
+  if (mixed_ && mixed_->peft_type != kMixedType)
+    throw_error(kTag, "'" + mixed_->name + "' is a " + mixed_->peft_type + " module set, not a mixed one (load_mixed)");
+  device_ = model_.parameters().front().device();
+  thread_ = std::thread([this] { loop(); });
+}
+
+Scheduler::~Scheduler() { stop(); }
+
+int64_t Scheduler::context_length() const { return model_.config().max_position_embeddings; }
+
+std::shared_ptr<Generation> Scheduler::submit(GenRequest request) {
+  const auto& c = model_.config();
+  check(!request.prompt.empty(), kTag, "the prompt is empty");
+  for (auto id : request.prompt)
+    check(id >= 0 && id < c.vocab_size, kTag,
+          "token id " + std::to_string(id) + " outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
+  if (request.module != kBaseAdapter) {
+    check(mixed_ != nullptr, kTag, "unknown module set '" + request.module + "' (no modules are loaded)");
+    row_ids(*mixed_, {request.module});  // throws naming the known sets
+  }
+  request.options.validate();
+  const int64_t virtual_tokens = mixed_ && mixed_->input ? mixed_->input->num_virtual_tokens() : 0;
+  const int64_t need = static_cast<int64_t>(request.prompt.size()) + virtual_tokens + request.options.max_new_tokens;
+  if (c.max_position_embeddings > 0 && need > c.max_position_embeddings)
+    throw_error(kTag, "the prompt (" + std::to_string(request.prompt.size()) + " tokens" +
+                          (virtual_tokens ? " + " + std::to_string(virtual_tokens) + " virtual" : std::string()) +
+                          ") plus max_tokens (" + std::to_string(request.options.max_new_tokens) +
+                          ") exceeds the model's context of " + std::to_string(c.max_position_embeddings) + " tokens");
+  auto row = std::make_unique<Row>();
+  row->request = std::move(request);
+  row->gen = std::make_shared<Generation>();
+  row->gen->prompt_tokens_ = static_cast<int64_t>(row->request.prompt.size());
+  auto gen = row->gen;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stopping_) throw QueueFull("[serve] the server is shutting down");
+    if (static_cast<int64_t>(waiting_.size()) >= options_.max_queue)
+      throw QueueFull("[serve] the queue is full (" + std::to_string(options_.max_queue) + " waiting requests)");
+    waiting_.push_back(std::move(row));
+    stats_.waiting = static_cast<int64_t>(waiting_.size());
+  }
+  cv_.notify_all();
+  return gen;
+}
+
+void Scheduler::stop() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+SchedulerStats Scheduler::stats() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return stats_;
+}
+
+void Scheduler::loop() {
+  torch::NoGradGuard no_grad;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait(lk, [&] { return stopping_ || !waiting_.empty() || !batch_->rows.empty(); });
+      if (stopping_) break;
+    }
+    admit();
+    if (!batch_->rows.empty()) step();
+  }
+  std::lock_guard<std::mutex> lk(mu_);
+  for (auto& r : waiting_) r->gen->end(Finish::Cancelled, "the server is shutting down");
+  for (auto& r : batch_->rows) r->gen->end(Finish::Cancelled, "the server is shutting down");
+  waiting_.clear();
+  batch_.reset(new Batch);
+  stats_.waiting = stats_.running = 0;
+}
+
+void Scheduler::admit() {
+  while (static_cast<int64_t>(batch_->rows.size()) < options_.max_batch) {
+    std::unique_ptr<Row> row;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (waiting_.empty()) return;
+      row = std::move(waiting_.front());
+      waiting_.pop_front();
+      stats_.waiting = static_cast<int64_t>(waiting_.size());
+    }
+    if (row->gen->cancelled()) {
+      row->gen->end(Finish::Cancelled);
+      continue;
+    }
+    row = prefill(std::move(row));
+    if (row) join(std::move(row));
+  }
+}
+
+// The prompt alone (B = 1) through the row's module set; the first token comes from it.
+std::unique_ptr<Scheduler::Row> Scheduler::prefill(std::unique_ptr<Row> row) {
+  try {
+    const auto& r = row->request;
+    row->rng = at::detail::createCPUGenerator(r.options.seed);
+    if (r.options.max_new_tokens <= 0) {
+      row->gen->end(Finish::Length);
+      return nullptr;
+    }
+    BackboneInput in;
+    in.input_ids = torch::tensor(r.prompt, torch::kInt64).view({1, -1}).to(device_);
+    in.cache = &row->cache;
+    if (mixed_) {
+      set_row_modules(*mixed_, {r.module});
+      KVCache unused;  // `in` has a cache
+      if (mixed_->input) mixed_->input->prepare(model_, in, unused);
+    }
+    auto logits = model_.forward(in).logits.select(1, -1).to(torch::kFloat32).cpu();  // [1, V]
+    const int64_t S = row->cache.length();
+    row->mask = in.attention_mask.defined() ? in.attention_mask.to(torch::kInt64)
+                                            : torch::ones({1, S}, torch::dtype(torch::kInt64).device(device_));
+    if (row->mask.size(1) != S)
+      throw_error(kTag, "internal: prefill mask covers " + std::to_string(row->mask.size(1)) + " of " +
+                            std::to_string(S) + " cache slots");
+    row->position = in.position_ids.defined() ? in.position_ids[0][-1].item<int64_t>() + 1 : S;
+    if (!row->emit(sample_next(logits[0], r.options, row->rng))) return nullptr;
+    return row;
+  } catch (const std::exception& e) {
+    row->gen->end(Finish::Error, e.what());
+    return nullptr;
+  }
+}
+
+void Scheduler::join(std::unique_ptr<Row> row) {
+  auto& b = *batch_;
+  if (b.rows.empty()) {
+    b.cache = std::move(row->cache);
+    b.mask = row->mask;
+  } else {
+    const int64_t S = b.cache.length(), s = row->cache.length();
+    pad_cache(row->cache, row->mask, S - s);
+    pad_cache(b.cache, b.mask, s - S);
+    for (size_t l = 0; l < b.cache.keys.size(); ++l) {
+      b.cache.keys[l] = torch::cat({b.cache.keys[l], row->cache.keys[l]}, 0);
+      b.cache.values[l] = torch::cat({b.cache.values[l], row->cache.values[l]}, 0);
+    }
+    b.mask = torch::cat({b.mask, row->mask}, 0);
+  }
+  row->cache = KVCache();
+  row->mask = torch::Tensor();
+  b.rows.push_back(std::move(row));
+  std::lock_guard<std::mutex> lk(mu_);
+  stats_.running = static_cast<int64_t>(b.rows.size());
+}
+
+// One decode step: every running row's last token, one forward, one token per row.
+void Scheduler::step() {
+  auto& b = *batch_;
+  const auto B = static_cast<int64_t>(b.rows.size());
+  std::vector<int64_t> last, position;
+  std::vector<std::string> names;
+  for (const auto& r : b.rows) {
+    last.push_back(r->last);
+    position.push_back(r->position);
+    names.push_back(r->request.module);
+  }
+  try {
+    BackboneInput in;
+    in.input_ids = torch::tensor(last, torch::kInt64).view({B, 1}).to(device_);
+    in.position_ids = torch::tensor(position, torch::kInt64).view({B, 1}).to(device_);
+    in.attention_mask = torch::cat({b.mask, torch::ones({B, 1}, b.mask.options())}, 1);
+    in.cache = &b.cache;
+    if (mixed_) set_row_modules(*mixed_, names);
+    auto logits = model_.forward(in).logits.select(1, -1).to(torch::kFloat32).cpu();  // [B, V]
+    b.mask = in.attention_mask;
+    for (int64_t i = 0; i < B; ++i) {
+      auto& r = *b.rows[static_cast<size_t>(i)];
+      ++r.position;
+      if (!r.done()) r.emit(sample_next(logits[i], r.request.options, r.rng));
+    }
+  } catch (const std::exception& e) {  // a failed forward ends the rows it held, not the server
+    for (auto& r : b.rows) r->gen->end(Finish::Error, e.what());
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    ++stats_.steps;
+    stats_.max_rows = std::max(stats_.max_rows, B);
+    if (std::set<std::string>(names.begin(), names.end()).size() > 1) ++stats_.mixed_steps;
+  }
+  leave();
+}
+
+// Finished or cancelled rows leave; slots no remaining row attends to are dropped.
+void Scheduler::leave() {
+  auto& b = *batch_;
+  std::vector<int64_t> keep;
+  std::vector<std::unique_ptr<Row>> rows;
+  for (size_t i = 0; i < b.rows.size(); ++i) {
+    auto& r = b.rows[i];
+    if (r->gen->cancelled()) r->gen->end(Finish::Cancelled);
+    if (r->gen->finish() != Finish::None) continue;
+    keep.push_back(static_cast<int64_t>(i));
+    rows.push_back(std::move(r));
+  }
+  const bool changed = rows.size() != b.rows.size();
+  b.rows = std::move(rows);
+  if (changed) {
+    if (b.rows.empty()) {
+      b.cache = KVCache();
+      b.mask = torch::Tensor();
+    } else {
+      auto index = torch::tensor(keep, torch::kInt64).to(device_);
+      b.cache.select_rows(index);
+      b.mask = b.mask.index_select(0, index);
+      const int64_t lead = (b.mask.sum(0) > 0).nonzero()[0][0].item<int64_t>();
+      if (lead > 0) {
+        for (size_t l = 0; l < b.cache.keys.size(); ++l) {
+          b.cache.keys[l] = b.cache.keys[l].narrow(2, lead, b.cache.keys[l].size(2) - lead);
+          b.cache.values[l] = b.cache.values[l].narrow(2, lead, b.cache.values[l].size(2) - lead);
+        }
+        b.mask = b.mask.narrow(1, lead, b.mask.size(1) - lead);
+      }
+    }
+  }
+  std::lock_guard<std::mutex> lk(mu_);
+  stats_.running = static_cast<int64_t>(b.rows.size());
+}
+
+}  // namespace modula::serve
