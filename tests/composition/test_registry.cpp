@@ -219,10 +219,11 @@ TEST(RegistryMatrix, LtSftRunResumesToTheSameDiff) {
   for (const auto& k : fa.keys()) EXPECT_TRUE(torch::equal(fa.get(k), fb.get(k))) << k;
 }
 
-// route(task, p, q) over prompts (or prefixes) of different lengths in `compose`: one input
-// bank, each task's rows with their own module; trains, is written as out/compose and the
-// members plus that folder reload to the same eval loss on both tasks.
-TEST(RegistryMatrix, ComposeRouteByTaskOverPromptsAndPrefixes) {
+// route(task, a, b) in `compose` (fixed routing by the batch's task): each task's rows go to
+// their own member; trains (both tasks' eval losses fall), is written as out/compose, and the
+// members plus that folder reload to the same eval loss on both tasks. Over LoRA, (IA)³,
+// bottleneck adapters, and prompts / prefixes of different lengths (one input bank).
+static void route_by_task_save_reload(const json& a, const json& b) {
   Datasets data = qa_data();
   for (auto& r : data["qa"].train) data["qb"].train.push_back({{"prompt", r["prompt"]}, {"completion", "yes"}});
   data["qb"].eval = data["qb"].train;
@@ -232,33 +233,46 @@ TEST(RegistryMatrix, ComposeRouteByTaskOverPromptsAndPrefixes) {
     auto r = train::train(parse_train_config(cfg), data, {});
     return std::make_pair(r.eval.at("qa").at("loss"), r.eval.at("qb").at("loss"));
   };
-  for (std::string type : {"PROMPT_TUNING", "PREFIX_TUNING"}) {
-    TempDir d;
-    json modules = {{{"name", "p"}, {"config", {{"peft_type", type}, {"num_virtual_tokens", 3}}}},
-                    {{"name", "q"}, {"config", {{"peft_type", type}, {"num_virtual_tokens", 5}}}}};
-    auto cfg = run_config(d, "llama", "a", modules, 3e-2, 16);
-    cfg["compose"] = "route(task, p, q)";
-    auto before = cfg;
-    before["optim"]["lr"] = 1e-12, before["optim"]["max_steps"] = 1, before["output"] = d / "untrained";
-    auto [qa0, qb0] = eval(before);
-    auto [qa1, qb1] = eval(cfg);
-    EXPECT_LT(qa1, qa0) << type;
-    EXPECT_LT(qb1, qb0) << type;
-    json reload = {{{"name", "p"}, {"path", d / "a/modules/p"}, {"trainable", false}},
-                   {{"name", "q"}, {"path", d / "a/modules/q"}, {"trainable", false}},
-                   {{"name", "c0"}, {"path", d / "a/compose"}, {"trainable", false}},
-                   {{"name", "probe"}, {"config", {{"peft_type", "LORA"}, {"r", 1}, {"target_modules", {"q_proj"}}}}}};
-    auto [qa2, qb2] = eval(run_config(d, "llama", "b", reload, 1e-12, 1));
-    EXPECT_NEAR(qa2, qa1, 1e-5 * std::max(1.0, qa1)) << type;
-    EXPECT_NEAR(qb2, qb1, 1e-5 * std::max(1.0, qb1)) << type;
-  }
+  TempDir d;
+  json modules = {{{"name", "a"}, {"config", a}}, {{"name", "b"}, {"config", b}}};
+  auto cfg = run_config(d, "llama", "run", modules, 3e-2, 16);
+  cfg["compose"] = "route(task, a, b)";
+  auto before = cfg;
+  before["optim"]["lr"] = 1e-12, before["optim"]["max_steps"] = 1, before["output"] = d / "untrained";
+  auto [qa0, qb0] = eval(before);
+  auto [qa1, qb1] = eval(cfg);
+  EXPECT_LT(qa1, qa0) << a.dump();
+  EXPECT_LT(qb1, qb0) << b.dump();
+  json reload = {{{"name", "a"}, {"path", d / "run/modules/a"}, {"trainable", false}},
+                 {{"name", "b"}, {"path", d / "run/modules/b"}, {"trainable", false}},
+                 {{"name", "c0"}, {"path", d / "run/compose"}, {"trainable", false}},
+                 {{"name", "probe"}, {"config", {{"peft_type", "LORA"}, {"r", 1}, {"target_modules", {"k_proj"}}}}}};
+  auto [qa2, qb2] = eval(run_config(d, "llama", "again", reload, 1e-12, 1));
+  EXPECT_NEAR(qa2, qa1, 1e-5 * std::max(1.0, qa1)) << a.dump();
+  EXPECT_NEAR(qb2, qb1, 1e-5 * std::max(1.0, qb1)) << b.dump();
+}
+
+TEST(RegistryMatrix, ComposeRouteByTaskOverEveryKind) {
+  json lora = {{"peft_type", "LORA"}, {"r", 2}, {"target_modules", {"q_proj", "v_proj"}}};
+  json ia3 = {
+      {"peft_type", "IA3"}, {"target_modules", {"v_proj", "down_proj"}}, {"feedforward_modules", {"down_proj"}}};
+  json bottleneck = {{"peft_type", "MODULA_BOTTLENECK"}, {"config", "pfeiffer"}, {"reduction_factor", 4}};
+  route_by_task_save_reload(lora, lora);
+  route_by_task_save_reload(ia3, ia3);
+  route_by_task_save_reload(bottleneck, bottleneck);
+  for (std::string type : {"PROMPT_TUNING", "PREFIX_TUNING"})
+    route_by_task_save_reload({{"peft_type", type}, {"num_virtual_tokens", 3}},
+                              {{"peft_type", type}, {"num_virtual_tokens", 5}});
+}
+
+TEST(RegistryMatrix, PromptsAreRoutedByMetadataOnly) {
   auto msg = modula::testing::error_of([&] {
     TempDir d;
     json modules = {{{"name", "p"}, {"config", {{"peft_type", "PROMPT_TUNING"}, {"num_virtual_tokens", 3}}}},
                     {{"name", "q"}, {"config", {{"peft_type", "PROMPT_TUNING"}, {"num_virtual_tokens", 5}}}}};
     auto cfg = run_config(d, "llama", "a", modules, 3e-2, 1);
     cfg["compose"] = "route(softmax, p, q)";
-    eval(cfg);
+    train::train(parse_train_config(cfg), qa_data(), {});
   });
   EXPECT_NE(msg.find("input modules are routed by metadata only"), std::string::npos) << msg;
 }

@@ -233,6 +233,12 @@ TEST(Server, BadRequestsGetClearErrors) {
       post(c, "/v1/chat/completions", R"({"model": "lora", "messages": [{"role": "user", "content": "hi"}]})", 400);
   EXPECT_EQ(k["error"]["code"], "no_chat_template");
   post(c, "/v1/chat/completions", R"({"model": "lora", "messages": "hi"})", 400);
+  auto big = post(c, "/v1/completions", std::string(2 << 20, ' '), 413);  // over max_body_bytes
+  EXPECT_EQ(big["error"]["code"], "request_too_large");
+  auto res = c.Get("/v1/nothing");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 404);
+  EXPECT_EQ(json::parse(res->body)["error"]["code"], "unknown_url");
   // The server keeps serving.
   post(c, "/v1/completions", body("lora", kPrompt, 2).dump(), 200);
 }
