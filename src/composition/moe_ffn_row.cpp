@@ -209,20 +209,24 @@ std::shared_ptr<RoutingContext> context_of(const ModuleEnv& env) {
   return env.context ? env.context : std::make_shared<RoutingContext>();
 }
 
+// The MoE blocks of `c` at every selected FFN: upcycled copies, MoE-fied clusters, or (to
+// load a folder into) MoE-fied shells without clustering.
+std::shared_ptr<MoeState> make_blocks(Backbone& m, const MoeConfig& c, const std::string& name,
+                                      const std::shared_ptr<RoutingContext>& ctx, bool shells) {
+  if (c.upcycle()) {
+    auto o = upcycle_options(c, ctx, name);
+    o.validate();
+    return attach(m, c, name, [&](const DenseFfn& ffn) { return upcycle_ffn(ffn, o); });
+  }
+  auto o = moefy_options(c, ctx, name);
+  o.validate();
+  return attach(m, c, name, [&](const DenseFfn& ffn) { return shells ? moefy_shell(ffn, o) : moefy_ffn(ffn, o); });
+}
+
 Adapter moe_build(Backbone& m, const json& config, const ModuleEnv& env) {
   const auto c = parse_config(config, "module config");
   auto ctx = context_of(env);
-  std::shared_ptr<MoeState> s;
-  if (c.upcycle()) {
-    auto o = upcycle_options(c, ctx, env.name);
-    o.validate();
-    s = attach(m, c, env.name, [&](const DenseFfn& ffn) { return upcycle_ffn(ffn, o); });
-  } else {
-    auto o = moefy_options(c, ctx, env.name);
-    o.validate();
-    s = attach(m, c, env.name, [&](const DenseFfn& ffn) { return moefy_ffn(ffn, o); });
-  }
-  return moe_handle(c, env.name, s, ctx);
+  return moe_handle(c, env.name, make_blocks(m, c, env.name, ctx, /*shells=*/false), ctx);
 }
 
 // Copies the folder's tensors into the blocks; every tensor must find its parameter and shape.
@@ -254,15 +258,7 @@ Adapter moe_load(Backbone& m, const io::PeftFolder& folder, const ModuleEnv& env
   auto ctx = context_of(env);
   std::shared_ptr<MoeState> s;
   try {
-    if (c.upcycle()) {  // copies of the dense FFN, overwritten below
-      auto o = upcycle_options(c, ctx, env.name);
-      o.validate();
-      s = attach(m, c, env.name, [&](const DenseFfn& ffn) { return upcycle_ffn(ffn, o); });
-    } else {
-      auto o = moefy_options(c, ctx, env.name);
-      o.validate();
-      s = attach(m, c, env.name, [&](const DenseFfn& ffn) { return moefy_shell(ffn, o); });
-    }
+    s = make_blocks(m, c, env.name, ctx, /*shells=*/true);  // the folder's tensors overwrite them below
   } catch (const std::invalid_argument& e) {
     throw_error<ConfigError>(kTag, folder.dir + ": " + e.what());
   }
