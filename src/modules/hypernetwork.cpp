@@ -198,36 +198,100 @@ int64_t HyperLoraImpl::param_version() const {
   return v;
 }
 
-std::pair<torch::Tensor, torch::Tensor> HyperLoraImpl::current_weights(size_t site) {
-  if (task_source) {  // the tasks come from the routing metadata: follow them when they change
-    auto ids = task_source();
-    if (ids.defined() && !ids.is_same(source_ids_)) set_task_ids(ids), source_ids_ = ids;
-  }
+void HyperLoraImpl::follow_source() {
+  if (!task_source) return;  // the tasks come from the routing metadata: follow them when they change
+  auto ids = task_source();
+  if (ids.defined() && !ids.is_same(source_ids_)) set_task_ids(ids), source_ids_ = ids;
+}
+
+std::pair<torch::Tensor, torch::Tensor> HyperLoraImpl::task_rows(int64_t batch) {
+  auto table = task_ids_.defined() ? task_embeddings : task_embedding();  // external: [E, d_t]
+  const int64_t set = task_ids_.defined() ? task_ids_.size(0) : table.size(0);
+  if (set != 1 && set != batch)
+    throw_error(kTag, std::to_string(set) + " tasks set for a batch of " + std::to_string(batch) +
+                          " (one task id per example, or one for all)");
+  auto opts = torch::TensorOptions(torch::kInt64).device(site_embeddings.device());
+  torch::Tensor ids;
+  if (task_ids_.defined())
+    ids = set == batch ? task_ids_ : task_ids_.expand({batch});
+  else
+    ids = set == batch ? torch::arange(batch, opts) : torch::zeros({batch}, opts);
+  return {table, ids};
+}
+
+std::pair<torch::Tensor, torch::Tensor> HyperLoraImpl::rows_weights(size_t site, const torch::Tensor& table,
+                                                                    const torch::Tensor& ids) {
+  auto rows = [&] { return generate(site, table.index_select(0, ids)); };
   // With autograd on, a cached graph could be freed by backward: generate afresh each forward.
-  if (torch::GradMode::is_enabled()) return generate(site, task_embedding());
+  if (torch::GradMode::is_enabled()) return rows();
   auto& c = cache_.at(site);
   const int64_t version = param_version();
   const bool fresh = c.lora_A.defined() && c.task_version == task_version_ && c.param_version == version &&
+                     c.ids.sizes() == ids.sizes() && torch::equal(c.ids, ids) &&
                      c.lora_A.device() == site_embeddings.device() &&
                      c.lora_A.scalar_type() == site_embeddings.scalar_type();
   if (!fresh) {
-    auto [a, b] = generate(site, task_embedding());
-    c = {a, b, task_version_, version};
+    auto [a, b] = rows();
+    c = {a, b, ids.clone(), task_version_, version};
   }
   return {c.lora_A, c.lora_B};
 }
 
+// Algorithm 1 at the site: each example is routed (fixed, by its task) to its embedding row.
 torch::Tensor HyperLoraImpl::apply(size_t site, const torch::Tensor& x, const torch::Tensor& y, double scale) {
-  auto [a, b] = current_weights(site);
-  const int64_t tasks = a.size(0), batch = x.dim() < 2 ? 1 : x.size(0);
-  if (tasks != 1 && tasks != batch)
-    throw_error(kTag, "site " + sites_[site].path + ": " + std::to_string(tasks) + " tasks set for a batch of " +
-                          std::to_string(batch) + " (one task id per example, or one for all)");
+  follow_source();
+  const int64_t batch = x.dim() < 2 ? 1 : x.size(0);
+  auto [table, ids] = task_rows(batch);
+  rows_->set("row", ids);
+  if (!router_ || router_->num_modules() != table.size(0))
+    router_ = FixedRouter(FixedRouterOptions(table.size(0)).key("row"), rows_);
   auto x3 = x.reshape({batch, -1, sites_[site].in_features});  // [N, T, in]
+  HyperLoraBank bank(*this, site, table, scale * options.scaling());
+  return y + algorithm1(*router_, bank, Aggregation::WeightedSum, {x3, y}).view(y.sizes());
+}
+
+namespace {
+// s · (x Aᵀ) Bᵀ per example: x [N, T, in], A [N, r, in], B [N, out, r] -> [N, T, out].
+torch::Tensor lora_rows(const torch::Tensor& x, torch::Tensor a, torch::Tensor b, double s) {
   if (a.scalar_type() != x.scalar_type()) a = a.to(x.scalar_type()), b = b.to(x.scalar_type());
-  // Batched matmuls over the examples: (x A^T) B^T, [N,T,in] -> [N,T,r] -> [N,T,out].
-  auto delta = torch::matmul(torch::matmul(x3, a.transpose(1, 2)), b.transpose(1, 2));
-  return y + (scale * options.scaling()) * delta.view(y.sizes());
+  return s * torch::matmul(torch::matmul(x, a.transpose(1, 2)), b.transpose(1, 2));
+}
+}  // namespace
+
+torch::Tensor HyperLoraBank::selected(const SiteInput& in, const torch::Tensor& idx, const torch::Tensor& w) {
+  if (idx.dim() != 2) throw_error(kTag, "a hypernetwork bank routes per example ([N, k] indices), not per token");
+  auto x = as_rows(in.x, "hypernetwork bank");
+  torch::Tensor out;
+  for (int64_t k = 0; k < idx.size(1); ++k) {  // k is the routing's top-k (1 for fixed routing)
+    auto col = idx.select(1, k);
+    auto [a, b] = hyper_.rows_weights(site_, table_, col.clamp_min(0));
+    auto wk = (w.select(1, k) * (col >= 0).to(w.scalar_type())).to(x.scalar_type()).view({-1, 1, 1});
+    auto d = wk * lora_rows(x, a, b, scale_);
+    out = out.defined() ? out + d : d;
+  }
+  return out;
+}
+
+torch::Tensor HyperLoraBank::mixed(const SiteInput& in, const torch::Tensor& w) {
+  auto x = as_rows(in.x, "hypernetwork bank");
+  const int64_t M = table_.size(0);
+  auto all = torch::arange(M, torch::TensorOptions(torch::kInt64).device(table_.device()));
+  auto [a, b] = hyper_.generate(site_, table_.index_select(0, all));  // [M, r, in], [M, out, r]
+  a = a.to(x.scalar_type()), b = b.to(x.scalar_type());
+  auto d = torch::einsum("mor,ntmr->ntmo", {b, torch::einsum("ntd,mrd->ntmr", {x, a})});  // f_m(x), [N, T, M, out]
+  auto wt = (w.dim() == 2 ? w.unsqueeze(1) : w).to(x.scalar_type());                      // [N, 1|T, M]
+  return scale_ * (wt.unsqueeze(-1) * d).sum(2);
+}
+
+torch::Tensor HyperLoraBank::averaged(const SiteInput& in, const torch::Tensor& w) {
+  auto x = as_rows(in.x, "hypernetwork bank");
+  const int64_t M = table_.size(0);
+  auto all = torch::arange(M, torch::TensorOptions(torch::kInt64).device(table_.device()));
+  auto [a, b] = hyper_.generate(site_, table_.index_select(0, all));
+  auto wg = w.unsqueeze(1);  // [N, 1, M]: one group
+  auto abar = average_parameters(wg, a.unsqueeze(0)).squeeze(1),
+       bbar = average_parameters(wg, b.unsqueeze(0)).squeeze(1);
+  return lora_rows(x, abar, bbar, scale_);
 }
 
 nlohmann::json HyperLoraImpl::config() const {

@@ -325,3 +325,44 @@ TEST(HyperLora, ClearErrors) {
 }
 
 }  // namespace
+
+// The hypernetwork at a site is a module bank over the rows of its task-embedding table
+// (Algorithm 1): hard routing generates only the selected rows, soft routing mixes every
+// row's module, parameter averaging averages the generated A and B.
+TEST(HyperLora, BankRoutesOverTaskRows) {
+  auto model = llama();
+  modula::HyperLora hyper(*model, options());
+  perturb(*hyper);
+  const size_t site = 0;  // q_proj of layer 0: 64 -> 64
+  const double s = 0.5 * hyper->options.scaling();
+  modula::HyperLoraBank bank(*hyper, site, hyper->task_embeddings, 0.5 * hyper->options.scaling());
+  ASSERT_EQ(bank.num_modules(), 3);
+  torch::manual_seed(3);
+  auto x = torch::randn({2, 4, 64});
+  auto f = [&](int64_t m) {  // module m alone: s · (x A_mᵀ) B_mᵀ
+    auto [a, b] = hyper->generate(site, hyper->task_embeddings[m].unsqueeze(0));
+    return s * torch::matmul(torch::matmul(x, a[0].t()), b[0].t());
+  };
+  torch::NoGradGuard g;
+  auto idx = ids({1, 2}).view({2, 1});
+  auto hard = bank.selected({x, {}}, idx, torch::ones({2, 1}));
+  EXPECT_TRUE(torch::allclose(hard[0], f(1)[0], 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(hard[1], f(2)[1], 1e-5, 1e-6));
+  EXPECT_GT((f(1) - f(2)).abs().max().item<double>(), 1e-3);  // the rows' modules differ
+  auto none = bank.selected({x, {}}, ids({-1, 0}).view({2, 1}), torch::ones({2, 1}));
+  EXPECT_EQ(none[0].abs().max().item<double>(), 0.0);  // id -1: no module
+  auto w = torch::tensor({{0.2, 0.5, 0.3}, {0.0, 0.0, 1.0}});
+  auto soft = bank.mixed({x, {}}, w);
+  auto want0 = 0.2 * f(0)[0] + 0.5 * f(1)[0] + 0.3 * f(2)[0];
+  EXPECT_TRUE(torch::allclose(soft[0], want0, 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(soft[1], f(2)[1], 1e-5, 1e-6));
+  auto avg = bank.averaged({x, {}}, w);
+  auto a_bar = torch::zeros({4, 64}), b_bar = torch::zeros({64, 4});
+  for (int64_t m = 0; m < 3; ++m) {
+    auto [a, b] = hyper->generate(site, hyper->task_embeddings[m].unsqueeze(0));
+    a_bar += w[0][m].item<double>() * a[0], b_bar += w[0][m].item<double>() * b[0];
+  }
+  EXPECT_TRUE(torch::allclose(avg[0], s * torch::matmul(torch::matmul(x[0], a_bar.t()), b_bar.t()), 1e-5, 1e-6));
+  EXPECT_GT((avg[0] - soft[0]).abs().max().item<double>(), 1e-6);  // averaging parameters ≠ mixing outputs
+  EXPECT_TRUE(torch::allclose(avg[1], f(2)[1], 1e-5, 1e-6));       // one-hot: the module itself
+}

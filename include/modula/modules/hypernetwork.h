@@ -38,6 +38,8 @@
 
 #include "modula/backbone/backbone.h"
 #include "modula/backbone/layers.h"
+#include "modula/routing/algorithm1.h"
+#include "modula/routing/fixed.h"
 
 namespace modula {
 
@@ -96,7 +98,7 @@ class HyperLoraImpl : public torch::nn::Module {
   // std::invalid_argument naming an id outside [0, num_tasks).
   void set_task_ids(const torch::Tensor& task_ids);
   // Tasks given by embedding alone, [N, d_t] (or [d_t]); gradients flow into it. Set it again
-  // after changing it in place: under no-grad the generated weights are cached.
+  // after changing it in place: under no-grad the generated weights are cached (rows_weights).
   void set_task_embedding(const torch::Tensor& task_embedding);
   // The current tasks' embeddings [N, d_t]; std::runtime_error if none was set.
   torch::Tensor task_embedding() const;
@@ -106,8 +108,18 @@ class HyperLoraImpl : public torch::nn::Module {
   // Every site's weights for an embedding alone: [d_t] gives A [r, in], B [out, r];
   // [N, d_t] gives [N, r, in], [N, out, r].
   std::vector<GeneratedLoraWeights> modules_for_embedding(const torch::Tensor& task_embedding) const;
-  // y + scale · alpha/r · B A x for the current tasks; x [N, .., in], y [N, .., out].
+  // y + scale · alpha/r · B A x for the current tasks; x [N, .., in], y [N, .., out]: Algorithm 1
+  // at the site, a FixedRouter sending each example to its row of the embedding table (the
+  // learned task rows, or the embeddings set with set_task_embedding) over a HyperLoraBank.
   torch::Tensor apply(size_t site, const torch::Tensor& x, const torch::Tensor& y, double scale);
+  // The embedding table the tasks are rows of, [M, d_t], and each example's row [N] for a
+  // batch of N (one task set for all rows is repeated); std::invalid_argument when the
+  // number of tasks set is neither 1 nor N, std::runtime_error when none is set.
+  std::pair<torch::Tensor, torch::Tensor> task_rows(int64_t batch);
+  // generate() for rows `ids` [n] of `table`; under no-grad reused while the tasks, the ids
+  // and the parameters are unchanged (decoding generates once per sequence, not per token).
+  std::pair<torch::Tensor, torch::Tensor> rows_weights(size_t site, const torch::Tensor& table,
+                                                       const torch::Tensor& ids);
 
   const std::vector<HyperSite>& sites() const { return sites_; }
   // Where the tasks come from when they follow per-row metadata (the registry reads the
@@ -125,12 +137,11 @@ class HyperLoraImpl : public torch::nn::Module {
 
  private:
   struct Cached {
-    torch::Tensor lora_A, lora_B;
+    torch::Tensor lora_A, lora_B, ids;
     uint64_t task_version = 0;
     int64_t param_version = -1;
   };
-  // generate() for the current tasks; reused under no-grad until tasks or parameters change.
-  std::pair<torch::Tensor, torch::Tensor> current_weights(size_t site);
+  void follow_source();  // task_source → set_task_ids when the metadata changed
   int64_t param_version() const;
 
   std::vector<HyperSite> sites_;
@@ -138,8 +149,34 @@ class HyperLoraImpl : public torch::nn::Module {
   torch::Tensor task_ids_, external_embedding_, source_ids_;
   uint64_t task_version_ = 1;
   std::vector<std::pair<std::weak_ptr<LinearImpl>, std::string>> attached_;
+  std::shared_ptr<RoutingContext> rows_ = std::make_shared<RoutingContext>();  // "row" of each example
+  FixedRouter router_{nullptr};                                                // over the table's rows
 };
 TORCH_MODULE(HyperLora);
+
+// The hypernetwork at one site as a module bank (routing/algorithm1.h): module m is the LoRA
+// generated from row m of an embedding table E [M, d_t], so routing over tasks (or
+// languages) picks embedding rows, and only the selected rows are generated:
+//   selected: Σ_k w_k · s · B(e_{idx_k}) A(e_{idx_k}) x
+//   mixed:    Σ_m w_m · s · B(e_m) A(e_m) x
+//   averaged: s · B̄ Ā x with Ā = Σ_m w_m A(e_m), B̄ = Σ_m w_m B(e_m)   (the generated parameters)
+// s = scale · alpha / r.
+class HyperLoraBank : public ModuleBank {
+ public:
+  HyperLoraBank(HyperLoraImpl& hyper, size_t site, torch::Tensor table, double scale)
+      : hyper_(hyper), site_(site), table_(std::move(table)), scale_(scale) {}
+  int64_t num_modules() const override { return table_.size(0); }
+  torch::Tensor selected(const SiteInput& in, const torch::Tensor& idx, const torch::Tensor& w) override;
+  torch::Tensor mixed(const SiteInput& in, const torch::Tensor& w) override;
+  torch::Tensor averaged(const SiteInput& in, const torch::Tensor& w) override;
+  std::string kind() const override { return "hypernetwork bank"; }
+
+ private:
+  HyperLoraImpl& hyper_;
+  size_t site_;
+  torch::Tensor table_;
+  double scale_;
+};
 
 // The site module a hypernetwork attaches: no weights of its own; asks the hypernetwork for
 // the (A, B) of the current tasks. Per-example weights cannot be folded into the base

@@ -15,10 +15,12 @@
 //   MoeFfn      (moe_ffn.h)    FFN experts at block sites (sorted dispatch, capacity)
 //   Routed      (aggregation/routed.h)  any block-site modules (bottleneck adapters, fusions…)
 //   InputBank   (input_bank.h) prompts / prefixes per row (input composition)
+//   HyperLoraBank (modules/hypernetwork.h) LoRA generated from rows of a task-embedding table
 //
 // so that Polytropon = PolyLora bank + PolyRouter + ParameterAverage, SMEAR = LoraBank +
 // per-example SoftmaxRouter + ParameterAverage, MoE = expert bank + TopKRouter +
-// WeightedSum, a mixed batch = any bank + FixedRouter (one module per row by metadata).
+// WeightedSum, a mixed batch = any bank + FixedRouter (one module per row by metadata), a
+// hypernetwork = HyperLoraBank + FixedRouter over the embeddings of the routing metadata.
 #pragma once
 
 #include "modula/backbone/layers.h"
