@@ -274,9 +274,7 @@ torch::Tensor HyperLoraBank::selected(const SiteInput& in, const torch::Tensor& 
 
 torch::Tensor HyperLoraBank::mixed(const SiteInput& in, const torch::Tensor& w) {
   auto x = as_rows(in.x, "hypernetwork bank");
-  const int64_t M = table_.size(0);
-  auto all = torch::arange(M, torch::TensorOptions(torch::kInt64).device(table_.device()));
-  auto [a, b] = hyper_.generate(site_, table_.index_select(0, all));  // [M, r, in], [M, out, r]
+  auto [a, b] = hyper_.generate(site_, table_);  // every row's module: [M, r, in], [M, out, r]
   a = a.to(x.scalar_type()), b = b.to(x.scalar_type());
   auto d = torch::einsum("mor,ntmr->ntmo", {b, torch::einsum("ntd,mrd->ntmr", {x, a})});  // f_m(x), [N, T, M, out]
   auto wt = (w.dim() == 2 ? w.unsqueeze(1) : w).to(x.scalar_type());                      // [N, 1|T, M]
@@ -285,9 +283,7 @@ torch::Tensor HyperLoraBank::mixed(const SiteInput& in, const torch::Tensor& w) 
 
 torch::Tensor HyperLoraBank::averaged(const SiteInput& in, const torch::Tensor& w) {
   auto x = as_rows(in.x, "hypernetwork bank");
-  const int64_t M = table_.size(0);
-  auto all = torch::arange(M, torch::TensorOptions(torch::kInt64).device(table_.device()));
-  auto [a, b] = hyper_.generate(site_, table_.index_select(0, all));
+  auto [a, b] = hyper_.generate(site_, table_);
   auto wg = w.unsqueeze(1);  // [N, 1, M]: one group
   auto abar = average_parameters(wg, a.unsqueeze(0)).squeeze(1),
        bbar = average_parameters(wg, b.unsqueeze(0)).squeeze(1);
