@@ -16,13 +16,23 @@ void add_serve(CLI::App& app) {
   static serve::ServeOptions o;
   cmd->add_option("--model,-m", o.model_dir, "Model folder")->required();
   cmd->add_option("--adapter,-a", o.adapters, "NAME=DIR: a module folder served as model NAME; repeatable");
+  cmd->add_option("--adapter-dir", o.adapter_dirs,
+                  "Folder whose module subfolders are served by name, loaded on first use; repeatable. Paths sent to "
+                  "/v1/load_lora_adapter must lie inside one");
+  cmd->add_option("--max-resident", o.max_resident, "Module sets in the model at once (least recently used leave)")
+      ->capture_default_str();
+  cmd->add_option("--max-batch-tokens", o.max_batch_tokens,
+                  "Cache slots the running rows may reserve together (0 = max-batch x context)")
+      ->capture_default_str();
+  cmd->add_option("--drain-seconds", o.drain_seconds, "On SIGTERM/SIGINT: time for running requests to finish")
+      ->capture_default_str();
   cmd->add_option("--tokenizer,-t", o.tokenizer, "Tokenizer file or folder (default: the model folder)");
   cmd->add_option("--name", o.name, "The base model's id (default: the model folder's name)");
   cmd->add_option("--host", o.host, "Address to listen on (loopback by default)")->capture_default_str();
   cmd->add_option("--port", o.port, "Port (0 = any free port)")->capture_default_str();
   cmd->add_option("--api-key", o.api_key, "Require 'Authorization: Bearer KEY'");
   cmd->add_option("--max-batch", o.max_batch, "Rows decoded together")->capture_default_str();
-  cmd->add_option("--max-queue", o.max_queue, "Waiting requests before 503")->capture_default_str();
+  cmd->add_option("--max-queue", o.max_queue, "Waiting requests before 429")->capture_default_str();
   cmd->add_option("--device", o.device, "cpu or cuda")->capture_default_str();
   cmd->callback([] {
     // SIGINT/SIGTERM write to a pipe (async-signal-safe); a watcher thread stops the server.
@@ -41,11 +51,20 @@ void add_serve(CLI::App& app) {
     std::cerr << "modula serve: http://" << o.host << ":" << port << "/v1 (models:";
     for (const auto& id : server.model_ids()) std::cerr << " " << id;
     std::cerr << ")" << std::endl;
-    std::thread watcher([&] {
+    std::thread watcher([&] {  // the first signal drains, a second one stops at once
       char c = 0;
       while (read(wake[0], &c, 1) < 0 && errno == EINTR) {
       }
-      server.stop();
+      if (c == 0) return server.stop();  // run() ended on its own
+      std::cerr << "modula serve: draining (up to " << o.drain_seconds << " s; signal again to stop now)" << std::endl;
+      std::thread second([&] {
+        char d = 0;
+        while (read(wake[0], &d, 1) < 0 && errno == EINTR) {
+        }
+        if (d != 0) server.stop();  // 0: main is past run() and owns the server's end
+      });
+      second.detach();
+      if (!server.drain(o.drain_seconds)) std::cerr << "modula serve: requests still running were ended" << std::endl;
     });
     server.run();
     const char c = 0;  // run() may end on its own: wake the watcher either way

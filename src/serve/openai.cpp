@@ -54,8 +54,6 @@ bool boolean(const json& b, const char* key, bool def) {
 // Parameters we cannot honour yet: rejected unless absent or at their no-op value.
 void reject_unsupported(const json& b, bool chat) {
   auto set = [&](const char* key) { return !field(b, key).is_null(); };
-  if (set("logprobs") && field(b, "logprobs") != json(false)) unsupported("logprobs");
-  if (set("top_logprobs")) unsupported("top_logprobs");
   if (set("echo") && field(b, "echo") != json(false)) unsupported("echo");
   if (set("best_of") && field(b, "best_of") != json(1)) unsupported("best_of");
   if (set("suffix") && field(b, "suffix") != json("")) unsupported("suffix");
@@ -66,10 +64,6 @@ void reject_unsupported(const json& b, bool chat) {
   if (set("tools") && !(field(b, "tools").is_array() && field(b, "tools").empty())) unsupported("tools");
   if (set("response_format") && field(field(b, "response_format"), "type") != json("text"))
     unsupported("response_format");
-  const auto n = integer(b, "n", 1);
-  if (n && *n != 1)
-    throw ApiError(400, "'n' must be 1: several choices per request are not supported yet", "n",
-                   "unsupported_parameter");
   if (!chat && set("messages")) bad("messages", "belongs to /v1/chat/completions; /v1/completions takes 'prompt'");
   if (chat && set("prompt")) bad("prompt", "belongs to /v1/completions; /v1/chat/completions takes 'messages'");
 }
@@ -204,6 +198,20 @@ CompletionRequest parse_request(const std::string& body, bool chat) {
   r.add_special_tokens = boolean(b, "add_special_tokens", !chat);
   r.ignore_eos = boolean(b, "ignore_eos", false);
   r.return_token_ids = boolean(b, "return_token_ids", false);
+  r.n = integer(b, "n", 1).value_or(1);
+  if (r.n > 16) bad("n", "must be at most 16, got " + std::to_string(r.n));
+  if (chat) {
+    const auto top = integer(b, "top_logprobs", 0);
+    if (top && *top > 20) bad("top_logprobs", "must be at most 20, got " + std::to_string(*top));
+    if (boolean(b, "logprobs", false))
+      r.logprobs = top.value_or(0);
+    else if (top)
+      bad("top_logprobs", "needs \"logprobs\": true");
+  } else if (const auto& lp = field(b, "logprobs"); !lp.is_null() && lp != json(false)) {
+    const auto k = integer(b, "logprobs", 0);
+    if (*k > 20) bad("logprobs", "must be at most 20, got " + std::to_string(*k));
+    r.logprobs = *k;
+  }
   return r;
 }
 
@@ -243,25 +251,59 @@ nlohmann::json usage_body(int64_t prompt_tokens, int64_t completion_tokens) {
           {"total_tokens", prompt_tokens + completion_tokens}};
 }
 
-nlohmann::json completion_body(const CompletionRequest& r, const std::string& id, int64_t created, const Choice& choice,
-                               int64_t prompt_tokens, int64_t completion_tokens) {
-  json c = {{"index", 0}, {"finish_reason", choice.finish_reason}, {"logprobs", nullptr}};
-  if (r.chat)
-    c["message"] = {{"role", "assistant"}, {"content", choice.text}};
-  else
-    c["text"] = choice.text;
-  if (r.return_token_ids) c["token_ids"] = choice.token_ids;
-  return {{"id", id},
-          {"object", r.chat ? "chat.completion" : "text_completion"},
-          {"created", created},
-          {"model", r.model},
-          {"choices", json::array({c})},
-          {"usage", usage_body(prompt_tokens, completion_tokens)}};
+nlohmann::json logprobs_body(const CompletionRequest& r, const std::vector<TokenLogprobs>& tokens, int64_t offset) {
+  if (r.logprobs < 0) return nullptr;
+  auto bytes = [](const std::string& t) { return std::vector<int>(t.begin(), t.end()); };
+  if (r.chat) {
+    json content = json::array();
+    for (const auto& t : tokens) {
+      json top = json::array();
+      for (const auto& [tok, lp] : t.top) top.push_back({{"token", tok}, {"logprob", lp}, {"bytes", bytes(tok)}});
+      content.push_back({{"token", t.token}, {"logprob", t.logprob}, {"bytes", bytes(t.token)}, {"top_logprobs", top}});
+    }
+    return {{"content", content}};
+  }
+  json out = {{"tokens", json::array()},
+              {"token_logprobs", json::array()},
+              {"top_logprobs", json::array()},
+              {"text_offset", json::array()}};
+  for (const auto& t : tokens) {
+    out["tokens"].push_back(t.token);
+    out["token_logprobs"].push_back(t.logprob);
+    json top = json::object();
+    for (const auto& [tok, lp] : t.top) top[tok] = lp;
+    out["top_logprobs"].push_back(top);
+    out["text_offset"].push_back(offset);
+    offset += static_cast<int64_t>(t.token.size());
+  }
+  return out;
+}
+
+nlohmann::json completion_body(const CompletionRequest& r, const std::string& id, int64_t created,
+                               const std::vector<Choice>& choices, int64_t prompt_tokens, int64_t completion_tokens) {
+  json list = json::array();
+  for (const auto& choice : choices) {
+    json c = {{"index", choice.index},
+              {"finish_reason", choice.finish_reason},
+              {"logprobs", logprobs_body(r, choice.logprobs)}};
+    if (r.chat)
+      c["message"] = {{"role", "assistant"}, {"content", choice.text}};
+    else
+      c["text"] = choice.text;
+    if (r.return_token_ids) c["token_ids"] = choice.token_ids;
+    list.push_back(std::move(c));
+  }
+  return {{"id", id},           {"object", r.chat ? "chat.completion" : "text_completion"},
+          {"created", created}, {"model", r.model},
+          {"choices", list},    {"usage", usage_body(prompt_tokens, completion_tokens)}};
 }
 
 nlohmann::json chunk_body(const CompletionRequest& r, const std::string& id, int64_t created, const std::string& text,
-                          const std::optional<std::string>& finish_reason, bool first) {
-  json c = {{"index", 0}, {"finish_reason", finish_reason ? json(*finish_reason) : json()}, {"logprobs", nullptr}};
+                          const std::optional<std::string>& finish_reason, bool first, int64_t index,
+                          const std::vector<TokenLogprobs>& logprobs, int64_t offset) {
+  json c = {{"index", index},
+            {"finish_reason", finish_reason ? json(*finish_reason) : json()},
+            {"logprobs", logprobs_body(r, logprobs, offset)}};
   if (r.chat) {
     c["delta"] = json::object();
     if (first) c["delta"]["role"] = "assistant";

@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
+#include <chrono>
 #include <set>
 
 #include "modula/util/error.h"
@@ -33,12 +34,14 @@ void SchedulerOptions::validate() const {
 
 // ---- Generation ----------------------------------------------------------------------
 
-bool Generation::next(int64_t& token) {
+bool Generation::next(int64_t& token, TokenLogprob* logprob) {
   std::unique_lock<std::mutex> lk(mu_);
   cv_.wait(lk, [&] { return !tokens_.empty() || finish_ != Finish::None; });
   if (tokens_.empty()) return false;
   token = tokens_.front();
   tokens_.pop_front();
+  if (logprob) *logprob = std::move(logprobs_.front());
+  logprobs_.pop_front();
   return true;
 }
 
@@ -52,10 +55,11 @@ std::string Generation::error() const {
   return error_;
 }
 
-void Generation::push(int64_t token) {
+void Generation::push(int64_t token, TokenLogprob logprob) {
   {
     std::lock_guard<std::mutex> lk(mu_);
     tokens_.push_back(token);
+    logprobs_.push_back(std::move(logprob));
   }
   cv_.notify_all();
 }
@@ -81,10 +85,22 @@ struct Scheduler::Row {
   int64_t position = 0;  // position id of the next token
   int64_t last = 0;      // the token fed at the next step
   int64_t produced = 0;
+  int64_t reserved = 0;  // cache slots counted against max_batch_tokens
+  bool pinned = false;   // holds its module set in the pool
 
-  // Hands the token over; false when the row is done (stop id or length).
-  bool emit(int64_t token) {
-    gen->push(token);
+  // Samples from `logits` [V] and hands the token over; false when the row is done.
+  bool emit(const torch::Tensor& logits) {
+    const int64_t token = sample_next(logits, request.options, rng);
+    TokenLogprob lp;
+    if (request.logprobs >= 0) {
+      auto lsm = torch::log_softmax(logits, 0);
+      lp.logprob = lsm[token].item<double>();
+      if (request.logprobs > 0) {
+        auto [v, i] = lsm.topk(std::min<int64_t>(request.logprobs, lsm.size(0)));
+        for (int64_t k = 0; k < v.size(0); ++k) lp.top.emplace_back(i[k].item<int64_t>(), v[k].item<double>());
+      }
+    }
+    gen->push(token, std::move(lp));
     ++produced;
     last = token;
     const auto& stop = request.options.stop_ids;
@@ -108,13 +124,13 @@ struct Scheduler::Batch {
   torch::Tensor mask;  // [B, S]
 };
 
-Scheduler::Scheduler(Backbone& model, const Adapter* mixed, SchedulerOptions options)
-    : model_(model), mixed_(mixed), options_(std::move(options)), device_(torch::kCPU), batch_(new Batch) {
+Scheduler::Scheduler(Backbone& model, ModulePool* pool, SchedulerOptions options)
+    : model_(model), pool_(pool), options_(std::move(options)), device_(torch::kCPU), batch_(new Batch) {
   options_.validate();
   if (!model_.causal() || model_.head() != Head::CausalLM)
     throw_error(kTag, "the model has no causal LM head (" + to_string(model_.head()) + ")");
-  if (mixed_ && mixed_->peft_type != kMixedType)
-    throw_error(kTag, "'" + mixed_->name + "' is a " + mixed_->peft_type + " module set, not a mixed one (load_mixed)");
+  if (options_.max_batch_tokens == 0)
+    options_.max_batch_tokens = options_.max_batch * std::max<int64_t>(1, model_.config().max_position_embeddings);
   device_ = model_.parameters().front().device();
   thread_ = std::thread([this] { loop(); });
 }
@@ -129,19 +145,24 @@ std::shared_ptr<Generation> Scheduler::submit(GenRequest request) {
   for (auto id : request.prompt)
     check(id >= 0 && id < c.vocab_size, kTag,
           "token id " + std::to_string(id) + " outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
+  int64_t virtual_tokens = 0;
   if (request.module != kBaseAdapter) {
-    check(mixed_ != nullptr, kTag, "unknown module set '" + request.module + "' (no modules are loaded)");
-    row_ids(*mixed_, {request.module});  // throws naming the known sets
+    if (!pool_) throw PoolError(404, "unknown module set '" + request.module + "' (no modules are served)");
+    virtual_tokens = pool_->virtual_tokens(request.module);  // PoolError(404) naming an unknown set
   }
   request.options.validate();
-  const int64_t virtual_tokens = mixed_ && mixed_->input ? mixed_->input->num_virtual_tokens() : 0;
+  check(request.logprobs <= 20, kTag, "logprobs must be at most 20 (got " + std::to_string(request.logprobs) + ")");
   const int64_t need = static_cast<int64_t>(request.prompt.size()) + virtual_tokens + request.options.max_new_tokens;
   if (c.max_position_embeddings > 0 && need > c.max_position_embeddings)
     throw_error(kTag, "the prompt (" + std::to_string(request.prompt.size()) + " tokens" +
                           (virtual_tokens ? " + " + std::to_string(virtual_tokens) + " virtual" : std::string()) +
                           ") plus max_tokens (" + std::to_string(request.options.max_new_tokens) +
                           ") exceeds the model's context of " + std::to_string(c.max_position_embeddings) + " tokens");
+  if (need > options_.max_batch_tokens)
+    throw_error(kTag, "the prompt plus max_tokens (" + std::to_string(need) +
+                          " tokens) exceeds the batch's token budget of " + std::to_string(options_.max_batch_tokens));
   auto row = std::make_unique<Row>();
+  row->reserved = need;
   row->request = std::move(request);
   row->gen = std::make_shared<Generation>();
   row->gen->prompt_tokens_ = static_cast<int64_t>(row->request.prompt.size());
@@ -172,42 +193,124 @@ SchedulerStats Scheduler::stats() const {
   return stats_;
 }
 
+void Scheduler::call(std::function<void()> task) {
+  std::packaged_task<void()> t(std::move(task));
+  auto done = t.get_future();
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stopping_) throw QueueFull("[serve] the server is shutting down");
+    tasks_.push_back(std::move(t));
+  }
+  cv_.notify_all();
+  done.get();
+}
+
+bool Scheduler::drain(double seconds) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (waiting_.empty() && stats_.running == 0) return true;
+    }
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+void Scheduler::run_tasks() {
+  for (;;) {
+    std::packaged_task<void()> t;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (tasks_.empty()) return;
+      t = std::move(tasks_.front());
+      tasks_.pop_front();
+    }
+    t();  // its exception goes to the caller's future
+  }
+}
+
+void Scheduler::release(Row& row) {
+  if (row.pinned && pool_) pool_->release(row.request.module);
+  row.pinned = false;
+  std::lock_guard<std::mutex> lk(mu_);
+  stats_.reserved_tokens -= row.reserved;
+  row.reserved = 0;
+}
+
 void Scheduler::loop() {
   torch::NoGradGuard no_grad;
   for (;;) {
     {
       std::unique_lock<std::mutex> lk(mu_);
-      cv_.wait(lk, [&] { return stopping_ || !waiting_.empty() || !batch_->rows.empty(); });
+      cv_.wait(lk, [&] { return stopping_ || !tasks_.empty() || !waiting_.empty() || !batch_->rows.empty(); });
       if (stopping_) break;
     }
+    run_tasks();
     admit();
-    if (!batch_->rows.empty()) step();
+    if (!batch_->rows.empty()) {
+      step();
+    } else {  // rows wait for module room or the token budget that only finished rows free: none run
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait_for(lk, std::chrono::milliseconds(5), [&] { return stopping_ || !tasks_.empty(); });
+    }
   }
   std::lock_guard<std::mutex> lk(mu_);
   for (auto& r : waiting_) r->gen->end(Finish::Cancelled, "the server is shutting down");
   for (auto& r : batch_->rows) r->gen->end(Finish::Cancelled, "the server is shutting down");
+  for (auto& t : tasks_) t();  // each sees the stopped state through its own checks
+  tasks_.clear();
   waiting_.clear();
   batch_.reset(new Batch);
   stats_.waiting = stats_.running = 0;
 }
 
+// Admits waiting rows in order while there is room (rows, token budget, module sets); a
+// row that does not fit now keeps its place and the ones behind it may go first.
 void Scheduler::admit() {
+  std::deque<std::unique_ptr<Row>> deferred;
   while (static_cast<int64_t>(batch_->rows.size()) < options_.max_batch) {
     std::unique_ptr<Row> row;
     {
       std::lock_guard<std::mutex> lk(mu_);
-      if (waiting_.empty()) return;
+      if (waiting_.empty()) break;
       row = std::move(waiting_.front());
       waiting_.pop_front();
-      stats_.waiting = static_cast<int64_t>(waiting_.size());
     }
     if (row->gen->cancelled()) {
       row->gen->end(Finish::Cancelled);
       continue;
     }
+    bool fits;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      fits = stats_.reserved_tokens + row->reserved <= options_.max_batch_tokens;
+    }
+    if (fits && row->request.module != kBaseAdapter) {
+      try {
+        fits = row->pinned = pool_->acquire(row->request.module);
+      } catch (const std::exception& e) {
+        row->gen->end(Finish::Error, std::string("cannot load the module set: ") + e.what());
+        continue;
+      }
+    }
+    if (!fits) {
+      deferred.push_back(std::move(row));
+      continue;
+    }
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stats_.reserved_tokens += row->reserved;
+    }
     row = prefill(std::move(row));
     if (row) join(std::move(row));
   }
+  std::lock_guard<std::mutex> lk(mu_);
+  while (!deferred.empty()) {
+    waiting_.push_front(std::move(deferred.back()));
+    deferred.pop_back();
+  }
+  stats_.waiting = static_cast<int64_t>(waiting_.size());
 }
 
 // The prompt alone (B = 1) through the row's module set; the first token comes from it.
@@ -217,15 +320,16 @@ std::unique_ptr<Scheduler::Row> Scheduler::prefill(std::unique_ptr<Row> row) {
     row->rng = at::detail::createCPUGenerator(r.options.seed);
     if (r.options.max_new_tokens <= 0) {
       row->gen->end(Finish::Length);
+      release(*row);
       return nullptr;
     }
     BackboneInput in;
     in.input_ids = torch::tensor(r.prompt, torch::kInt64).view({1, -1}).to(device_);
     in.cache = &row->cache;
-    if (mixed_) {
-      set_row_modules(*mixed_, {r.module});
+    if (const Adapter* mixed = pool_ ? pool_->mixed() : nullptr) {
+      set_row_modules(*mixed, {r.module});
       KVCache unused;  // `in` has a cache
-      if (mixed_->input) mixed_->input->prepare(model_, in, unused);
+      if (mixed->input) mixed->input->prepare(model_, in, unused);
     }
     auto logits = model_.forward(in).logits.select(1, -1).to(torch::kFloat32).cpu();  // [1, V]
     const int64_t S = row->cache.length();
@@ -235,10 +339,18 @@ std::unique_ptr<Scheduler::Row> Scheduler::prefill(std::unique_ptr<Row> row) {
       throw_error(kTag, "internal: prefill mask covers " + std::to_string(row->mask.size(1)) + " of " +
                             std::to_string(S) + " cache slots");
     row->position = in.position_ids.defined() ? in.position_ids[0][-1].item<int64_t>() + 1 : S;
-    if (!row->emit(sample_next(logits[0], r.options, row->rng))) return nullptr;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      ++stats_.prefills;
+    }
+    if (!row->emit(logits[0])) {
+      release(*row);
+      return nullptr;
+    }
     return row;
   } catch (const std::exception& e) {
     row->gen->end(Finish::Error, e.what());
+    release(*row);
     return nullptr;
   }
 }
@@ -282,13 +394,13 @@ void Scheduler::step() {
     in.position_ids = torch::tensor(position, torch::kInt64).view({B, 1}).to(device_);
     in.attention_mask = torch::cat({b.mask, torch::ones({B, 1}, b.mask.options())}, 1);
     in.cache = &b.cache;
-    if (mixed_) set_row_modules(*mixed_, names);
+    if (const Adapter* mixed = pool_ ? pool_->mixed() : nullptr) set_row_modules(*mixed, names);
     auto logits = model_.forward(in).logits.select(1, -1).to(torch::kFloat32).cpu();  // [B, V]
     b.mask = in.attention_mask;
     for (int64_t i = 0; i < B; ++i) {
       auto& r = *b.rows[static_cast<size_t>(i)];
       ++r.position;
-      if (!r.done()) r.emit(sample_next(logits[i], r.request.options, r.rng));
+      if (!r.done()) r.emit(logits[i]);
     }
   } catch (const std::exception& e) {  // a failed forward ends the rows it held, not the server
     for (auto& r : b.rows) r->gen->end(Finish::Error, e.what());
@@ -296,8 +408,11 @@ void Scheduler::step() {
   {
     std::lock_guard<std::mutex> lk(mu_);
     ++stats_.steps;
+    stats_.rows += B;
     stats_.max_rows = std::max(stats_.max_rows, B);
-    if (std::set<std::string>(names.begin(), names.end()).size() > 1) ++stats_.mixed_steps;
+    const auto sets = static_cast<int64_t>(std::set<std::string>(names.begin(), names.end()).size());
+    stats_.max_sets = std::max(stats_.max_sets, sets);
+    if (sets > 1) ++stats_.mixed_steps;
   }
   leave();
 }
@@ -310,7 +425,10 @@ void Scheduler::leave() {
   for (size_t i = 0; i < b.rows.size(); ++i) {
     auto& r = b.rows[i];
     if (r->gen->cancelled()) r->gen->end(Finish::Cancelled);
-    if (r->gen->finish() != Finish::None) continue;
+    if (r->gen->finish() != Finish::None) {
+      release(*r);
+      continue;
+    }
     keep.push_back(static_cast<int64_t>(i));
     rows.push_back(std::move(r));
   }

@@ -60,7 +60,10 @@ TEST(OpenAi, RejectsBadFieldsByName) {
   EXPECT_EQ(error_of(R"({"model": "m", "prompt": ""})").rfind("prompt:", 0), 0u);
   EXPECT_EQ(error_of(R"({"model": "m", "prompt": ["a", "b"]})").rfind("prompt:", 0), 0u);
   EXPECT_EQ(error_of(R"({"model": "m", "prompt": [1, "b"]})").rfind("prompt:", 0), 0u);
-  EXPECT_EQ(error_of(R"({"model": "m", "prompt": "x", "logprobs": 2})").rfind("logprobs:", 0), 0u);
+  EXPECT_EQ(error_of(R"({"model": "m", "prompt": "x", "logprobs": 21})").rfind("logprobs:", 0), 0u);
+  EXPECT_EQ(error_of(R"({"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", true)
+                .rfind("top_logprobs:", 0),
+            0u);
   EXPECT_EQ(error_of(R"({"model": "m", "prompt": "x", "presence_penalty": 1})").rfind("presence_penalty:", 0), 0u);
   EXPECT_EQ(error_of(R"({"model": "m", "prompt": "x", "response_format": {"type": 3}})").rfind("response_format", 0),
             0u);

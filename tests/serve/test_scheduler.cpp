@@ -44,8 +44,11 @@ std::vector<int64_t> alone(const std::string& module, const std::vector<int64_t>
 }
 
 struct Served {
+  Served() {
+    for (const auto& [name, dir] : module_dirs()) pool.add(name, dir);
+  }
   std::shared_ptr<Backbone> model = load_backbone(fixture("hf/models/llama"));
-  Adapter mixed = load_mixed(*model, module_dirs(), "serve");
+  serve::ModulePool pool{*model, {}};
 };
 
 GenerateOptions greedy(int64_t n) {
@@ -70,7 +73,7 @@ std::vector<int64_t> prompt_of(int64_t seed, int64_t length) {
 
 TEST(Scheduler, EachModuleAloneEqualsGenerate) {
   Served s;
-  serve::Scheduler sched(*s.model, &s.mixed);
+  serve::Scheduler sched(*s.model, &s.pool);
   for (std::string m : {kBaseAdapter, std::string("lora"), std::string("ia3"), std::string("prefix")}) {
     serve::GenRequest r;
     r.prompt = prompt_of(1, 6);
@@ -86,7 +89,7 @@ TEST(Scheduler, MixedBatchRowsEqualTheirAloneRuns) {
   Served s;
   serve::SchedulerOptions so;
   so.max_batch = 8;
-  serve::Scheduler sched(*s.model, &s.mixed, so);
+  serve::Scheduler sched(*s.model, &s.pool, so);
   const std::vector<std::string> modules = {"lora", "ia3", "prefix", kBaseAdapter, "a1", "prefix", "lora", "ia3"};
   std::vector<serve::GenRequest> reqs;
   std::vector<std::shared_ptr<serve::Generation>> gens;
@@ -110,7 +113,7 @@ TEST(Scheduler, RowsJoinAndLeaveMidFlight) {
   Served s;
   serve::SchedulerOptions so;
   so.max_batch = 2;
-  serve::Scheduler sched(*s.model, &s.mixed, so);
+  serve::Scheduler sched(*s.model, &s.pool, so);
   std::vector<serve::GenRequest> reqs;
   std::vector<std::shared_ptr<serve::Generation>> gens;
   const std::vector<std::string> modules = {"prefix", "lora", kBaseAdapter, "ia3", "prefix", "a1"};
@@ -129,7 +132,7 @@ TEST(Scheduler, RowsJoinAndLeaveMidFlight) {
 
 TEST(Scheduler, SeededSamplingEqualsGenerate) {
   Served s;
-  serve::Scheduler sched(*s.model, &s.mixed);
+  serve::Scheduler sched(*s.model, &s.pool);
   GenerateOptions o = greedy(8);
   o.temperature = 0.9;
   o.top_k = 20;
@@ -149,7 +152,7 @@ TEST(Scheduler, SeededSamplingEqualsGenerate) {
 
 TEST(Scheduler, StopIdEndsTheRow) {
   Served s;
-  serve::Scheduler sched(*s.model, &s.mixed);
+  serve::Scheduler sched(*s.model, &s.pool);
   serve::GenRequest r;
   r.prompt = prompt_of(3, 4);
   r.options = greedy(8);
@@ -167,13 +170,13 @@ TEST(Scheduler, BadRequestsAreRejectedClearly) {
   Served s;
   serve::SchedulerOptions so;
   so.max_queue = 1;
-  serve::Scheduler sched(*s.model, &s.mixed, so);
+  serve::Scheduler sched(*s.model, &s.pool, so);
   serve::GenRequest r;
   r.options = greedy(4);
   auto message = [&](serve::GenRequest req) {
     try {
       sched.submit(req);
-    } catch (const std::invalid_argument& e) {
+    } catch (const std::exception& e) {
       return std::string(e.what());
     }
     return std::string("no error");
@@ -197,7 +200,7 @@ TEST(Scheduler, BadRequestsAreRejectedClearly) {
 
 TEST(Scheduler, CancelledRowLeavesAndOthersContinue) {
   Served s;
-  serve::Scheduler sched(*s.model, &s.mixed);
+  serve::Scheduler sched(*s.model, &s.pool);
   serve::GenRequest r;
   r.prompt = prompt_of(5, 4);
   r.module = "lora";
@@ -216,7 +219,7 @@ TEST(Scheduler, CancelledRowLeavesAndOthersContinue) {
 
 TEST(Scheduler, StopEndsWaitingAndRunningRequests) {
   Served s;
-  auto sched = std::make_unique<serve::Scheduler>(*s.model, &s.mixed);
+  auto sched = std::make_unique<serve::Scheduler>(*s.model, &s.pool);
   serve::GenRequest r;
   r.prompt = prompt_of(2, 4);
   r.options = greedy(200);

@@ -16,7 +16,10 @@
 // DoRA, Poly, MoE and hypernetwork modules cannot be mixed (their routing is their own).
 #pragma once
 
+#include <map>
+
 #include "modula/backbone/backbone.h"
+#include "modula/composition/spec.h"
 #include "modula/modules/adapter.h"
 #include "modula/routing/router.h"
 
@@ -24,6 +27,7 @@ namespace modula {
 
 inline const std::string kBaseAdapter = "__base__";
 inline const std::string kMixedType = "MODULA_MIXED";
+inline const std::string kCompositionSetType = "MODULA_COMPOSITION_SET";
 
 // Mixes attached module sets (routing name = Adapter::name) into one handle named `name`
 // (peft_type MODULA_MIXED, config {"modules": [names], "key": ...}); consumes them: their
@@ -35,6 +39,18 @@ Adapter mix_adapters(std::vector<Adapter> adapters, const std::string& name = "m
 // Loads module folders (name, dir) of any type and mixes them.
 Adapter load_mixed(Backbone& model, const std::vector<std::pair<std::string, std::string>>& named_dirs,
                    const std::string& name = "mixed", std::shared_ptr<RoutingContext> context = nullptr);
+
+// A composition spec over module folders (spec name → folder) as one module set that
+// mix_adapters takes, e.g. a served "model": "stack(lang_de, task_ner)". The members are
+// loaded under "<id>_<i>" and composed by apply_spec (stack / parallel / avg over LoRA,
+// (IA)³, bottleneck adapters, one prompt); in the mixed handle several LoRAs of the set at
+// one site become one LoRA of their summed rank (same delta), (IA)³ vectors their product.
+// Throws std::invalid_argument for fuse(…) (no trained weights) and route(…) / moe(…), and
+// SpecError / load errors as apply_spec does; nothing stays attached on error.
+// The spec checks of composition_set alone (no model): std::invalid_argument naming the node.
+void check_composition_set(const SpecNode& spec);
+Adapter composition_set(Backbone& model, const SpecNode& spec, const std::map<std::string, std::string>& folders,
+                        const std::string& name, const std::string& id);
 
 // Row ids for module-set names ("__base__" -> -1); std::invalid_argument naming an unknown
 // name and the known ones.

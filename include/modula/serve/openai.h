@@ -47,10 +47,13 @@ struct CompletionRequest {
   bool add_special_tokens = true;  // vLLM's extension; chat default false (the template has them)
   bool ignore_eos = false;         // vLLM's extension
   bool return_token_ids = false;   // modula's extension: "token_ids" per choice
+  int64_t n = 1;                   // choices, each sampled on its own (seed + index when seeded)
+  int64_t logprobs = -1;           // >= 0: per-token log-probabilities with this many alternatives
+                                   // (completions: "logprobs": k; chat: "logprobs": true, "top_logprobs": k)
 };
 
 // Throws ApiError(400) naming the field for malformed JSON, a wrong type, a value out of
-// range, or a parameter this server does not support yet (n > 1, logprobs, echo, penalties, ...).
+// range, or a parameter this server does not support yet (echo, penalties, tools, ...).
 CompletionRequest parse_request(const std::string& body, bool chat);
 
 // Holds back text that may begin a stop string; once one appears, returns the text before
@@ -68,20 +71,34 @@ class StopMatcher {
   bool stopped_ = false;
 };
 
+// One generated token's log-probability and the best alternatives, as text.
+struct TokenLogprobs {
+  std::string token;
+  double logprob = 0;
+  std::vector<std::pair<std::string, double>> top;
+};
+
 // One choice's result.
 struct Choice {
+  int64_t index = 0;
   std::string text;
   std::string finish_reason;  // "stop" or "length"
   std::vector<int64_t> token_ids;
+  std::vector<TokenLogprobs> logprobs;  // one per token when the request asked for them
 };
 
-// Full response bodies ("text_completion" / "chat.completion").
-nlohmann::json completion_body(const CompletionRequest& r, const std::string& id, int64_t created, const Choice& choice,
-                               int64_t prompt_tokens, int64_t completion_tokens);
-// One server-sent event's JSON ("text_completion" / "chat.completion.chunk"): `text` as the
-// delta, finish_reason null unless given; `first` adds the assistant role (chat).
+// The "logprobs" object of a choice or chunk in the endpoint's format (null when the
+// request did not ask); text_offset counts bytes from `offset` (completions).
+nlohmann::json logprobs_body(const CompletionRequest& r, const std::vector<TokenLogprobs>& tokens, int64_t offset = 0);
+// Full response bodies ("text_completion" / "chat.completion"), one choice per entry.
+nlohmann::json completion_body(const CompletionRequest& r, const std::string& id, int64_t created,
+                               const std::vector<Choice>& choices, int64_t prompt_tokens, int64_t completion_tokens);
+// One server-sent event's JSON ("text_completion" / "chat.completion.chunk") for choice
+// `index`: `text` as the delta, finish_reason null unless given; `first` adds the assistant
+// role (chat); `logprobs` of the chunk's tokens when asked for.
 nlohmann::json chunk_body(const CompletionRequest& r, const std::string& id, int64_t created, const std::string& text,
-                          const std::optional<std::string>& finish_reason, bool first);
+                          const std::optional<std::string>& finish_reason, bool first, int64_t index = 0,
+                          const std::vector<TokenLogprobs>& logprobs = {}, int64_t offset = 0);
 nlohmann::json usage_body(int64_t prompt_tokens, int64_t completion_tokens);
 
 }  // namespace modula::serve

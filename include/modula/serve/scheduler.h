@@ -10,8 +10,13 @@
 // to its), the padding masked out and every row given its own position ids, so each row
 // equals that request run alone with modula::generate (greedy: token for token).
 //
-//   auto mixed = modula::load_mixed(*model, {{"de", "adapters/de"}, {"fr", "adapters/fr"}});
-//   modula::serve::Scheduler s(*model, &mixed, {});
+// The module sets come from a ModulePool (module_pool.h): a row's set is made resident
+// when the row is admitted (a row whose set finds no room waits; the others go ahead) and
+// is held until the row leaves.
+//
+//   modula::serve::ModulePool pool(*model, {});
+//   pool.add("de", "adapters/de");  pool.add("fr", "adapters/fr");
+//   modula::serve::Scheduler s(*model, &pool, {});
 //   auto g = s.submit({.prompt = ids, .module = "de", .options = o});
 //   for (int64_t id; g->next(id);) use(id);       // g->finish(): Length, Stop, ...
 #pragma once
@@ -19,6 +24,8 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <functional>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -28,12 +35,16 @@
 
 #include "modula/backbone/generate.h"
 #include "modula/composition/mixed.h"
+#include "modula/serve/module_pool.h"
 
 namespace modula::serve {
 
 struct SchedulerOptions {
   int64_t max_batch = 8;    // rows decoded together
   int64_t max_queue = 256;  // requests waiting for a row; submit throws QueueFull beyond
+  // Cache slots the running rows may reserve together (each row: prompt + virtual tokens +
+  // max_new_tokens); a request that would pass it waits. 0 = max_batch × the context.
+  int64_t max_batch_tokens = 0;
   // Throws std::invalid_argument naming the bad field.
   void validate() const;
 };
@@ -45,8 +56,16 @@ struct QueueFull : std::runtime_error {
 
 struct GenRequest {
   std::vector<int64_t> prompt;        // token ids, not empty
-  std::string module = kBaseAdapter;  // module set name of the mixed handle, or "__base__"
+  std::string module = kBaseAdapter;  // a module set of the pool (ModulePool::resolve), or "__base__"
   GenerateOptions options;            // max_new_tokens, sampling, seed, stop_ids (e.g. eos)
+  int64_t logprobs = -1;              // >= 0: each token's log-probability and this many top alternatives
+};
+
+// A token's log-probability under the model's distribution (before temperature / top-p)
+// and the most likely alternatives at that step, best first.
+struct TokenLogprob {
+  double logprob = 0;
+  std::vector<std::pair<int64_t, double>> top;
 };
 
 enum class Finish { None, Length, Stop, Cancelled, Error };
@@ -55,7 +74,7 @@ enum class Finish { None, Length, Stop, Cancelled, Error };
 class Generation {
  public:
   // Blocks until a token is ready (true) or the request has ended with no token left (false).
-  bool next(int64_t& token);
+  bool next(int64_t& token, TokenLogprob* logprob = nullptr);
   // The consumer is gone (client disconnected, stop string hit): the row leaves the batch
   // at the next step.
   void cancel() { cancelled_ = true; }
@@ -65,7 +84,7 @@ class Generation {
   int64_t prompt_tokens() const { return prompt_tokens_; }
 
   // The scheduler's side: a token is ready; the request ended (the first end wins).
-  void push(int64_t token);
+  void push(int64_t token, TokenLogprob logprob = {});
   void end(Finish f, const std::string& error = {});
 
  private:
@@ -74,6 +93,7 @@ class Generation {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<int64_t> tokens_;
+  std::deque<TokenLogprob> logprobs_;
   Finish finish_ = Finish::None;
   std::string error_;
   std::atomic<bool> cancelled_{false};
@@ -83,23 +103,32 @@ class Generation {
 struct SchedulerStats {
   int64_t waiting = 0, running = 0;  // now
   int64_t steps = 0;                 // decode steps so far
+  int64_t rows = 0;                  // rows decoded, summed over steps (rows / steps = mean batch)
   int64_t max_rows = 0;              // largest batch decoded in one step
   int64_t mixed_steps = 0;           // steps whose rows used more than one module set
+  int64_t max_sets = 0;              // most distinct module sets in one step
+  int64_t prefills = 0;
+  int64_t reserved_tokens = 0;  // cache slots the running rows reserve now
 };
 
 class Scheduler {
  public:
-  // `mixed` (may be null: base model only) must outlive the scheduler; the scheduler owns
-  // the model's forward from its own thread until stop().
-  Scheduler(Backbone& model, const Adapter* mixed, SchedulerOptions options = {});
+  // `pool` (may be null: base model only) must outlive the scheduler; the scheduler owns
+  // the model's forward (and the pool's acquire/release) from its own thread until stop().
+  Scheduler(Backbone& model, ModulePool* pool, SchedulerOptions options = {});
   ~Scheduler();
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
   // Throws std::invalid_argument for a bad request (empty prompt, id outside the
-  // vocabulary, unknown module set, prompt + max_new_tokens beyond the context), QueueFull
-  // when the queue is full or the scheduler stopped.
+  // vocabulary, prompt + max_new_tokens beyond the context), PoolError for an unknown
+  // module set, QueueFull when the queue is full or the scheduler stopped.
   std::shared_ptr<Generation> submit(GenRequest request);
+  // Runs `task` on the decode loop's thread between two steps (e.g. a pool change that
+  // touches the model) and waits for it; rethrows what it throws.
+  void call(std::function<void()> task);
+  // Waits until no request is waiting or running (true), or `seconds` passed (false).
+  bool drain(double seconds);
   // Ends every waiting and running request (Finish::Cancelled) and joins the loop.
   void stop();
   SchedulerStats stats() const;
@@ -114,14 +143,17 @@ class Scheduler {
   std::unique_ptr<Row> prefill(std::unique_ptr<Row> row);
   void join(std::unique_ptr<Row> row);
   void leave();
+  void release(Row& row);
+  void run_tasks();
 
   Backbone& model_;
-  const Adapter* mixed_;
+  ModulePool* pool_;
   SchedulerOptions options_;
   torch::Device device_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::unique_ptr<Row>> waiting_;
+  std::deque<std::packaged_task<void()>> tasks_;
   std::unique_ptr<Batch> batch_;
   SchedulerStats stats_;
   bool stopping_ = false;
