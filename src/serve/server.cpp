@@ -1,6 +1,12 @@
 // `modula serve`: loading, the routes besides the completions (server_completion.cpp),
 // dynamic modules, metrics, and the server's lifetime (bind, run, drain, stop).
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <thread>
 
@@ -15,6 +21,28 @@ using json = nlohmann::json;
 
 namespace {
 constexpr std::string_view kTag = "serve";
+
+// Debian's compiled cpp-httplib listens with a backlog of 5: a burst of clients (32 at once)
+// overflows it and connections are reset. listen() again on the bound socket (Linux
+// updates the backlog) — the socket is found as the listening one on our port.
+void raise_listen_backlog(int port) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (!dir) return;
+  while (auto* e = readdir(dir)) {
+    const int fd = std::atoi(e->d_name);
+    int listening = 0;
+    socklen_t len = sizeof listening;
+    if (fd <= 2 || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening) continue;
+    sockaddr_storage addr{};
+    socklen_t alen = sizeof addr;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &alen) != 0) continue;
+    int bound = -1;
+    if (addr.ss_family == AF_INET) bound = ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+    if (addr.ss_family == AF_INET6) bound = ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port);
+    if (bound == port) ::listen(fd, SOMAXCONN);
+  }
+  closedir(dir);
+}
 
 std::string last_component(std::string p) {
   while (p.size() > 1 && p.back() == '/') p.pop_back();
@@ -139,6 +167,7 @@ bool Server::Impl::authorized(const httplib::Request& req) const {
 void Server::Impl::routes() {
   http.new_task_queue = [n = o.threads] { return new httplib::ThreadPool(static_cast<size_t>(n)); };
   http.set_payload_max_length(o.max_body_bytes);
+  http.set_tcp_nodelay(true);  // one event per token: no Nagle / delayed-ACK stalls (~40 ms each)
   http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (req.path.rfind("/v1/", 0) != 0 || authorized(req)) return httplib::Server::HandlerResponse::Unhandled;
     send_error(res, ApiError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')", {},
@@ -262,6 +291,7 @@ int Server::bind() {
   if (port < 0)
     throw_error<std::runtime_error>(kTag, "cannot listen on " + o.host + ":" + std::to_string(o.port) +
                                               " (in use, or not an address of this machine)");
+  raise_listen_backlog(port);
   return port;
 }
 

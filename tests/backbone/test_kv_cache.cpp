@@ -52,4 +52,34 @@ TEST(KVCache, SelectRowsKeepsChosenRows) {
   EXPECT_EQ(cache.keys[0][0][0][0][0].item<double>(), 4.0);
 }
 
+// Steps write their slots in place: one buffer for many steps, the same values as
+// concatenation, and nothing written outside a tensor the cache did not allocate.
+TEST(KVCache, AppendsInPlaceAndEqualsConcatenation) {
+  torch::manual_seed(3);
+  modula::KVCache cache;
+  auto want = torch::randn({2, 3, 5, 4});
+  cache.append(0, want, want);
+  const void* buffer = nullptr;
+  int64_t reallocations = 0;
+  for (int step = 0; step < 40; ++step) {
+    auto k = torch::randn({2, 3, 1, 4});
+    auto [keys, values] = cache.append(0, k, k);
+    want = torch::cat({want, k}, 2);
+    ASSERT_TRUE(torch::equal(keys, want)) << "step " << step;
+    ASSERT_TRUE(torch::equal(values, want));
+    if (keys.storage().data() != buffer) ++reallocations, buffer = keys.storage().data();
+  }
+  EXPECT_EQ(reallocations, 1);  // the first step copies into a buffer with room; the rest write in place
+  cache.select_rows(torch::tensor({1}, torch::kInt64));  // a new layout: copied once, then in place again
+  auto k = torch::randn({1, 3, 2, 4});
+  EXPECT_TRUE(torch::equal(cache.append(0, k, k).first, torch::cat({want.narrow(0, 1, 1), k}, 2)));
+  // A cache that starts as a view into someone else's tensor never writes past the view.
+  auto outside = torch::zeros({1, 1, 8, 2});
+  modula::KVCache borrowed;
+  borrowed.keys = {outside.narrow(2, 0, 3)};
+  borrowed.values = {outside.narrow(2, 0, 3)};
+  borrowed.append(0, torch::ones({1, 1, 1, 2}), torch::ones({1, 1, 1, 2}));
+  EXPECT_EQ(outside.abs().sum().item<double>(), 0.0);
+}
+
 }  // namespace

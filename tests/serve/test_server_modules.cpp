@@ -68,7 +68,9 @@ TEST(ServerModules, ThirtyTwoRequestsOverEightSetsEqualTheirAloneRuns) {
   std::map<std::string, std::vector<int64_t>> seen;
   for (size_t i = 0; i < 32; ++i) {
     const auto& m = models[i % models.size()];
-    auto got = ids_of(results[i].get());
+    const auto j = results[i].get();
+    ASSERT_TRUE(j.contains("choices")) << "request " << i << " (" << m << "): " << j.dump();
+    auto got = ids_of(j);
     std::vector<int64_t> want;
     if (m == "llama")
       want = alone("", prompt_of(i), 10);
