@@ -7,8 +7,9 @@ PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev libopenblas0-pthread libopenblas-dev
   nlohmann-json3-dev libcli11-dev libsentencepiece-dev libicu-dev
-  libgtest-dev libgmock-dev libcpp-httplib-dev libyaml-cpp-dev
+  libgtest-dev libgmock-dev libcpp-httplib-dev libyaml-cpp-dev libgloo-dev
   clang-format
+  python3-torch python3-pybind11 python3-pytest
 )
 
 # The official openai npm client for the `modula serve` test (tests/serve/node); without npm

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "commands.h"
+#include "modula/train/distributed.h"
 #include "modula/train/report.h"
 #include "train_run.h"
 
@@ -34,11 +35,13 @@ std::string fmt(double v, int prec = 4) {
 
 }  // namespace
 
-int run_training(const train::TrainConfig& config, bool resume) {
+int run_training(const train::TrainConfig& config, bool resume, std::shared_ptr<train::Distributed> dist) {
   const bool tty = ::isatty(::fileno(stderr));
+  const bool main_rank = !dist || dist->is_main();
   std::map<std::string, train::LineSeries> curves;  // training loss by phase
   train::Callbacks cb;
   cb.on_step = [&](const train::StepInfo& s) {
+    if (!main_rank) return;  // rank 0 reports for all
     auto& c = curves[s.phase];
     c.name = s.phase;
     c.x.push_back(static_cast<double>(s.step));
@@ -54,10 +57,13 @@ int run_training(const train::TrainConfig& config, bool resume) {
     } else {
       std::cerr << s.phase << " step " << s.step << "/" << s.total_steps << " task " << s.task << " loss "
                 << fmt(s.loss) << " lr " << fmt(s.lr, 3) << " grad_norm " << fmt(s.grad_norm, 3) << " tokens/s "
-                << fmt(s.tokens_per_s, 5) << " eta " << clock(s.eta_s) << "\n";
+                << fmt(s.tokens_per_s, 5) << " eta " << clock(s.eta_s);
+      if (dist) std::cerr << " allreduce_ms " << fmt(s.allreduce_s * 1000.0, 3);
+      std::cerr << "\n";
     }
   };
   cb.on_eval = [&](const train::EvalInfo& e) {
+    if (!main_rank) return;
     if (tty) std::fprintf(stderr, "\r\033[K");
     std::cerr << "eval " << e.phase << " step " << e.step << " task " << e.task;
     for (const auto& [k, v] : e.metrics)
@@ -65,12 +71,17 @@ int run_training(const train::TrainConfig& config, bool resume) {
     std::cerr << "\n";
   };
   cb.on_message = [&](const std::string& m) {
+    if (!main_rank) return;
     if (tty) std::fprintf(stderr, "\r\033[K");
     std::cerr << m << "\n";
   };
 
-  train::Trainer trainer(config);
+  if (dist && main_rank)
+    std::cerr << "distributed: " << dist->world_size() << " ranks, backend " << dist->backend() << "; global batch "
+              << config.optim.batch_size << " x " << config.optim.grad_accum << " accumulation\n";
+  train::Trainer trainer(config, {}, dist);
   auto r = trainer.run(cb, resume);
+  if (!main_rank) return 0;
 
   train::Report report("modula train: " + config.source);
   report.paragraph("Output: " + r.output + (r.resumed ? " (resumed from a checkpoint)" : ""));
@@ -107,17 +118,66 @@ int run_training(const train::TrainConfig& config, bool resume) {
   return 0;
 }
 
+namespace {
+
+std::string self_exe() {
+  char buf[4096];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) throw std::runtime_error("[distributed] cannot find this program (/proc/self/exe) to start the ranks");
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+}  // namespace
+
 void add_train(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Train modules (and heads) from a YAML/JSON run config");
-  static std::string config_path, output;
+  static std::string config_path, output, backend = "auto", master_addr = "127.0.0.1";
   static bool resume = false;
+  static int nproc = 1, master_port = 0;
+  static double timeout = 300;
   cmd->add_option("config", config_path, "Run config (.yaml/.yml/.json)")->required();
   cmd->add_option("--output,-o", output, "Output folder (overrides the config's)");
   cmd->add_flag("--resume", resume, "Continue from the newest complete checkpoint in OUTPUT/checkpoints");
-  cmd->callback([] {
+  cmd->add_option("--nproc", nproc,
+                  "Data-parallel ranks to start on this machine (docs/distributed.md); under torchrun or "
+                  "Slurm set RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT instead")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--backend", backend,
+                  "Distributed backend: auto (nccl on CUDA when built with it, else gloo), gloo or nccl")
+      ->check(CLI::IsMember({"auto", "gloo", "nccl"}))
+      ->capture_default_str();
+  cmd->add_option("--dist-timeout", timeout,
+                  "Seconds a rank waits for the others (rendezvous, each all-reduce) before failing; env "
+                  "MODULA_DIST_TIMEOUT")
+      ->capture_default_str();
+  cmd->add_option("--master-addr", master_addr, "With --nproc: the rendezvous address")->capture_default_str();
+  cmd->add_option("--master-port", master_port, "With --nproc: the rendezvous port (default: a free one)");
+  cmd->callback([cmd] {
+    auto env = train::DistributedOptions::from_env();
+    if (nproc > 1) {
+      if (env)
+        throw std::runtime_error(
+            "[distributed] RANK/WORLD_SIZE are set: this process is already a rank; "
+            "drop --nproc");
+      train::LaunchOptions lo;
+      lo.nproc = nproc, lo.master_addr = master_addr, lo.master_port = master_port;
+      lo.argv = {self_exe(), "train", config_path, "--backend", backend};
+      if (!output.empty()) lo.argv.insert(lo.argv.end(), {"--output", output});
+      if (resume) lo.argv.push_back("--resume");
+      if (cmd->count("--dist-timeout")) lo.argv.insert(lo.argv.end(), {"--dist-timeout", std::to_string(timeout)});
+      train::launch_local(lo);
+      return;
+    }
     auto config = train::load_train_config(config_path);
     if (!output.empty()) config.output = output;
-    run_training(config, resume);
+    std::shared_ptr<train::Distributed> dist;
+    if (env && env->world_size > 1) {
+      if (cmd->count("--backend")) env->backend = backend;
+      if (cmd->count("--dist-timeout")) env->timeout_s = timeout;
+      if (config.device == "cuda") config.device = "cuda:" + std::to_string(env->local_rank);  // one GPU per rank
+      dist = std::make_shared<train::Distributed>(*env, torch::Device(config.device));
+    }
+    run_training(config, resume, dist);
   });
 }
 

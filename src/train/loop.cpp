@@ -162,6 +162,7 @@ StepStats TrainLoop::step(const LossFn& loss) {
   }
   st.loss /= static_cast<double>(s.o.grad_accum);
   st.aux_loss /= static_cast<double>(s.o.grad_accum);
+  if (s.o.sync_gradients) s.o.sync_gradients(s.params);
   st.grad_norm =
       s.o.max_grad_norm > 0 ? torch::nn::utils::clip_grad_norm_(s.params, s.o.max_grad_norm) : grad_norm(s.params);
   if (!std::isfinite(st.grad_norm)) s.fail("gradient norm is not finite", nullptr, lr0);

@@ -48,6 +48,7 @@ void summarize(ContinualResult& cr) {
 }  // namespace
 
 void Trainer::State::save_heads() {
+  if (!writes()) return;
   io::NamedTensors heads;
   json meta = json::object();
   for (auto& t : tasks) {
@@ -61,6 +62,7 @@ void Trainer::State::save_heads() {
 }
 
 void Trainer::State::save_modules(const std::function<bool(size_t)>& which) {
+  if (!writes()) return;
   for (size_t i = 0; i < adapters.size(); ++i)
     if (which(i)) save_adapter(adapters[i], out("modules/" + adapters[i].name));
 }
@@ -97,13 +99,13 @@ void Trainer::State::main_stage(TrainResult& r) {
     }
   save_modules([&](size_t i) { return adapter_trainable[i]; });
   save_heads();
-  if (composition) {
+  if (composition && writes()) {
     for (const auto& f : composition->fusions) save_fusion(f, out("compose/" + f.name));
     fs::make_dirs(out("compose"));
     std::ofstream(out("compose/spec.txt")) << cfg.compose << "\n";
     save_composition(*composition, out("compose"));  // a MODULA_COMPOSITION folder over the run's modules
   }
-  if (cfg.train_backbone || cfg.save_model) {
+  if ((cfg.train_backbone || cfg.save_model) && writes()) {
     if (composition) remove_composition(*composition);
     for (auto& a : adapters) remove_adapter(a);
     save_backbone(*model, out("model"));
@@ -189,9 +191,11 @@ ContinualResult Trainer::State::sequence_stage(const std::string& stage, int64_t
   return cr;
 }
 
-Trainer::Trainer(TrainConfig config, Datasets data) : state_(std::make_unique<State>()) {
+Trainer::Trainer(TrainConfig config, Datasets data, std::shared_ptr<Distributed> dist)
+    : state_(std::make_unique<State>()) {
   auto& s = *state_;
   s.cfg = std::move(config);
+  s.dist = std::move(dist);
   try {
     s.device = torch::Device(s.cfg.device);
   } catch (const std::exception&) {
@@ -231,10 +235,21 @@ TrainResult Trainer::run(const Callbacks& callbacks, bool resume) {
       s.note("no complete checkpoint in " + s.out("checkpoints") + ": starting from scratch");
     }
   }
-  if (!s.resume_from) fs::remove_tree(s.out("checkpoints"));
+  if (s.parallel()) {  // every rank must continue from the same checkpoint
+    auto at = torch::tensor({s.resume_from ? s.resume_from->step : int64_t{-1}}, torch::kInt64).to(s.comm_device());
+    auto lo = at.clone(), hi = at.clone();
+    s.dist->all_reduce(lo, Distributed::Op::Min);
+    s.dist->all_reduce(hi, Distributed::Op::Max);
+    if (lo.item<int64_t>() != hi.item<int64_t>())
+      throw_error<TrainError>(kTag, "rank " + std::to_string(s.dist->rank()) + " resumes from " +
+                                        (s.resume_from ? "step " + std::to_string(s.resume_from->step) : "scratch") +
+                                        " but another rank does not: every rank must see the same " +
+                                        s.out("checkpoints") + " (a shared file system)");
+  }
+  if (!s.resume_from && s.writes()) fs::remove_tree(s.out("checkpoints"));
   // Metrics: keep the lines up to the checkpoint on resume (later ones are repeated).
   std::vector<std::string> kept;
-  if (s.resume_from) {
+  if (s.resume_from && s.writes()) {
     std::ifstream in(s.out("metrics.jsonl"));
     int64_t limit = s.resume_from->step;
     for (std::string line; std::getline(in, line);) {
@@ -242,8 +257,10 @@ TrainResult Trainer::run(const Callbacks& callbacks, bool resume) {
       if (!j.is_discarded() && j.value("global_step", int64_t{0}) <= limit) kept.push_back(line);
     }
   }
-  s.metrics.open(s.out("metrics.jsonl"), std::ios::trunc);
-  for (auto& line : kept) s.metrics << line << "\n";
+  if (s.writes()) {
+    s.metrics.open(s.out("metrics.jsonl"), std::ios::trunc);
+    for (auto& line : kept) s.metrics << line << "\n";
+  }
 
   std::string resume_stage = s.resume_from ? s.resume_from->data.state.value("stage", "main") : "";
   if (!s.cfg.continual.enabled) {
@@ -277,9 +294,11 @@ TrainResult Trainer::run(const Callbacks& callbacks, bool resume) {
   };
   if (r.continual) res["continual"] = cont(*r.continual);
   if (r.baseline) res["baseline"] = cont(*r.baseline);
-  std::string tmp = s.out("result.json.tmp");
-  std::ofstream(tmp) << res.dump(2) << "\n";
-  fs::rename(tmp, s.out("result.json"));
+  if (s.writes()) {
+    std::string tmp = s.out("result.json.tmp");
+    std::ofstream(tmp) << res.dump(2) << "\n";
+    fs::rename(tmp, s.out("result.json"));
+  }
   s.metrics.close();
   return r;
 }

@@ -7,6 +7,7 @@
 #include <random>
 #include <sstream>
 
+#include "distributed_shard.h"
 #include "modula/routing/router.h"
 #include "modula/train/schedule.h"
 #include "modula/util/compat.h"
@@ -140,7 +141,9 @@ std::map<std::string, double> Trainer::State::evaluate(size_t ti) {
   detail::EvalSums sums;
   int64_t n = static_cast<int64_t>(t.eval.size());
   if (cfg.eval.max_examples > 0) n = std::min(n, cfg.eval.max_examples);
+  const int64_t W = parallel() ? dist->world_size() : 1, R = parallel() ? dist->rank() : 0;
   for (int64_t s = 0, k = 0; s < n; s += cfg.eval.batch_size, ++k) {
+    if (k % W != R) continue;  // data parallel: rank r evaluates batches r, r + W, ...
     std::vector<const Example*> rows;
     for (int64_t i = s; i < std::min(n, s + cfg.eval.batch_size); ++i) rows.push_back(&t.eval[i]);
     Batch b = collate(rows, t.enc.pad_id(), t.cfg.type == TaskType::SequenceClassification);
@@ -151,6 +154,7 @@ std::map<std::string, double> Trainer::State::evaluate(size_t ti) {
     detail::batch_loss(*model, t, inputs, b.to(device), &sums);
   }
   model->train();
+  if (parallel()) detail::reduce_eval(*dist, sums, device);
   return detail::finish_eval(t, sums);
 }
 
@@ -160,6 +164,7 @@ void Trainer::State::log_line(json j) {
 
 // ---- checkpoints -------------------------------------------------------------------
 void Trainer::State::save(const Phase& ph, int64_t step, torch::optim::Optimizer& opt, const json& loop) {
+  if (!writes()) return;  // every rank holds the same state: rank 0 writes it
   CheckpointData d;
   for (auto& [name, t] : named_state()) d.tensors.emplace_back(name, t.detach().cpu());
   at::Generator cpu_rng = at::detail::getDefaultCPUGenerator();  // a handle on the global generator
@@ -208,6 +213,7 @@ LoopOptions Trainer::State::loop_options(const Phase& ph) const {
   lo.warmup_steps = o.warmup_steps, lo.total_steps = ph.steps(o.max_steps), lo.min_lr_ratio = o.min_lr_ratio;
   lo.grad_accum = o.grad_accum, lo.max_grad_norm = o.max_grad_norm;
   lo.label = "[train] " + ph.label();
+  if (parallel()) lo.sync_gradients = [d = dist](const std::vector<torch::Tensor>& ps) { d->average_gradients(ps); };
   return lo;
 }
 
@@ -225,13 +231,28 @@ MicroLoss Trainer::State::micro_loss(const Phase& ph, const std::vector<double>&
   if (t.cfg.type == TaskType::MaskedLM)
     mask_tokens(b, t.cfg.mlm_probability, t.enc.mask_id(), model_config.vocab_size, t.enc.special_ids(),
                 mix({cfg.seed, 0x3a5cULL, at, m}));
-  clock.tokens += b.tokens;
+  clock.tokens += b.tokens;  // of the global batch: tokens/s counts every rank's
+  // Data parallel: this rank's rows of the global batch, its mean loss weighted by
+  // W · (its scored positions / the batch's) so that the average over ranks of the
+  // gradients is the gradient of the global batch's mean loss. A rank left without rows (a
+  // short last batch) runs one row at weight 0.
+  double share = 1.0;
+  if (parallel()) {
+    const int64_t global = detail::scored_count(t.cfg.type, b);
+    auto [lo, hi] = detail::shard_rows(b.input_ids.size(0), dist->rank(), dist->world_size());
+    const bool empty = hi == lo;
+    b = empty ? detail::slice_rows(b, 0, 1) : detail::slice_rows(b, lo, hi);
+    share = global > 0 && !empty ? static_cast<double>(detail::scored_count(t.cfg.type, b)) / global : 0.0;
+  }
   auto inputs = activate(ti);
   route_rows(ti, b);
   if (autocast) compat::set_cuda_autocast(true);
   auto loss = detail::batch_loss(*model, t, inputs, b.to(device));
   if (autocast) compat::set_cuda_autocast(false);
-  return {loss, t.cfg.weight, "task '" + t.cfg.name + "'"};
+  if (!parallel()) return {loss, t.cfg.weight, "task '" + t.cfg.name + "'"};
+  shard_loss += share * loss.item<double>();
+  return {loss, t.cfg.weight * share * dist->world_size(),
+          "task '" + t.cfg.name + "' on rank " + std::to_string(dist->rank())};
 }
 
 // Continues a phase from resume_from when it was saved in this phase: tensors, RNG, data
@@ -271,21 +292,35 @@ void Trainer::State::maybe_evaluate(const Phase& ph, int64_t step, PhaseProgress
 
 PhaseOutcome Trainer::State::run_phase(const Phase& ph) {
   const int64_t total = ph.steps(cfg.optim.max_steps);
-  TrainLoop loop(param_groups(ph), loop_options(ph), model.get());
+  auto groups = param_groups(ph);
+  std::vector<torch::Tensor> trained;
+  for (const auto& g : groups) trained.insert(trained.end(), g.params.begin(), g.params.end());
+  TrainLoop loop(std::move(groups), loop_options(ph), model.get());
   note(ph.label() + ": " + std::to_string(loop.num_parameters()) + " trainable parameters");
   std::vector<int64_t> sizes;
   for (size_t t : ph.tasks) sizes.push_back(static_cast<int64_t>(tasks[t].train.size()));
   auto probs = sampling_probabilities(sizes, cfg.multitask.sampling, cfg.multitask.temperature);
   PhaseProgress pp;
   resume_phase(ph, loop, pp);
+  if (parallel()) dist->broadcast(trained);  // every rank starts from rank 0's parameters, as torch's DDP
   PhaseClock clock;
   clock.first_step = loop.steps_done();
   while (loop.steps_done() < total && !pp.stopped) {
     const int64_t at = loop.steps_done();
+    shard_loss = 0;
+    const double reduce_before = parallel() ? dist->gradient_seconds() : 0.0;
     StepStats st = loop.step([&](int64_t micro) { return micro_loss(ph, probs, at, micro, clock); });
+    double allreduce_s = 0;
+    if (parallel()) {  // the global batch's mean loss, as one process logs it
+      allreduce_s = dist->gradient_seconds() - reduce_before;
+      auto l = torch::tensor({shard_loss}, torch::kFloat64).to(comm_device());
+      dist->all_reduce(l);
+      st.loss = l.item<double>() / static_cast<double>(cfg.optim.grad_accum);
+    }
     pp.last_loss = st.loss;
     if (st.step % cfg.log_every == 0 || st.step == total) {
       StepInfo info = step_info(ph, st, clock, total);
+      info.allreduce_s = allreduce_s;
       if (cb.on_step) cb.on_step(info);
       log_line({{"type", "step"},
                 {"phase", info.phase},
@@ -296,7 +331,8 @@ PhaseOutcome Trainer::State::run_phase(const Phase& ph) {
                 {"lr", st.lr},
                 {"grad_norm", st.grad_norm},
                 {"tokens_per_s", info.tokens_per_s},
-                {"elapsed_s", info.elapsed_s}});
+                {"elapsed_s", info.elapsed_s},
+                {"allreduce_s", allreduce_s}});
     }
     maybe_evaluate(ph, st.step, pp);
     if (cfg.checkpoint.every > 0 && st.step % cfg.checkpoint.every == 0 && st.step < total && !pp.stopped)

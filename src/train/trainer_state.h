@@ -19,6 +19,7 @@
 #include "modula/composition/apply_spec.h"
 #include "modula/composition/registry.h"
 #include "modula/train/checkpoint.h"
+#include "modula/train/distributed.h"
 #include "modula/train/loop.h"
 #include "modula/train/trainer.h"
 #include "modula/util/error.h"
@@ -121,6 +122,13 @@ struct Trainer::State {
   bool routes_by_task = false;
 
   Callbacks cb;
+  // Data parallel (distributed.h): null or world size 1 = one process.
+  std::shared_ptr<Distributed> dist;
+  double shard_loss = 0;  // this step: Σ over micro-batches of this rank's share of the global mean loss
+  bool parallel() const { return dist && dist->world_size() > 1; }
+  bool writes() const { return !dist || dist->is_main(); }  // rank 0 writes outputs, metrics, checkpoints
+  // Where small collectives' tensors live: NCCL reduces on the GPU only.
+  torch::Device comm_device() const { return dist && dist->backend() == "nccl" ? device : torch::Device(torch::kCPU); }
   std::ofstream metrics;
   std::optional<LoadedCheckpoint> resume_from;
   json results = json::object();  // finished stages' results (kept in checkpoints)

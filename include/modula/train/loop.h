@@ -13,7 +13,8 @@
 //      left alone by the optimizer);
 //   2. for each of grad_accum micro-batches: L = loss(micro) + Σ router aux losses of the
 //      model's forward, backward of L · weight / grad_accum;
-//   3. ‖g‖₂ over all groups, clipped to max_grad_norm when > 0;
+//   3. sync_gradients(params) when set (data parallel: the average over ranks, distributed.h),
+//      then ‖g‖₂ over all groups, clipped to max_grad_norm when > 0;
 //   4. lr of group g = peak_g · lr_factor(schedule, step, warmup, total), optimizer step.
 // A NaN/inf loss or gradient norm throws TrainError naming the label, the step and the
 // source of the micro-batch; the step is not taken.
@@ -49,6 +50,9 @@ struct LoopOptions {
   int64_t grad_accum = 1;         // micro-batches per optimizer step
   double max_grad_norm = 0.0;     // 0 = no clipping
   std::string label = "[train]";  // starts every error message, e.g. "[train] continual/1"
+  // Called once per step after the micro-batches' backward, before the norm and clipping,
+  // with every group's parameters (data parallel: Distributed::average_gradients).
+  std::function<void(const std::vector<torch::Tensor>& params)> sync_gradients;
 
   // Throws std::invalid_argument naming the bad field.
   void validate() const;

@@ -43,6 +43,8 @@
 
 namespace modula::train {
 
+class Distributed;  // distributed.h
+
 // Records of one task (JSON objects, as one JSONL line each).
 struct TaskData {
   std::vector<nlohmann::json> train, eval;
@@ -60,6 +62,7 @@ struct StepInfo {
   double tokens_per_s = 0;  // non-pad tokens seen per second since the phase started
   double elapsed_s = 0;
   double eta_s = 0;
+  double allreduce_s = 0;  // data parallel: gradient all-reduce seconds of this step (0 in one process)
 };
 
 struct EvalInfo {
@@ -99,8 +102,9 @@ struct TrainResult {
 class Trainer {
  public:
   // Validates the config against the data: tasks, fields, labels, modules. Throws
-  // ConfigError / TrainError naming what is wrong.
-  explicit Trainer(TrainConfig config, Datasets data = {});
+  // ConfigError / TrainError naming what is wrong. With `dist` (world size > 1) the run is
+  // data parallel: the contract is in distributed.h; rank 0 writes every output.
+  explicit Trainer(TrainConfig config, Datasets data = {}, std::shared_ptr<Distributed> dist = nullptr);
   ~Trainer();
 
   // Runs the whole config; with resume = true continues from the newest complete
