@@ -1,6 +1,7 @@
 #include "modula/serve/openai.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 namespace modula::serve {
@@ -66,6 +67,38 @@ void reject_unsupported(const json& b, bool chat) {
     unsupported("response_format");
   if (!chat && set("messages")) bad("messages", "belongs to /v1/chat/completions; /v1/completions takes 'prompt'");
   if (chat && set("prompt")) bad("prompt", "belongs to /v1/completions; /v1/chat/completions takes 'messages'");
+}
+
+// merge: {"adapters": [names], "weights": [numbers] (default: equal), "method": "linear"} as
+// the spec avg(a:w, ...): the weighted average of the adapters' deltas (weights normalised).
+std::string merge_spec(const json& m) {
+  if (!m.is_object()) bad("merge", "must be an object {adapters, weights, method}");
+  const auto& adapters = field(m, "adapters");
+  if (!adapters.is_array() || adapters.empty() || adapters.size() > 16)
+    bad("merge.adapters", "must be an array of 1 to 16 served adapter names");
+  const auto& weights = field(m, "weights");
+  if (!weights.is_null() && (!weights.is_array() || weights.size() != adapters.size()))
+    bad("merge.weights", "must be an array with one number per adapter");
+  const auto& method = field(m, "method");
+  if (!method.is_null() && method != json("linear"))
+    throw ApiError(400,
+                   "'merge.method' " + method.dump() +
+                       ": only \"linear\" is merged per request (TIES, DARE: merge offline with modula merge-adapters)",
+                   "merge.method", "unsupported_parameter");
+  std::string spec = "avg(";
+  for (size_t i = 0; i < adapters.size(); ++i) {
+    if (!adapters[i].is_string() || adapters[i].get<std::string>().empty())
+      bad("merge.adapters", "must hold adapter names, got " + adapters[i].dump());
+    const auto name = adapters[i].get<std::string>();
+    if (name.find_first_of("(),: ") != std::string::npos) bad("merge.adapters", "holds a name with '(),: ': " + name);
+    spec += (i ? ", " : "") + name;
+    if (!weights.is_null()) {
+      if (!weights[i].is_number() || !(weights[i].get<double>() > 0) || !std::isfinite(weights[i].get<double>()))
+        bad("merge.weights", "must hold positive finite numbers, got " + weights[i].dump());
+      spec += ":" + json(weights[i].get<double>()).dump();
+    }
+  }
+  return adapters.size() == 1 ? adapters[0].get<std::string>() : spec + ")";
 }
 
 std::vector<int64_t> token_ids(const json& v, const std::string& key) {
@@ -198,6 +231,7 @@ CompletionRequest parse_request(const std::string& body, bool chat) {
   r.add_special_tokens = boolean(b, "add_special_tokens", !chat);
   r.ignore_eos = boolean(b, "ignore_eos", false);
   r.return_token_ids = boolean(b, "return_token_ids", false);
+  if (const auto& m = field(b, "merge"); !m.is_null()) r.merge_spec = merge_spec(m);
   r.n = integer(b, "n", 1).value_or(1);
   if (r.n > 16) bad("n", "must be at most 16, got " + std::to_string(r.n));
   if (chat) {

@@ -95,7 +95,7 @@ std::string Server::Impl::module_of(const std::string& name) const {
 
 GenRequest Server::Impl::request_of(const CompletionRequest& r) const {
   GenRequest g;
-  g.module = module_of(r.model);
+  g.module = module_of(r.merge_spec.empty() ? r.model : r.merge_spec);
   g.prompt = prompt_of(r);
   g.logprobs = r.logprobs;
   auto& opt = g.options;

@@ -264,3 +264,25 @@ TEST(ServerModules, HealthMetricsQueueLimitAndDrain) {
   EXPECT_EQ(json::parse(res->body)["usage"]["completion_tokens"], 200);
   EXPECT_TRUE(drained.get());
 }
+
+// LoRAX-style per-request merges: merge {adapters, weights} is the weighted average of the
+// adapters' deltas, the same rows as the avg(...) composition spec.
+TEST(ServerModules, PerRequestLinearMerge) {
+  auto o = options();
+  o.adapters = {};
+  for (const auto& [n, d] : kFolders) o.adapters.push_back(n + "=" + d);
+  Running r(o);
+  auto c = r.client();
+  const std::vector<int64_t> prompt = {9, 8, 7, 6};
+  json b = body("llama", prompt, 6);
+  b["merge"] = {{"adapters", {"a0", "a2"}}, {"weights", {0.3, 0.7}}, {"method", "linear"}};
+  auto j = post(c, "/v1/completions", b.dump(), 200);
+  EXPECT_EQ(ids_of(j), alone_spec("avg(a0:0.3, a2:0.7)", kFolders, prompt, 6));
+  EXPECT_NE(ids_of(j), alone_spec("a0", kFolders, prompt, 6));
+  b["merge"]["method"] = "ties";
+  EXPECT_EQ(post(c, "/v1/completions", b.dump(), 400)["error"]["param"], "merge.method");
+  b["merge"] = {{"adapters", {"a0", "nope"}}};
+  EXPECT_EQ(post(c, "/v1/completions", b.dump(), 404)["error"]["code"], "model_not_found");
+  b["merge"] = {{"adapters", {"a0", "a2"}}, {"weights", {1}}};
+  EXPECT_EQ(post(c, "/v1/completions", b.dump(), 400)["error"]["param"], "merge.weights");
+}

@@ -47,9 +47,12 @@ struct CompletionRequest {
   bool add_special_tokens = true;  // vLLM's extension; chat default false (the template has them)
   bool ignore_eos = false;         // vLLM's extension
   bool return_token_ids = false;   // modula's extension: "token_ids" per choice
-  int64_t n = 1;                   // choices, each sampled on its own (seed + index when seeded)
-  int64_t logprobs = -1;           // >= 0: per-token log-probabilities with this many alternatives
-                                   // (completions: "logprobs": k; chat: "logprobs": true, "top_logprobs": k)
+  // LoRAX-style per-request merge {"adapters": [...], "weights": [...], "method": "linear"}: the
+  // composition spec it stands for ("avg(a:0.7, b:0.3)"), empty when absent.
+  std::string merge_spec;
+  int64_t n = 1;          // choices, each sampled on its own (seed + index when seeded)
+  int64_t logprobs = -1;  // >= 0: per-token log-probabilities with this many alternatives
+                          // (completions: "logprobs": k; chat: "logprobs": true, "top_logprobs": k)
 };
 
 // Throws ApiError(400) naming the field for malformed JSON, a wrong type, a value out of
