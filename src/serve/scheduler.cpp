@@ -88,9 +88,10 @@ struct Scheduler::Row {
   int64_t reserved = 0;  // cache slots counted against max_batch_tokens
   bool pinned = false;   // holds its module set in the pool
 
-  // Samples from `logits` [V] and hands the token over; false when the row is done.
-  bool emit(const torch::Tensor& logits) {
-    const int64_t token = sample_next(logits, request.options, rng);
+  // Samples from `logits` [V] (greedy: `argmax`, computed for the whole batch at once) and
+  // hands the token over; false when the row is done.
+  bool emit(const torch::Tensor& logits, int64_t argmax) {
+    const int64_t token = request.options.temperature == 0 ? argmax : sample_next(logits, request.options, rng);
     TokenLogprob lp;
     if (request.logprobs >= 0) {
       auto lsm = torch::log_softmax(logits, 0);
@@ -343,7 +344,7 @@ std::unique_ptr<Scheduler::Row> Scheduler::prefill(std::unique_ptr<Row> row) {
       std::lock_guard<std::mutex> lk(mu_);
       ++stats_.prefills;
     }
-    if (!row->emit(logits[0])) {
+    if (!row->emit(logits[0], logits[0].argmax().item<int64_t>())) {
       release(*row);
       return nullptr;
     }
@@ -396,11 +397,13 @@ void Scheduler::step() {
     in.cache = &b.cache;
     if (const Adapter* mixed = pool_ ? pool_->mixed() : nullptr) set_row_modules(*mixed, names);
     auto logits = model_.forward(in).logits.select(1, -1).to(torch::kFloat32).cpu();  // [B, V]
+    const auto argmax = logits.argmax(1).contiguous();  // [B]: every greedy row's token, one kernel
+    const auto* best = argmax.data_ptr<int64_t>();
     b.mask = in.attention_mask;
     for (int64_t i = 0; i < B; ++i) {
       auto& r = *b.rows[static_cast<size_t>(i)];
       ++r.position;
-      if (!r.done()) r.emit(logits[i]);
+      if (!r.done()) r.emit(logits[i], best[i]);
     }
   } catch (const std::exception& e) {  // a failed forward ends the rows it held, not the server
     for (auto& r : b.rows) r->gen->end(Finish::Error, e.what());
