@@ -17,6 +17,8 @@ Variants, all over the same requests:
   continuous batching   N clients, --max-batch N, every request the same adapter
   16 distinct adapters  N clients, --max-batch N, request i uses adapter i mod 16 (sixteen
                         copies of --adapter served as sixteen module sets via --adapter-dir)
+  ... 2N rows           the last two again with 2N clients and --max-batch 2N (16 by default),
+                        so one step can hold all sixteen adapters
 """
 import argparse
 import http.client
@@ -34,7 +36,9 @@ import time
 def start(a, adapter_dir, max_batch):
     argv = [a.modula, "serve", "-m", a.model, "-t", a.tokenizer, "--port", "0", "--max-batch", str(max_batch),
             "--adapter-dir", adapter_dir, "--max-resident", "16", "--max-queue", str(a.requests + 16)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
+    env = dict(os.environ)
+    if a.threads:
+        env["OMP_NUM_THREADS"] = str(a.threads)
     server = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
     deadline = time.time() + 60
     line = ""
@@ -87,7 +91,7 @@ def metric(text, name):
 def run(a, adapter_dir, label, max_batch, clients, model_of):
     server, host, port = start(a, adapter_dir, max_batch)
     try:
-        for i in range(min(16, a.requests)):  # warm-up: each module set loaded once (loads are not measured)
+        for i in range(min(16, a.requests, a.warmup)):  # warm-up: each module set loaded once (not measured)
             complete(host, port, model_of(i), [5, 6, 7], 2)
         results, lock, nxt = [], threading.Lock(), [0]
         deadline = time.time() + a.time_limit
@@ -114,6 +118,7 @@ def run(a, adapter_dir, label, max_batch, clients, model_of):
         c = http.client.HTTPConnection(host, port)
         c.request("GET", "/metrics")
         metrics = c.getresponse().read().decode()
+        c.close()  # an idle keep-alive connection would hold the server's shutdown for its timeout
     finally:
         server.terminate()
         server.wait()
@@ -141,34 +146,39 @@ def main():
     p.add_argument("--requests", type=int)
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--time-limit", type=float, help="seconds per variant")
-    p.add_argument("--threads", type=int, default=2, help="the server's OMP_NUM_THREADS")
-    p.add_argument("--quick", action="store_true", help="a few seconds: 4 clients, 12 requests of 8 tokens")
+    p.add_argument("--threads", type=int, default=0, help="the server's OMP_NUM_THREADS (0: libtorch's default)")
+    p.add_argument("--quick", action="store_true", help="seconds: 4 clients, 8 requests of 8 tokens")
     a = p.parse_args()
     a.clients = a.clients or (4 if a.quick else 8)
-    a.requests = a.requests or (12 if a.quick else 96)
+    a.requests = a.requests or (8 if a.quick else 96)
     a.max_tokens = a.max_tokens or (8 if a.quick else 48)
     a.time_limit = a.time_limit or (30 if a.quick else 300)
+    a.warmup = 2 if a.quick else 16
     adapter_dir = tempfile.mkdtemp(prefix="modula-serve-load-")
     try:
         for i in range(16):
             os.mkdir(os.path.join(adapter_dir, f"a{i}"))
             for f in ("adapter_config.json", "adapter_model.safetensors"):
                 shutil.copy(os.path.join(a.adapter, f), os.path.join(adapter_dir, f"a{i}", f))
+        wide = 2 * a.clients  # 16 rows by default: room for 16 distinct adapters in one step
         rows = [run(a, adapter_dir, "sequential", 1, 1, lambda i: "a0"),
                 run(a, adapter_dir, "one at a time", 1, a.clients, lambda i: "a0"),
                 run(a, adapter_dir, "continuous batching", a.clients, a.clients, lambda i: "a0"),
-                run(a, adapter_dir, "16 distinct adapters", a.clients, a.clients, lambda i: f"a{i % 16}")]
+                run(a, adapter_dir, "16 distinct adapters", a.clients, a.clients, lambda i: f"a{i % 16}"),
+                run(a, adapter_dir, f"one adapter, {wide} rows", wide, wide, lambda i: "a0"),
+                run(a, adapter_dir, f"16 adapters, {wide} rows", wide, wide, lambda i: f"a{i % 16}")]
     finally:
         shutil.rmtree(adapter_dir, ignore_errors=True)
     for r in rows:
         print(json.dumps(r))
     seq, one, batched = rows[0]["tokens_per_s"], rows[1]["tokens_per_s"], rows[2]["tokens_per_s"]
-    print("\nvariant                tok/s   req/s  TTFT p50/p99 ms  latency p50/p99 ms  rows/step  ratio")
+    print("\nvariant                  tok/s   req/s  TTFT p50/p99 ms  latency p50/p99 ms  rows/step  ratio")
     ratios = ["1.00x", f"{one / seq:.2f}x sequential",
               f"{batched / one:.2f}x one at a time, {batched / seq:.2f}x sequential",
-              f"{rows[3]['tokens_per_s'] / batched:.2f}x one adapter"]
+              f"{rows[3]['tokens_per_s'] / batched:.2f}x one adapter", "1.00x",
+              f"{rows[5]['tokens_per_s'] / rows[4]['tokens_per_s']:.2f}x one adapter"]
     for r, ratio in zip(rows, ratios):
-        print(f"{r['variant']:<21} {r['tokens_per_s']:>7} {r['requests_per_s']:>7} "
+        print(f"{r['variant']:<23} {r['tokens_per_s']:>7} {r['requests_per_s']:>7} "
               f"{str(r['ttft_p50_ms']) + '/' + str(r['ttft_p99_ms']):>16} "
               f"{str(r['latency_p50_ms']) + '/' + str(r['latency_p99_ms']):>19} {r['mean_batch_rows']:>9}  {ratio}")
 
