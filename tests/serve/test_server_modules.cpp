@@ -15,11 +15,10 @@ using json = nlohmann::json;
 
 namespace {
 
-const std::map<std::string, std::string> kFolders = {{"lora", fixture("hf/adapters/llama-lora")},
-                                                     {"ia3", fixture("hf/adapters/llama-ia3")},
-                                                     {"a0", fixture("hf/adapters/llama-mixed/a0")},
-                                                     {"a1", fixture("hf/adapters/llama-mixed/a1")},
-                                                     {"a2", fixture("hf/adapters/llama-mixed/a2")}};
+const std::map<std::string, std::string> kFolders = {
+    {"lora", fixture("hf/adapters/llama-lora")},     {"ia3", fixture("hf/adapters/llama-ia3")},
+    {"prefix", fixture("hf/adapters/llama-prefix")}, {"a0", fixture("hf/adapters/llama-mixed/a0")},
+    {"a1", fixture("hf/adapters/llama-mixed/a1")},   {"a2", fixture("hf/adapters/llama-mixed/a2")}};
 
 // An adapter folder of copies (name → fixture folder) for --adapter-dir.
 struct AdapterDir {
@@ -49,15 +48,15 @@ std::vector<int64_t> ids_of(const json& j, int i = 0) {
 }  // namespace
 
 // The concurrency check: 32 parallel requests over 8 module sets (adapters and
-// compositions) all succeed, each equals its request alone, and the batch mixed them.
+// compositions, and the base) all succeed, each equals its request alone, and the batch mixed them.
 TEST(ServerModules, ThirtyTwoRequestsOverEightSetsEqualTheirAloneRuns) {
   auto o = options();
   o.adapters = {};
   for (const auto& [n, d] : kFolders) o.adapters.push_back(n + "=" + d);
   o.max_batch = 16;
   Running r(o);
-  const std::vector<std::string> models = {"lora", "ia3", "a0", "a1", "a2", "avg(a0:0.3, a2:0.7)", "stack(lora, a1)",
-                                           "llama"};
+  const std::vector<std::string> models = {
+      "lora", "ia3", "a0", "a1", "a2", "avg(a0:0.3, a2:0.7)", "stack(lora, a1)", "stack(prefix, a1)", "llama"};
   std::vector<std::future<json>> results;
   auto prompt_of = [](size_t i) { return std::vector<int64_t>{5 + static_cast<int64_t>(i % 7), 17, 42, 99}; };
   for (size_t i = 0; i < 32; ++i)
@@ -83,6 +82,7 @@ TEST(ServerModules, ThirtyTwoRequestsOverEightSetsEqualTheirAloneRuns) {
   }
   EXPECT_NE(seen["avg(a0:0.3, a2:0.7)"], seen["a0"]);
   EXPECT_NE(seen["stack(lora, a1)"], seen["lora"]);
+  EXPECT_NE(seen["stack(prefix, a1)"], seen["stack(lora, a1)"]);
   auto c = r.client();
   auto res = c.Get("/metrics");
   ASSERT_TRUE(res);
