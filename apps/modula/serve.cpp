@@ -26,6 +26,9 @@ void add_serve(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--drain-seconds", o.drain_seconds, "On SIGTERM/SIGINT: time for running requests to finish")
       ->capture_default_str();
+  cmd->add_option("--disconnect-check-ms", o.disconnect_check_ms,
+                  "Non-streaming requests running longer: probe the client at this interval, cancel if it left")
+      ->capture_default_str();
   cmd->add_option("--tokenizer,-t", o.tokenizer, "Tokenizer file or folder (default: the model folder)");
   cmd->add_option("--name", o.name, "The base model's id (default: the model folder's name)");
   cmd->add_option("--host", o.host, "Address to listen on (loopback by default)")->capture_default_str();

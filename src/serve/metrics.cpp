@@ -70,6 +70,11 @@ void Metrics::inter_token(double seconds) {
   itl_.observe(seconds);
 }
 
+void Metrics::disconnect() {
+  std::lock_guard<std::mutex> lk(mu_);
+  ++disconnects_;
+}
+
 std::string Metrics::prometheus(const SchedulerStats& s, const PoolStats& p) const {
   std::lock_guard<std::mutex> lk(mu_);
   std::string out;
@@ -83,6 +88,8 @@ std::string Metrics::prometheus(const SchedulerStats& s, const PoolStats& p) con
            std::to_string(n) + "\n";
   metric("modula_prompt_tokens_total", "counter", "Prompt tokens of finished requests.", prompt_tokens_);
   metric("modula_generated_tokens_total", "counter", "Tokens generated for finished requests.", generated_tokens_);
+  metric("modula_client_disconnects_total", "counter", "Clients that left before their answer (rows cancelled).",
+         disconnects_);
   metric("modula_queue_depth", "gauge", "Requests waiting for a batch row.", s.waiting);
   metric("modula_batch_rows", "gauge", "Rows in the running batch.", s.running);
   metric("modula_decode_steps_total", "counter", "Decode steps (one forward for all rows each).", s.steps);

@@ -45,6 +45,18 @@ bool Generation::next(int64_t& token, TokenLogprob* logprob) {
   return true;
 }
 
+Generation::Wait Generation::next_until(int64_t& token, TokenLogprob* logprob,
+                                        std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lk(mu_);
+  if (!cv_.wait_until(lk, deadline, [&] { return !tokens_.empty() || finish_ != Finish::None; })) return Wait::Timeout;
+  if (tokens_.empty()) return Wait::Ended;
+  token = tokens_.front();
+  tokens_.pop_front();
+  if (logprob) *logprob = std::move(logprobs_.front());
+  logprobs_.pop_front();
+  return Wait::Token;
+}
+
 Finish Generation::finish() const {
   std::lock_guard<std::mutex> lk(mu_);
   return finish_;

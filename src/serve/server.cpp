@@ -107,6 +107,7 @@ void ServeOptions::validate() const {
   check(max_body_bytes > 0, kTag, "max_body_bytes must be > 0");
   check(threads >= 1, kTag, "threads must be >= 1 (got " + std::to_string(threads) + ")");
   check(drain_seconds >= 0, kTag, "drain_seconds must be >= 0");
+  check(disconnect_check_ms >= 1, kTag, "disconnect_check_ms must be >= 1");
   SchedulerOptions s;
   s.max_batch = max_batch;
   s.max_queue = max_queue;

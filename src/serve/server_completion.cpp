@@ -1,6 +1,7 @@
 // POST /v1/completions and /v1/chat/completions: parse, resolve the model to a module set,
 // submit n rows to the scheduler, and answer with one body or a stream of events.
 #include <algorithm>
+#include <memory>
 #include <random>
 
 #include "modula/text/stream_decoder.h"
@@ -155,41 +156,106 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
   metrics.request(chat ? "chat_completions" : "completions", res.status < 0 ? 200 : res.status);
 }
 
-void Server::Impl::respond(const CompletionRequest& r, const std::vector<std::shared_ptr<Generation>>& gens,
-                           Clock::time_point t0, httplib::Response& res) {
-  std::vector<Choice> choices;
-  int64_t generated = 0;
-  Latency latency(metrics, t0);
-  try {
-    for (size_t i = 0; i < gens.size(); ++i) {
-      auto& g = gens[i];
-      Output out(*tok, r.stop);
-      Choice c;
-      c.index = static_cast<int64_t>(i);
-      TokenLogprob lp;
-      for (int64_t id; g->next(id, &lp);) {
-        if (i == 0) latency.token();
-        c.text += out.add(id, lp, r.logprobs >= 0);
-        if (out.stop.stopped()) {
+namespace {
+
+// A non-streaming request's choices as they are produced; collect() may stop at a deadline
+// and be called again.
+struct Collector {
+  Collector(const CompletionRequest& r, std::vector<std::shared_ptr<Generation>> gens, const text::Tokenizer& tok,
+            Metrics& metrics, Clock::time_point t0)
+      : r(r), gens(std::move(gens)), tok(tok), latency(metrics, t0) {}
+
+  // True when every choice is done, false at the deadline; ApiError for a failed choice.
+  bool collect(Clock::time_point deadline) {
+    for (; current < gens.size(); ++current) {
+      auto& g = gens[current];
+      if (!out) {
+        out = std::make_unique<Output>(tok, r.stop);
+        choice = Choice{};
+        choice.index = static_cast<int64_t>(current);
+      }
+      for (;;) {
+        int64_t id = 0;
+        TokenLogprob lp;
+        const auto w = g->next_until(id, &lp, deadline);
+        if (w == Generation::Wait::Timeout) return false;
+        if (w == Generation::Wait::Ended) break;
+        if (current == 0) latency.token();
+        choice.text += out->add(id, lp, r.logprobs >= 0);
+        if (out->stop.stopped()) {
           g->cancel();
           break;
         }
       }
-      c.text += out.end();
-      c.finish_reason = finish_reason(*g, out);
-      c.token_ids = out.ids;
-      c.logprobs = std::move(out.logprobs);
-      generated += static_cast<int64_t>(out.ids.size());
-      choices.push_back(std::move(c));
+      choice.text += out->end();
+      choice.finish_reason = finish_reason(*g, *out);
+      choice.token_ids = out->ids;
+      choice.logprobs = std::move(out->logprobs);
+      generated += static_cast<int64_t>(out->ids.size());
+      choices.push_back(std::move(choice));
+      out.reset();
     }
-  } catch (...) {
+    return true;
+  }
+  void cancel() {
     for (auto& g : gens) g->cancel();
+  }
+
+  const CompletionRequest r;
+  std::vector<std::shared_ptr<Generation>> gens;
+  const text::Tokenizer& tok;
+  Latency latency;
+  size_t current = 0;
+  std::unique_ptr<Output> out;
+  Choice choice;
+  std::vector<Choice> choices;
+  int64_t generated = 0;
+};
+
+}  // namespace
+
+// The body goes out when the choices are done. A client that leaves meanwhile is noticed by
+// a probe: past --disconnect-check-ms the response turns chunked and writes a space (JSON
+// allows leading whitespace) at that interval; a failed write cancels the rows. An error
+// after that point arrives as an error body with status 200.
+void Server::Impl::respond(const CompletionRequest& r, const std::vector<std::shared_ptr<Generation>>& gens,
+                           Clock::time_point t0, httplib::Response& res) {
+  auto c = std::make_shared<Collector>(r, gens, *tok, metrics, t0);
+  const auto probe = std::chrono::milliseconds(o.disconnect_check_ms);
+  const auto id = std::string(r.chat ? "chatcmpl-" : "cmpl-") + std::to_string(counter++);
+  auto body = [this, c, id] {
+    metrics.tokens(c->gens.front()->prompt_tokens(), c->generated);
+    return wire(completion_body(c->r, id, now_seconds(), c->choices, c->gens.front()->prompt_tokens(), c->generated));
+  };
+  try {
+    if (c->collect(Clock::now() + probe)) return res.set_content(body(), "application/json");
+  } catch (...) {
+    c->cancel();
     throw;
   }
-  metrics.tokens(gens.front()->prompt_tokens(), generated);
-  const auto id = std::string(r.chat ? "chatcmpl-" : "cmpl-") + std::to_string(counter++);
-  res.set_content(wire(completion_body(r, id, now_seconds(), choices, gens.front()->prompt_tokens(), generated)),
-                  "application/json");
+  res.set_chunked_content_provider(
+      "application/json",
+      [this, c, body, probe](size_t, httplib::DataSink& sink) {
+        std::string out;
+        try {
+          while (!c->collect(Clock::now() + probe))
+            if (!sink.write(" ", 1)) {
+              c->cancel();
+              metrics.disconnect();
+              return false;
+            }
+          out = body();
+        } catch (const ApiError& e) {
+          c->cancel();
+          out = wire(error_body(e));
+        }
+        sink.write(out.data(), out.size());
+        sink.done();
+        return true;
+      },
+      [c](bool success) {
+        if (!success) c->cancel();
+      });
 }
 
 void Server::Impl::stream(const CompletionRequest& r, const std::vector<std::shared_ptr<Generation>>& gens,
@@ -231,6 +297,7 @@ void Server::Impl::stream(const CompletionRequest& r, const std::vector<std::sha
             if ((!piece.empty() || first || !lps.empty()) &&
                 !send(chunk_body(r, id, created, piece, std::nullopt, first, index, lps, offset))) {
               cancel_all();
+              metrics.disconnect();
               return false;
             }
             for (const auto& t : lps) offset += static_cast<int64_t>(t.token.size());

@@ -1,10 +1,17 @@
 // Rendezvous, collectives and the bucketed gradient average over a c10d process group.
 #include "modula/train/distributed.h"
 
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/utils/lambda_post_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <mutex>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "distributed_backend.h"
 #include "modula/train/config.h"
@@ -74,21 +81,136 @@ std::optional<DistributedOptions> DistributedOptions::from_env() {
   o.master_addr = env_str("MASTER_ADDR", o.master_addr);
   o.master_port = env_int("MASTER_PORT", o.master_port);
   o.backend = env_str("MODULA_DIST_BACKEND", o.backend);
-  if (const char* t = std::getenv("MODULA_DIST_TIMEOUT"); t && *t) {
-    char* end = nullptr;
-    o.timeout_s = std::strtod(t, &end);
-    if (*end != '\0') fail(std::string("MODULA_DIST_TIMEOUT must be a number of seconds, got '") + t + "'");
-  }
+  for (auto [name, to] :
+       {std::pair{"MODULA_DIST_TIMEOUT", &o.timeout_s}, std::pair{"MODULA_DIST_BUCKET_MB", &o.bucket_mb}})
+    if (const char* t = std::getenv(name); t && *t) {
+      char* end = nullptr;
+      *to = std::strtod(t, &end);
+      if (*end != '\0') fail(std::string(name) + " must be a number, got '" + t + "'");
+    }
+  const int overlap = env_int("MODULA_DIST_OVERLAP", 1);
+  if (overlap != 0 && overlap != 1) fail("MODULA_DIST_OVERLAP must be 0 or 1, got " + std::to_string(overlap));
+  o.overlap = overlap == 1;
   o.validate();
   return o;
 }
+
+// Flat buckets over the parameters in reverse order (the order backward produces their
+// gradients), each the gradients (zeros where none) then one "has a gradient" flag per member.
+struct GradBucket {
+  std::vector<size_t> members;
+  int64_t numel = 0;                    // of the gradients
+  size_t waiting = 0;                   // members whose gradient this armed backward has not accumulated yet
+  at::Tensor flat;                      // reused every step
+  c10::intrusive_ptr<c10d::Work> work;  // started, not yet waited for
+};
+
+struct GradPlan {
+  std::vector<torch::Tensor> given;   // as passed: average_gradients(given) uses this plan
+  std::vector<torch::Tensor> params;  // without repeats
+  std::vector<GradBucket> buckets;
+  std::vector<size_t> bucket_of;
+  std::vector<char> ready;  // per parameter, this armed backward
+  size_t next = 0;          // the next bucket to start: in order, so every rank issues the same sequence
+  int64_t early = 0;        // buckets started before average_gradients (arm, hooks) since the last one
+  bool armed = false;
+  std::string failure;  // of a hook: reported by average_gradients
+  std::vector<std::pair<std::shared_ptr<torch::autograd::Node>, uintptr_t>> hooks;  // accumulator, key
+  std::vector<size_t> hook_of;                                                      // the parameter of hooks[h]
+  std::mutex mu;
+
+  GradPlan(const std::vector<torch::Tensor>& ps, double bucket_mb) : given(ps) {
+    std::unordered_set<const c10::TensorImpl*> seen;
+    for (const auto& p : ps)
+      if (seen.insert(p.unsafeGetTensorImpl()).second) params.push_back(p);
+    const int64_t cap = static_cast<int64_t>(bucket_mb * 1024 * 1024), first = std::min<int64_t>(cap, 1 << 20);
+    bucket_of.resize(params.size());
+    int64_t bytes = 0;
+    for (size_t k = params.size(); k-- > 0;) {
+      const auto& p = params[k];
+      const auto* head = buckets.empty() ? nullptr : &params[buckets.back().members.front()];
+      const bool same = head && head->scalar_type() == p.scalar_type() && head->device() == p.device();
+      if (!same || bytes + static_cast<int64_t>(p.nbytes()) > (buckets.size() == 1 ? first : cap))
+        buckets.emplace_back(), bytes = 0;
+      buckets.back().members.push_back(k);
+      buckets.back().numel += p.numel();
+      bytes += static_cast<int64_t>(p.nbytes());
+      bucket_of[k] = buckets.size() - 1;
+    }
+    for (auto& b : buckets) {
+      const auto& p = params[b.members.front()];
+      b.flat = torch::empty({b.numel + static_cast<int64_t>(b.members.size())}, p.options());
+    }
+    reset();
+  }
+
+  void reset() {
+    for (auto& b : buckets) b.waiting = b.members.size(), b.work.reset();
+    ready.assign(params.size(), 0);
+    next = 0, early = 0, failure.clear();
+  }
+
+  // Fills bucket `next` from the gradients as they are now and starts its all-reduce.
+  void start_next(detail::Group& pg) {
+    torch::NoGradGuard g;
+    auto& b = buckets[next++];
+    std::vector<float> flags;
+    int64_t off = 0;
+    for (size_t k : b.members) {
+      const auto& p = params[k];
+      auto slot = b.flat.narrow(0, off, p.numel());
+      const bool has = p.grad().defined();
+      has ? (void)slot.copy_(p.grad().detach().reshape({-1})) : (void)slot.zero_();
+      flags.push_back(has ? 1.f : 0.f);
+      off += p.numel();
+    }
+    b.flat.narrow(0, off, static_cast<int64_t>(flags.size())).copy_(torch::tensor(flags));
+    std::vector<at::Tensor> ts{b.flat};
+    b.work = pg.allreduce(ts);
+  }
+
+  // The hook: parameter k's gradient is accumulated. Starts every bucket now complete.
+  void accumulated(size_t k, detail::Group& pg) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!armed || !failure.empty()) return;
+    if (ready[k]) {
+      if (buckets[bucket_of[k]].work)
+        failure =
+            "a parameter's gradient was accumulated after its bucket was sent (twice in one backward, or by a "
+            "backward that does not start from the armed roots: a reentrant backward such as activation "
+            "checkpointing?); set MODULA_DIST_OVERLAP=0";
+      return;
+    }
+    ready[k] = 1;
+    --buckets[bucket_of[k]].waiting;
+    start_ready(pg);
+  }
+
+  // Starts every bucket, in order, whose members are all ready.
+  void start_ready(detail::Group& pg) {
+    try {
+      while (next < buckets.size() && buckets[next].waiting == 0) start_next(pg), ++early;
+    } catch (const std::exception& e) {
+      failure = "gradient all-reduce failed to start: " + detail::short_what(e);
+    }
+  }
+};
 
 struct Distributed::Impl {
   DistributedOptions o;
   std::string backend;
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<detail::Group> pg;
-  double grad_seconds = 0;
+  GradientStats stats;
+  std::unique_ptr<GradPlan> watched;
+
+  ~Impl() { unwatch(); }
+
+  void unwatch() {
+    if (!watched) return;
+    for (auto& [acc, key] : watched->hooks) acc->del_post_hook(key);
+    watched.reset();
+  }
 
   // Waits for `work`; a failure (a peer that died, a timeout) becomes one clear TrainError.
   void wait(const c10::intrusive_ptr<c10d::Work>& work, const char* what) const {
@@ -187,53 +309,87 @@ torch::Tensor Distributed::all_gather(const torch::Tensor& t) {
 
 void Distributed::barrier() { impl_->wait(impl_->pg->barrier(), "barrier"); }
 
+void Distributed::watch_gradients(const std::vector<torch::Tensor>& params) {
+  auto& s = *impl_;
+  s.unwatch();
+  if (params.empty()) return;
+  s.watched = std::make_unique<GradPlan>(params, s.o.bucket_mb);
+  if (!s.o.overlap) return;
+  GradPlan* plan = s.watched.get();
+  detail::Group* pg = s.pg.get();
+  for (size_t k = 0; k < plan->params.size(); ++k) {
+    const auto& p = plan->params[k];
+    if (!p.is_leaf() || !p.requires_grad()) continue;  // no gradient: its bucket starts at the average
+    // The accumulator is held here: the parameter keeps only a weak reference (as DDP's Reducer).
+    auto acc = torch::autograd::impl::grad_accumulator(p);
+    auto key = acc->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
+        [plan, pg, k](const torch::autograd::variable_list& outputs, const torch::autograd::variable_list&) {
+          plan->accumulated(k, *pg);
+          return outputs;
+        }));
+    plan->hooks.emplace_back(std::move(acc), key);
+    plan->hook_of.push_back(k);
+  }
+}
+
+void Distributed::arm_gradients(const std::vector<torch::Tensor>& roots) {
+  if (!impl_->watched) return;
+  GradPlan& plan = *impl_->watched;
+  std::lock_guard<std::mutex> lock(plan.mu);
+  plan.reset();  // drops what an aborted step left
+  plan.armed = true;
+  if (plan.hooks.empty()) return;
+  // The parameters whose accumulator the backward from `roots` cannot reach keep the
+  // gradient they have: ready now, so that they do not hold their buckets (DDP's
+  // find_unused_parameters).
+  std::unordered_map<const torch::autograd::Node*, size_t> index;
+  for (size_t h = 0; h < plan.hooks.size(); ++h) index[plan.hooks[h].first.get()] = plan.hook_of[h];
+  std::vector<char> reached(plan.params.size(), 0);
+  std::unordered_set<const torch::autograd::Node*> seen;
+  std::vector<const torch::autograd::Node*> todo;
+  for (const auto& r : roots)
+    if (r.defined() && r.requires_grad())
+      if (auto e = torch::autograd::impl::gradient_edge(r); e.function) todo.push_back(e.function.get());
+  while (!todo.empty()) {
+    const auto* n = todo.back();
+    todo.pop_back();
+    if (!seen.insert(n).second) continue;
+    if (auto it = index.find(n); it != index.end()) reached[it->second] = 1;
+    for (const auto& e : n->next_edges())
+      if (e.function) todo.push_back(e.function.get());
+  }
+  for (size_t k = 0; k < plan.params.size(); ++k)
+    if (!reached[k]) plan.ready[k] = 1, --plan.buckets[plan.bucket_of[k]].waiting;
+  plan.start_ready(*impl_->pg);
+}
+
 void Distributed::average_gradients(const std::vector<torch::Tensor>& params) {
   const auto start = Clock::now();
   auto& s = *impl_;
-  const double W = static_cast<double>(s.o.world_size);
-  const int64_t cap = static_cast<int64_t>(s.o.bucket_mb * 1024 * 1024);
-  // Buckets of consecutive parameters of one dtype and device, each a flat buffer of the
-  // gradients (zeros where none) followed by one "has a gradient" flag per parameter.
-  struct Bucket {
-    std::vector<size_t> members;
-    at::Tensor flat;
+  auto same = [&](const std::vector<torch::Tensor>& a) {
+    if (a.size() != params.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i)
+      if (!a[i].is_same(params[i])) return false;
+    return true;
   };
-  std::vector<Bucket> buckets;
-  int64_t bytes = 0;
-  for (size_t i = 0; i < params.size(); ++i) {
-    const auto& p = params[i];
-    const bool same = !buckets.empty() && params[buckets.back().members.front()].scalar_type() == p.scalar_type() &&
-                      params[buckets.back().members.front()].device() == p.device();
-    if (!same || bytes + p.nbytes() > cap) buckets.emplace_back(), bytes = 0;
-    buckets.back().members.push_back(i);
-    bytes += static_cast<int64_t>(p.nbytes());
-  }
+  std::unique_ptr<GradPlan> once;
+  GradPlan& plan =
+      s.watched && same(s.watched->given) ? *s.watched : *(once = std::make_unique<GradPlan>(params, s.o.bucket_mb));
+  std::lock_guard<std::mutex> lock(plan.mu);
+  plan.armed = false;
+  if (!plan.failure.empty()) fail("rank " + std::to_string(s.o.rank) + ": " + plan.failure);
   torch::NoGradGuard g;
-  std::vector<c10::intrusive_ptr<c10d::Work>> works;
-  for (auto& b : buckets) {
-    std::vector<torch::Tensor> parts;
-    std::vector<float> flags;
-    for (size_t i : b.members) {
-      const auto& p = params[i];
-      const bool has = p.grad().defined();
-      parts.push_back(has ? p.grad().detach().reshape({-1}) : torch::zeros({p.numel()}, p.options()));
-      flags.push_back(has ? 1.f : 0.f);
-    }
-    parts.push_back(torch::tensor(flags).to(parts.front().options()));
-    b.flat = torch::cat(parts);
-    std::vector<at::Tensor> ts{b.flat};
-    works.push_back(s.pg->allreduce(ts));
-  }
-  for (auto& w : works) s.wait(w, "gradient all-reduce");
-  for (auto& b : buckets) {
-    int64_t off = 0;
-    const int64_t numel = b.flat.numel() - static_cast<int64_t>(b.members.size());
-    auto flags =
-        b.flat.narrow(0, numel, static_cast<int64_t>(b.members.size())).to(torch::kCPU, torch::kFloat32).contiguous();
+  while (plan.next < plan.buckets.size()) plan.start_next(*s.pg);
+  for (auto& b : plan.buckets) s.wait(b.work, "gradient all-reduce");
+  const double W = static_cast<double>(s.o.world_size);
+  for (auto& b : plan.buckets) {
+    const int64_t n = static_cast<int64_t>(b.members.size());
+    auto flags = b.flat.narrow(0, b.numel, n).to(torch::kCPU, torch::kFloat32).contiguous();
     const float* has = flags.data_ptr<float>();
     b.flat.div_(W);
+    int64_t off = 0;
     for (size_t k = 0; k < b.members.size(); ++k) {
-      auto& p = params[b.members[k]];
+      auto& p = plan.params[b.members[k]];
       auto sum = b.flat.narrow(0, off, p.numel()).view(p.sizes());
       off += p.numel();
       if (has[k] > 0) {
@@ -246,9 +402,13 @@ void Distributed::average_gradients(const std::vector<torch::Tensor>& params) {
       }
     }
   }
-  s.grad_seconds += std::chrono::duration<double>(Clock::now() - start).count();
+  s.stats.syncs += 1;
+  s.stats.buckets += static_cast<int64_t>(plan.buckets.size());
+  s.stats.early += plan.early;
+  plan.reset();
+  s.stats.seconds += std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-double Distributed::gradient_seconds() const { return impl_->grad_seconds; }
+Distributed::GradientStats Distributed::gradient_stats() const { return impl_->stats; }
 
 }  // namespace modula::train

@@ -302,17 +302,41 @@ PhaseOutcome Trainer::State::run_phase(const Phase& ph) {
   auto probs = sampling_probabilities(sizes, cfg.multitask.sampling, cfg.multitask.temperature);
   PhaseProgress pp;
   resume_phase(ph, loop, pp);
-  if (parallel()) dist->broadcast(trained);  // every rank starts from rank 0's parameters, as torch's DDP
+  // Data parallel: every rank starts from rank 0's parameters, as torch's DDP; the gradient
+  // all-reduce overlaps the backward of each step's last micro-batch (the watch's hooks).
+  struct Watch {
+    Distributed* d;
+    ~Watch() {
+      if (d) d->watch_gradients({});
+    }
+  } watch{parallel() ? dist.get() : nullptr};
+  if (parallel()) dist->broadcast(trained), dist->watch_gradients(trained);
+  std::vector<RouterImpl*> routers;  // as TrainLoop finds them
+  if (auto* r = dynamic_cast<RouterImpl*>(model.get())) routers.push_back(r);
+  for (const auto& m : model->modules(/*include_self=*/false))
+    if (auto* r = dynamic_cast<RouterImpl*>(m.get())) routers.push_back(r);
   PhaseClock clock;
   clock.first_step = loop.steps_done();
   while (loop.steps_done() < total && !pp.stopped) {
     const int64_t at = loop.steps_done();
     shard_loss = 0;
-    const double reduce_before = parallel() ? dist->gradient_seconds() : 0.0;
-    StepStats st = loop.step([&](int64_t micro) { return micro_loss(ph, probs, at, micro, clock); });
-    double allreduce_s = 0;
+    const auto reduce_before = parallel() ? dist->gradient_stats() : Distributed::GradientStats{};
+    StepStats st = loop.step([&](int64_t micro) {
+      MicroLoss m = micro_loss(ph, probs, at, micro, clock);
+      if (parallel() && micro + 1 == cfg.optim.grad_accum) {  // its backward starts buckets
+        std::vector<torch::Tensor> roots{m.loss};             // and the routers' aux losses the loop adds
+        for (auto* r : routers)
+          if (r->aux_loss.defined()) roots.push_back(r->aux_loss);
+        dist->arm_gradients(roots);
+      }
+      return m;
+    });
+    double allreduce_s = 0, early = 0;
     if (parallel()) {  // the global batch's mean loss, as one process logs it
-      allreduce_s = dist->gradient_seconds() - reduce_before;
+      const auto r = dist->gradient_stats();
+      allreduce_s = r.seconds - reduce_before.seconds;
+      early = static_cast<double>(r.early - reduce_before.early) /
+              static_cast<double>(std::max<int64_t>(1, r.buckets - reduce_before.buckets));
       auto l = torch::tensor({shard_loss}, torch::kFloat64).to(comm_device());
       dist->all_reduce(l);
       st.loss = l.item<double>() / static_cast<double>(cfg.optim.grad_accum);
@@ -332,7 +356,8 @@ PhaseOutcome Trainer::State::run_phase(const Phase& ph) {
                 {"grad_norm", st.grad_norm},
                 {"tokens_per_s", info.tokens_per_s},
                 {"elapsed_s", info.elapsed_s},
-                {"allreduce_s", allreduce_s}});
+                {"allreduce_s", allreduce_s},
+                {"allreduce_early", early}});
     }
     maybe_evaluate(ph, st.step, pp);
     if (cfg.checkpoint.every > 0 && st.step % cfg.checkpoint.every == 0 && st.step < total && !pp.stopped)

@@ -2,7 +2,11 @@
 // bounded resident set (LRU), load / unload at run time with path checks, n and logprobs,
 // /metrics, /health, 429 on a full queue, and draining. Every answer is checked against
 // the same request run alone.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <future>
 #include <sstream>
@@ -285,4 +289,49 @@ TEST(ServerModules, PerRequestLinearMerge) {
   EXPECT_EQ(post(c, "/v1/completions", b.dump(), 404)["error"]["code"], "model_not_found");
   b["merge"] = {{"adapters", {"a0", "a2"}}, {"weights", {1}}};
   EXPECT_EQ(post(c, "/v1/completions", b.dump(), 400)["error"]["param"], "merge.weights");
+}
+
+// Sends a request over a raw socket, reads up to `read` bytes of the answer, and hangs up.
+void hang_up_after(int port, const std::string& body, size_t read) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  const auto request =
+      "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body;
+  ASSERT_EQ(send(fd, request.data(), request.size(), 0), static_cast<ssize_t>(request.size()));
+  std::string got(read, '\0');
+  size_t n = 0;
+  while (n < read) {
+    const auto k = recv(fd, got.data() + n, read - n, 0);
+    if (k <= 0) break;
+    n += static_cast<size_t>(k);
+  }
+  if (read == 0) std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  close(fd);
+}
+
+// A client that leaves is noticed (streaming: at the next event; otherwise by the probe past
+// disconnect_check_ms) and its row stops decoding long before max_tokens.
+TEST(ServerModules, ClientsThatLeaveAreCancelled) {
+  auto o = options();
+  o.disconnect_check_ms = 5;
+  Running r(o);
+  int64_t disconnects = 0;
+  for (bool stream : {false, true}) {
+    json b = body("lora", {1, 2, 3}, 240);
+    b["stream"] = stream;
+    auto c = r.client();
+    const double rows_before = metric(c.Get("/metrics")->body, "modula_decode_rows_total");
+    hang_up_after(r.port, b.dump(), stream ? 300 : 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    auto m = c.Get("/metrics");
+    ASSERT_TRUE(m);
+    EXPECT_EQ(metric(m->body, "modula_client_disconnects_total"), ++disconnects) << (stream ? "stream" : "body");
+    EXPECT_EQ(metric(m->body, "modula_batch_rows"), 0);
+    EXPECT_LT(metric(m->body, "modula_decode_rows_total") - rows_before, 200) << "the row ran on";
+  }
 }

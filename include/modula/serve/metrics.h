@@ -44,12 +44,13 @@ class Metrics {
   void tokens(int64_t prompt, int64_t generated);
   void first_token(double seconds);
   void inter_token(double seconds);
+  void disconnect();  // a client left before its answer was complete (its rows were cancelled)
   std::string prometheus(const SchedulerStats& s, const PoolStats& p) const;
 
  private:
   mutable std::mutex mu_;
   std::map<std::pair<std::string, int>, int64_t> requests_;
-  int64_t prompt_tokens_ = 0, generated_tokens_ = 0;
+  int64_t prompt_tokens_ = 0, generated_tokens_ = 0, disconnects_ = 0;
   Histogram ttft_, itl_;
 };
 

@@ -22,6 +22,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -75,6 +76,9 @@ class Generation {
  public:
   // Blocks until a token is ready (true) or the request has ended with no token left (false).
   bool next(int64_t& token, TokenLogprob* logprob = nullptr);
+  enum class Wait { Token, Ended, Timeout };
+  // As next, waiting at most until `deadline`.
+  Wait next_until(int64_t& token, TokenLogprob* logprob, std::chrono::steady_clock::time_point deadline);
   // The consumer is gone (client disconnected, stop string hit): the row leaves the batch
   // at the next step.
   void cancel() { cancelled_ = true; }

@@ -33,12 +33,13 @@ struct ServeOptions {
   int port = 8000;                        // 0 = ephemeral (bind() returns it)
   std::string api_key;                    // non-empty: requests need "Authorization: Bearer KEY"
   std::string device = "cpu";
-  int64_t max_batch = 8;            // rows decoded together
-  int64_t max_queue = 256;          // waiting requests before 429 (Retry-After)
-  int64_t max_batch_tokens = 0;     // cache slots the running rows may reserve (0: max_batch × context)
-  double drain_seconds = 30;        // on SIGTERM: how long in-flight requests may finish
-  size_t max_body_bytes = 1 << 20;  // larger bodies get 413
-  int threads = 16;                 // HTTP worker threads (each streaming client holds one)
+  int64_t max_batch = 8;               // rows decoded together
+  int64_t max_queue = 256;             // waiting requests before 429 (Retry-After)
+  int64_t max_batch_tokens = 0;        // cache slots the running rows may reserve (0: max_batch × context)
+  double drain_seconds = 30;           // on SIGTERM: how long in-flight requests may finish
+  int64_t disconnect_check_ms = 1000;  // non-streaming: past this, probe the client every interval
+  size_t max_body_bytes = 1 << 20;     // larger bodies get 413
+  int threads = 16;                    // HTTP worker threads (each streaming client holds one)
   // Throws std::invalid_argument naming the bad field.
   void validate() const;
 };

@@ -36,13 +36,15 @@ struct DistributedOptions {
   int master_port = 29500;       // rank 0 serves the TCPStore here
   std::string backend = "auto";  // auto (nccl on CUDA when built with it, else gloo) | gloo | nccl
   double timeout_s = 300;        // rendezvous and every collective; a dead or hung rank fails the others
-  double bucket_mb = 25;         // gradient all-reduce bucket size (MiB)
+  double bucket_mb = 25;         // gradient all-reduce bucket size (MiB); the first at most 1 MiB, as DDP
+  bool overlap = true;           // all-reduce buckets during the step's last backward (watch_gradients)
 
   // Throws TrainError naming the bad field.
   void validate() const;
   // From the environment; nullopt when neither RANK nor WORLD_SIZE is set. MASTER_ADDR and
-  // MASTER_PORT default to 127.0.0.1:29500, LOCAL_RANK to RANK; MODULA_DIST_TIMEOUT (seconds)
-  // and MODULA_DIST_BACKEND override the defaults. Throws TrainError for a malformed value.
+  // MASTER_PORT default to 127.0.0.1:29500, LOCAL_RANK to RANK; MODULA_DIST_TIMEOUT (seconds),
+  // MODULA_DIST_BACKEND, MODULA_DIST_BUCKET_MB and MODULA_DIST_OVERLAP (0 or 1) override the
+  // defaults. Throws TrainError for a malformed value.
   static std::optional<DistributedOptions> from_env();
 };
 
@@ -72,11 +74,29 @@ class Distributed {
   void barrier();
 
   // Data parallel: the average over ranks of every parameter's gradient, in flat buckets of
-  // bucket_mb. A parameter without a gradient on some ranks counts zeros there; one without
-  // a gradient on every rank keeps none (the optimizer leaves it alone, as in one process).
+  // bucket_mb (the first at most 1 MiB) over the parameters in reverse order, the order
+  // backward produces their gradients. A parameter without a gradient on some ranks counts
+  // zeros there; one without a gradient on every rank keeps none (the optimizer leaves it
+  // alone, as in one process).
   void average_gradients(const std::vector<torch::Tensor>& params);
-  // Seconds spent in average_gradients so far (including waiting for slower ranks).
-  double gradient_seconds() const;
+  // Overlap with backward, as torch's DDP Reducer: watch_gradients puts a hook on the gradient
+  // accumulator of each of `params` (replacing the previous watch; {} removes them).
+  // arm_gradients(roots) before the optimizer step's last backward, which starts from
+  // `roots` (the loss and what is added to it): the parameters it cannot reach are ready at
+  // once, the others when their gradient is accumulated, and each bucket's all-reduce starts
+  // as soon as its members are ready, buckets in order on every rank. average_gradients with
+  // the watched list then starts the rest, waits and divides. Without options().overlap the
+  // watch only keeps the buckets. The result equals average_gradients without a watch.
+  void watch_gradients(const std::vector<torch::Tensor>& params);
+  void arm_gradients(const std::vector<torch::Tensor>& roots);
+  // Over every average_gradients so far.
+  struct GradientStats {
+    int64_t syncs = 0;    // average_gradients calls
+    int64_t buckets = 0;  // all-reduces
+    int64_t early = 0;    // of which started before average_gradients (during backward)
+    double seconds = 0;   // in average_gradients: starting the rest, waiting (for slower ranks too), dividing
+  };
+  GradientStats gradient_stats() const;
 
  private:
   struct Impl;
