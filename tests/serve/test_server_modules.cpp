@@ -74,13 +74,8 @@ TEST(ServerModules, ThirtyTwoRequestsOverEightSetsEqualTheirAloneRuns) {
     const auto j = results[i].get();
     ASSERT_TRUE(j.contains("choices")) << "request " << i << " (" << m << "): " << j.dump();
     auto got = ids_of(j);
-    std::vector<int64_t> want;
-    if (m == "llama")
-      want = alone("", prompt_of(i), 10);
-    else if (m.find('(') != std::string::npos)
-      want = alone_spec(m, kFolders, prompt_of(i), 10);
-    else
-      want = alone_spec(m, kFolders, prompt_of(i), 10);  // one module: the spec is its name
+    // An adapter alone is the spec of its one name.
+    const auto want = m == "llama" ? alone("", prompt_of(i), 10) : alone_spec(m, kFolders, prompt_of(i), 10);
     EXPECT_EQ(got, want) << "request " << i << " (" << m << ")";
     if (i < models.size()) seen[m] = got;
   }
@@ -199,7 +194,9 @@ TEST(ServerModules, ChoicesAndLogprobs) {
     double best = -1e9;  // (alternatives that decode to the same text share one key)
     for (auto& [tok, v] : lp["top_logprobs"][t].items()) best = std::max(best, v.get<double>());
     EXPECT_GE(lp["token_logprobs"][t].get<double>(), best - 1e-6);
-    if (lp["top_logprobs"][t].size() == 3) EXPECT_NEAR(lp["token_logprobs"][t].get<double>(), best, 1e-6);
+    if (lp["top_logprobs"][t].size() == 3) {
+      EXPECT_NEAR(lp["token_logprobs"][t].get<double>(), best, 1e-6);
+    }
     EXPECT_LE(lp["token_logprobs"][t].get<double>(), 0);
   }
   auto model = load_backbone(fixture("hf/models/llama"));
@@ -214,8 +211,7 @@ TEST(ServerModules, ChoicesAndLogprobs) {
                {"logprobs", true},
                {"top_logprobs", 2},
                {"max_tokens", 2}};
-  auto o = options();  // the fixture tokenizer has no chat template: 400, named
-  post(c, "/v1/chat/completions", chat.dump(), 400);
+  post(c, "/v1/chat/completions", chat.dump(), 400);  // the fixture tokenizer has no chat template
 }
 
 TEST(ServerModules, HealthMetricsQueueLimitAndDrain) {
@@ -261,7 +257,9 @@ TEST(ServerModules, HealthMetricsQueueLimitAndDrain) {
   auto drained = std::async(std::launch::async, [&] { return r.server.drain(30); });
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   auto late = c.Post("/v1/completions", body("lora", {1, 2}, 2).dump(), "application/json");
-  if (late) EXPECT_EQ(late->status, 503);
+  if (late) {
+    EXPECT_EQ(late->status, 503);
+  }
   auto res = running.get();
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 200);

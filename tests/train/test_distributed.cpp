@@ -20,61 +20,16 @@
 
 #include "modula/io/safetensors.h"
 #include "modula/util/fs.h"
+#include "support/process.h"
 #include "tiny.h"
-
-extern char** environ;
 
 using namespace modula;
 using modula::testing::fixture;
 using modula::testing::TempDir;
 using Clock = std::chrono::steady_clock;
-using Env = std::map<std::string, std::string>;
+using namespace modula::testing;
 
 namespace {
-
-pid_t spawn(const std::vector<std::string>& args, const std::string& log, const Env& extra = {}) {
-  std::vector<std::string> env;
-  for (char** e = environ; *e; ++e) {
-    std::string kv = *e, key = kv.substr(0, kv.find('='));
-    if (!extra.count(key) && key != "RANK" && key != "WORLD_SIZE") env.push_back(kv);
-  }
-  for (const auto& [k, v] : extra) env.push_back(k + "=" + v);
-  std::vector<char*> argv, envp;
-  for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  for (auto& kv : env) envp.push_back(kv.data());
-  argv.push_back(nullptr), envp.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  pid_t pid = 0;
-  int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&fa);
-  EXPECT_EQ(rc, 0) << "cannot start " << args[0];
-  return pid;
-}
-
-int wait_exit(pid_t pid) {
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-}
-
-std::string slurp(const std::string& p) {
-  std::ifstream in(p);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-int free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET, a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
 
 Env rank_env(int rank, int world, int port) {
   return {{"RANK", std::to_string(rank)},

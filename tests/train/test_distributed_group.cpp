@@ -12,22 +12,13 @@
 
 #include "modula/train/config.h"
 #include "modula/train/distributed.h"
+#include "support/process.h"
 
+using modula::testing::free_port;
 using modula::train::Distributed;
 using modula::train::DistributedOptions;
 
 namespace {
-
-int free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET, a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
 
 // Runs body(rank's group) on 2 threads; rethrows a failure of either.
 void two_ranks(const std::function<void(Distributed&)>& body, bool overlap = true) {
