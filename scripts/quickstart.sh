@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-scripts/build.sh
+# Only what the main job needs (the CLI); scripts/test.sh builds the rest.
+MODULA_TARGETS=modula_cli scripts/build.sh
 exec build/apps/modula/modula quickstart "$@"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs modula's build dependencies from Debian packages. Idempotent: installs
-# only what is missing. Needs root (or sudo).
+# Installs modula's build dependencies from Debian packages (with --tests also what the
+# test suite needs). Idempotent: installs only what is missing. Needs root (or sudo).
 set -euo pipefail
 
 PACKAGES=(
@@ -9,8 +9,15 @@ PACKAGES=(
   nlohmann-json3-dev libcli11-dev libsentencepiece-dev libicu-dev
   libgtest-dev libgmock-dev libcpp-httplib-dev libyaml-cpp-dev libgloo-dev
   clang-format
-  python3-torch python3-pybind11 python3-pytest
 )
+# Only the test suite needs these (scripts/test.sh passes --tests): the Python package's
+# build and tests, and headless Chromium for the report screenshots (skipped without it).
+TEST_PACKAGES=(
+  python3-torch python3-pybind11 python3-pytest
+  chromium
+  fortunes  # real text for the CLI loop test (tests/cli)
+)
+if [ "${1:-}" = "--tests" ]; then PACKAGES+=("${TEST_PACKAGES[@]}"); fi
 
 # The official openai npm client for the `modula serve` test (tests/serve/node); without npm
 # or the registry that test is skipped, nothing else depends on it.
@@ -21,7 +28,7 @@ npm_client() {
     (cd "$dir" && npm ci --no-audit --no-fund --silent) || echo "setup: npm ci failed; the openai client test will be skipped"
   fi
 }
-trap npm_client EXIT
+if [ "${1:-}" = "--tests" ]; then trap npm_client EXIT; fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

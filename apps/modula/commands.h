@@ -7,6 +7,7 @@ namespace modula::cli {
 
 void add_inspect(CLI::App& app);
 void add_tokenize(CLI::App& app);
+void add_tokenizer(CLI::App& app);  // tokenizer.cpp: tokenizer train
 void add_generate(CLI::App& app);
 void add_conformance(CLI::App& app);
 void add_quickstart(CLI::App& app);
@@ -17,6 +18,8 @@ void add_moefy(CLI::App& app);    // moe.cpp
 void add_upcycle(CLI::App& app);  // moe.cpp
 void add_train(CLI::App& app);
 void add_pretrain(CLI::App& app);
-void add_serve(CLI::App& app);  // when built with cpp-httplib (MODULA_HAVE_SERVE)
+void add_eval(CLI::App& app);     // eval.cpp
+void add_predict(CLI::App& app);  // predict.cpp
+void add_serve(CLI::App& app);    // when built with cpp-httplib (MODULA_HAVE_SERVE)
 
 }  // namespace modula::cli

@@ -1,6 +1,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "flags.h"
 #include "modula/backbone/registry.h"
 #include "modula/composition/registry.h"
 #include "modula/modules/bitfit.h"
@@ -15,10 +16,10 @@ void add_export(CLI::App& app) {
   static std::string model_dir, out;
   static std::vector<std::string> adapter_specs;
   static int64_t task = 0;
-  cmd->add_option("--model,-m", model_dir, "Base model folder")->required();
-  cmd->add_option("--adapter,-a", adapter_specs, "Adapter folder, optionally DIR:SCALE; repeatable")->required();
-  cmd->add_option("--out,-o", out, "Output folder")->required();
-  cmd->add_option("--task", task, "Task row for hypernetwork adapters (MODULA_HYPER_LORA)")->capture_default_str();
+  flags::model(*cmd, model_dir)->required();
+  flags::adapters(*cmd, adapter_specs)->required();
+  flags::output(*cmd, out)->required();
+  flags::task_id(*cmd, task)->capture_default_str();
   cmd->callback([] {
     auto model = load_backbone(model_dir);
     auto modules = load_module_folders(*model, adapter_specs, task);

@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "flags.h"
 #include "modula/backbone/registry.h"
 #include "modula/composition/apply_spec.h"
 #include "modula/composition/composition_module.h"
@@ -39,16 +40,16 @@ void add_generate(CLI::App& app) {
   static int64_t task = 0;
   static GenerateOptions o;
   static bool ignore_eos = false;
-  cmd->add_option("--model,-m", model_dir, "Model folder")->required();
+  flags::model(*cmd, model_dir)->required();
   cmd->add_option("--prompt,-p", prompt, "Prompt text (needs a tokenizer)");
   cmd->add_option("--prompt-ids", prompt_ids, "Prompt as comma-separated ids; prints ids")->delimiter(',');
-  cmd->add_option("--adapter,-a", adapter_specs,
-                  "Adapter folder (PEFT or modula format), optionally DIR:SCALE; repeatable");
+  flags::adapters(*cmd, adapter_specs);
   cmd->add_option("--compose", compose,
                   "Composition spec over --module names, e.g. 'stack(lang, fuse(a, b))', or a trained composition "
                   "folder (MODULA_COMPOSITION, e.g. a run's out/compose) over them (docs/composition.md)");
   cmd->add_option("--module", module_specs,
-                  "NAME=DIR: a module folder the --compose spec (or composition folder) names; repeatable");
+                  "NAME=DIR: a module folder the --compose spec (or composition folder) names; repeatable")
+      ->needs("--compose");
   cmd->add_option("--meta", meta_specs,
                   "KEY=ID: routing id of the prompt for route(KEY, ...) and modules with routing_key KEY; repeatable");
   cmd->add_option("--tokenizer,-t", tokenizer_path, "Tokenizer file or folder (default: the model folder)");
@@ -57,8 +58,8 @@ void add_generate(CLI::App& app) {
   cmd->add_option("--top-k", o.top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
   cmd->add_option("--top-p", o.top_p, "Nucleus mass (1 = off)")->capture_default_str();
   cmd->add_option("--seed", o.seed, "Sampling seed")->capture_default_str();
-  cmd->add_option("--device", device, "cpu or cuda")->capture_default_str();
-  cmd->add_option("--task", task, "Task row for hypernetwork adapters (MODULA_HYPER_LORA)")->capture_default_str();
+  flags::device(*cmd, device)->capture_default_str();
+  flags::task_id(*cmd, task)->capture_default_str();
   cmd->add_flag("--ignore-eos", ignore_eos, "Keep going after the end-of-sequence token");
   cmd->callback([] {
     LoadOptions lo;
@@ -85,6 +86,10 @@ void add_generate(CLI::App& app) {
       composed.push_back(load_module(*model, compose, env));
     } else if (!compose.empty()) {
       composition = apply_spec(*model, parse_spec(compose), named(module_specs, "--module"));
+      for (const auto& part : composition.untrained)
+        std::cerr << "warning: [compose] " << part
+                  << ": generating with it untrained (train the composition with `modula train` and "
+                     "'compose:', then pass its out/compose folder)\n";
     }
     for (const auto& [key, id] : named(meta_specs, "--meta")) {
       char* end = nullptr;

@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "flags.h"
 #include "modula/backbone/registry.h"
 #include "modula/composition/registry.h"
 #include "modula/merge/lora_merge.h"
@@ -16,7 +17,7 @@ void add_merge(CLI::App& app) {
                                  "dare_linear, dare_ties, slerp, model_stock)");
   static std::string recipe_path, out;
   cmd->add_option("recipe", recipe_path, "Recipe file (.yaml, .yml or .json)")->required();
-  cmd->add_option("--out,-o", out, "Output folder (overrides the recipe's output)");
+  flags::output(*cmd, out);
   cmd->callback([] {
     auto recipe = load_recipe(recipe_path);
     auto report = run_merge(recipe, out);
@@ -38,8 +39,8 @@ void add_merge_adapters(CLI::App& app) {
   static double density = -1, svd_clamp = -1;
   static int64_t svd_rank = 0;
   static uint64_t seed = 0;
-  cmd->add_option("--model,-m", model_dir, "Base model folder")->required();
-  cmd->add_option("--adapter,-a", adapters, "LoRA adapter folder; repeatable")->required();
+  flags::model(*cmd, model_dir)->required();
+  flags::adapters(*cmd, adapters)->required();
   cmd->add_option("--weights,-w", weights, "One weight per adapter")->required()->delimiter(',');
   cmd->add_option("--combination,-c", combination,
                   "linear, cat, svd, ties, dare_linear, dare_ties, "
@@ -50,12 +51,10 @@ void add_merge_adapters(CLI::App& app) {
   cmd->add_option("--svd-rank", svd_rank, "Rank of the svd types (0: the largest input rank)")->capture_default_str();
   cmd->add_option("--svd-clamp", svd_clamp, "Quantile in (0, 1] clamping the svd factors");
   cmd->add_option("--seed", seed, "Seed of DARE's masks")->capture_default_str();
-  cmd->add_option("--out,-o", out, "Output adapter folder")->required();
+  flags::output(*cmd, out)->required();
   cmd->callback([] {
     auto model = load_backbone(model_dir);
-    std::vector<Adapter> inputs;
-    for (size_t i = 0; i < adapters.size(); ++i)
-      inputs.push_back(load_adapter(*model, adapters[i], "a" + std::to_string(i)));
+    auto inputs = load_module_folders(*model, adapters);  // a0, a1, ... (DIR:SCALE scales one)
     auto o = LoraMergeOptions(weights)
                  .combination_type(combination)
                  .majority_sign_method(sign)
@@ -64,6 +63,8 @@ void add_merge_adapters(CLI::App& app) {
     if (density >= 0) o.density(density);
     if (svd_clamp >= 0) o.svd_clamp(svd_clamp);
     auto merged = merge_lora_adapters(*model, inputs, o, "merged");
+    if (merged.config.value("base_model_name_or_path", nlohmann::json()).is_null())
+      merged.config["base_model_name_or_path"] = model_dir;
     save_adapter(merged, out);
     std::cout << "merged " << inputs.size() << " LoRA adapter(s) with " << combination
               << " (r=" << merged.config["r"].get<int64_t>() << ", " << merged.modules.size() << " sites) -> " << out

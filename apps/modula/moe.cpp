@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "flags.h"
 #include "modula/backbone/registry.h"
 #include "modula/composition/registry.h"
 
@@ -21,15 +22,15 @@ struct MoeArgs {
 
 CLI::App* add_common(CLI::App& app, const std::string& name, const std::string& help, MoeArgs& a) {
   auto* cmd = app.add_subcommand(name, help);
-  cmd->add_option("--model,-m", a.model_dir, "Model folder")->required();
+  flags::model(*cmd, a.model_dir)->required();
   cmd->add_option("--experts,-e", a.experts, "Experts per feed-forward block")->required();
   cmd->add_option("--top-k,-k", a.top_k, "Experts computed per token")->capture_default_str();
   cmd->add_option("--layers", a.layers, "Layer indices, comma-separated (default: every layer)")->delimiter(',');
-  cmd->add_option("--out,-o", a.out, "Output module folder")->required();
+  flags::output(*cmd, a.out)->required();
   return cmd;
 }
 
-void write(const MoeArgs& a, const std::string& init) {
+void write_moe_folder(const MoeArgs& a, const std::string& init) {
   auto model = load_backbone(a.model_dir);
   nlohmann::json config = {{"peft_type", "MODULA_MOE_FFN"},
                            {"init", init},
@@ -55,7 +56,7 @@ void add_moefy(CLI::App& app) {
                          a);
   cmd->add_option("--seed", a.seed, "Seed of the k-means initialisation")->capture_default_str();
   cmd->add_option("--kmeans-iterations", a.kmeans_iterations, "Balanced k-means steps")->capture_default_str();
-  cmd->callback([] { write(a, "moefy"); });
+  cmd->callback([] { write_moe_folder(a, "moefy"); });
 }
 
 void add_upcycle(CLI::App& app) {
@@ -67,7 +68,7 @@ void add_upcycle(CLI::App& app) {
   cmd->add_option("--seed", a.seed, "Seed of the fresh router")->capture_default_str();
   cmd->callback([] {
     torch::manual_seed(a.seed);  // the router's initialisation
-    write(a, "upcycle");
+    write_moe_folder(a, "upcycle");
   });
 }
 

@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "flags.h"
 #include "modula/util/fs.h"
 #include "train_run.h"
 
@@ -11,16 +12,23 @@ void add_pretrain(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "pretrain",
       "Pretrain a causal/masked LM from random init; writes OUTPUT/model (config.json + model.safetensors)");
-  static std::string config_path, output;
-  static bool resume = false;
+  static std::string config_path, output, device;
+  static bool resume = false, overwrite = false;
+  static int threads = 0;
   cmd->add_option("config", config_path,
                   "Run config: model = a config.json (or folder), tasks = causal_lm or masked_lm")
       ->required();
-  cmd->add_option("--output,-o", output, "Output folder (overrides the config's)");
+  flags::output(*cmd, output);
   cmd->add_flag("--resume", resume, "Continue from the newest complete checkpoint");
+  flags::overwrite(*cmd, overwrite)->excludes("--resume");
+  flags::threads(*cmd, threads);
+  flags::device(*cmd, device);
   cmd->callback([] {
     auto config = train::load_train_config(config_path);
     if (!output.empty()) config.output = output;
+    if (!device.empty()) config.device = device;
+    flags::apply_threads(threads);
+    if (!resume) check_fresh_output(config.output, overwrite);
     config.init = "random";
     config.train_backbone = true;
     config.save_model = true;
@@ -30,7 +38,7 @@ void add_pretrain(CLI::App& app) {
       if (t.type != train::TaskType::CausalLM && t.type != train::TaskType::MaskedLM)
         throw_error<ConfigError>("train", config_path + ": pretraining takes causal_lm or masked_lm tasks, task '" +
                                               t.name + "' is " + train::to_string(t.type));
-    run_training(config, resume);
+    run_training(config, resume, nullptr, "pretrain");
     // The tokenizer belongs with the model folder.
     std::string tok = config.tokenizer.empty() ? (fs::is_dir(config.model) ? config.model : fs::parent(config.model))
                                                : config.tokenizer;

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "flags.h"
 #include "modula/util/fs.h"
 
 namespace modula::cli {
@@ -20,14 +21,14 @@ void add_quickstart(CLI::App& app) {
     bool full = false, tiny = false;
     std::string out = "build/quickstart";
     uint64_t seed = 0;
-    int64_t pretrain_steps = 0, finetune_steps = 0, threads = 1;
+    int64_t pretrain_steps = 0, finetune_steps = 0;
+    int threads = 1;
     std::vector<std::string> experiments, continual, interference, generalisation, heldout, moe;
   };
   static Flags f;
   cmd->add_flag("--full", f.full, "Longer, stronger run (bigger model, more steps and tasks)");
-  cmd->add_flag("--tiny", f.tiny, "A few steps of everything (a smoke test, seconds)");
-  cmd->add_option("--out", f.out, "Folder for the backbone, the per-task modules and report.html")
-      ->capture_default_str();
+  cmd->add_flag("--tiny", f.tiny, "A few steps of everything (a smoke test, seconds)")->excludes("--full");
+  flags::output(*cmd, f.out)->capture_default_str();  // the backbone, the per-task modules, report.html
   cmd->add_option("--seed", f.seed, "Seed of initialisation and data")->capture_default_str();
   cmd->add_option("--pretrain-steps", f.pretrain_steps, "Override the pretraining steps");
   cmd->add_option("--finetune-steps", f.finetune_steps, "Override the fine-tuning steps per task");
@@ -39,7 +40,7 @@ void add_quickstart(CLI::App& app) {
   cmd->add_option("--moe-tasks", f.moe, "Tasks for (d) (markers in the text)");
   // One thread: the model is tiny, so threading costs more than it gains (and oversubscribes
   // a loaded machine badly).
-  cmd->add_option("--threads", f.threads, "Intra-op threads (0: libtorch's choice)")->capture_default_str();
+  flags::threads(*cmd, f.threads)->capture_default_str();
   cmd->callback([] {
     if (f.full && f.tiny) throw std::invalid_argument("choose one of --full and --tiny");
     auto o = f.full   ? train::QuickstartOptions::full()
@@ -54,7 +55,7 @@ void add_quickstart(CLI::App& app) {
     if (!f.generalisation.empty()) o.generalisation_tasks(f.generalisation);
     if (!f.heldout.empty()) o.heldout_tasks(f.heldout);
     if (!f.moe.empty()) o.moe_tasks(f.moe);
-    if (f.threads > 0) torch::set_num_threads(static_cast<int>(f.threads));
+    flags::apply_threads(f.threads);
     std::cout << "modula quickstart"
               << (f.full   ? " --full"
                   : f.tiny ? " --tiny"

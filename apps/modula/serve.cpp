@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "commands.h"
+#include "flags.h"
 #include "modula/serve/server.h"
 
 namespace modula::cli {
@@ -14,7 +15,7 @@ namespace modula::cli {
 void add_serve(CLI::App& app) {
   auto* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server; each request picks its module set by name");
   static serve::ServeOptions o;
-  cmd->add_option("--model,-m", o.model_dir, "Model folder")->required();
+  flags::model(*cmd, o.model_dir)->required();
   cmd->add_option("--adapter,-a", o.adapters, "NAME=DIR: a module folder served as model NAME; repeatable");
   cmd->add_option("--adapter-dir", o.adapter_dirs,
                   "Folder whose module subfolders are served by name, loaded on first use; repeatable. Paths sent to "
@@ -36,7 +37,7 @@ void add_serve(CLI::App& app) {
   cmd->add_option("--api-key", o.api_key, "Require 'Authorization: Bearer KEY'");
   cmd->add_option("--max-batch", o.max_batch, "Rows decoded together")->capture_default_str();
   cmd->add_option("--max-queue", o.max_queue, "Waiting requests before 429")->capture_default_str();
-  cmd->add_option("--device", o.device, "cpu or cuda")->capture_default_str();
+  flags::device(*cmd, o.device)->capture_default_str();
   cmd->callback([] {
     // SIGINT/SIGTERM write to a pipe (async-signal-safe); a watcher thread stops the server.
     static int wake[2] = {-1, -1};

@@ -1,15 +1,18 @@
 // modula train CONFIG: one config-driven run (backbone + modules + tasks + optimisation).
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <iostream>
-#include <map>
 #include <sstream>
 
 #include "commands.h"
+#include "flags.h"
 #include "modula/train/distributed.h"
 #include "modula/train/report.h"
+#include "modula/train/run_report.h"
+#include "modula/util/fs.h"
 #include "train_run.h"
 
 namespace modula::cli {
@@ -35,17 +38,14 @@ std::string fmt(double v, int prec = 4) {
 
 }  // namespace
 
-int run_training(const train::TrainConfig& config, bool resume, std::shared_ptr<train::Distributed> dist) {
+int run_training(const train::TrainConfig& config, bool resume, std::shared_ptr<train::Distributed> dist,
+                 const std::string& command) {
+  const auto start = std::chrono::steady_clock::now();
   const bool tty = ::isatty(::fileno(stderr));
   const bool main_rank = !dist || dist->is_main();
-  std::map<std::string, train::LineSeries> curves;  // training loss by phase
   train::Callbacks cb;
   cb.on_step = [&](const train::StepInfo& s) {
     if (!main_rank) return;  // rank 0 reports for all
-    auto& c = curves[s.phase];
-    c.name = s.phase;
-    c.x.push_back(static_cast<double>(s.step));
-    c.y.push_back(s.loss);
     if (tty) {
       const int width = 24;
       int filled = static_cast<int>(width * s.step / std::max<int64_t>(1, s.total_steps));
@@ -83,39 +83,43 @@ int run_training(const train::TrainConfig& config, bool resume, std::shared_ptr<
   auto r = trainer.run(cb, resume);
   if (!main_rank) return 0;
 
-  train::Report report("modula train: " + config.source);
-  report.paragraph("Output: " + r.output + (r.resumed ? " (resumed from a checkpoint)" : ""));
-  std::vector<train::LineSeries> series;
-  for (auto& kv : curves) series.push_back(kv.second);
-  if (!series.empty()) report.add(train::LineChart{"training loss", "step", "loss", series});
   if (!r.eval.empty()) {
     train::Table t{"evaluation", {"task", "metric", "value"}, {}, ""};
     for (const auto& [task, m] : r.eval)
       for (const auto& [k, v] : m) t.rows.push_back({task, k, fmt(v)});
-    report.add(t);
     std::cout << train::format_table(t);
   }
-  auto matrix = [&](const std::string& title, const train::ContinualResult& c) {
-    train::Matrix m{
-        title,
-        {},
-        c.tasks,
-        c.accuracy,
-        "average accuracy " + fmt(c.average_accuracy) + ", average forgetting " + fmt(c.average_forgetting)};
-    for (const auto& t : c.tasks) m.row_labels.push_back("after " + t);
-    report.add(m);
-    std::cout << train::format_matrix(m) << m.caption << "\n";
-  };
-  if (r.continual) matrix("continual learning: accuracy (task x time), one module per task", *r.continual);
-  if (r.baseline) matrix("full fine-tuning baseline: accuracy (task x time)", *r.baseline);
+  // task × time: a row per task, a column per point in time (format_matrix prints the caption).
+  if (r.continual)
+    std::cout << train::format_matrix(
+        train::continual_matrix("continual learning: accuracy (task x time)", *r.continual));
+  if (r.baseline)
+    std::cout << train::format_matrix(
+        train::continual_matrix("full fine-tuning baseline: accuracy (task x time)", *r.baseline));
   if (!r.continual) {
     std::cout << "trainable parameters " << r.trainable_parameters << " of " << r.total_parameters << "\n";
     std::cout << "steps " << r.steps << " final loss " << fmt(r.final_loss)
               << (r.stopped_early ? " (stopped early)" : "") << "\n";
   }
-  report.write_html(r.output + "/report.html");
-  std::cout << "wrote " << r.output << " (metrics.jsonl, result.json, report.html)\n";
+  train::RunReportOptions ro;
+  ro.command = command;
+  ro.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  train::run_report(config, r, ro).write_html(r.output + "/report.html");
+  std::cout << "wrote " << r.output << " (metrics.jsonl, metrics.csv, result.json, report.html)\n";
   return 0;
+}
+
+std::string resolved_output(const std::string& config_path, const std::string& output) {
+  return output.empty() ? train::load_train_config(config_path).output : output;
+}
+
+void check_fresh_output(const std::string& output, bool overwrite) {
+  if (overwrite) return;
+  for (const char* f : {"metrics.jsonl", "checkpoints"})
+    if (fs::exists(fs::join(output, f)))
+      throw std::runtime_error("[train] " + output + " already holds a run (" + f +
+                               "); pass --overwrite to replace it, --resume to continue it, or choose "
+                               "another --output");
 }
 
 namespace {
@@ -131,13 +135,16 @@ std::string self_exe() {
 
 void add_train(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Train modules (and heads) from a YAML/JSON run config");
-  static std::string config_path, output, backend = "auto", master_addr = "127.0.0.1";
-  static bool resume = false;
-  static int nproc = 1, master_port = 0;
+  static std::string config_path, output, device, backend = "auto", master_addr = "127.0.0.1";
+  static bool resume = false, overwrite = false;
+  static int nproc = 1, master_port = 0, threads = 0;
   static double timeout = 300;
   cmd->add_option("config", config_path, "Run config (.yaml/.yml/.json)")->required();
-  cmd->add_option("--output,-o", output, "Output folder (overrides the config's)");
+  flags::output(*cmd, output);
   cmd->add_flag("--resume", resume, "Continue from the newest complete checkpoint in OUTPUT/checkpoints");
+  flags::overwrite(*cmd, overwrite)->excludes("--resume");
+  flags::threads(*cmd, threads);
+  flags::device(*cmd, device);
   cmd->add_option("--nproc", nproc,
                   "Data-parallel ranks to start on this machine (docs/distributed.md); under torchrun or "
                   "Slurm set RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT instead")
@@ -161,15 +168,22 @@ void add_train(CLI::App& app) {
             "drop --nproc");
       train::LaunchOptions lo;
       lo.nproc = nproc, lo.master_addr = master_addr, lo.master_port = master_port;
+      if (!resume) check_fresh_output(resolved_output(config_path, output), overwrite);
       lo.argv = {self_exe(), "train", config_path, "--backend", backend};
       if (!output.empty()) lo.argv.insert(lo.argv.end(), {"--output", output});
-      if (resume) lo.argv.push_back("--resume");
+      // The ranks share the folder this process checked: rank 0 writes into it first.
+      lo.argv.push_back(resume ? "--resume" : "--overwrite");
+      if (threads > 0) lo.argv.insert(lo.argv.end(), {"--threads", std::to_string(threads)});
+      if (!device.empty()) lo.argv.insert(lo.argv.end(), {"--device", device});
       if (cmd->count("--dist-timeout")) lo.argv.insert(lo.argv.end(), {"--dist-timeout", std::to_string(timeout)});
       train::launch_local(lo);
       return;
     }
     auto config = train::load_train_config(config_path);
     if (!output.empty()) config.output = output;
+    if (!device.empty()) config.device = device;
+    flags::apply_threads(threads);
+    if (!resume && (!env || env->rank == 0)) check_fresh_output(config.output, overwrite);
     std::shared_ptr<train::Distributed> dist;
     if (env && env->world_size > 1) {
       if (cmd->count("--backend")) env->backend = backend;

@@ -7,7 +7,7 @@
 namespace modula::train {
 namespace {
 
-[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("[tasks] " + msg); }
+[[noreturn]] void bad_task(const std::string& msg) { throw std::invalid_argument("[tasks] " + msg); }
 
 // FNV-1a over the symbols: a fixed, seed-independent partition of the input space.
 uint64_t input_hash(const std::vector<int64_t>& x) {
@@ -37,17 +37,17 @@ std::string to_string(Skill s) {
 Skill parse_skill(const std::string& name) {
   for (Skill s : all_skills())
     if (to_string(s) == name) return s;
-  bad("unknown skill '" + name + "' (skills: reverse, sort, shift, duplicate)");
+  bad_task("unknown skill '" + name + "' (skills: reverse, sort, shift, duplicate)");
 }
 
 Task parse_task(const std::string& name) {
-  if (name.empty()) bad("empty task name");
+  if (name.empty()) bad_task("empty task name");
   Task t{name, {}};
   size_t start = 0;
   while (true) {
     size_t plus = name.find('+', start);
     std::string part = name.substr(start, plus == std::string::npos ? std::string::npos : plus - start);
-    if (part.empty()) bad("task '" + name + "' has an empty skill (write e.g. \"sort+shift\")");
+    if (part.empty()) bad_task("task '" + name + "' has an empty skill (write e.g. \"sort+shift\")");
     t.skills.push_back(parse_skill(part));
     if (plus == std::string::npos) break;
     start = plus + 1;
@@ -62,11 +62,12 @@ std::vector<Task> parse_tasks(const std::vector<std::string>& names) {
 }
 
 void SequenceTaskOptions::validate() const {
-  if (num_symbols_ < 2) bad("num_symbols must be >= 2, got " + std::to_string(num_symbols_));
-  if (min_length_ < 1) bad("min_length must be >= 1, got " + std::to_string(min_length_));
+  if (num_symbols_ < 2) bad_task("num_symbols must be >= 2, got " + std::to_string(num_symbols_));
+  if (min_length_ < 1) bad_task("min_length must be >= 1, got " + std::to_string(min_length_));
   if (max_length_ < min_length_)
-    bad("max_length (" + std::to_string(max_length_) + ") must be >= min_length (" + std::to_string(min_length_) + ")");
-  if (heldout_every_ < 2) bad("heldout_every must be >= 2, got " + std::to_string(heldout_every_));
+    bad_task("max_length (" + std::to_string(max_length_) + ") must be >= min_length (" + std::to_string(min_length_) +
+             ")");
+  if (heldout_every_ < 2) bad_task("heldout_every must be >= 2, got " + std::to_string(heldout_every_));
 }
 
 std::vector<int64_t> apply_skill(Skill s, std::vector<int64_t> x, int64_t num_symbols) {
@@ -124,11 +125,11 @@ std::vector<int64_t> TaskSampler::draw_input(Split split) {
 
 TaskBatch TaskSampler::sample(const std::vector<Task>& tasks, const std::vector<int64_t>& task_ids, int64_t batch,
                               Split split, bool with_marker) {
-  if (tasks.empty() || task_ids.empty()) bad("sample needs at least one task");
-  if (batch < 1) bad("batch must be >= 1, got " + std::to_string(batch));
+  if (tasks.empty() || task_ids.empty()) bad_task("sample needs at least one task");
+  if (batch < 1) bad_task("batch must be >= 1, got " + std::to_string(batch));
   for (auto id : task_ids)
     if (id < 0 || id >= static_cast<int64_t>(tasks.size()))
-      bad("task id " + std::to_string(id) + " out of range [0, " + std::to_string(tasks.size()) + ")");
+      bad_task("task id " + std::to_string(id) + " out of range [0, " + std::to_string(tasks.size()) + ")");
   int64_t T = max_sequence_length(tasks, options_, with_marker);
   auto ids = torch::full({batch, T}, SymbolVocab::pad, torch::kLong);
   auto labels = torch::full({batch, T}, -100, torch::kLong);

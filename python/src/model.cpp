@@ -12,13 +12,13 @@ namespace modula::python {
 
 namespace {
 
-constexpr std::string_view kTag = "python";
+constexpr std::string_view kModelTag = "python";
 
 torch::ScalarType parse_dtype(const std::string& name) {
   if (name == "float32" || name == "fp32") return torch::kFloat32;
   if (name == "bfloat16" || name == "bf16") return torch::kBFloat16;
   if (name == "float16" || name == "fp16") return torch::kFloat16;
-  throw_error(kTag, "dtype '" + name + "': expected float32, bfloat16 or float16");
+  throw_error(kModelTag, "dtype '" + name + "': expected float32, bfloat16 or float16");
 }
 
 std::shared_ptr<Model> load_model(const std::string& path, const std::string& device, const std::string& dtype,
@@ -89,11 +89,11 @@ Adapter& Model::get(const std::string& name) const {
   if (it != adapters.end()) return *it->second;
   std::string known;
   for (const auto& n : order) known += (known.empty() ? "" : ", ") + n;
-  throw_error(kTag, "no module set '" + name + "' attached (attached: " + (known.empty() ? "none" : known) + ")");
+  throw_error(kModelTag, "no module set '" + name + "' attached (attached: " + (known.empty() ? "none" : known) + ")");
 }
 
 Adapter& Model::add(Adapter a) {
-  check(!adapters.count(a.name), kTag, "a module set named '" + a.name + "' is already attached");
+  check(!adapters.count(a.name), kModelTag, "a module set named '" + a.name + "' is already attached");
   const std::string name = a.name;
   order.push_back(name);
   return *(adapters[name] = std::make_unique<Adapter>(std::move(a)));

@@ -12,10 +12,10 @@ namespace modula::python {
 
 namespace {
 
-constexpr std::string_view kTag = "python";
+constexpr std::string_view kModulesTag = "python";
 
 ModuleEnv env_for(Model& m, const std::string& name, double scale, int64_t task) {
-  check(!name.empty() && name.find('.') == std::string::npos, kTag,
+  check(!name.empty() && name.find('.') == std::string::npos, kModulesTag,
         "module name '" + name + "' must be non-empty and without '.'");
   ModuleEnv env;
   env.name = name;
@@ -59,7 +59,7 @@ void remove(Model& m, const std::string& name) {
   Adapter& a = m.get(name);
   for (const auto& other : m.order)
     for (const auto& member : members_of(*m.adapters.at(other)))
-      check(other == name || member != name, kTag,
+      check(other == name || member != name, kModulesTag,
             "cannot remove '" + name + "': '" + other + "' uses it (remove that first)");
   a.remove();
   m.forget(name);

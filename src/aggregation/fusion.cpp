@@ -15,7 +15,7 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr std::string_view kTag = "fusion";
+constexpr std::string_view kFusionTag = "fusion";
 
 template <typename T>
 T field(const json& c, const char* key, T fallback) {
@@ -25,13 +25,13 @@ T field(const json& c, const char* key, T fallback) {
 }  // namespace
 
 void FusionOptions::validate() const {
-  if (features() <= 0) throw_error(kTag, "features (hidden size) must be positive");
+  if (features() <= 0) throw_error(kFusionTag, "features (hidden size) must be positive");
   if (!(temperature() > 0) || !std::isfinite(temperature()))
-    throw_error(kTag, "temperature must be positive and finite (got " + std::to_string(temperature()) + ")");
-  if (!std::isfinite(value_epsilon())) throw_error(kTag, "value_epsilon must be finite");
-  if (!(init_std() >= 0) || !std::isfinite(init_std())) throw_error(kTag, "init_std must be >= 0");
+    throw_error(kFusionTag, "temperature must be positive and finite (got " + std::to_string(temperature()) + ")");
+  if (!std::isfinite(value_epsilon())) throw_error(kFusionTag, "value_epsilon must be finite");
+  if (!(init_std() >= 0) || !std::isfinite(init_std())) throw_error(kFusionTag, "init_std must be >= 0");
   if (!(dropout() >= 0 && dropout() < 1))
-    throw_error(kTag, "dropout must be in [0, 1) (got " + std::to_string(dropout()) + ")");
+    throw_error(kFusionTag, "dropout must be in [0, 1) (got " + std::to_string(dropout()) + ")");
 }
 
 json FusionOptions::to_json() const {
@@ -43,7 +43,7 @@ json FusionOptions::to_json() const {
 }
 
 FusionOptions FusionOptions::from_json(const json& c, int64_t features) {
-  if (!c.is_object()) throw_error(kTag, "fusion config must be a JSON object, got " + c.dump());
+  if (!c.is_object()) throw_error(kFusionTag, "fusion config must be a JSON object, got " + c.dump());
   FusionOptions d(features);
   auto o = FusionOptions(features)
                .temperature(field<double>(c, "temperature", d.temperature()))
@@ -125,18 +125,20 @@ torch::Tensor AdapterFusion::regularization_loss() const {
 
 AdapterFusion add_fusion(Backbone& model, const std::vector<const Adapter*>& adapters, const json& config,
                          const std::string& name) {
-  if (adapters.empty()) throw_error(kTag, "'" + name + "' needs at least one adapter");
+  if (adapters.empty()) throw_error(kFusionTag, "'" + name + "' needs at least one adapter");
   AdapterFusion fusion;
   fusion.name = name;
   std::set<std::string> seen;
   for (const auto* a : adapters) {
-    if (!a) throw_error(kTag, "'" + name + "': null adapter");
-    if (!seen.insert(a->name).second) throw_error(kTag, "'" + name + "': adapter '" + a->name + "' is given twice");
+    if (!a) throw_error(kFusionTag, "'" + name + "': null adapter");
+    if (!seen.insert(a->name).second)
+      throw_error(kFusionTag, "'" + name + "': adapter '" + a->name + "' is given twice");
     bool has_block = false;
     for (const auto& m : a->modules) has_block = has_block || m.module->site_kind() == SiteKind::Block;
     if (!has_block)
-      throw_error(kTag, "'" + name + "': adapter '" + a->name + "' (" + a->peft_type +
-                            ") has no block-site modules; fusion combines bottleneck adapters (MODULA_BOTTLENECK)");
+      throw_error(kFusionTag,
+                  "'" + name + "': adapter '" + a->name + "' (" + a->peft_type +
+                      ") has no block-site modules; fusion combines bottleneck adapters (MODULA_BOTTLENECK)");
     fusion.adapters.push_back(a->name);
   }
   fusion.config = FusionOptions::from_json(config, 1).to_json();  // validates the keys

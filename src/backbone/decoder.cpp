@@ -7,6 +7,8 @@
 #include "modula/util/compat.h"
 
 namespace modula::detail {
+// This family's blocks: a namespace of their own (a unity build joins the families' files).
+namespace decoder {
 namespace {
 
 // Block site "model.layers.N.self_attn": x = input_layernorm output, y = o_proj output.
@@ -158,7 +160,8 @@ class Decoder : public Backbone {
 };
 
 }  // namespace
+}  // namespace decoder
 
-std::shared_ptr<Backbone> make_decoder(const io::ModelConfig& c) { return std::make_shared<Decoder>(c); }
+std::shared_ptr<Backbone> make_decoder(const io::ModelConfig& c) { return std::make_shared<decoder::Decoder>(c); }
 
 }  // namespace modula::detail

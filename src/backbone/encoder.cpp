@@ -9,6 +9,8 @@
 #include "modula/util/error.h"
 
 namespace modula::detail {
+// This family's blocks: a namespace of their own (a unity build joins the families' files).
+namespace encoder {
 namespace {
 
 using torch::nn::Embedding;
@@ -169,7 +171,8 @@ class Encoder : public Backbone {
 };
 
 }  // namespace
+}  // namespace encoder
 
-std::shared_ptr<Backbone> make_encoder(const io::ModelConfig& c) { return std::make_shared<Encoder>(c); }
+std::shared_ptr<Backbone> make_encoder(const io::ModelConfig& c) { return std::make_shared<encoder::Encoder>(c); }
 
 }  // namespace modula::detail

@@ -8,6 +8,8 @@
 #include "modula/util/error.h"
 
 namespace modula::detail {
+// This family's blocks: a namespace of their own (a unity build joins the families' files).
+namespace gpt2 {
 namespace {
 
 LinearOptions conv1d(int64_t in, int64_t out) { return LinearOptions(in, out).conv1d_layout(true); }
@@ -150,7 +152,8 @@ class Gpt2 : public Backbone {
 };
 
 }  // namespace
+}  // namespace gpt2
 
-std::shared_ptr<Backbone> make_gpt2(const io::ModelConfig& c) { return std::make_shared<Gpt2>(c); }
+std::shared_ptr<Backbone> make_gpt2(const io::ModelConfig& c) { return std::make_shared<gpt2::Gpt2>(c); }
 
 }  // namespace modula::detail

@@ -5,6 +5,7 @@
 
 #include "modula/backbone/registry.h"
 #include "modula/util/fs.h"
+#include "modula/util/strings.h"
 
 namespace modula {
 namespace {
@@ -14,9 +15,6 @@ std::string strip_first(const std::string& key) {
   auto dot = key.find('.');
   return dot == std::string::npos ? key : key.substr(dot + 1);
 }
-
-// Parameters of attached modules live under "<site>.adapters."; they are not backbone weights.
-bool is_module_param(const std::string& name) { return name.find(".adapters.") != std::string::npos; }
 
 torch::ScalarType default_dtype(const io::ModelConfig& c, const LoadOptions& o) {
   if (o.dtype) return *o.dtype;

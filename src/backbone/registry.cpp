@@ -6,6 +6,7 @@
 #include <map>
 
 #include "families.h"
+#include "modula/util/strings.h"
 
 namespace modula {
 namespace {
@@ -19,10 +20,6 @@ const std::map<std::string, Factory>& architectures() {
       {"xlm-roberta", detail::make_encoder},
   };
   return table;
-}
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 }  // namespace

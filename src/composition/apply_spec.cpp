@@ -61,6 +61,12 @@ bool has_site_kind(const Adapter& a, SiteKind kind) {
   return false;
 }
 
+std::string comma_joined(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
 // w̄ of avg's arguments (uniform when none is weighted).
 std::vector<double> normalized_weights(const SpecNode& n) {
   std::vector<double> w;
@@ -82,6 +88,7 @@ struct Builder {
   std::set<std::string> frozen;                    // members of fuse nodes
   std::vector<const SpecNode*> linear_routes;      // route nodes with linear-site members, in spec order
   std::map<const SpecNode*, int64_t> route_index;  // route nodes in spec order: "route<j>" keys routers
+  std::set<const SpecNode*> learned_nodes;         // route nodes that made a learned router
 
   // Numbers the route nodes in pre-order (router_keys: "route<j>.<site>").
   void number_routes(const SpecNode& n) {
@@ -89,6 +96,8 @@ struct Builder {
     for (const auto& c : n.children) number_routes(c);
   }
   void add_learned_router(const SpecNode& n, const std::string& site, std::shared_ptr<RouterImpl> router) {
+    if (learned_nodes.insert(&n).second)
+      comp.untrained.push_back(to_string(n) + ": new " + n.name + " router(s), freshly initialised");
     comp.routers.push_back(std::move(router));
     comp.router_keys.push_back("route" + std::to_string(route_index.at(&n)) + "." + site);
   }
@@ -334,7 +343,10 @@ struct Builder {
     }
     for (auto& f : comp.fusions) {
       auto it = fusion_folders.find(f.name);
-      if (it != fusion_folders.end()) load_fusion_weights(f, it->second);
+      if (it != fusion_folders.end())
+        load_fusion_weights(f, it->second);
+      else if (!f.sites.empty())
+        comp.untrained.push_back("fuse(" + comma_joined(f.adapters) + "): new fusion weights, freshly initialised");
     }
     for (const auto& [name, scale] : linear_scale) {
       if (scale == 1.0) continue;
@@ -362,7 +374,7 @@ Composition compose(Backbone& model, Composition comp, const std::map<std::strin
   if (options.context()) comp.context = options.context();
   comp.members = adapters;
   try {
-    Builder builder{model, adapters, fusion_folders, options, comp, {}, {}, {}, {}, {}, {}};
+    Builder builder{model, adapters, fusion_folders, options, comp, {}, {}, {}, {}, {}, {}, {}};
     builder.run();
   } catch (...) {
     remove_composition(comp);
@@ -465,6 +477,7 @@ void remove_composition(Composition& comp) {
   for (const auto& [name, scale] : comp.previous_scales)
     if (auto it = comp.members.find(name); it != comp.members.end()) const_cast<Adapter*>(it->second)->set_scale(scale);
   comp.previous_scales.clear();
+  comp.untrained.clear();
   for (auto& f : comp.fusions) f.sites.clear();
   for (auto& [name, a] : comp.owned) remove_adapter(a);
   comp.owned.clear();

@@ -14,7 +14,7 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr std::string_view kTag = "compose";
+constexpr std::string_view kCompositionModuleTag = "compose";
 
 // The spec's input modules (prompts, concat) applied in order; it holds no parameters of
 // its own (they belong to the member adapters).
@@ -51,7 +51,8 @@ struct CompositionState : AdapterState {
       if (auto m = layer->module(comp.name)) m->enabled = on;
   }
   void set_scale(double s) override {
-    if (s != 1.0) throw_error(kTag, "a composition (MODULA_COMPOSITION) has no scale; scale its members instead");
+    if (s != 1.0)
+      throw_error(kCompositionModuleTag, "a composition (MODULA_COMPOSITION) has no scale; scale its members instead");
   }
   bool mergeable() const override { return false; }
   void remove() override { remove_composition(comp); }
@@ -59,31 +60,35 @@ struct CompositionState : AdapterState {
 
 // The spec of a config: a string in any spec form, or the JSON form.
 SpecNode config_spec(const json& c, const std::string& where) {
-  if (!c.contains("spec")) throw_error<ConfigError>(kTag, where + ": MODULA_COMPOSITION needs \"spec\"");
+  if (!c.contains("spec"))
+    throw_error<ConfigError>(kCompositionModuleTag, where + ": MODULA_COMPOSITION needs \"spec\"");
   const auto& v = c["spec"];
   try {
     if (v.is_string()) return parse_spec(v.get<std::string>());
     if (v.is_object()) return parse_spec_json(v);
   } catch (const SpecError& e) {
-    throw_error<ConfigError>(kTag, where + ": 'spec': " + e.what());
+    throw_error<ConfigError>(kCompositionModuleTag, where + ": 'spec': " + e.what());
   }
-  throw_error<ConfigError>(kTag, where + ": 'spec' must be a spec string or its JSON form, got " + v.dump());
+  throw_error<ConfigError>(kCompositionModuleTag,
+                           where + ": 'spec' must be a spec string or its JSON form, got " + v.dump());
 }
 
 // Applies the config's spec over env.members.
 Composition build(Backbone& model, const json& c, const ModuleEnv& env, const std::string& where) {
   const auto spec = config_spec(c, where);
-  const auto field_tag = "[" + std::string(kTag) + "] " + where + ":";
+  const auto field_tag = "[" + std::string(kCompositionModuleTag) + "] " + where + ":";
   const auto names = module_names(spec);
   const auto listed = io::config_field<std::vector<std::string>>(c, "adapters", names, field_tag);
   std::map<std::string, const Adapter*> members;
   for (const auto& n : names) {
     if (std::find(listed.begin(), listed.end(), n) == listed.end())
-      throw_error<ConfigError>(kTag, where + ": the spec names '" + n + "', which 'adapters' does not list");
+      throw_error<ConfigError>(kCompositionModuleTag,
+                               where + ": the spec names '" + n + "', which 'adapters' does not list");
     auto it = env.members.find(n);
     if (it == env.members.end())
-      throw_error<ConfigError>(kTag, where + ": member module '" + n +
-                                         "' is not loaded (load the composed modules first and pass them as members)");
+      throw_error<ConfigError>(kCompositionModuleTag,
+                               where + ": member module '" + n +
+                                   "' is not loaded (load the composed modules first and pass them as members)");
     members[n] = it->second;
   }
   ComposeOptions o;
@@ -96,9 +101,9 @@ Composition build(Backbone& model, const json& c, const ModuleEnv& env, const st
   try {
     return apply_spec(model, spec, members, o);
   } catch (const SpecError& e) {
-    throw_error<ConfigError>(kTag, where + ": " + untagged(e.what()));
+    throw_error<ConfigError>(kCompositionModuleTag, where + ": " + untagged(e.what()));
   } catch (const std::invalid_argument& e) {
-    throw_error(kTag, where + ": " + untagged(e.what()));
+    throw_error(kCompositionModuleTag, where + ": " + untagged(e.what()));
   }
 }
 
@@ -111,17 +116,17 @@ void load_tensors(const Composition& comp, const io::PeftFolder& folder) {
   for (const auto& [key, t] : folder.tensors) {
     auto it = want.find(key);
     if (it == want.end())
-      throw_error(kTag, folder.dir + ": tensor '" + key + "' is not a parameter of the composition " +
-                            to_string(comp.spec) + " (saved from another spec or model?)");
+      throw_error(kCompositionModuleTag, folder.dir + ": tensor '" + key + "' is not a parameter of the composition " +
+                                             to_string(comp.spec) + " (saved from another spec or model?)");
     if (it->second.sizes() != t.sizes())
-      throw_error(kTag, folder.dir + ": tensor '" + key + "' has shape " + c10::str(t.sizes()) + ", expected " +
-                            c10::str(it->second.sizes()));
+      throw_error(kCompositionModuleTag, folder.dir + ": tensor '" + key + "' has shape " + c10::str(t.sizes()) +
+                                             ", expected " + c10::str(it->second.sizes()));
     it->second.copy_(t.to(it->second.device(), it->second.scalar_type()));
     want.erase(it);
   }
   if (!want.empty())
-    throw_error(kTag, folder.dir + ": tensor '" + want.begin()->first + "' is missing (" + std::to_string(want.size()) +
-                          " of the composition's tensors are)");
+    throw_error(kCompositionModuleTag, folder.dir + ": tensor '" + want.begin()->first + "' is missing (" +
+                                           std::to_string(want.size()) + " of the composition's tensors are)");
 }
 
 }  // namespace
@@ -191,6 +196,7 @@ ModuleType composition_row() {
     auto comp = build(m, folder.config, env, folder.dir);
     try {
       load_tensors(comp, folder);
+      comp.untrained.clear();  // every fusion and router weight came from the folder
     } catch (...) {
       remove_composition(comp);
       throw;
@@ -199,7 +205,8 @@ ModuleType composition_row() {
   };
   t.save = [](const Adapter& a, const std::string& dir) {
     const auto* comp = composition_of(a);
-    if (!comp) throw_error(kTag, "adapter '" + a.name + "' (" + a.peft_type + ") holds no composition to save");
+    if (!comp)
+      throw_error(kCompositionModuleTag, "adapter '" + a.name + "' (" + a.peft_type + ") holds no composition to save");
     save_composition(*comp, dir);
   };
   return t;

@@ -6,11 +6,11 @@
 
 namespace modula {
 namespace {
-constexpr std::string_view kTag = "ia3 bank";
+constexpr std::string_view kIa3BankTag = "ia3 bank";
 }  // namespace
 
 Ia3BankImpl::Ia3BankImpl(int64_t in, int64_t out, int64_t M, bool feedforward) {
-  if (in <= 0 || out <= 0 || M <= 0) throw_error(kTag, "in, out and num_modules must be positive");
+  if (in <= 0 || out <= 0 || M <= 0) throw_error(kIa3BankTag, "in, out and num_modules must be positive");
   l_out = register_parameter("l_out", torch::ones({M, out}), !feedforward);
   l_in = register_parameter("l_in", torch::ones({M, in}), feedforward);
   any_feedforward = feedforward, any_output = !feedforward;
@@ -25,10 +25,11 @@ static const Ia3Impl* check_members(const std::vector<std::shared_ptr<Ia3Impl>>&
     if (!first) first = ia3.get();
     if (ia3->options.in_features() != first->options.in_features() ||
         ia3->options.out_features() != first->options.out_features())
-      throw_error(kTag, "module " + std::to_string(m) + " has another shape than the first module at this site");
-    if (ia3->merged) throw_error(kTag, "module " + std::to_string(m) + " is merged into the weights; unmerge it first");
+      throw_error(kIa3BankTag, "module " + std::to_string(m) + " has another shape than the first module at this site");
+    if (ia3->merged)
+      throw_error(kIa3BankTag, "module " + std::to_string(m) + " is merged into the weights; unmerge it first");
   }
-  if (!first) throw_error(kTag, "no modules to stack");
+  if (!first) throw_error(kIa3BankTag, "no modules to stack");
   return first;
 }
 
@@ -82,11 +83,11 @@ std::shared_ptr<Ia3BankImpl> Ia3BankImpl::stack(const std::vector<std::shared_pt
 }
 
 torch::Tensor Ia3BankImpl::apply(const SiteInput& in, const torch::Tensor& v_out, const torch::Tensor& v_in) const {
-  if (!in.y.defined()) throw_error(kTag, "needs the site output y");
+  if (!in.y.defined()) throw_error(kIa3BankTag, "needs the site output y");
   auto d = torch::zeros_like(in.y);
   if (any_output) d = d + in.y * v_out.to(in.y.scalar_type());
   if (any_feedforward) {
-    if (!in.base) throw_error(kTag, "feed-forward (IA)³ needs the Linear site's weight");
+    if (!in.base) throw_error(kIa3BankTag, "feed-forward (IA)³ needs the Linear site's weight");
     d = d + torch::matmul(in.x * v_in.to(in.x.scalar_type()), in.base->weight_out_in().t());
   }
   return d;
@@ -96,8 +97,8 @@ torch::Tensor Ia3BankImpl::mixed(const SiteInput& in, const torch::Tensor& w) {
   sync();
   const auto M = num_modules();
   if (w.size(-1) != M || w.dim() < 2 || w.dim() > 3 || w.size(0) != in.x.size(0))
-    throw_error(kTag, "routing weights " + c10::str(w.sizes()) + " for " + std::to_string(in.x.size(0)) + " rows and " +
-                          std::to_string(M) + " modules");
+    throw_error(kIa3BankTag, "routing weights " + c10::str(w.sizes()) + " for " + std::to_string(in.x.size(0)) +
+                                 " rows and " + std::to_string(M) + " modules");
   auto w3 = w.dim() == 2 ? w.unsqueeze(1) : w;  // [N, 1|T, M]
   auto wl = w3.to(l_out.scalar_type());
   return apply(in, torch::matmul(wl, l_out - 1), torch::matmul(wl, l_in - 1));  // v = Σ_m w_m (l_m − 1)

@@ -10,7 +10,7 @@
 namespace modula {
 namespace {
 
-constexpr std::string_view kTag = "input bank";
+constexpr std::string_view kInputBankTag = "input bank";
 
 std::string kind_name(InputBankImpl::Kind k) {
   return k == InputBankImpl::Kind::Prompt ? "a prompt (PROMPT_TUNING)" : "a prefix (PREFIX_TUNING)";
@@ -35,7 +35,7 @@ std::string shape_of(const InputModule& m) {
 int64_t batch_size(const BackboneInput& in) {
   if (in.inputs_embeds.defined()) return in.inputs_embeds.size(0);
   if (!in.input_ids.defined() || in.input_ids.dim() != 2)
-    throw_error(kTag, "input_ids must be [B,T] (or inputs_embeds [B,T,H])");
+    throw_error(kInputBankTag, "input_ids must be [B,T] (or inputs_embeds [B,T,H])");
   return in.input_ids.size(0);
 }
 
@@ -58,24 +58,24 @@ torch::Tensor encoder_sources(const torch::Tensor& p, int64_t P, int64_t T) {
 }  // namespace
 
 void InputBankOptions::validate(size_t num_modules) const {
-  if (key().empty()) throw_error(kTag, "key must not be empty");
+  if (key().empty()) throw_error(kInputBankTag, "key must not be empty");
   if (names().empty()) return;
   if (names().size() != num_modules)
-    throw_error(kTag, "names has " + std::to_string(names().size()) + " entries for " + std::to_string(num_modules) +
-                          " modules");
+    throw_error(kInputBankTag, "names has " + std::to_string(names().size()) + " entries for " +
+                                   std::to_string(num_modules) + " modules");
   std::set<std::string> seen;
   for (const auto& n : names()) {
-    if (n.empty()) throw_error(kTag, "a module name is empty");
-    if (n == kBaseAdapter) throw_error(kTag, "module name '" + n + "' is reserved for rows without a module");
-    if (!seen.insert(n).second) throw_error(kTag, "module name '" + n + "' appears twice");
+    if (n.empty()) throw_error(kInputBankTag, "a module name is empty");
+    if (n == kBaseAdapter) throw_error(kInputBankTag, "module name '" + n + "' is reserved for rows without a module");
+    if (!seen.insert(n).second) throw_error(kInputBankTag, "module name '" + n + "' appears twice");
   }
 }
 
 InputBankImpl::InputBankImpl(std::vector<std::shared_ptr<InputModule>> modules,
                              std::shared_ptr<RoutingContext> context_, InputBankOptions options_)
     : options(std::move(options_)), context(std::move(context_)), modules_(std::move(modules)) {
-  if (modules_.empty()) throw_error(kTag, "no modules");
-  if (!context) throw_error(kTag, "needs a RoutingContext (got null)");
+  if (modules_.empty()) throw_error(kInputBankTag, "no modules");
+  if (!context) throw_error(kInputBankTag, "needs a RoutingContext (got null)");
   options.validate(modules_.size());
   const auto all = names();
   for (size_t m = 0; m < modules_.size(); ++m) {
@@ -86,14 +86,14 @@ InputBankImpl::InputBankImpl(std::vector<std::shared_ptr<InputModule>> modules,
     else if (std::dynamic_pointer_cast<PrefixTuningImpl>(mod))
       k = Kind::Prefix;
     else
-      throw_error(kTag, "module '" + all[m] + "' is neither prompt tuning nor prefix tuning");
+      throw_error(kInputBankTag, "module '" + all[m] + "' is neither prompt tuning nor prefix tuning");
     if (m == 0) kind_ = k;
     if (k != kind_)
-      throw_error(kTag, "module '" + all[m] + "' is " + kind_name(k) + " but module '" + all[0] + "' is " +
-                            kind_name(kind_) + ": a bank holds one kind");
+      throw_error(kInputBankTag, "module '" + all[m] + "' is " + kind_name(k) + " but module '" + all[0] + "' is " +
+                                     kind_name(kind_) + ": a bank holds one kind");
     if (shape_of(*mod) != shape_of(*modules_[0]))
-      throw_error(kTag, "module '" + all[m] + "' has " + shape_of(*mod) + " but module '" + all[0] + "' has " +
-                            shape_of(*modules_[0]));
+      throw_error(kInputBankTag, "module '" + all[m] + "' has " + shape_of(*mod) + " but module '" + all[0] + "' has " +
+                                     shape_of(*modules_[0]));
     lengths_.push_back(mod->num_virtual_tokens());
     max_length_ = std::max(max_length_, lengths_.back());
     width_ = width_of(*mod);
@@ -120,7 +120,7 @@ torch::Tensor InputBankImpl::row_ids(const std::vector<std::string>& name_per_ro
     if (it == all.end()) {
       std::string known = kBaseAdapter;
       for (const auto& a : all) known += ", " + a;
-      throw_error(kTag, "unknown module name '" + n + "' (known: " + known + ")");
+      throw_error(kInputBankTag, "unknown module name '" + n + "' (known: " + known + ")");
     }
     ids.push_back(it - all.begin());
   }
@@ -131,17 +131,17 @@ torch::Tensor InputBankImpl::row_ids(const std::vector<std::string>& name_per_ro
 torch::Tensor InputBankImpl::row_ids_checked(int64_t B) const {
   auto ids = context->get(options.key());
   if (ids.dim() != 1 || ids.scalar_type() != torch::kInt64)
-    throw_error(kTag, "routing key '" + options.key() + "' must hold int64 ids [B], got " +
-                          c10::str(ids.scalar_type()) + " " + c10::str(ids.sizes()));
+    throw_error(kInputBankTag, "routing key '" + options.key() + "' must hold int64 ids [B], got " +
+                                   c10::str(ids.scalar_type()) + " " + c10::str(ids.sizes()));
   if (ids.size(0) != B)
-    throw_error(kTag, "routing key '" + options.key() + "' has " + std::to_string(ids.size(0)) +
-                          " ids but the batch has " + std::to_string(B) + " rows");
+    throw_error(kInputBankTag, "routing key '" + options.key() + "' has " + std::to_string(ids.size(0)) +
+                                   " ids but the batch has " + std::to_string(B) + " rows");
   ids = ids.cpu().contiguous();
   const auto* v = ids.data_ptr<int64_t>();
   for (int64_t i = 0; i < B; ++i)
     if (v[i] < -1 || v[i] >= num_modules())
-      throw_error(kTag, "row " + std::to_string(i) + " has module id " + std::to_string(v[i]) +
-                            "; ids must be in [-1, " + std::to_string(num_modules()) + ")");
+      throw_error(kInputBankTag, "row " + std::to_string(i) + " has module id " + std::to_string(v[i]) +
+                                     "; ids must be in [-1, " + std::to_string(num_modules()) + ")");
   return ids;
 }
 
@@ -182,7 +182,7 @@ void InputBankImpl::prepare(Backbone& model, BackboneInput& in, KVCache& scratch
   auto p = row_lengths(ids).to(input_device(in));
   if (kind_ == Kind::Prefix) std::dynamic_pointer_cast<PrefixTuningImpl>(modules_[0])->check_model(model);
   if (past > 0) {
-    if (!model.causal()) throw_error(kTag, "a KV cache needs a decoder");
+    if (!model.causal()) throw_error(kInputBankTag, "a KV cache needs a decoder");
     prepare_step(in, p, past, T);
   } else if (kind_ == Kind::Prompt) {
     prepare_prompt(model, in, ids, p);
@@ -194,7 +194,7 @@ void InputBankImpl::prepare(Backbone& model, BackboneInput& in, KVCache& scratch
 void InputBankImpl::prepare_prompt(Backbone& model, BackboneInput& in, const torch::Tensor& ids,
                                    const torch::Tensor& p) {
   if (in.position_ids.defined())
-    throw_error(kTag, "explicit position_ids are not supported with prompts (as for prompt tuning alone)");
+    throw_error(kInputBankTag, "explicit position_ids are not supported with prompts (as for prompt tuning alone)");
   auto embeds = in.inputs_embeds.defined() ? in.inputs_embeds : model.embed_tokens(in.input_ids);
   const int64_t B = embeds.size(0), T = embeds.size(1), H = embeds.size(2), P = max_length_;
   const bool causal = model.causal();
@@ -236,13 +236,13 @@ void InputBankImpl::prepare_prefix(Backbone& model, BackboneInput& in, KVCache& 
 void InputBankImpl::prepare_step(BackboneInput& in, const torch::Tensor& p, int64_t past, int64_t T) const {
   const int64_t P = max_length_, B = p.size(0);
   if (past < P)
-    throw_error(kTag, "the KV cache holds " + std::to_string(past) + " positions, fewer than the bank's " +
-                          std::to_string(P) + " virtual slots: prepare the first step with this bank");
+    throw_error(kInputBankTag, "the KV cache holds " + std::to_string(past) + " positions, fewer than the bank's " +
+                                   std::to_string(P) + " virtual slots: prepare the first step with this bank");
   auto filled = torch::arange(P, p.options()).unsqueeze(0) >= (P - p).unsqueeze(1);
   auto mask = in.attention_mask;
   if (mask.defined() && (mask.dim() != 2 || mask.size(1) != past + T))
-    throw_error(kTag, "attention_mask must be [B, past+T] = [" + std::to_string(B) + "," + std::to_string(past + T) +
-                          "], got " + c10::str(mask.sizes()));
+    throw_error(kInputBankTag, "attention_mask must be [B, past+T] = [" + std::to_string(B) + "," +
+                                   std::to_string(past + T) + "], got " + c10::str(mask.sizes()));
   mask = mask.defined() ? mask.narrow(1, P, past + T - P).to(p.device()) : torch::ones({B, past + T - P}, p.options());
   in.attention_mask = torch::cat({filled.to(mask.scalar_type()), mask}, 1);
   if (!in.position_ids.defined())
@@ -262,8 +262,8 @@ torch::Tensor InputBankImpl::real_tokens(const Backbone& model, const torch::Ten
   if (kind_ == Kind::Prefix) return outputs;
   const int64_t B = outputs.size(0), T = outputs.dim() < 2 ? -1 : outputs.size(1) - max_length_;
   if (T < 0)
-    throw_error(kTag, "outputs " + c10::str(outputs.sizes()) + " are shorter than the bank's " +
-                          std::to_string(max_length_) + " virtual slots");
+    throw_error(kInputBankTag, "outputs " + c10::str(outputs.sizes()) + " are shorter than the bank's " +
+                                   std::to_string(max_length_) + " virtual slots");
   if (model.causal()) return outputs.narrow(1, max_length_, T);
   auto ids = row_ids_checked(B);
   auto slots = (row_lengths(ids).unsqueeze(1) + torch::arange(T, torch::kInt64).unsqueeze(0)).to(outputs.device());
@@ -273,7 +273,7 @@ torch::Tensor InputBankImpl::real_tokens(const Backbone& model, const torch::Ten
 
 InputBank load_mixed_inputs(Backbone& model, const std::vector<std::pair<std::string, std::string>>& named_dirs,
                             std::shared_ptr<RoutingContext> context, const std::string& key) {
-  if (named_dirs.empty()) throw_error(kTag, "no folders to load");
+  if (named_dirs.empty()) throw_error(kInputBankTag, "no folders to load");
   std::vector<std::string> names;
   std::vector<std::shared_ptr<InputModule>> modules;
   std::string first_type;
@@ -281,14 +281,14 @@ InputBank load_mixed_inputs(Backbone& model, const std::vector<std::pair<std::st
     auto a = load_adapter(model, dir, name);
     if (!a.input) {
       remove_adapter(a);
-      throw_error(kTag,
+      throw_error(kInputBankTag,
                   "'" + name + "' (" + dir + ") is a " + a.peft_type + " adapter, not PROMPT_TUNING or PREFIX_TUNING");
     }
     if (first_type.empty()) first_type = a.peft_type;
     if (a.peft_type != first_type)
-      throw_error(kTag, "'" + name + "' (" + dir + ") is " + a.peft_type + " but '" + names[0] + "' (" +
-                            named_dirs[0].second + ") is " + first_type +
-                            ": a bank holds prompts or prefixes, not both");
+      throw_error(kInputBankTag, "'" + name + "' (" + dir + ") is " + a.peft_type + " but '" + names[0] + "' (" +
+                                     named_dirs[0].second + ") is " + first_type +
+                                     ": a bank holds prompts or prefixes, not both");
     names.push_back(name);
     modules.push_back(a.input);
   }

@@ -7,14 +7,16 @@
 
 namespace modula {
 namespace {
-constexpr std::string_view kTag = "lora bank";
+constexpr std::string_view kLoraBankTag = "lora bank";
 }  // namespace
 
 void LoraBankOptions::validate() const {
-  if (in_features() <= 0 || out_features() <= 0) throw_error(kTag, "in_features and out_features must be positive");
-  if (num_modules() <= 0) throw_error(kTag, "num_modules must be positive (got " + std::to_string(num_modules()) + ")");
-  if (r() <= 0) throw_error(kTag, "r must be positive (got " + std::to_string(r()) + ")");
-  if (!std::isfinite(alpha())) throw_error(kTag, "alpha must be finite");
+  if (in_features() <= 0 || out_features() <= 0)
+    throw_error(kLoraBankTag, "in_features and out_features must be positive");
+  if (num_modules() <= 0)
+    throw_error(kLoraBankTag, "num_modules must be positive (got " + std::to_string(num_modules()) + ")");
+  if (r() <= 0) throw_error(kLoraBankTag, "r must be positive (got " + std::to_string(r()) + ")");
+  if (!std::isfinite(alpha())) throw_error(kLoraBankTag, "alpha must be finite");
 }
 
 LoraBankImpl::LoraBankImpl(const LoraBankOptions& o) {
@@ -34,18 +36,18 @@ static int64_t check_members(const std::vector<std::shared_ptr<LoraImpl>>& modul
     const auto& lora = modules[m];
     if (!lora) continue;
     if (lora->options.use_dora())
-      throw_error(kTag,
+      throw_error(kLoraBankTag,
                   "module " + std::to_string(m) + " is DoRA, which is not linear in its inputs; cannot route over it");
     if (!first) first = lora.get();
     if (lora->options.in_features() != first->options.in_features() ||
         lora->options.out_features() != first->options.out_features())
-      throw_error(kTag, "module " + std::to_string(m) + " maps " + std::to_string(lora->options.in_features()) +
-                            " -> " + std::to_string(lora->options.out_features()) + ", module 0 maps " +
-                            std::to_string(first->options.in_features()) + " -> " +
-                            std::to_string(first->options.out_features()));
+      throw_error(kLoraBankTag, "module " + std::to_string(m) + " maps " + std::to_string(lora->options.in_features()) +
+                                    " -> " + std::to_string(lora->options.out_features()) + ", module 0 maps " +
+                                    std::to_string(first->options.in_features()) + " -> " +
+                                    std::to_string(first->options.out_features()));
     r = std::max(r, lora->options.r());
   }
-  if (!first) throw_error(kTag, "no modules to stack");
+  if (!first) throw_error(kLoraBankTag, "no modules to stack");
   return r;
 }
 
@@ -102,11 +104,11 @@ std::shared_ptr<LoraBankImpl> LoraBankImpl::stack(const std::vector<std::shared_
 
 void LoraBankImpl::check_input(const torch::Tensor& x, const torch::Tensor& w, const char* what) const {
   if (x.dim() != 3 || x.size(2) != in_features())
-    throw_error(kTag, std::string(what) + ": input " + c10::str(x.sizes()) + ", expected [N, T, " +
-                          std::to_string(in_features()) + "]");
+    throw_error(kLoraBankTag, std::string(what) + ": input " + c10::str(x.sizes()) + ", expected [N, T, " +
+                                  std::to_string(in_features()) + "]");
   if (w.size(0) != x.size(0))
-    throw_error(kTag, std::string(what) + ": routing weights " + c10::str(w.sizes()) + " for " +
-                          std::to_string(x.size(0)) + " rows");
+    throw_error(kLoraBankTag, std::string(what) + ": routing weights " + c10::str(w.sizes()) + " for " +
+                                  std::to_string(x.size(0)) + " rows");
 }
 
 torch::Tensor LoraBankImpl::selected(const SiteInput& in, const torch::Tensor& idx, const torch::Tensor& w) {
@@ -133,8 +135,8 @@ torch::Tensor LoraBankImpl::mixed(const SiteInput& in, const torch::Tensor& w) {
   check_input(x, w, "mixed");
   int64_t N = x.size(0), T = x.size(1), M = num_modules(), r = rank();
   if (w.size(-1) != M || (w.dim() == 3 && w.size(1) != T) || w.dim() < 2 || w.dim() > 3)
-    throw_error(kTag, "mixed: routing weights " + c10::str(w.sizes()) + ", expected [N, " + std::to_string(M) +
-                          "] or [N, " + std::to_string(T) + ", " + std::to_string(M) + "]");
+    throw_error(kLoraBankTag, "mixed: routing weights " + c10::str(w.sizes()) + ", expected [N, " + std::to_string(M) +
+                                  "] or [N, " + std::to_string(T) + ", " + std::to_string(M) + "]");
   auto coef = (w * scaling).to(x.scalar_type());
   coef = w.dim() == 2 ? coef.view({N, 1, M, 1}) : coef.view({N, T, M, 1});
   auto h = torch::matmul(x, lora_A.reshape({M * r, in_features()}).t()).view({N, T, M, r}) * coef;  // [N, T, M, r]
@@ -143,8 +145,8 @@ torch::Tensor LoraBankImpl::mixed(const SiteInput& in, const torch::Tensor& w) {
 
 std::pair<torch::Tensor, torch::Tensor> LoraBankImpl::averaged_module(const torch::Tensor& w) const {
   if (w.dim() != 2 || w.size(1) != num_modules())
-    throw_error(kTag, "parameter averaging needs per-example weights [N, " + std::to_string(num_modules()) + "], got " +
-                          c10::str(w.sizes()));
+    throw_error(kLoraBankTag, "parameter averaging needs per-example weights [N, " + std::to_string(num_modules()) +
+                                  "], got " + c10::str(w.sizes()));
   auto wA = w.to(lora_A.scalar_type()).unsqueeze(1);                          // [N, 1, M]: one group
   auto A = average_parameters(wA, lora_A.unsqueeze(0)).squeeze(1);            // Σ_m w_m A_m
   auto B = average_parameters(wA * scaling, lora_B.unsqueeze(0)).squeeze(1);  // Σ_m w_m s_m B_m

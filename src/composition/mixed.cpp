@@ -20,7 +20,7 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr std::string_view kTag = "mixed";
+constexpr std::string_view kMixedTag = "mixed";
 
 // One site's modules, one slot per module set (null where the set has none there).
 struct LinearSlots {
@@ -75,7 +75,7 @@ std::shared_ptr<LoraImpl> concat_lora(const LoraImpl& a, const LoraImpl& b) {
 // Two (IA)³ vectors of one set at one site, same side: their product (scales folded in).
 std::shared_ptr<Ia3Impl> multiply_ia3(const Ia3Impl& a, const Ia3Impl& b, const std::string& what) {
   if (a.options.feedforward() != b.options.feedforward())
-    throw_error(kTag, what + ": (IA)³ vectors on the input and on the output of one site cannot be combined");
+    throw_error(kMixedTag, what + ": (IA)³ vectors on the input and on the output of one site cannot be combined");
   auto out = std::make_shared<Ia3Impl>(a.options);
   out->to(a.ia3_l.device(), a.ia3_l.scalar_type());
   torch::NoGradGuard no_grad;
@@ -91,17 +91,17 @@ void collect(const std::vector<Adapter>& sets, std::map<std::string, LinearSlots
   for (size_t m = 0; m < M; ++m) {
     const auto& a = sets[m];
     if (a.state && !std::dynamic_pointer_cast<ComposedSetState>(a.state))
-      throw_error(kTag, "'" + a.name + "' (" + a.peft_type +
-                            ") keeps state outside its site modules and cannot be mixed per row");
+      throw_error(kMixedTag, "'" + a.name + "' (" + a.peft_type +
+                                 ") keeps state outside its site modules and cannot be mixed per row");
     for (const auto& mod : a.modules) {
       auto what = "'" + a.name + "' (" + a.peft_type + ") at " + mod.site;
-      if (mod.module->merged) throw_error(kTag, what + " is merged into the weights; unmerge it first");
+      if (mod.module->merged) throw_error(kMixedTag, what + " is merged into the weights; unmerge it first");
       if (mod.module->site_kind() == SiteKind::Block) {
         auto& slot = block[mod.site];
         if (!slot.host)
           slot = {mod.host, std::vector<std::shared_ptr<SiteModule>>(M), std::vector<std::string>(M)},
           order.push_back(mod.site);
-        if (slot.modules[m]) throw_error(kTag, what + ": a second block module of one set at one site");
+        if (slot.modules[m]) throw_error(kMixedTag, what + ": a second block module of one set at one site");
         slot.modules[m] = mod.module;
         slot.attached_as[m] = mod.attached_as.empty() ? a.name : mod.attached_as;
         continue;
@@ -112,12 +112,12 @@ void collect(const std::vector<Adapter>& sets, std::map<std::string, LinearSlots
         order.push_back(mod.site);
       if (auto lora = std::dynamic_pointer_cast<LoraImpl>(mod.module)) {
         if (lora->options.use_dora())
-          throw_error(kTag, what + " uses DoRA (not linear in x); it cannot be mixed per row");
+          throw_error(kMixedTag, what + " uses DoRA (not linear in x); it cannot be mixed per row");
         slot.lora[m] = slot.lora[m] ? concat_lora(*slot.lora[m], *lora) : lora;
       } else if (auto ia3 = std::dynamic_pointer_cast<Ia3Impl>(mod.module)) {
         slot.ia3[m] = slot.ia3[m] ? multiply_ia3(*slot.ia3[m], *ia3, what) : ia3;
       } else {
-        throw_error(kTag,
+        throw_error(kMixedTag,
                     what + ": this module routes on its own (Poly, MoE, hypernetwork) and cannot be mixed per row");
       }
     }
@@ -130,8 +130,8 @@ void check_one_kind(const std::map<std::string, LinearSlots>& linear, const std:
   for (const auto& [site, slot] : linear)
     for (size_t m = 0; m < sets.size(); ++m)
       if (slot.lora[m] && slot.ia3[m])
-        throw_error(kTag, "'" + sets[m].name + "' has LoRA and (IA)³ at " + site +
-                              ": their order there matters and cannot be kept per row; serve them separately");
+        throw_error(kMixedTag, "'" + sets[m].name + "' has LoRA and (IA)³ at " + site +
+                                   ": their order there matters and cannot be kept per row; serve them separately");
 }
 
 template <class Module>
@@ -191,9 +191,9 @@ Adapter mix_adapters(std::vector<Adapter> sets, const std::string& name, std::sh
                      const std::string& key) {
   auto reject = [&](const std::string& m) {  // the sets are consumed on error too
     for (auto& a : sets) a.remove();         // (a composition set's state detaches its members)
-    throw_error(kTag, m);
+    throw_error(kMixedTag, m);
   };
-  if (sets.empty()) throw_error(kTag, "no module sets to mix");
+  if (sets.empty()) throw_error(kMixedTag, "no module sets to mix");
   Adapter mixed;
   mixed.name = name;
   mixed.peft_type = kMixedType;
@@ -241,11 +241,12 @@ Adapter mix_adapters(std::vector<Adapter> sets, const std::string& name, std::sh
 
 void check_composition_set(const SpecNode& n) {
   if (n.kind == SpecNode::Kind::Fuse)
-    throw_error(kTag, "fuse(...) at " + n.where +
-                          " has no trained fusion weights; train the composition (modula train) and use its folder");
+    throw_error(kMixedTag,
+                "fuse(...) at " + n.where +
+                    " has no trained fusion weights; train the composition (modula train) and use its folder");
   if (n.kind == SpecNode::Kind::Route)
-    throw_error(kTag, "route(...)/moe(...) at " + n.where +
-                          " routes by metadata or a trained router of its own; it cannot be one row's module set");
+    throw_error(kMixedTag, "route(...)/moe(...) at " + n.where +
+                               " routes by metadata or a trained router of its own; it cannot be one row's module set");
   for (const auto& c : n.children) check_composition_set(c);
 }
 
@@ -265,7 +266,7 @@ Adapter composition_set(Backbone& model, const SpecNode& spec, const std::map<st
       members[m] = &loaded.at(m);
     }
     comp = apply_spec(model, spec, members, ComposeOptions().name(id));
-    if (comp.inputs.size() > 1) throw_error(kTag, "'" + name + "' applies more than one input module (prompt)");
+    if (comp.inputs.size() > 1) throw_error(kMixedTag, "'" + name + "' applies more than one input module (prompt)");
   } catch (...) {
     remove_composition(comp);
     for (auto& [m, a] : loaded) a.remove();
@@ -301,7 +302,7 @@ Adapter load_mixed(Backbone& model, const std::vector<std::pair<std::string, std
   try {
     for (const auto& [set_name, dir] : named_dirs) {
       if (set_name == kBaseAdapter)
-        throw_error(kTag, "module set name '" + set_name + "' is reserved for rows without modules");
+        throw_error(kMixedTag, "module set name '" + set_name + "' is reserved for rows without modules");
       sets.push_back(load_adapter(model, dir, set_name));
     }
   } catch (...) {
@@ -313,7 +314,7 @@ Adapter load_mixed(Backbone& model, const std::vector<std::pair<std::string, std
 
 torch::Tensor row_ids(const Adapter& mixed, const std::vector<std::string>& name_per_row) {
   if (mixed.peft_type != kMixedType)
-    throw_error(kTag, "'" + mixed.name + "' is a " + mixed.peft_type + " module set, not a mixed one");
+    throw_error(kMixedTag, "'" + mixed.name + "' is a " + mixed.peft_type + " module set, not a mixed one");
   const auto& names = mixed.config.at("modules");
   std::vector<int64_t> ids;
   for (const auto& n : name_per_row) {
@@ -323,7 +324,7 @@ torch::Tensor row_ids(const Adapter& mixed, const std::vector<std::string>& name
     }
     auto it = std::find(names.begin(), names.end(), n);
     if (it == names.end())
-      throw_error(kTag, "unknown module set name '" + n + "' (known: " + kBaseAdapter + ", " + names.dump() + ")");
+      throw_error(kMixedTag, "unknown module set name '" + n + "' (known: " + kBaseAdapter + ", " + names.dump() + ")");
     ids.push_back(it - names.begin());
   }
   return torch::tensor(ids, torch::kLong);

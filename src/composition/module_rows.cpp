@@ -19,7 +19,7 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr std::string_view kTag = "registry";
+constexpr std::string_view kModuleRowsTag = "registry";
 
 template <typename T>
 T field(const json& c, const char* key, T fallback) {  // the shared typed reader, with this file's tag
@@ -67,13 +67,14 @@ struct SparseState : AdapterState {
   }
   void set_enabled(bool enable) override {
     if (enable == on) return;
-    if (ticket) throw_error(kTag, "a lottery-ticket sparse diff before its dense phase cannot be switched off");
-    if (diff->attached()) throw_error(kTag, "a sparse diff in training cannot be switched off");
+    if (ticket)
+      throw_error(kModuleRowsTag, "a lottery-ticket sparse diff before its dense phase cannot be switched off");
+    if (diff->attached()) throw_error(kModuleRowsTag, "a sparse diff in training cannot be switched off");
     enable ? diff->apply(*model, scale) : diff->remove(*model, scale);
     on = enable;
   }
   void set_scale(double s) override {
-    if (ticket || diff->attached()) throw_error(kTag, "a sparse diff in training has no scale");
+    if (ticket || diff->attached()) throw_error(kModuleRowsTag, "a sparse diff in training has no scale");
     if (on) diff->remove(*model, scale), diff->apply(*model, s);
     scale = s;
   }
@@ -106,12 +107,13 @@ ModuleType sparse_ft_row() {
     if (mask == "lottery_ticket") {  // LT-SFT: the mask comes from a dense phase of dense_steps
       s->dense_steps = field<int64_t>(c, "dense_steps", 100);
       if (s->dense_steps < 1)
-        throw_error(kTag, "MODULA_SPARSE_FT 'dense_steps' must be >= 1, got " + std::to_string(s->dense_steps));
+        throw_error(kModuleRowsTag,
+                    "MODULA_SPARSE_FT 'dense_steps' must be >= 1, got " + std::to_string(s->dense_steps));
       s->ticket = std::make_unique<LotteryTicket>(m, sparse_options(c));
       return handle("MODULA_SPARSE_FT", env.name, c, s);
     }
     if (mask != "random")
-      throw_error(kTag, "MODULA_SPARSE_FT 'mask' must be random or lottery_ticket, got '" + mask + "'");
+      throw_error(kModuleRowsTag, "MODULA_SPARSE_FT 'mask' must be random or lottery_ticket, got '" + mask + "'");
     s->diff = random_sparse_diff(m, sparse_options(c), field<uint64_t>(c, "seed", 0));
     s->diff->attach(m);  // trainable: θ₀ + scatter(values) in every forward
     return handle("MODULA_SPARSE_FT", env.name, c, s);
@@ -125,8 +127,9 @@ ModuleType sparse_ft_row() {
   };
   t.save = [](const Adapter& a, const std::string& dir) {
     auto s = std::dynamic_pointer_cast<SparseState>(a.state);
-    if (!s) throw_error(kTag, "adapter '" + a.name + "' has no sparse diff to save");
-    if (s->ticket) throw_error(kTag, "adapter '" + a.name + "': its mask is not selected yet (LT-SFT dense phase)");
+    if (!s) throw_error(kModuleRowsTag, "adapter '" + a.name + "' has no sparse diff to save");
+    if (s->ticket)
+      throw_error(kModuleRowsTag, "adapter '" + a.name + "': its mask is not selected yet (LT-SFT dense phase)");
     save_sparse_diff(s->diff, dir);
   };
   return t;
@@ -209,7 +212,7 @@ ModuleType bitfit_row() {
   };
   t.save = [](const Adapter& a, const std::string& dir) {
     auto s = std::dynamic_pointer_cast<BitFitState>(a.state);
-    if (!s) throw_error(kTag, "adapter '" + a.name + "' has no BitFit biases to save");
+    if (!s) throw_error(kModuleRowsTag, "adapter '" + a.name + "' has no BitFit biases to save");
     s->bitfit->save(dir);
   };
   return t;
@@ -254,8 +257,9 @@ Adapter hyper_handle(Backbone& m, HyperLora hyper, const ModuleEnv& env) {
   if (key != "task" && env.context) {  // routed by a metadata field: always per row from the context
     hyper->task_source = [ctx = env.context, key] {
       if (!ctx->has(key))
-        throw_error(kTag, "the hypernetwork routes by '" + key +
-                              "', which the RoutingContext does not hold (modula generate: --meta " + key + "=ID)");
+        throw_error(kModuleRowsTag, "the hypernetwork routes by '" + key +
+                                        "', which the RoutingContext does not hold (modula generate: --meta " + key +
+                                        "=ID)");
       return ctx->get(key);
     };
   } else if (env.task >= 0) {
@@ -286,7 +290,7 @@ ModuleType hyper_lora_row() {
   };
   t.save = [](const Adapter& a, const std::string& dir) {
     auto s = std::dynamic_pointer_cast<HyperState>(a.state);
-    if (!s) throw_error(kTag, "adapter '" + a.name + "' has no hypernetwork to save");
+    if (!s) throw_error(kModuleRowsTag, "adapter '" + a.name + "' has no hypernetwork to save");
     save_hyper_lora(*s->hyper, dir);
   };
   return t;
@@ -311,8 +315,8 @@ std::vector<const Adapter*> members_of(const std::vector<std::string>& names, co
   for (const auto& n : names) {
     auto it = env.members.find(n);
     if (it == env.members.end())
-      throw_error(kTag, where + ": member adapter '" + n +
-                            "' is not loaded (load the fused adapters first and pass them as members)");
+      throw_error(kModuleRowsTag, where + ": member adapter '" + n +
+                                      "' is not loaded (load the fused adapters first and pass them as members)");
     out.push_back(it->second);
   }
   return out;
@@ -334,7 +338,7 @@ ModuleType fusion_row() {
   t.summary = "AdapterFusion: attention over member adapters' outputs";
   t.build = [](Backbone& m, const json& c, const ModuleEnv& env) {
     auto names = field<std::vector<std::string>>(c, "adapters", {});
-    if (names.empty()) throw_error(kTag, "MODULA_FUSION config needs \"adapters\": the member adapter names");
+    if (names.empty()) throw_error(kModuleRowsTag, "MODULA_FUSION config needs \"adapters\": the member adapter names");
     json options = c;
     options.erase("adapters"), options.erase("peft_type");
     return fusion_handle(add_fusion(m, members_of(names, env, "MODULA_FUSION config"), options, env.name), env.name);
@@ -346,7 +350,7 @@ ModuleType fusion_row() {
   };
   t.save = [](const Adapter& a, const std::string& dir) {
     auto s = std::dynamic_pointer_cast<FusionState>(a.state);
-    if (!s) throw_error(kTag, "adapter '" + a.name + "' has no fusion to save");
+    if (!s) throw_error(kModuleRowsTag, "adapter '" + a.name + "' has no fusion to save");
     save_fusion(s->fusion, dir);
   };
   return t;
@@ -366,7 +370,7 @@ Adapter moe_lora_build(Backbone& m, const json& c, const ModuleEnv& env) {
                .z_loss_coef(field<double>(c, "router_z_loss_coef", 0.001))
                .name(env.name)
                .context(env.context ? env.context : std::make_shared<RoutingContext>());
-  if (!c.contains("target_modules")) throw_error(kTag, "MODULA_MOE_LORA config needs \"target_modules\"");
+  if (!c.contains("target_modules")) throw_error(kModuleRowsTag, "MODULA_MOE_LORA config needs \"target_modules\"");
   return add_moe_lora(m, c, o);
 }
 

@@ -6,6 +6,11 @@
 
 namespace modula {
 
+// The routing context a module being built shares: its env's, or a fresh one.
+inline std::shared_ptr<RoutingContext> context_of(const ModuleEnv& env) {
+  return env.context ? env.context : std::make_shared<RoutingContext>();
+}
+
 ModuleType sparse_ft_row();   // MODULA_SPARSE_FT: θ + scale·φ written into the weights
 ModuleType bitfit_row();      // MODULA_BITFIT: biases only
 ModuleType hyper_lora_row();  // MODULA_HYPER_LORA: a hypernetwork generating every site's LoRA

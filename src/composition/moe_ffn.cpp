@@ -10,21 +10,21 @@
 namespace modula {
 
 namespace {
-constexpr std::string_view kTag = "moe ffn";
+constexpr std::string_view kMoeFfnTag = "moe ffn";
 }  // namespace
 
 void MoeFfnOptions::validate() const {
-  if (features() <= 0) throw_error(kTag, "features must be positive, got " + std::to_string(features()));
-  if (expert_size() <= 0) throw_error(kTag, "expert_size must be positive, got " + std::to_string(expert_size()));
-  if (num_experts() <= 0) throw_error(kTag, "num_experts must be positive, got " + std::to_string(num_experts()));
+  if (features() <= 0) throw_error(kMoeFfnTag, "features must be positive, got " + std::to_string(features()));
+  if (expert_size() <= 0) throw_error(kMoeFfnTag, "expert_size must be positive, got " + std::to_string(expert_size()));
+  if (num_experts() <= 0) throw_error(kMoeFfnTag, "num_experts must be positive, got " + std::to_string(num_experts()));
   if (!dropless() && !(capacity_factor() > 0))
-    throw_error(kTag, "capacity_factor must be > 0 (or set dropless), got " + std::to_string(capacity_factor()));
+    throw_error(kMoeFfnTag, "capacity_factor must be > 0 (or set dropless), got " + std::to_string(capacity_factor()));
   if (router_distillation_coef() < 0)
-    throw_error(kTag, "router_distillation_coef must be >= 0, got " + std::to_string(router_distillation_coef()));
+    throw_error(kMoeFfnTag, "router_distillation_coef must be >= 0, got " + std::to_string(router_distillation_coef()));
   try {
     check_activation(activation());
   } catch (const std::exception& e) {
-    throw_error(kTag, std::string("activation: ") + e.what());
+    throw_error(kMoeFfnTag, std::string("activation: ") + e.what());
   }
 }
 
@@ -36,12 +36,12 @@ int64_t MoeFfnOptions::capacity(int64_t tokens, int64_t k) const {
 MoeFfnImpl::MoeFfnImpl(const MoeFfnOptions& options_, std::shared_ptr<RouterImpl> router_)
     : options(options_), router(std::move(router_)) {
   options.validate();
-  if (!router) throw_error(kTag, "needs a router");
+  if (!router) throw_error(kMoeFfnTag, "needs a router");
   if (router->num_modules() != options.num_experts())
-    throw_error(kTag, "the router routes over " + std::to_string(router->num_modules()) + " modules, the layer has " +
-                          std::to_string(options.num_experts()) + " experts");
+    throw_error(kMoeFfnTag, "the router routes over " + std::to_string(router->num_modules()) +
+                                " modules, the layer has " + std::to_string(options.num_experts()) + " experts");
   if (options.router_distillation_coef() > 0 && !std::dynamic_pointer_cast<TopKRouterImpl>(router))
-    throw_error(kTag, "router_distillation_coef needs a TopKRouter (it trains the gate logits)");
+    throw_error(kMoeFfnTag, "router_distillation_coef needs a TopKRouter (it trains the gate logits)");
   register_module("router", router);
   reset();
 }
@@ -83,7 +83,7 @@ torch::Tensor MoeFfnImpl::dispatch(const torch::Tensor& x, const torch::Tensor& 
   slot = slot.masked_select(valid);
   expert_of = expert_of.masked_select(valid);
   if ((expert_of >= E).any().item<bool>())
-    throw_error(kTag,
+    throw_error(kMoeFfnTag,
                 "routing names expert " + std::to_string(expert_of.max().item<int64_t>()) + " of " + std::to_string(E));
   // Sort by expert (stable: priority order inside each expert's segment).
   auto order = std::get<1>(torch::sort(expert_of, /*stable=*/true, /*dim=*/0, /*descending=*/false));
@@ -134,8 +134,8 @@ torch::Tensor MoeFfnImpl::mixed(const SiteInput& in, const torch::Tensor& w) {
 torch::Tensor MoeFfnImpl::forward(const torch::Tensor& x) {
   const int64_t H = options.features();
   if (!x.defined() || x.dim() < 1 || x.size(-1) != H)
-    throw_error(kTag, "input must be [.., " + std::to_string(H) + "], got " +
-                          (x.defined() ? c10::str(x.sizes()) : "undefined"));
+    throw_error(kMoeFfnTag, "input must be [.., " + std::to_string(H) + "], got " +
+                                (x.defined() ? c10::str(x.sizes()) : "undefined"));
   auto out = algorithm1(*router, *this, options.weighted() ? Aggregation::WeightedSum : Aggregation::Sum,
                         {x, {}, nullptr}, &last_routing);
   if (output_bias.defined()) out = out + output_bias;
@@ -163,7 +163,7 @@ torch::Tensor MoeFfnImpl::activation_norms(const torch::Tensor& x) const {
 
 torch::Tensor MoeFfnImpl::router_distillation_loss(const torch::Tensor& x) {
   auto gate = std::dynamic_pointer_cast<TopKRouterImpl>(router);
-  if (!gate) throw_error(kTag, "router distillation needs a TopKRouter");
+  if (!gate) throw_error(kMoeFfnTag, "router distillation needs a TopKRouter");
   torch::Tensor target;
   {
     torch::NoGradGuard no_grad;

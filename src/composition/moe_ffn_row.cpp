@@ -24,7 +24,7 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr std::string_view kTag = "moe ffn";
+constexpr std::string_view kMoeFfnRowTag = "moe ffn";
 const std::string kType = "MODULA_MOE_FFN";
 
 // Keys that only one init reads; the other init rejects them.
@@ -64,20 +64,20 @@ MoeConfig parse_config(const json& c, const std::string& where) {
   MoeConfig o;
   o.init = field("init", std::string());
   if (o.init != "upcycle" && o.init != "moefy")
-    throw_error<ConfigError>(kTag, where + ": 'init' must be \"upcycle\" or \"moefy\", got " +
-                                       (c.contains("init") ? c["init"].dump() : std::string("nothing")));
+    throw_error<ConfigError>(kMoeFfnRowTag, where + ": 'init' must be \"upcycle\" or \"moefy\", got " +
+                                                (c.contains("init") ? c["init"].dump() : std::string("nothing")));
   const bool up = o.upcycle();
   for (const auto& key : up ? kMoefyOnly : kUpcycleOnly)
     if (c.contains(key) && !c[key].is_null())
-      throw_error<ConfigError>(kTag,
+      throw_error<ConfigError>(kMoeFfnRowTag,
                                where + ": '" + key + "' applies to init: " + (up ? "moefy" : "upcycle") + " only");
   o.num_experts = field("num_experts", int64_t{0});
   if (o.num_experts <= 0)
-    throw_error<ConfigError>(kTag, where + ": 'num_experts' must be a positive integer (the experts per FFN)");
+    throw_error<ConfigError>(kMoeFfnRowTag, where + ": 'num_experts' must be a positive integer (the experts per FFN)");
   o.k = field("num_experts_per_tok", int64_t{2});
   if (o.k < 1 || o.k > o.num_experts)
-    throw_error<ConfigError>(kTag, where + ": 'num_experts_per_tok' must be in [1, num_experts = " +
-                                       std::to_string(o.num_experts) + "], got " + std::to_string(o.k));
+    throw_error<ConfigError>(kMoeFfnRowTag, where + ": 'num_experts_per_tok' must be in [1, num_experts = " +
+                                                std::to_string(o.num_experts) + "], got " + std::to_string(o.k));
   o.layers = field("layers", std::vector<int64_t>{});
   o.aux = field("router_aux_loss_coef", up ? 0.01 : 0.0);
   o.z = field("router_z_loss_coef", up ? 0.001 : 0.0);
@@ -122,8 +122,8 @@ MoefyOptions moefy_options(const MoeConfig& c, const std::shared_ptr<RoutingCont
 MoeFfn moefy_shell(const DenseFfn& ffn, const MoefyOptions& o) {
   const int64_t E = o.num_experts(), H = ffn.features(), I = ffn.intermediate();
   if (I % E != 0)
-    throw_error<ConfigError>(
-        kTag, "intermediate size " + std::to_string(I) + " is not divisible by num_experts " + std::to_string(E));
+    throw_error<ConfigError>(kMoeFfnRowTag, "intermediate size " + std::to_string(I) +
+                                                " is not divisible by num_experts " + std::to_string(E));
   auto router =
       TopKRouter(TopKRouterOptions(H, E).k(o.k()).load_balance_coef(o.load_balance_coef()).z_loss_coef(o.z_loss_coef()),
                  o.context());
@@ -158,7 +158,8 @@ struct MoeState : AdapterState {
   }
   void set_scale(double scale) override {
     if (scale != 1.0)
-      throw_error(kTag, "'" + name + "' replaces the dense FFNs and has no scale (use set_enabled(false) for them)");
+      throw_error(kMoeFfnRowTag,
+                  "'" + name + "' replaces the dense FFNs and has no scale (use set_enabled(false) for them)");
   }
   bool mergeable() const override { return false; }  // routing depends on the input: Adapter::merge refuses
   void remove() override {
@@ -205,10 +206,6 @@ Adapter moe_handle(const MoeConfig& c, const std::string& name, std::shared_ptr<
   return a;
 }
 
-std::shared_ptr<RoutingContext> context_of(const ModuleEnv& env) {
-  return env.context ? env.context : std::make_shared<RoutingContext>();
-}
-
 // The MoE blocks of `c` at every selected FFN: upcycled copies, MoE-fied clusters, or (to
 // load a folder into) MoE-fied shells without clustering.
 std::shared_ptr<MoeState> make_blocks(Backbone& m, const MoeConfig& c, const std::string& name,
@@ -237,20 +234,21 @@ void copy_tensors(MoeState& s, const io::PeftFolder& folder, const std::vector<i
       const auto key = io::kPeftPrefix + site.path + "." + p.key();
       auto it = folder.tensors.find(key);
       if (it == folder.tensors.end())
-        throw_error<ConfigError>(kTag, folder.dir + ": adapter_model.safetensors has no tensor '" + key +
-                                           "' (the folder does not match this model)");
+        throw_error<ConfigError>(kMoeFfnRowTag, folder.dir + ": adapter_model.safetensors has no tensor '" + key +
+                                                    "' (the folder does not match this model)");
       if (it->second.sizes() != p.value().sizes())
-        throw_error<ConfigError>(kTag, folder.dir + ": tensor '" + key + "' has shape " + c10::str(it->second.sizes()) +
-                                           ", this model needs " + c10::str(p.value().sizes()));
+        throw_error<ConfigError>(kMoeFfnRowTag, folder.dir + ": tensor '" + key + "' has shape " +
+                                                    c10::str(it->second.sizes()) + ", this model needs " +
+                                                    c10::str(p.value().sizes()));
       torch::NoGradGuard no_grad;
       p.value().copy_(it->second);
       used.insert(key);
     }
   for (const auto& [key, t] : folder.tensors)
     if (!used.count(key))
-      throw_error<ConfigError>(kTag, folder.dir + ": tensor '" + key + "' matches no MoE FFN site of this model (" +
-                                         std::to_string(s.sites.size()) + " sites, layers " + json(layers).dump() +
-                                         ")");
+      throw_error<ConfigError>(kMoeFfnRowTag,
+                               folder.dir + ": tensor '" + key + "' matches no MoE FFN site of this model (" +
+                                   std::to_string(s.sites.size()) + " sites, layers " + json(layers).dump() + ")");
 }
 
 Adapter moe_load(Backbone& m, const io::PeftFolder& folder, const ModuleEnv& env) {
@@ -260,7 +258,7 @@ Adapter moe_load(Backbone& m, const io::PeftFolder& folder, const ModuleEnv& env
   try {
     s = make_blocks(m, c, env.name, ctx, /*shells=*/true);  // the folder's tensors overwrite them below
   } catch (const std::invalid_argument& e) {
-    throw_error<ConfigError>(kTag, folder.dir + ": " + e.what());
+    throw_error<ConfigError>(kMoeFfnRowTag, folder.dir + ": " + e.what());
   }
   try {
     copy_tensors(*s, folder, c.layers);
@@ -273,7 +271,7 @@ Adapter moe_load(Backbone& m, const io::PeftFolder& folder, const ModuleEnv& env
 
 void moe_save(const Adapter& a, const std::string& dir) {
   auto s = std::dynamic_pointer_cast<MoeState>(a.state);
-  if (!s) throw_error(kTag, "adapter '" + a.name + "' has no MoE FFN blocks to save");
+  if (!s) throw_error(kMoeFfnRowTag, "adapter '" + a.name + "' has no MoE FFN blocks to save");
   io::NamedTensors tensors;
   for (const auto& site : s->sites)
     for (const auto& p : site.moe->named_parameters())

@@ -15,15 +15,15 @@ namespace modula {
 
 namespace {
 
-constexpr std::string_view kTag = "moefication";
+constexpr std::string_view kMoeficationTag = "moefication";
 
 std::shared_ptr<LinearImpl> linear_at(torch::nn::Module& root, const std::string& path) {
   auto modules = root.named_modules();
   auto* found = modules.find(path);
   auto linear = found ? std::dynamic_pointer_cast<LinearImpl>(*found) : nullptr;
-  if (!linear) throw_error(kTag, "no linear layer at '" + path + "'");
+  if (!linear) throw_error(kMoeficationTag, "no linear layer at '" + path + "'");
   if (linear->has_modules())
-    throw_error(kTag, "'" + path + "' carries attached modules; merge or detach them before MoE-fication");
+    throw_error(kMoeficationTag, "'" + path + "' carries attached modules; merge or detach them before MoE-fication");
   return linear;
 }
 
@@ -42,7 +42,7 @@ DenseFfn dense_ffn(Backbone& model, const std::string& path) {
   auto* found = modules.find(path);
   auto site = found ? std::dynamic_pointer_cast<BlockSite>(*found) : nullptr;
   if (!site || site->role != BlockRole::FeedForward)
-    throw_error(kTag, "'" + path + "' is not a feed-forward block site");
+    throw_error(kMoeficationTag, "'" + path + "' is not a feed-forward block site");
   auto children = site->named_children();
   DenseFfn ffn;
   ffn.activation = model.config().hidden_act;
@@ -60,7 +60,8 @@ DenseFfn dense_ffn(Backbone& model, const std::string& path) {
     down = linear_at(model, path + ".dense");
   } else {
     throw_error(
-        kTag, "'" + path + "' has no known feed-forward projections (gate_proj/up_proj/down_proj, c_fc/c_proj, dense)");
+        kMoeficationTag,
+        "'" + path + "' has no known feed-forward projections (gate_proj/up_proj/down_proj, c_fc/c_proj, dense)");
   }
   ffn.gated = gate != nullptr;
   ffn.w_up = detached(up->weight_out_in());
@@ -75,12 +76,13 @@ DenseFfn dense_ffn(Backbone& model, const std::string& path) {
 }
 
 torch::Tensor balanced_kmeans(const torch::Tensor& points, int64_t clusters, int64_t iterations, uint64_t seed) {
-  if (points.dim() != 2) throw_error(kTag, "k-means points must be [n, d], got " + c10::str(points.sizes()));
+  if (points.dim() != 2) throw_error(kMoeficationTag, "k-means points must be [n, d], got " + c10::str(points.sizes()));
   const int64_t n = points.size(0);
   if (clusters <= 0 || n % clusters != 0)
-    throw_error(kTag,
+    throw_error(kMoeficationTag,
                 "cannot split " + std::to_string(n) + " neurons into " + std::to_string(clusters) + " equal groups");
-  if (iterations <= 0) throw_error(kTag, "kmeans_iterations must be positive, got " + std::to_string(iterations));
+  if (iterations <= 0)
+    throw_error(kMoeficationTag, "kmeans_iterations must be positive, got " + std::to_string(iterations));
   const int64_t size = n / clusters;
   auto x = points.detach().to(torch::kCPU, torch::kFloat32).contiguous();
   // Initial centroids: `clusters` distinct rows, drawn reproducibly.
@@ -115,20 +117,21 @@ torch::Tensor balanced_kmeans(const torch::Tensor& points, int64_t clusters, int
 }
 
 void MoefyOptions::validate() const {
-  if (num_experts() <= 0) throw_error(kTag, "num_experts must be positive, got " + std::to_string(num_experts()));
+  if (num_experts() <= 0)
+    throw_error(kMoeficationTag, "num_experts must be positive, got " + std::to_string(num_experts()));
   if (k() < 1 || k() > num_experts())
-    throw_error(kTag,
+    throw_error(kMoeficationTag,
                 "k must be in [1, num_experts = " + std::to_string(num_experts()) + "], got " + std::to_string(k()));
   if (kmeans_iterations() <= 0)
-    throw_error(kTag, "kmeans_iterations must be positive, got " + std::to_string(kmeans_iterations()));
-  if (router_distillation_coef() < 0) throw_error(kTag, "router_distillation_coef must be >= 0");
+    throw_error(kMoeficationTag, "kmeans_iterations must be positive, got " + std::to_string(kmeans_iterations()));
+  if (router_distillation_coef() < 0) throw_error(kMoeficationTag, "router_distillation_coef must be >= 0");
 }
 
 MoeFfn moefy_ffn(const DenseFfn& ffn, const MoefyOptions& options) {
   options.validate();
   const int64_t E = options.num_experts(), H = ffn.features(), I = ffn.intermediate();
   if (I % E != 0)
-    throw_error(kTag,
+    throw_error(kMoeficationTag,
                 "intermediate size " + std::to_string(I) + " is not divisible by num_experts " + std::to_string(E));
   const int64_t size = I / E;
   // Cluster the rows that decide each neuron's activation (SwiGLU: both of its input rows).
@@ -176,14 +179,16 @@ std::vector<std::pair<std::string, MoeFfn>> replace_ffns(Backbone& model, const 
   for (auto& [path, site] : select_block_sites(model, select)) {
     if (site->role != BlockRole::FeedForward) continue;
     if (site->has_modules())  // a replacing module must come first: it ignores what earlier ones computed
-      throw_error(kTag, "'" + path + "' already carries block modules; replace the FFN before attaching others");
+      throw_error(kMoeficationTag,
+                  "'" + path + "' already carries block modules; replace the FFN before attaching others");
     auto moe = make(dense_ffn(model, path));
     auto like = dense_ffn_weight(*site);
     moe->to(like.device(), like.scalar_type());
     site->attach(name, moe.ptr());
     result.emplace_back(path, moe);
   }
-  if (result.empty()) throw_error(kTag, "no feed-forward block matched layers " + nlohmann::json(layers).dump());
+  if (result.empty())
+    throw_error(kMoeficationTag, "no feed-forward block matched layers " + nlohmann::json(layers).dump());
   return result;
 }
 

@@ -15,25 +15,27 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr std::string_view kTag = "poly";
+constexpr std::string_view kPolyLoraTag = "poly";
 
 int64_t config_int(const json& c, const char* key, int64_t fallback) {
   if (!c.contains(key) || c[key].is_null()) return fallback;
   if (!c[key].is_number_integer())
-    throw_error(kTag, std::string("config key '") + key + "' must be an integer (got " + c[key].dump() + ")");
+    throw_error(kPolyLoraTag, std::string("config key '") + key + "' must be an integer (got " + c[key].dump() + ")");
   return c[key].get<int64_t>();
 }
 
 }  // namespace
 
 void PolyLoraOptions::validate() const {
-  if (in_features() <= 0 || out_features() <= 0) throw_error(kTag, "in_features and out_features must be positive");
-  if (r() <= 0) throw_error(kTag, "r must be positive (got " + std::to_string(r()) + ")");
+  if (in_features() <= 0 || out_features() <= 0)
+    throw_error(kPolyLoraTag, "in_features and out_features must be positive");
+  if (r() <= 0) throw_error(kPolyLoraTag, "r must be positive (got " + std::to_string(r()) + ")");
   if (n_tasks() <= 0 || n_skills() <= 0 || n_splits() <= 0)
-    throw_error(kTag, "n_tasks, n_skills and n_splits must be positive");
+    throw_error(kPolyLoraTag, "n_tasks, n_skills and n_splits must be positive");
   if (in_features() % n_splits() || out_features() % n_splits())
-    throw_error(kTag, "n_splits " + std::to_string(n_splits()) + " must divide in_features " +
-                          std::to_string(in_features()) + " and out_features " + std::to_string(out_features()));
+    throw_error(kPolyLoraTag, "n_splits " + std::to_string(n_splits()) + " must divide in_features " +
+                                  std::to_string(in_features()) + " and out_features " +
+                                  std::to_string(out_features()));
 }
 
 PolyLoraImpl::PolyLoraImpl(const PolyLoraOptions& options_, std::shared_ptr<RoutingContext> context)
@@ -77,7 +79,7 @@ torch::Tensor PolyLoraImpl::averaged(const SiteInput& in, const torch::Tensor& w
 }
 
 torch::Tensor PolyLoraImpl::selected(const SiteInput&, const torch::Tensor&, const torch::Tensor&) {
-  throw_error(kTag, "Polytropon skills combine by parameter averaging only (aggregation parameter_average)");
+  throw_error(kPolyLoraTag, "Polytropon skills combine by parameter averaging only (aggregation parameter_average)");
 }
 torch::Tensor PolyLoraImpl::mixed(const SiteInput& in, const torch::Tensor& w) { return selected(in, w, w); }
 
@@ -96,16 +98,17 @@ void PolyLoraImpl::unmerge(LinearImpl&) { throw std::logic_error("[poly] not mer
 Adapter add_poly_adapter(Backbone& model, const json& config, std::shared_ptr<RoutingContext> context,
                          const std::string& name) {
   if (config.value("peft_type", std::string()) != "POLY")
-    throw_error(kTag, "config peft_type must be \"POLY\" (got " + config.value("peft_type", json()).dump() + ")");
+    throw_error(kPolyLoraTag,
+                "config peft_type must be \"POLY\" (got " + config.value("peft_type", json()).dump() + ")");
   auto poly_type = config.value("poly_type", json("poly"));
-  if (poly_type != "poly") throw_error(kTag, "poly_type " + poly_type.dump() + " is not supported (\"poly\")");
-  if (!context) throw_error(kTag, "a RoutingContext is needed for the task ids");
+  if (poly_type != "poly") throw_error(kPolyLoraTag, "poly_type " + poly_type.dump() + " is not supported (\"poly\")");
+  if (!context) throw_error(kPolyLoraTag, "a RoutingContext is needed for the task ids");
   // modula extension: the RoutingContext entry with the ids (a metadata field); written to
   // adapter_config.json only when it is not PEFT's "task".
   const json key =
       config.contains("routing_key") && !config["routing_key"].is_null() ? config["routing_key"] : json("task");
   if (!key.is_string() || key.get<std::string>().empty())
-    throw_error(kTag,
+    throw_error(kPolyLoraTag,
                 "config key 'routing_key' must name a RoutingContext entry (default \"task\"), got " + key.dump());
   Adapter a;
   a.name = name;
@@ -121,11 +124,11 @@ Adapter add_poly_adapter(Backbone& model, const json& config, std::shared_ptr<Ro
                  .init_weights(config.value("init_weights", true))
                  .key(key.get<std::string>());
     if (layer->options.conv1d_layout())
-      throw_error(kTag, "site " + path + " is a Conv1D layer; PEFT POLY supports nn.Linear only");
+      throw_error(kPolyLoraTag, "site " + path + " is a Conv1D layer; PEFT POLY supports nn.Linear only");
     try {
       o.validate();
     } catch (const std::invalid_argument& e) {
-      throw_error(kTag, "site " + path + ": " + e.what());
+      throw_error(kPolyLoraTag, "site " + path + ": " + e.what());
     }
     auto poly = std::make_shared<PolyLoraImpl>(o, context);
     poly->to(layer->weight.device(), layer->weight.scalar_type());
@@ -149,15 +152,16 @@ Adapter load_poly_adapter(Backbone& model, const std::string& dir, std::shared_p
         auto key = io::kPeftPrefix + m.site + "." + m.peft_keys.at(p.key());
         auto it = folder.tensors.find(key);
         if (it == folder.tensors.end())
-          throw_error(kTag, dir + ": adapter_model.safetensors has no tensor '" + key + "'");
+          throw_error(kPolyLoraTag, dir + ": adapter_model.safetensors has no tensor '" + key + "'");
         if (it->second.sizes() != p.value().sizes())
-          throw_error(kTag, dir + ": tensor '" + key + "' has shape " + c10::str(it->second.sizes()) + ", expected " +
-                                c10::str(p.value().sizes()));
+          throw_error(kPolyLoraTag, dir + ": tensor '" + key + "' has shape " + c10::str(it->second.sizes()) +
+                                        ", expected " + c10::str(p.value().sizes()));
         p.value().copy_(it->second);
         used.insert(key);
       }
     for (const auto& [key, t] : folder.tensors)
-      if (!used.count(key)) throw_error(kTag, dir + ": tensor '" + key + "' matches no module of this POLY config");
+      if (!used.count(key))
+        throw_error(kPolyLoraTag, dir + ": tensor '" + key + "' matches no module of this POLY config");
   } catch (...) {
     remove_adapter(a);
     throw;
@@ -169,7 +173,7 @@ std::vector<torch::Tensor> mhr_z(Adapter& poly) {
   std::vector<torch::Tensor> trainable;
   for (auto& m : poly.modules) {
     auto p = std::dynamic_pointer_cast<PolyLoraImpl>(m.module);
-    if (!p) throw_error(kTag, "mhr_z: module at " + m.site + " is not a Poly module");
+    if (!p) throw_error(kPolyLoraTag, "mhr_z: module at " + m.site + " is not a Poly module");
     p->poly_lora_A.set_requires_grad(false);
     p->poly_lora_B.set_requires_grad(false);
     p->poly_router->module_logits.set_requires_grad(true);
@@ -179,12 +183,12 @@ std::vector<torch::Tensor> mhr_z(Adapter& poly) {
 }
 
 Adapter mhr_mu(Backbone& model, const Adapter& poly, const std::string& name) {
-  if (poly.modules.empty()) throw_error(kTag, "mhr_mu: the Poly adapter has no modules");
+  if (poly.modules.empty()) throw_error(kPolyLoraTag, "mhr_mu: the Poly adapter has no modules");
   json targets = json::array();
   int64_t r = 0;
   for (const auto& m : poly.modules) {
     auto p = std::dynamic_pointer_cast<PolyLoraImpl>(m.module);
-    if (!p) throw_error(kTag, "mhr_mu: module at " + m.site + " is not a Poly module");
+    if (!p) throw_error(kPolyLoraTag, "mhr_mu: module at " + m.site + " is not a Poly module");
     targets.push_back(m.site);
     r = p->options.r();
   }

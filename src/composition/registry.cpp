@@ -16,11 +16,7 @@ namespace {
 using json = nlohmann::json;
 using Build = std::function<Adapter(Backbone&, const json&, const ModuleEnv&)>;
 
-constexpr std::string_view kTag = "registry";
-
-std::shared_ptr<RoutingContext> context_of(const ModuleEnv& env) {
-  return env.context ? env.context : std::make_shared<RoutingContext>();
-}
+constexpr std::string_view kRegistryTag = "registry";
 
 // A row whose folder is PEFT's layout: build from the folder's config, copy the tensors.
 ModuleType peft_row(const std::string& type, const std::string& summary, Build build) {
@@ -71,7 +67,7 @@ std::vector<ModuleType> make_table() {
   return rows;
 }
 
-std::pair<std::string, double> parse_spec(const std::string& spec) {
+std::pair<std::string, double> folder_and_scale(const std::string& spec) {
   auto colon = spec.rfind(':');
   if (colon == std::string::npos) return {spec, 1.0};
   try {
@@ -102,11 +98,12 @@ const ModuleType& module_type(const std::string& peft_type) {
     if (t.peft_type == peft_type) return t;
   std::string known;
   for (const auto& n : supported_peft_types()) known += (known.empty() ? "" : ", ") + n;
-  throw_error(kTag, "unknown peft_type '" + peft_type + "' (supported: " + known + ")");
+  throw_error(kRegistryTag, "unknown peft_type '" + peft_type + "' (supported: " + known + ")");
 }
 
 Adapter build_module(Backbone& model, const json& config, const ModuleEnv& env) {
-  if (!config.is_object()) throw_error(kTag, "a module config must be a JSON object (got " + config.dump() + ")");
+  if (!config.is_object())
+    throw_error(kRegistryTag, "a module config must be a JSON object (got " + config.dump() + ")");
   auto type = io::config_field<std::string>(config, "peft_type", "", "[registry]");
   auto a = module_type(type).build(model, config, env);
   a.peft_type = type;
@@ -144,7 +141,7 @@ std::vector<Adapter> load_module_folders(Backbone& model, const std::vector<std:
   std::vector<Adapter> out;
   try {
     for (const auto& spec : specs) {
-      auto [dir, scale] = parse_spec(spec);
+      auto [dir, scale] = folder_and_scale(spec);
       ModuleEnv env;
       env.name = "a" + std::to_string(out.size());
       env.scale = scale;

@@ -12,7 +12,7 @@ using nlohmann::json;
 namespace modula::io {
 namespace {
 
-constexpr std::string_view kTag = "config";
+constexpr std::string_view kHfConfigTag = "config";
 
 // First present, non-null key among `names`, read as T; `fallback` otherwise.
 template <typename T>
@@ -20,7 +20,7 @@ T get_or(const json& j, std::initializer_list<const char*> names, T fallback, co
   for (const char* n : names)
     if (j.contains(n) && !j[n].is_null())
       return config_field_with(j, n, fallback, [&](const char* k, const json& v) {
-        throw_error<ConfigError>(kTag, source + ": key '" + k + "' has the wrong type (" + v.type_name() + ")");
+        throw_error<ConfigError>(kHfConfigTag, source + ": key '" + k + "' has the wrong type (" + v.type_name() + ")");
       });
   return fallback;
 }
@@ -29,7 +29,7 @@ std::optional<int64_t> get_opt_int(const json& j, const char* name, const std::s
   auto it = j.find(name);
   if (it == j.end() || it->is_null()) return std::nullopt;
   if (!it->is_number_integer())
-    throw_error<ConfigError>(kTag, source + ": " + std::string("key '") + name + "' must be an integer");
+    throw_error<ConfigError>(kHfConfigTag, source + ": " + std::string("key '") + name + "' must be an integer");
   return it->get<int64_t>();
 }
 
@@ -41,8 +41,8 @@ Family family_of(const std::string& model_type, const std::string& source) {
   if (decoders.count(model_type)) return Family::Decoder;
   if (model_type == "gpt2") return Family::Gpt2;
   if (encoders.count(model_type)) return Family::Encoder;
-  throw_error<ConfigError>(kTag, source + ": unknown model_type '" + model_type +
-                                     "' (supported: llama, qwen2, mistral, gpt2, bert, roberta, xlm-roberta)");
+  throw_error<ConfigError>(kHfConfigTag, source + ": unknown model_type '" + model_type +
+                                             "' (supported: llama, qwen2, mistral, gpt2, bert, roberta, xlm-roberta)");
 }
 
 // transformers 5: rope_parameters {rope_theta, rope_type, factor, ...};
@@ -64,9 +64,9 @@ void parse_rope(const json& j, ModelConfig& c, const std::string& source) {
   r.high_freq_factor = get_or<double>(*scaling, {"high_freq_factor"}, 4.0, source);
   r.original_max_position_embeddings = get_or<int64_t>(*scaling, {"original_max_position_embeddings"}, 8192, source);
   if (r.type != "default" && r.type != "linear" && r.type != "llama3")
-    throw_error<ConfigError>(kTag,
+    throw_error<ConfigError>(kHfConfigTag,
                              source + ": unsupported rope type '" + r.type + "' (supported: default, linear, llama3)");
-  if (r.factor <= 0) throw_error<ConfigError>(kTag, source + ": rope factor must be positive");
+  if (r.factor <= 0) throw_error<ConfigError>(kHfConfigTag, source + ": rope factor must be positive");
 }
 
 void parse_decoder(const json& j, ModelConfig& c, const std::string& source) {
@@ -116,23 +116,23 @@ void parse_encoder(const json& j, ModelConfig& c, const std::string& source) {
   std::string position_type = get_or<std::string>(j, {"position_embedding_type"}, "absolute", source);
   if (position_type != "absolute")
     throw_error<ConfigError>(
-        kTag, source + ": position_embedding_type '" + position_type + "' is not supported (absolute only)");
+        kHfConfigTag, source + ": position_embedding_type '" + position_type + "' is not supported (absolute only)");
 }
 
 void require_positive(int64_t v, const char* name, const std::string& source) {
   if (v <= 0)
     throw_error<ConfigError>(
-        kTag, source + ": " + std::string("'") + name + "' must be positive (got " + std::to_string(v) + ")");
+        kHfConfigTag, source + ": " + std::string("'") + name + "' must be positive (got " + std::to_string(v) + ")");
 }
 
 }  // namespace
 
 ModelConfig parse_hf_config(const json& j, const std::string& source) {
-  if (!j.is_object()) throw_error<ConfigError>(kTag, source + ": expected a JSON object");
+  if (!j.is_object()) throw_error<ConfigError>(kHfConfigTag, source + ": expected a JSON object");
   ModelConfig c;
   c.raw = j;
   if (!j.contains("model_type") || !j["model_type"].is_string())
-    throw_error<ConfigError>(kTag, source + ": missing string key 'model_type'");
+    throw_error<ConfigError>(kHfConfigTag, source + ": missing string key 'model_type'");
   c.model_type = j["model_type"].get<std::string>();
   Family family = family_of(c.model_type, source);
   c.architectures = get_or<std::vector<std::string>>(j, {"architectures"}, {}, source);
@@ -171,19 +171,19 @@ ModelConfig parse_hf_config(const json& j, const std::string& source) {
   c.head_dim = get_or<int64_t>(j, {"head_dim"}, 0, source);
   if (c.head_dim == 0) {
     if (c.hidden_size % c.num_attention_heads != 0)
-      throw_error<ConfigError>(kTag, source + ": hidden_size " + std::to_string(c.hidden_size) +
-                                         " is not divisible by num_attention_heads " +
-                                         std::to_string(c.num_attention_heads));
+      throw_error<ConfigError>(kHfConfigTag, source + ": hidden_size " + std::to_string(c.hidden_size) +
+                                                 " is not divisible by num_attention_heads " +
+                                                 std::to_string(c.num_attention_heads));
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
   require_positive(c.head_dim, "head_dim", source);
   if (c.num_attention_heads % c.num_key_value_heads != 0)
-    throw_error<ConfigError>(kTag, source + ": num_attention_heads " + std::to_string(c.num_attention_heads) +
-                                       " is not a multiple of num_key_value_heads " +
-                                       std::to_string(c.num_key_value_heads));
+    throw_error<ConfigError>(kHfConfigTag, source + ": num_attention_heads " + std::to_string(c.num_attention_heads) +
+                                               " is not a multiple of num_key_value_heads " +
+                                               std::to_string(c.num_key_value_heads));
   if (family == Family::Decoder && c.head_dim % 2 != 0)
-    throw_error<ConfigError>(kTag, source + ": head_dim must be even for RoPE");
-  if (c.norm_eps <= 0) throw_error<ConfigError>(kTag, source + ": norm epsilon must be positive");
+    throw_error<ConfigError>(kHfConfigTag, source + ": head_dim must be even for RoPE");
+  if (c.norm_eps <= 0) throw_error<ConfigError>(kHfConfigTag, source + ": norm epsilon must be positive");
   return c;
 }
 

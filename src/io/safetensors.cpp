@@ -15,6 +15,8 @@
 #include <set>
 #include <system_error>
 
+#include "safetensors_fail.h"
+
 // The format stores little-endian data and we map it as-is.
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "modula::io safetensors supports little-endian hosts only"
@@ -29,15 +31,13 @@ using nlohmann::json;
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 constexpr int kMaxJsonDepth = 16;
 
-[[noreturn]] void fail(const std::string& file, const std::string& msg) {
-  throw SafetensorsError("[safetensors] " + file + ": " + msg);
-}
+using detail::fail;
 
 [[noreturn]] void fail_key(const std::string& file, const std::string& key, const std::string& msg) {
   fail(file, "tensor '" + key + "': " + msg);
 }
 
-std::string errno_text(int e) { return std::generic_category().message(e); }
+using detail::errno_text;
 
 struct DtypeName {
   const char* name;

@@ -9,6 +9,8 @@
 
 #include "modula/io/safetensors.h"
 #include "modula/util/fs.h"
+#include "modula/util/strings.h"
+#include "safetensors_fail.h"
 
 namespace modula::io {
 namespace {
@@ -18,13 +20,7 @@ using nlohmann::json;
 constexpr const char* kIndexName = "model.safetensors.index.json";
 constexpr const char* kSingleName = "model.safetensors";
 
-[[noreturn]] void fail(const std::string& file, const std::string& msg) {
-  throw SafetensorsError("[safetensors] " + file + ": " + msg);
-}
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
+using detail::fail;
 
 using fs::is_dir;
 using fs::is_file;

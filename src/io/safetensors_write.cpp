@@ -12,17 +12,16 @@
 #include <system_error>
 
 #include "modula/io/safetensors.h"
+#include "safetensors_fail.h"
 
 namespace modula::io {
 namespace {
 
 using ojson = nlohmann::ordered_json;
 
-[[noreturn]] void fail(const std::string& file, const std::string& msg) {
-  throw SafetensorsError("[safetensors] " + file + ": " + msg);
-}
+using detail::fail;
 
-std::string errno_text(int e) { return std::generic_category().message(e); }
+using detail::errno_text;
 
 struct Item {
   std::string name;

@@ -2,26 +2,26 @@
 // M inputs stacked so each rule runs as one batched kernel.
 #include "modula/merge/lora_merge.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <set>
 
 #include "modula/merge/task_vectors.h"
 #include "modula/modules/lora.h"
+#include "modula/modules/targets.h"
 #include "modula/util/error.h"
+#include "modula/util/strings.h"
 
 namespace modula {
 namespace {
 
 using json = nlohmann::json;
 
-constexpr std::string_view kTag = "lora_merge";
+constexpr std::string_view kLoraMergeTag = "lora_merge";
 
 bool contains(const std::vector<std::string>& v, const std::string& s) {
   return std::find(v.begin(), v.end(), s) != v.end();
-}
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 bool is_svd(const std::string& type) { return ends_with(type, "svd"); }
 // "ties_svd" -> "ties", "svd" -> "linear": the rule applied before the factorisation.
@@ -45,22 +45,56 @@ torch::Tensor combine(const std::string& rule, const torch::Tensor& stacked, con
   return disjoint_merge(kept * broadcast_weights(w, kept), mask);
 }
 
-// PEFT's union of target_modules: lists merge as sets, regex strings as "(a)|(b)".
-json union_targets(const std::vector<Adapter>& adapters) {
-  bool strings = adapters[0].config.value("target_modules", json()).is_string();
-  std::set<std::string> names;
-  std::string regex;
+// PEFT's union of the inputs' target_modules, written in the simplest form that selects
+// exactly the union: one shared value as it is ("all-linear" included), lists as a set,
+// regexes as "(a)|(b)". Other mixes ("all-linear" with a list or a regex, lists with
+// regexes) and inputs whose exclude_modules / layers_to_transform differ become the list of
+// the sites the inputs hold (full paths, which PEFT matches exactly), filters cleared.
+void unite_targets(Backbone& model, const std::vector<Adapter>& adapters, json& config) {
+  const char* filters[] = {"exclude_modules", "layers_to_transform", "layers_pattern"};
+  auto filter_of = [&](const Adapter& a) {
+    json f = json::object();
+    for (const char* k : filters) f[k] = a.config.value(k, json());
+    return f;
+  };
+  std::vector<json> targets;
+  bool same_filters = true, all_lists = true, all_regex = true;
   for (const auto& a : adapters) {
     auto t = a.config.value("target_modules", json());
-    if (t.is_string() != strings || !(t.is_string() || t.is_array()))
-      throw_error(kTag, "adapter '" + a.name + "': target_modules " + t.dump() +
-                            " — all adapters need target_modules of one type (all lists or all regex strings)");
-    if (strings)
-      regex += (regex.empty() ? "(" : "|(") + t.get<std::string>() + ")";
-    else
-      for (const auto& n : t) names.insert(n.get<std::string>());
+    if (!(t.is_string() || t.is_array()))
+      throw_error(kLoraMergeTag,
+                  "adapter '" + a.name + "': target_modules " + t.dump() + " is neither a string nor a list");
+    all_lists = all_lists && t.is_array();
+    all_regex = all_regex && t.is_string() && t.get<std::string>() != "all-linear";
+    same_filters = same_filters && filter_of(a) == filter_of(adapters[0]);
+    targets.push_back(std::move(t));
   }
-  return strings ? json(regex) : json(std::vector<std::string>(names.begin(), names.end()));
+  const bool all_same = std::all_of(targets.begin(), targets.end(), [&](const json& t) { return t == targets[0]; });
+  if (same_filters && all_same) {
+    config["target_modules"] = targets[0];
+  } else if (same_filters && all_lists) {
+    std::set<std::string> names;
+    for (const auto& t : targets)
+      for (const auto& n : t) names.insert(n.get<std::string>());
+    config["target_modules"] = std::vector<std::string>(names.begin(), names.end());
+  } else if (same_filters && all_regex) {
+    std::string regex;
+    std::set<std::string> seen;
+    for (const auto& t : targets)
+      if (seen.insert(t.get<std::string>()).second) regex += (regex.empty() ? "(" : "|(") + t.get<std::string>() + ")";
+    config["target_modules"] = regex;
+  } else {
+    std::set<std::string> held;
+    for (const auto& a : adapters)
+      for (const auto& m : a.modules) held.insert(m.site);
+    json sites = json::array();
+    for (const auto& [path, layer] : linear_sites(model))
+      if (held.erase(path)) sites.push_back(path);
+    if (!held.empty())
+      throw_error(kLoraMergeTag, "site " + *held.begin() + " of an input adapter is not a Linear site");
+    config["target_modules"] = sites;
+    for (const char* k : filters) config[k] = nullptr;
+  }
 }
 
 struct Source {
@@ -105,28 +139,29 @@ std::vector<std::string> lora_combination_types() {
 }
 
 void LoraMergeOptions::validate(size_t n) const {
-  if (n == 0) throw_error(kTag, "no adapters to merge");
+  if (n == 0) throw_error(kLoraMergeTag, "no adapters to merge");
   if (weights().size() != n)
-    throw_error(kTag,
+    throw_error(kLoraMergeTag,
                 "weights has " + std::to_string(weights().size()) + " entries for " + std::to_string(n) + " adapters");
   for (double w : weights())
-    if (!std::isfinite(w)) throw_error(kTag, "weights must be finite");
+    if (!std::isfinite(w)) throw_error(kLoraMergeTag, "weights must be finite");
   auto types = lora_combination_types();
   if (!contains(types, combination_type())) {
     std::string known;
     for (const auto& t : types) known += (known.empty() ? "" : ", ") + t;
-    throw_error(kTag, "combination_type '" + combination_type() + "' is not known (" + known + ")");
+    throw_error(kLoraMergeTag, "combination_type '" + combination_type() + "' is not known (" + known + ")");
   }
   if (needs_density(combination_type()) && n > 1) {
-    if (!density()) throw_error(kTag, "combination_type '" + combination_type() + "' needs density");
+    if (!density()) throw_error(kLoraMergeTag, "combination_type '" + combination_type() + "' needs density");
     if (!(*density() >= 0 && *density() <= 1))
-      throw_error(kTag, "density must be in [0, 1], got " + std::to_string(*density()));
+      throw_error(kLoraMergeTag, "density must be in [0, 1], got " + std::to_string(*density()));
   }
   sign_method_from_string(majority_sign_method());  // throws naming the value
   if (majority_sign_method() != "total" && majority_sign_method() != "frequency")
-    throw_error(kTag, "majority_sign_method '" + majority_sign_method() + "' is not known (total, frequency)");
-  if (svd_rank() < 0) throw_error(kTag, "svd_rank must be >= 0 (0: the largest input rank)");
-  if (svd_clamp() && !(*svd_clamp() > 0 && *svd_clamp() <= 1)) throw_error(kTag, "svd_clamp must be in (0, 1]");
+    throw_error(kLoraMergeTag, "majority_sign_method '" + majority_sign_method() + "' is not known (total, frequency)");
+  if (svd_rank() < 0) throw_error(kLoraMergeTag, "svd_rank must be >= 0 (0: the largest input rank)");
+  if (svd_clamp() && !(*svd_clamp() > 0 && *svd_clamp() <= 1))
+    throw_error(kLoraMergeTag, "svd_clamp must be in (0, 1]");
 }
 
 Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapters, const LoraMergeOptions& o,
@@ -137,15 +172,15 @@ Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapter
   std::vector<int64_t> ranks;
   for (size_t i = 0; i < adapters.size(); ++i) {
     const auto& a = adapters[i];
-    if (a.name == name) throw_error(kTag, "the merged adapter's name '" + name + "' is already an input's");
+    if (a.name == name) throw_error(kLoraMergeTag, "the merged adapter's name '" + name + "' is already an input's");
     if (a.peft_type != "LORA")
-      throw_error(kTag, "adapter '" + a.name + "' is " + a.peft_type + "; only LORA adapters merge");
+      throw_error(kLoraMergeTag, "adapter '" + a.name + "' is " + a.peft_type + "; only LORA adapters merge");
     if (a.config.value("use_dora", false))
-      throw_error(kTag, "adapter '" + a.name + "' uses DoRA; DoRA magnitudes do not merge");
+      throw_error(kLoraMergeTag, "adapter '" + a.name + "' uses DoRA; DoRA magnitudes do not merge");
     ranks.push_back(a.config.value("r", int64_t{8}));
     for (const auto& m : a.modules) {
       auto lora = std::dynamic_pointer_cast<LoraImpl>(m.module);
-      if (!lora) throw_error(kTag, "adapter '" + a.name + "' has a non-LoRA module at " + m.site);
+      if (!lora) throw_error(kLoraMergeTag, "adapter '" + a.name + "' has a non-LoRA module at " + m.site);
       by_site[i][m.site] = lora.get();
     }
   }
@@ -158,15 +193,15 @@ Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapter
   } else {
     for (size_t i = 0; i < ranks.size(); ++i)
       if (ranks[i] != ranks[0])
-        throw_error(kTag, "combination_type '" + type + "' needs equal ranks: adapter '" + adapters[i].name +
-                              "' has r=" + std::to_string(ranks[i]) + ", adapter '" + adapters[0].name +
-                              "' r=" + std::to_string(ranks[0]) + " (use cat or svd)");
+        throw_error(kLoraMergeTag, "combination_type '" + type + "' needs equal ranks: adapter '" + adapters[i].name +
+                                       "' has r=" + std::to_string(ranks[i]) + ", adapter '" + adapters[0].name +
+                                       "' r=" + std::to_string(ranks[0]) + " (use cat or svd)");
   }
 
   json config = adapters[0].config;  // PEFT: replace(config of the first, r, lora_alpha, target_modules)
   config["r"] = rank;
   config["lora_alpha"] = rank;
-  config["target_modules"] = union_targets(adapters);
+  unite_targets(model, adapters, config);
   config["rank_pattern"] = json::object();
   config["alpha_pattern"] = json::object();
   config["use_dora"] = false;
@@ -183,7 +218,7 @@ Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapter
         if (it == by_site[i].end()) continue;
         sources.push_back({it->second, o.weights()[i], it->second->scale * it->second->options.scaling()});
       }
-      if (sources.empty()) throw_error(kTag, "site " + m.site + ": no input adapter has a LoRA module there");
+      if (sources.empty()) throw_error(kLoraMergeTag, "site " + m.site + ": no input adapter has a LoRA module there");
       auto f32 = [&](const torch::Tensor& t) { return t.detach().to(target->lora_A.device(), torch::kFloat32); };
       torch::Tensor A, B;
       if (type == "cat") {
@@ -195,8 +230,8 @@ Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapter
         }
         auto a = torch::cat(as, 0), b = torch::cat(bs, 1);
         if (a.size(0) > rank)
-          throw_error(kTag, "site " + m.site + ": the inputs' ranks sum to " + std::to_string(a.size(0)) +
-                                " there, more than the merged rank " + std::to_string(rank));
+          throw_error(kLoraMergeTag, "site " + m.site + ": the inputs' ranks sum to " + std::to_string(a.size(0)) +
+                                         " there, more than the merged rank " + std::to_string(rank));
         A = torch::zeros_like(f32(target->lora_A));
         B = torch::zeros_like(f32(target->lora_B));
         A.narrow(0, 0, a.size(0)).copy_(a);
@@ -216,11 +251,13 @@ Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapter
         for (size_t j = 0; j < sources.size(); ++j) {
           const auto& s = sources[j];
           if (s.weight * s.scaling < 0)
-            throw_error(kTag, "combination_type '" + type + "' scales A and B by sqrt(weight * scaling); weight " +
-                                  std::to_string(s.weight) + " at site " + m.site + " is negative (use cat or svd)");
+            throw_error(kLoraMergeTag,
+                        "combination_type '" + type + "' scales A and B by sqrt(weight * scaling); weight " +
+                            std::to_string(s.weight) + " at site " + m.site + " is negative (use cat or svd)");
           if (s.lora->lora_A.size(0) != rank)
-            throw_error(kTag, "combination_type '" + type + "' needs equal ranks: site " + m.site + " has rank " +
-                                  std::to_string(s.lora->lora_A.size(0)) + ", the merge " + std::to_string(rank));
+            throw_error(kLoraMergeTag, "combination_type '" + type + "' needs equal ranks: site " + m.site +
+                                           " has rank " + std::to_string(s.lora->lora_A.size(0)) + ", the merge " +
+                                           std::to_string(rank));
           as.push_back(f32(s.lora->lora_A));
           bs.push_back(f32(s.lora->lora_B));
           w.push_back(std::sqrt(s.weight * s.scaling));  // √(w_i s_i) on each factor
@@ -230,9 +267,9 @@ Adapter merge_lora_adapters(Backbone& model, const std::vector<Adapter>& adapter
         B = combine(type, torch::stack(bs), wt, o, gen);
       }
       if (A.sizes() != target->lora_A.sizes() || B.sizes() != target->lora_B.sizes())
-        throw_error(kTag, "site " + m.site + ": merged factors " + c10::str(B.sizes()) + " x " + c10::str(A.sizes()) +
-                              " do not fit the new module " + c10::str(target->lora_B.sizes()) + " x " +
-                              c10::str(target->lora_A.sizes()));
+        throw_error(kLoraMergeTag, "site " + m.site + ": merged factors " + c10::str(B.sizes()) + " x " +
+                                       c10::str(A.sizes()) + " do not fit the new module " +
+                                       c10::str(target->lora_B.sizes()) + " x " + c10::str(target->lora_A.sizes()));
       target->lora_A.copy_(A);
       target->lora_B.copy_(B);
     }

@@ -23,7 +23,7 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr std::string_view kTag = "merge";
+constexpr std::string_view kMergeRecipeTag = "merge";
 
 std::string join_names(const std::vector<std::string>& names) {
   std::string s;
@@ -51,14 +51,14 @@ T get_as(const json& v, const std::string& field, const char* expected) {
   try {
     return v.get<T>();
   } catch (const json::exception&) {
-    throw_error(kTag, field + ": expected " + expected + ", got " + v.dump());
+    throw_error(kMergeRecipeTag, field + ": expected " + expected + ", got " + v.dump());
   }
 }
 
 double number(const json& v, const std::string& field) {
-  if (!v.is_number()) throw_error(kTag, field + ": expected a number, got " + v.dump());
+  if (!v.is_number()) throw_error(kMergeRecipeTag, field + ": expected a number, got " + v.dump());
   double d = v.get<double>();
-  if (!std::isfinite(d)) throw_error(kTag, field + ": must be finite");
+  if (!std::isfinite(d)) throw_error(kMergeRecipeTag, field + ": must be finite");
   return d;
 }
 
@@ -67,33 +67,34 @@ void add_tensor_param(std::map<std::string, ParamValue>& out, const std::string&
                       const std::string& field, const std::string& method) {
   if (!kTensorParams.count(name))
     throw_error(
-        kTag,
+        kMergeRecipeTag,
         field + ": unknown parameter (known: weight, density, t, normalize, lambda, consensus, rescale, filter_wise)");
   if (name == "weight" && !takes_weight(method))
-    throw_error(kTag, field + ": merge_method " + method + " takes no weight");
+    throw_error(kMergeRecipeTag, field + ": merge_method " + method + " takes no weight");
   if (name == "density" && !takes_density(method))
-    throw_error(kTag, field + ": merge_method " + method + " takes no density (ties, dare_linear, dare_ties do)");
-  if (name == "t" && method != "slerp") throw_error(kTag, field + ": only slerp takes t");
+    throw_error(kMergeRecipeTag,
+                field + ": merge_method " + method + " takes no density (ties, dare_linear, dare_ties do)");
+  if (name == "t" && method != "slerp") throw_error(kMergeRecipeTag, field + ": only slerp takes t");
   out.emplace(name, ParamValue::parse(v, field));
 }
 
 // --- the streaming run -------------------------------------------------------------------
 
-struct Source {
+struct ModelSource {
   std::string field;  // "base_model", "models[1].model"
   std::string path;
   io::ModelConfig config;
   std::shared_ptr<io::Checkpoint> ckpt;
 };
 
-Source open_source(const std::string& field, const std::string& path) {
-  if (!fs::is_dir(path)) throw_error(kTag, field + ": '" + path + "' is not a folder");
-  Source s{field, path, {}, nullptr};
+ModelSource open_source(const std::string& field, const std::string& path) {
+  if (!fs::is_dir(path)) throw_error(kMergeRecipeTag, field + ": '" + path + "' is not a folder");
+  ModelSource s{field, path, {}, nullptr};
   try {
     s.config = io::load_hf_config(path);
     s.ckpt = std::make_shared<io::Checkpoint>(io::Checkpoint::open(path));
   } catch (const std::exception& e) {
-    throw_error(kTag, field + ": " + e.what());
+    throw_error(kMergeRecipeTag, field + ": " + e.what());
   }
   return s;
 }
@@ -104,10 +105,10 @@ std::string strip_first(const std::string& key) {
 }
 
 // The model tensor `name` in a checkpoint (HF key, or the bare model's key).
-torch::Tensor tensor_of(const Source& s, const std::string& name) {
+torch::Tensor tensor_of(const ModelSource& s, const std::string& name) {
   if (s.ckpt->contains(name)) return s.ckpt->get(name);
   if (s.ckpt->contains(strip_first(name))) return s.ckpt->get(strip_first(name));
-  throw_error(kTag, s.field + " ('" + s.path + "') has no tensor '" + name + "'");
+  throw_error(kMergeRecipeTag, s.field + " ('" + s.path + "') has no tensor '" + name + "'");
 }
 
 // Relative depth of a tensor for gradients: layer i of L -> i / (L−1); embeddings 0, the
@@ -135,7 +136,7 @@ torch::ScalarType dtype_from_name(const std::string& name) {
   if (name == "float32") return torch::kFloat32;
   if (name == "float16") return torch::kHalf;
   if (name == "bfloat16") return torch::kBFloat16;
-  throw_error(kTag, "dtype: '" + name + "' is not known (float32, float16, bfloat16)");
+  throw_error(kMergeRecipeTag, "dtype: '" + name + "' is not known (float32, float16, bfloat16)");
 }
 
 const std::vector<std::string>& tokenizer_files() {
@@ -163,7 +164,7 @@ ParamValue ParamValue::parse(const json& v, const std::string& field) {
     std::vector<double> a;
     if (x.is_number()) return std::vector<double>{number(x, f)};
     if (!x.is_array() || x.empty())
-      throw_error(kTag, f + ": expected a number or a non-empty list of numbers, got " + x.dump());
+      throw_error(kMergeRecipeTag, f + ": expected a number or a non-empty list of numbers, got " + x.dump());
     for (size_t i = 0; i < x.size(); ++i) a.push_back(number(x[i], f + "[" + std::to_string(i) + "]"));
     return a;
   };
@@ -172,10 +173,10 @@ ParamValue ParamValue::parse(const json& v, const std::string& field) {
       std::string f = field + "[" + std::to_string(i) + "]";
       const auto& rule = v[i];
       if (!rule.is_object() || !rule.contains("value"))
-        throw_error(kTag, f + ": expected {filter: <name part>, value: ...}");
+        throw_error(kMergeRecipeTag, f + ": expected {filter: <name part>, value: ...}");
       for (const auto& kv : rule.items())
         if (kv.key() != "filter" && kv.key() != "value")
-          throw_error(kTag, f + "." + kv.key() + ": unknown key (filter, value)");
+          throw_error(kMergeRecipeTag, f + "." + kv.key() + ": unknown key (filter, value)");
       std::string filter =
           rule.contains("filter") ? get_as<std::string>(rule["filter"], f + ".filter", "a string") : "";
       p.rules_.push_back({filter, anchors(rule["value"], f + ".value")});
@@ -195,34 +196,35 @@ double ParamValue::at(const std::string& tensor, double depth) const {
     auto i = std::min(static_cast<size_t>(pos), a.size() - 2);
     return a[i] + (a[i + 1] - a[i]) * (pos - static_cast<double>(i));
   }
-  throw_error(kTag, field_ + ": no entry matches tensor '" + tensor + "' (add one without a filter)");
+  throw_error(kMergeRecipeTag, field_ + ": no entry matches tensor '" + tensor + "' (add one without a filter)");
 }
 
 // --- parsing -----------------------------------------------------------------------------
 
 MergeRecipe parse_recipe(const json& j, const std::string& base_dir) {
-  if (!j.is_object()) throw_error(kTag, "the recipe must be a mapping with merge_method and models, got " + j.dump());
+  if (!j.is_object())
+    throw_error(kMergeRecipeTag, "the recipe must be a mapping with merge_method and models, got " + j.dump());
   for (const auto& kv : j.items())
     if (!kTopKeys.count(kv.key()))
-      throw_error(kTag,
+      throw_error(kMergeRecipeTag,
                   kv.key() +
                       ": unknown key (known: merge_method, base_model, models, parameters, dtype, tokenizer_source, "
                       "output, seed, weights, densities)");
   MergeRecipe r;
   r.source = j;
   if (!j.contains("merge_method"))
-    throw_error(kTag, "merge_method: missing (" + join_names(model_merge_methods()) + ")");
+    throw_error(kMergeRecipeTag, "merge_method: missing (" + join_names(model_merge_methods()) + ")");
   const auto method = get_as<std::string>(j["merge_method"], "merge_method", "a string");
   auto methods = model_merge_methods();
   if (std::find(methods.begin(), methods.end(), method) == methods.end())
-    throw_error(kTag, "merge_method: '" + method + "' is not known (" + join_names(methods) + ")");
+    throw_error(kMergeRecipeTag, "merge_method: '" + method + "' is not known (" + join_names(methods) + ")");
   r.options.method(method);
 
   if (j.contains("base_model") && !j["base_model"].is_null())
     r.base_model = resolve(base_dir, get_as<std::string>(j["base_model"], "base_model", "a folder path"));
   if (j.contains("parameters")) {
     const auto& params = j["parameters"];
-    if (!params.is_object()) throw_error(kTag, "parameters: expected a mapping, got " + params.dump());
+    if (!params.is_object()) throw_error(kMergeRecipeTag, "parameters: expected a mapping, got " + params.dump());
     for (const auto& [name, v] : params.items()) {
       std::string f = "parameters." + name;
       if (name == "normalize")
@@ -242,11 +244,11 @@ MergeRecipe parse_recipe(const json& j, const std::string& base_dir) {
   try {
     r.options.validate();
   } catch (const std::invalid_argument& e) {
-    throw_error(kTag, std::string("parameters: ") + e.what());
+    throw_error(kMergeRecipeTag, std::string("parameters: ") + e.what());
   }
 
   if (!j.contains("models") || !j["models"].is_array() || j["models"].empty())
-    throw_error(kTag, "models: expected a non-empty list of {model: <folder>, parameters: {...}}");
+    throw_error(kMergeRecipeTag, "models: expected a non-empty list of {model: <folder>, parameters: {...}}");
   const auto& models = j["models"];
   for (size_t i = 0; i < models.size(); ++i) {
     std::string f = "models[" + std::to_string(i) + "]";
@@ -257,33 +259,34 @@ MergeRecipe parse_recipe(const json& j, const std::string& base_dir) {
     } else if (m.is_object()) {
       for (const auto& kv : m.items())
         if (kv.key() != "model" && kv.key() != "parameters")
-          throw_error(kTag, f + "." + kv.key() + ": unknown key (model, parameters)");
-      if (!m.contains("model")) throw_error(kTag, f + ".model: missing (the model's folder)");
+          throw_error(kMergeRecipeTag, f + "." + kv.key() + ": unknown key (model, parameters)");
+      if (!m.contains("model")) throw_error(kMergeRecipeTag, f + ".model: missing (the model's folder)");
       rm.path = resolve(base_dir, get_as<std::string>(m["model"], f + ".model", "a folder path"));
       if (m.contains("parameters")) {
         if (!m["parameters"].is_object())
-          throw_error(kTag, f + ".parameters: expected a mapping, got " + m["parameters"].dump());
+          throw_error(kMergeRecipeTag, f + ".parameters: expected a mapping, got " + m["parameters"].dump());
         for (const auto& [name, v] : m["parameters"].items())
           add_tensor_param(rm.parameters, name, v, f + ".parameters." + name, method);
       }
     } else {
-      throw_error(kTag, f + ": expected a folder path or {model: <folder>, parameters: {...}}, got " + m.dump());
+      throw_error(kMergeRecipeTag,
+                  f + ": expected a folder path or {model: <folder>, parameters: {...}}, got " + m.dump());
     }
-    if (rm.path.empty()) throw_error(kTag, f + ".model: empty path");
+    if (rm.path.empty()) throw_error(kMergeRecipeTag, f + ".model: empty path");
     r.models.push_back(std::move(rm));
   }
   for (const char* list : {"weights", "densities"}) {  // sugar: one entry per model, in order
     if (!j.contains(list)) continue;
     std::string name = std::string(list) == "weights" ? "weight" : "density";
     const auto& v = j[list];
-    if (!v.is_array()) throw_error(kTag, std::string(list) + ": expected a list with one entry per model");
+    if (!v.is_array()) throw_error(kMergeRecipeTag, std::string(list) + ": expected a list with one entry per model");
     if (v.size() != r.models.size())
-      throw_error(kTag, std::string(list) + ": " + std::to_string(v.size()) + " entries for " +
-                            std::to_string(r.models.size()) + " models");
+      throw_error(kMergeRecipeTag, std::string(list) + ": " + std::to_string(v.size()) + " entries for " +
+                                       std::to_string(r.models.size()) + " models");
     for (size_t i = 0; i < v.size(); ++i) {
       std::string f = std::string(list) + "[" + std::to_string(i) + "]";
       if (r.models[i].parameters.count(name))
-        throw_error(kTag, f + ": models[" + std::to_string(i) + "] sets " + name + " already");
+        throw_error(kMergeRecipeTag, f + ": models[" + std::to_string(i) + "] sets " + name + " already");
       add_tensor_param(r.models[i].parameters, name, v[i], f, method);
     }
   }
@@ -291,26 +294,27 @@ MergeRecipe parse_recipe(const json& j, const std::string& base_dir) {
   // Task-vector methods, slerp and model_stock merge the other models against the base; the
   // base listed among the models (mergekit style) is not one of them.
   if (method_needs_base(method)) {
-    if (r.base_model.empty()) throw_error(kTag, "base_model: merge_method " + method + " needs a base_model");
+    if (r.base_model.empty())
+      throw_error(kMergeRecipeTag, "base_model: merge_method " + method + " needs a base_model");
     r.models.erase(
         std::remove_if(r.models.begin(), r.models.end(), [&](const RecipeModel& m) { return m.path == r.base_model; }),
         r.models.end());
-    if (r.models.empty()) throw_error(kTag, "models: no model besides the base_model");
+    if (r.models.empty()) throw_error(kMergeRecipeTag, "models: no model besides the base_model");
   }
   if (method == "slerp" && r.models.size() != 1)
-    throw_error(kTag, "models: slerp interpolates the base_model with exactly one other model, got " +
-                          std::to_string(r.models.size()));
+    throw_error(kMergeRecipeTag, "models: slerp interpolates the base_model with exactly one other model, got " +
+                                     std::to_string(r.models.size()));
   if (method == "model_stock" && r.models.size() < 2)
-    throw_error(kTag, "models: model_stock needs at least two models besides the base_model, got " +
-                          std::to_string(r.models.size()));
+    throw_error(kMergeRecipeTag, "models: model_stock needs at least two models besides the base_model, got " +
+                                     std::to_string(r.models.size()));
   if (method == "slerp" && !r.parameters.count("t"))
-    throw_error(kTag, "parameters.t: slerp needs t (0: base_model, 1: the other model)");
+    throw_error(kMergeRecipeTag, "parameters.t: slerp needs t (0: base_model, 1: the other model)");
   if (takes_weight(method))
     for (size_t i = 0; i < r.models.size(); ++i)
       if (!r.models[i].parameters.count("weight") && !r.parameters.count("weight"))
-        throw_error(kTag, "models[" + std::to_string(i) + "].parameters.weight: missing ('" + r.models[i].path +
-                              "'; merge_method " + method +
-                              " needs a weight per model, or a default in parameters.weight)");
+        throw_error(kMergeRecipeTag, "models[" + std::to_string(i) + "].parameters.weight: missing ('" +
+                                         r.models[i].path + "'; merge_method " + method +
+                                         " needs a weight per model, or a default in parameters.weight)");
 
   if (j.contains("dtype")) {
     r.dtype = get_as<std::string>(j["dtype"], "dtype", "a string");
@@ -324,7 +328,7 @@ MergeRecipe parse_recipe(const json& j, const std::string& base_dir) {
   if (j.contains("output")) r.output = resolve(base_dir, get_as<std::string>(j["output"], "output", "a folder path"));
   if (j.contains("seed")) {
     if (!j["seed"].is_number_integer() || j["seed"].get<int64_t>() < 0)
-      throw_error(kTag, "seed: expected an integer >= 0");
+      throw_error(kMergeRecipeTag, "seed: expected an integer >= 0");
     r.seed = j["seed"].get<uint64_t>();
   }
   return r;
@@ -332,7 +336,7 @@ MergeRecipe parse_recipe(const json& j, const std::string& base_dir) {
 
 MergeRecipe load_recipe(const std::string& path) {
   std::ifstream in(path);
-  if (!in) throw_error(kTag, "cannot open recipe " + path);
+  if (!in) throw_error(kMergeRecipeTag, "cannot open recipe " + path);
   std::stringstream text;
   text << in.rdbuf();
   json j;
@@ -340,13 +344,13 @@ MergeRecipe load_recipe(const std::string& path) {
     try {
       j = json::parse(text.str());
     } catch (const json::parse_error& e) {
-      throw_error(kTag, path + ": invalid JSON: " + e.what());
+      throw_error(kMergeRecipeTag, path + ": invalid JSON: " + e.what());
     }
   } else {
     try {
       j = io::yaml_to_json(text.str(), path);
     } catch (const std::invalid_argument& e) {
-      throw_error(kTag, e.what());
+      throw_error(kMergeRecipeTag, e.what());
     }
   }
   try {
@@ -361,28 +365,29 @@ MergeRecipe load_recipe(const std::string& path) {
 MergeReport run_merge(const MergeRecipe& r, const std::string& output_override) {
   MergeReport report;
   report.output = output_override.empty() ? r.output : output_override;
-  if (report.output.empty()) throw_error(kTag, "output: no output folder (set output in the recipe or pass -o)");
+  if (report.output.empty())
+    throw_error(kMergeRecipeTag, "output: no output folder (set output in the recipe or pass -o)");
   const auto method = r.options.method();
 
-  std::optional<Source> base;
+  std::optional<ModelSource> base;
   if (!r.base_model.empty()) base = open_source("base_model", r.base_model);
-  std::vector<Source> models;
+  std::vector<ModelSource> models;
   for (size_t i = 0; i < r.models.size(); ++i)
     models.push_back(open_source("models[" + std::to_string(i) + "].model", r.models[i].path));
-  const Source& ref = base ? *base : models[0];
+  const ModelSource& ref = base ? *base : models[0];
   for (const auto& m : models)
     if (m.config.model_type != ref.config.model_type)
-      throw_error(kTag, m.field + ": model_type '" + m.config.model_type + "' ('" + m.path + "') differs from " +
-                            ref.field + "'s '" + ref.config.model_type + "'");
+      throw_error(kMergeRecipeTag, m.field + ": model_type '" + m.config.model_type + "' ('" + m.path +
+                                       "') differs from " + ref.field + "'s '" + ref.config.model_type + "'");
   auto out_real = real_path(report.output);
-  for (const Source* s : [&] {
-         std::vector<const Source*> all;
+  for (const ModelSource* s : [&] {
+         std::vector<const ModelSource*> all;
          if (base) all.push_back(&*base);
          for (const auto& m : models) all.push_back(&m);
          return all;
        }())
     if (real_path(s->path) == out_real)
-      throw_error(kTag, "output: '" + report.output + "' is an input folder (" + s->field + ")");
+      throw_error(kMergeRecipeTag, "output: '" + report.output + "' is an input folder (" + s->field + ")");
 
   auto model = create_backbone(ref.config);
   auto gen = seeded_generator(r.seed);
@@ -399,16 +404,17 @@ MergeReport run_merge(const MergeRecipe& r, const std::string& output_override) 
     if (name.find(".adapters.") != std::string::npos) return;  // attached modules are no backbone weights
     torch::Tensor base_t = base ? tensor_of(*base, name) : torch::Tensor();
     if (base_t.defined() && base_t.sizes() != dst.sizes())
-      throw_error(kTag, "tensor '" + name + "': base_model ('" + base->path + "') has shape " +
-                            c10::str(base_t.sizes()) + ", the architecture expects " + c10::str(dst.sizes()));
+      throw_error(kMergeRecipeTag, "tensor '" + name + "': base_model ('" + base->path + "') has shape " +
+                                       c10::str(base_t.sizes()) + ", the architecture expects " +
+                                       c10::str(dst.sizes()));
     double depth = depth_of(name, num_layers);
     std::vector<MergeTerm> terms;
     for (size_t i = 0; i < models.size(); ++i) {
       auto t = tensor_of(models[i], name);
       if (t.sizes() != dst.sizes())
-        throw_error(kTag, "tensor '" + name + "': " + models[i].field + " ('" + models[i].path + "') has shape " +
-                              c10::str(t.sizes()) + ", " + (base ? "base_model" : "the architecture") + " has " +
-                              c10::str(dst.sizes()));
+        throw_error(kMergeRecipeTag, "tensor '" + name + "': " + models[i].field + " ('" + models[i].path +
+                                         "') has shape " + c10::str(t.sizes()) + ", " +
+                                         (base ? "base_model" : "the architecture") + " has " + c10::str(dst.sizes()));
       terms.push_back(
           {t, param(r.models[i], "weight", name, depth, 1.0), param(r.models[i], "density", name, depth, 1.0)});
     }
@@ -427,7 +433,7 @@ MergeReport run_merge(const MergeRecipe& r, const std::string& output_override) 
   } catch (const std::invalid_argument&) {
     throw;
   } catch (const std::exception& e) {
-    throw_error(kTag, method + ": " + e.what());
+    throw_error(kMergeRecipeTag, method + ": " + e.what());
   }
   model->to(dtype_from_name(r.dtype));
   save_backbone(*model, report.output);

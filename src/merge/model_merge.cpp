@@ -11,7 +11,7 @@
 namespace modula {
 namespace {
 
-constexpr std::string_view kTag = "merge";
+constexpr std::string_view kModelMergeTag = "merge";
 
 bool is_task_arithmetic_family(const std::string& m) {
   return m == "task_arithmetic" || m == "ties" || m == "dare_linear" || m == "dare_ties";
@@ -25,7 +25,7 @@ torch::Tensor linear(const ModelMergeOptions& o, const torch::Tensor& stacked, c
   if (!o.normalized()) return mixed;
   double total = w.sum().item<double>();
   if (std::abs(total) < 1e-8)
-    throw_error(kTag, "linear: the weights sum to 0; set normalize: false or change the weights");
+    throw_error(kModelMergeTag, "linear: the weights sum to 0; set normalize: false or change the weights");
   return mixed / total;
 }
 
@@ -97,11 +97,11 @@ void ModelMergeOptions::validate() const {
   if (std::find(methods.begin(), methods.end(), method()) == methods.end()) {
     std::string known;
     for (const auto& m : methods) known += (known.empty() ? "" : ", ") + m;
-    throw_error(kTag, "merge_method '" + method() + "' is not known (" + known + ")");
+    throw_error(kModelMergeTag, "merge_method '" + method() + "' is not known (" + known + ")");
   }
-  if (!std::isfinite(lambda())) throw_error(kTag, "lambda must be finite");
+  if (!std::isfinite(lambda())) throw_error(kModelMergeTag, "lambda must be finite");
   if (consensus() != "sum" && consensus() != "count")
-    throw_error(kTag, "consensus '" + consensus() + "' is not known (sum, count)");
+    throw_error(kModelMergeTag, "consensus '" + consensus() + "' is not known (sum, count)");
 }
 
 bool ModelMergeOptions::normalized() const { return normalize().value_or(method() == "linear" || method() == "ties"); }
@@ -109,15 +109,15 @@ bool ModelMergeOptions::normalized() const { return normalize().value_or(method(
 torch::Tensor merge_tensor(const ModelMergeOptions& o, const torch::Tensor& base, const std::vector<MergeTerm>& models,
                            double t, at::Generator& gen) {
   o.validate();
-  if (models.empty()) throw_error(kTag, o.method() + ": no models to merge");
-  if (method_needs_base(o.method()) && !base.defined()) throw_error(kTag, o.method() + " needs a base_model");
+  if (models.empty()) throw_error(kModelMergeTag, o.method() + ": no models to merge");
+  if (method_needs_base(o.method()) && !base.defined()) throw_error(kModelMergeTag, o.method() + " needs a base_model");
   const auto shape = base.defined() ? base.sizes() : models[0].value.sizes();
   std::vector<torch::Tensor> values;
   std::vector<double> weights, densities;
   for (size_t i = 0; i < models.size(); ++i) {
     if (models[i].value.sizes() != shape)
-      throw_error(kTag, "model " + std::to_string(i) + " has shape " + c10::str(models[i].value.sizes()) +
-                            ", expected " + c10::str(shape));
+      throw_error(kModelMergeTag, "model " + std::to_string(i) + " has shape " + c10::str(models[i].value.sizes()) +
+                                      ", expected " + c10::str(shape));
     values.push_back(f32(models[i].value));
     weights.push_back(models[i].weight);
     densities.push_back(models[i].density);
@@ -130,13 +130,14 @@ torch::Tensor merge_tensor(const ModelMergeOptions& o, const torch::Tensor& base
   if (is_task_arithmetic_family(m)) return task_arithmetic(o, b, stacked, w, densities, gen);
   if (m == "slerp") {
     if (models.size() != 1)
-      throw_error(kTag,
+      throw_error(kModelMergeTag,
                   "slerp interpolates the base with exactly one other model, got " + std::to_string(models.size()));
-    if (!(t >= 0 && t <= 1)) throw_error(kTag, "slerp: t must be in [0, 1], got " + std::to_string(t));
+    if (!(t >= 0 && t <= 1)) throw_error(kModelMergeTag, "slerp: t must be in [0, 1], got " + std::to_string(t));
     return slerp(b, stacked[0], t);
   }
   if (models.size() < 2)
-    throw_error(kTag, "model_stock needs at least two models besides the base, got " + std::to_string(models.size()));
+    throw_error(kModelMergeTag,
+                "model_stock needs at least two models besides the base, got " + std::to_string(models.size()));
   return model_stock(o, b, stacked);
 }
 

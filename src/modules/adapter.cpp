@@ -20,7 +20,7 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr std::string_view kTag = "adapter";
+constexpr std::string_view kAdapterTag = "adapter";
 
 template <typename T>
 T field(const json& c, const char* key, T fallback) {
@@ -30,10 +30,10 @@ T field(const json& c, const char* key, T fallback) {
 void build_lora(Backbone& model, Adapter& a) {
   const auto& c = a.config;
   if (field<std::string>(c, "bias", "none") != "none")
-    throw_error(kTag, "LoRA bias '" + c["bias"].get<std::string>() + "' is not supported (use \"none\")");
+    throw_error(kAdapterTag, "LoRA bias '" + c["bias"].get<std::string>() + "' is not supported (use \"none\")");
   auto init = c.value("init_lora_weights", json(true));
   if (!(init.is_boolean() || init == "gaussian"))
-    throw_error(kTag, "init_lora_weights " + init.dump() + " is not supported (true, false, \"gaussian\")");
+    throw_error(kAdapterTag, "init_lora_weights " + init.dump() + " is not supported (true, false, \"gaussian\")");
   json ranks = c.value("rank_pattern", json::object()), alphas = c.value("alpha_pattern", json::object());
   for (auto& [path, layer] : select_sites(model, c)) {
     const json* rp = pattern_value(ranks, path);
@@ -79,9 +79,9 @@ void build_prompt(Backbone& model, Adapter& a) {
   else if (init == "TEXT")
     o.init("text").init_token_ids(field<std::vector<int64_t>>(c, "init_token_ids", {}));
   else
-    throw_error(kTag, "prompt_tuning_init '" + init + "' is not supported (RANDOM, SAMPLE_VOCAB, TEXT)");
+    throw_error(kAdapterTag, "prompt_tuning_init '" + init + "' is not supported (RANDOM, SAMPLE_VOCAB, TEXT)");
   if (field<int64_t>(c, "num_transformer_submodules", 1) != 1)
-    throw_error(kTag, "prompt tuning for encoder-decoder models is not supported");
+    throw_error(kAdapterTag, "prompt tuning for encoder-decoder models is not supported");
   a.input = std::make_shared<PromptTuningImpl>(o, model);
 }
 
@@ -91,7 +91,7 @@ void build_prefix(Backbone& model, Adapter& a) {
   int64_t heads = field<int64_t>(c, "num_attention_heads", mc.num_key_value_heads);
   int64_t token_dim = field<int64_t>(c, "token_dim", mc.num_key_value_heads * mc.head_dim);
   if (heads <= 0 || token_dim % heads != 0)
-    throw_error(kTag, "prefix token_dim must be a multiple of num_attention_heads");
+    throw_error(kAdapterTag, "prefix token_dim must be a multiple of num_attention_heads");
   auto o = PrefixTuningOptions(field<int64_t>(c, "num_virtual_tokens", 0),
                                field<int64_t>(c, "num_layers", mc.num_hidden_layers), heads, token_dim / heads)
                .projection(field<bool>(c, "prefix_projection", false))
@@ -116,7 +116,7 @@ json bottleneck_targets(Backbone& model, const json& c, const BottleneckPreset& 
 void build_bottleneck(Backbone& model, Adapter& a) {
   const auto& c = a.config;
   if (!c.contains("config"))
-    throw_error(kTag, "MODULA_BOTTLENECK needs \"config\": \"pfeiffer\", \"houlsby\" or \"parallel\"");
+    throw_error(kAdapterTag, "MODULA_BOTTLENECK needs \"config\": \"pfeiffer\", \"houlsby\" or \"parallel\"");
   const auto& preset = bottleneck_preset(field<std::string>(c, "config", ""));
   const auto& d = preset.defaults;
   for (auto& [path, site] : select_block_sites(model, bottleneck_targets(model, c, preset))) {
@@ -150,7 +150,8 @@ Adapter build_with(void (*build)(Backbone&, Adapter&), const char* type, Backbon
 // "base_model.model.<site>.<suffix>" for a module parameter.
 std::string peft_key(const AttachedModule& m, const std::string& param) {
   auto it = m.peft_keys.find(param);
-  if (it == m.peft_keys.end()) throw_error(kTag, "module parameter '" + param + "' at " + m.site + " has no PEFT key");
+  if (it == m.peft_keys.end())
+    throw_error(kAdapterTag, "module parameter '" + param + "' at " + m.site + " has no PEFT key");
   return io::kPeftPrefix + m.site + "." + it->second;
 }
 
@@ -204,12 +205,12 @@ bool Adapter::mergeable() const {
 }
 
 void Adapter::merge() {
-  if (input) throw_error(kTag, "input modules (" + peft_type + ") cannot be merged into weights");
+  if (input) throw_error(kAdapterTag, "input modules (" + peft_type + ") cannot be merged into weights");
   for (auto& m : modules)
     if (!m.module->mergeable() || !m.layer)
-      throw_error(kTag, peft_type + " modules are non-linear or routed (site " + m.site +
-                            ") and cannot be merged into weights");
-  if (state && !state->mergeable()) throw_error(kTag, peft_type + " modules cannot be merged into weights");
+      throw_error(kAdapterTag, peft_type + " modules are non-linear or routed (site " + m.site +
+                                   ") and cannot be merged into weights");
+  if (state && !state->mergeable()) throw_error(kAdapterTag, peft_type + " modules cannot be merged into weights");
   for (auto& m : modules) m.module->merge(*m.layer);
   if (state) state->merge();
 }
@@ -226,10 +227,10 @@ void Adapter::set_enabled(bool on) {
 }
 
 void Adapter::set_scale(double s) {
-  if (!std::isfinite(s)) throw_error(kTag, "scale must be finite");
-  if (input && s != 1.0) throw_error(kTag, peft_type + " adapters have no scale (input composition)");
+  if (!std::isfinite(s)) throw_error(kAdapterTag, "scale must be finite");
+  if (input && s != 1.0) throw_error(kAdapterTag, peft_type + " adapters have no scale (input composition)");
   for (auto& m : modules) {
-    if (m.module->merged) throw_error(kTag, "unmerge before changing the scale");
+    if (m.module->merged) throw_error(kAdapterTag, "unmerge before changing the scale");
     m.module->scale = s;
   }
   if (state) state->set_scale(s);
@@ -250,10 +251,10 @@ void load_peft_tensors(Adapter& a, const std::string& dir, const std::map<std::s
   std::set<std::string> used;
   auto copy = [&](const std::string& key, torch::Tensor dst) {
     auto it = tensors.find(key);
-    if (it == tensors.end()) throw_error(kTag, dir + ": adapter_model.safetensors has no tensor '" + key + "'");
+    if (it == tensors.end()) throw_error(kAdapterTag, dir + ": adapter_model.safetensors has no tensor '" + key + "'");
     if (it->second.sizes() != dst.sizes())
-      throw_error(kTag, dir + ": tensor '" + key + "' has shape " + c10::str(it->second.sizes()) + ", expected " +
-                            c10::str(dst.sizes()));
+      throw_error(kAdapterTag, dir + ": tensor '" + key + "' has shape " + c10::str(it->second.sizes()) +
+                                   ", expected " + c10::str(dst.sizes()));
     torch::NoGradGuard no_grad;
     dst.copy_(it->second);
     used.insert(key);
@@ -263,7 +264,8 @@ void load_peft_tensors(Adapter& a, const std::string& dir, const std::map<std::s
       for (auto& p : m.module->named_parameters()) copy(peft_key(m, p.key()), p.value());
     if (auto prefix = std::dynamic_pointer_cast<PrefixTuningImpl>(a.input)) {
       auto it = tensors.find("prompt_embeddings");
-      if (it == tensors.end()) throw_error(kTag, dir + ": adapter_model.safetensors has no tensor 'prompt_embeddings'");
+      if (it == tensors.end())
+        throw_error(kAdapterTag, dir + ": adapter_model.safetensors has no tensor 'prompt_embeddings'");
       prefix->set_prompt_embeddings(it->second.to(torch::kFloat32));
       used.insert("prompt_embeddings");
     } else if (auto prompt = std::dynamic_pointer_cast<PromptTuningImpl>(a.input)) {
@@ -271,8 +273,9 @@ void load_peft_tensors(Adapter& a, const std::string& dir, const std::map<std::s
     }
     for (const auto& [key, t] : tensors)
       if (!used.count(key))
-        throw_error(kTag, dir + ": tensor '" + key + "' matches no module of this " + a.peft_type +
-                              " config (target_modules " + a.config.value("target_modules", json()).dump() + ")");
+        throw_error(kAdapterTag, dir + ": tensor '" + key + "' matches no module of this " + a.peft_type +
+                                     " config (target_modules " + a.config.value("target_modules", json()).dump() +
+                                     ")");
   } catch (...) {
     a.remove();
     throw;
@@ -288,6 +291,9 @@ void save_peft_folder(const Adapter& a, const std::string& dir) {
   json config = a.config;
   config["peft_type"] = a.peft_type;
   config["inference_mode"] = true;
+  // PEFT writes every field; AutoPeftModel* reads these three (null: unknown, as PEFT's defaults).
+  for (const char* k : {"base_model_name_or_path", "revision", "task_type"})
+    if (!config.contains(k)) config[k] = nullptr;
   io::write_peft_folder(dir, config, tensors);
 }
 

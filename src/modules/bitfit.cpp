@@ -16,7 +16,7 @@ namespace {
 using json = nlohmann::json;
 const char* const kBitFitType = "MODULA_BITFIT";
 
-constexpr std::string_view kTag = "bitfit";
+constexpr std::string_view kBitfitTag = "bitfit";
 
 bool is_bias(const std::string& name) {
   return name == "bias" || (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0);
@@ -48,22 +48,21 @@ std::vector<std::pair<std::string, torch::Tensor>> select_biases(Backbone& model
       if (is_bias(p.first)) chosen.push_back(p);
   } catch (const std::invalid_argument&) {
     if (!all) throw;
-    throw_error(kTag, "the " + model.config().model_type + " model has no bias parameters to tune");
+    throw_error(kBitfitTag, "the " + model.config().model_type + " model has no bias parameters to tune");
   }
   for (const auto& t : o.target_parameters())
     if (std::none_of(chosen.begin(), chosen.end(), [&](const auto& c) { return matches_parameter(t, c.first); }))
-      throw_error(kTag, "target_parameters pattern '" + t + "' matches no bias parameter of the " +
-                            model.config().model_type + " model");
-  if (chosen.empty()) throw_error(kTag, "no bias parameter selected in the " + model.config().model_type + " model");
+      throw_error(kBitfitTag, "target_parameters pattern '" + t + "' matches no bias parameter of the " +
+                                  model.config().model_type + " model");
+  if (chosen.empty())
+    throw_error(kBitfitTag, "no bias parameter selected in the " + model.config().model_type + " model");
   return chosen;
 }
 
 // Config keys of the wrong type are a corrupt file: std::runtime_error naming it.
 template <typename T>
-T field(const json& c, const std::string& file, const char* key, T fallback) {
-  return io::config_field_with(c, key, std::move(fallback), [&](const char* k, const json& v) {
-    throw_error<std::runtime_error>(kTag, file + ": key '" + k + "' has the wrong type (" + v.type_name() + ")");
-  });
+T bitfit_field(const json& c, const std::string& file, const char* key, T fallback) {
+  return io::file_config_field<T>(c, file, key, std::move(fallback), kBitfitTag);
 }
 
 }  // namespace
@@ -72,8 +71,8 @@ void BitFitOptions::validate() const {
   for (const auto* list : {&target_parameters_, &exclude_parameters_})
     for (const auto& p : *list)
       if (p.empty())
-        throw_error(kTag, std::string(list == &target_parameters_ ? "target_parameters" : "exclude_parameters") +
-                              " has an empty pattern");
+        throw_error(kBitfitTag, std::string(list == &target_parameters_ ? "target_parameters" : "exclude_parameters") +
+                                    " has an empty pattern");
 }
 
 BitFitImpl::BitFitImpl(Backbone& model, BitFitOptions options_) : options(std::move(options_)) {
@@ -109,33 +108,35 @@ BitFit load_bitfit(Backbone& model, const std::string& dir) {
   auto folder = io::read_peft_folder(dir);
   const std::string cfg = fs::join(dir, "adapter_config.json"), file = fs::join(dir, "adapter_model.safetensors");
   if (folder.peft_type != kBitFitType)
-    throw_error<std::runtime_error>(kTag, cfg + ": peft_type '" + folder.peft_type + "' is not " + kBitFitType);
+    throw_error<std::runtime_error>(kBitfitTag, cfg + ": peft_type '" + folder.peft_type + "' is not " + kBitFitType);
   BitFitOptions o;
-  o.target_parameters(field<std::vector<std::string>>(folder.config, cfg, "target_parameters", {}));
-  o.exclude_parameters(field<std::vector<std::string>>(folder.config, cfg, "exclude_parameters", {}));
-  o.base_model_name_or_path(field<std::string>(folder.config, cfg, "base_model_name_or_path", ""));
+  o.target_parameters(bitfit_field<std::vector<std::string>>(folder.config, cfg, "target_parameters", {}));
+  o.exclude_parameters(bitfit_field<std::vector<std::string>>(folder.config, cfg, "exclude_parameters", {}));
+  o.base_model_name_or_path(bitfit_field<std::string>(folder.config, cfg, "base_model_name_or_path", ""));
   auto params = model.named_parameters();
   for (const auto& [key, t] : folder.tensors) {  // validate everything before writing
     auto* p = params.find(key);
     if (!p)
-      throw_error<std::runtime_error>(kTag, file + ": tensor '" + key + "' names a parameter the " +
-                                                model.config().model_type + " model does not have");
-    if (!is_bias(key)) throw_error<std::runtime_error>(kTag, file + ": tensor '" + key + "' is not a bias");
+      throw_error<std::runtime_error>(kBitfitTag, file + ": tensor '" + key + "' names a parameter the " +
+                                                      model.config().model_type + " model does not have");
+    if (!is_bias(key)) throw_error<std::runtime_error>(kBitfitTag, file + ": tensor '" + key + "' is not a bias");
     if (t.sizes() != p->sizes())
-      throw_error<std::runtime_error>(kTag, file + ": shape mismatch for key '" + key + "': " + c10::str(t.sizes()) +
-                                                " in the file, " + c10::str(p->sizes()) + " in the model");
+      throw_error<std::runtime_error>(kBitfitTag, file + ": shape mismatch for key '" + key +
+                                                      "': " + c10::str(t.sizes()) + " in the file, " +
+                                                      c10::str(p->sizes()) + " in the model");
     if (!t.is_floating_point())
-      throw_error<std::runtime_error>(kTag, file + ": tensor '" + key + "' is not a float tensor");
+      throw_error<std::runtime_error>(kBitfitTag, file + ": tensor '" + key + "' is not a float tensor");
   }
   std::set<std::string> selected;
   for (const auto& c : select_biases(model, o)) selected.insert(c.first);
   for (const auto& name : selected)
     if (!folder.tensors.count(name))
-      throw_error<std::runtime_error>(kTag, file + ": missing tensor '" + name + "' (selected by the config)");
+      throw_error<std::runtime_error>(kBitfitTag, file + ": missing tensor '" + name + "' (selected by the config)");
   for (const auto& [key, t] : folder.tensors)
     if (!selected.count(key))
       throw_error<std::runtime_error>(
-          kTag, file + ": tensor '" + key + "' is not selected by the config's target_parameters/exclude_parameters");
+          kBitfitTag,
+          file + ": tensor '" + key + "' is not selected by the config's target_parameters/exclude_parameters");
   BitFit bitfit(model, o);
   torch::NoGradGuard no_grad;
   for (const auto& name : bitfit->names()) params[name].copy_(folder.tensors.at(name));

@@ -7,7 +7,7 @@
 namespace modula {
 namespace {
 
-constexpr std::string_view kTag = "bottleneck";
+constexpr std::string_view kBottleneckTag = "bottleneck";
 
 bool known_activation(const std::string& name) {
   return name == "relu" || name == "gelu" || name == "silu" || name == "swish" || name == "tanh";
@@ -16,17 +16,18 @@ bool known_activation(const std::string& name) {
 }  // namespace
 
 void BottleneckOptions::validate() const {
-  if (features() <= 0) throw_error(kTag, "features (hidden size) must be positive");
+  if (features() <= 0) throw_error(kBottleneckTag, "features (hidden size) must be positive");
   if (!(reduction_factor() > 0) || !std::isfinite(reduction_factor()))
-    throw_error(kTag, "reduction_factor must be positive (got " + std::to_string(reduction_factor()) + ")");
+    throw_error(kBottleneckTag, "reduction_factor must be positive (got " + std::to_string(reduction_factor()) + ")");
   if (bottleneck_size() < 1)
-    throw_error(kTag, "reduction_factor " + std::to_string(reduction_factor()) +
-                          " leaves no bottleneck units for hidden size " + std::to_string(features()));
+    throw_error(kBottleneckTag, "reduction_factor " + std::to_string(reduction_factor()) +
+                                    " leaves no bottleneck units for hidden size " + std::to_string(features()));
   if (!known_activation(non_linearity()))
-    throw_error(kTag, "unknown non_linearity '" + non_linearity() + "' (supported: relu, gelu, silu, swish, tanh)");
+    throw_error(kBottleneckTag,
+                "unknown non_linearity '" + non_linearity() + "' (supported: relu, gelu, silu, swish, tanh)");
   if (mode() != "sequential" && mode() != "parallel")
-    throw_error(kTag, "mode '" + mode() + "' is not sequential or parallel");
-  if (!std::isfinite(scaling())) throw_error(kTag, "scaling must be finite");
+    throw_error(kBottleneckTag, "mode '" + mode() + "' is not sequential or parallel");
+  if (!std::isfinite(scaling())) throw_error(kBottleneckTag, "scaling must be finite");
 }
 
 int64_t BottleneckOptions::bottleneck_size() const {
@@ -62,10 +63,11 @@ torch::Tensor BottleneckImpl::transform_block(const torch::Tensor& x, const torc
 }
 
 void BottleneckImpl::merge(LinearImpl&) {
-  throw_error(kTag, "bottleneck adapters are non-linear in the hidden state and cannot be merged into base weights");
+  throw_error(kBottleneckTag,
+              "bottleneck adapters are non-linear in the hidden state and cannot be merged into base weights");
 }
 
-void BottleneckImpl::unmerge(LinearImpl&) { throw_error(kTag, "bottleneck adapters are never merged"); }
+void BottleneckImpl::unmerge(LinearImpl&) { throw_error(kBottleneckTag, "bottleneck adapters are never merged"); }
 
 const BottleneckPreset& bottleneck_preset(const std::string& name) {
   using R = BlockRole;
@@ -81,7 +83,7 @@ const BottleneckPreset& bottleneck_preset(const std::string& name) {
   };
   for (const auto& p : presets)
     if (p.name == name) return p;
-  throw_error(kTag, "unknown config '" + name + "' (supported: pfeiffer, houlsby, parallel)");
+  throw_error(kBottleneckTag, "unknown config '" + name + "' (supported: pfeiffer, houlsby, parallel)");
 }
 
 }  // namespace modula

@@ -14,7 +14,7 @@
 namespace modula {
 namespace {
 
-constexpr std::string_view kTag = "hyper_lora";
+constexpr std::string_view kHypernetworkTag = "hyper_lora";
 
 std::string shape_name(int64_t in, int64_t out) { return "in" + std::to_string(in) + "_out" + std::to_string(out); }
 
@@ -42,17 +42,19 @@ torch::Tensor linear(const torch::nn::Linear& l, const torch::Tensor& x) {
 
 void HyperLoraOptions::validate() const {
   auto positive = [](const char* name, int64_t v) {
-    if (v <= 0) throw_error(kTag, std::string(name) + " must be positive (got " + std::to_string(v) + ")");
+    if (v <= 0) throw_error(kHypernetworkTag, std::string(name) + " must be positive (got " + std::to_string(v) + ")");
   };
-  if (num_tasks() < 0) throw_error(kTag, "num_tasks must be >= 0 (got " + std::to_string(num_tasks()) + ")");
+  if (num_tasks() < 0)
+    throw_error(kHypernetworkTag, "num_tasks must be >= 0 (got " + std::to_string(num_tasks()) + ")");
   positive("task_embedding_dim", task_embedding_dim());
   positive("layer_embedding_dim", layer_embedding_dim());
   positive("hidden", hidden());
   positive("r", r());
-  if (!std::isfinite(alpha())) throw_error(kTag, "alpha must be finite");
-  if (routing_key().empty()) throw_error(kTag, "routing_key must name a RoutingContext entry (default \"task\")");
+  if (!std::isfinite(alpha())) throw_error(kHypernetworkTag, "alpha must be finite");
+  if (routing_key().empty())
+    throw_error(kHypernetworkTag, "routing_key must name a RoutingContext entry (default \"task\")");
   if (!target_modules().is_string() && !target_modules().is_array())
-    throw_error(kTag, "target_modules must be a string or a list (got " + target_modules().dump() + ")");
+    throw_error(kHypernetworkTag, "target_modules must be a string or a list (got " + target_modules().dump() + ")");
 }
 
 HyperLoraImpl::HyperLoraImpl(Backbone& model, const HyperLoraOptions& options_) : options(options_) {
@@ -110,14 +112,15 @@ void HyperLoraImpl::attach(Backbone& model, const std::string& name) {
   for (const auto& s : sites_) {
     auto it = layers.find(s.path);
     if (it == layers.end())
-      throw_error(kTag, "attach '" + name + "': the backbone has no linear site '" + s.path + "'");
+      throw_error(kHypernetworkTag, "attach '" + name + "': the backbone has no linear site '" + s.path + "'");
     const auto& lo = it->second->options;
     if (lo.in_features() != s.in_features || lo.out_features() != s.out_features)
-      throw_error(kTag, "attach '" + name + "': site '" + s.path + "' is [" + std::to_string(lo.in_features()) +
-                            " -> " + std::to_string(lo.out_features()) + "], the hypernetwork was built for [" +
-                            std::to_string(s.in_features) + " -> " + std::to_string(s.out_features) + "]");
+      throw_error(kHypernetworkTag, "attach '" + name + "': site '" + s.path + "' is [" +
+                                        std::to_string(lo.in_features()) + " -> " + std::to_string(lo.out_features()) +
+                                        "], the hypernetwork was built for [" + std::to_string(s.in_features) + " -> " +
+                                        std::to_string(s.out_features) + "]");
     if (it->second->module(name))
-      throw_error(kTag, "attach: a module named '" + name + "' is already attached at " + s.path);
+      throw_error(kHypernetworkTag, "attach: a module named '" + name + "' is already attached at " + s.path);
   }
   auto self = std::static_pointer_cast<HyperLoraImpl>(shared_from_this());
   for (size_t i = 0; i < sites_.size(); ++i) {
@@ -135,17 +138,18 @@ void HyperLoraImpl::detach() {
 
 void HyperLoraImpl::set_task_ids(const torch::Tensor& ids) {
   if (!ids.defined() || ids.dim() != 1 || ids.numel() == 0)
-    throw_error(kTag, "task_ids must be a non-empty 1-D tensor [batch] (got " +
-                          (ids.defined() ? c10::str(ids.sizes()) : "undefined") + ")");
+    throw_error(kHypernetworkTag, "task_ids must be a non-empty 1-D tensor [batch] (got " +
+                                      (ids.defined() ? c10::str(ids.sizes()) : "undefined") + ")");
   if (at::isFloatingType(ids.scalar_type()) || ids.scalar_type() == torch::kBool)
-    throw_error(kTag, "task_ids must be integers");
+    throw_error(kHypernetworkTag, "task_ids must be integers");
   auto cpu = ids.to(torch::kCPU, torch::kInt64);
   for (int64_t bound : {cpu.min().item<int64_t>(), cpu.max().item<int64_t>()})
     if (bound < 0 || bound >= options.num_tasks())
-      throw_error(kTag, "task id " + std::to_string(bound) + " is out of range: num_tasks is " +
-                            std::to_string(options.num_tasks()) +
-                            (options.num_tasks() == 0 ? " (use set_task_embedding)"
-                                                      : " (ids 0.." + std::to_string(options.num_tasks() - 1) + ")"));
+      throw_error(kHypernetworkTag,
+                  "task id " + std::to_string(bound) + " is out of range: num_tasks is " +
+                      std::to_string(options.num_tasks()) +
+                      (options.num_tasks() == 0 ? " (use set_task_embedding)"
+                                                : " (ids 0.." + std::to_string(options.num_tasks() - 1) + ")"));
   task_ids_ = cpu.to(site_embeddings.device());
   external_embedding_ = torch::Tensor();
   ++task_version_;
@@ -154,8 +158,9 @@ void HyperLoraImpl::set_task_ids(const torch::Tensor& ids) {
 void HyperLoraImpl::set_task_embedding(const torch::Tensor& e) {
   const int64_t dt = options.task_embedding_dim();
   if (!e.defined() || e.dim() < 1 || e.dim() > 2 || e.size(-1) != dt || e.numel() == 0)
-    throw_error(kTag, "task embedding must be [" + std::to_string(dt) + "] or [batch, " + std::to_string(dt) +
-                          "] (got " + (e.defined() ? c10::str(e.sizes()) : "undefined") + ")");
+    throw_error(kHypernetworkTag, "task embedding must be [" + std::to_string(dt) + "] or [batch, " +
+                                      std::to_string(dt) + "] (got " +
+                                      (e.defined() ? c10::str(e.sizes()) : "undefined") + ")");
   external_embedding_ = e.dim() == 1 ? e.unsqueeze(0) : e;
   task_ids_ = torch::Tensor();
   ++task_version_;
@@ -181,7 +186,8 @@ std::vector<GeneratedLoraWeights> HyperLoraImpl::modules_for_embedding(const tor
   const int64_t dt = options.task_embedding_dim();
   if (!task_embedding.defined() || task_embedding.dim() < 1 || task_embedding.dim() > 2 ||
       task_embedding.size(-1) != dt)
-    throw_error(kTag, "task embedding must be [" + std::to_string(dt) + "] or [N, " + std::to_string(dt) + "]");
+    throw_error(kHypernetworkTag,
+                "task embedding must be [" + std::to_string(dt) + "] or [N, " + std::to_string(dt) + "]");
   auto e = task_embedding.to(site_embeddings.device(), site_embeddings.scalar_type());
   const bool single = e.dim() == 1;
   std::vector<GeneratedLoraWeights> out;
@@ -208,8 +214,8 @@ std::pair<torch::Tensor, torch::Tensor> HyperLoraImpl::task_rows(int64_t batch) 
   auto table = task_ids_.defined() ? task_embeddings : task_embedding();  // external: [E, d_t]
   const int64_t set = task_ids_.defined() ? task_ids_.size(0) : table.size(0);
   if (set != 1 && set != batch)
-    throw_error(kTag, std::to_string(set) + " tasks set for a batch of " + std::to_string(batch) +
-                          " (one task id per example, or one for all)");
+    throw_error(kHypernetworkTag, std::to_string(set) + " tasks set for a batch of " + std::to_string(batch) +
+                                      " (one task id per example, or one for all)");
   auto opts = torch::TensorOptions(torch::kInt64).device(site_embeddings.device());
   torch::Tensor ids;
   if (task_ids_.defined())
@@ -259,7 +265,8 @@ torch::Tensor lora_rows(const torch::Tensor& x, torch::Tensor a, torch::Tensor b
 }  // namespace
 
 torch::Tensor HyperLoraBank::selected(const SiteInput& in, const torch::Tensor& idx, const torch::Tensor& w) {
-  if (idx.dim() != 2) throw_error(kTag, "a hypernetwork bank routes per example ([N, k] indices), not per token");
+  if (idx.dim() != 2)
+    throw_error(kHypernetworkTag, "a hypernetwork bank routes per example ([N, k] indices), not per token");
   auto x = as_rows(in.x, "hypernetwork bank");
   torch::Tensor out;
   for (int64_t k = 0; k < idx.size(1); ++k) {  // k is the routing's top-k (1 for fixed routing)

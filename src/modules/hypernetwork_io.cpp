@@ -13,25 +13,23 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr std::string_view kTag = "hyper_lora";
+constexpr std::string_view kHypernetworkIoTag = "hyper_lora";
 
 template <typename T>
-T field(const json& c, const std::string& where, const char* key, T fallback) {
-  return io::config_field_with(c, key, std::move(fallback), [&](const char* k, const json& v) {
-    throw_error(kTag, where + ": key '" + k + "' has the wrong type (" + v.type_name() + ": " + v.dump() + ")");
-  });
+T hyper_field(const json& c, const std::string& where, const char* key, T fallback) {
+  return io::file_config_field<T, std::invalid_argument>(c, where, key, std::move(fallback), kHypernetworkIoTag);
 }
 
 // The saved site list must be the one the backbone yields now (site embeddings are by row).
 void check_sites(const HyperLoraImpl& hyper, const json& config, const std::string& where) {
   if (!config.contains("sites")) return;
-  auto saved = field<std::vector<std::string>>(config, where, "sites", {});
+  auto saved = hyper_field<std::vector<std::string>>(config, where, "sites", {});
   const auto& now = hyper.sites();
   for (size_t i = 0; i < std::max(saved.size(), now.size()); ++i) {
     std::string a = i < saved.size() ? saved[i] : "(none)", b = i < now.size() ? now[i].path : "(none)";
     if (a != b)
-      throw_error(kTag, where + ": site " + std::to_string(i) + " is '" + a + "' in the file but '" + b +
-                            "' in this backbone (target_modules select other sites)");
+      throw_error(kHypernetworkIoTag, where + ": site " + std::to_string(i) + " is '" + a + "' in the file but '" + b +
+                                          "' in this backbone (target_modules select other sites)");
   }
 }
 
@@ -42,37 +40,37 @@ void copy_parameters(HyperLoraImpl& hyper, const std::map<std::string, torch::Te
   torch::NoGradGuard no_grad;
   for (auto& p : hyper.named_parameters()) {
     auto it = tensors.find(p.key());
-    if (it == tensors.end()) throw_error(kTag, file + ": no tensor '" + p.key() + "'");
+    if (it == tensors.end()) throw_error(kHypernetworkIoTag, file + ": no tensor '" + p.key() + "'");
     if (it->second.sizes() != p.value().sizes())
-      throw_error(kTag, file + ": tensor '" + p.key() + "' has shape " + c10::str(it->second.sizes()) + ", expected " +
-                            c10::str(p.value().sizes()));
+      throw_error(kHypernetworkIoTag, file + ": tensor '" + p.key() + "' has shape " + c10::str(it->second.sizes()) +
+                                          ", expected " + c10::str(p.value().sizes()));
     p.value().copy_(it->second);
     used.insert(p.key());
   }
   for (const auto& kv : tensors)
     if (!used.count(kv.first))
-      throw_error(kTag, file + ": tensor '" + kv.first + "' is no parameter of this hypernetwork");
+      throw_error(kHypernetworkIoTag, file + ": tensor '" + kv.first + "' is no parameter of this hypernetwork");
 }
 
 }  // namespace
 
 HyperLoraOptions hyper_lora_options(const json& c, const std::string& where) {
-  if (!c.is_object()) throw_error(kTag, where + ": the config must be a JSON object");
+  if (!c.is_object()) throw_error(kHypernetworkIoTag, where + ": the config must be a JSON object");
   HyperLoraOptions d;
-  auto o = HyperLoraOptions(field<int64_t>(c, where, "num_tasks", d.num_tasks()))
-               .task_embedding_dim(field<int64_t>(c, where, "task_embedding_dim", d.task_embedding_dim()))
-               .layer_embedding_dim(field<int64_t>(c, where, "layer_embedding_dim", d.layer_embedding_dim()))
-               .hidden(field<int64_t>(c, where, "hidden", d.hidden()))
-               .r(field<int64_t>(c, where, "r", d.r()))
-               .alpha(field<double>(c, where, "alpha", d.alpha()))
+  auto o = HyperLoraOptions(hyper_field<int64_t>(c, where, "num_tasks", d.num_tasks()))
+               .task_embedding_dim(hyper_field<int64_t>(c, where, "task_embedding_dim", d.task_embedding_dim()))
+               .layer_embedding_dim(hyper_field<int64_t>(c, where, "layer_embedding_dim", d.layer_embedding_dim()))
+               .hidden(hyper_field<int64_t>(c, where, "hidden", d.hidden()))
+               .r(hyper_field<int64_t>(c, where, "r", d.r()))
+               .alpha(hyper_field<double>(c, where, "alpha", d.alpha()))
                .target_modules(c.value("target_modules", d.target_modules()))
-               .seed(field<uint64_t>(c, where, "seed", d.seed()))
-               .routing_key(field<std::string>(c, where, "routing_key", d.routing_key()));
+               .seed(hyper_field<uint64_t>(c, where, "seed", d.seed()))
+               .routing_key(hyper_field<std::string>(c, where, "routing_key", d.routing_key()));
   try {
     o.validate();
   } catch (const std::invalid_argument& e) {
     const std::string prefix = "[hyper_lora] ", what = e.what();
-    throw_error(kTag, where + ": " + (what.rfind(prefix, 0) == 0 ? what.substr(prefix.size()) : what));
+    throw_error(kHypernetworkIoTag, where + ": " + (what.rfind(prefix, 0) == 0 ? what.substr(prefix.size()) : what));
   }
   return o;
 }
@@ -87,7 +85,7 @@ HyperLora load_hyper_lora(Backbone& model, const std::string& dir, const std::st
   auto folder = io::read_peft_folder(dir);
   const std::string config_path = fs::join(dir, "adapter_config.json");
   if (folder.peft_type != kHyperLoraType)
-    throw_error(kTag, config_path + ": peft_type '" + folder.peft_type + "' is not " + kHyperLoraType);
+    throw_error(kHypernetworkIoTag, config_path + ": peft_type '" + folder.peft_type + "' is not " + kHyperLoraType);
   HyperLora hyper(model, hyper_lora_options(folder.config, config_path));
   check_sites(*hyper, folder.config, config_path);
   copy_parameters(*hyper, folder.tensors, fs::join(dir, "adapter_model.safetensors"));
@@ -97,7 +95,7 @@ HyperLora load_hyper_lora(Backbone& model, const std::string& dir, const std::st
 
 void export_lora(const HyperLoraImpl& hyper, const torch::Tensor& task_embedding, const std::string& dir) {
   if (!task_embedding.defined() || task_embedding.dim() != 1)
-    throw_error(kTag, "export_lora takes one task embedding [d_t]");
+    throw_error(kHypernetworkIoTag, "export_lora takes one task embedding [d_t]");
   json targets = json::array();
   io::NamedTensors tensors;
   bool conv1d = false;

@@ -5,7 +5,7 @@
 
 namespace modula {
 namespace {
-constexpr std::string_view kTag = "sparse_ft";
+constexpr std::string_view kLotteryTicketTag = "sparse_ft";
 }
 
 LotteryTicket::LotteryTicket(Backbone& model, SparseDiffOptions options) : options_(std::move(options)) {
@@ -38,7 +38,7 @@ void LotteryTicket::restore() {
 }
 
 SparseDiff LotteryTicket::select() {
-  if (selected_) throw_error<std::runtime_error>(kTag, "LotteryTicket::select() called twice");
+  if (selected_) throw_error<std::runtime_error>(kLotteryTicketTag, "LotteryTicket::select() called twice");
   std::vector<std::pair<std::string, torch::Tensor>> deltas;
   bool moved = false;
   {
@@ -53,7 +53,7 @@ SparseDiff LotteryTicket::select() {
     restore();
     selected_ = true;
     throw_error<std::runtime_error>(
-        kTag,
+        kLotteryTicketTag,
         "LT-SFT phase 1 left every chosen parameter unchanged (θ₁ = θ₀): the loss does not depend on them "
         "or the learning rate is 0");
   }

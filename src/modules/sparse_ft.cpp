@@ -16,18 +16,16 @@
 #include "modula/io/peft.h"
 #include "modula/util/error.h"
 #include "modula/util/fs.h"
+#include "modula/util/strings.h"
 
 namespace modula {
 namespace {
 
 using json = nlohmann::json;
 
-constexpr std::string_view kTag = "sparse_ft";
+constexpr std::string_view kSparseFtTag = "sparse_ft";
 
 bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 std::string shape_str(const std::vector<int64_t>& shape) { return c10::str(c10::IntArrayRef(shape)); }
 
@@ -36,9 +34,6 @@ int64_t numel_of(const std::vector<int64_t>& shape) {
   for (auto d : shape) n *= d;
   return n;
 }
-
-// Parameters of attached modules live under "<site>.adapters."; they are not backbone weights.
-bool is_module_param(const std::string& name) { return name.find(".adapters.") != std::string::npos; }
 
 struct Matcher {
   std::string pattern;
@@ -84,10 +79,10 @@ torch::Tensor find_param(torch::OrderedDict<std::string, torch::Tensor>& params,
                          const std::string& name, const std::vector<int64_t>& shape) {
   auto* p = params.find(name);
   if (!p || is_module_param(name))
-    throw_error(kTag, "parameter '" + name + "' is not in the " + model.config().model_type + " model");
+    throw_error(kSparseFtTag, "parameter '" + name + "' is not in the " + model.config().model_type + " model");
   if (p->sizes().vec() != shape)
-    throw_error(kTag, "parameter '" + name + "' has shape " + c10::str(p->sizes()) + ", the diff was made for " +
-                          shape_str(shape));
+    throw_error(kSparseFtTag, "parameter '" + name + "' has shape " + c10::str(p->sizes()) +
+                                  ", the diff was made for " + shape_str(shape));
   return *p;
 }
 
@@ -169,18 +164,19 @@ std::vector<std::pair<std::string, torch::Tensor>> select_parameters(Backbone& m
 // ---------------------------------------------------------------- options
 
 void SparseDiffOptions::validate() const {
-  if (target_parameters_.empty()) throw_error(kTag, "target_parameters must name at least one parameter pattern");
+  if (target_parameters_.empty())
+    throw_error(kSparseFtTag, "target_parameters must name at least one parameter pattern");
   compile(target_parameters_, "[sparse_ft]", "target_parameters");
   compile(exclude_parameters_, "[sparse_ft]", "exclude_parameters");
-  if (k_ < 0) throw_error(kTag, "k must be >= 0 (0 = use density), got " + std::to_string(k_));
+  if (k_ < 0) throw_error(kSparseFtTag, "k must be >= 0 (0 = use density), got " + std::to_string(k_));
   if (k_ == 0 && !(density_ > 0.0 && density_ <= 1.0))
-    throw_error(kTag, "density must be in (0, 1], got " + c10::str(density_));
+    throw_error(kSparseFtTag, "density must be in (0, 1], got " + c10::str(density_));
 }
 
 int64_t SparseDiffOptions::num_entries(int64_t total) const {
   const int64_t K = k_ > 0 ? k_ : std::max<int64_t>(1, std::llround(density_ * static_cast<double>(total)));
   if (K > total)
-    throw_error(kTag, "k = " + std::to_string(K) + " exceeds the " + std::to_string(total) + " chosen entries");
+    throw_error(kSparseFtTag, "k = " + std::to_string(K) + " exceeds the " + std::to_string(total) + " chosen entries");
   return K;
 }
 
@@ -199,26 +195,27 @@ void SparseDiffImpl::add(const std::string& name, std::vector<int64_t> shape, to
                          torch::Tensor values) {
   if (attached()) throw std::logic_error("[sparse_ft] add() while attached: detach() first");
   if (name.empty() || name.front() == '.' || name.back() == '.' || name.find("..") != std::string::npos)
-    throw_error(kTag, "invalid parameter name '" + name + "'");
-  if (contains(name)) throw_error(kTag, "parameter '" + name + "' added twice");
-  if (!indices.defined() || indices.dim() != 1) throw_error(kTag, "indices of '" + name + "' must be a 1-D tensor");
+    throw_error(kSparseFtTag, "invalid parameter name '" + name + "'");
+  if (contains(name)) throw_error(kSparseFtTag, "parameter '" + name + "' added twice");
+  if (!indices.defined() || indices.dim() != 1)
+    throw_error(kSparseFtTag, "indices of '" + name + "' must be a 1-D tensor");
   if (indices.is_floating_point() || indices.scalar_type() == torch::kBool)
-    throw_error(kTag, "indices of '" + name + "' must be integers");
+    throw_error(kSparseFtTag, "indices of '" + name + "' must be integers");
   auto idx = indices.detach().to(torch::kInt64);
   auto val = values.defined() ? values.detach().to(idx.device(), torch::kFloat32)
                               : torch::zeros({idx.numel()}, idx.options().dtype(torch::kFloat32));
   if (val.dim() != 1 || val.numel() != idx.numel())
-    throw_error(kTag, "values of '" + name + "' have shape " + c10::str(val.sizes()) + ", expected [" +
-                          std::to_string(idx.numel()) + "]");
+    throw_error(kSparseFtTag, "values of '" + name + "' have shape " + c10::str(val.sizes()) + ", expected [" +
+                                  std::to_string(idx.numel()) + "]");
   const int64_t n = numel_of(shape);
   if (idx.numel() > 0 && (idx.min().item<int64_t>() < 0 || idx.max().item<int64_t>() >= n))
-    throw_error(kTag,
+    throw_error(kSparseFtTag,
                 "indices of '" + name + "' out of range [0, " + std::to_string(n) + ") for shape " + shape_str(shape));
   auto sorted = idx.sort();
   idx = std::get<0>(sorted).contiguous();
   val = val.index_select(0, std::get<1>(sorted)).contiguous();
   if (idx.numel() > 1 && !(idx.slice(0, 1) > idx.slice(0, 0, -1)).all().item<bool>())
-    throw_error(kTag, "indices of '" + name + "' repeat an entry");
+    throw_error(kSparseFtTag, "indices of '" + name + "' repeat an entry");
   auto holder = register_at(*this, name, std::make_shared<torch::nn::Module>());
   Entry e;
   e.name = name;
@@ -241,7 +238,7 @@ bool SparseDiffImpl::contains(const std::string& name) const {
 const SparseDiffImpl::Entry& SparseDiffImpl::entry(const std::string& name) const {
   for (const auto& e : entries_)
     if (e.name == name) return e;
-  throw_error(kTag, "the diff has no parameter '" + name + "'");
+  throw_error(kSparseFtTag, "the diff has no parameter '" + name + "'");
 }
 
 torch::Tensor SparseDiffImpl::indices(const std::string& name) const { return entry(name).indices; }
@@ -350,10 +347,10 @@ BackboneOutput SparseDiffImpl::forward(Backbone& model, const BackboneInput& in)
 // ---------------------------------------------------------------- composition
 
 SparseDiff compose(const std::vector<SparseDiff>& diffs, const std::vector<double>& scales) {
-  if (diffs.empty()) throw_error(kTag, "compose() needs at least one diff");
+  if (diffs.empty()) throw_error(kSparseFtTag, "compose() needs at least one diff");
   if (!scales.empty() && scales.size() != diffs.size())
-    throw_error(
-        kTag, "compose(): " + std::to_string(scales.size()) + " scales for " + std::to_string(diffs.size()) + " diffs");
+    throw_error(kSparseFtTag, "compose(): " + std::to_string(scales.size()) + " scales for " +
+                                  std::to_string(diffs.size()) + " diffs");
   SparseDiffOptions o;
   std::vector<std::string> order;
   std::map<std::string, std::vector<int64_t>> shapes;
@@ -364,7 +361,7 @@ SparseDiff compose(const std::vector<SparseDiff>& diffs, const std::vector<doubl
   };
   for (size_t i = 0; i < diffs.size(); ++i) {
     const auto& d = diffs[i];
-    if (!d) throw_error(kTag, "compose(): diff " + std::to_string(i) + " is empty");
+    if (!d) throw_error(kSparseFtTag, "compose(): diff " + std::to_string(i) + " is empty");
     add_unique(o.target_parameters(), d->options.target_parameters());
     add_unique(o.exclude_parameters(), d->options.exclude_parameters());
     if (o.base_model_name_or_path().empty()) o.base_model_name_or_path(d->options.base_model_name_or_path());
@@ -372,8 +369,8 @@ SparseDiff compose(const std::vector<SparseDiff>& diffs, const std::vector<doubl
     for (const auto& name : d->names()) {
       if (!shapes.count(name)) order.push_back(name), shapes[name] = d->shape(name);
       if (shapes[name] != d->shape(name))
-        throw_error(kTag, "compose(): parameter '" + name + "' has shape " + shape_str(d->shape(name)) + " in diff " +
-                              std::to_string(i) + " but " + shape_str(shapes[name]) + " before");
+        throw_error(kSparseFtTag, "compose(): parameter '" + name + "' has shape " + shape_str(d->shape(name)) +
+                                      " in diff " + std::to_string(i) + " but " + shape_str(shapes[name]) + " before");
       idx[name].push_back(d->indices(name).to(torch::kCPU));
       val[name].push_back(d->values(name).detach().to(torch::kCPU) * s);
     }
@@ -427,7 +424,7 @@ SparseDiff random_sparse_diff(Backbone& model, const SparseDiffOptions& options,
 
 SparseDiff sparse_diff_from_delta(const std::vector<std::pair<std::string, torch::Tensor>>& deltas,
                                   const SparseDiffOptions& options, bool keep_values) {
-  if (deltas.empty()) throw_error(kTag, "sparse_diff_from_delta() needs at least one parameter");
+  if (deltas.empty()) throw_error(kSparseFtTag, "sparse_diff_from_delta() needs at least one parameter");
   SparseDiffOptions o = options;
   if (o.target_parameters().empty())
     for (const auto& d : deltas) o.target_parameters().push_back(d.first);

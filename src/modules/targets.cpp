@@ -4,13 +4,10 @@
 #include <regex>
 
 #include "modula/util/error.h"
+#include "modula/util/strings.h"
 
 namespace modula {
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 bool is_output_head(const std::string& path) {
   return path == "lm_head" || ends_with(path, ".decoder") || path == "classifier" || ends_with(path, "out_proj") ||

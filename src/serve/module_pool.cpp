@@ -14,7 +14,7 @@
 namespace modula::serve {
 namespace {
 
-constexpr std::string_view kTag = "serve";
+constexpr std::string_view kModulePoolTag = "serve";
 constexpr size_t kMaxCompositions = 4096;  // catalogued specs; unused ones are forgotten beyond
 
 bool valid_name(const std::string& n) {
@@ -48,8 +48,8 @@ int64_t folder_virtual_tokens(const std::string& dir) {
 }  // namespace
 
 void PoolOptions::validate() const {
-  check(max_resident >= 1, kTag, "max_resident must be >= 1 (got " + std::to_string(max_resident) + ")");
-  for (const auto& d : adapter_dirs) check(fs::is_dir(d), kTag, "adapter dir '" + d + "' is not a folder");
+  check(max_resident >= 1, kModulePoolTag, "max_resident must be >= 1 (got " + std::to_string(max_resident) + ")");
+  for (const auto& d : adapter_dirs) check(fs::is_dir(d), kModulePoolTag, "adapter dir '" + d + "' is not a folder");
 }
 
 ModulePool::ModulePool(Backbone& model, PoolOptions options) : model_(model), options_(std::move(options)) {

@@ -11,7 +11,7 @@
 namespace modula::serve {
 namespace {
 
-constexpr std::string_view kTag = "serve";
+constexpr std::string_view kSchedulerTag = "serve";
 
 // Prepends n masked slots to keys/values [B, Hkv, S, D] (dim 2).
 torch::Tensor pad_slots(const torch::Tensor& t, int64_t n) { return torch::constant_pad_nd(t, {0, 0, n, 0}, 0); }
@@ -28,8 +28,8 @@ void pad_cache(KVCache& cache, torch::Tensor& mask, int64_t n) {
 }  // namespace
 
 void SchedulerOptions::validate() const {
-  check(max_batch >= 1, kTag, "max_batch must be >= 1 (got " + std::to_string(max_batch) + ")");
-  check(max_queue >= 0, kTag, "max_queue must be >= 0 (got " + std::to_string(max_queue) + ")");
+  check(max_batch >= 1, kSchedulerTag, "max_batch must be >= 1 (got " + std::to_string(max_batch) + ")");
+  check(max_queue >= 0, kSchedulerTag, "max_queue must be >= 0 (got " + std::to_string(max_queue) + ")");
 }
 
 // ---- Generation ----------------------------------------------------------------------
@@ -141,7 +141,7 @@ Scheduler::Scheduler(Backbone& model, ModulePool* pool, SchedulerOptions options
     : model_(model), pool_(pool), options_(std::move(options)), device_(torch::kCPU), batch_(new Batch) {
   options_.validate();
   if (!model_.causal() || model_.head() != Head::CausalLM)
-    throw_error(kTag, "the model has no causal LM head (" + to_string(model_.head()) + ")");
+    throw_error(kSchedulerTag, "the model has no causal LM head (" + to_string(model_.head()) + ")");
   if (options_.max_batch_tokens == 0)
     options_.max_batch_tokens = options_.max_batch * std::max<int64_t>(1, model_.config().max_position_embeddings);
   device_ = model_.parameters().front().device();
@@ -154,9 +154,9 @@ int64_t Scheduler::context_length() const { return model_.config().max_position_
 
 std::shared_ptr<Generation> Scheduler::submit(GenRequest request) {
   const auto& c = model_.config();
-  check(!request.prompt.empty(), kTag, "the prompt is empty");
+  check(!request.prompt.empty(), kSchedulerTag, "the prompt is empty");
   for (auto id : request.prompt)
-    check(id >= 0 && id < c.vocab_size, kTag,
+    check(id >= 0 && id < c.vocab_size, kSchedulerTag,
           "token id " + std::to_string(id) + " outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
   int64_t virtual_tokens = 0;
   if (request.module != kBaseAdapter) {
@@ -164,16 +164,19 @@ std::shared_ptr<Generation> Scheduler::submit(GenRequest request) {
     virtual_tokens = pool_->virtual_tokens(request.module);  // PoolError(404) naming an unknown set
   }
   request.options.validate();
-  check(request.logprobs <= 20, kTag, "logprobs must be at most 20 (got " + std::to_string(request.logprobs) + ")");
+  check(request.logprobs <= 20, kSchedulerTag,
+        "logprobs must be at most 20 (got " + std::to_string(request.logprobs) + ")");
   const int64_t need = static_cast<int64_t>(request.prompt.size()) + virtual_tokens + request.options.max_new_tokens;
   if (c.max_position_embeddings > 0 && need > c.max_position_embeddings)
-    throw_error(kTag, "the prompt (" + std::to_string(request.prompt.size()) + " tokens" +
-                          (virtual_tokens ? " + " + std::to_string(virtual_tokens) + " virtual" : std::string()) +
-                          ") plus max_tokens (" + std::to_string(request.options.max_new_tokens) +
-                          ") exceeds the model's context of " + std::to_string(c.max_position_embeddings) + " tokens");
+    throw_error(kSchedulerTag,
+                "the prompt (" + std::to_string(request.prompt.size()) + " tokens" +
+                    (virtual_tokens ? " + " + std::to_string(virtual_tokens) + " virtual" : std::string()) +
+                    ") plus max_tokens (" + std::to_string(request.options.max_new_tokens) +
+                    ") exceeds the model's context of " + std::to_string(c.max_position_embeddings) + " tokens");
   if (need > options_.max_batch_tokens)
-    throw_error(kTag, "the prompt plus max_tokens (" + std::to_string(need) +
-                          " tokens) exceeds the batch's token budget of " + std::to_string(options_.max_batch_tokens));
+    throw_error(kSchedulerTag, "the prompt plus max_tokens (" + std::to_string(need) +
+                                   " tokens) exceeds the batch's token budget of " +
+                                   std::to_string(options_.max_batch_tokens));
   auto row = std::make_unique<Row>();
   row->reserved = need;
   row->request = std::move(request);
@@ -349,8 +352,8 @@ std::unique_ptr<Scheduler::Row> Scheduler::prefill(std::unique_ptr<Row> row) {
     row->mask = in.attention_mask.defined() ? in.attention_mask.to(torch::kInt64)
                                             : torch::ones({1, S}, torch::dtype(torch::kInt64).device(device_));
     if (row->mask.size(1) != S)
-      throw_error(kTag, "internal: prefill mask covers " + std::to_string(row->mask.size(1)) + " of " +
-                            std::to_string(S) + " cache slots");
+      throw_error(kSchedulerTag, "internal: prefill mask covers " + std::to_string(row->mask.size(1)) + " of " +
+                                     std::to_string(S) + " cache slots");
     row->position = in.position_ids.defined() ? in.position_ids[0][-1].item<int64_t>() + 1 : S;
     {
       std::lock_guard<std::mutex> lk(mu_);

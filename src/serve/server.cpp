@@ -20,7 +20,7 @@ namespace modula::serve {
 using json = nlohmann::json;
 
 namespace {
-constexpr std::string_view kTag = "serve";
+constexpr std::string_view kServerTag = "serve";
 
 // Debian's compiled cpp-httplib listens with a backlog of 5: a burst of clients (32 at once)
 // overflows it and connections are reset. listen() again on the bound socket (Linux
@@ -75,7 +75,7 @@ ChatConfig read_chat_config(const std::string& dir) {
   try {
     j = json::parse(in);
   } catch (const json::parse_error& e) {
-    throw_error<ConfigError>(kTag, path + ": not valid JSON: " + e.what());
+    throw_error<ConfigError>(kServerTag, path + ": not valid JSON: " + e.what());
   }
   auto token = [&](const char* key) {
     const auto it = j.find(key);
@@ -83,7 +83,7 @@ ChatConfig read_chat_config(const std::string& dir) {
     if (it->is_string()) return it->get<std::string>();
     if (it->is_object() && it->contains("content") && (*it)["content"].is_string())
       return (*it)["content"].get<std::string>();
-    throw_error<ConfigError>(kTag, path + ": '" + key + "' must be a string or {\"content\": string}");
+    throw_error<ConfigError>(kServerTag, path + ": '" + key + "' must be a string or {\"content\": string}");
   };
   c.bos = token("bos_token");
   c.eos = token("eos_token");
@@ -96,18 +96,18 @@ ChatConfig read_chat_config(const std::string& dir) {
       if (t.is_object() && t.value("name", "") == "default" && t.contains("template") && t["template"].is_string())
         c.chat_template = t["template"].get<std::string>();
   }
-  if (c.chat_template.empty()) throw_error<ConfigError>(kTag, path + ": 'chat_template' has no default template");
+  if (c.chat_template.empty()) throw_error<ConfigError>(kServerTag, path + ": 'chat_template' has no default template");
   return c;
 }
 
 void ServeOptions::validate() const {
-  check(!model_dir.empty(), kTag, "model_dir (--model) is required");
-  check(port >= 0 && port <= 65535, kTag, "port must be in [0, 65535] (got " + std::to_string(port) + ")");
-  check(!host.empty(), kTag, "host must not be empty");
-  check(max_body_bytes > 0, kTag, "max_body_bytes must be > 0");
-  check(threads >= 1, kTag, "threads must be >= 1 (got " + std::to_string(threads) + ")");
-  check(drain_seconds >= 0, kTag, "drain_seconds must be >= 0");
-  check(disconnect_check_ms >= 1, kTag, "disconnect_check_ms must be >= 1");
+  check(!model_dir.empty(), kServerTag, "model_dir (--model) is required");
+  check(port >= 0 && port <= 65535, kServerTag, "port must be in [0, 65535] (got " + std::to_string(port) + ")");
+  check(!host.empty(), kServerTag, "host must not be empty");
+  check(max_body_bytes > 0, kServerTag, "max_body_bytes must be > 0");
+  check(threads >= 1, kServerTag, "threads must be >= 1 (got " + std::to_string(threads) + ")");
+  check(drain_seconds >= 0, kServerTag, "drain_seconds must be >= 0");
+  check(disconnect_check_ms >= 1, kServerTag, "disconnect_check_ms must be >= 1");
   SchedulerOptions s;
   s.max_batch = max_batch;
   s.max_queue = max_queue;
@@ -133,13 +133,14 @@ void Server::Impl::load() {
   for (const auto& spec : o.adapters) {
     const auto eq = spec.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
-      throw_error(kTag, "--adapter '" + spec + "': expected NAME=DIR");
+      throw_error(kServerTag, "--adapter '" + spec + "': expected NAME=DIR");
     const auto name = spec.substr(0, eq);
-    if (name == base_name) throw_error(kTag, "--adapter '" + spec + "': the name '" + name + "' is the base model's");
+    if (name == base_name)
+      throw_error(kServerTag, "--adapter '" + spec + "': the name '" + name + "' is the base model's");
     try {
       pool->add(name, spec.substr(eq + 1));
     } catch (const PoolError& e) {
-      throw_error(kTag, "--adapter '" + spec + "': " + e.what());
+      throw_error(kServerTag, "--adapter '" + spec + "': " + e.what());
     }
   }
   SchedulerOptions so;
@@ -155,7 +156,7 @@ void Server::Impl::load() {
       });
     } catch (const std::exception& e) {
       scheduler->stop();
-      throw_error(kTag, "--adapter " + name + ": " + e.what());
+      throw_error(kServerTag, "--adapter " + name + ": " + e.what());
     }
   }
 }
@@ -290,8 +291,8 @@ int Server::bind() {
   const int port =
       o.port == 0 ? impl_->http.bind_to_any_port(o.host) : (impl_->http.bind_to_port(o.host, o.port) ? o.port : -1);
   if (port < 0)
-    throw_error<std::runtime_error>(kTag, "cannot listen on " + o.host + ":" + std::to_string(o.port) +
-                                              " (in use, or not an address of this machine)");
+    throw_error<std::runtime_error>(kServerTag, "cannot listen on " + o.host + ":" + std::to_string(o.port) +
+                                                    " (in use, or not an address of this machine)");
   raise_listen_backlog(port);
   return port;
 }

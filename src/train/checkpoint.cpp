@@ -21,7 +21,7 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr std::string_view kTag = "train";
+constexpr std::string_view kCheckpointTag = "train";
 
 const char* kTensors = "tensors.safetensors";
 const char* kOptimizer = "optimizer.bin";
@@ -30,15 +30,17 @@ const char* kManifest = "manifest.json";
 
 void fsync_path(const std::string& path, bool dir) {
   int fd = ::open(path.c_str(), dir ? O_RDONLY | O_DIRECTORY : O_RDONLY);
-  if (fd < 0) throw_error<TrainError>(kTag, "checkpoint: cannot open " + path + " for fsync: " + std::strerror(errno));
+  if (fd < 0)
+    throw_error<TrainError>(kCheckpointTag, "checkpoint: cannot open " + path + " for fsync: " + std::strerror(errno));
   int rc = ::fsync(fd);
   ::close(fd);
-  if (rc != 0) throw_error<TrainError>(kTag, "checkpoint: fsync " + path + ": " + std::strerror(errno));
+  if (rc != 0) throw_error<TrainError>(kCheckpointTag, "checkpoint: fsync " + path + ": " + std::strerror(errno));
 }
 
 void write_file(const std::string& path, const std::string& bytes) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) throw_error<TrainError>(kTag, "checkpoint: cannot create " + path + ": " + std::strerror(errno));
+  if (fd < 0)
+    throw_error<TrainError>(kCheckpointTag, "checkpoint: cannot create " + path + ": " + std::strerror(errno));
   size_t done = 0;
   while (done < bytes.size()) {
     ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
@@ -46,17 +48,17 @@ void write_file(const std::string& path, const std::string& bytes) {
       if (errno == EINTR) continue;
       std::string why = std::strerror(errno);
       ::close(fd);
-      throw_error<TrainError>(kTag, "checkpoint: write " + path + ": " + why);
+      throw_error<TrainError>(kCheckpointTag, "checkpoint: write " + path + ": " + why);
     }
     done += static_cast<size_t>(n);
   }
   if (::fsync(fd) != 0 || ::close(fd) != 0)
-    throw_error<TrainError>(kTag, "checkpoint: fsync/close " + path + ": " + std::strerror(errno));
+    throw_error<TrainError>(kCheckpointTag, "checkpoint: fsync/close " + path + ": " + std::strerror(errno));
 }
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw_error<TrainError>(kTag, "checkpoint: cannot open " + path);
+  if (!in) throw_error<TrainError>(kCheckpointTag, "checkpoint: cannot open " + path);
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
@@ -94,7 +96,7 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
 
 std::string file_checksum(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw_error<TrainError>(kTag, "checkpoint: cannot open " + path);
+  if (!in) throw_error<TrainError>(kCheckpointTag, "checkpoint: cannot open " + path);
   uint64_t h = 1469598103934665603ULL;  // FNV-1a 64 offset basis
   char buf[1 << 16];
   while (in) {

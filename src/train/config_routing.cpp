@@ -8,22 +8,17 @@
 #include "modula/composition/spec.h"
 #include "modula/util/error.h"
 #include "modula/util/fs.h"
+#include "modula/util/strings.h"
 
 namespace modula::train {
 namespace {
 
 using json = nlohmann::json;
 
-constexpr std::string_view kTag = "train";
+constexpr std::string_view kConfigRoutingTag = "train";
 
 [[noreturn]] void fail(const std::string& source, const std::string& msg) {
-  throw_error<ConfigError>(kTag, source + ": " + msg);
-}
-
-std::string joined(const std::vector<std::string>& v) {
-  std::string out;
-  for (const auto& s : v) out += (out.empty() ? "" : ", ") + s;
-  return out;
+  throw_error<ConfigError>(kConfigRoutingTag, source + ": " + msg);
 }
 
 void collect_routes(const SpecNode& n, std::vector<const SpecNode*>& out) {

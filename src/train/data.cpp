@@ -12,13 +12,14 @@
 
 #include "modula/util/error.h"
 #include "modula/util/fs.h"
+#include "modula/util/strings.h"
 
 namespace modula::train {
 namespace {
 
 using json = nlohmann::json;
 
-constexpr std::string_view kTag = "train";
+constexpr std::string_view kDataTag = "train";
 
 std::string at_line(const std::string& where, size_t line) { return where + ":" + std::to_string(line); }
 
@@ -51,7 +52,7 @@ std::vector<std::string> csv_record(const std::string& text, size_t& pos, char s
       cur += c;
     }
   }
-  if (quoted) throw_error<TrainError>(kTag, at_line(path, start_line) + ": unterminated quoted field");
+  if (quoted) throw_error<TrainError>(kDataTag, at_line(path, start_line) + ": unterminated quoted field");
   fields.push_back(cur);
   return fields;
 }
@@ -60,15 +61,15 @@ std::vector<json> load_delimited(const std::string& path, const std::string& tex
   size_t pos = 0, line = 1;
   auto header = csv_record(text, pos, sep, line, path);
   if (header.size() == 1 && header[0].empty())
-    throw_error<TrainError>(kTag, path + ": empty file (expected a header row)");
+    throw_error<TrainError>(kDataTag, path + ": empty file (expected a header row)");
   std::vector<json> out;
   while (pos < text.size()) {
     size_t here = line;
     auto fields = csv_record(text, pos, sep, line, path);
     if (fields.size() == 1 && fields[0].empty()) continue;  // blank line
     if (fields.size() != header.size())
-      throw_error<TrainError>(kTag, at_line(path, here) + ": " + std::to_string(fields.size()) +
-                                        " fields, the header has " + std::to_string(header.size()));
+      throw_error<TrainError>(kDataTag, at_line(path, here) + ": " + std::to_string(fields.size()) +
+                                            " fields, the header has " + std::to_string(header.size()));
     json r = json::object();
     for (size_t i = 0; i < header.size(); ++i) r[header[i]] = fields[i];
     out.push_back(std::move(r));
@@ -86,10 +87,11 @@ std::vector<json> load_jsonl(const std::string& path, const std::string& text) {
     try {
       r = json::parse(s);
     } catch (const json::exception& e) {
-      throw_error<TrainError>(kTag, at_line(path, line) + ": invalid JSON (" + e.what() + ")");
+      throw_error<TrainError>(kDataTag, at_line(path, line) + ": invalid JSON (" + e.what() + ")");
     }
     if (!r.is_object())
-      throw_error<TrainError>(kTag, at_line(path, line) + ": each line must be a JSON object, got " + r.type_name());
+      throw_error<TrainError>(kDataTag,
+                              at_line(path, line) + ": each line must be a JSON object, got " + r.type_name());
     out.push_back(std::move(r));
   }
   return out;
@@ -111,7 +113,8 @@ const json& field(const json& r, const std::string& key, const std::string& wher
   if (!r.contains(key) || r[key].is_null()) {
     std::string keys;
     for (const auto& kv : r.items()) keys += (keys.empty() ? "" : ", ") + kv.key();
-    throw_error<TrainError>(kTag, at_line(where, line) + ": missing field '" + key + "' (record has: " + keys + ")");
+    throw_error<TrainError>(kDataTag,
+                            at_line(where, line) + ": missing field '" + key + "' (record has: " + keys + ")");
   }
   return r[key];
 }
@@ -119,7 +122,7 @@ const json& field(const json& r, const std::string& key, const std::string& wher
 std::string text_field(const json& r, const std::string& key, const std::string& where, size_t line) {
   const json& v = field(r, key, where, line);
   if (!v.is_string())
-    throw_error<TrainError>(kTag,
+    throw_error<TrainError>(kDataTag,
                             at_line(where, line) + ": field '" + key + "' must be a string, got " + v.type_name());
   return v.get<std::string>();
 }
@@ -133,19 +136,15 @@ std::vector<std::string> word_list(const json& v, const std::string& key, const 
     return out;
   }
   if (!v.is_array())
-    throw_error<TrainError>(kTag, at_line(where, line) + ": field '" + key + "' must be a list, got " + v.type_name());
+    throw_error<TrainError>(kDataTag,
+                            at_line(where, line) + ": field '" + key + "' must be a list, got " + v.type_name());
   for (const auto& e : v) {
     std::string s = label_string(e);
     if (s.empty() && !e.is_string())
-      throw_error<TrainError>(kTag, at_line(where, line) + ": field '" + key + "' has a non-string entry " + e.dump());
+      throw_error<TrainError>(kDataTag,
+                              at_line(where, line) + ": field '" + key + "' has a non-string entry " + e.dump());
     out.push_back(s);
   }
-  return out;
-}
-
-std::string joined(const std::vector<std::string>& v) {
-  std::string out;
-  for (const auto& s : v) out += (out.empty() ? "" : ", ") + s;
   return out;
 }
 
@@ -155,13 +154,13 @@ std::string metadata_value(const json& r, const MetadataField& f, const std::str
   if (!r.contains(f.name) || r[f.name].is_null()) {
     std::string keys;
     for (const auto& kv : r.items()) keys += (keys.empty() ? "" : ", ") + kv.key();
-    throw_error<TrainError>(
-        kTag, at_line(where, line) + ": missing metadata field '" + f.name + "' (record has: " + keys + known + ")");
+    throw_error<TrainError>(kDataTag, at_line(where, line) + ": missing metadata field '" + f.name +
+                                          "' (record has: " + keys + known + ")");
   }
   const json& v = r[f.name];
   if (!v.is_string() && !v.is_number_integer())
-    throw_error<TrainError>(kTag, at_line(where, line) + ": metadata field '" + f.name +
-                                      "' must be a string or an integer, got " + v.dump());
+    throw_error<TrainError>(kDataTag, at_line(where, line) + ": metadata field '" + f.name +
+                                          "' must be a string or an integer, got " + v.dump());
   return v.is_string() ? v.get<std::string>() : v.dump();
 }
 
@@ -183,7 +182,7 @@ std::vector<MetadataField> resolve_metadata(std::vector<MetadataField> fields, c
 
 std::vector<json> load_records(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw_error<TrainError>(kTag, "cannot open data file " + path);
+  if (!in) throw_error<TrainError>(kDataTag, "cannot open data file " + path);
   std::stringstream ss;
   ss << in.rdbuf();
   std::string text = ss.str();
@@ -196,9 +195,9 @@ std::vector<json> load_records(const std::string& path) {
   else if (ext == ".jsonl" || ext == ".json")
     out = load_jsonl(path, text);
   else
-    throw_error<TrainError>(kTag,
+    throw_error<TrainError>(kDataTag,
                             "data file " + path + ": unknown extension '" + ext + "' (.jsonl, .json, .csv, .tsv)");
-  if (out.empty()) throw_error<TrainError>(kTag, "data file " + path + " has no records");
+  if (out.empty()) throw_error<TrainError>(kDataTag, "data file " + path + " has no records");
   return out;
 }
 
@@ -234,7 +233,7 @@ Encoding Encoding::build(const TaskConfig& task, const std::vector<json>& train,
   e.special_ids_.push_back(e.pad_id_);
 
   if (task.type == TaskType::MaskedLM && e.mask_id_ < 0)
-    throw_error<TrainError>(kTag,
+    throw_error<TrainError>(kDataTag,
                             "task '" + task.name + "': masked_lm needs a [MASK] or <mask> token in the tokenizer");
   bool classification = task.type == TaskType::SequenceClassification || task.type == TaskType::TokenClassification;
   if (classification) {
@@ -246,9 +245,9 @@ Encoding Encoding::build(const TaskConfig& task, const std::vector<json>& train,
           const json& v = field(train[i], task.label_field, "task '" + task.name + "' train", i + 1);
           std::string s = label_string(v);
           if (s.empty() && !v.is_string())
-            throw_error<TrainError>(kTag, "task '" + task.name + "' train record " + std::to_string(i + 1) +
-                                              ": label '" + task.label_field + "' must be a string or integer, got " +
-                                              v.dump());
+            throw_error<TrainError>(kDataTag, "task '" + task.name + "' train record " + std::to_string(i + 1) +
+                                                  ": label '" + task.label_field +
+                                                  "' must be a string or integer, got " + v.dump());
           seen.insert(s);
         } else {
           for (auto& t : word_list(field(train[i], task.tags_field, "task '" + task.name + "' train", i + 1),
@@ -263,7 +262,7 @@ Encoding Encoding::build(const TaskConfig& task, const std::vector<json>& train,
     }
     if (e.labels_.size() < 2)
       throw_error<TrainError>(
-          kTag, "task '" + task.name + "' needs at least 2 labels, found " + std::to_string(e.labels_.size()));
+          kDataTag, "task '" + task.name + "' needs at least 2 labels, found " + std::to_string(e.labels_.size()));
     for (size_t i = 0; i < e.labels_.size(); ++i) e.label_ids_[e.labels_[i]] = static_cast<int64_t>(i);
   }
   return e;
@@ -275,20 +274,21 @@ int64_t Encoding::label_index(const json& v, const std::string& where, size_t li
   if (it == label_ids_.end()) {
     std::string known;
     for (const auto& l : labels_) known += (known.empty() ? "" : ", ") + l;
-    throw_error<TrainError>(kTag, at_line(where, line) + ": unknown label " + v.dump() + " (labels: " + known + ")");
+    throw_error<TrainError>(kDataTag,
+                            at_line(where, line) + ": unknown label " + v.dump() + " (labels: " + known + ")");
   }
   return it->second;
 }
 
-Example Encoding::encode_one(const json& r, const std::string& where, size_t line) const {
+Example Encoding::encode_one(const json& r, const std::string& where, size_t line, bool for_prediction) const {
   Example ex;
   for (size_t f = 0; f < metadata_.size(); ++f) {
     const std::string v = metadata_value(r, metadata_[f], where, line);
     auto it = metadata_ids_[f].find(v);
     if (it == metadata_ids_[f].end())
-      throw_error<TrainError>(kTag, at_line(where, line) + ": unknown value " + r[metadata_[f].name].dump() +
-                                        " of metadata field '" + metadata_[f].name +
-                                        "' (values: " + joined(metadata_[f].values) + ")");
+      throw_error<TrainError>(kDataTag, at_line(where, line) + ": unknown value " + r[metadata_[f].name].dump() +
+                                            " of metadata field '" + metadata_[f].name +
+                                            "' (values: " + joined(metadata_[f].values) + ")");
     ex.metadata.push_back(it->second);
   }
   const auto max_len = static_cast<size_t>(task_.max_length);
@@ -298,7 +298,13 @@ Example Encoding::encode_one(const json& r, const std::string& where, size_t lin
   switch (task_.type) {
     case TaskType::CausalLM: {
       bool prompted = !r.contains(task_.text_field) && r.contains(task_.completion_field);
-      if (!prompted) {
+      if (for_prediction) {  // the prompt to continue
+        const bool has_prompt = r.contains(task_.prompt_field) && !r[task_.prompt_field].is_null();
+        ex.input_ids =
+            tokenizer_->encode(text_field(r, has_prompt ? task_.prompt_field : task_.text_field, where, line), true);
+        truncate(ex.input_ids);
+        ex.labels.assign(ex.input_ids.size(), kIgnoreIndex);
+      } else if (!prompted) {
         ex.input_ids = tokenizer_->encode(text_field(r, task_.text_field, where, line), true);
         ex.input_ids.insert(ex.input_ids.end(), eos_.begin(), eos_.end());
         truncate(ex.input_ids);
@@ -334,22 +340,25 @@ Example Encoding::encode_one(const json& r, const std::string& where, size_t lin
       }
       truncate(ex.input_ids);
       truncate(ex.token_type_ids);
-      ex.label = label_index(field(r, task_.label_field, where, line), where, line);
+      const bool unlabeled = for_prediction && (!r.contains(task_.label_field) || r[task_.label_field].is_null());
+      ex.label = unlabeled ? kNoLabel : label_index(field(r, task_.label_field, where, line), where, line);
       break;
     }
     case TaskType::TokenClassification: {
       auto words = word_list(field(r, task_.tokens_field, where, line), task_.tokens_field, where, line);
-      auto tags = word_list(field(r, task_.tags_field, where, line), task_.tags_field, where, line);
+      const bool unlabeled = for_prediction && (!r.contains(task_.tags_field) || r[task_.tags_field].is_null());
+      auto tags = unlabeled ? std::vector<std::string>(words.size())
+                            : word_list(field(r, task_.tags_field, where, line), task_.tags_field, where, line);
       if (words.size() != tags.size())
-        throw_error<TrainError>(kTag, at_line(where, line) + ": " + std::to_string(words.size()) + " tokens but " +
-                                          std::to_string(tags.size()) + " tags");
+        throw_error<TrainError>(kDataTag, at_line(where, line) + ": " + std::to_string(words.size()) + " tokens but " +
+                                              std::to_string(tags.size()) + " tags");
       ex.input_ids = prefix_;
       ex.labels.assign(prefix_.size(), kIgnoreIndex);
       for (size_t w = 0; w < words.size(); ++w) {
         // The first sub-word carries the word's tag; the rest are unscored.
         auto pieces = tokenizer_->encode((w == 0 ? "" : " ") + words[w], false);
         if (pieces.empty()) continue;
-        int64_t tag = label_index(tags[w], where, line);
+        int64_t tag = unlabeled ? kNoLabel : label_index(tags[w], where, line);
         for (size_t k = 0; k < pieces.size(); ++k) {
           ex.input_ids.push_back(pieces[k]);
           ex.labels.push_back(k == 0 ? tag : kIgnoreIndex);
@@ -362,14 +371,16 @@ Example Encoding::encode_one(const json& r, const std::string& where, size_t lin
       break;
     }
   }
-  if (ex.input_ids.empty()) throw_error<TrainError>(kTag, at_line(where, line) + ": the record encodes to no tokens");
+  if (ex.input_ids.empty())
+    throw_error<TrainError>(kDataTag, at_line(where, line) + ": the record encodes to no tokens");
   return ex;
 }
 
-std::vector<Example> Encoding::encode(const std::vector<json>& records, const std::string& where) const {
+std::vector<Example> Encoding::encode(const std::vector<json>& records, const std::string& where,
+                                      bool for_prediction) const {
   std::vector<Example> out;
   out.reserve(records.size());
-  for (size_t i = 0; i < records.size(); ++i) out.push_back(encode_one(records[i], where, i + 1));
+  for (size_t i = 0; i < records.size(); ++i) out.push_back(encode_one(records[i], where, i + 1, for_prediction));
   return out;
 }
 

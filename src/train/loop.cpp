@@ -13,7 +13,7 @@
 namespace modula::train {
 namespace {
 
-constexpr std::string_view kTag = "loop";
+constexpr std::string_view kLoopTag = "loop";
 
 std::string num(double v) { return c10::str(v); }
 
@@ -45,7 +45,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<ParamG
     case OptimizerKind::SGD:
       return std::make_unique<torch::optim::SGD>(std::move(pgs), torch::optim::SGDOptions(lr));
   }
-  throw_error(kTag, "optimizer is not AdamW, Adam or SGD");
+  throw_error(kLoopTag, "optimizer is not AdamW, Adam or SGD");
 }
 
 // ‖g‖₂ over the parameters that have a gradient, as torch's clip_grad_norm_ computes it.
@@ -60,17 +60,17 @@ double grad_norm(const std::vector<torch::Tensor>& params) {
 }  // namespace
 
 void LoopOptions::validate() const {
-  if (!(weight_decay >= 0.0)) throw_error(kTag, "weight_decay must be >= 0, got " + num(weight_decay));
-  if (!(beta1 >= 0.0 && beta1 < 1.0)) throw_error(kTag, "beta1 must be in [0, 1), got " + num(beta1));
-  if (!(beta2 >= 0.0 && beta2 < 1.0)) throw_error(kTag, "beta2 must be in [0, 1), got " + num(beta2));
-  if (!(eps > 0.0)) throw_error(kTag, "eps must be > 0, got " + num(eps));
-  if (warmup_steps < 0) throw_error(kTag, "warmup_steps must be >= 0, got " + std::to_string(warmup_steps));
-  if (total_steps < 0) throw_error(kTag, "total_steps must be >= 0, got " + std::to_string(total_steps));
+  if (!(weight_decay >= 0.0)) throw_error(kLoopTag, "weight_decay must be >= 0, got " + num(weight_decay));
+  if (!(beta1 >= 0.0 && beta1 < 1.0)) throw_error(kLoopTag, "beta1 must be in [0, 1), got " + num(beta1));
+  if (!(beta2 >= 0.0 && beta2 < 1.0)) throw_error(kLoopTag, "beta2 must be in [0, 1), got " + num(beta2));
+  if (!(eps > 0.0)) throw_error(kLoopTag, "eps must be > 0, got " + num(eps));
+  if (warmup_steps < 0) throw_error(kLoopTag, "warmup_steps must be >= 0, got " + std::to_string(warmup_steps));
+  if (total_steps < 0) throw_error(kLoopTag, "total_steps must be >= 0, got " + std::to_string(total_steps));
   if (!(min_lr_ratio >= 0.0 && min_lr_ratio <= 1.0))
-    throw_error(kTag, "min_lr_ratio must be in [0, 1], got " + num(min_lr_ratio));
-  if (grad_accum < 1) throw_error(kTag, "grad_accum must be >= 1, got " + std::to_string(grad_accum));
+    throw_error(kLoopTag, "min_lr_ratio must be in [0, 1], got " + num(min_lr_ratio));
+  if (grad_accum < 1) throw_error(kLoopTag, "grad_accum must be >= 1, got " + std::to_string(grad_accum));
   if (!(max_grad_norm >= 0.0))
-    throw_error(kTag, "max_grad_norm must be >= 0 (0 = no clipping), got " + num(max_grad_norm));
+    throw_error(kLoopTag, "max_grad_norm must be >= 0 (0 = no clipping), got " + num(max_grad_norm));
 }
 
 struct TrainLoop::Impl {
@@ -125,15 +125,15 @@ TrainLoop::TrainLoop(std::vector<ParamGroup> groups, LoopOptions options, torch:
   options.validate();
   auto& s = *impl_;
   s.o = std::move(options);
-  if (groups.empty()) throw_error(kTag, "groups is empty: nothing to train");
+  if (groups.empty()) throw_error(kLoopTag, "groups is empty: nothing to train");
   for (size_t g = 0; g < groups.size(); ++g) {
     const std::string name = "groups[" + std::to_string(g) + "]";
-    if (groups[g].params.empty()) throw_error(kTag, name + " has no parameters");
+    if (groups[g].params.empty()) throw_error(kLoopTag, name + " has no parameters");
     if (!(groups[g].lr > 0.0) || !std::isfinite(groups[g].lr))
-      throw_error(kTag, name + ".lr must be > 0, got " + num(groups[g].lr));
+      throw_error(kLoopTag, name + ".lr must be > 0, got " + num(groups[g].lr));
     for (const auto& p : groups[g].params) {
       if (!p.defined() || !p.is_leaf())
-        throw_error(kTag, name + " holds a tensor that is not a parameter (undefined or not a leaf)");
+        throw_error(kLoopTag, name + " holds a tensor that is not a parameter (undefined or not a leaf)");
       s.params.push_back(p);
     }
     s.peaks.push_back(groups[g].lr);
@@ -184,7 +184,7 @@ void TrainLoop::run(const LossFn& loss, const StepFn& on_step) {
 int64_t TrainLoop::steps_done() const { return impl_->step; }
 
 void TrainLoop::set_steps_done(int64_t steps) {
-  if (steps < 0) throw_error(kTag, "steps_done must be >= 0, got " + std::to_string(steps));
+  if (steps < 0) throw_error(kLoopTag, "steps_done must be >= 0, got " + std::to_string(steps));
   impl_->step = steps;
 }
 

@@ -10,7 +10,7 @@
 namespace modula {
 namespace {
 
-constexpr std::string_view kTag = "sparse_ft";
+constexpr std::string_view kLtSftTag = "sparse_ft";
 
 // Freezes every backbone parameter; restores the requires_grad flags at scope exit.
 class FrozenBackbone {
@@ -57,11 +57,11 @@ void sparse_phase(Backbone& model, SparseDiff& diff, const LtSftOptions& o, cons
 }  // namespace
 
 void LtSftOptions::validate() const {
-  if (full_steps_ < 1) throw_error(kTag, "full_steps must be >= 1, got " + std::to_string(full_steps_));
-  if (sparse_steps_ < 0) throw_error(kTag, "sparse_steps must be >= 0, got " + std::to_string(sparse_steps_));
-  if (!(lr_ > 0.0) || !std::isfinite(lr_)) throw_error(kTag, "lr must be > 0, got " + c10::str(lr_));
-  if (weight_decay_ < 0.0) throw_error(kTag, "weight_decay must be >= 0, got " + c10::str(weight_decay_));
-  if (max_grad_norm_ < 0.0) throw_error(kTag, "max_grad_norm must be >= 0, got " + c10::str(max_grad_norm_));
+  if (full_steps_ < 1) throw_error(kLtSftTag, "full_steps must be >= 1, got " + std::to_string(full_steps_));
+  if (sparse_steps_ < 0) throw_error(kLtSftTag, "sparse_steps must be >= 0, got " + std::to_string(sparse_steps_));
+  if (!(lr_ > 0.0) || !std::isfinite(lr_)) throw_error(kLtSftTag, "lr must be > 0, got " + c10::str(lr_));
+  if (weight_decay_ < 0.0) throw_error(kLtSftTag, "weight_decay must be >= 0, got " + c10::str(weight_decay_));
+  if (max_grad_norm_ < 0.0) throw_error(kLtSftTag, "max_grad_norm must be >= 0, got " + c10::str(max_grad_norm_));
 }
 
 train::LoopOptions LtSftOptions::loop_options(int64_t steps, const std::string& phase) const {
@@ -79,7 +79,7 @@ SparseDiff lt_sft(Backbone& model, const SparseDiffOptions& options, const LtSft
                   const std::function<torch::Tensor()>& step, LtSftReport* report) {
   options.validate();
   train.validate();
-  if (!step) throw_error(kTag, "lt_sft() needs a step callback");
+  if (!step) throw_error(kLtSftTag, "lt_sft() needs a step callback");
   LtSftReport local;
   LtSftReport& r = report ? *report : local;
   SparseDiff diff{nullptr};

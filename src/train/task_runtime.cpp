@@ -2,6 +2,8 @@
 // positions), sequence classification (pooled hidden -> head), token classification.
 #include "task_runtime.h"
 
+#include <algorithm>
+
 #include "modula/composition/input_bank.h"
 #include "modula/modules/prompt.h"
 #include "modula/train/metrics.h"
@@ -68,8 +70,7 @@ torch::Tensor token_ce(const torch::Tensor& logits, const torch::Tensor& labels,
 
 }  // namespace
 
-torch::Tensor batch_loss(Backbone& model, TaskRuntime& task, const InputModules& inputs, const Batch& b,
-                         EvalSums* sums) {
+TaskLogits task_logits(Backbone& model, TaskRuntime& task, const InputModules& inputs, const Batch& b) {
   auto out = forward_batch(model, inputs, b);
   switch (task.cfg.type) {
     case TaskType::CausalLM: {
@@ -80,16 +81,16 @@ torch::Tensor batch_loss(Backbone& model, TaskRuntime& task, const InputModules&
       // Position t predicts token t+1.
       const int64_t T = b.input_ids.size(1);
       auto labels = b.labels.masked_fill(b.attention_mask.eq(0), kIgnoreIndex);
-      return token_ce(out.logits.narrow(1, 0, T - 1), labels.narrow(1, 1, T - 1), sums);
+      return {out.logits.narrow(1, 0, T - 1), labels.narrow(1, 1, T - 1)};
     }
     case TaskType::MaskedLM:
       if (!out.logits.defined() || out.logits.dim() != 3)
         throw_error<TrainError>("train", "task '" + task.cfg.name +
                                              "': masked_lm needs a model with a masked-LM head (" +
                                              model.config().architecture() + " has none)");
-      return token_ce(out.logits, b.labels, sums);
+      return {out.logits, b.labels};
     case TaskType::TokenClassification:
-      return token_ce(task.head(out.last_hidden_state.to(task.head->weight.scalar_type())), b.labels, sums);
+      return {task.head(out.last_hidden_state.to(task.head->weight.scalar_type())), b.labels};
     case TaskType::SequenceClassification: {
       // Pool: the first token ([CLS]) for encoders, the last real token for decoders.
       const auto& h = out.last_hidden_state;
@@ -100,10 +101,35 @@ torch::Tensor batch_loss(Backbone& model, TaskRuntime& task, const InputModules&
       } else {
         pooled = h.select(1, 0);
       }
-      return token_ce(task.head(pooled.to(task.head->weight.scalar_type())).unsqueeze(1), b.labels.unsqueeze(1), sums);
+      return {task.head(pooled.to(task.head->weight.scalar_type())).unsqueeze(1), b.labels.unsqueeze(1)};
     }
   }
   throw_error<TrainError>("train", "unknown task type");
+}
+
+torch::Tensor batch_loss(Backbone& model, TaskRuntime& task, const InputModules& inputs, const Batch& b,
+                         EvalSums* sums) {
+  auto scored = task_logits(model, task, inputs, b);
+  return token_ce(scored.logits, scored.labels, sums);
+}
+
+EvalSums eval_pass(Backbone& model, TaskRuntime& t, const InputModules& inputs, const EvalPass& p,
+                   const std::function<void(const Batch&)>& route) {
+  EvalSums sums;
+  int64_t n = static_cast<int64_t>(t.eval.size());
+  if (p.max_examples > 0) n = std::min(n, p.max_examples);
+  for (int64_t s = 0, k = 0; s < n; s += p.batch_size, ++k) {
+    if (k % p.world != p.rank) continue;
+    std::vector<const Example*> rows;
+    for (int64_t i = s; i < std::min(n, s + p.batch_size); ++i) rows.push_back(&t.eval[i]);
+    Batch b = collate(rows, t.enc.pad_id(), t.cfg.type == TaskType::SequenceClassification);
+    if (t.cfg.type == TaskType::MaskedLM)
+      mask_tokens(b, t.cfg.mlm_probability, t.enc.mask_id(), p.vocab_size, t.enc.special_ids(),
+                  mix({p.seed, 0xe7a1ULL, p.task_index, static_cast<uint64_t>(k)}));
+    if (route) route(b);
+    batch_loss(model, t, inputs, b.to(p.device), &sums);
+  }
+  return sums;
 }
 
 std::map<std::string, double> finish_eval(const TaskRuntime& task, const EvalSums& sums) {
@@ -118,6 +144,15 @@ std::map<std::string, double> finish_eval(const TaskRuntime& task, const EvalSum
     m["perplexity"] = perplexity(sums.nll, sums.count);
   m["examples"] = static_cast<double>(task.eval.size());
   return m;
+}
+
+void check_vocabulary(const std::string& task, const std::vector<Example>& examples, int64_t vocab_size) {
+  for (const auto& ex : examples)
+    for (int64_t id : ex.input_ids)
+      if (id < 0 || id >= vocab_size)
+        throw_error<TrainError>("train", "task '" + task + "': token id " + std::to_string(id) +
+                                             " is outside the model's vocabulary (" + std::to_string(vocab_size) +
+                                             "): the tokenizer does not belong to the model");
 }
 
 }  // namespace modula::train::detail

@@ -5,11 +5,14 @@
 // Every random choice is a function of (seed, phase, step): task sampling, data order
 // (per task and epoch), MLM masking. With the optimizer state, data positions and torch's
 // CPU RNG in the checkpoint, a resumed run repeats the uninterrupted one exactly.
+#include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <set>
 
 #include "modula/backbone/registry.h"
 #include "modula/composition/composition_module.h"
+#include "modula/train/run_output.h"
 #include "trainer_state.h"
 
 namespace modula::train {
@@ -21,13 +24,6 @@ using json = nlohmann::json;
 
 json default_continual_module() {
   return {{"peft_type", "LORA"}, {"r", 8}, {"lora_alpha", 16}, {"target_modules", "all-linear"}};
-}
-
-std::string module_name_for(const std::string& task) {
-  std::string s = task;
-  for (char& c : s)
-    if (c == '.') c = '_';
-  return s;
 }
 
 // Forgetting of task j (Chaudhry et al. 2018): its best accuracy before the last task
@@ -61,10 +57,36 @@ void Trainer::State::save_heads() {
   std::ofstream(out("heads.json")) << meta.dump(2) << "\n";
 }
 
+// PEFT's task_type for the tasks a module served (a task naming no modules runs them all):
+// one type, or FEATURE_EXTRACTION (masked LM, several types, none).
+std::string Trainer::State::peft_task_type(const std::string& adapter) const {
+  std::set<std::string> types;
+  for (const auto& [task, names] : enabled) {
+    if (!names.empty() && std::find(names.begin(), names.end(), adapter) == names.end()) continue;
+    const auto type = tasks[task].cfg.type;
+    types.insert(type == TaskType::CausalLM                 ? "CAUSAL_LM"
+                 : type == TaskType::SequenceClassification ? "SEQ_CLS"
+                 : type == TaskType::TokenClassification    ? "TOKEN_CLS"
+                                                            : "FEATURE_EXTRACTION");  // masked LM
+  }
+  return types.size() == 1 ? *types.begin() : "FEATURE_EXTRACTION";
+}
+
 void Trainer::State::save_modules(const std::function<bool(size_t)>& which) {
   if (!writes()) return;
-  for (size_t i = 0; i < adapters.size(); ++i)
-    if (which(i)) save_adapter(adapters[i], out("modules/" + adapters[i].name));
+  // What PEFT's AutoPeftModel* needs to rebuild the model: the base model and the task.
+  const std::string base = fs::is_file(cfg.model) ? fs::parent(cfg.model) : cfg.model;
+  for (size_t i = 0; i < adapters.size(); ++i) {
+    if (!which(i)) continue;
+    auto& c = adapters[i].config;
+    if (c.is_object()) {
+      if (c.value("base_model_name_or_path", json()).is_null()) c["base_model_name_or_path"] = base;
+      if (c.value("task_type", json()).is_null()) c["task_type"] = peft_task_type(adapters[i].name);
+      if (!c.contains("revision")) c["revision"] = nullptr;
+      c["inference_mode"] = true;
+    }
+    save_adapter(adapters[i], out("modules/" + adapters[i].name));
+  }
 }
 
 // ---- stages ------------------------------------------------------------------------
@@ -145,7 +167,7 @@ ContinualResult Trainer::State::sequence_stage(const std::string& stage, int64_t
   bool baseline = stage == "baseline";
   if (!baseline)
     for (auto& t : cfg.tasks)
-      specs.push_back({module_name_for(t.name),
+      specs.push_back({continual_module_name(t.name),
                        cfg.continual.module.is_null() ? default_continual_module() : cfg.continual.module, "", true});
   build(baseline, specs);
   for (auto& a : adapters)
@@ -223,6 +245,8 @@ TrainResult Trainer::run(const Callbacks& callbacks, bool resume) {
   auto& s = *state_;
   s.cb = callbacks;
   fs::make_dirs(s.cfg.output);
+  // The resolved config: what load_run (run_output.h) and `modula eval --run` read back.
+  if (s.writes()) std::ofstream(s.out(kRunConfigFile)) << to_json(s.cfg).dump(2) << "\n";
   TrainResult r;
   r.output = s.cfg.output;
   if (resume) {
@@ -231,8 +255,6 @@ TrainResult Trainer::run(const Callbacks& callbacks, bool resume) {
       for (const auto& why : s.resume_from->skipped) s.note("skipped incomplete checkpoint " + why);
       s.results = s.resume_from->data.state.value("results", json::object());
       r.resumed = true;
-    } else {
-      s.note("no complete checkpoint in " + s.out("checkpoints") + ": starting from scratch");
     }
   }
   if (s.parallel()) {  // every rank must continue from the same checkpoint
@@ -246,6 +268,10 @@ TrainResult Trainer::run(const Callbacks& callbacks, bool resume) {
                                         " but another rank does not: every rank must see the same " +
                                         s.out("checkpoints") + " (a shared file system)");
   }
+  // After the ranks agree: resuming with nothing to resume is a mistake, not a fresh start.
+  if (resume && !s.resume_from)
+    throw_error<TrainError>(kTag, "resume: no complete checkpoint in " + s.out("checkpoints") +
+                                      " to resume from; run without resume to start afresh");
   if (!s.resume_from && s.writes()) fs::remove_tree(s.out("checkpoints"));
   // Metrics: keep the lines up to the checkpoint on resume (later ones are repeated).
   std::vector<std::string> kept;
@@ -257,10 +283,7 @@ TrainResult Trainer::run(const Callbacks& callbacks, bool resume) {
       if (!j.is_discarded() && j.value("global_step", int64_t{0}) <= limit) kept.push_back(line);
     }
   }
-  if (s.writes()) {
-    s.metrics.open(s.out("metrics.jsonl"), std::ios::trunc);
-    for (auto& line : kept) s.metrics << line << "\n";
-  }
+  if (s.writes()) s.metrics.open(s.cfg.output, kept);  // metrics.jsonl + metrics.csv
 
   std::string resume_stage = s.resume_from ? s.resume_from->data.state.value("stage", "main") : "";
   if (!s.cfg.continual.enabled) {

@@ -7,6 +7,7 @@
 #include "modula/backbone/registry.h"
 #include "modula/composition/composition_module.h"
 #include "modula/routing/router.h"
+#include "run_modules.h"
 #include "trainer_state.h"
 
 namespace modula::train {
@@ -58,13 +59,7 @@ void Trainer::State::load_data(const Datasets& data) {
     TaskRuntime rt{t, Encoding::build(t, trains[i], *tokenizer, model_config, cfg.metadata)};
     rt.train = rt.enc.encode(trains[i], train_sets[i].first);
     rt.eval = rt.enc.encode(evals[i], eval_srcs[i]);
-    for (const auto* set : {&rt.train, &rt.eval})
-      for (const auto& ex : *set)
-        for (int64_t id : ex.input_ids)
-          if (id < 0 || id >= model_config.vocab_size)
-            throw_error<TrainError>(
-                kTag, "task '" + t.name + "': token id " + std::to_string(id) + " is outside the model's vocabulary (" +
-                          std::to_string(model_config.vocab_size) + "): the tokenizer does not belong to the model");
+    for (const auto* set : {&rt.train, &rt.eval}) detail::check_vocabulary(t.name, *set, model_config.vocab_size);
     rt.data_seed = mix({cfg.seed, 0xda7aULL, i});
     if (cfg.continual.enabled && rt.eval.empty())
       throw_error<ConfigError>("train",
@@ -103,13 +98,7 @@ void Trainer::State::build(bool train_backbone, const std::vector<ModuleSpec>& s
     for (auto& a : adapters) env.members[a.name] = &a;
     adapters.push_back(s.path.empty() ? build_module(*model, s.config, env) : load_module(*model, s.path, env));
     adapter_trainable.push_back(s.trainable);
-    if (adapters.back().peft_type == "MODULA_FUSION")  // members run inside the fusion, frozen
-      for (const auto& member : adapters.back().config.value("adapters", std::vector<std::string>{}))
-        composed.insert(member), fused.insert(member);
-    if (const auto* c = composition_of(adapters.back())) {  // MODULA_COMPOSITION: members run inside it
-      for (const auto& member : module_names(c->spec)) composed.insert(member);
-      for (const auto& member : fused_module_names(c->spec)) fused.insert(member);
-    }
+    detail::note_members(adapters.back(), composed, fused);
   }
   if (compose && !cfg.compose.empty()) apply_compose();
   tasks = prototypes;
@@ -169,38 +158,16 @@ Adapter* Trainer::State::adapter(const std::string& name) {
   return nullptr;
 }
 
-// Turns on the adapters of `task` (all when it names none) and returns the input modules
-// to apply: the enabled adapters', then the composition's. Members of the composition are
-// left as the composition set them (switching them on would run them twice).
+// Turns on the adapters of `task` and returns the input modules to apply (run_modules.h).
 detail::InputModules Trainer::State::activate(size_t task) {
   auto it = enabled.find(task);
-  detail::InputModules on;
-  for (auto& a : adapters) {
-    if (composed.count(a.name)) continue;
-    bool use = it == enabled.end() || it->second.empty() ||
-               std::find(it->second.begin(), it->second.end(), a.name) != it->second.end();
-    a.set_enabled(use);
-    if (a.state) a.state->refresh();
-    if (use && a.input) on.push_back(a.input);
-  }
-  if (composition)
-    for (const auto& m : composition->inputs) on.push_back(m);
-  return on;
+  return detail::activate_modules(adapters, composed, it == enabled.end() ? nullptr : &it->second,
+                                  composition ? &*composition : nullptr);
 }
 
-// Every row of a batch of task `ti` carries the task's index ("task": route(task, ...),
-// modules with routing_key task) and its id of each metadata field (key: the field name).
+// Every row of a batch of task `ti` carries the task's index and its metadata ids.
 void Trainer::State::route_rows(size_t ti, const Batch& b) {
-  auto set = [&](const std::string& key, const torch::Tensor& ids) {
-    routing->set(key, ids);
-    if (routes_by_task) composition->context->set(key, ids);
-  };
-  const int64_t rows = b.input_ids.size(0);
-  set("task", torch::full({rows}, static_cast<int64_t>(ti), torch::TensorOptions(torch::kInt64).device(device)));
-  if (cfg.metadata.empty()) return;
-  auto meta = b.metadata.to(device);
-  for (size_t f = 0; f < cfg.metadata.size(); ++f)
-    set(cfg.metadata[f].name, meta.select(1, static_cast<int64_t>(f)).contiguous());
+  detail::route_batch(*routing, routes_by_task ? composition->context.get() : nullptr, cfg.metadata, ti, b, device);
 }
 
 }  // namespace modula::train

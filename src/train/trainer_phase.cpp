@@ -138,29 +138,17 @@ std::map<std::string, double> Trainer::State::evaluate(size_t ti) {
   torch::NoGradGuard g;
   model->eval();
   auto inputs = activate(ti);
-  detail::EvalSums sums;
-  int64_t n = static_cast<int64_t>(t.eval.size());
-  if (cfg.eval.max_examples > 0) n = std::min(n, cfg.eval.max_examples);
-  const int64_t W = parallel() ? dist->world_size() : 1, R = parallel() ? dist->rank() : 0;
-  for (int64_t s = 0, k = 0; s < n; s += cfg.eval.batch_size, ++k) {
-    if (k % W != R) continue;  // data parallel: rank r evaluates batches r, r + W, ...
-    std::vector<const Example*> rows;
-    for (int64_t i = s; i < std::min(n, s + cfg.eval.batch_size); ++i) rows.push_back(&t.eval[i]);
-    Batch b = collate(rows, t.enc.pad_id(), t.cfg.type == TaskType::SequenceClassification);
-    if (t.cfg.type == TaskType::MaskedLM)
-      mask_tokens(b, t.cfg.mlm_probability, t.enc.mask_id(), model_config.vocab_size, t.enc.special_ids(),
-                  mix({cfg.seed, 0xe7a1ULL, ti, static_cast<uint64_t>(k)}));
-    route_rows(ti, b);
-    detail::batch_loss(*model, t, inputs, b.to(device), &sums);
-  }
+  detail::EvalPass pass;
+  pass.batch_size = cfg.eval.batch_size, pass.max_examples = cfg.eval.max_examples;
+  pass.seed = cfg.seed, pass.task_index = ti, pass.vocab_size = model_config.vocab_size, pass.device = device;
+  if (parallel()) pass.world = dist->world_size(), pass.rank = dist->rank();
+  auto sums = detail::eval_pass(*model, t, inputs, pass, [&](const Batch& b) { route_rows(ti, b); });
   model->train();
   if (parallel()) detail::reduce_eval(*dist, sums, device);
   return detail::finish_eval(t, sums);
 }
 
-void Trainer::State::log_line(json j) {
-  if (metrics.is_open()) metrics << j.dump() << "\n" << std::flush;
-}
+void Trainer::State::log_line(json j) { metrics.write(j); }
 
 // ---- checkpoints -------------------------------------------------------------------
 void Trainer::State::save(const Phase& ph, int64_t step, torch::optim::Optimizer& opt, const json& loop) {
@@ -342,10 +330,10 @@ PhaseOutcome Trainer::State::run_phase(const Phase& ph) {
       st.loss = l.item<double>() / static_cast<double>(cfg.optim.grad_accum);
     }
     pp.last_loss = st.loss;
-    if (st.step % cfg.log_every == 0 || st.step == total) {
+    {  // metrics.jsonl gets every step (the report's curves); the callbacks every log_every
       StepInfo info = step_info(ph, st, clock, total);
       info.allreduce_s = allreduce_s;
-      if (cb.on_step) cb.on_step(info);
+      if (cb.on_step && (st.step % cfg.log_every == 0 || st.step == total)) cb.on_step(info);
       log_line({{"type", "step"},
                 {"phase", info.phase},
                 {"step", st.step},

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "metrics_log.h"
 #include "modula/composition/apply_spec.h"
 #include "modula/composition/registry.h"
 #include "modula/train/checkpoint.h"
@@ -30,19 +31,6 @@ namespace modula::train {
 namespace detail {
 
 inline constexpr std::string_view kTag = "train";  // TrainError("[train] ...")
-
-// SplitMix64 over a pair: independent streams per (seed, purpose, phase, step, ...).
-inline uint64_t mix(uint64_t a, uint64_t b) {
-  uint64_t z = a + 0x9e3779b97f4a7c15ULL * (b + 1);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-inline uint64_t mix(std::initializer_list<uint64_t> xs) {
-  uint64_t h = 0;
-  for (auto x : xs) h = mix(h, x);
-  return h;
-}
 
 inline double mean_of(const std::vector<double>& v) {
   double s = 0;
@@ -129,7 +117,7 @@ struct Trainer::State {
   bool writes() const { return !dist || dist->is_main(); }  // rank 0 writes outputs, metrics, checkpoints
   // Where small collectives' tensors live: NCCL reduces on the GPU only.
   torch::Device comm_device() const { return dist && dist->backend() == "nccl" ? device : torch::Device(torch::kCPU); }
-  std::ofstream metrics;
+  detail::MetricsLog metrics;  // metrics.jsonl + metrics.csv (rank 0)
   std::optional<LoadedCheckpoint> resume_from;
   json results = json::object();  // finished stages' results (kept in checkpoints)
 
@@ -169,6 +157,7 @@ struct Trainer::State {
   // ---- outputs, stages (trainer.cpp) ------------------------------------------------------
   void save_heads();
   void save_modules(const std::function<bool(size_t)>& which);
+  std::string peft_task_type(const std::string& adapter) const;
   void main_stage(TrainResult& r);
   int64_t dense_phase(const Phase& main);  // LT-SFT's first phase; returns its steps
   ContinualResult sequence_stage(const std::string& stage, int64_t stage_offset);

@@ -402,6 +402,33 @@ TEST_F(Spec, ConcatenatedPromptsAndMisplacedPrompts) {
   EXPECT_THROW(modula::apply_spec(*model, modula::parse_spec("stack(a, zz)"), members), modula::SpecError);
 }
 
+// What would run untrained is named, once per spec node: a new fuse(…), a learned route's
+// routers; stack, avg and routing by metadata train nothing.
+TEST_F(Spec, FreshFusionsAndLearnedRoutersAreNamedAsUntrained) {
+  auto untrained = [&](const std::string& spec) {
+    auto comp = modula::apply_spec(*model, modula::parse_spec(spec), members);
+    auto out = comp.untrained;
+    modula::remove_composition(comp);
+    EXPECT_TRUE(comp.untrained.empty());
+    return out;
+  };
+  EXPECT_TRUE(untrained("stack(a, b)").empty());
+  EXPECT_TRUE(untrained("avg(a:0.3, b:0.7)").empty());
+  EXPECT_TRUE(untrained("route(task, a, b)").empty());
+  auto fused = untrained("fuse(a, b)");
+  ASSERT_EQ(fused.size(), 1u);
+  EXPECT_EQ(fused[0].rfind("fuse(a, b): new fusion weights", 0), 0u) << fused[0];
+  auto routed = untrained("route(softmax, a, b)");  // one router per site, named once
+  ASSERT_EQ(routed.size(), 1u);
+  EXPECT_EQ(routed[0].rfind("route(softmax, a, b): new softmax router", 0), 0u) << routed[0];
+  auto lora = perturbed(*model, kLora, "l1");
+  auto lora2 = perturbed(*model, kLora, "l2");
+  members["l1"] = &lora, members["l2"] = &lora2;
+  auto moe = untrained("moe(l1, l2)");
+  ASSERT_EQ(moe.size(), 1u);
+  EXPECT_EQ(moe[0].rfind("route(top2, l1, l2): new top2 router", 0), 0u) << moe[0];
+}
+
 TEST(SpecFolders, LoadsAdaptersAndAFusionFolderByName) {
   torch::manual_seed(0);
   TempDir dir;
@@ -430,6 +457,7 @@ TEST(SpecFolders, LoadsAdaptersAndAFusionFolderByName) {
   auto comp = modula::apply_spec(*model, modula::parse_spec("stack(de, ab)"), folders);  // ab = fuse(task_a, task_b)
   EXPECT_EQ(modula::to_string(comp.spec), "stack(de, fuse(task_a, task_b))");
   EXPECT_EQ(comp.owned.size(), 3u);
+  EXPECT_TRUE(comp.untrained.empty()) << comp.untrained.front();  // the fusion's weights came from its folder
   EXPECT_LE(max_diff(comp.forward(*model, batch()).logits, expected), 1e-5);
   modula::remove_composition(comp);
   EXPECT_TRUE(modula::block_sites(*model).front().second->module_names().empty());  // owned adapters removed

@@ -128,8 +128,8 @@ std::string long_config(const TempDir& d, int steps) {
 }
 
 void expect_same_run(const TempDir& d, const std::string& one, const std::string& two,
-                     const std::vector<std::string>& files) {
-  EXPECT_LE(max_difference(d / one, d / two, files), 1e-5);
+                     const std::vector<std::string>& files, double param_tol = 1e-5) {
+  EXPECT_LE(max_difference(d / one, d / two, files), param_tol);
   auto a = nlohmann::json::parse(slurp(fs::join(d / one, "result.json")));
   auto b = nlohmann::json::parse(slurp(fs::join(d / two, "result.json")));
   EXPECT_NEAR(a["final_loss"].get<double>(), b["final_loss"].get<double>(), 1e-5);
@@ -189,7 +189,13 @@ TEST(Distributed, TwoRanksEqualOneProcessMoeLora) {
   ASSERT_EQ(wait_exit(spawn({kCli, "train", cfg, "-o", d / "one"}, d / "one.log")), 0) << slurp(d / "one.log");
   ASSERT_EQ(wait_exit(spawn({kCli, "train", cfg, "-o", d / "two", "--nproc", "2"}, d / "two.log")), 0)
       << slurp(d / "two.log");
-  expect_same_run(d, "one", "two", {"modules/moe/adapter_model.safetensors", "heads.safetensors"});
+  // Parameters to 1e-4: two ranks sum the gradient in another order, and Adam (eps 1e-6)
+  // divides each coordinate's update by its own gradient scale, so for the router and expert
+  // coordinates whose gradients are tiny that rounding grows (measured: 2.2e-5 on lora_B
+  // after 12 steps on an AMD EPYC with AVX-512). Without the all-reduce each rank
+  // would step on its own shard's gradient, and one Adam step moves a coordinate by up to
+  // lr = 1e-2, two orders above this bound; losses and eval metrics still agree to 1e-5.
+  expect_same_run(d, "one", "two", {"modules/moe/adapter_model.safetensors", "heads.safetensors"}, 1e-4);
   expect_overlap(d / "two");
 }
 

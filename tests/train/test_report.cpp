@@ -42,7 +42,8 @@ TEST(Report, HtmlIsSelfContainedWithOneSvgPerChart) {
   // Escaped text, table cells, matrix values (NaN shown as a dash).
   EXPECT_NE(html.find("run &lt;1&gt;"), std::string::npos);
   EXPECT_NE(html.find("a &amp; b"), std::string::npos);
-  EXPECT_NE(html.find("<td>0.333</td>"), std::string::npos);
+  EXPECT_NE(html.find("<td class=\"num\">0.333</td>"), std::string::npos);  // numbers align right
+  EXPECT_NE(html.find("<td>per-task</td>"), std::string::npos);
   EXPECT_NE(html.find(">0.25<"), std::string::npos);
   EXPECT_NE(html.find(">–<"), std::string::npos);
 }

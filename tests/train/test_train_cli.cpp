@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "modula/backbone/registry.h"
@@ -81,6 +82,21 @@ TEST(TrainCli, SigkillThenResumeEqualsUninterruptedRun) {
   auto ha = io::SafetensorsFile::open(d / "full/heads.safetensors"),
        hb = io::SafetensorsFile::open(d / "killed/heads.safetensors");
   for (const auto& k : ha.keys()) EXPECT_TRUE(torch::equal(ha.get(k), hb.get(k))) << k;
+  // metrics.csv, cut back to the checkpoint and continued, has the uninterrupted run's steps
+  // and losses (columns type,phase,step,global_step,task,loss,...).
+  auto csv_losses = [&](const std::string& run) {
+    std::vector<std::string> out;
+    std::ifstream in(d / (run + "/metrics.csv"));
+    for (std::string line; std::getline(in, line);) {
+      std::vector<std::string> cells;
+      std::stringstream ss(line);
+      for (std::string c; std::getline(ss, c, ',');) cells.push_back(c);
+      if (cells.size() > 5 && cells[0] == "step") out.push_back(cells[2] + " " + cells[4] + " " + cells[5]);
+    }
+    return out;
+  };
+  EXPECT_EQ(csv_losses("full").size(), 150u);
+  EXPECT_EQ(csv_losses("full"), csv_losses("killed"));
 }
 
 TEST(TrainCli, PretrainWritesAnHfModelFolder) {

@@ -65,6 +65,9 @@ struct Composition {
   std::vector<std::pair<std::string, std::shared_ptr<LinearImpl>>> linear_sites;
   std::vector<std::shared_ptr<SiteModule>> switched_off;
   std::map<std::string, double> previous_scales;  // linear adapters avg rescaled: their scale before
+  // The parts that start freshly initialised, one line each (a fuse(…) without trained
+  // weights, a learned route's routers): what runs untrained unless something trains it.
+  std::vector<std::string> untrained;
 
   // Applies the input modules (first step of a sequence).
   void prepare(Backbone& model, BackboneInput& in) const;

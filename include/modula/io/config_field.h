@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace modula::io {
@@ -30,6 +31,17 @@ template <typename T>
 T config_field(const nlohmann::json& config, const char* key, T fallback, const std::string& tag) {
   return config_field_with(config, key, std::move(fallback), [&](const char* k, const nlohmann::json& v) {
     throw std::invalid_argument(tag + " config key '" + k + "' has the wrong type (" + v.type_name() + ")");
+  });
+}
+
+// config[key] as T in `file`'s config, `fallback` when absent or null. A value of the wrong
+// type throws E "[tag] <file>: key '<key>' has the wrong type (<json type>)" (E defaults to
+// std::runtime_error: a wrong type in a saved file is a corrupt file).
+template <typename T, typename E = std::runtime_error>
+T file_config_field(const nlohmann::json& config, const std::string& file, const char* key, T fallback,
+                    std::string_view tag) {
+  return config_field_with(config, key, std::move(fallback), [&](const char* k, const nlohmann::json& v) {
+    throw E("[" + std::string(tag) + "] " + file + ": key '" + k + "' has the wrong type (" + v.type_name() + ")");
   });
 }
 

@@ -10,7 +10,8 @@
 // where combine is the task-arithmetic / TIES / DARE / magnitude-prune rule of
 // task_vectors.h, s_i is adapter i's scaling at that site (alpha/r, rsLoRA alpha/√r, times
 // its set_scale), and the new adapter has r = lora_alpha = new rank (scaling 1) and
-// target_modules = the union of the inputs'.
+// target_modules = the union of the inputs' ("all-linear", a list or a regex when the inputs share
+// that form; else the list of the sites they hold).
 //
 //   auto a = modula::load_adapter(*model, "a", "a"), b = modula::load_adapter(*model, "b", "b");
 //   auto m = modula::merge_lora_adapters(*model, {a, b},

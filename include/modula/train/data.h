@@ -21,6 +21,9 @@
 namespace modula::train {
 
 constexpr int64_t kIgnoreIndex = -100;  // labels not scored (PyTorch's cross-entropy default)
+// A position (token classification: a word's first sub-word) or sequence without a gold
+// label, in examples encoded for prediction.
+constexpr int64_t kNoLabel = -101;
 
 // JSONL (one object a line; .jsonl/.json), CSV (.csv, RFC 4180 quoting) or TSV (.tsv), the
 // latter two with a header row; CSV/TSV values are strings. Throws TrainError naming the
@@ -47,8 +50,12 @@ class Encoding {
                         const text::Tokenizer& tokenizer, const io::ModelConfig& model,
                         const std::vector<MetadataField>& metadata = {});
 
-  // `where` names the data source in errors (file or "task 'x' eval").
-  std::vector<Example> encode(const std::vector<nlohmann::json>& records, const std::string& where) const;
+  // `where` names the data source in errors (file or "task 'x' eval"). With
+  // `for_prediction`, a record may lack its label / tags (kNoLabel marks what would be
+  // scored) and a causal-LM record is its prompt alone (the prompt field, else the text,
+  // without end-of-sequence): the input of predict (evaluate.h).
+  std::vector<Example> encode(const std::vector<nlohmann::json>& records, const std::string& where,
+                              bool for_prediction = false) const;
 
   const std::vector<std::string>& labels() const { return labels_; }
   int64_t pad_id() const { return pad_id_; }
@@ -56,7 +63,7 @@ class Encoding {
   const std::vector<int64_t>& special_ids() const { return special_ids_; }
 
  private:
-  Example encode_one(const nlohmann::json& r, const std::string& where, size_t line) const;
+  Example encode_one(const nlohmann::json& r, const std::string& where, size_t line, bool for_prediction) const;
   int64_t label_index(const nlohmann::json& v, const std::string& where, size_t line) const;
 
   TaskConfig task_;

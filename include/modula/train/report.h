@@ -1,9 +1,12 @@
-// A self-contained HTML report: headings, text, tables, line charts (loss curves) and
-// matrices (accuracy heat maps), drawn as inline SVG with no external resources, so the
-// file opens in any browser offline. Used by `modula quickstart` and `modula train`.
+// A self-contained HTML report: headings, text, preformatted blocks, tables, line charts
+// (loss curves) and matrices (accuracy heat maps), drawn as inline SVG with no external
+// resources, so the file opens in any browser offline. Axes cover every point with margin
+// and round ticks; legends sit under the plot and wrap long names; matrix column labels wrap
+// inside their cells. Used by `modula quickstart` and `modula train` / `pretrain`
+// (run_report.h builds a run's report from its metrics).
 //
 //   Report r("modula train");
-//   r.add(LineChart{"training loss", "step", "loss", {{"lora", steps, losses}}});
+//   r.add(LineChart{"training loss", "step", "loss", {{"lora", steps, losses}}, false, 0.6});
 //   r.add(Matrix{"accuracy", {"after A", "after B"}, {"A", "B"}, {{1.0, 0.1}, {0.9, 1.0}}});
 //   r.write_html("build/report.html");
 #pragma once
@@ -27,6 +30,10 @@ struct LineChart {
   std::string y_label = "loss";
   std::vector<LineSeries> series;
   bool log_y = false;  // log10 axis (positive values only)
+  // > 0: each series is drawn faint as given with its exponential moving average on top,
+  // ema(y, smooth) (TensorBoard's smoothing slider, 0.6 is its default).
+  double smooth = 0;
+  bool markers = false;  // a dot at every point (sparse series such as evaluations)
 };
 
 struct Table {
@@ -51,6 +58,8 @@ class Report {
   explicit Report(std::string title);
   Report& heading(const std::string& text);
   Report& paragraph(const std::string& text);
+  // Preformatted text (a config, a command line) in a monospaced block.
+  Report& code(const std::string& text);
   // Each throws std::invalid_argument naming the item whose shape is inconsistent.
   Report& add(LineChart chart);
   Report& add(Table table);
@@ -69,8 +78,11 @@ class Report {
   struct Paragraph {
     std::string text;
   };
+  struct Code {
+    std::string text;
+  };
   std::string title_;
-  std::vector<std::variant<Heading, Paragraph, LineChart, Table, Matrix>> blocks_;
+  std::vector<std::variant<Heading, Paragraph, Code, LineChart, Table, Matrix>> blocks_;
 };
 
 // Plain-text rendering with aligned columns (for terminals).
@@ -78,5 +90,9 @@ std::string format_table(const Table& table);
 std::string format_matrix(const Matrix& matrix);
 // &, <, >, " escaped.
 std::string html_escape(const std::string& text);
+// Debiased exponential moving average: s_i = w·s_{i-1} + (1 − w)·y_i, divided by (1 − w^(i+1))
+// so the start is not pulled towards 0 (TensorBoard's smoothing). w in [0, 1); non-finite
+// y_i are passed through and skipped by the average.
+std::vector<double> ema(const std::vector<double>& y, double weight);
 
 }  // namespace modula::train

@@ -108,7 +108,9 @@ class Trainer {
   ~Trainer();
 
   // Runs the whole config; with resume = true continues from the newest complete
-  // checkpoint in output/checkpoints (a fresh start when there is none).
+  // checkpoint in output/checkpoints (TrainError naming the folder when there is none).
+  // Module folders are written with PEFT's base_model_name_or_path (the run's model) and
+  // task_type (CAUSAL_LM, SEQ_CLS, TOKEN_CLS; FEATURE_EXTRACTION for masked LM or mixed).
   TrainResult run(const Callbacks& callbacks = {}, bool resume = false);
 
   const TrainConfig& config() const;
