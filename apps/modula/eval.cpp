@@ -92,6 +92,11 @@ std::pair<train::EvalSetup, std::string> eval_setup(const EvalFlags& f, const CL
   return {s, f.task};
 }
 
+void warn_untrained(const train::Evaluator& ev) {
+  for (const auto& part : ev.untrained())
+    std::cerr << "warning: [compose] " << part << ": evaluating with it untrained\n";
+}
+
 void add_eval(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "eval", "Evaluate a run, or a model with modules, on a data file: loss, perplexity, accuracy, macro-F1");
@@ -103,6 +108,7 @@ void add_eval(CLI::App& app) {
     flags::apply_threads(f.threads);
     auto [setup, task] = eval_setup(f, *cmd);
     train::Evaluator ev(setup);
+    warn_untrained(ev);
     std::vector<train::EvalResult> results;
     if (!f.data.empty()) {
       results.push_back(ev.evaluate(task, train::load_records(f.data), f.data));

@@ -26,4 +26,7 @@ void add_eval_flags(CLI::App& cmd, EvalFlags& f);
 // a run, the task of type --task built from the field flags. Throws naming the bad flag.
 std::pair<train::EvalSetup, std::string> eval_setup(const EvalFlags& f, const CLI::App& cmd);
 
+// One "warning: [compose] ..." line on stderr per part of --compose that is untrained.
+void warn_untrained(const train::Evaluator& ev);
+
 }  // namespace modula::cli

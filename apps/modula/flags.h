@@ -10,6 +10,7 @@
 #include <torch/utils.h>
 
 #include <CLI/CLI.hpp>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -58,6 +59,31 @@ inline CLI::Option* device(CLI::App& cmd, std::string& device) {
 inline CLI::Option* overwrite(CLI::App& cmd, bool& on) {
   return cmd.add_flag("--overwrite", on,
                       "Write into an output folder that already holds a run (metrics.jsonl or checkpoints/)");
+}
+
+// A finite number in [lo, hi] (CLI::Range lets NaN through: every comparison with it is false).
+inline CLI::Validator finite_range(double lo, double hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& s) -> std::string {
+        double v = 0;
+        if (!CLI::detail::lexical_cast(s, v) || !std::isfinite(v) || v < lo || v > hi)
+          return "value " + s + " is not a finite number in [" + CLI::detail::to_string(lo) + ", " +
+                 CLI::detail::to_string(hi) + "]";
+        return {};
+      },
+      "FINITE in [" + CLI::detail::to_string(lo) + ", " + CLI::detail::to_string(hi) + "]");
+}
+
+// Token ids: each a non-negative integer (an empty entry would silently become id 0).
+inline CLI::Validator token_id() {
+  return CLI::Validator(
+      [](std::string& s) -> std::string {
+        int64_t v = 0;
+        if (s.empty()) return "empty token id";
+        if (!CLI::detail::lexical_cast(s, v) || v < 0) return "token id '" + s + "' is not a non-negative integer";
+        return {};
+      },
+      "ID >= 0");
 }
 
 // torch::set_num_threads(n) when n ≥ 1.

@@ -42,7 +42,9 @@ void add_generate(CLI::App& app) {
   static bool ignore_eos = false;
   flags::model(*cmd, model_dir)->required();
   cmd->add_option("--prompt,-p", prompt, "Prompt text (needs a tokenizer)");
-  cmd->add_option("--prompt-ids", prompt_ids, "Prompt as comma-separated ids; prints ids")->delimiter(',');
+  cmd->add_option("--prompt-ids", prompt_ids, "Prompt as comma-separated ids; prints ids")
+      ->delimiter(',')
+      ->check(flags::token_id());
   flags::adapters(*cmd, adapter_specs);
   cmd->add_option("--compose", compose,
                   "Composition spec over --module names, e.g. 'stack(lang, fuse(a, b))', or a trained composition "
@@ -53,10 +55,18 @@ void add_generate(CLI::App& app) {
   cmd->add_option("--meta", meta_specs,
                   "KEY=ID: routing id of the prompt for route(KEY, ...) and modules with routing_key KEY; repeatable");
   cmd->add_option("--tokenizer,-t", tokenizer_path, "Tokenizer file or folder (default: the model folder)");
-  cmd->add_option("--max-new-tokens,-n", o.max_new_tokens, "Tokens to generate")->capture_default_str();
-  cmd->add_option("--temperature", o.temperature, "0 = greedy")->capture_default_str();
-  cmd->add_option("--top-k", o.top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
-  cmd->add_option("--top-p", o.top_p, "Nucleus mass (1 = off)")->capture_default_str();
+  cmd->add_option("--max-new-tokens,-n", o.max_new_tokens, "Tokens to generate")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--temperature", o.temperature, "0 = greedy")
+      ->check(flags::finite_range(0, 1e6))
+      ->capture_default_str();
+  cmd->add_option("--top-k", o.top_k, "Keep the k most likely tokens (0 = off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--top-p", o.top_p, "Nucleus mass (1 = off)")
+      ->check(flags::finite_range(0, 1))
+      ->capture_default_str();
   cmd->add_option("--seed", o.seed, "Sampling seed")->capture_default_str();
   flags::device(*cmd, device)->capture_default_str();
   flags::task_id(*cmd, task)->capture_default_str();
@@ -94,7 +104,8 @@ void add_generate(CLI::App& app) {
     for (const auto& [key, id] : named(meta_specs, "--meta")) {
       char* end = nullptr;
       const long long value = std::strtoll(id.c_str(), &end, 10);
-      if (id.empty() || *end) throw_error("generate", "--meta " + key + "=" + id + ": the id must be an integer");
+      if (id.empty() || *end || value < 0)
+        throw_error("generate", "--meta " + key + "=" + id + ": the id must be a non-negative integer");
       composition.context->set(key, torch::tensor({static_cast<int64_t>(value)}, torch::kInt64));
       context->set(key, torch::tensor({static_cast<int64_t>(value)}, torch::kInt64).to(lo.device));
     }

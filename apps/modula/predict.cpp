@@ -20,17 +20,24 @@ void add_predict(CLI::App& app) {
   add_eval_flags(*cmd, f);
   flags::output(*cmd, out_path)->description("Output JSONL file (default: stdout)");
   cmd->add_option("--max-new-tokens,-n", po.generate.max_new_tokens, "Causal LM: tokens to generate")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  cmd->add_option("--temperature", po.generate.temperature, "Causal LM: 0 = greedy")->capture_default_str();
+  cmd->add_option("--temperature", po.generate.temperature, "Causal LM: 0 = greedy")
+      ->check(flags::finite_range(0, 1e6))
+      ->capture_default_str();
   cmd->add_option("--top-k", po.generate.top_k, "Causal LM: keep the k most likely tokens (0 = off)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  cmd->add_option("--top-p", po.generate.top_p, "Causal LM: nucleus mass (1 = off)")->capture_default_str();
+  cmd->add_option("--top-p", po.generate.top_p, "Causal LM: nucleus mass (1 = off)")
+      ->check(flags::finite_range(0, 1))
+      ->capture_default_str();
   cmd->add_option("--sample-seed", po.generate.seed, "Causal LM: sampling seed")->capture_default_str();
   cmd->callback([cmd] {
     flags::apply_threads(f.threads);
     if (f.data.empty()) throw_error("predict", "--data is required");
     auto [setup, task] = eval_setup(f, *cmd);
     train::Evaluator ev(setup);
+    warn_untrained(ev);
     auto rows = ev.predict(task, train::load_records(f.data), f.data, po);
     std::ofstream file;
     if (!out_path.empty()) {

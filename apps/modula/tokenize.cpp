@@ -1,6 +1,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "flags.h"
 #include "modula/text/tokenizer.h"
 
 namespace modula::cli {
@@ -12,7 +13,7 @@ void add_tokenize(CLI::App& app) {
   static bool no_special = false, tokens = false;
   cmd->add_option("--tokenizer,-t", path, "tokenizer.json, SentencePiece .model, or a model folder")->required();
   cmd->add_option("text", text, "Text to encode");
-  cmd->add_option("--decode", ids, "Ids to decode instead")->delimiter(',');
+  cmd->add_option("--decode", ids, "Ids to decode instead")->delimiter(',')->check(flags::token_id());
   cmd->add_flag("--no-special", no_special, "Do not add special tokens (post-processor)");
   cmd->add_flag("--tokens", tokens, "Also print the token strings");
   cmd->callback([] {

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "flags.h"
 #include "modula/text/trainer.h"
 #include "modula/util/error.h"
 #include "modula/util/fs.h"
@@ -18,7 +19,7 @@ void add_tokenizer(CLI::App& app) {
   static std::string model = "bpe", output;
   static std::vector<std::string> files, specials;
   static text::TrainerOptions opts;
-  train->add_option("--model", model, "bpe | wordpiece | unigram")
+  train->add_option("--type", model, "bpe | wordpiece | unigram (the tokenizer model type)")
       ->check(CLI::IsMember({"bpe", "wordpiece", "unigram"}))
       ->capture_default_str();
   train->add_option("--vocab-size", opts.vocab_size, "Vocabulary size, special tokens included")
@@ -35,7 +36,7 @@ void add_tokenizer(CLI::App& app) {
   train->add_flag("--lowercase", opts.lowercase, "Lowercase the text (wordpiece: BertNormalizer lowercase)");
   train->add_option("--limit-alphabet", opts.limit_alphabet, "wordpiece: initial characters kept (0: all)")
       ->capture_default_str();
-  train->add_option("-o,--output", output, "tokenizer.json to write")->required();
+  flags::output(*train, output)->required()->description("tokenizer.json to write");
   train->add_option("files", files, "Text files, read line by line")->required()->check(CLI::ExistingFile);
   train->callback([] {
     auto start = std::chrono::steady_clock::now();

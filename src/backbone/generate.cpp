@@ -2,6 +2,8 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <cmath>
+
 #include "modula/util/error.h"
 
 namespace modula {
@@ -9,7 +11,8 @@ namespace modula {
 void GenerateOptions::validate() const {
   static constexpr std::string_view kTag = "generate";
   if (max_new_tokens < 0) throw_error(kTag, "max_new_tokens must be >= 0");
-  if (temperature < 0) throw_error(kTag, "temperature must be >= 0");
+  if (!(temperature >= 0) || !std::isfinite(temperature))  // NaN would sample from NaN probabilities
+    throw_error(kTag, "temperature must be a finite number >= 0 (got " + std::to_string(temperature) + ")");
   if (top_k < 0) throw_error(kTag, "top_k must be >= 0");
   if (!(top_p > 0 && top_p <= 1)) throw_error(kTag, "top_p must be in (0, 1]");
 }
@@ -39,6 +42,17 @@ std::vector<int64_t> generate(Backbone& model, const std::vector<int64_t>& promp
   if (!model.causal() || model.head() != Head::CausalLM)
     throw_error("generate", "the model has no causal LM head (" + to_string(model.head()) + ")");
   if (prompt.empty()) throw_error("generate", "empty prompt");
+  // Positions past max_position_embeddings are untrained (RoPE) or out of range (learned):
+  // refuse up front, as the server does, instead of generating garbage or running on.
+  const int64_t positions = model.config().max_position_embeddings;
+  const auto prompt_len = static_cast<int64_t>(prompt.size());
+  if (positions > 0 && o.max_new_tokens > positions - prompt_len)
+    throw_error("generate",
+                "the prompt (" + std::to_string(prompt_len) + " tokens) plus max_new_tokens (" +
+                    std::to_string(o.max_new_tokens) + ") exceeds the model's context of " + std::to_string(positions) +
+                    " tokens (max_position_embeddings)" +
+                    (prompt_len < positions ? "; generate at most " + std::to_string(positions - prompt_len) + " tokens"
+                                            : std::string()));
   torch::NoGradGuard no_grad;
   auto device = model.parameters().front().device();
   torch::Generator gen = at::detail::createCPUGenerator(o.seed);

@@ -1,9 +1,12 @@
 // Checkpoint folder <-> backbone: HF state-dict keys are the parameter names.
+#include <algorithm>
+#include <cctype>
 #include <fstream>
 #include <map>
 #include <set>
 
 #include "modula/backbone/registry.h"
+#include "modula/util/error.h"
 #include "modula/util/fs.h"
 #include "modula/util/strings.h"
 
@@ -20,6 +23,65 @@ torch::ScalarType default_dtype(const io::ModelConfig& c, const LoadOptions& o) 
   if (o.dtype) return *o.dtype;
   if (!o.device.is_cuda()) return torch::kFloat32;
   return c.torch_dtype == "float16" ? torch::kHalf : torch::kBFloat16;
+}
+
+// Whether `key` lies inside a transformer layer ("model.layers.3.", "transformer.h.3.",
+// "encoder.layer.3."): a checkpoint's layer weights that the model does not take mean the
+// config describes fewer (or different) layers, and the output would silently change.
+bool is_checkpoint_layer_key(const std::string& key) {
+  for (const char* word : {"layers.", "h.", "layer."}) {
+    for (size_t at = key.find(word); at != std::string::npos; at = key.find(word, at + 1)) {
+      if (at != 0 && key[at - 1] != '.') continue;
+      const size_t digits = at + std::string(word).size();
+      if (digits < key.size() && std::isdigit(static_cast<unsigned char>(key[digits]))) return true;
+    }
+  }
+  return false;
+}
+
+// The layer index of a checkpoint key ("model.layers.3.mlp…" -> 3), or -1.
+int64_t checkpoint_layer_index(const std::string& key) {
+  for (const char* word : {"layers.", "h.", "layer."}) {
+    for (size_t at = key.find(word); at != std::string::npos; at = key.find(word, at + 1)) {
+      if (at != 0 && key[at - 1] != '.') continue;
+      size_t i = at + std::string(word).size();
+      if (i >= key.size() || !std::isdigit(static_cast<unsigned char>(key[i]))) continue;
+      int64_t index = 0;
+      for (; i < key.size() && std::isdigit(static_cast<unsigned char>(key[i])) && index < (int64_t{1} << 40); ++i)
+        index = index * 10 + (key[i] - '0');
+      return index;
+    }
+  }
+  return -1;
+}
+
+// Before any allocation: a config asking for more layers than the checkpoint holds
+// (num_hidden_layers: 1000000) would build them all and only then miss their weights.
+void check_checkpoint_layer_count(const io::ModelConfig& config, const io::Checkpoint& ckpt, const std::string& dir) {
+  int64_t layers = 0;
+  for (const auto& key : ckpt.keys()) layers = std::max(layers, checkpoint_layer_index(key) + 1);
+  if (config.num_hidden_layers > layers)
+    throw ConfigError("[load] " + fs::join(dir, "config.json") + ": num_hidden_layers " +
+                      std::to_string(config.num_hidden_layers) + " but the checkpoint " + ckpt.source() + " holds " +
+                      std::to_string(layers) + " layer" + (layers == 1 ? "" : "s"));
+}
+
+// Buffers older checkpoints save inside layers that the model recomputes (GPT-2's causal
+// mask, Llama's RoPE frequencies).
+bool is_recomputed_layer_buffer(const std::string& key) {
+  return ends_with(key, ".attn.bias") || ends_with(key, ".attn.masked_bias") || ends_with(key, "rotary_emb.inv_freq");
+}
+
+// The checkpoint tensor for a floating-point parameter: a float dtype, finite values.
+void check_loaded_weight(const io::Checkpoint& ckpt, const std::string& key, const torch::Tensor& src,
+                         const torch::Tensor& dst) {
+  if (dst.is_floating_point() && !src.is_floating_point())
+    throw io::SafetensorsError("[load] " + ckpt.source() + ": tensor '" + key + "' has dtype " +
+                               std::string(c10::toString(src.scalar_type())) + ", the model expects a floating-point " +
+                               "weight");
+  // One reduction per tensor: NaN/inf weights would give garbage with exit 0.
+  if (src.is_floating_point() && !torch::isfinite(src).all().item<bool>())
+    throw io::SafetensorsError("[load] " + ckpt.source() + ": tensor '" + key + "' holds NaN or infinite values");
 }
 
 }  // namespace
@@ -41,6 +103,7 @@ LoadReport load_weights(Backbone& model, const io::Checkpoint& ckpt) {
     if (src.sizes() != dst.sizes())
       throw io::SafetensorsError("[load] " + ckpt.source() + ": tensor '" + key + "' has shape " +
                                  c10::str(src.sizes()) + ", the model expects " + c10::str(dst.sizes()));
+    check_loaded_weight(ckpt, key, src, dst);
     dst.copy_(src);
     used.insert(key);
   };
@@ -55,13 +118,26 @@ LoadReport load_weights(Backbone& model, const io::Checkpoint& ckpt) {
     else
       report.unused_keys.push_back(key);
   }
+  std::vector<std::string> unused_layer_keys;
+  for (const auto& key : report.unused_keys)
+    if (is_checkpoint_layer_key(key) && !is_recomputed_layer_buffer(key)) unused_layer_keys.push_back(key);
+  if (!unused_layer_keys.empty()) {
+    std::string listed;
+    for (size_t i = 0; i < unused_layer_keys.size() && i < 4; ++i) listed += (i ? ", " : "") + unused_layer_keys[i];
+    if (unused_layer_keys.size() > 4) listed += ", ...";
+    throw io::SafetensorsError("[load] " + ckpt.source() + ": " + std::to_string(unused_layer_keys.size()) +
+                               " layer tensors of the checkpoint are not used by the model (" + listed +
+                               "); does the config's num_hidden_layers (" +
+                               std::to_string(model.config().num_hidden_layers) + ") match the checkpoint?");
+  }
   return report;
 }
 
 std::shared_ptr<Backbone> load_backbone(const std::string& dir, const LoadOptions& options, LoadReport* report) {
   auto config = io::load_hf_config(dir);
-  auto model = create_backbone(config);
   auto ckpt = io::Checkpoint::open(dir);
+  check_checkpoint_layer_count(config, ckpt, dir);
+  auto model = create_backbone(config);
   auto r = load_weights(*model, ckpt);
   if (report) *report = std::move(r);
   model->to(options.device, default_dtype(config, options));

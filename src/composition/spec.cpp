@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <regex>
 
 #include "modula/io/yaml.h"
 
@@ -15,6 +14,12 @@ namespace {
 
 using json = nlohmann::json;
 using Kind = SpecNode::Kind;
+
+// Operators nested deeper than this are an error: the parsers recurse per level, and each
+// node keeps its JSON pointer, so memory grows with depth².
+constexpr size_t kSpecMaxDepth = 256;
+
+std::string spec_depth_message() { return "operators nested deeper than " + std::to_string(kSpecMaxDepth) + " levels"; }
 
 const std::vector<std::pair<std::string, Kind>>& operators() {
   static const std::vector<std::pair<std::string, Kind>> ops = {
@@ -128,6 +133,8 @@ void check_operator(SpecNode& n, Fail fail) {
     double sum = 0;
     for (const auto& c : n.children) sum += *c.weight;
     if (sum == 0) fail(-1, "avg weights sum to zero");
+    // Each weight is divided by the sum: an overflowing sum (1e308 + 1e308) makes them all 0.
+    if (!std::isfinite(sum)) fail(-1, "avg weights overflow: their sum is not finite");
   }
 }
 
@@ -226,6 +233,7 @@ class TextParser {
   SpecNode parse_call(const std::string& op, size_t start) {
     const Kind* kind = find_operator(op);
     if (!kind) fail(start, "unknown operator '" + op + "' (operators: " + operator_list() + ")");
+    if (++depth_ > kSpecMaxDepth) fail(start, spec_depth_message());
     const size_t open = i_++;
     SpecNode node;
     node.kind = *kind;
@@ -264,18 +272,21 @@ class TextParser {
     }
     check_operator(node, at);
     if (op == "moe") check_moe(node, at);
+    --depth_;
     return node;
   }
 
   const std::string& s_;
   size_t i_ = 0;
+  size_t depth_ = 0;  // operator calls open at i_
 };
 
 [[noreturn]] void fail_json(const std::string& where, const std::string& msg) {
   throw SpecError("[spec] " + (where.empty() ? std::string("/") : where) + ": " + msg, where.empty() ? "/" : where);
 }
 
-SpecNode parse_json_node(const json& j, const std::string& where) {
+SpecNode parse_json_node(const json& j, const std::string& where, size_t depth = 0) {
+  if (depth > kSpecMaxDepth) fail_json(where, spec_depth_message());
   if (j.is_string()) {
     auto node = module_from_word(j.get<std::string>(), [&](size_t, const std::string& m) { fail_json(where, m); });
     node.where = where;
@@ -297,7 +308,7 @@ SpecNode parse_json_node(const json& j, const std::string& where) {
   const auto& args = j.at(op);
   if (!args.is_array()) fail_json(where + "/" + op, op + " takes a list of modules, got " + args.dump());
   for (size_t i = 0; i < args.size(); ++i)
-    node.children.push_back(parse_json_node(args[i], where + "/" + op + "/" + std::to_string(i)));
+    node.children.push_back(parse_json_node(args[i], where + "/" + op + "/" + std::to_string(i), depth + 1));
   if (j.contains("key")) {
     if (node.kind != Kind::Route) fail_json(where + "/key", "'key' belongs to route only");
     if (!j["key"].is_string() || j["key"].get<std::string>().empty())
@@ -342,6 +353,19 @@ SpecNode parse_json_node(const json& j, const std::string& where) {
   return node;
 }
 
+// ^\s*[A-Za-z_]+\s*:(\s|$), scanned by hand (std::regex recurses per character).
+bool looks_like_yaml_mapping(const std::string& text) {
+  auto space = [&](size_t i) { return std::isspace(static_cast<unsigned char>(text[i])) != 0; };
+  size_t i = 0;
+  while (i < text.size() && space(i)) ++i;
+  const size_t key = i;
+  while (i < text.size() && (std::isalpha(static_cast<unsigned char>(text[i])) || text[i] == '_')) ++i;
+  if (i == key) return false;
+  while (i < text.size() && space(i)) ++i;
+  if (i == text.size() || text[i] != ':') return false;
+  return i + 1 == text.size() || space(i + 1);
+}
+
 }  // namespace
 
 std::string operator_name(Kind kind) {
@@ -371,8 +395,7 @@ SpecNode parse_spec(const std::string& text) {
     if (json::accept(text)) return parse_spec_json(json::parse(text));
     return parse_spec_yaml(text);  // a YAML flow mapping such as {stack: [a, b]}
   }
-  static const std::regex yaml_mapping(R"(^\s*[A-Za-z_]+\s*:(\s|$)[\s\S]*)");
-  if (std::regex_match(text, yaml_mapping)) return parse_spec_yaml(text);
+  if (looks_like_yaml_mapping(text)) return parse_spec_yaml(text);
   return TextParser(text).parse();
 }
 

@@ -9,6 +9,7 @@
 #include "modula/io/safetensors.h"
 #include "modula/merge/lora_merge.h"
 #include "modula/modules/lora.h"
+#include "modula/util/error.h"
 #include "modula/util/fs.h"
 
 using nlohmann::json;
@@ -24,13 +25,12 @@ std::pair<std::string, std::string> merged_key_site(const std::string& key) {
     auto at = k.find("." + part + ".");
     if (at != std::string::npos) return {k.substr(0, at), part};
   }
-  throw std::runtime_error("[conformance] expected tensor '" + key + "' names neither lora_A nor lora_B");
+  throw_error<std::runtime_error>(kConformanceTag, "expected tensor '" + key + "' names neither lora_A nor lora_B");
 }
 
 }  // namespace
 
 CaseResult merge_case(const std::string& dir, const json& spec, const ConformanceOptions& o) {
-  CaseResult r;
   const std::string parent = fs::join(dir, "../..");
   auto parent_spec = read_json(fs::join(parent, "case.json"));
   auto model = load_backbone(fs::join(parent, parent_spec.at("base_model").get<std::string>()));
@@ -54,9 +54,7 @@ CaseResult merge_case(const std::string& dir, const json& spec, const Conformanc
   std::map<std::string, LoraImpl*> sites;
   for (auto& m : merged.modules) sites[m.site] = std::dynamic_pointer_cast<LoraImpl>(m.module).get();
 
-  bool ok = true;
-  double worst = 0;
-  int compared = 0;
+  CaseCheck checks(o);
   bool svd = type.size() >= 3 && type.compare(type.size() - 3, 3, "svd") == 0;
   std::map<std::string, std::map<std::string, torch::Tensor>> want_factors;  // site -> lora_A/lora_B
   for (const auto& key : expected.keys()) {
@@ -64,39 +62,33 @@ CaseResult merge_case(const std::string& dir, const json& spec, const Conformanc
     auto [site, part] = merged_key_site(key);
     auto it = sites.find(site);
     if (it == sites.end())
-      throw std::runtime_error("[conformance] merged adapter has no module at " + site + " (" + key + ")");
+      throw_error<std::runtime_error>(kConformanceTag, "merged adapter has no module at " + site + " (" + key + ")");
     if (svd) {
       want_factors[site][part] = expected.get(key);
       continue;
     }
     auto got = part == "lora_A" ? it->second->lora_A : it->second->lora_B;
-    worst = std::max(worst, compare(got, expected.get(key), torch::Tensor(), o, ok, key));
-    ++compared;
+    checks.compare(got, expected.get(key), torch::Tensor(), key);
   }
   for (auto& [site, f] : want_factors) {  // svd factors are unique up to rotation: compare B@A
     if (!f.count("lora_A") || !f.count("lora_B"))
-      throw std::runtime_error("[conformance] " + site + ": svd case lacks lora_A or lora_B");
+      throw_error<std::runtime_error>(kConformanceTag, site + ": svd case lacks lora_A or lora_B");
     auto* l = sites.at(site);
-    worst = std::max(worst, compare(torch::matmul(l->lora_B, l->lora_A), torch::matmul(f["lora_B"], f["lora_A"]),
-                                    torch::Tensor(), o, ok, site + " B@A"));
-    ++compared;
+    checks.compare(torch::matmul(l->lora_B, l->lora_A), torch::matmul(f["lora_B"], f["lora_A"]), torch::Tensor(),
+                   site + " B@A");
   }
-  if (compared == 0)
-    throw std::runtime_error("[conformance] " + dir + ": expected.safetensors has no merged:: tensors");
+  const int merged_compared = checks.compared();
+  if (merged_compared == 0)
+    throw_error<std::runtime_error>(kConformanceTag, expected.path() + ": no merged:: tensors to compare");
 
+  auto want = expected_tensor(expected, "logits");
   BackboneInput in;
-  in.input_ids = ids_file.get("input_ids").clone();
-  in.attention_mask = ids_file.get("attention_mask").clone();
+  in.input_ids = expected_tensor(ids_file, "input_ids").clone();
+  in.attention_mask = expected_tensor(ids_file, "attention_mask").clone();
   torch::NoGradGuard no_grad;
   auto out = forward_adapted(*model, merged, in);
-  auto want = expected.get("logits");
-  worst = std::max(worst,
-                   compare(out.logits, want, want.dim() == 3 ? in.attention_mask : torch::Tensor(), o, ok, "logits"));
-  r.status = ok ? CaseStatus::Pass : CaseStatus::Fail;
-  r.max_abs_diff = worst;
-  r.detail = std::to_string(compared) + " merged tensors";
-  if (!ok) r.detail += "; outside atol/rtol " + std::to_string(o.atol);
-  return r;
+  checks.compare(out.logits, want, want.dim() == 3 ? in.attention_mask : torch::Tensor(), "logits");
+  return checks.result(std::to_string(merged_compared) + " merged tensors + logits");
 }
 
 }  // namespace modula

@@ -1,26 +1,14 @@
-// Conformance kinds of the composition layer: "mixed-batch" (one LoRA adapter per row)
-// and the POLY path of "adapter" (Polytropon routing by task ids).
+// Conformance kind of the composition layer: "mixed-batch" (one LoRA adapter per row).
+// (POLY folders are "adapter" cases: runner.cpp loads them through the module registry.)
+#include <algorithm>
+
 #include "cases.h"
 #include "modula/backbone/registry.h"
 #include "modula/composition/mixed.h"
-#include "modula/composition/poly_lora.h"
 #include "modula/io/safetensors.h"
 #include "modula/util/fs.h"
 
 namespace modula {
-namespace {
-
-CaseResult compare_logits(const torch::Tensor& got, const io::SafetensorsFile& expected, const torch::Tensor& mask,
-                          const ConformanceOptions& o) {
-  CaseResult r;
-  bool ok = true;
-  r.max_abs_diff = compare(got, expected.get("logits"), mask, o, ok, "logits");
-  r.status = ok ? CaseStatus::Pass : CaseStatus::Fail;
-  if (!ok) r.detail = "outside atol/rtol " + std::to_string(o.atol);
-  return r;
-}
-
-}  // namespace
 
 // Adapters in sub-folders named by case.json "adapter_per_row"; one batched forward.
 CaseResult mixed_batch_case(const std::string& dir, const nlohmann::json& spec, const ConformanceOptions& o) {
@@ -35,14 +23,15 @@ CaseResult mixed_batch_case(const std::string& dir, const nlohmann::json& spec, 
   auto mixed = load_mixed(*model, named_dirs);
   set_row_modules(mixed, per_row);
   auto expected = io::SafetensorsFile::open(fs::join(dir, "expected.safetensors"));
+  auto want = expected_tensor(expected, "logits");
   BackboneInput in;
-  in.input_ids = expected.get("input_ids").clone();
-  in.attention_mask = expected.get("attention_mask").clone();
+  in.input_ids = expected_tensor(expected, "input_ids").clone();
+  in.attention_mask = expected_tensor(expected, "attention_mask").clone();
   torch::NoGradGuard no_grad;
   auto out = model->forward(in);
-  auto want = expected.get("logits");
-  return compare_logits(out.logits, expected, want.dim() == 3 ? in.attention_mask : torch::Tensor(), o);
+  CaseCheck checks(o);
+  checks.compare(out.logits, want, want.dim() == 3 ? in.attention_mask : torch::Tensor(), "logits");
+  return checks.result();
 }
 
-// PEFT POLY folder beside case.json; expected.safetensors carries task_ids.
 }  // namespace modula

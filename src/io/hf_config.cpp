@@ -1,5 +1,6 @@
 #include "modula/io/hf_config.h"
 
+#include <cmath>
 #include <fstream>
 #include <set>
 
@@ -19,8 +20,8 @@ template <typename T>
 T get_or(const json& j, std::initializer_list<const char*> names, T fallback, const std::string& source) {
   for (const char* n : names)
     if (j.contains(n) && !j[n].is_null())
-      return config_field_with(j, n, fallback, [&](const char* k, const json& v) {
-        throw_error<ConfigError>(kHfConfigTag, source + ": key '" + k + "' has the wrong type (" + v.type_name() + ")");
+      return config_field_with(j, n, fallback, [&](const char* k, const json&, const std::string& what) {
+        throw_error<ConfigError>(kHfConfigTag, source + ": key '" + k + "' has the wrong type: " + what);
       });
   return fallback;
 }
@@ -28,8 +29,8 @@ T get_or(const json& j, std::initializer_list<const char*> names, T fallback, co
 std::optional<int64_t> get_opt_int(const json& j, const char* name, const std::string& source) {
   auto it = j.find(name);
   if (it == j.end() || it->is_null()) return std::nullopt;
-  if (!it->is_number_integer())
-    throw_error<ConfigError>(kHfConfigTag, source + ": " + std::string("key '") + name + "' must be an integer");
+  if (!it->is_number_integer() || !config_value_fits<int64_t>(*it))
+    throw_error<ConfigError>(kHfConfigTag, source + ": key '" + name + "' must be an integer (got " + it->dump() + ")");
   return it->get<int64_t>();
 }
 
@@ -66,7 +67,8 @@ void parse_rope(const json& j, ModelConfig& c, const std::string& source) {
   if (r.type != "default" && r.type != "linear" && r.type != "llama3")
     throw_error<ConfigError>(kHfConfigTag,
                              source + ": unsupported rope type '" + r.type + "' (supported: default, linear, llama3)");
-  if (r.factor <= 0) throw_error<ConfigError>(kHfConfigTag, source + ": rope factor must be positive");
+  if (!(r.factor > 0) || !std::isfinite(r.factor))
+    throw_error<ConfigError>(kHfConfigTag, source + ": rope factor must be positive and finite");
 }
 
 void parse_decoder(const json& j, ModelConfig& c, const std::string& source) {
@@ -87,6 +89,13 @@ void parse_decoder(const json& j, ModelConfig& c, const std::string& source) {
   c.sliding_window = get_opt_int(j, "sliding_window", source);
   if (c.model_type == "qwen2" && !get_or<bool>(j, {"use_sliding_window"}, false, source)) c.sliding_window.reset();
   parse_rope(j, c, source);
+  // inv_freq = theta^(-2i/d): theta <= 0, inf or NaN gives NaN/zero frequencies, i.e. garbage.
+  if (!(c.rope_theta > 0) || !std::isfinite(c.rope_theta))
+    throw_error<ConfigError>(
+        kHfConfigTag, source + ": 'rope_theta' must be positive and finite (got " + json(c.rope_theta).dump() + ")");
+  if (c.sliding_window && *c.sliding_window <= 0)
+    throw_error<ConfigError>(
+        kHfConfigTag, source + ": 'sliding_window' must be positive (got " + std::to_string(*c.sliding_window) + ")");
 }
 
 void parse_gpt2(const json& j, ModelConfig& c, const std::string& source) {
@@ -119,10 +128,39 @@ void parse_encoder(const json& j, ModelConfig& c, const std::string& source) {
         kHfConfigTag, source + ": position_embedding_type '" + position_type + "' is not supported (absolute only)");
 }
 
+// A size above int32 cannot index a tensor dimension modula builds, and the allocator's own
+// message for it names nothing.
+constexpr int64_t kHfConfigMaxSize = (int64_t{1} << 31) - 1;
+// ~2.7e11 parameters (1 TiB in float32): no config modula can build is larger.
+constexpr int64_t kHfConfigMaxParams = int64_t{1} << 38;
+
 void require_positive(int64_t v, const char* name, const std::string& source) {
   if (v <= 0)
     throw_error<ConfigError>(
         kHfConfigTag, source + ": " + std::string("'") + name + "' must be positive (got " + std::to_string(v) + ")");
+  if (v > kHfConfigMaxSize)
+    throw_error<ConfigError>(kHfConfigTag, source + ": '" + name + "' " + std::to_string(v) +
+                                               " is out of range (at most " + std::to_string(kHfConfigMaxSize) + ")");
+}
+
+// Rough parameter count (embeddings + per-layer attention and MLP), refused above
+// kHfConfigMaxParams before anything is allocated. Every factor is <= 2^31, so the
+// products are computed in long double without overflow.
+void require_buildable(const ModelConfig& c, const std::string& source) {
+  using real = long double;
+  const real h = static_cast<real>(c.hidden_size);
+  const real attn =
+      h * static_cast<real>(c.head_dim) * static_cast<real>(2 * c.num_attention_heads + 2 * c.num_key_value_heads);
+  const real mlp = 3 * h * static_cast<real>(c.intermediate_size);
+  const real params = 2 * static_cast<real>(c.vocab_size) * h + static_cast<real>(c.max_position_embeddings) * h +
+                      static_cast<real>(c.num_hidden_layers) * (attn + mlp);
+  if (params > static_cast<real>(kHfConfigMaxParams))
+    throw_error<ConfigError>(
+        kHfConfigTag, source + ": the config describes about " + std::to_string(static_cast<double>(params)) +
+                          " parameters (vocab_size " + std::to_string(c.vocab_size) + ", hidden_size " +
+                          std::to_string(c.hidden_size) + ", num_hidden_layers " + std::to_string(c.num_hidden_layers) +
+                          ", intermediate_size " + std::to_string(c.intermediate_size) + "); at most " +
+                          std::to_string(kHfConfigMaxParams) + " are supported");
 }
 
 }  // namespace
@@ -147,6 +185,13 @@ ModelConfig parse_hf_config(const json& j, const std::string& source) {
     c.eos_token_ids = get_or<std::vector<int64_t>>(j, {"eos_token_id"}, {}, source);
   else if (auto eos = get_opt_int(j, "eos_token_id", source))
     c.eos_token_ids = {*eos};
+  for (int64_t eos : c.eos_token_ids)
+    if (eos < 0)
+      throw_error<ConfigError>(kHfConfigTag,
+                               source + ": 'eos_token_id' must be >= 0 (got " + std::to_string(eos) + ")");
+  if (c.bos_token_id && *c.bos_token_id < 0)
+    throw_error<ConfigError>(kHfConfigTag,
+                             source + ": 'bos_token_id' must be >= 0 (got " + std::to_string(*c.bos_token_id) + ")");
   if (j.contains("id2label") && j["id2label"].is_object()) c.num_labels = static_cast<int64_t>(j["id2label"].size());
   c.num_labels = get_or<int64_t>(j, {"num_labels"}, c.num_labels, source);
 
@@ -177,18 +222,25 @@ ModelConfig parse_hf_config(const json& j, const std::string& source) {
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
   require_positive(c.head_dim, "head_dim", source);
+  require_positive(c.num_labels, "num_labels", source);
+  if (c.type_vocab_size < 0 || c.type_vocab_size > kHfConfigMaxSize)
+    throw_error<ConfigError>(kHfConfigTag,
+                             source + ": 'type_vocab_size' " + std::to_string(c.type_vocab_size) + " is out of range");
+  require_buildable(c, source);
   if (c.num_attention_heads % c.num_key_value_heads != 0)
     throw_error<ConfigError>(kHfConfigTag, source + ": num_attention_heads " + std::to_string(c.num_attention_heads) +
                                                " is not a multiple of num_key_value_heads " +
                                                std::to_string(c.num_key_value_heads));
   if (family == Family::Decoder && c.head_dim % 2 != 0)
     throw_error<ConfigError>(kHfConfigTag, source + ": head_dim must be even for RoPE");
-  if (c.norm_eps <= 0) throw_error<ConfigError>(kHfConfigTag, source + ": norm epsilon must be positive");
+  if (!(c.norm_eps > 0) || !std::isfinite(c.norm_eps))
+    throw_error<ConfigError>(kHfConfigTag, source + ": norm epsilon must be positive");
   return c;
 }
 
 ModelConfig load_hf_config(const std::string& path) {
   std::string p = fs::is_dir(path) ? fs::join(path, "config.json") : path;
+  if (fs::is_dir(p)) throw_error<ConfigError>(kHfConfigTag, p + ": is a folder, not a config.json file");
   std::ifstream in(p);
   if (!in) throw_error<ConfigError>("config", "cannot open " + p);
   json j;

@@ -3,7 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
-#include <regex>
+#include <cstdlib>
 #include <stdexcept>
 
 #include "modula/util/error.h"
@@ -13,58 +13,121 @@ namespace {
 
 using json = nlohmann::json;
 
+constexpr std::string_view kYamlTag = "yaml";
+// Expanded nodes of one document: aliases are copied into the JSON value, so ten lines of
+// nested aliases ("billion laughs") would otherwise expand to 10^9 nodes.
+constexpr size_t kYamlMaxNodes = 100'000;
+constexpr int kYamlMaxDepth = 256;
+
+bool yaml_is_digit(char c) { return c >= '0' && c <= '9'; }
+bool yaml_is_hex(char c) { return yaml_is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+
+// Hand-written scanners: std::regex recurses per character and overflows the stack on long values.
+size_t yaml_digits(const std::string& s, size_t i) {
+  while (i < s.size() && yaml_is_digit(s[i])) ++i;
+  return i;
+}
+
+// [-+]?[0-9]+
+bool yaml_is_int(const std::string& s) {
+  size_t i = !s.empty() && (s[0] == '-' || s[0] == '+') ? 1 : 0;
+  return i < s.size() && yaml_digits(s, i) == s.size();
+}
+
+// 0x[0-9a-fA-F]+
+bool yaml_is_hex_int(const std::string& s) {
+  if (s.size() < 3 || s[0] != '0' || s[1] != 'x') return false;
+  for (size_t i = 2; i < s.size(); ++i)
+    if (!yaml_is_hex(s[i])) return false;
+  return true;
+}
+
+// [-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?
+bool yaml_is_float(const std::string& s) {
+  size_t i = !s.empty() && (s[0] == '-' || s[0] == '+') ? 1 : 0;
+  if (i < s.size() && s[i] == '.') {
+    const size_t end = yaml_digits(s, i + 1);
+    if (end == i + 1) return false;
+    i = end;
+  } else {
+    const size_t end = yaml_digits(s, i);
+    if (end == i) return false;
+    i = end;
+    if (i < s.size() && s[i] == '.') i = yaml_digits(s, i + 1);
+  }
+  if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+    ++i;
+    if (i < s.size() && (s[i] == '-' || s[i] == '+')) ++i;
+    const size_t end = yaml_digits(s, i);
+    if (end == i) return false;
+    i = end;
+  }
+  return i == s.size();
+}
+
 // YAML 1.2 core schema for plain scalars (yaml.org/spec/1.2.2, 10.3.2).
 json scalar(const YAML::Node& n) {
   const std::string& s = n.Scalar();
   if (n.Tag() == "!") return s;  // quoted
-  static const std::regex null_re("~|null|Null|NULL|");
-  static const std::regex true_re("true|True|TRUE"), false_re("false|False|FALSE");
-  static const std::regex int_re("[-+]?[0-9]+"), hex_re("0x[0-9a-fA-F]+");
-  static const std::regex float_re(R"([-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?)");
-  if (std::regex_match(s, null_re)) return nullptr;
-  if (std::regex_match(s, true_re)) return true;
-  if (std::regex_match(s, false_re)) return false;
+  if (s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL") return nullptr;
+  if (s == "true" || s == "True" || s == "TRUE") return true;
+  if (s == "false" || s == "False" || s == "FALSE") return false;
   try {
-    if (std::regex_match(s, int_re)) return std::stoll(s);
-    if (std::regex_match(s, hex_re)) return std::stoll(s, nullptr, 16);
+    if (yaml_is_int(s)) return std::stoll(s);
+    if (yaml_is_hex_int(s)) return std::stoll(s, nullptr, 16);
   } catch (const std::out_of_range&) {
-    return std::stod(s);
+    return std::strtod(s.c_str(), nullptr);  // beyond int64: a double (±inf beyond double)
   }
-  if (std::regex_match(s, float_re)) return std::stod(s);
+  if (yaml_is_float(s)) return std::strtod(s.c_str(), nullptr);
   if (s == ".inf" || s == "+.inf" || s == ".Inf" || s == "+.Inf") return INFINITY;
   if (s == "-.inf" || s == "-.Inf") return -INFINITY;
   return s;
 }
 
-json convert(const YAML::Node& n) {
-  switch (n.Type()) {
-    case YAML::NodeType::Null:
-    case YAML::NodeType::Undefined:
-      return nullptr;
-    case YAML::NodeType::Scalar:
-      return scalar(n);
-    case YAML::NodeType::Sequence: {
-      json a = json::array();
-      for (const auto& item : n) a.push_back(convert(item));
-      return a;
+class YamlConverter {
+ public:
+  explicit YamlConverter(const std::string& source) : source_(source) {}
+
+  json convert(const YAML::Node& n, int depth = 0) {
+    if (++nodes_ > kYamlMaxNodes)
+      throw_error(kYamlTag, source_ + ": more than " + std::to_string(kYamlMaxNodes) +
+                                " values once aliases are expanded (nested aliases?)");
+    if (depth > kYamlMaxDepth)
+      throw_error(kYamlTag, source_ + ": nested deeper than " + std::to_string(kYamlMaxDepth) + " levels at line " +
+                                std::to_string(n.Mark().line + 1));
+    switch (n.Type()) {
+      case YAML::NodeType::Null:
+      case YAML::NodeType::Undefined:
+        return nullptr;
+      case YAML::NodeType::Scalar:
+        return scalar(n);
+      case YAML::NodeType::Sequence: {
+        json a = json::array();
+        for (const auto& item : n) a.push_back(convert(item, depth + 1));
+        return a;
+      }
+      case YAML::NodeType::Map: {
+        json o = json::object();
+        for (const auto& kv : n) o[kv.first.as<std::string>()] = convert(kv.second, depth + 1);
+        return o;
+      }
     }
-    case YAML::NodeType::Map: {
-      json o = json::object();
-      for (const auto& kv : n) o[kv.first.as<std::string>()] = convert(kv.second);
-      return o;
-    }
+    return nullptr;
   }
-  return nullptr;
-}
+
+ private:
+  const std::string& source_;
+  size_t nodes_ = 0;
+};
 
 }  // namespace
 
 json yaml_to_json(const std::string& text, const std::string& source) {
   try {
-    return convert(YAML::Load(text));
+    return YamlConverter(source).convert(YAML::Load(text));
   } catch (const YAML::Exception& e) {
-    throw_error("yaml", source + ": invalid YAML at line " + std::to_string(e.mark.line + 1) + ", column " +
-                            std::to_string(e.mark.column + 1) + ": " + e.msg);
+    throw_error(kYamlTag, source + ": invalid YAML at line " + std::to_string(e.mark.line + 1) + ", column " +
+                              std::to_string(e.mark.column + 1) + ": " + e.msg);
   }
 }
 

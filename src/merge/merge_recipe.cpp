@@ -436,6 +436,13 @@ MergeReport run_merge(const MergeRecipe& r, const std::string& output_override) 
     throw_error(kMergeRecipeTag, method + ": " + e.what());
   }
   model->to(dtype_from_name(r.dtype));
+  // Large weights or lambda (1e308) overflow: refuse to write a checkpoint of inf/NaN.
+  for (const auto& named : {model->named_parameters(), model->named_buffers()})
+    for (const auto& p : named)
+      if (p.value().is_floating_point() && !torch::isfinite(p.value()).all().item<bool>())
+        throw_error(kMergeRecipeTag, "tensor '" + p.key() + "': the " + method + " merge gives NaN or infinite " +
+                                         "values in " + r.dtype +
+                                         " (check the weights, lambda and t); nothing written");
   save_backbone(*model, report.output);
   if (!r.tokenizer_source.empty())
     for (const auto& f : tokenizer_files()) {

@@ -35,12 +35,21 @@ void build_lora(Backbone& model, Adapter& a) {
   if (!(init.is_boolean() || init == "gaussian"))
     throw_error(kAdapterTag, "init_lora_weights " + init.dump() + " is not supported (true, false, \"gaussian\")");
   json ranks = c.value("rank_pattern", json::object()), alphas = c.value("alpha_pattern", json::object());
+  // rank_pattern / alpha_pattern entry for `path` as T (the key named in errors), else `fallback`.
+  auto per_site = [&](const char* key, const json& patterns, const std::string& path, auto fallback) {
+    using T = decltype(fallback);
+    const json* value = nullptr;
+    try {
+      value = pattern_value(patterns, path);
+    } catch (const std::invalid_argument& e) {
+      throw_error(kAdapterTag, std::string(key) + ": " + e.what());
+    }
+    return value ? field<T>(json{{key, *value}}, key, fallback) : fallback;
+  };
   for (auto& [path, layer] : select_sites(model, c)) {
-    const json* rp = pattern_value(ranks, path);
-    const json* ap = pattern_value(alphas, path);
     auto o = LoraOptions(layer->options.in_features(), layer->options.out_features())
-                 .r(rp ? rp->get<int64_t>() : field<int64_t>(c, "r", 8))
-                 .alpha(ap ? ap->get<double>() : field<double>(c, "lora_alpha", 8.0))
+                 .r(per_site("rank_pattern", ranks, path, field<int64_t>(c, "r", 8)))
+                 .alpha(per_site("alpha_pattern", alphas, path, field<double>(c, "lora_alpha", 8.0)))
                  .dropout(field<double>(c, "lora_dropout", 0.0))
                  .use_rslora(field<bool>(c, "use_rslora", false))
                  .use_dora(field<bool>(c, "use_dora", false));

@@ -1,6 +1,7 @@
 #include "modula/modules/lora.h"
 
 #include <cmath>
+#include <limits>
 
 #include "modula/util/error.h"
 
@@ -11,7 +12,18 @@ void LoraOptions::validate() const {
   if (in_features() <= 0 || out_features() <= 0) throw_error(kTag, "in_features and out_features must be positive");
   if (r() <= 0) throw_error(kTag, "r must be positive (got " + std::to_string(r()) + ")");
   if (!(dropout() >= 0 && dropout() < 1)) throw_error(kTag, "dropout must be in [0, 1)");
-  if (!std::isfinite(alpha())) throw_error(kTag, "alpha must be finite");
+  if (!std::isfinite(alpha())) throw_error(kTag, "alpha (lora_alpha) must be finite");
+  // lora_A and lora_B hold r * (in + out) values; refuse sizes no machine allocates before the
+  // allocator fails with a message that names nothing.
+  constexpr int64_t kMaxLoraValues = int64_t{1} << 34;
+  if (r() > kMaxLoraValues / (in_features() + out_features()))
+    throw_error(kTag, "r " + std::to_string(r()) + " is too large for a " + std::to_string(in_features()) + "x" +
+                          std::to_string(out_features()) + " layer (r * (in + out) must be at most " +
+                          std::to_string(kMaxLoraValues) + ")");
+  // The scaling multiplies float tensors: beyond float's range every output is inf/NaN.
+  if (!(std::abs(scaling()) <= std::numeric_limits<float>::max()))
+    throw_error(kTag, "alpha (lora_alpha) " + std::to_string(alpha()) + " gives the scaling " +
+                          std::to_string(scaling()) + ", outside the float range");
 }
 
 double LoraOptions::scaling() const {

@@ -8,7 +8,6 @@
 #include <memory>
 #include <mutex>
 #include <random>
-#include <regex>
 #include <set>
 #include <unordered_set>
 
@@ -17,6 +16,7 @@
 #include "modula/util/error.h"
 #include "modula/util/fs.h"
 #include "modula/util/strings.h"
+#include "modules/target_regex.h"
 
 namespace modula {
 namespace {
@@ -38,9 +38,9 @@ int64_t numel_of(const std::vector<int64_t>& shape) {
 struct Matcher {
   std::string pattern;
   bool is_regex = false;
-  std::regex re;
+  std::shared_ptr<TargetRegex> re;
   bool match(const std::string& name) const {
-    if (is_regex) return std::regex_match(name, re);
+    if (is_regex) return re->full_match(name);
     return name == pattern || ends_with(name, "." + pattern);
   }
 };
@@ -55,8 +55,8 @@ std::vector<Matcher> compile(const std::vector<std::string>& patterns, const std
     if (starts_with(p, "re:")) {
       m.is_regex = true;
       try {
-        m.re = std::regex(p.substr(3));
-      } catch (const std::regex_error& e) {
+        m.re = std::make_shared<TargetRegex>(p.substr(3), field);
+      } catch (const std::invalid_argument& e) {
         throw std::invalid_argument(tag + " " + field + " pattern '" + p + "' is not a valid regex: " + e.what());
       }
     }

@@ -5,6 +5,7 @@
 
 #include "modula/util/error.h"
 #include "modula/util/strings.h"
+#include "modules/target_regex.h"
 
 namespace modula {
 namespace {
@@ -19,6 +20,24 @@ int64_t layer_index(const std::string& path) {
   static const std::regex re(R"((?:^|\.)(?:layers|h|layer)\.(\d+)(?:\.|$))");
   std::smatch m;
   return std::regex_search(path, m, re) ? std::stoll(m[1]) : -1;
+}
+
+// The user's pattern, bounded (target_regex.h), or "[targets] <what>: invalid regular expression '<pattern>' (...)".
+TargetRegex target_regex(const std::string& pattern, const std::string& what) { return TargetRegex(pattern, what); }
+
+// target_modules / exclude_modules: a string (a regex, or "all-linear") or a list of strings.
+void check_target_key(const nlohmann::json& config, const char* key) {
+  if (!config.contains(key) || config[key].is_null()) return;
+  const auto& target = config[key];
+  if (target.is_string()) {
+    if (target != "all-linear") target_regex(target.get<std::string>(), key);
+    return;
+  }
+  bool strings = target.is_array();
+  if (strings)
+    for (const auto& entry : target) strings = strings && entry.is_string();
+  if (!strings)
+    throw_error("targets", std::string(key) + " must be a string or a list of strings (got " + target.dump() + ")");
 }
 
 template <typename Site>
@@ -43,6 +62,8 @@ template <typename Site>
 Sites<Site> select(const Sites<Site>& all, const nlohmann::json& config, const std::string& kind) {
   if (!config.contains("target_modules") || config["target_modules"].is_null())
     throw_error("targets", "config has no target_modules");
+  check_target_key(config, "target_modules");
+  check_target_key(config, "exclude_modules");
   const auto& target = config["target_modules"];
   const nlohmann::json exclude = config.value("exclude_modules", nlohmann::json());
   const auto layers = layers_to_transform(config);
@@ -76,10 +97,12 @@ bool matches_target(const nlohmann::json& target, const std::string& path) {
   if (target.is_string()) {
     const auto t = target.get<std::string>();
     if (t == "all-linear") return !is_output_head(path);
-    return std::regex_match(path, std::regex(t));
+    return target_regex(t, "target_modules").full_match(path);
   }
   if (!target.is_array()) throw_error("targets", "target_modules must be a string or a list");
   for (const auto& entry : target) {
+    if (!entry.is_string())
+      throw_error("targets", "target_modules must be a string or a list of strings (got " + target.dump() + ")");
     const auto t = entry.get<std::string>();
     if (path == t || ends_with(path, "." + t)) return true;
   }
@@ -99,7 +122,7 @@ std::vector<std::pair<std::string, std::shared_ptr<BlockSite>>> select_block_sit
 const nlohmann::json* pattern_value(const nlohmann::json& patterns, const std::string& path) {
   if (!patterns.is_object()) return nullptr;
   for (auto it = patterns.begin(); it != patterns.end(); ++it)
-    if (std::regex_match(path, std::regex("(^|.*\\.)" + it.key() + "$"))) return &it.value();
+    if (target_regex("(^|.*\\.)" + it.key() + "$", "pattern '" + it.key() + "'").full_match(path)) return &it.value();
   return nullptr;
 }
 

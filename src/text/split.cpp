@@ -137,12 +137,24 @@ std::string onig_to_icu(const std::string& pattern) {
 
 struct Regex::Impl {
   std::unique_ptr<icu::RegexPattern> pattern;
+  std::string source;  // "'<pattern>' (<where>)" for errors
 };
+
+namespace {
+
+// The matcher's work budget in ICU time units (~10,000 engine steps each) for a text of
+// `length` UTF-16 units: linear in the text, so legitimate patterns (tens of steps per
+// character) never reach it, while catastrophic backtracking ((a+)+$) stops in milliseconds.
+int32_t split_time_limit(int32_t length) { return 100 + length / 4; }
+constexpr int32_t kSplitStackLimitKb = 64 * 1024;  // the backtracking stack (heap), per matcher
+
+}  // namespace
 
 Regex::Regex(const std::string& pattern, const std::string& where) : impl_(std::make_unique<Impl>()) {
   UErrorCode status = U_ZERO_ERROR;
   UParseError parse_error{};
   icu::UnicodeString upattern = icu::UnicodeString::fromUTF8(onig_to_icu(pattern));
+  impl_->source = "'" + pattern + "' (" + where + ")";
   impl_->pattern.reset(icu::RegexPattern::compile(upattern, 0, parse_error, status));
   if (U_FAILURE(status) || !impl_->pattern)
     config_fail(where, "invalid regex '" + pattern + "' (" + u_errorName(status) + ")");
@@ -167,11 +179,18 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view text) co
   std::vector<std::pair<size_t, size_t>> matches;
   UErrorCode status = U_ZERO_ERROR;
   std::unique_ptr<icu::RegexMatcher> matcher(impl_->pattern->matcher(utext, status));
-  if (U_FAILURE(status)) throw TokenizerError("[tokenizer] regex matcher failed");
+  if (U_FAILURE(status)) throw TokenizerError("[tokenizer] regex matcher failed for " + impl_->source);
+  matcher->setTimeLimit(split_time_limit(utext.length()), status);
+  matcher->setStackLimit(kSplitStackLimitKb, status);
   while (matcher->find(status) && U_SUCCESS(status)) {
     int32_t b = matcher->start(status), e = matcher->end(status);
     matches.emplace_back(byte_at[static_cast<size_t>(b)], byte_at[static_cast<size_t>(e)]);
   }
+  if (status == U_REGEX_TIME_OUT || status == U_REGEX_STACK_OVERFLOW)
+    throw TokenizerError("[tokenizer] regex " + impl_->source + " gave up on a text of " + std::to_string(text.size()) +
+                         " bytes (" + u_errorName(status) +
+                         "): the pattern backtracks catastrophically, e.g. nested quantifiers like (a+)+");
+  if (U_FAILURE(status)) throw TokenizerError("[tokenizer] regex " + impl_->source + " failed: " + u_errorName(status));
   return matches;
 }
 

@@ -11,7 +11,10 @@ class WordPiece : public Model {
       : vocab_(parse_vocab_object(j, where)),
         unk_(get_string_or(j, where, "unk_token", "[UNK]")),
         prefix_(get_string_or(j, where, "continuing_subword_prefix", "##")),
-        max_chars_(get_int_or(j, where, "max_input_chars_per_word", 100)) {}
+        max_chars_(get_int_or(j, where, "max_input_chars_per_word", 100)) {
+    // Checked here, not at the first unknown word: a vocab without its unk token is a broken file.
+    if (!vocab_.find(unk_)) config_fail(where + ".unk_token", "'" + unk_ + "' is not in the vocab");
+  }
 
   void tokenize(const std::string& word, std::vector<int64_t>& ids) const override {
     if (static_cast<int64_t>(unicode::code_point_count(word)) > max_chars_) return push_unk(ids);

@@ -203,6 +203,18 @@ std::vector<json> load_records(const std::string& path) {
 
 Encoding Encoding::build(const TaskConfig& task, const std::vector<json>& train, const text::Tokenizer& tokenizer,
                          const io::ModelConfig& model, const std::vector<MetadataField>& metadata) {
+  // Longer sequences index past the position table (libtorch: "index out of range in self").
+  int64_t positions = model.max_position_embeddings;
+  if ((model.model_type == "roberta" || model.model_type == "xlm-roberta") && model.pad_token_id)
+    positions -= *model.pad_token_id + 1;  // RoBERTa positions start at padding_idx + 1
+  if (task.max_length > positions)
+    throw_error<ConfigError>(kDataTag, "max_length " + std::to_string(task.max_length) +
+                                           " is above the model's position limit (max_position_embeddings " +
+                                           std::to_string(model.max_position_embeddings) +
+                                           (positions != model.max_position_embeddings
+                                                ? ", " + std::to_string(positions) + " usable positions"
+                                                : std::string()) +
+                                           "): lower max_length");
   Encoding e;
   e.task_ = task;
   e.tokenizer_ = &tokenizer;

@@ -48,6 +48,10 @@ std::vector<std::string> Evaluator::task_names() const {
   return out;
 }
 
+std::vector<std::string> Evaluator::untrained() const {
+  return state_->composition ? state_->composition->untrained : std::vector<std::string>{};
+}
+
 const TaskConfig& Evaluator::task(const std::string& name_or_type) const {
   return state_->tasks[state_->find(name_or_type)].cfg;
 }

@@ -78,3 +78,27 @@ TEST(Generate, StopsAtStopIdAndValidates) {
 }
 
 }  // namespace
+
+// Regression (issue 14): Llama generation with -n 1000000000 ran until killed, and prompts and
+// generations ran past max_position_embeddings without a word; every backbone refuses up front.
+TEST(Generate, PromptPlusNewTokensBeyondTheContextIsAnError) {
+  for (const char* name : {"hf/models/llama", "hf/models/gpt2", "hf/models/qwen2"}) {
+    auto model = modula::load_backbone(fixture(name));
+    const int64_t positions = model->config().max_position_embeddings;
+    modula::GenerateOptions o;
+    o.max_new_tokens = 1000000000;
+    try {
+      modula::generate(*model, {1, 2, 3}, o);
+      ADD_FAILURE() << name << ": no exception";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("exceeds the model's context of " + std::to_string(positions)),
+                std::string::npos)
+          << e.what();
+    }
+    o.max_new_tokens = 1;
+    std::vector<int64_t> long_prompt(static_cast<size_t>(positions), 1);
+    EXPECT_THROW(modula::generate(*model, long_prompt, o), std::invalid_argument) << name;
+    long_prompt.pop_back();
+    EXPECT_EQ(modula::generate(*model, long_prompt, o).size(), 1u) << name;
+  }
+}

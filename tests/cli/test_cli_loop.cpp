@@ -105,7 +105,7 @@ TEST(CliLoop, TokenizerPretrainAdaptersEvalPredictMergeExport) {
   write_records(d / "pol_eval.jsonl", pol, np, pol.size());
 
   // 1. A byte-level BPE of 512 tokens on the corpus.
-  cli(d, {"tokenizer", "train", "--model", "bpe", "--vocab-size", "512", "--special-tokens", "<|endoftext|>", "-o",
+  cli(d, {"tokenizer", "train", "--type", "bpe", "--vocab-size", "512", "--special-tokens", "<|endoftext|>", "-o",
           d / "tok.json", d / "corpus.txt"});
   auto tok = json::parse(modula::testing::slurp(d / "tok.json"));
   ASSERT_EQ(tok.at("model").at("type"), "BPE");

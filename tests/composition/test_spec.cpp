@@ -131,6 +131,7 @@ TEST(Spec, RejectsMalformedTextNamingTheProblemAndColumn) {
       {"avg(a:0.7, b:x)", "avg argument 2 has no weight but others do", "column 12"},
       {"avg(stack(a, b):heavy, c:1)", "weight after ':' must be a number, got 'heavy'", "column 17"},
       {"avg(a:1, b:-1)", "avg weights sum to zero", "column 1"},
+      {"avg(a:1e308, b:1e308)", "avg weights overflow", "column 1"},  // was: the base model
       {"parallel(a:0.5, b)", "weights (':number') are only allowed inside avg", "column 10"},
       {"a:0.5", "only allowed inside avg", "column 1"},
       {"stack(a,,b)", "expected a module name or an operator, got ','", "column 9"},
@@ -203,3 +204,41 @@ TEST(Spec, UnknownModuleNamesAreNamedWithTheirColumn) {
 }
 
 }  // namespace
+
+// Regression (issue 14): deep nesting overflowed the stack (text form, 16,000 levels) and
+// kept a JSON pointer per level (memory quadratic in depth); long YAML-looking specs
+// overflowed the stack of the std::regex that detected YAML.
+static std::string nested_fuse(int depth) {
+  std::string s;
+  for (int i = 0; i < depth; ++i) s += "fuse(";
+  s += "a";
+  for (int i = 0; i < depth; ++i) s += ")";
+  return s;
+}
+
+TEST(Spec, NestingIsLimitedInEveryForm) {
+  EXPECT_NO_THROW(modula::parse_spec(nested_fuse(200)));
+  try {
+    modula::parse_spec(nested_fuse(16000));
+    FAIL() << "no exception";
+  } catch (const modula::SpecError& e) {
+    EXPECT_NE(std::string(e.what()).find("nested deeper than 256 levels"), std::string::npos);
+    EXPECT_EQ(e.where, "column 1281");  // the 257th fuse(
+  }
+  json j = "a";
+  for (int i = 0; i < 16000; ++i) j = json{{"fuse", json::array({std::move(j)})}};
+  EXPECT_THROW(modula::parse_spec_json(j), modula::SpecError);
+  EXPECT_THROW(modula::parse_spec(j.dump()), modula::SpecError);
+}
+
+TEST(Spec, LongYamlLookingSpecIsAnError) {
+  const std::string spec = "name: " + std::string(25000, 'x');
+  try {
+    modula::parse_spec(spec);
+    FAIL() << "no exception";
+  } catch (const modula::SpecError& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown operator 'name'"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(modula::parse_spec(std::string(200000, 'a') + ": b"), modula::SpecError);
+  EXPECT_EQ(modula::parse_spec(" stack:\n  - a\n  - b\n"), modula::parse_spec("stack(a, b)"));
+}

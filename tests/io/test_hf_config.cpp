@@ -115,6 +115,57 @@ TEST(HfConfig, ClearErrors) {
   EXPECT_EQ(error_of(llama()), "");
 }
 
+// Each was accepted (truncated, or garbage at run time) or failed later with a message that
+// named nothing (issue 14).
+TEST(HfConfig, RejectsWhatWasSilentlyWrongNamingKeyAndValue) {
+  auto with = [](const char* key, json value) {
+    auto j = llama();
+    j[key] = std::move(value);
+    return error_of(j);
+  };
+  auto mentions = [](const std::string& error, std::initializer_list<const char*> parts) {
+    for (const char* p : parts)
+      if (error.find(p) == std::string::npos) return ::testing::AssertionFailure() << "'" << p << "' not in: " << error;
+    return ::testing::AssertionSuccess();
+  };
+  EXPECT_TRUE(mentions(with("hidden_size", 64.7), {"cfg.json", "hidden_size", "64.7", "integer"}));
+  EXPECT_TRUE(mentions(with("num_hidden_layers", 1e300), {"num_hidden_layers", "integer"}));
+  EXPECT_TRUE(mentions(with("rope_theta", 0), {"rope_theta", "positive"}));
+  EXPECT_TRUE(mentions(with("rope_theta", -10000.0), {"rope_theta", "positive"}));
+  EXPECT_TRUE(mentions(with("sliding_window", 0), {"sliding_window", "positive"}));
+  EXPECT_TRUE(mentions(with("sliding_window", -4), {"sliding_window", "-4"}));
+  EXPECT_TRUE(mentions(with("eos_token_id", 2.5), {"eos_token_id", "2.5"}));
+  EXPECT_TRUE(mentions(with("num_labels", -2), {"num_labels", "-2"}));
+  EXPECT_TRUE(mentions(with("eos_token_id", -1), {"eos_token_id", "-1"}));
+  EXPECT_TRUE(mentions(with("eos_token_id", json::array({2, -7})), {"eos_token_id", "-7"}));
+  EXPECT_TRUE(mentions(with("bos_token_id", -3), {"bos_token_id", "-3"}));
+  EXPECT_TRUE(mentions(with("vocab_size", 1000000000000), {"vocab_size", "1000000000000", "out of range"}));
+  EXPECT_TRUE(mentions(with("vocab_size", 1e12), {"vocab_size", "out of range"}));
+  auto huge = llama();  // every size in range, the product not: refused before allocating
+  huge["num_hidden_layers"] = 100000;
+  huge["hidden_size"] = 16384;
+  huge["intermediate_size"] = 65536;
+  huge["num_attention_heads"] = 128;
+  huge["num_key_value_heads"] = 8;
+  EXPECT_TRUE(mentions(error_of(huge), {"parameters", "num_hidden_layers 100000"}));
+  EXPECT_EQ(with("sliding_window", 4096), "");
+  EXPECT_EQ(with("hidden_size", 32.0), "");  // an integral number is an integer
+}
+
+TEST(HfConfig, ConfigJsonThatIsAFolderIsNamed) {
+  auto dir = modula::fs::make_temp_dir("modula-cfg-test");
+  modula::fs::make_dirs(modula::fs::join(dir, "config.json"));
+  try {
+    modula::io::load_hf_config(dir);
+    ADD_FAILURE() << "accepted a folder";
+  } catch (const ConfigError& e) {  // was: basic_filebuf::underflow
+    EXPECT_NE(std::string(e.what()).find("[config] " + modula::fs::join(dir, "config.json") + ": is a folder"),
+              std::string::npos)
+        << e.what();
+  }
+  modula::fs::remove_tree(dir);
+}
+
 TEST(HfConfig, MalformedFiles) {
   auto dir = modula::fs::make_temp_dir("modula-cfg-test");
   std::ofstream(modula::fs::join(dir, "config.json")) << "{\"model_type\": \"llama\", ";  // truncated

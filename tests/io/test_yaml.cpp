@@ -32,3 +32,48 @@ TEST(Yaml, ErrorsNameSourceAndLine) {
     EXPECT_NE(m.find("run.yaml: invalid YAML at line"), std::string::npos) << m;
   }
 }
+
+// Regression (issue 14): long plain scalars overflowed the stack of std::regex.
+TEST(Yaml, LongPlainScalarsAreStringsOrNumbers) {
+  const std::string word(200000, 'x'), digits(200000, '7');
+  auto j = yaml_to_json("seed: " + word + "\noutput: " + digits + ".5\n", "run.yaml");
+  EXPECT_EQ(j["seed"].get<std::string>().size(), word.size());
+  EXPECT_TRUE(j["output"].is_number_float());
+  EXPECT_EQ(yaml_to_json("a: " + std::string(200000, '1') + "e\n")["a"].get<std::string>().size(), 200001u);
+}
+
+TEST(Yaml, ScannersFollowTheCoreSchema) {
+  auto j = yaml_to_json("a: +5\nb: .5\nc: 5.\nd: 1e3\ne: 1e\nf: .\ng: 0x\nh: 0xfF\nj: 1.5E-2\nk: Null\n");
+  EXPECT_EQ(j["a"], 5);
+  EXPECT_DOUBLE_EQ(j["b"].get<double>(), 0.5);
+  EXPECT_DOUBLE_EQ(j["c"].get<double>(), 5.0);
+  EXPECT_DOUBLE_EQ(j["d"].get<double>(), 1000.0);
+  EXPECT_EQ(j["e"], "1e");
+  EXPECT_EQ(j["f"], ".");
+  EXPECT_EQ(j["g"], "0x");
+  EXPECT_EQ(j["h"], 255);
+  EXPECT_DOUBLE_EQ(j["j"].get<double>(), 0.015);
+  EXPECT_TRUE(j["k"].is_null());
+}
+
+// Regression (issue 14): nested aliases ("billion laughs") expanded to 10^9 values.
+TEST(Yaml, BillionLaughsIsAnErrorNamingTheFile) {
+  std::string text = "a: &a [x, x, x, x, x, x, x, x, x, x]\n";
+  for (char c = 'b'; c <= 'j'; ++c) {
+    const char prev = static_cast<char>(c - 1);
+    text += std::string(1, c) + ": &" + c + " [";
+    for (int i = 0; i < 10; ++i) text += std::string(i ? ", " : "") + "*" + prev;
+    text += "]\n";
+  }
+  try {
+    yaml_to_json(text, "laughs.yaml");
+    FAIL() << "no exception";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("laughs.yaml: more than"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Yaml, DeepNestingIsAnError) {
+  const std::string text = "a: " + std::string(300, '[') + std::string(300, ']') + "\n";
+  EXPECT_THROW(yaml_to_json(text, "deep.yaml"), std::invalid_argument);
+}

@@ -156,6 +156,25 @@ TEST(MergeRecipe, RunTaskArithmeticEndToEnd) {
   EXPECT_NE(model, nullptr);
 }
 
+// lambda 1e308 overflowed every tensor and wrote an all-inf/NaN checkpoint with exit 0.
+TEST(MergeRecipe, NonFiniteResultIsRefusedBeforeWriting) {
+  modula::testing::TempDir dir;
+  modula::testing::write_merge_models(dir.path);
+  auto j = json{{"merge_method", "task_arithmetic"},
+                {"base_model", "base"},
+                {"models", {"a", "b"}},
+                {"parameters", {{"weight", 1.0}, {"lambda", 1e308}}},
+                {"output", "out"}};
+  try {
+    run_merge(parse_recipe(j, dir.path));
+    ADD_FAILURE() << "wrote a non-finite merge";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("[merge] tensor '"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("NaN or infinite"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir / "out/model.safetensors"));
+}
+
 // linear (no base): the mean of the models; bf16 output when asked.
 TEST(MergeRecipe, RunLinearWritesTheAverage) {
   modula::testing::TempDir dir;

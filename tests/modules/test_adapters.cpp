@@ -226,6 +226,37 @@ TEST(Adapters, ClearErrors) {
   EXPECT_THROW(modula::load_adapter(*fresh, dir.path + "/missing"), std::runtime_error);
 }
 
+// Configs that were truncated, overflowed to garbage, or failed with a message naming
+// nothing (issue 14): each error now names the key and the value.
+TEST(Adapters, ConfigValuesAreCheckedNamingKeyAndValue) {
+  auto model = llama();
+  auto error_with = [&](json changes) {
+    json config = {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"target_modules", {"q_proj"}}};
+    config.update(changes);
+    try {
+      modula::add_adapter(*model, config);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("<accepted>");
+  };
+  auto has = [](const std::string& error, std::initializer_list<const char*> parts) {
+    for (const char* p : parts)
+      if (error.find(p) == std::string::npos) return ::testing::AssertionFailure() << "'" << p << "' not in: " << error;
+    return ::testing::AssertionSuccess();
+  };
+  EXPECT_TRUE(has(error_with({{"r", 4.5}}), {"'r'", "4.5", "integer"}));  // was: r = 4
+  EXPECT_TRUE(has(error_with({{"r", 1000000000}}), {"r 1000000000", "too large"}));
+  EXPECT_TRUE(has(error_with({{"lora_alpha", 1e308}}), {"lora_alpha", "float range"}));
+  EXPECT_TRUE(has(error_with({{"target_modules", "q_proj("}}), {"target_modules", "q_proj(", "regular expression"}));
+  EXPECT_TRUE(has(error_with({{"target_modules", {1, 2}}}), {"target_modules", "list of strings", "[1,2]"}));
+  EXPECT_TRUE(has(error_with({{"exclude_modules", "(k"}}), {"exclude_modules", "(k"}));
+  EXPECT_TRUE(has(error_with({{"rank_pattern", {{"q_proj)", 2}}}}), {"rank_pattern", "q_proj)", "regular expression"}));
+  EXPECT_TRUE(has(error_with({{"rank_pattern", {{"q_proj", 2.5}}}}), {"rank_pattern", "2.5", "integer"}));
+  EXPECT_TRUE(has(error_with({{"alpha_pattern", {{"q_proj", 1e308}}}}), {"lora_alpha", "float range"}));
+  EXPECT_EQ(error_with({{"r", 2.0}, {"rank_pattern", {{"q_proj", 3}}}}), "<accepted>");
+}
+
 TEST(Adapters, TwoAdaptersStackAndDetach) {
   auto model = llama();
   torch::NoGradGuard g;

@@ -8,7 +8,9 @@
 #include "modula/modules/bottleneck.h"
 #include "modula/modules/hypernetwork.h"
 #include "modula/modules/sparse_ft.h"
+#include "modula/modules/targets.h"
 #include "support/temp_dir.h"
+#include "support/watchdog.h"
 
 using modula::testing::fixture;
 using modula::testing::TempDir;
@@ -144,4 +146,21 @@ TEST(ModuleFolder, BadSpecsAreClear) {
     EXPECT_NE(std::string(e.what()).find("scale after ':' must be a number"), std::string::npos) << e.what();
   }
   EXPECT_ANY_THROW(modula::load_module_folders(*model, {fixture("hf/models/gpt2")}));  // not a module folder
+}
+
+// Regression (issue 14): a catastrophically backtracking target_modules regex hung
+// (std::regex, unbounded); the matcher is bounded and the pattern named in the error.
+TEST(Targets, BacktrackingRegexIsAnErrorNotAHang) {
+  const std::string path = "model.layers.0.self_attn.q_proj.lora_A.default.weight.xxxxxxxxxx";
+  modula::testing::within_seconds(5, [&] {
+    try {
+      modula::matches_target(nlohmann::json("(.*)*(.*)*(.*)*(.*)*zzz"), path);
+      ADD_FAILURE() << "no exception";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("'(.*)*(.*)*(.*)*(.*)*zzz'"), std::string::npos) << e.what();
+    }
+  });
+  EXPECT_TRUE(modula::matches_target(nlohmann::json(R"(.*\.(q_proj|v_proj))"), "model.layers.0.self_attn.q_proj"));
+  EXPECT_FALSE(modula::matches_target(nlohmann::json(R"(.*\.(q_proj|v_proj))"), "model.layers.0.self_attn.k_proj"));
+  EXPECT_THROW(modula::matches_target(nlohmann::json("(["), "a"), std::invalid_argument);
 }

@@ -1,6 +1,7 @@
 // Unit tests of tokenizer pieces: GPT-2 regex, byte map, splitting, models, decoders.
 #include <gtest/gtest.h>
 
+#include "support/watchdog.h"
 #include "text/added_tokens.h"
 #include "text/byte_level.h"
 #include "text/decoders.h"
@@ -97,6 +98,18 @@ TEST(WordPiece, OverlongAndUnmatchedWordsAreUnk) {
   EXPECT_EQ(ids, (std::vector<int64_t>{0}));
 }
 
+TEST(WordPiece, UnkTokenMissingFromTheVocabIsAConfigError) {
+  // Was accepted, failing only at the first unknown word of some later input.
+  json config = {{"type", "WordPiece"}, {"unk_token", "[UNK]"}, {"vocab", {{"ab", 0}, {"##c", 1}}}};
+  try {
+    make_model(config, "model");
+    ADD_FAILURE() << "accepted a WordPiece vocab without its unk_token";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("model.unk_token"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("[UNK]"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Bpe, MergesByRankAndFallsBackToBytes) {
   json config = {{"type", "BPE"},
                  {"byte_fallback", true},
@@ -149,6 +162,24 @@ TEST(SplitPreTokenizer, RegexWithLookahead) {
       "pre_tokenizer");
   EXPECT_EQ(texts(pre->pre_tokenize({"I'M 12345  ok", true})),
             (std::vector<std::string>{"I", "'M", " ", "123", "45", " ", " ok"}));
+}
+
+// Regression (issue 14): a catastrophically backtracking Split pattern hung (ICU regex, no
+// limit); it is now an error naming the pattern, and long ordinary texts stay within the limit.
+TEST(SplitPreTokenizer, BacktrackingPatternIsAnErrorNotAHang) {
+  Regex nested("(a+)+$", "pre_tokenizer.pattern.Regex");
+  modula::testing::within_seconds(5, [&] {
+    try {
+      nested.find_all(std::string(40, 'a') + "b");
+      ADD_FAILURE() << "no exception";
+    } catch (const TokenizerError& e) {
+      EXPECT_NE(std::string(e.what()).find("'(a+)+$' (pre_tokenizer.pattern.Regex)"), std::string::npos) << e.what();
+    }
+  });
+  Regex words(R"( ?\p{L}+| ?\p{N}+|\s+(?!\S)|\s+)", "test");
+  std::string text;
+  while (text.size() < 200000) text += "the quick brown fox 42 ";
+  EXPECT_EQ(words.find_all(text).size(), text.size() / 23 * 5 + 1);  // the last space: \s+
 }
 
 TEST(WordPieceDecoder, CleansUpPerToken) {

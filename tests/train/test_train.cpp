@@ -159,6 +159,23 @@ TEST(TrainData, LabelsAndMissingFields) {
             std::string::npos);
 }
 
+// Was: "index out of range in self" and a 27-frame stack trace at the first long batch.
+TEST(TrainData, MaxLengthAboveThePositionLimitIsNamed) {
+  TempDir d;
+  auto tok = text::Tokenizer::from_file(modula::testing::write_tiny_tokenizer(d / "t.json", true));
+  auto mc = io::load_hf_config(fixture("hf/models/bert"));
+  TaskConfig t;
+  t.name = "s";
+  t.max_length = mc.max_position_embeddings + 1;
+  auto rows = modula::testing::tiny_classification(4);
+  auto error = error_of([&] { Encoding::build(t, rows, *tok, mc); });
+  EXPECT_NE(error.find("max_length " + std::to_string(t.max_length)), std::string::npos) << error;
+  EXPECT_NE(error.find("max_position_embeddings " + std::to_string(mc.max_position_embeddings)), std::string::npos)
+      << error;
+  t.max_length = mc.max_position_embeddings;
+  EXPECT_NO_THROW(Encoding::build(t, rows, *tok, mc));
+}
+
 TEST(TrainData, BucketingCoversEveryExampleOnce) {
   std::vector<int64_t> lengths;
   for (int i = 0; i < 37; ++i) lengths.push_back((i * 7) % 13 + 1);

@@ -73,6 +73,9 @@ class Evaluator {
   // returns its config with the label names filled.
   std::vector<std::string> task_names() const;
   const TaskConfig& task(const std::string& name_or_type) const;
+  // What a `compose` spec starts untrained (Composition::untrained: a new fuse(...), a
+  // learned router), one line each; empty for a run or a trained composition folder.
+  std::vector<std::string> untrained() const;
 
   // Metrics of `records` (JSON objects with the task's fields); `where` names them in
   // errors ("dev.jsonl:3: missing field 'text'").

@@ -1,11 +1,13 @@
 // The one error-check helper of the tree (no torch). Messages start with the component:
 // throw_error("lora", "r must be positive") throws std::invalid_argument("[lora] r must be
-// positive"). A file names its component once (`constexpr std::string_view kTag = "lora";`)
-// and throws through these helpers instead of a local bad()/fail().
+// positive"). A file names its component once, in a constant named after the file
+// (`constexpr std::string_view kLoraBankTag = "lora bank";` in lora_bank.cpp: files of a
+// library may share one unity-build translation unit), and throws through these helpers
+// instead of a local bad()/fail().
 //
-//   check(r > 0, kTag, "r must be positive");           // eager message: not for hot paths
-//   if (x.dim() != 2) throw_error(kTag, "x must be 2-D");
-//   throw_error<std::runtime_error>(kTag, file + ": truncated");  // another exception type
+//   check(r > 0, kLoraTag, "r must be positive");           // eager message: not for hot paths
+//   if (x.dim() != 2) throw_error(kLoraTag, "x must be 2-D");
+//   throw_error<std::runtime_error>(kLoraTag, file + ": truncated");  // another exception type
 #pragma once
 
 #include <stdexcept>
