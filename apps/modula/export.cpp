@@ -24,10 +24,13 @@ void add_export(CLI::App& app) {
     auto model = load_backbone(model_dir);
     auto modules = load_module_folders(*model, adapter_specs, task);
     for (auto& a : modules) a.merge();
-    save_backbone(*model, out);
+    // The side files first and config.json (written last by save_backbone) as the commit
+    // marker: a folder cut off by a kill has no config.json, so every loader rejects it.
+    fs::make_dirs(out);
     for (const char* f : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                           "generation_config.json"})
       if (fs::is_file(fs::join(model_dir, f))) fs::copy_file(fs::join(model_dir, f), fs::join(out, f));
+    save_backbone(*model, out);
     std::cout << "merged " << modules.size() << " module folder(s) into " << out << "\n";
   });
 }

@@ -38,13 +38,16 @@ void add_pretrain(CLI::App& app) {
       if (t.type != train::TaskType::CausalLM && t.type != train::TaskType::MaskedLM)
         throw_error<ConfigError>("train", config_path + ": pretraining takes causal_lm or masked_lm tasks, task '" +
                                               t.name + "' is " + train::to_string(t.type));
-    run_training(config, resume, nullptr, "pretrain");
-    // The tokenizer belongs with the model folder.
+    // The tokenizer belongs with the model folder: copied (atomically) before the run, so a
+    // run that finished (result.json written) never leaves a model folder without it.
     std::string tok = config.tokenizer.empty() ? (fs::is_dir(config.model) ? config.model : fs::parent(config.model))
                                                : config.tokenizer;
     if (fs::is_dir(tok)) tok = fs::join(tok, "tokenizer.json");
-    if (fs::is_file(tok) && fs::extension(tok) == ".json")
+    if (fs::is_file(tok) && fs::extension(tok) == ".json") {
+      fs::make_dirs(fs::join(config.output, "model"));
       fs::copy_file(tok, fs::join(config.output, "model/tokenizer.json"));
+    }
+    run_training(config, resume, nullptr, "pretrain");
     std::cout << "model written to " << fs::join(config.output, "model") << "\n";
   });
 }

@@ -443,7 +443,9 @@ MergeReport run_merge(const MergeRecipe& r, const std::string& output_override) 
         throw_error(kMergeRecipeTag, "tensor '" + p.key() + "': the " + method + " merge gives NaN or infinite " +
                                          "values in " + r.dtype +
                                          " (check the weights, lambda and t); nothing written");
-  save_backbone(*model, report.output);
+  // The side files first and config.json (written last by save_backbone) as the commit
+  // marker: a folder cut off by a kill has no config.json, so every loader rejects it.
+  fs::make_dirs(report.output);
   if (!r.tokenizer_source.empty())
     for (const auto& f : tokenizer_files()) {
       auto from = fs::join(r.tokenizer_source, f);
@@ -451,7 +453,12 @@ MergeReport run_merge(const MergeRecipe& r, const std::string& output_override) 
       fs::copy_file(from, fs::join(report.output, f));
       report.copied_files.push_back(f);
     }
-  std::ofstream(fs::join(report.output, "merge_recipe.json")) << r.source.dump(2) << "\n";
+  {
+    const auto recipe = fs::join(report.output, "merge_recipe.json");
+    std::ofstream(recipe + ".tmp") << r.source.dump(2) << "\n";
+    fs::rename(recipe + ".tmp", recipe);
+  }
+  save_backbone(*model, report.output);
   return report;
 }
 

@@ -94,13 +94,20 @@ void rename(const std::string& from, const std::string& to) {
   if (::rename(from.c_str(), to.c_str()) != 0) fail("rename", from + " -> " + to);
 }
 
+// Copied to `to`.tmp and renamed, so a process killed mid-copy never leaves a truncated `to`
+// (in particular over a complete file of an earlier run).
 void copy_file(const std::string& from, const std::string& to) {
   std::ifstream in(from, std::ios::binary);
   if (!in) fail("open", from);
-  std::ofstream out(to, std::ios::binary | std::ios::trunc);
-  if (!out) fail("create", to);
-  out << in.rdbuf();
-  if (!out) fail("write", to);
+  const std::string tmp = to + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) fail("create", tmp);
+    out << in.rdbuf();
+    out.flush();
+    if (!out) fail("write", tmp);
+  }
+  rename(tmp, to);
 }
 
 std::string make_temp_dir(const std::string& prefix) {
