@@ -160,13 +160,8 @@ void save_backbone(Backbone& model, const std::string& dir) {
   auto config = model.config();
   auto dtype = model.parameters().empty() ? torch::kFloat32 : model.parameters().front().scalar_type();
   config.torch_dtype = dtype == torch::kBFloat16 ? "bfloat16" : dtype == torch::kHalf ? "float16" : "float32";
-  auto tmp = fs::join(dir, "config.json.tmp");
-  {
-    std::ofstream out(tmp);
-    out << io::to_hf_json(config).dump(2) << "\n";
-    if (!out) throw io::SafetensorsError("[save] cannot write " + tmp);
-  }
-  fs::rename(tmp, fs::join(dir, "config.json"));
+  fs::write_file(fs::join(dir, "config.json"),
+                 io::to_hf_json(config).dump(2) + "\n");  // last: marks the folder complete
 }
 
 }  // namespace modula

@@ -35,13 +35,7 @@ PeftFolder read_peft_folder(const std::string& dir) {
 void write_peft_folder(const std::string& dir, const nlohmann::json& config, const NamedTensors& tensors) {
   fs::make_dirs(dir);
   save_safetensors(fs::join(dir, "adapter_model.safetensors"), tensors, {{"format", "pt"}});
-  const std::string tmp = fs::join(dir, "adapter_config.json.tmp");
-  {
-    std::ofstream out(tmp);
-    out << config.dump(2) << "\n";
-    if (!out) throw std::runtime_error("[peft] cannot write " + tmp);
-  }
-  fs::rename(tmp, fs::join(dir, "adapter_config.json"));
+  fs::write_file(fs::join(dir, "adapter_config.json"), config.dump(2) + "\n");
 }
 
 }  // namespace modula::io

@@ -455,8 +455,7 @@ MergeReport run_merge(const MergeRecipe& r, const std::string& output_override) 
     }
   {
     const auto recipe = fs::join(report.output, "merge_recipe.json");
-    std::ofstream(recipe + ".tmp") << r.source.dump(2) << "\n";
-    fs::rename(recipe + ".tmp", recipe);
+    fs::write_file(recipe, r.source.dump(2) + "\n");
   }
   save_backbone(*model, report.output);
   return report;

@@ -177,14 +177,7 @@ std::string Report::html() const {
 void Report::write_html(const std::string& path) const {
   std::string dir = fs::parent(path);
   if (!dir.empty() && dir != ".") fs::make_dirs(dir);
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary);
-    if (!f) throw std::runtime_error("[report] cannot write " + path);
-    f << html();
-    if (!f) throw std::runtime_error("[report] write failed for " + path);
-  }
-  fs::rename(tmp, path);
+  fs::write_file(path, html());
 }
 
 std::string format_table(const Table& t) {

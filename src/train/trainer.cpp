@@ -318,9 +318,7 @@ TrainResult Trainer::run(const Callbacks& callbacks, bool resume) {
   if (r.continual) res["continual"] = cont(*r.continual);
   if (r.baseline) res["baseline"] = cont(*r.baseline);
   if (s.writes()) {
-    std::string tmp = s.out("result.json.tmp");
-    std::ofstream(tmp) << res.dump(2) << "\n";
-    fs::rename(tmp, s.out("result.json"));
+    fs::write_file(s.out("result.json"), res.dump(2) + "\n");
   }
   s.metrics.close();
   return r;

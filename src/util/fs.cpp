@@ -94,20 +94,31 @@ void rename(const std::string& from, const std::string& to) {
   if (::rename(from.c_str(), to.c_str()) != 0) fail("rename", from + " -> " + to);
 }
 
-// Copied to `to`.tmp and renamed, so a process killed mid-copy never leaves a truncated `to`
-// (in particular over a complete file of an earlier run).
-void copy_file(const std::string& from, const std::string& to) {
-  std::ifstream in(from, std::ios::binary);
-  if (!in) fail("open", from);
+namespace {
+// Writes `to`.tmp with `fill` and renames it over `to`, so a process killed mid-write never
+// leaves a truncated `to` (in particular over a complete file of an earlier run).
+template <typename Fill>
+void write_via_tmp(const std::string& to, Fill&& fill) {
   const std::string tmp = to + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) fail("create", tmp);
-    out << in.rdbuf();
+    fill(out);
     out.flush();
     if (!out) fail("write", tmp);
   }
   rename(tmp, to);
+}
+}  // namespace
+
+void copy_file(const std::string& from, const std::string& to) {
+  std::ifstream in(from, std::ios::binary);
+  if (!in) fail("open", from);
+  write_via_tmp(to, [&](std::ofstream& out) { out << in.rdbuf(); });
+}
+
+void write_file(const std::string& path, const std::string& text) {
+  write_via_tmp(path, [&](std::ofstream& out) { out << text; });
 }
 
 std::string make_temp_dir(const std::string& prefix) {

@@ -19,8 +19,11 @@ std::string extension(const std::string& p);                     // ".json" or "
 void make_dirs(const std::string& p);                            // mkdir -p
 void remove_tree(const std::string& p) noexcept;                 // rm -rf, ignores errors
 void rename(const std::string& from, const std::string& to);     // atomic on one file system
-void copy_file(const std::string& from, const std::string& to);  // overwrites
-std::string make_temp_dir(const std::string& prefix);            // under $TMPDIR or /tmp
+void copy_file(const std::string& from, const std::string& to);  // overwrites, via to.tmp + rename
+// `text` into path.tmp, then renamed over `path`: a killed process or a full disk never leaves
+// a truncated `path`. Throws std::runtime_error "[fs] ..." naming the file.
+void write_file(const std::string& path, const std::string& text);
+std::string make_temp_dir(const std::string& prefix);  // under $TMPDIR or /tmp
 // Sorted paths of every regular file named `name` under `root` (recursive).
 std::vector<std::string> find_files(const std::string& root, const std::string& name);
 std::string executable_dir();  // folder of /proc/self/exe, "" if unknown
