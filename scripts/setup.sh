@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs modula's build dependencies from Debian packages (with --tests also what the
-# test suite needs). Idempotent: installs only what is missing. Needs root (or sudo).
+# test suite needs, with --fuzz what scripts/fuzz.sh needs). Idempotent: installs only
+# what is missing. Needs root (or sudo).
 set -euo pipefail
 
 PACKAGES=(
@@ -18,6 +19,8 @@ TEST_PACKAGES=(
   fortunes  # real text for the CLI loop test (tests/cli)
 )
 if [ "${1:-}" = "--tests" ]; then PACKAGES+=("${TEST_PACKAGES[@]}"); fi
+# scripts/fuzz.sh (--fuzz): clang with the libFuzzer, ASan and UBSan runtimes.
+if [ "${1:-}" = "--fuzz" ]; then PACKAGES+=(clang libclang-rt-14-dev); fi
 
 # The official openai npm client for the `modula serve` test (tests/serve/node); without npm
 # or the registry that test is skipped, nothing else depends on it.

@@ -66,6 +66,32 @@ void check_checkpoint_layer_count(const io::ModelConfig& config, const io::Check
                       std::to_string(layers) + " layer" + (layers == 1 ? "" : "s"));
 }
 
+// Before any allocation: the parameters the config's sizes describe (embeddings, positions,
+// per layer attention and a gated MLP: an upper bound for every family) cannot exceed the
+// checkpoint's elements by much (tied weights are stored once; buffers and heads are
+// small). A config.json with hidden_size 1e6 beside a small checkpoint would otherwise
+// allocate gigabytes before the first shape check.
+void check_checkpoint_size(const io::ModelConfig& c, const io::Checkpoint& ckpt, const std::string& dir) {
+  double held = 0;
+  for (const auto& key : ckpt.keys()) {
+    double n = 1;
+    for (auto d : ckpt.info(key).shape) n *= static_cast<double>(d);
+    held += n;
+  }
+  const double H = static_cast<double>(c.hidden_size), hd = static_cast<double>(c.head_dim);
+  const double attention = H * hd * static_cast<double>(2 * c.num_attention_heads + 2 * c.num_key_value_heads);
+  const double described =
+      static_cast<double>(c.vocab_size) * H + static_cast<double>(c.max_position_embeddings) * H +
+      static_cast<double>(c.num_hidden_layers) * (attention + 3 * H * static_cast<double>(c.intermediate_size));
+  if (described > 2 * held + (1 << 20))
+    throw ConfigError("[load] " + fs::join(dir, "config.json") + ": its sizes (hidden_size " +
+                      std::to_string(c.hidden_size) + ", intermediate_size " + std::to_string(c.intermediate_size) +
+                      ", vocab_size " + std::to_string(c.vocab_size) + ", max_position_embeddings " +
+                      std::to_string(c.max_position_embeddings) + ", ...) describe about " +
+                      std::to_string(static_cast<int64_t>(described / 1e6)) + "M parameters, but the checkpoint " +
+                      ckpt.source() + " holds " + std::to_string(static_cast<int64_t>(held / 1e6)) + "M");
+}
+
 // Buffers older checkpoints save inside layers that the model recomputes (GPT-2's causal
 // mask, Llama's RoPE frequencies).
 bool is_recomputed_layer_buffer(const std::string& key) {
@@ -137,6 +163,7 @@ std::shared_ptr<Backbone> load_backbone(const std::string& dir, const LoadOption
   auto config = io::load_hf_config(dir);
   auto ckpt = io::Checkpoint::open(dir);
   check_checkpoint_layer_count(config, ckpt, dir);
+  check_checkpoint_size(config, ckpt, dir);
   auto model = create_backbone(config);
   auto r = load_weights(*model, ckpt);
   if (report) *report = std::move(r);

@@ -245,8 +245,17 @@ TrainResult Trainer::run(const Callbacks& callbacks, bool resume) {
   auto& s = *state_;
   s.cb = callbacks;
   fs::make_dirs(s.cfg.output);
+  // A fresh run into a folder that held another (--overwrite): the old run's outputs go
+  // first, so a kill before this run finishes never leaves them beside this run's config
+  // (eval would take the old modules for this run's). model/ keeps what the CLI put there
+  // before the run (pretrain's tokenizer); its config.json marks a written backbone.
+  if (!resume && s.writes())
+    for (const char* f :
+         {"result.json", "report.html", "modules", "compose", "heads.safetensors", "heads.json", "model/config.json",
+          "model/model.safetensors", "checkpoints", "metrics.jsonl", "metrics.csv"})
+      fs::remove_tree(s.out(f));
   // The resolved config: what load_run (run_output.h) and `modula eval --run` read back.
-  if (s.writes()) std::ofstream(s.out(kRunConfigFile)) << to_json(s.cfg).dump(2) << "\n";
+  if (s.writes()) fs::write_file(s.out(kRunConfigFile), to_json(s.cfg).dump(2) + "\n");
   TrainResult r;
   r.output = s.cfg.output;
   if (resume) {

@@ -86,3 +86,17 @@ TEST(LoadChecks, ConfigWithMoreLayersThanTheCheckpointFailsBeforeBuilding) {
   EXPECT_NE(error.find("num_hidden_layers 1000000 but the checkpoint"), std::string::npos) << error;
   EXPECT_NE(error.find("holds 2 layers"), std::string::npos) << error;
 }
+
+// The same for the other sizes: hidden_size 200000 beside the tiny checkpoint (and a huge
+// vocabulary or position table) would allocate gigabytes before the first shape check.
+TEST(LoadChecks, ConfigSizesFarBeyondTheCheckpointFailBeforeBuilding) {
+  for (const auto& change :
+       {nlohmann::json{{"hidden_size", 200000}, {"head_dim", 50000}}, nlohmann::json{{"vocab_size", 100000000}},
+        nlohmann::json{{"intermediate_size", 50000000}}, nlohmann::json{{"max_position_embeddings", 1000000000}}}) {
+    TempDir dir;
+    doctored_llama(dir, change, same);
+    auto error = error_of<modula::ConfigError>([&] { modula::load_backbone(dir.path); });
+    EXPECT_NE(error.find("config.json: its sizes (hidden_size"), std::string::npos) << change << ": " << error;
+    EXPECT_NE(error.find("but the checkpoint"), std::string::npos) << error;
+  }
+}

@@ -2,12 +2,15 @@
 // gradients only into modules, save/load round trip, merge/unmerge, training.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "modula/backbone/registry.h"
 #include "modula/composition/registry.h"
 #include "modula/io/peft.h"
 #include "modula/modules/adapter.h"
 #include "modula/modules/lora.h"
 #include "modula/modules/targets.h"
+#include "modula/util/fs.h"
 #include "support/temp_dir.h"
 
 using modula::testing::fixture;
@@ -224,6 +227,42 @@ TEST(Adapters, ClearErrors) {
   auto fresh = llama();
   EXPECT_THROW(modula::load_adapter(*fresh, dir.path + "/bad"), std::invalid_argument);
   EXPECT_THROW(modula::load_adapter(*fresh, dir.path + "/missing"), std::runtime_error);
+}
+
+// NaN or infinite module weights (a corrupt download, a diverged run, an overflowed merge)
+// are refused on read and on write, naming the file and the tensor.
+TEST(Adapters, NonFiniteWeightsAreRefusedNamingTheTensor) {
+  auto model = llama();
+  auto a = modula::add_adapter(*model, configs()[0], "x");
+  TempDir dir;
+  modula::save_adapter(a, dir.path);
+  auto folder = modula::io::read_peft_folder(dir.path);
+  const std::string key = folder.tensors.begin()->first;
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    modula::io::NamedTensors tensors;
+    for (auto& [k, t] : folder.tensors) tensors.emplace_back(k, t.clone());
+    tensors[0].second.view(-1)[0] = bad;
+    try {
+      modula::io::write_peft_folder(dir.path + "/bad", folder.config, tensors);
+      FAIL() << "wrote a non-finite tensor";
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find("'" + key + "' holds NaN or infinite values"), std::string::npos)
+          << e.what();
+    }
+    // Written behind the check's back (as another tool would), then read.
+    modula::fs::make_dirs(dir.path + "/bad");
+    modula::io::save_safetensors(dir.path + "/bad/adapter_model.safetensors", tensors);
+    modula::fs::copy_file(dir.path + "/adapter_config.json", dir.path + "/bad/adapter_config.json");
+    auto fresh = llama();
+    try {
+      modula::load_adapter(*fresh, dir.path + "/bad");
+      FAIL() << "loaded a non-finite tensor";
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find("adapter_model.safetensors: tensor '" + key + "' holds NaN"),
+                std::string::npos)
+          << e.what();
+    }
+  }
 }
 
 // Configs that were truncated, overflowed to garbage, or failed with a message naming

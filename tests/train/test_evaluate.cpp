@@ -243,6 +243,33 @@ TEST(Evaluate, BadInputsNameTheFileAndKey) {
   EXPECT_NE(e.find("needs its head, but " + heads + " does not exist"), std::string::npos) << e;
 }
 
+// A fresh run into a folder holding another complete run (--overwrite), killed before it
+// finishes: the old run's modules and result must not survive beside the new run's config
+// (eval would take them for the new run's); eval of the folder is refused, naming the module.
+TEST(Evaluate, OverwrittenRunKilledEarlyLeavesNoMixOfRuns) {
+  TempDir dir;
+  write_lines(dir / "qa.jsonl", {{{"prompt", "alice lives in"}, {"completion", "paris"}}});
+  json cfg = {{"model", fixture("hf/models/llama")},
+              {"tokenizer", modula::testing::write_tiny_tokenizer(dir / "tokenizer.json", false)},
+              {"output", dir / "out"},
+              {"optim", {{"lr", 1e-2}, {"max_steps", 4}, {"batch_size", 1}}},
+              {"modules", {{{"name", "old"}, {"config", lora(json::array({"q_proj"}))}}}},
+              {"tasks", {{{"name", "qa"}, {"type", "causal_lm"}, {"train", dir / "qa.jsonl"}}}}};
+  train::train(parse_train_config(cfg));
+  ASSERT_TRUE(fs::is_dir(dir / "out/modules/old"));
+  ASSERT_TRUE(fs::is_file(dir / "out/result.json"));
+  cfg["modules"][0]["name"] = "new";
+  Callbacks killed;
+  killed.on_step = [](const StepInfo& step) {
+    if (step.step == 2) throw std::runtime_error("killed");
+  };
+  EXPECT_THROW(train::train(parse_train_config(cfg), {}, killed), std::runtime_error);
+  EXPECT_FALSE(fs::exists(dir / "out/modules/old"));
+  EXPECT_FALSE(fs::exists(dir / "out/result.json"));
+  auto e = error_of([&] { Evaluator ev(run_setup(dir / "out")); });
+  EXPECT_NE(e.find("module 'new' was not saved"), std::string::npos) << e;
+}
+
 #ifdef MODULA_CLI
 // The CLI over the same library: `modula eval RUN --json -` and `modula predict`.
 TEST(EvalCli, EvalAndPredictOfARun) {
