@@ -2,11 +2,14 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
 
 #include "modula/util/error.h"
+#include "modula/util/utf8.h"
 
 namespace modula::io {
 namespace {
@@ -123,6 +126,15 @@ class YamlConverter {
 }  // namespace
 
 json yaml_to_json(const std::string& text, const std::string& source) {
+  // YAML is UTF-8 here, and JSON cannot hold other bytes (a later dump would throw).
+  if (size_t at = utf8::first_invalid(text); at != std::string::npos) {
+    const size_t line_start = at == 0 ? 0 : text.rfind('\n', at - 1) + 1;  // npos + 1 = 0: the first line
+    const auto line = 1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(at), '\n');
+    char byte[8];
+    std::snprintf(byte, sizeof byte, "0x%02X", static_cast<unsigned char>(text[at]));
+    throw_error(kYamlTag, source + ": not UTF-8 at line " + std::to_string(line) + ", column " +
+                              std::to_string(at - line_start + 1) + " (byte " + byte + ")");
+  }
   try {
     return YamlConverter(source).convert(YAML::Load(text));
   } catch (const YAML::Exception& e) {

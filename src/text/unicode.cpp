@@ -4,6 +4,7 @@
 #include <unicode/uchar.h>
 #include <unicode/unistr.h>
 
+#include "modula/util/utf8.h"
 #include "text/errors.h"
 
 namespace modula::text::unicode {
@@ -52,39 +53,7 @@ std::string to_utf8(char32_t cp) {
   return out;
 }
 
-namespace {
-
-// Length of the well-formed sequence at i, or -(bytes of its maximal invalid prefix).
-// Ranges from the Unicode standard, Table 3-7 (well-formed UTF-8 byte sequences).
-int sequence_length(std::string_view s, size_t i) {
-  auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  unsigned char lead = b(i);
-  if (lead < 0x80) return 1;
-  int need;
-  unsigned char lo = 0x80, hi = 0xBF;
-  if (lead >= 0xC2 && lead <= 0xDF) {
-    need = 1;
-  } else if (lead >= 0xE0 && lead <= 0xEF) {
-    need = 2;
-    if (lead == 0xE0) lo = 0xA0;
-    if (lead == 0xED) hi = 0x9F;
-  } else if (lead >= 0xF0 && lead <= 0xF4) {
-    need = 3;
-    if (lead == 0xF0) lo = 0x90;
-    if (lead == 0xF4) hi = 0x8F;
-  } else {
-    return -1;
-  }
-  for (int k = 1; k <= need; ++k) {
-    if (i + k >= s.size()) return -k;
-    unsigned char c = b(i + k);
-    bool ok = k == 1 ? (c >= lo && c <= hi) : (c >= 0x80 && c <= 0xBF);
-    if (!ok) return -k;
-  }
-  return need + 1;
-}
-
-}  // namespace
+using utf8::sequence_length;
 
 std::string to_valid_utf8(std::string_view bytes) {
   std::string out;
@@ -103,14 +72,7 @@ std::string to_valid_utf8(std::string_view bytes) {
   return out;
 }
 
-bool is_valid_utf8(std::string_view bytes) {
-  for (size_t i = 0; i < bytes.size();) {
-    int len = sequence_length(bytes, i);
-    if (len < 0) return false;
-    i += len;
-  }
-  return true;
-}
+bool is_valid_utf8(std::string_view bytes) { return utf8::first_invalid(bytes) == std::string_view::npos; }
 
 std::string normalize(std::string_view s, NormalForm form) {
   UErrorCode status = U_ZERO_ERROR;

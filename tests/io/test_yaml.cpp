@@ -77,3 +77,21 @@ TEST(Yaml, DeepNestingIsAnError) {
   const std::string text = "a: " + std::string(300, '[') + std::string(300, ']') + "\n";
   EXPECT_THROW(yaml_to_json(text, "deep.yaml"), std::invalid_argument);
 }
+
+// Regression (fuzz_yaml, issue 14): bytes that are not UTF-8 became JSON strings that threw
+// nlohmann's type_error.316 (naming nothing) when the config was dumped; now the reader
+// refuses them, naming the line and column.
+TEST(Yaml, TextThatIsNotUtf8IsAnErrorNamingLineAndColumn) {
+  for (const auto& [text, where] :
+       {std::pair<std::string, std::string>{"stack:\n  - lang:\x98\x65\n", "line 2, column 10"},
+        {"\xff: 1\n", "line 1, column 1"},
+        {"a: 1\nb: caf\xc3\n", "line 2, column 7"}}) {
+    try {
+      yaml_to_json(text, "spec.yaml");
+      FAIL() << "no exception";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("spec.yaml: not UTF-8 at " + where), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(yaml_to_json("name: café ünï 日本\n")["name"], "café ünï 日本");
+}
