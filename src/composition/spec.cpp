@@ -92,6 +92,11 @@ SpecNode module_from_word(const std::string& word, Fail fail) {
     n.name = word.substr(0, colon);
   }
   if (n.name.empty()) fail(0, "empty module name in '" + word + "'");
+  // The characters the text form reads (JSON/YAML names must survive to_string and back).
+  for (size_t i = 0; i < n.name.size(); ++i)
+    if (!is_name_char(n.name[i]))
+      fail(i, "module name '" + n.name + "' has a character other than letters, digits and _-:/@+ at offset " +
+                  std::to_string(i));
   auto dot = n.name.find('.');
   if (dot != std::string::npos) fail(dot, "module name '" + n.name + "' may not contain '.'");
   return n;
@@ -313,8 +318,10 @@ SpecNode parse_json_node(const json& j, const std::string& where, size_t depth =
     if (node.kind != Kind::Route) fail_json(where + "/key", "'key' belongs to route only");
     if (!j["key"].is_string() || j["key"].get<std::string>().empty())
       fail_json(where + "/key", "route key must be a non-empty string, got " + j["key"].dump());
-    SpecNode key;
-    key.name = j["key"].get<std::string>();
+    SpecNode key = module_from_word(j["key"].get<std::string>(), [&](size_t, const std::string& m) {
+      fail_json(where + "/key", "route key: " + m);
+    });
+    if (key.weight) fail_json(where + "/key", "route key must be a plain name, got " + j["key"].dump());
     node.children.insert(node.children.begin(), key);
   } else if (j.contains("k")) {
     if (op != "moe") fail_json(where + "/k", "'k' belongs to moe only");

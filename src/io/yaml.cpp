@@ -103,7 +103,7 @@ class YamlConverter {
       case YAML::NodeType::Undefined:
         return nullptr;
       case YAML::NodeType::Scalar:
-        return scalar(n);
+        return scalar(utf8_text(n));
       case YAML::NodeType::Sequence: {
         json a = json::array();
         for (const auto& item : n) a.push_back(convert(item, depth + 1));
@@ -111,7 +111,10 @@ class YamlConverter {
       }
       case YAML::NodeType::Map: {
         json o = json::object();
-        for (const auto& kv : n) o[kv.first.as<std::string>()] = convert(kv.second, depth + 1);
+        for (const auto& kv : n) {
+          if (kv.first.IsScalar()) utf8_text(kv.first);
+          o[kv.first.as<std::string>()] = convert(kv.second, depth + 1);
+        }
         return o;
       }
     }
@@ -119,6 +122,15 @@ class YamlConverter {
   }
 
  private:
+  // A scalar as yaml-cpp decoded it: escapes ("\x80" is a byte there) and its guess of
+  // UTF-16/32 from leading NUL bytes can give bytes JSON cannot hold.
+  const YAML::Node& utf8_text(const YAML::Node& n) const {
+    if (utf8::first_invalid(n.Scalar()) != std::string::npos)
+      throw_error(kYamlTag, source_ + ": the value at line " + std::to_string(n.Mark().line + 1) + ", column " +
+                                std::to_string(n.Mark().column + 1) + " is not UTF-8 text");
+    return n;
+  }
+
   const std::string& source_;
   size_t nodes_ = 0;
 };

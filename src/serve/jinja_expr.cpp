@@ -317,7 +317,13 @@ class Expr {
   json primary(bool live) {
     const auto t = toks_[pos_++];
     if (t.kind == Tok::Str) return t.text;
-    if (t.kind == Tok::Num) return std::stoll(t.text);
+    if (t.kind == Tok::Num) {
+      try {
+        return std::stoll(t.text);
+      } catch (const std::out_of_range&) {
+        fail("integer " + t.text + " is out of range in '" + src_ + "'");
+      }
+    }
     if (t.kind == Tok::Op && t.text == "(") {
       auto v = ternary(live);
       expect(")");

@@ -182,7 +182,7 @@ CompletionRequest parse_request(const std::string& body, bool chat) {
   json b;
   try {
     b = json::parse(body);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number beyond double (1e999)
     throw ApiError(400, std::string("the body is not valid JSON: ") + e.what(), {}, "invalid_json");
   }
   if (!b.is_object()) throw ApiError(400, "the body must be a JSON object", {}, "invalid_json");

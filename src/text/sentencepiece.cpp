@@ -22,10 +22,25 @@ std::string shim_path() {
 
 using Factory = SpmBackend* (*)();
 
+// AddressSanitizer refuses RTLD_DEEPBIND (it would bypass its interceptors): sanitizer
+// builds load the shim without it (scripts/test.sh --sanitize, scripts/fuzz.sh).
+#if defined(__SANITIZE_ADDRESS__)
+#define MODULA_SPM_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MODULA_SPM_ASAN 1
+#endif
+#endif
+#ifdef MODULA_SPM_ASAN
+constexpr int kSpmDlopenFlags = RTLD_NOW | RTLD_LOCAL;
+#else
+constexpr int kSpmDlopenFlags = RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND;
+#endif
+
 Factory load_factory() {
   static Factory factory = []() -> Factory {
     std::string path = shim_path();
-    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    void* handle = dlopen(path.c_str(), kSpmDlopenFlags);
     if (!handle) throw TokenizerError(std::string("[tokenizer] cannot load the SentencePiece shim: ") + dlerror());
     auto f = reinterpret_cast<Factory>(dlsym(handle, "modula_spm_create"));
     if (!f) throw TokenizerError("[tokenizer] " + path + ": no modula_spm_create");

@@ -178,6 +178,11 @@ TEST(Spec, RejectsMalformedJsonAndYamlNamingThePath) {
       {"stack: [a, {fuse: [b, c]}", "YAML line 1, column 1: end of sequence flow not found",
        "line 1, column 1"},  // yaml-cpp's mark
       {"avg: [a, b]\nweights: [0.5, heavy]\n", "weight is not a number: \"heavy\"", "/weights/1"},
+      // Found by fuzz_composition_spec: names the text form cannot hold broke the round trip
+      // (to_string gave "fuse(task:a , task:b)", read back as "task:a").
+      {R"({"stack": ["lang:de", {"fuse": ["task:a ", "task:b"]}]})",
+       "module name 'task:a ' has a character other than letters, digits and _-:/@+ at offset 6", "/stack/1/fuse/0"},
+      {R"({"route": ["a", "b"], "key": "task id"})", "route key: module name 'task id' has a character", "/key"},
   };
   for (const auto& c : cases) {
     try {

@@ -93,5 +93,16 @@ TEST(Yaml, TextThatIsNotUtf8IsAnErrorNamingLineAndColumn) {
       EXPECT_NE(std::string(e.what()).find("spec.yaml: not UTF-8 at " + where), std::string::npos) << e.what();
     }
   }
+  // Valid bytes that yaml-cpp decodes into others: leading NUL bytes it reads as UTF-32
+  // (found by fuzz_yaml and fuzz_merge_recipe).
+  try {
+    yaml_to_json(std::string("\0\0\0\b`\0\0\x06", 8), "spec.yaml").dump();
+    FAIL() << "no exception";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("spec.yaml: the value at line 1, column 1 is not UTF-8 text"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(yaml_to_json("a: \"\\x80\"\n")["a"], "\u0080");  // an escape, decoded to UTF-8
   EXPECT_EQ(yaml_to_json("name: café ünï 日本\n")["name"], "café ünï 日本");
 }

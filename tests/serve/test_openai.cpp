@@ -69,6 +69,8 @@ TEST(OpenAi, RejectsBadFieldsByName) {
             0u);
   EXPECT_EQ(error_of(R"({"model": "m", "messages": []})", true).rfind("messages:", 0), 0u);
   EXPECT_EQ(error_of(R"({"model": "m", "messages": [{"role": "user"}]})", true).rfind("messages[0].content:", 0), 0u);
+  // Found by fuzz_openai_request: a number beyond double threw nlohmann's out_of_range.406.
+  EXPECT_EQ(error_of("111111111e111111").rfind(": the body is not valid JSON", 0), 0u);
   // null means "unset", as clients send it.
   EXPECT_EQ(error_of(R"({"model": "m", "prompt": "x", "stop": null, "logprobs": null, "seed": null})"), "no error");
 }
@@ -128,4 +130,13 @@ TEST(ChatTemplate, UnsupportedConstructsAreErrors) {
   for (std::string t : {"{% macro f() %}{% endmacro %}", "{{ messages | tojson }}", "{{ namespace(a=1) }}",
                         "{{ messages[0].content.strip() }}", "{% for m in messages %}", "{{ 'a' "})
     EXPECT_THROW(render_chat_template(t, {{"user", "x"}}, "", "", true), std::invalid_argument) << t;
+  // Found by fuzz_chat_template: an integer beyond int64 threw std::out_of_range ("stoll").
+  try {
+    render_chat_template("{{ messages[1:33333333333333333333] }}", {{"user", "x"}}, "", "", true);
+    FAIL() << "no exception";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("[chat template] integer 33333333333333333333 is out of range"),
+              std::string::npos)
+        << e.what();
+  }
 }
