@@ -75,6 +75,7 @@ int main(int argc, char** argv) {
   modula::cli::add_eval(app);
   modula::cli::add_predict(app);
   modula::cli::add_conformance(app);
+  modula::cli::add_bench(app);
 #ifdef MODULA_HAVE_SERVE
   modula::cli::add_serve(app);
 #endif

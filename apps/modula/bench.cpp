@@ -1,0 +1,78 @@
+// modula bench: timed workloads (LoRA training, prefill, decode, the LoRA delta alone, MoE
+// FFN layers) with FLOP counts and reference errors; a table, then one JSON object per
+// measurement (docs/benchmarks.md).
+#include "modula/bench/bench.h"
+
+#include <fstream>
+#include <iostream>
+
+#include "commands.h"
+#include "flags.h"
+#include "modula/util/error.h"
+
+namespace modula::cli {
+namespace {
+
+constexpr std::string_view kBenchCliTag = "bench";
+
+struct BenchArgs {
+  bool quick = false;
+  std::string size = "cpu", json_out;
+  std::vector<std::string> workloads;
+  int64_t iters = 0;
+  int threads = 0;
+  uint64_t seed = 0;
+};
+
+}  // namespace
+
+void add_bench(CLI::App& app) {
+  static BenchArgs a;
+  auto* cmd = app.add_subcommand(
+      "bench",
+      "Time training, prefill, decode, the LoRA delta and MoE layers: median and spread, tokens/s, FLOPs, "
+      "GFLOP/s, error against a reference; a table, then JSON lines");
+  cmd->add_flag("--quick", a.quick, "Tiny sizes and 2 iterations: seconds in all (a smoke test)");
+  cmd->add_option("--size", a.size, "cpu (hidden 512, fp32) or gpu (peft_bench.py's 271M Llama, bf16 on CUDA)")
+      ->check(CLI::IsMember({"cpu", "gpu"}))
+      ->capture_default_str();
+  cmd->add_option("--workloads", a.workloads, "Comma-separated subset (default: all)")
+      ->delimiter(',')
+      ->check(CLI::IsMember(bench::workload_names()));
+  cmd->add_option("--iters", a.iters, "Timed rounds per variant (default: 10, --quick 2)")
+      ->check(CLI::Range(1, 100000));
+  cmd->add_option("--threads", a.threads, "Intra-op CPU threads, at least 1 (default: every core)")
+      ->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--seed", a.seed, "Seed of the models, adapters and inputs")->capture_default_str();
+  cmd->add_option("--json", a.json_out, "Also write the JSON lines to this file");
+  cmd->callback([] {
+    bench::BenchOptions o;
+    o.size = a.quick ? bench::Size::Quick : bench::parse_size(a.size);
+    o.workloads = a.workloads, o.iters = a.iters, o.threads = a.threads, o.seed = a.seed;
+    std::ofstream json;
+    if (!a.json_out.empty()) {
+      json.open(a.json_out);
+      check<std::runtime_error>(json.good(), kBenchCliTag, "cannot write " + a.json_out);
+    }
+    auto results = bench::run_bench(o, [](const bench::Measurement& m) {
+      std::cerr << "[bench] " << m.workload << " " << m.variant << " (" << m.shape << "): " << m.median_s * 1e3
+                << " ms\n";
+    });
+    if (!results.empty())
+      std::cout << "modula bench: size " << (a.quick ? "quick" : a.size) << ", device " << results[0].device << ", "
+                << results[0].dtype << ", " << results[0].threads << " threads, " << results[0].iters
+                << " timed rounds per variant after " << results[0].warmup << " warm-up, variants round-robin\n";
+    std::cout << train::format_table(bench::bench_table(results));
+    for (const auto& m : results) {
+      const auto line = m.to_json().dump();
+      std::cout << line << "\n";
+      if (json.is_open()) json << line << "\n";
+    }
+    if (json.is_open()) {
+      json.close();
+      check<std::runtime_error>(!json.fail(), kBenchCliTag, "cannot write " + a.json_out);
+    }
+  });
+}
+
+}  // namespace modula::cli

@@ -1,0 +1,124 @@
+// What the bench workloads share: the run context, round-robin timing, analytic FLOP
+// counts of the Llama architecture, the benchmark models and their adapters.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "modula/backbone/backbone.h"
+#include "modula/bench/bench.h"
+#include "modula/modules/adapter.h"
+
+namespace modula::bench {
+
+// What every workload reads.
+struct BenchContext {
+  Size size = Size::Cpu;
+  torch::Device device = torch::kCPU;
+  torch::ScalarType dtype = torch::kFloat32;
+  int64_t iters = 10, warmup = 2;
+  int threads = 1;
+  uint64_t seed = 0;
+  bool quick() const { return size == Size::Quick; }
+  bool gpu() const { return size == Size::Gpu; }
+  torch::TensorOptions float_options() const { return torch::dtype(dtype).device(device); }
+  torch::TensorOptions long_options() const { return torch::dtype(torch::kInt64).device(device); }
+};
+
+// ---- timing.cpp
+// One variant of a workload: `setup` (optional, untimed) runs before every call of `call`
+// (the timed work), e.g. a decode's prefill into a fresh cache.
+struct Variant {
+  std::string name;
+  std::function<void()> call;
+  std::function<void()> setup = {};
+};
+
+struct Timing {
+  std::vector<double> seconds;  // per timed call, in the order run
+  double median = 0, min = 0, max = 0, p10 = 0, p90 = 0;
+};
+
+// Order statistics of samples (linear interpolation between ranks); empty -> zeros.
+Timing summarize(std::vector<double> seconds);
+// warmup untimed rounds, then iters timed rounds, each round every variant once in order
+// (round-robin); CUDA synchronised before and after each timed call.
+std::vector<Timing> time_round_robin(const std::vector<Variant>& variants, const BenchContext& ctx);
+
+// A measurement from its timing: tokens/s and GFLOP/s from the median.
+Measurement measurement(const BenchContext& ctx, const std::string& workload, const std::string& variant,
+                        const std::string& shape, const Timing& t, double tokens, double flops);
+// Sets vs_baseline of every measurement against the one of variant `baseline` with the same
+// workload and shape (none when that variant is absent).
+void compare_to(std::vector<Measurement>& results, const std::string& baseline);
+
+// ---- flops.cpp: matmul FLOPs (2·m·n·k) of the Llama architecture, elementwise work not counted.
+struct LlamaShape {
+  int64_t hidden = 0, intermediate = 0, layers = 0, heads = 0, vocab = 0, max_positions = 0;
+  int64_t head_dim() const { return hidden / heads; }
+};
+// Per token, all layers: q/k/v/o and gate/up/down projections.
+double linear_flops_per_token(const LlamaShape& s);
+// Per token, all layers: a rank-r LoRA on every one of those projections (2·r·(in + out) each).
+double lora_flops_per_token(const LlamaShape& s, int64_t r);
+// One row, all layers: scores q·kᵀ and the weighted sum of v for `queries` new tokens against
+// `keys` cached + new positions (the dense kernel computes the whole masked square).
+double attention_flops(const LlamaShape& s, int64_t queries, int64_t keys);
+// Per token: the LM head.
+double lm_head_flops_per_token(const LlamaShape& s);
+// A forward of `rows` x `tokens` new tokens after `past` cached ones, LoRA rank r (0 = none);
+// logits at every new position.
+double forward_flops(const LlamaShape& s, int64_t rows, int64_t tokens, int64_t past, int64_t r);
+// A LoRA training step: forward + backward. Backward: the frozen projections and the LM
+// head compute input gradients only (1× forward), LoRA and attention both input and weight
+// / both operand gradients (2× forward). Optimizer work is elementwise: not counted.
+double train_step_flops(const LlamaShape& s, int64_t rows, int64_t tokens, int64_t r);
+// The SwiGLU FFN layer forward on `tokens` tokens: router H·E (when experts > 0) plus k
+// experts (or the dense FFN) of `intermediate` neurons: 3 matmuls H x I.
+double ffn_flops(int64_t tokens, int64_t hidden, int64_t intermediate, int64_t active, int64_t experts);
+
+// ---- models.cpp
+// The benchmark Llama of each size (quick: hidden 64, 2 layers; cpu: hidden 512, 4 layers,
+// vocab 8000; gpu: peft_bench.py's hidden 1024, 16 layers, vocab 32000).
+LlamaShape model_shape(Size size);
+// create_backbone + init_weights(0.02, seed), moved to ctx's device and dtype, eval mode.
+std::shared_ptr<Backbone> bench_llama(const LlamaShape& s, const BenchContext& ctx);
+// PEFT LoRA config on every projection (q/k/v/o, gate/up/down), B random (init_lora_weights
+// false) so that adapters differ and the delta is not zero.
+nlohmann::json lora_all_linear(int64_t r, double alpha);
+
+// The models prefill and decode compare, same base weights: `plain` (no adapter), `single`
+// (one LoRA), `multi` (num_adapters LoRAs mixed into one batch, mixed.h).
+struct AdaptedModels {
+  LlamaShape shape;
+  int64_t r = 0, num_adapters = 0;
+  nlohmann::json config;
+  std::shared_ptr<Backbone> plain, single, multi, reference;
+  Adapter mixed;
+  std::vector<std::vector<torch::Tensor>> adapter_params;  // each adapter's parameters, kept for the reference
+  // Routes row i of the next `multi` forwards to adapter i % num_adapters.
+  void route_rows(int64_t rows) const;
+  // The logits of each row of ids [B, T] computed by a model carrying only that row's
+  // adapter (row i: adapter i % num_adapters), concatenated [B, T, V].
+  torch::Tensor per_row_reference(const torch::Tensor& ids);
+};
+AdaptedModels adapted_models(Size size, const BenchContext& ctx, int64_t num_adapters);
+// LoRA rank of the prefill / decode / lora_only adapters (cpu: 64, the issue's "LoRA ≥ 10%
+// of the work" size; gpu: 16 as peft_bench.py; quick: 8).
+int64_t adapter_rank(Size size);
+
+// ---- workloads_*.cpp
+std::vector<Measurement> bench_train_lora(const BenchContext& ctx);
+std::vector<Measurement> bench_prefill(const BenchContext& ctx);
+std::vector<Measurement> bench_lora_only(const BenchContext& ctx);
+std::vector<Measurement> bench_decode(const BenchContext& ctx);
+std::vector<Measurement> bench_moe(const BenchContext& ctx);
+
+// "16x64" style shape text.
+std::string dims(int64_t a, int64_t b);
+
+}  // namespace modula::bench

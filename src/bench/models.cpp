@@ -1,0 +1,111 @@
+// The benchmark models: a Llama built in code per size, LoRA configs, and the plain /
+// single-adapter / mixed-adapter trio that prefill and decode compare.
+#include "bench/bench_internal.h"
+#include "modula/backbone/registry.h"
+#include "modula/bench/bench.h"
+#include "modula/composition/mixed.h"
+#include "modula/composition/registry.h"
+#include "modula/io/hf_config.h"
+#include "modula/util/error.h"
+
+namespace modula::bench {
+namespace {
+
+constexpr std::string_view kBenchModelsTag = "bench";
+
+}  // namespace
+
+LlamaShape model_shape(Size size) {
+  switch (size) {
+    case Size::Quick:
+      return {64, 128, 2, 4, 256, 256};
+    case Size::Cpu:
+      return {512, 1376, 4, 8, 8000, 2048};
+    case Size::Gpu:
+      return {1024, 2816, 16, 16, 32000, 2048};  // ../shared/peer/peft_bench.py
+  }
+  throw_error(kBenchModelsTag, "unknown size");
+}
+
+int64_t adapter_rank(Size size) { return size == Size::Quick ? 8 : size == Size::Cpu ? 64 : 16; }
+
+std::shared_ptr<Backbone> bench_llama(const LlamaShape& s, const BenchContext& ctx) {
+  nlohmann::json c = {{"architectures", {"LlamaForCausalLM"}},
+                      {"model_type", "llama"},
+                      {"vocab_size", s.vocab},
+                      {"hidden_size", s.hidden},
+                      {"intermediate_size", s.intermediate},
+                      {"num_hidden_layers", s.layers},
+                      {"num_attention_heads", s.heads},
+                      {"num_key_value_heads", s.heads},
+                      {"hidden_act", "silu"},
+                      {"max_position_embeddings", s.max_positions},
+                      {"rms_norm_eps", 1e-6},
+                      {"rope_theta", 10000.0},
+                      {"tie_word_embeddings", false}};
+  auto model = create_backbone(io::parse_hf_config(c, "bench model"));
+  init_weights(*model, 0.02, ctx.seed);
+  model->to(ctx.device, ctx.dtype);
+  model->eval();
+  return model;
+}
+
+nlohmann::json lora_all_linear(int64_t r, double alpha) {
+  return {{"peft_type", "LORA"},
+          {"r", r},
+          {"lora_alpha", alpha},
+          {"lora_dropout", 0.0},
+          {"init_lora_weights", false},
+          {"target_modules", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}}};
+}
+
+AdaptedModels adapted_models(Size size, const BenchContext& ctx, int64_t num_adapters) {
+  AdaptedModels m;
+  m.shape = model_shape(size);
+  m.r = adapter_rank(size);
+  m.num_adapters = num_adapters;
+  m.config = lora_all_linear(m.r, 2.0 * static_cast<double>(m.r));
+  // Same seed: the four models have the same base weights.
+  m.plain = bench_llama(m.shape, ctx), m.single = bench_llama(m.shape, ctx);
+  m.multi = bench_llama(m.shape, ctx), m.reference = bench_llama(m.shape, ctx);
+  torch::manual_seed(ctx.seed + 1);
+  torch::NoGradGuard no_grad;
+  add_adapter(*m.single, m.config, "single");
+  std::vector<Adapter> adapters;
+  for (int64_t i = 0; i < num_adapters; ++i) {
+    adapters.push_back(add_adapter(*m.multi, m.config, "a" + std::to_string(i)));
+    std::vector<torch::Tensor> copies;
+    for (const auto& p : adapters.back().parameters()) copies.push_back(p.detach().clone());
+    m.adapter_params.push_back(std::move(copies));
+  }
+  m.mixed = mix_adapters(std::move(adapters));
+  return m;
+}
+
+void AdaptedModels::route_rows(int64_t rows) const {
+  std::vector<std::string> names;
+  for (int64_t i = 0; i < rows; ++i) names.push_back("a" + std::to_string(i % num_adapters));
+  set_row_modules(mixed, names);
+}
+
+torch::Tensor AdaptedModels::per_row_reference(const torch::Tensor& ids) {
+  torch::NoGradGuard no_grad;
+  const int64_t rows = ids.size(0);
+  std::vector<torch::Tensor> logits(static_cast<size_t>(rows));
+  for (int64_t a = 0; a < num_adapters && a < rows; ++a) {
+    auto adapter = add_adapter(*reference, config, "reference");
+    auto params = adapter.parameters();
+    const auto& saved = adapter_params[static_cast<size_t>(a)];
+    check(params.size() == saved.size(), kBenchModelsTag, "reference adapter has a different parameter count");
+    for (size_t i = 0; i < params.size(); ++i) params[i].copy_(saved[i]);
+    for (int64_t row = a; row < rows; row += num_adapters) {
+      BackboneInput in;
+      in.input_ids = ids.slice(0, row, row + 1);
+      logits[static_cast<size_t>(row)] = reference->forward(in).logits;
+    }
+    adapter.remove();
+  }
+  return torch::cat(logits, 0);
+}
+
+}  // namespace modula::bench

@@ -1,0 +1,85 @@
+// Round-robin timing and order statistics of the bench.
+#include <torch/cuda.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "bench/bench_internal.h"
+
+namespace modula::bench {
+namespace {
+
+// The q-quantile of sorted samples, linear interpolation between the two nearest ranks.
+double timing_quantile(const std::vector<double>& sorted, double q) {
+  if (sorted.empty()) return 0;
+  const double pos = q * static_cast<double>(sorted.size() - 1);
+  const auto lo = static_cast<size_t>(std::floor(pos));
+  const size_t hi = std::min(lo + 1, sorted.size() - 1);
+  return sorted[lo] + (pos - static_cast<double>(lo)) * (sorted[hi] - sorted[lo]);
+}
+
+void timing_sync(const BenchContext& ctx) {
+  if (ctx.device.is_cuda()) torch::cuda::synchronize();
+}
+
+}  // namespace
+
+Timing summarize(std::vector<double> seconds) {
+  Timing t;
+  t.seconds = seconds;
+  if (seconds.empty()) return t;
+  std::sort(seconds.begin(), seconds.end());
+  t.min = seconds.front(), t.max = seconds.back();
+  t.median = timing_quantile(seconds, 0.5);
+  t.p10 = timing_quantile(seconds, 0.1), t.p90 = timing_quantile(seconds, 0.9);
+  return t;
+}
+
+std::vector<Timing> time_round_robin(const std::vector<Variant>& variants, const BenchContext& ctx) {
+  for (int64_t round = 0; round < ctx.warmup; ++round)
+    for (const auto& v : variants) {
+      if (v.setup) v.setup();
+      v.call();
+    }
+  std::vector<std::vector<double>> seconds(variants.size());
+  for (int64_t round = 0; round < ctx.iters; ++round)
+    for (size_t i = 0; i < variants.size(); ++i) {
+      if (variants[i].setup) variants[i].setup();
+      timing_sync(ctx);
+      const auto start = std::chrono::steady_clock::now();
+      variants[i].call();
+      timing_sync(ctx);
+      seconds[i].push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+  std::vector<Timing> out;
+  for (auto& s : seconds) out.push_back(summarize(std::move(s)));
+  return out;
+}
+
+Measurement measurement(const BenchContext& ctx, const std::string& workload, const std::string& variant,
+                        const std::string& shape, const Timing& t, double tokens, double flops) {
+  Measurement m;
+  m.workload = workload, m.variant = variant, m.shape = shape;
+  m.device = ctx.device.is_cuda() ? "cuda" : "cpu";
+  m.dtype = ctx.dtype == torch::kBFloat16 ? "bfloat16" : ctx.dtype == torch::kFloat16 ? "float16" : "float32";
+  m.threads = ctx.threads;
+  m.iters = ctx.iters, m.warmup = ctx.warmup;
+  m.median_s = t.median, m.min_s = t.min, m.max_s = t.max, m.p10_s = t.p10, m.p90_s = t.p90;
+  m.tokens = tokens, m.flops = flops;
+  if (t.median > 0) m.tokens_per_s = tokens / t.median, m.gflops_per_s = flops / t.median / 1e9;
+  return m;
+}
+
+void compare_to(std::vector<Measurement>& results, const std::string& baseline) {
+  for (auto& m : results)
+    for (const auto& b : results)
+      if (b.variant == baseline && b.workload == m.workload && b.shape == m.shape && b.tokens_per_s > 0) {
+        m.baseline = baseline;
+        m.vs_baseline = m.tokens_per_s / b.tokens_per_s;
+      }
+}
+
+std::string dims(int64_t a, int64_t b) { return std::to_string(a) + "x" + std::to_string(b); }
+
+}  // namespace modula::bench

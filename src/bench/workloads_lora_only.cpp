@@ -1,0 +1,71 @@
+// lora_only: the LoRA delta at one Linear site without the base matmul, s · B (A x): one
+// adapter against 16 adapters in one batch through the LoRA bank (per-row gather of A and
+// B, LoraBankImpl::selected), prefill-shaped and decode-shaped; the base matmul x Wᵀ beside
+// them for scale.
+#include "bench/bench_internal.h"
+#include "modula/composition/lora_bank.h"
+
+namespace modula::bench {
+namespace {
+
+constexpr int64_t kLoraOnlyBenchAdapters = 16;
+
+}  // namespace
+
+std::vector<Measurement> bench_lora_only(const BenchContext& ctx) {
+  namespace F = torch::nn::functional;
+  const int64_t features = ctx.quick() ? 64 : ctx.gpu() ? 1024 : 512, r = adapter_rank(ctx.size);
+  const int64_t rows = ctx.gpu() ? 32 : 16, prefill_tokens = ctx.quick() ? 4 : ctx.gpu() ? 256 : 64;
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(ctx.seed + 4);
+  auto bank = LoraBank(LoraBankOptions(features, features, kLoraOnlyBenchAdapters).r(r).alpha(2.0 * r));
+  bank->to(ctx.device, ctx.dtype);
+  bank->lora_B.normal_(0, 0.02);  // PEFT init has B = 0: a zero delta would hide errors
+  auto weight = torch::randn({features, features}, ctx.float_options()) / std::sqrt(static_cast<double>(features));
+  auto A0 = bank->lora_A[0], B0 = bank->lora_B[0];
+  const double s0 = bank->scaling[0].item<double>();
+  auto idx = (torch::arange(rows, ctx.long_options()) % kLoraOnlyBenchAdapters).unsqueeze(1);  // [N, 1]
+  auto w = torch::ones({rows, 1}, ctx.float_options());
+
+  const std::vector<int64_t> shapes = {prefill_tokens, 1};
+  std::vector<torch::Tensor> inputs;
+  for (auto tokens : shapes) inputs.push_back(torch::randn({rows, tokens, features}, ctx.float_options()));
+  std::vector<Variant> variants;
+  for (const auto& x : inputs) {
+    variants.push_back({"base", [&x, &weight] { F::linear(x, weight); }});
+    variants.push_back({"single", [&x, &A0, &B0, s0] { s0* F::linear(F::linear(x, A0), B0); }});
+    variants.push_back({"mixed16", [&x, &bank, &idx, &w] { bank->selected({x, {}, nullptr}, idx, w); }});
+  }
+  auto t = time_round_robin(variants, ctx);
+
+  std::vector<Measurement> out;
+  for (size_t i = 0; i < variants.size(); ++i) {
+    const int64_t tokens = shapes[i / 3];
+    const auto n = static_cast<double>(rows * tokens), f = static_cast<double>(features);
+    const bool base = variants[i].name == "base";
+    const double flops = base ? 2 * n * f * f : 2 * n * static_cast<double>(r) * 2 * f;
+    out.push_back(measurement(ctx, "lora_only", variants[i].name, dims(rows, tokens) + " tokens", t[i], n, flops));
+    out.back().note = std::to_string(features) + "x" + std::to_string(features) + " site, " +
+                      (base ? std::string("x W^T alone") : "LoRA r" + std::to_string(r) + " delta alone") +
+                      "; FLOPs: 2 per multiply-add of the matmuls";
+  }
+  // The mixed delta against each row's adapter alone: s_m · B_m (A_m x_n).
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    const auto& x = inputs[k];
+    auto mixed = bank->selected({x, {}, nullptr}, idx, w).to(torch::kFloat32);
+    std::vector<torch::Tensor> reference;
+    for (int64_t n = 0; n < rows; ++n) {
+      const int64_t a = n % kLoraOnlyBenchAdapters;
+      reference.push_back(bank->scaling[a].item<double>() *
+                          F::linear(F::linear(x[n], bank->lora_A[a]), bank->lora_B[a]));
+    }
+    auto& m = out[k * 3 + 2];
+    m.error = (mixed - torch::stack(reference).to(torch::kFloat32)).abs().max().item<double>();
+    m.reference = "each row's delta with its own adapter alone (max abs diff)";
+    m.note += "; row i uses adapter i % 16, gathered per row (LoraBankImpl::selected)";
+  }
+  compare_to(out, "single");
+  return out;
+}
+
+}  // namespace modula::bench

@@ -1,0 +1,158 @@
+// modula bench (bench/bench.h): the quick run of every workload through the library is
+// well-formed and sane, the mixed paths match their per-row references, and the CLI writes
+// one JSON line per measurement.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "bench/bench_internal.h"
+#include "modula/bench/bench.h"
+#include "support/process.h"
+#include "support/temp_dir.h"
+
+using namespace modula;
+using namespace modula::bench;
+using json = nlohmann::json;
+
+namespace {
+
+const std::vector<Measurement>& quick_results() {
+  static const std::vector<Measurement> results = [] {
+    BenchOptions o;
+    o.size = Size::Quick;
+    o.threads = 1;
+    return run_bench(o);
+  }();
+  return results;
+}
+
+// Every (workload, variant) a quick run must produce, with how many shapes each has.
+const std::map<std::pair<std::string, std::string>, int> kExpected = {
+    {{"train_lora", "train_loop"}, 1}, {{"train_lora", "bare_adamw"}, 1}, {{"prefill", "none"}, 1},
+    {{"prefill", "single"}, 1},        {{"prefill", "mixed16"}, 1},       {{"lora_only", "base"}, 2},
+    {{"lora_only", "single"}, 2},      {{"lora_only", "mixed16"}, 2},     {{"decode", "none"}, 2},
+    {{"decode", "single"}, 2},         {{"decode", "mixed16"}, 2},        {{"moe", "dense"}, 1},
+    {{"moe", "top2of8"}, 1},           {{"moe", "top2of32"}, 1}};
+
+}  // namespace
+
+TEST(Bench, QuickRunHasEveryWorkloadAndVariant) {
+  std::map<std::pair<std::string, std::string>, int> seen;
+  for (const auto& m : quick_results()) ++seen[{m.workload, m.variant}];
+  EXPECT_EQ(seen, kExpected);
+}
+
+TEST(Bench, MeasurementsAreSane) {
+  for (const auto& m : quick_results()) {
+    SCOPED_TRACE(m.workload + "/" + m.variant + " " + m.shape);
+    EXPECT_EQ(m.iters, 2);
+    EXPECT_EQ(m.warmup, 1);
+    EXPECT_EQ(m.threads, 1);
+    EXPECT_EQ(m.device, "cpu");
+    EXPECT_EQ(m.dtype, "float32");
+    EXPECT_FALSE(m.shape.empty());
+    EXPECT_FALSE(m.note.empty());
+    for (double s : {m.min_s, m.p10_s, m.median_s, m.p90_s, m.max_s}) EXPECT_TRUE(std::isfinite(s) && s > 0) << s;
+    EXPECT_LE(m.min_s, m.p10_s);
+    EXPECT_LE(m.p10_s, m.median_s);
+    EXPECT_LE(m.median_s, m.p90_s);
+    EXPECT_LE(m.p90_s, m.max_s);
+    EXPECT_GT(m.tokens, 0);
+    EXPECT_NEAR(m.tokens_per_s, m.tokens / m.median_s, 1e-9 * m.tokens_per_s);
+    EXPECT_GT(m.flops, 0);
+    EXPECT_NEAR(m.gflops_per_s, m.flops / m.median_s / 1e9, 1e-9 * m.gflops_per_s);
+    if (!m.baseline.empty()) {
+      EXPECT_TRUE(std::isfinite(m.vs_baseline) && m.vs_baseline > 0);
+    }
+    if (m.variant == m.baseline) {
+      EXPECT_DOUBLE_EQ(m.vs_baseline, 1.0);
+    }
+  }
+}
+
+// The mixed batches and the MoE dispatch against their references, in fp32.
+TEST(Bench, MixedAndMoeMatchTheirReferences) {
+  int checked = 0;
+  for (const auto& m : quick_results()) {
+    const bool has_reference = (m.variant == "mixed16" && m.workload != "decode") || m.variant.rfind("top2of", 0) == 0;
+    SCOPED_TRACE(m.workload + "/" + m.variant + " " + m.shape);
+    if (!has_reference) {
+      EXPECT_TRUE(std::isnan(m.error));
+      continue;
+    }
+    ++checked;
+    EXPECT_FALSE(m.reference.empty());
+    EXPECT_TRUE(std::isfinite(m.error));
+    EXPECT_LT(m.error, 1e-4);
+  }
+  EXPECT_EQ(checked, 5);  // prefill, lora_only x 2 shapes, moe x 2
+}
+
+TEST(Bench, FlopCountsFollowTheShapes) {
+  const LlamaShape s{64, 128, 2, 4, 256, 256};
+  // Per token, per layer: q/k/v/o 4·H² and gate/up/down 3·H·I multiply-adds.
+  EXPECT_DOUBLE_EQ(linear_flops_per_token(s), 2.0 * 2 * (4 * 64 * 64 + 3 * 64 * 128));
+  EXPECT_DOUBLE_EQ(lora_flops_per_token(s, 8), 2.0 * 8 * 2 * (4 * 128 + 3 * (64 + 128)));
+  EXPECT_DOUBLE_EQ(attention_flops(s, 3, 5), 4.0 * 3 * 5 * 64 * 2);
+  // Decoding one token after 9 equals the 10th position of a prefill's attention row sum.
+  EXPECT_DOUBLE_EQ(forward_flops(s, 2, 1, 9, 0),
+                   2 * (linear_flops_per_token(s) + lm_head_flops_per_token(s) + attention_flops(s, 1, 10)));
+  EXPECT_DOUBLE_EQ(ffn_flops(10, 4, 6, 2, 8), 10.0 * (2 * 4 * 8 + 2 * 3 * 2 * 4 * 6));
+}
+
+TEST(Bench, SummarizeInterpolatesRanks) {
+  auto t = summarize({5, 1, 4, 2, 3});
+  EXPECT_DOUBLE_EQ(t.median, 3);
+  EXPECT_DOUBLE_EQ(t.min, 1);
+  EXPECT_DOUBLE_EQ(t.max, 5);
+  EXPECT_DOUBLE_EQ(t.p10, 1.4);
+  EXPECT_DOUBLE_EQ(t.p90, 4.6);
+  EXPECT_DOUBLE_EQ(summarize({1, 2}).median, 1.5);
+}
+
+TEST(Bench, OptionsAndJson) {
+  BenchOptions o;
+  o.workloads = {"decode", "nope"};
+  try {
+    o.validate();
+    FAIL() << "unknown workload accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown workload 'nope' (train_lora, prefill"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(parse_size("huge"), std::invalid_argument);
+  EXPECT_EQ(parse_size("gpu"), Size::Gpu);
+  auto j = quick_results().front().to_json();
+  for (const char* key : {"workload", "variant", "shape", "median_s", "min_s", "max_s", "p10_s", "p90_s",
+                          "tokens_per_s", "flops", "gflops_per_s", "error", "threads"})
+    EXPECT_TRUE(j.contains(key)) << key;
+  EXPECT_TRUE(j["error"].is_null());  // train_lora has no reference
+  auto table = bench_table(quick_results());
+  EXPECT_EQ(table.rows.size(), quick_results().size());
+}
+
+#ifdef MODULA_CLI
+TEST(BenchCli, QuickRunWritesJsonLines) {
+  modula::testing::TempDir d;
+  auto pid = modula::testing::spawn(
+      {MODULA_CLI, "bench", "--quick", "--threads", "1", "--workloads", "lora_only,moe", "--json", d / "out.jsonl"},
+      d / "log");
+  ASSERT_EQ(modula::testing::wait_exit(pid), 0) << modula::testing::slurp(d / "log");
+  std::istringstream lines(modula::testing::slurp(d / "out.jsonl"));
+  std::set<std::string> variants;
+  int n = 0;
+  for (std::string line; std::getline(lines, line); ++n) {
+    auto j = json::parse(line);
+    EXPECT_GT(j["median_s"].get<double>(), 0);
+    variants.insert(j["workload"].get<std::string>() + "/" + j["variant"].get<std::string>());
+  }
+  EXPECT_EQ(n, 9);  // lora_only: 3 variants x 2 shapes; moe: 3
+  EXPECT_EQ(variants.size(), 6u);
+  EXPECT_NE(modula::testing::slurp(d / "log").find("GFLOP/s"), std::string::npos);  // the table
+  pid = modula::testing::spawn({MODULA_CLI, "bench", "--quick", "--workloads", "nope"}, d / "bad.log");
+  EXPECT_EQ(modula::testing::wait_exit(pid), 2) << modula::testing::slurp(d / "bad.log");
+}
+#endif
