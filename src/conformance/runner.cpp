@@ -27,7 +27,7 @@ json read_json(const std::string& p) {
   if (!in) throw_error<std::runtime_error>(kConformanceTag, "cannot open " + p);
   try {
     return json::parse(in);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw_error<std::runtime_error>(kConformanceTag, p + ": invalid JSON: " + e.what());
   }
 }
@@ -65,12 +65,16 @@ CaseResult tokenizers_case(const std::string& dir, const json& spec, const Confo
   if (!expected.contains("cases") || !expected["cases"].is_object())
     throw_error<std::runtime_error>(kConformanceTag, path + ": missing object 'cases'");
   int mismatches = 0, probes = 0;
-  std::string first_bad;
+  std::string first_bad, unchecked;
   for (const auto& [name, probes_json] : expected["cases"].items()) {
     if (!probes_json.is_array() || probes_json.empty())
       throw_error<std::runtime_error>(kConformanceTag, path + ": cases." + name + " must be a non-empty array");
     std::string file = fs::join(dir, name + ".json");
     if (!fs::exists(file)) file = fs::join(dir, name + ".model");
+    if (fs::extension(file) == ".model" && !text::sentencepiece_available()) {
+      unchecked += (unchecked.empty() ? "" : ", ") + name;  // an AddressSanitizer build
+      continue;
+    }
     auto tok = text::Tokenizer::from_file(file);
     for (const auto& probe : probes_json) {
       ++probes;
@@ -91,6 +95,7 @@ CaseResult tokenizers_case(const std::string& dir, const json& spec, const Confo
   r.detail = mismatches
                  ? std::to_string(mismatches) + "/" + std::to_string(probes) + " probes differ, first " + first_bad
                  : std::to_string(probes) + " probes";
+  if (!unchecked.empty()) r.detail += " (" + unchecked + " not checked: SentencePiece cannot load in this build)";
   return r;
 }
 

@@ -246,7 +246,7 @@ ModelConfig load_hf_config(const std::string& path) {
   json j;
   try {
     j = json::parse(in);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw_error<ConfigError>("config", p + ": invalid JSON: " + e.what());
   }
   return parse_hf_config(j, p);

@@ -21,7 +21,7 @@ PeftFolder read_peft_folder(const std::string& dir) {
   if (!in) throw std::runtime_error("[peft] cannot open " + config_path);
   try {
     f.config = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error("[peft] " + config_path + ": invalid JSON: " + e.what());
   }
   if (!f.config.is_object() || !f.config.contains("peft_type") || !f.config["peft_type"].is_string())

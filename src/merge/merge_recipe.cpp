@@ -343,7 +343,7 @@ MergeRecipe load_recipe(const std::string& path) {
   if (fs::extension(path) == ".json") {
     try {
       j = json::parse(text.str());
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
       throw_error(kMergeRecipeTag, path + ": invalid JSON: " + e.what());
     }
   } else {

@@ -47,7 +47,9 @@ std::vector<Segment> segments(const std::string& t) {
     if (end == std::string::npos) fail("unclosed '{" + std::string(1, kind) + "' at offset " + std::to_string(open));
     std::string inside = t.substr(open + 2, end - open - 2);
     const bool strip_left = !inside.empty() && inside[0] == '-';
-    const bool strip_right = !inside.empty() && inside.back() == '-';
+    // "{%-%}": one '-', the left one (found by fuzz_chat_template: it was taken for both and
+    // pop_back() ran on the emptied string).
+    const bool strip_right = inside.size() >= (strip_left ? 2u : 1u) && inside.back() == '-';
     if (strip_left) inside.erase(0, 1);
     if (strip_right) inside.pop_back();
     if (strip_left) {

@@ -74,7 +74,7 @@ ChatConfig read_chat_config(const std::string& dir) {
   json j;
   try {
     j = json::parse(in);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw_error<ConfigError>(kServerTag, path + ": not valid JSON: " + e.what());
   }
   auto token = [&](const char* key) {

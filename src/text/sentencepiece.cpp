@@ -22,8 +22,9 @@ std::string shim_path() {
 
 using Factory = SpmBackend* (*)();
 
-// AddressSanitizer refuses RTLD_DEEPBIND (it would bypass its interceptors): sanitizer
-// builds load the shim without it (scripts/test.sh --sanitize, scripts/fuzz.sh).
+// AddressSanitizer refuses RTLD_DEEPBIND (it would bypass its interceptors), and without it
+// libsentencepiece's protobuf 3.14 meets libtorch's 3.21 and aborts: AddressSanitizer builds
+// (scripts/test.sh --sanitize, scripts/fuzz.sh) cannot load SentencePiece models.
 #if defined(__SANITIZE_ADDRESS__)
 #define MODULA_SPM_ASAN 1
 #elif defined(__has_feature)
@@ -31,16 +32,15 @@ using Factory = SpmBackend* (*)();
 #define MODULA_SPM_ASAN 1
 #endif
 #endif
-#ifdef MODULA_SPM_ASAN
-constexpr int kSpmDlopenFlags = RTLD_NOW | RTLD_LOCAL;
-#else
-constexpr int kSpmDlopenFlags = RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND;
-#endif
 
 Factory load_factory() {
   static Factory factory = []() -> Factory {
+    if (!sentencepiece_available())
+      throw TokenizerError(
+          "[tokenizer] SentencePiece models cannot be loaded in an AddressSanitizer build (the shim needs "
+          "RTLD_DEEPBIND, which AddressSanitizer forbids)");
     std::string path = shim_path();
-    void* handle = dlopen(path.c_str(), kSpmDlopenFlags);
+    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
     if (!handle) throw TokenizerError(std::string("[tokenizer] cannot load the SentencePiece shim: ") + dlerror());
     auto f = reinterpret_cast<Factory>(dlsym(handle, "modula_spm_create"));
     if (!f) throw TokenizerError("[tokenizer] " + path + ": no modula_spm_create");
@@ -50,6 +50,14 @@ Factory load_factory() {
 }
 
 }  // namespace
+
+bool sentencepiece_available() {
+#ifdef MODULA_SPM_ASAN
+  return false;
+#else
+  return true;
+#endif
+}
 
 SentencePieceTokenizer::SentencePieceTokenizer(const std::string& path) : source_(path), processor_(load_factory()()) {
   auto error = processor_->load(path);

@@ -47,7 +47,7 @@ std::unique_ptr<Tokenizer> load_json(const std::string& path, const std::string&
   json config;
   try {
     config = json::parse(content);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     fail(path, std::string("invalid JSON (") + e.what() + ")");
   }
   try {

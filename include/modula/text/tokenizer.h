@@ -54,4 +54,8 @@ class Tokenizer {
   virtual std::string id_to_token(int64_t id) const = 0;  // throws on out-of-range id
 };
 
+// Whether SentencePiece .model files can be loaded: false in AddressSanitizer builds (the
+// shim that keeps libsentencepiece's protobuf apart from libtorch's needs RTLD_DEEPBIND).
+bool sentencepiece_available();
+
 }  // namespace modula::text
