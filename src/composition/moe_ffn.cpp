@@ -64,13 +64,28 @@ void MoeFfnImpl::reset() {
   if (options.shared_bias()) output_bias = register_parameter("output_bias", torch::zeros({H}));
 }
 
+namespace {
+// One expert on its tokens x [n, H]: W_down act(W_up x) (gated: W_down (act(W_gate x) ⊙ W_up x)).
+torch::Tensor moe_ffn_expert(const MoeFfnOptions& o, const torch::Tensor& x, const torch::Tensor& up,
+                             const torch::Tensor& gate, const torch::Tensor& down, const torch::Tensor& b_up,
+                             const torch::Tensor& b_gate, const torch::Tensor& b_down) {
+  namespace F = torch::nn::functional;
+  auto h = F::linear(x, up, b_up);
+  h = o.gated() ? activation(o.activation(), F::linear(x, gate, b_gate)) * h : activation(o.activation(), h);
+  return F::linear(h, down, b_down);
+}
+
+// The E experts' pieces of a stacked parameter [E, ...] (none if undefined). One unbind per
+// forward: indexing t[e] per expert would make backward write a zero gradient of the whole
+// stack for every expert (E² memory traffic); unbind's backward stacks the E pieces once.
+std::vector<torch::Tensor> moe_ffn_pieces(const torch::Tensor& t, int64_t E) {
+  return t.defined() ? t.unbind(0) : std::vector<torch::Tensor>(static_cast<size_t>(E));
+}
+}  // namespace
+
 torch::Tensor MoeFfnImpl::expert(int64_t e, const torch::Tensor& x) const {
   auto pick = [e](const torch::Tensor& t) { return t.defined() ? t[e] : torch::Tensor(); };
-  namespace F = torch::nn::functional;
-  auto h = F::linear(x, w_up[e], pick(b_up));
-  h = options.gated() ? activation(options.activation(), F::linear(x, w_gate[e], pick(b_gate))) * h
-                      : activation(options.activation(), h);
-  return F::linear(h, w_down[e], pick(b_down));
+  return moe_ffn_expert(options, x, w_up[e], pick(w_gate), w_down[e], pick(b_up), pick(b_gate), pick(b_down));
 }
 
 torch::Tensor MoeFfnImpl::dispatch(const torch::Tensor& x, const torch::Tensor& experts, const torch::Tensor& gates) {
@@ -103,9 +118,12 @@ torch::Tensor MoeFfnImpl::dispatch(const torch::Tensor& x, const torch::Tensor& 
   auto sizes_cpu = counts.to(torch::kCPU).contiguous();  // one sync: the segment sizes
   std::vector<int64_t> sizes(sizes_cpu.data_ptr<int64_t>(), sizes_cpu.data_ptr<int64_t>() + E);
   auto segments = x.index_select(0, tokens).split_with_sizes(sizes);
+  auto up = moe_ffn_pieces(w_up, E), gating = moe_ffn_pieces(w_gate, E), down = moe_ffn_pieces(w_down, E);
+  auto bu = moe_ffn_pieces(b_up, E), bg = moe_ffn_pieces(b_gate, E), bd = moe_ffn_pieces(b_down, E);
   std::vector<torch::Tensor> outputs;
   for (int64_t e = 0; e < E; ++e)
-    if (sizes[e] > 0) outputs.push_back(expert(e, segments[e]));
+    if (sizes[e] > 0)
+      outputs.push_back(moe_ffn_expert(options, segments[e], up[e], gating[e], down[e], bu[e], bg[e], bd[e]));
   auto out = torch::zeros_like(x);
   if (outputs.empty()) return out;
   auto gate = gates.t().reshape({-1}).index_select(0, run).unsqueeze(1).to(x.scalar_type());

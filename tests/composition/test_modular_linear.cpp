@@ -161,3 +161,34 @@ TEST(ModularLinear, ErrorsAreClear) {
   EXPECT_FALSE(m->mergeable());
   EXPECT_THROW(m->merge(*layer), std::logic_error);
 }
+
+// One module per row (k = 1) in every path of LoraBankImpl::selected: the decode kernel
+// (T = 1, no autograd), the gathered bmm (T > 1, or autograd) against each row alone with
+// its module: rows in arbitrary module order, a repeated module, a row with id -1; in, out
+// and r not multiples of the kernel's 16-wide steps.
+TEST(LoraBank, OneModulePerRowEqualsEachRowAlone) {
+  torch::manual_seed(7);
+  const int64_t in = 37, out = 29, M = 5, r = 19;
+  auto bank = random_bank(in, out, M, r);
+  const std::vector<int64_t> ids = {3, -1, 0, 3, 4, 1, 2};
+  const auto N = static_cast<int64_t>(ids.size());
+  auto idx = torch::tensor(ids).unsqueeze(1);  // [N, 1]
+  auto w = torch::rand({N, 1}) + 0.5;
+  for (int64_t T : {1, 4})
+    for (bool grad : {false, true}) {
+      auto x = torch::randn({N, T, in});
+      torch::Tensor y;
+      {
+        torch::AutoGradMode mode(grad);
+        y = bank->selected({x, {}, nullptr}, idx, w);
+      }
+      EXPECT_EQ(y.sizes(), (std::vector<int64_t>{N, T, out}));
+      for (int64_t n = 0; n < N; ++n) {
+        auto want = ids[n] < 0 ? torch::zeros({T, out}) : w[n][0] * one_module(bank, ids[n], x[n]);
+        EXPECT_TRUE(torch::allclose(y[n], want, 1e-5, 1e-5)) << "T " << T << " grad " << grad << " row " << n;
+      }
+    }
+  torch::NoGradGuard no_grad;
+  EXPECT_THROW(bank->selected({torch::randn({1, 1, in}), {}, nullptr}, torch::tensor({{M}}), torch::ones({1, 1})),
+               std::invalid_argument);
+}

@@ -36,6 +36,24 @@ TEST(FixedRouter, ErrorsNameKeyAndProblem) {
             std::string::npos);
 }
 
+// The routing is cached per id tensor: a new tensor, an in-place change of the ids or another
+// dtype routes afresh.
+TEST(FixedRouter, CachedRoutingFollowsTheIds) {
+  auto ctx = std::make_shared<RoutingContext>();
+  FixedRouter router(FixedRouterOptions(3), ctx);
+  auto x = torch::zeros({2, 1, 4});
+  ctx->set("task", torch::tensor({1, 0}));
+  EXPECT_TRUE(torch::equal(router->route(x).indices, torch::tensor({{1}, {0}})));
+  EXPECT_TRUE(torch::equal(router->route(x).weights, torch::tensor({{0., 1., 0.}, {1., 0., 0.}})));
+  ctx->set("task", torch::tensor({2, -1}));
+  EXPECT_TRUE(torch::equal(router->route(x).weights, torch::tensor({{0., 0., 1.}, {0., 0., 0.}})));
+  ctx->get("task")[1] = 0;  // in place
+  EXPECT_TRUE(torch::equal(router->route(x).weights, torch::tensor({{0., 0., 1.}, {1., 0., 0.}})));
+  EXPECT_EQ(router->route(x.to(torch::kFloat64)).weights.scalar_type(), torch::kFloat64);
+  ctx->get("task")[1] = 3;  // in place, out of range: validated again
+  EXPECT_THROW(router->route(x), std::invalid_argument);
+}
+
 TEST(SoftmaxRouter, PerExamplePoolsOnlyRealPositions) {
   torch::manual_seed(0);
   auto ctx = std::make_shared<RoutingContext>();

@@ -71,6 +71,11 @@ TEST(OpenAi, RejectsBadFieldsByName) {
   EXPECT_EQ(error_of(R"({"model": "m", "messages": [{"role": "user"}]})", true).rfind("messages[0].content:", 0), 0u);
   // Found by fuzz_openai_request: a number beyond double threw nlohmann's out_of_range.406.
   EXPECT_EQ(error_of("111111111e111111").rfind(": the body is not valid JSON", 0), 0u);
+  // A hostile body nested 300,000 deep parsed and then overflowed the stack in the error
+  // message's dump() (SIGSEGV, the server down); now refused while parsing.
+  const std::string deep(300000, '[');
+  EXPECT_EQ(error_of(R"({"model": "m", "prompt": "x", "temperature": )" + deep + std::string(300000, ']') + "}"),
+            ": the body nests deeper than 32 levels");
   // null means "unset", as clients send it.
   EXPECT_EQ(error_of(R"({"model": "m", "prompt": "x", "stop": null, "logprobs": null, "seed": null})"), "no error");
 }

@@ -32,7 +32,9 @@ class FixedRouterImpl : public RouterImpl {
   std::shared_ptr<RoutingContext> context;
 
  private:
-  torch::Tensor checked_ids_;  // the id tensor last validated (skips re-checking every site's forward)
+  torch::Tensor checked_ids_;    // the id tensor last validated (skips re-checking every site's forward)
+  int64_t checked_version_ = 0;  // its version counter then (an in-place change re-validates)
+  Routing cached_;               // the routing of checked_ids_ (see route)
 };
 TORCH_MODULE(FixedRouter);
 
