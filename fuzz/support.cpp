@@ -61,4 +61,13 @@ std::string write_scratch(const std::string& name, const std::string& input) {
 
 std::string source_path(const std::string& relative) { return std::string(MODULA_SOURCE_DIR) + "/" + relative; }
 
+std::string scratch_folder_with(const std::string& folder, const std::string& fixture, const std::string& name) {
+  const std::string dir = fs::join(scratch_dir(), folder);
+  if (!fs::is_file(fs::join(dir, name))) {
+    fs::make_dirs(dir);
+    fs::copy_file(source_path(fixture), fs::join(dir, name));
+  }
+  return dir;
+}
+
 }  // namespace modula::fuzz

@@ -38,6 +38,9 @@ const std::string& scratch_dir();
 std::string write_scratch(const std::string& name, const std::string& input);
 // The source tree (compiled in), for fixtures the targets load.
 std::string source_path(const std::string& relative);
+// scratch_dir()/folder holding a copy of the fixture file `fixture` (relative to the source
+// tree) as `name`, copied once; returns the folder.
+std::string scratch_folder_with(const std::string& folder, const std::string& fixture, const std::string& name);
 
 // The targets, one function per format family (registry.cpp lists them).
 void fuzz_safetensors(const std::string& input);

@@ -4,7 +4,6 @@
 #include "modula/io/hf_config.h"
 #include "modula/io/safetensors.h"
 #include "modula/io/yaml.h"
-#include "modula/util/fs.h"
 #include "targets.h"
 
 namespace modula::fuzz {
@@ -24,13 +23,8 @@ void fuzz_safetensors(const std::string& input) {
 
 // A folder with one real shard; the input is its model.safetensors.index.json.
 void fuzz_checkpoint_index(const std::string& input) {
-  static const std::string dir = [] {
-    std::string d = scratch_dir() + "/sharded";
-    fs::make_dirs(d);
-    fs::copy_file(source_path("tests/fixtures/hf/models/llama/model.safetensors"),
-                  d + "/model-00001-of-00001.safetensors");
-    return d;
-  }();
+  static const std::string dir = scratch_folder_with("sharded", "tests/fixtures/hf/models/llama/model.safetensors",
+                                                     "model-00001-of-00001.safetensors");
   write_scratch("sharded/model.safetensors.index.json", input);
   expect_clean_error([&] { read_all(io::Checkpoint::open(dir)); });
 }
@@ -45,11 +39,8 @@ void fuzz_hf_config(const std::string& input) {
   } catch (const nlohmann::json::exception&) {
   }
   if (type != "gpt2" && type != "bert" && type != "mistral" && type != "qwen2" && type != "xlm-roberta") type = "llama";
-  std::string dir = scratch_dir() + "/model-" + type;
-  if (!fs::exists(dir + "/model.safetensors")) {
-    fs::make_dirs(dir);
-    fs::copy_file(source_path("tests/fixtures/hf/models/" + type + "/model.safetensors"), dir + "/model.safetensors");
-  }
+  const std::string dir = scratch_folder_with(
+      "model-" + type, "tests/fixtures/hf/models/" + type + "/model.safetensors", "model.safetensors");
   write_scratch("model-" + type + "/config.json", input);
   expect_clean_error([&] {
     auto config = io::load_hf_config(dir + "/config.json");

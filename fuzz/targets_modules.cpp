@@ -2,7 +2,6 @@
 #include "modula/backbone/registry.h"
 #include "modula/composition/registry.h"
 #include "modula/composition/spec.h"
-#include "modula/util/fs.h"
 #include "targets.h"
 
 namespace modula::fuzz {
@@ -10,13 +9,8 @@ namespace modula::fuzz {
 // The input is adapter_config.json: first as a fresh module's config (build_module), then as
 // a folder next to the fixture LoRA's tensors (load_module); each module runs one forward.
 void fuzz_adapter_config(const std::string& input) {
-  static const std::string dir = [] {
-    std::string d = scratch_dir() + "/adapter";
-    fs::make_dirs(d);
-    fs::copy_file(source_path("tests/fixtures/hf/adapters/llama-lora/adapter_model.safetensors"),
-                  d + "/adapter_model.safetensors");
-    return d;
-  }();
+  static const std::string dir = scratch_folder_with(
+      "adapter", "tests/fixtures/hf/adapters/llama-lora/adapter_model.safetensors", "adapter_model.safetensors");
   write_scratch("adapter/adapter_config.json", input);
   auto forward = [](Backbone& model) {
     BackboneInput in;

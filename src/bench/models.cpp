@@ -22,7 +22,7 @@ LlamaShape model_shape(Size size) {
     case Size::Cpu:
       return {512, 1376, 4, 8, 8000, 2048};
     case Size::Gpu:
-      return {1024, 2816, 16, 16, 32000, 2048};  // ../shared/peer/peft_bench.py
+      return {1024, 2816, 16, 16, 32000, 2048};  // the peer benchmark peft_bench.py
   }
   throw_error(kBenchModelsTag, "unknown size");
 }

@@ -15,7 +15,7 @@
 // and where the variant has a reference, the max |output - reference|.
 //
 // Sizes: Quick (tiny, seconds in all: the test), Cpu (hidden 512, 4 layers, fp32 on CPU),
-// Gpu (../shared/peer/peft_bench.py's 271M Llama: hidden 1024, 16 layers, bf16 on CUDA).
+// Gpu (the peer benchmark peft_bench.py's 271M Llama: hidden 1024, 16 layers, bf16 on CUDA).
 #pragma once
 
 #include <cstdint>
