@@ -17,6 +17,7 @@
 #include "modula/text/tokenizer.h"
 #include "modula/util/error.h"
 #include "modula/util/fs.h"
+#include "modula/util/json.h"
 
 using nlohmann::json;
 
@@ -26,8 +27,8 @@ json read_json(const std::string& p) {
   std::ifstream in(p);
   if (!in) throw_error<std::runtime_error>(kConformanceTag, "cannot open " + p);
   try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
+    return parse_json(in);
+  } catch (const JsonTextError& e) {
     throw_error<std::runtime_error>(kConformanceTag, p + ": invalid JSON: " + e.what());
   }
 }

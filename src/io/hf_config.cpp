@@ -7,6 +7,7 @@
 #include "modula/io/config_field.h"
 #include "modula/util/error.h"
 #include "modula/util/fs.h"
+#include "modula/util/json.h"
 
 using nlohmann::json;
 
@@ -245,8 +246,8 @@ ModelConfig load_hf_config(const std::string& path) {
   if (!in) throw_error<ConfigError>("config", "cannot open " + p);
   json j;
   try {
-    j = json::parse(in);
-  } catch (const json::exception& e) {
+    j = parse_json(in);
+  } catch (const JsonTextError& e) {
     throw_error<ConfigError>("config", p + ": invalid JSON: " + e.what());
   }
   return parse_hf_config(j, p);

@@ -3,6 +3,7 @@
 #include <fstream>
 
 #include "modula/util/fs.h"
+#include "modula/util/json.h"
 
 namespace modula::io {
 
@@ -20,8 +21,8 @@ PeftFolder read_peft_folder(const std::string& dir) {
   std::ifstream in(config_path);
   if (!in) throw std::runtime_error("[peft] cannot open " + config_path);
   try {
-    f.config = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
+    f.config = parse_json(in);
+  } catch (const JsonTextError& e) {
     throw std::runtime_error("[peft] " + config_path + ": invalid JSON: " + e.what());
   }
   if (!f.config.is_object() || !f.config.contains("peft_type") || !f.config["peft_type"].is_string())

@@ -9,6 +9,7 @@
 
 #include "modula/io/safetensors.h"
 #include "modula/util/fs.h"
+#include "modula/util/json.h"
 #include "modula/util/strings.h"
 #include "safetensors_fail.h"
 
@@ -38,8 +39,8 @@ json read_json(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   try {
-    return json::parse(ss.str());
-  } catch (const json::exception& e) {
+    return parse_json(ss.str());
+  } catch (const JsonTextError& e) {
     fail(path, std::string("index is not valid JSON: ") + e.what());
   }
 }

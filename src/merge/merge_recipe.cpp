@@ -17,6 +17,7 @@
 #include "modula/merge/task_vectors.h"
 #include "modula/util/error.h"
 #include "modula/util/fs.h"
+#include "modula/util/json.h"
 
 namespace modula {
 namespace {
@@ -342,8 +343,8 @@ MergeRecipe load_recipe(const std::string& path) {
   json j;
   if (fs::extension(path) == ".json") {
     try {
-      j = json::parse(text.str());
-    } catch (const json::exception& e) {
+      j = parse_json(text.str());
+    } catch (const JsonTextError& e) {
       throw_error(kMergeRecipeTag, path + ": invalid JSON: " + e.what());
     }
   } else {

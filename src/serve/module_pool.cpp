@@ -10,6 +10,7 @@
 #include "modula/composition/registry.h"
 #include "modula/util/error.h"
 #include "modula/util/fs.h"
+#include "modula/util/json.h"
 
 namespace modula::serve {
 namespace {
@@ -39,8 +40,12 @@ bool inside(const std::string& path, const std::string& root) {
 int64_t folder_virtual_tokens(const std::string& dir) {
   const auto path = fs::join(dir, "adapter_config.json");
   std::ifstream in(path);
-  auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) throw PoolError(400, path + ": not valid JSON");
+  nlohmann::json j;
+  try {
+    j = parse_json(in);
+  } catch (const JsonTextError& e) {
+    throw PoolError(400, path + ": not valid JSON: " + e.what());
+  }
   const auto it = j.find("num_virtual_tokens");
   return it != j.end() && it->is_number_integer() ? std::max<int64_t>(0, it->get<int64_t>()) : 0;
 }

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <limits>
 
+#include "modula/util/json.h"
+
 namespace modula::serve {
 
 // Request bodies nest a few levels (messages[i].content parts, stream_options); far more is hostile.
@@ -182,25 +184,12 @@ nlohmann::json error_body(const ApiError& e) {
 }
 
 CompletionRequest parse_request(const std::string& body, bool chat) {
-  // nlohmann's parser is iterative but copying and dumping a value recurse: a 600 kB body
-  // nested 300,000 deep parsed fine and then overflowed the stack in an error message's dump().
-  // Deeper parts are dropped while parsing (memory stays bounded) and the body refused.
-  bool too_deep = false;
-  auto depth_limit = [&too_deep](int depth, json::parse_event_t event, json&) {
-    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) &&
-        depth >= kOpenaiMaxDepth)
-      too_deep = true;
-    return !too_deep;
-  };
   json b;
   try {
-    b = json::parse(body, depth_limit);
-  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number beyond double (1e999)
+    b = parse_json(body, kOpenaiMaxDepth);  // copying and dumping recurse per level (util/json.h)
+  } catch (const JsonTextError& e) {
     throw ApiError(400, std::string("the body is not valid JSON: ") + e.what(), {}, "invalid_json");
   }
-  if (too_deep)
-    throw ApiError(400, "the body nests deeper than " + std::to_string(kOpenaiMaxDepth) + " levels", {},
-                   "invalid_json");
   if (!b.is_object()) throw ApiError(400, "the body must be a JSON object", {}, "invalid_json");
   CompletionRequest r;
   r.chat = chat;

@@ -13,6 +13,7 @@
 #include "modula/backbone/registry.h"
 #include "modula/util/error.h"
 #include "modula/util/fs.h"
+#include "modula/util/json.h"
 #include "server_impl.h"
 
 namespace modula::serve {
@@ -73,8 +74,8 @@ ChatConfig read_chat_config(const std::string& dir) {
   std::ifstream in(path);
   json j;
   try {
-    j = json::parse(in);
-  } catch (const json::exception& e) {
+    j = parse_json(in);
+  } catch (const JsonTextError& e) {
     throw_error<ConfigError>(kServerTag, path + ": not valid JSON: " + e.what());
   }
   auto token = [&](const char* key) {

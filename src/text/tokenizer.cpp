@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "modula/util/fs.h"
+#include "modula/util/json.h"
 #include "text/hf_tokenizer.h"
 #include "text/sentencepiece.h"
 
@@ -46,8 +47,8 @@ bool looks_like_json(const std::string& path, const std::string& content) {
 std::unique_ptr<Tokenizer> load_json(const std::string& path, const std::string& content) {
   json config;
   try {
-    config = json::parse(content);
-  } catch (const json::exception& e) {
+    config = parse_json(content);
+  } catch (const JsonTextError& e) {
     fail(path, std::string("invalid JSON (") + e.what() + ")");
   }
   try {

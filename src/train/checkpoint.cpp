@@ -15,6 +15,7 @@
 #include "modula/train/config.h"
 #include "modula/util/error.h"
 #include "modula/util/fs.h"
+#include "modula/util/json.h"
 
 namespace modula::train {
 namespace {
@@ -143,7 +144,7 @@ std::string verify_checkpoint(const std::string& dir) {
   if (!fs::is_file(mpath)) return "no manifest.json (cut off before completion)";
   json m;
   try {
-    m = json::parse(read_file(mpath));
+    m = parse_json(read_file(mpath));
   } catch (const std::exception& e) {
     return std::string("unreadable manifest.json: ") + e.what();
   }
@@ -176,7 +177,7 @@ std::optional<LoadedCheckpoint> load_latest_checkpoint(const std::string& root) 
     auto file = io::SafetensorsFile::open(fs::join(dir, kTensors));
     for (const auto& k : file.keys()) out.data.tensors.emplace_back(k, file.get(k).clone());
     out.data.optimizer = read_file(fs::join(dir, kOptimizer));
-    out.data.state = json::parse(read_file(fs::join(dir, kState)));
+    out.data.state = parse_json(read_file(fs::join(dir, kState)));
     return out;
   }
   return std::nullopt;

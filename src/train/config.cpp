@@ -12,6 +12,7 @@
 #include "modula/io/yaml.h"
 #include "modula/util/error.h"
 #include "modula/util/fs.h"
+#include "modula/util/json.h"
 
 namespace modula::train {
 namespace {
@@ -396,8 +397,8 @@ TrainConfig load_train_config(const std::string& path) {
     }
   } else {
     try {
-      j = json::parse(ss.str());
-    } catch (const json::exception& e) {
+      j = parse_json(ss.str());
+    } catch (const JsonTextError& e) {
       throw_error<ConfigError>("train", path + ": invalid JSON: " + e.what());
     }
   }

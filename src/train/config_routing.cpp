@@ -8,6 +8,7 @@
 #include "modula/composition/spec.h"
 #include "modula/util/error.h"
 #include "modula/util/fs.h"
+#include "modula/util/json.h"
 #include "modula/util/strings.h"
 
 namespace modula::train {
@@ -44,7 +45,12 @@ std::vector<RoutedConfig> module_configs(const TrainConfig& c, bool folders) {
       const std::string file = fs::join(m.path, "adapter_config.json");
       std::ifstream in(file);
       if (!in) continue;
-      auto j = json::parse(in, nullptr, false);
+      json j;
+      try {
+        j = parse_json(in);
+      } catch (const JsonTextError&) {
+        continue;  // reported when the folder is loaded
+      }
       if (j.is_object()) out.push_back({"'", "' in " + file + " (" + at + ")", j});
     }
   }

@@ -12,6 +12,7 @@
 
 #include "modula/util/error.h"
 #include "modula/util/fs.h"
+#include "modula/util/json.h"
 #include "modula/util/strings.h"
 
 namespace modula::train {
@@ -85,8 +86,8 @@ std::vector<json> load_jsonl(const std::string& path, const std::string& text) {
     if (s.find_first_not_of(" \t\r") == std::string::npos) continue;
     json r;
     try {
-      r = json::parse(s);
-    } catch (const json::exception& e) {
+      r = parse_json(s);
+    } catch (const JsonTextError& e) {
       throw_error<TrainError>(kDataTag, at_line(path, line) + ": invalid JSON (" + e.what() + ")");
     }
     if (!r.is_object())

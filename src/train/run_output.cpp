@@ -7,6 +7,7 @@
 #include "modula/io/safetensors.h"
 #include "modula/util/error.h"
 #include "modula/util/fs.h"
+#include "modula/util/json.h"
 
 namespace modula::train {
 namespace {
@@ -138,8 +139,8 @@ std::map<std::string, RunHead> load_heads(const std::string& heads_file) {
     throw_error<ConfigError>(kRunOutputTag, "cannot open " + meta_file + " (the label names of " + heads_file + ")");
   json meta;
   try {
-    meta = json::parse(in);
-  } catch (const json::exception& e) {
+    meta = parse_json(in);
+  } catch (const JsonTextError& e) {
     throw_error<ConfigError>(kRunOutputTag, meta_file + ": invalid JSON: " + e.what());
   }
   if (!meta.is_object()) throw_error<ConfigError>(kRunOutputTag, meta_file + ": expected {task: {type, labels}}");

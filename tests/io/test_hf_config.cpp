@@ -5,6 +5,7 @@
 
 #include "modula/io/hf_config.h"
 #include "modula/util/fs.h"
+#include "modula/util/json.h"
 
 using modula::ConfigError;
 using modula::io::parse_hf_config;
@@ -177,6 +178,27 @@ TEST(HfConfig, MalformedFiles) {
   }
   EXPECT_THROW(modula::io::load_hf_config(modula::fs::join(dir, "nope")), ConfigError);
   modula::fs::remove_tree(dir);
+}
+
+// Issue 14: a config.json nested 100,000 deep parsed and then overflowed the stack when the
+// raw JSON was copied; every file parser now refuses nesting beyond util/json.h's limit.
+TEST(HfConfig, DeeplyNestedFileIsRefusedNamingTheFile) {
+  auto dir = modula::fs::make_temp_dir("modula-cfg-test");
+  const std::string path = modula::fs::join(dir, "config.json");
+  std::ofstream(path) << R"({"model_type": "llama", "x": )" << std::string(100000, '[') << std::string(100000, ']')
+                      << "}";
+  try {
+    modula::io::load_hf_config(dir);
+    ADD_FAILURE() << "accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find(path + ": invalid JSON: nested deeper than 256 levels"), std::string::npos)
+        << e.what();
+  }
+  modula::fs::remove_tree(dir);
+  // The limit itself: 256 levels parse, 257 do not; numbers beyond double are the same error type.
+  EXPECT_NO_THROW(modula::parse_json(std::string(256, '[') + std::string(256, ']')));
+  EXPECT_THROW(modula::parse_json(std::string(257, '[') + std::string(257, ']')), modula::JsonTextError);
+  EXPECT_THROW(modula::parse_json(std::string("1e999")), modula::JsonTextError);
 }
 
 TEST(HfConfig, RoundTripThroughHfJson) {

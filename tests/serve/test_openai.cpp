@@ -75,7 +75,7 @@ TEST(OpenAi, RejectsBadFieldsByName) {
   // message's dump() (SIGSEGV, the server down); now refused while parsing.
   const std::string deep(300000, '[');
   EXPECT_EQ(error_of(R"({"model": "m", "prompt": "x", "temperature": )" + deep + std::string(300000, ']') + "}"),
-            ": the body nests deeper than 32 levels");
+            ": the body is not valid JSON: nested deeper than 32 levels");
   // null means "unset", as clients send it.
   EXPECT_EQ(error_of(R"({"model": "m", "prompt": "x", "stop": null, "logprobs": null, "seed": null})"), "no error");
 }
