@@ -76,6 +76,7 @@ int main(int argc, char** argv) {
   modula::cli::add_predict(app);
   modula::cli::add_conformance(app);
   modula::cli::add_bench(app);
+  modula::cli::add_experiment(app);
 #ifdef MODULA_HAVE_SERVE
   modula::cli::add_serve(app);
 #endif

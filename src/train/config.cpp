@@ -345,6 +345,7 @@ TrainConfig parse_train_config(const json& j, const std::string& source) {
     Fields m(f.raw("continual"), "continual", source);
     m.get("enabled", c.continual.enabled);
     m.get("full_finetune_baseline", c.continual.full_finetune_baseline);
+    m.get("shared_module_baseline", c.continual.shared_module_baseline);
     if (m.has("module")) c.continual.module = m.raw("module");
     m.done();
     if (!c.continual.module.is_null() && !c.continual.module.is_object())

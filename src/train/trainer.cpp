@@ -160,16 +160,19 @@ int64_t Trainer::State::dense_phase(const Phase& main) {
   return main.global_offset + ph.max_steps;
 }
 
-// Tasks in sequence (survey §6.3): one new module (or, for the baseline, the whole
-// backbone) per task; after each task every task is evaluated.
+// Tasks in sequence (survey §6.3): one new module per task ("continual"), or the whole
+// backbone ("baseline") or one module ("shared") trained on each task in turn; after each
+// task every task is evaluated.
 ContinualResult Trainer::State::sequence_stage(const std::string& stage, int64_t stage_offset) {
   std::vector<ModuleSpec> specs;
-  bool baseline = stage == "baseline";
-  if (!baseline)
-    for (auto& t : cfg.tasks)
-      specs.push_back({continual_module_name(t.name),
-                       cfg.continual.module.is_null() ? default_continual_module() : cfg.continual.module, "", true});
+  const bool baseline = stage == "baseline", shared = stage == "shared";
+  const json module = cfg.continual.module.is_null() ? default_continual_module() : cfg.continual.module;
+  if (shared) specs.push_back({continual_module_name("shared"), module, "", true});
+  if (!baseline && !shared)
+    for (auto& t : cfg.tasks) specs.push_back({continual_module_name(t.name), module, "", true});
   build(baseline, specs);
+  if (shared)
+    for (size_t j = 0; j < tasks.size(); ++j) enabled[j] = {specs[0].name};
   for (auto& a : adapters)
     if (a.state && a.state->dense_phase_steps() > 0)
       throw_error<ConfigError>(kTag, cfg.source +
@@ -179,7 +182,7 @@ ContinualResult Trainer::State::sequence_stage(const std::string& stage, int64_t
   for (auto& t : tasks) cr.tasks.push_back(t.cfg.name);
   const json& saved = results.contains(stage + "_rows") ? results[stage + "_rows"] : json::array();
   for (size_t i = 0; i < tasks.size(); ++i) {
-    if (!baseline) enabled[i] = {specs[i].name};
+    if (!baseline && !shared) enabled[i] = {specs[i].name};
     if (i < saved.size() &&
         !(resume_from && resume_from->data.state.value("phase", int64_t{-1}) == static_cast<int64_t>(i) &&
           resume_from->data.state.value("stage", "") == stage)) {
@@ -189,7 +192,7 @@ ContinualResult Trainer::State::sequence_stage(const std::string& stage, int64_t
     Phase ph{stage,    static_cast<int64_t>(i),
              {i},      {},
              baseline, stage_offset + static_cast<int64_t>(i) * cfg.optim.max_steps};
-    if (!baseline) ph.train_adapters = {specs[i].name};
+    if (!baseline) ph.train_adapters = {specs[shared ? 0 : i].name};
     if (resume_from && resume_from->data.state.value("stage", "") == stage &&
         resume_from->data.state.value("phase", int64_t{0}) > static_cast<int64_t>(i))
       continue;
@@ -206,7 +209,13 @@ ContinualResult Trainer::State::sequence_stage(const std::string& stage, int64_t
     results[stage + "_rows"] = cr.accuracy;
   }
   summarize(cr);
-  if (!baseline) {
+  for (auto& p : model->parameters())
+    if (baseline) cr.trainable_parameters += p.numel();
+  for (auto& a : adapters)
+    for (auto& p : a.parameters()) cr.trainable_parameters += p.numel();
+  for (auto& t : tasks)
+    if (t.head) cr.trainable_parameters += t.head->weight.numel() + t.head->bias.numel();
+  if (!baseline && !shared) {
     save_modules([](size_t) { return true; });
     save_heads();
   }
@@ -299,16 +308,23 @@ TrainResult Trainer::run(const Callbacks& callbacks, bool resume) {
     s.main_stage(r);
   } else {
     const int64_t T = static_cast<int64_t>(s.cfg.tasks.size());
-    if (resume_stage != "baseline") {
-      r.continual = s.sequence_stage("continual", 0);
-    } else {  // the module sequence finished before the checkpoint
-      ContinualResult c;
-      for (auto& t : s.cfg.tasks) c.tasks.push_back(t.name);
-      c.accuracy = s.results.at("continual_rows").get<std::vector<std::vector<double>>>();
-      summarize(c);
-      r.continual = c;
+    std::vector<std::pair<std::string, std::optional<ContinualResult>*>> stages = {{"continual", &r.continual}};
+    if (s.cfg.continual.full_finetune_baseline) stages.push_back({"baseline", &r.baseline});
+    if (s.cfg.continual.shared_module_baseline) stages.push_back({"shared", &r.shared});
+    size_t resume_at = 0;  // stages before the checkpoint's finished: their rows are in the results
+    for (size_t k = 0; k < stages.size(); ++k)
+      if (stages[k].first == resume_stage) resume_at = k;
+    for (size_t k = 0; k < stages.size(); ++k) {
+      if (k < resume_at) {
+        ContinualResult c;
+        for (auto& t : s.cfg.tasks) c.tasks.push_back(t.name);
+        c.accuracy = s.results.at(stages[k].first + "_rows").get<std::vector<std::vector<double>>>();
+        summarize(c);
+        *stages[k].second = c;
+      } else {
+        *stages[k].second = s.sequence_stage(stages[k].first, static_cast<int64_t>(k) * T * s.cfg.optim.max_steps);
+      }
     }
-    if (s.cfg.continual.full_finetune_baseline) r.baseline = s.sequence_stage("baseline", T * s.cfg.optim.max_steps);
     r.steps = s.cfg.optim.max_steps * T;
   }
   json res = {{"steps", r.steps},
@@ -322,10 +338,12 @@ TrainResult Trainer::run(const Callbacks& callbacks, bool resume) {
     return json{{"tasks", c.tasks},
                 {"accuracy", c.accuracy},
                 {"average_forgetting", c.average_forgetting},
-                {"average_accuracy", c.average_accuracy}};
+                {"average_accuracy", c.average_accuracy},
+                {"trainable_parameters", c.trainable_parameters}};
   };
   if (r.continual) res["continual"] = cont(*r.continual);
   if (r.baseline) res["baseline"] = cont(*r.baseline);
+  if (r.shared) res["shared"] = cont(*r.shared);
   if (s.writes()) {
     fs::write_file(s.out("result.json"), res.dump(2) + "\n");
   }

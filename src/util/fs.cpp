@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <sstream>
 #include <stdexcept>
 
 namespace modula::fs {
@@ -133,6 +134,29 @@ std::vector<std::string> find_files(const std::string& root, const std::string& 
   walk(root, name, out);
   std::sort(out.begin(), out.end());
   return out;
+}
+
+std::vector<std::string> list_dir(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) fail("open", dir);
+  std::vector<std::string> out;
+  while (dirent* e = ::readdir(d)) {
+    std::string entry = e->d_name;
+    if (entry != "." && entry != "..") out.push_back(std::move(entry));
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string read_file(const std::string& path) {
+  if (is_dir(path)) throw std::runtime_error("[fs] read " + path + ": is a folder");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("open", path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) fail("read", path);
+  return ss.str();
 }
 
 std::string executable_dir() {

@@ -340,7 +340,7 @@ TEST(TrainRun, MultiTaskPerTaskModules) {
   }
 }
 
-TEST(TrainRun, ContinualModulesDoNotForgetAndTheBaselineRuns) {
+TEST(TrainRun, ContinualModulesDoNotForgetAndTheBaselinesRun) {
   TempDir d;
   auto cfg = base_config(d, "bert", true);
   cfg.erase("modules");
@@ -348,6 +348,7 @@ TEST(TrainRun, ContinualModulesDoNotForgetAndTheBaselineRuns) {
                   {{"name", "B"}, {"type", "sequence_classification"}}};
   cfg["continual"] = {{"enabled", true},
                       {"full_finetune_baseline", true},
+                      {"shared_module_baseline", true},
                       {"module", {{"peft_type", "LORA"}, {"r", 2}, {"target_modules", {"query", "value"}}}}};
   cfg["optim"]["max_steps"] = 8;
   cfg["optim"]["lr_heads"] = 3e-2;
@@ -362,7 +363,12 @@ TEST(TrainRun, ContinualModulesDoNotForgetAndTheBaselineRuns) {
   EXPECT_DOUBLE_EQ(r.continual->accuracy[0][0], r.continual->accuracy[1][0]);
   EXPECT_DOUBLE_EQ(r.continual->average_forgetting, 0.0);
   EXPECT_EQ(r.baseline->accuracy.size(), 2u);
+  // One module trained on A, then on B: the same sequence, its own rows.
+  ASSERT_TRUE(r.shared);
+  EXPECT_EQ(r.shared->accuracy.size(), 2u);
+  EXPECT_EQ(r.shared->tasks, (std::vector<std::string>{"A", "B"}));
   EXPECT_TRUE(fs::is_file(d / "out/modules/A/adapter_model.safetensors"));
+  EXPECT_FALSE(fs::exists(d / "out/modules/shared"));  // the baselines' modules are not saved
   EXPECT_TRUE(fs::is_file(d / "out/result.json"));
 }
 

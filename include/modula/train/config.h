@@ -16,7 +16,7 @@
 //           batch_size: 8, grad_accum: 1, max_grad_norm: 1.0}
 //   eval: {every: 50, patience: 3}
 //   multitask: {sampling: temperature, temperature: 2.0}
-//   continual: {enabled: false, full_finetune_baseline: false}
+//   continual: {enabled: false, full_finetune_baseline: false, shared_module_baseline: false}
 //   checkpoint: {every: 50, keep: 2}
 //   compose: "fuse(a, b)"                     # optional composition spec over the modules
 //   metadata: [{field: language, values: [en, de, fr]}]   # per-example routing ids
@@ -117,6 +117,7 @@ struct MultitaskConfig {
 struct ContinualConfig {
   bool enabled = false;                 // tasks in sequence, a new module per task
   bool full_finetune_baseline = false;  // also run the same sequence with the backbone trainable
+  bool shared_module_baseline = false;  // also run it with one module (`module`) trained on every task in turn
   nlohmann::json module;                // the per-task module config (default: LoRA r=8 all-linear)
 };
 

@@ -26,6 +26,10 @@ void write_file(const std::string& path, const std::string& text);
 std::string make_temp_dir(const std::string& prefix);  // under $TMPDIR or /tmp
 // Sorted paths of every regular file named `name` under `root` (recursive).
 std::vector<std::string> find_files(const std::string& root, const std::string& name);
+// Sorted names (not paths) of the entries of `dir`, "." and ".." left out; throws naming it.
+std::vector<std::string> list_dir(const std::string& dir);
+// The whole file; throws std::runtime_error "[fs] open <path>: ..." when it cannot be read.
+std::string read_file(const std::string& path);
 std::string executable_dir();  // folder of /proc/self/exe, "" if unknown
 
 }  // namespace modula::fs
