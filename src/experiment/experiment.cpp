@@ -24,10 +24,13 @@ void ExperimentOptions::validate() const {
   const auto names = experiment_names();
   check(std::find(names.begin(), names.end(), name) != names.end(), kExperimentTag,
         "unknown experiment '" + name + "' (known: continual, interference, merging)");
-  check(seeds >= 0 && seeds <= 100, kExperimentTag, "seeds must be in [1, 100], got " + std::to_string(seeds));
-  check(steps >= 0 && steps <= 1000000, kExperimentTag, "steps must be in [1, 1000000], got " + std::to_string(steps));
+  check(seeds >= 0 && seeds <= 100, kExperimentTag,
+        "seeds must be in [1, 100] (0: the default), got " + std::to_string(seeds));
+  check(steps >= 0 && steps <= 1000000, kExperimentTag,
+        "steps must be in [1, 1000000] (0: the default), got " + std::to_string(steps));
   check(!output.empty(), kExperimentTag, "output must name a folder");
-  check(threads >= 0 && threads <= 1024, kExperimentTag, "threads must be in [0, 1024], got " + std::to_string(threads));
+  check(threads >= 0 && threads <= 1024, kExperimentTag,
+        "threads must be in [0, 1024], got " + std::to_string(threads));
 }
 
 std::vector<std::string> experiment_names() { return {"continual", "interference", "merging"}; }
@@ -100,7 +103,8 @@ train::Table ExperimentResult::table() const {
   for (const auto& task : tasks) t.columns.push_back(task);
   for (const auto& m : methods) {
     std::vector<std::string> row = {m.method, std::to_string(m.trainable_parameters)};
-    for (const auto& k : metrics) row.push_back(detail::mean_std(m.metrics.count(k) ? m.metrics.at(k) : std::vector<double>{}));
+    for (const auto& k : metrics)
+      row.push_back(detail::mean_std(m.metrics.count(k) ? m.metrics.at(k) : std::vector<double>{}));
     for (const auto& task : tasks)
       row.push_back(detail::mean_std(m.task_accuracy.count(task) ? m.task_accuracy.at(task) : std::vector<double>{}));
     t.rows.push_back(row);
@@ -109,18 +113,20 @@ train::Table ExperimentResult::table() const {
 }
 
 nlohmann::json ExperimentResult::to_json() const {
-  nlohmann::json j = {{"name", name},   {"title", title},     {"claim", claim},     {"design", design},
+  nlohmann::json j = {{"name", name},   {"title", title},           {"claim", claim},     {"design", design},
                       {"tasks", tasks}, {"task_notes", task_notes}, {"metrics", metrics}, {"findings", findings},
-                      {"seeds", seeds}, {"quick", quick},     {"seconds", seconds}};
+                      {"seeds", seeds}, {"quick", quick},           {"seconds", seconds}};
   auto finite = [](const std::vector<double>& v) {
     nlohmann::json a = nlohmann::json::array();
     for (double x : v) a.push_back(std::isfinite(x) ? nlohmann::json(x) : nlohmann::json());
     return a;
   };
   for (const auto& m : methods) {
-    nlohmann::json mj = {{"method", m.method}, {"trainable_parameters", m.trainable_parameters}, {"seconds", m.seconds}};
+    nlohmann::json mj = {
+        {"method", m.method}, {"trainable_parameters", m.trainable_parameters}, {"seconds", m.seconds}};
     for (const auto& [k, v] : m.metrics)
-      mj["metrics"][k] = {{"per_seed", finite(v)}, {"mean", std::isfinite(mean_of(v)) ? nlohmann::json(mean_of(v)) : nlohmann::json()},
+      mj["metrics"][k] = {{"per_seed", finite(v)},
+                          {"mean", std::isfinite(mean_of(v)) ? nlohmann::json(mean_of(v)) : nlohmann::json()},
                           {"std", std::isfinite(std_of(v)) ? nlohmann::json(std_of(v)) : nlohmann::json()}};
     for (const auto& [k, v] : m.task_accuracy) mj["task_accuracy"][k] = finite(v);
     if (!m.accuracy_matrix.empty()) mj["accuracy_matrix"] = m.accuracy_matrix;
@@ -150,8 +156,8 @@ train::Report ExperimentResult::report() const {
   // Continual: the mean accuracy matrix of each sequential method.
   for (const auto& m : methods) {
     if (m.accuracy_matrix.empty()) continue;
-    train::Matrix mm{m.method + ": accuracy after each task (rows) on each task (columns)", {}, tasks, {}, "",
-                     0.0, 1.0, 3};
+    train::Matrix mm{
+        m.method + ": accuracy after each task (rows) on each task (columns)", {}, tasks, {}, "", 0.0, 1.0, 3};
     const size_t T = m.accuracy_matrix[0].size();
     for (size_t t = 0; t < T; ++t) {
       mm.row_labels.push_back("after " + tasks[t]);

@@ -23,7 +23,9 @@ ExperimentResult interference(const ExperimentOptions& o, const Progress& progre
   const std::string Ts = std::to_string(T), rs = std::to_string(r0);
   std::vector<Method> methods = {
       {"shared LoRA (rank " + std::to_string(T * r0) + ")",
-       [&](train::TrainConfig& c) { c.modules = {{"shared", lora(T * r0), "", true}}; }},
+       [&](train::TrainConfig& c) {
+         c.modules = {{"shared", lora(T * r0), "", true}};
+       }},
       {"per-task LoRA (" + Ts + " × rank " + rs + ")",
        [&](train::TrainConfig& c) {
          for (size_t i = 0; i < tasks.size(); ++i) {
@@ -63,8 +65,11 @@ ExperimentResult interference(const ExperimentOptions& o, const Progress& progre
   r.design = {
       "All " + Ts + " tasks are trained jointly for " + std::to_string(z.steps_per_task * T) +
           " steps (uniform task sampling, each batch from one task, each task its own head); every method has "
-          "about the same trainable parameters (" + Ts + " × rank " + rs + " LoRA on every linear layer, or "
-          "one LoRA of rank " + std::to_string(T * r0) + ").",
+          "about the same trainable parameters (" +
+          Ts + " × rank " + rs +
+          " LoRA on every linear layer, or "
+          "one LoRA of rank " +
+          std::to_string(T * r0) + ").",
       "The tasks are compatible (different inputs and label sets, not conflicting answers), so interference is "
       "not forced by the design: a shared module can come out ahead (positive transfer) or behind.",
       "The soft router sees only the input (per example, per layer), not the task; per-task LoRA and Polytropon "
@@ -102,11 +107,11 @@ ExperimentResult interference(const ExperimentOptions& o, const Progress& progre
   const double noise = std::max(sd(0), sd(1));
   r.findings.push_back("Per-task LoRA " + fmt(avg[1]) + " vs shared LoRA " + fmt(avg[0]) + " (difference " + fmt(gap) +
                        ", seed std up to " + fmt(noise) + "): " +
-                       (gap > 2 * noise && gap > 0.01   ? "the shared module shows negative interference here."
+                       (gap > 2 * noise && gap > 0.01     ? "the shared module shows negative interference here."
                         : gap < -2 * noise && gap < -0.01 ? "sharing helps here (positive transfer), against the claim."
                                                           : "no difference beyond seed noise at this budget."));
-  r.findings.push_back("Learned soft routing " + fmt(avg[2]) + ", Polytropon " + fmt(avg[3]) + " (best of the fixed ones " +
-                       fmt(std::max(avg[0], avg[1])) + ").");
+  r.findings.push_back("Learned soft routing " + fmt(avg[2]) + ", Polytropon " + fmt(avg[3]) +
+                       " (best of the fixed ones " + fmt(std::max(avg[0], avg[1])) + ").");
   return r;
 }
 

@@ -32,7 +32,7 @@ struct Task {
   std::string name;
   std::vector<std::string> labels;
   std::vector<json> train, eval;
-  std::string note;  // source, classes, sizes
+  std::string note;   // source, classes, sizes
   double chance = 0;  // accuracy of the majority class on eval
 };
 
@@ -68,7 +68,7 @@ inline MethodResult method_named(std::string name) {
   return m;
 }
 
-std::string fmt(double v, int precision = 3);  // "–" for NaN
+std::string fmt(double v, int precision = 3);        // "–" for NaN
 std::string mean_std(const std::vector<double>& v);  // "0.812 ± 0.013"
 
 }  // namespace modula::experiment::detail

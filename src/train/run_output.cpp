@@ -98,7 +98,8 @@ json to_json(const TrainConfig& c) {
                {"batch_size", c.eval.batch_size},
                {"max_examples", c.eval.max_examples}};
   j["multitask"] = {{"sampling", c.multitask.sampling}, {"temperature", c.multitask.temperature}};
-  j["continual"] = {{"enabled", c.continual.enabled}, {"full_finetune_baseline", c.continual.full_finetune_baseline},
+  j["continual"] = {{"enabled", c.continual.enabled},
+                    {"full_finetune_baseline", c.continual.full_finetune_baseline},
                     {"shared_module_baseline", c.continual.shared_module_baseline}};
   if (!c.continual.module.is_null()) j["continual"]["module"] = c.continual.module;
   j["checkpoint"] = {{"every", c.checkpoint.every}, {"keep", c.checkpoint.keep}};

@@ -32,13 +32,13 @@
 namespace modula::experiment {
 
 struct ExperimentOptions {
-  std::string name;                        // one of experiment_names()
-  bool quick = false;                      // the test-suite size (seconds)
-  int64_t seeds = 0;                       // repetitions (0 = 3, quick: 2)
-  int64_t steps = 0;                       // optimizer steps per task (0 = the experiment's default)
+  std::string name;                          // one of experiment_names()
+  bool quick = false;                        // the test-suite size (seconds)
+  int64_t seeds = 0;                         // repetitions (0 = 3, quick: 2)
+  int64_t steps = 0;                         // optimizer steps per task (0 = the experiment's default)
   std::string output = "build/experiments";  // <output>/<name>/{result.json,report.html,runs/}; the backbone is shared
   DataSources data = DataSources::detect();
-  int threads = 0;  // 0 = leave torch's setting
+  int threads = 0;        // 0 = leave torch's setting
   void validate() const;  // std::invalid_argument naming the field
 };
 
@@ -46,10 +46,10 @@ struct ExperimentOptions {
 struct MethodResult {
   std::string method;
   int64_t trainable_parameters = 0;
-  std::map<std::string, std::vector<double>> metrics;          // "average accuracy" -> [seed]
-  std::map<std::string, std::vector<double>> task_accuracy;    // task -> [seed] (final)
+  std::map<std::string, std::vector<double>> metrics;             // "average accuracy" -> [seed]
+  std::map<std::string, std::vector<double>> task_accuracy;       // task -> [seed] (final)
   std::vector<std::vector<std::vector<double>>> accuracy_matrix;  // continual: [seed][after task][task]
-  double seconds = 0;                                          // all seeds
+  double seconds = 0;                                             // all seeds
 };
 
 struct ExperimentResult {

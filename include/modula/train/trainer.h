@@ -83,8 +83,8 @@ struct ContinualResult {
   // accuracy[t][j]: accuracy on task j after training task t (NaN for j > t is not written:
   // every task is evaluated at every time).
   std::vector<std::vector<double>> accuracy;
-  double average_forgetting = 0;  // mean_j<T-1 (max_t<T-1 a[t][j] − a[T-1][j])
-  double average_accuracy = 0;    // mean_j a[T-1][j]
+  double average_forgetting = 0;     // mean_j<T-1 (max_t<T-1 a[t][j] − a[T-1][j])
+  double average_accuracy = 0;       // mean_j a[T-1][j]
   int64_t trainable_parameters = 0;  // all the sequence trained: its modules (or the backbone) and the heads
 };
 
@@ -95,10 +95,10 @@ struct TrainResult {
   double final_loss = 0;
   bool stopped_early = false;
   bool resumed = false;
-  std::map<std::string, std::map<std::string, double>> eval;  // final metrics by task
+  std::map<std::string, std::map<std::string, double>> eval;   // final metrics by task
   std::optional<ContinualResult> continual, baseline, shared;  // continual learning: per-task modules, full
                                                                // fine-tuning, one shared module
-  std::string output;                                         // output folder
+  std::string output;                                          // output folder
 };
 
 class Trainer {

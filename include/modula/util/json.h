@@ -7,7 +7,6 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
-
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -29,8 +28,7 @@ nlohmann::json parse_json(Input&& input, int max_depth = kJsonMaxDepth) {
   using json = nlohmann::json;
   bool too_deep = false;
   auto limit = [&too_deep, max_depth](int depth, json::parse_event_t event, json&) {
-    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) &&
-        depth >= max_depth)
+    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) && depth >= max_depth)
       too_deep = true;
     return !too_deep;
   };
