@@ -262,10 +262,11 @@ QuickstartResult run_quickstart(const QuickstartOptions& o, const Progress& prog
   if (!o.output().empty()) save_backbone(*model, fs::join(o.output(), "backbone"));
   for (const auto& x : o.experiments()) {
     if (x == "continual") {
-      c.say("(a) continual learning on " + std::to_string(o.continual_tasks().size()) + " tasks, no marker");
+      c.say("(a) continual learning on " + std::to_string(o.continual_tasks().size()) + " tasks, markers in the text");
       result.experiments.push_back(continual(c));
     } else if (x == "interference") {
-      c.say("(b) multi-task interference on " + std::to_string(o.interference_tasks().size()) + " conflicting tasks");
+      c.say("(b) multi-task interference on " + std::to_string(o.interference_tasks().size()) +
+            " tasks, markers in the text");
       result.experiments.push_back(interference(c));
     } else if (x == "generalisation") {
       c.say("(c) systematic generalisation: " + std::to_string(o.generalisation_tasks().size()) +

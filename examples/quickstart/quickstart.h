@@ -1,11 +1,16 @@
 // The main job (`modula quickstart`): pretrain a tiny Llama on compositional sequence
 // tasks (tasks_synthetic.h), then test two of the survey's claims end to end:
 //
-//  (a) continual learning (§6.4): tasks arrive one after another with no task marker in
-//      the text. Per-task modules on a frozen backbone keep every earlier task's accuracy
-//      (forgetting exactly 0); full fine-tuning and one shared module forget.
-//  (b) multi-task interference (§6.3): conflicting tasks (same inputs, different outputs)
-//      learned jointly by one shared module interfere; per-task modules do not.
+//  (a) continual learning (§6.4): tasks arrive one after another. Per-task modules on a
+//      frozen backbone keep every earlier task's accuracy (forgetting exactly 0, by
+//      construction: what it can show is at which accuracy); full fine-tuning and one shared
+//      module may forget. Every method sees the task's markers in the text, so the tasks are
+//      compatible and a shared model is able to keep them all: their forgetting is measured,
+//      not forced by conflicting answers.
+//  (b) multi-task interference (§6.3): the same kind of tasks (markers in the text) learned
+//      jointly by one shared module of twice the rank vs one module per task, same steps.
+//      Interference can come out either way; with tiny models and few steps the shared
+//      module's extra capacity may win.
 //  (c) systematic generalisation (§7, Ponti et al. 2022): Polytropon learns skills shared
 //      across training compositions and a task-to-skill routing; a held-out composition of
 //      seen skills is learned from a few examples by adapting only its routing (MHR-z,

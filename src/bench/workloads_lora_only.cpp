@@ -62,7 +62,9 @@ std::vector<Measurement> bench_lora_only(const BenchContext& ctx) {
     auto& m = out[k * 3 + 2];
     m.error = (mixed - torch::stack(reference).to(torch::kFloat32)).abs().max().item<double>();
     m.reference = "each row's delta with its own adapter alone (max abs diff)";
-    m.note += "; row i uses adapter i % 16, gathered per row (LoraBankImpl::selected)";
+    m.note += std::string("; row i uses adapter i % 16 (LoraBankImpl::selected: ") +
+              (x.size(1) == 1 ? "the BGMV decode kernel reads each row's A and B from the bank)"
+                              : "A and B gathered per row, two batched matmuls)");
   }
   compare_to(out, "single");
   return out;

@@ -69,7 +69,8 @@ TEST(Corpora, ReutersArffIsParsedAndMalformedFilesNameTheLine) {
   auto bad = [&](const std::string& body) {
     return error_of([&] { ex::read_reuters_arff(d.write("bad.arff", "@data\n" + body)); });
   };
-  EXPECT_NE(bad("'text',2\n").find("bad.arff:2: class must be 0 or 1, got '2'"), std::string::npos) << bad("'text',2\n");
+  EXPECT_NE(bad("'text',2\n").find("bad.arff:2: class must be 0 or 1, got '2'"), std::string::npos)
+      << bad("'text',2\n");
   EXPECT_NE(bad("'never closed,1\n").find("never closed"), std::string::npos);
   EXPECT_NE(bad("text,1\n").find("bad.arff:2: expected a quoted text"), std::string::npos);
   EXPECT_NE(bad("").find("no examples"), std::string::npos);

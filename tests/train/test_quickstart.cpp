@@ -44,10 +44,16 @@ TEST(Quickstart, TinyRunTableAndZeroForgettingForModules) {
     }
   }
   EXPECT_EQ(per_task.forgetting, 0.0);
-  // Even the tiny run learns: the zero is not that of a model that knows nothing, and full
-  // fine-tuning on the second task loses the first (the claim, at toy scale).
+  // Even the tiny run learns: the zero is not that of a model that knows nothing. Whether
+  // full fine-tuning forgets is the experiment's outcome (the tasks are compatible, marked in
+  // the text), not asserted; its number must be the formula's over its own matrix, and its
+  // backbone must have moved: the first task's accuracy is not frozen as the module's is.
   EXPECT_GT(per_task.accuracy[0][0], 0.5);
-  EXPECT_GT(cl.method("full fine-tuning").forgetting, 0.3);
+  const auto& full = cl.method("full fine-tuning");
+  EXPECT_DOUBLE_EQ(full.forgetting, modula::train::average_forgetting(full.accuracy));
+  bool moved = false;
+  for (size_t t = 1; t < K; ++t) moved |= full.accuracy[t][0] != full.accuracy[0][0];
+  EXPECT_TRUE(moved) << "full fine-tuning's first-task accuracy never changed";
   EXPECT_EQ(table.rows[0][1], "per-task LoRA");
   EXPECT_EQ(table.rows[0][6], "0.000");
   for (const auto& m : cl.methods) {
@@ -74,8 +80,8 @@ TEST(Quickstart, TinyRunTableAndZeroForgettingForModules) {
             inter.method("per-task LoRA").trainable_parameters);
 
   // (c) held-out compositions are never training tasks; every method has a real accuracy on
-  // both; MHR-z changes only the routing, so Poly's training-task accuracy is that of the
-  // unadapted model.
+  // both; MHR-z changes only the held-out tasks' routing, so Poly's training-task accuracy,
+  // measured again after the adaptation, is that of the unadapted model.
   const auto& gen = r.experiments[2];
   EXPECT_EQ(gen.key, "generalisation");
   ASSERT_EQ(gen.heldout_tasks, o.heldout_tasks());
