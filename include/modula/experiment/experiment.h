@@ -17,6 +17,8 @@
 //                 LoRA, per-task LoRA, learned soft routing over LoRAs, Polytropon.
 //   merging       per-task LoRAs trained separately, merged post hoc (linear, task
 //                 arithmetic, TIES, DARE) vs each alone vs multi-task training.
+//   mad-x         zero-shot cross-lingual transfer: an English task adapter alone vs
+//                 stacked on a language adapter swapped for the target language's.
 #pragma once
 
 #include <cstdint>
