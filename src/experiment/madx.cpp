@@ -150,7 +150,8 @@ ExperimentResult madx(const ExperimentOptions& o, const Progress& progress) {
       "language. English accuracy on them is the in-language reference.",
       "Backbone: a BERT pretrained by MLM on the train chapters' verses in all languages (no labels, no eval "
       "verse). Language adapters (Pfeiffer bottleneck, reduction 4): MLM on each language's train-chapter "
-      "verses, " + std::to_string(la_steps) + " steps, once.",
+      "verses, " +
+          std::to_string(la_steps) + " steps, once.",
       "Task adapter (same bottleneck): " + std::to_string(z.steps_per_task) +
           " steps on English, either alone or stacked on the frozen English language adapter "
           "(stack(lang_en, task)). MAD-X evaluates stack(lang_<target>, task); the control keeps lang_en on the "
@@ -196,10 +197,10 @@ ExperimentResult madx(const ExperimentOptions& o, const Progress& progress) {
         std::vector<double> targets;
         for (const auto& lang : r.tasks) {
           const std::string la_name = k == 1 ? "lang_" + lang : "lang_en";
-          const double acc = k == 0 ? accuracy(model, heads, {task}, "", {}, d.eval.at(lang), z)
-                                    : accuracy(model, heads, {}, "stack(" + la_name + ", task)",
-                                               {{la_name, la.at(k == 1 ? lang : kSource)}, {"task", task}},
-                                               d.eval.at(lang), z);
+          const double acc =
+              k == 0 ? accuracy(model, heads, {task}, "", {}, d.eval.at(lang), z)
+                     : accuracy(model, heads, {}, "stack(" + la_name + ", task)",
+                                {{la_name, la.at(k == 1 ? lang : kSource)}, {"task", task}}, d.eval.at(lang), z);
           m.task_accuracy[lang].push_back(acc);
           if (lang != kSource) targets.push_back(acc);
         }
@@ -216,8 +217,9 @@ ExperimentResult madx(const ExperimentOptions& o, const Progress& progress) {
   const double swap = avg(1, "average target accuracy") - avg(2, "average target accuracy");
   r.findings.push_back("Zero-shot on the other languages: MAD-X " + fmt(avg(1, "average target accuracy")) +
                        " vs the task adapter alone " + fmt(avg(0, "average target accuracy")) + " (" +
-                       (gain > 0.01 ? "MAD-X ahead by " + fmt(gain) : gain < -0.01 ? "MAD-X behind by " + fmt(-gain)
-                                                                                     : "no difference") +
+                       (gain > 0.01    ? "MAD-X ahead by " + fmt(gain)
+                        : gain < -0.01 ? "MAD-X behind by " + fmt(-gain)
+                                       : "no difference") +
                        "); swapping in the target language adapter vs keeping English's: " + fmt(swap) + ".");
   return r;
 }
