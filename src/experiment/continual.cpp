@@ -8,10 +8,6 @@
 namespace modula::experiment::detail {
 namespace {
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 void add_sequence(MethodResult& m, const train::ContinualResult& c, const std::vector<std::string>& tasks) {
   m.trainable_parameters = c.trainable_parameters;
   m.accuracy_matrix.push_back(c.accuracy);

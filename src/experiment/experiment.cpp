@@ -190,7 +190,7 @@ ExperimentResult run_experiment(const ExperimentOptions& options, const Progress
                                                   : detail::madx(o, progress);
   r.seeds = o.seeds;
   r.quick = o.quick;
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.seconds = detail::seconds_since(t0);
   r.output = fs::join(o.output, o.name);
   fs::make_dirs(r.output);
   fs::write_file(fs::join(r.output, "result.json"), r.to_json().dump(2) + "\n");

@@ -98,7 +98,7 @@ ExperimentResult interference(const ExperimentOptions& o, const Progress& progre
         m.task_accuracy[t.name].push_back(acc.back());
       }
       m.metrics["average accuracy"].push_back(mean_of(acc));
-      m.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      m.seconds += seconds_since(t0);
     }
   std::vector<double> avg;
   for (const auto& m : r.methods) avg.push_back(mean_of(m.metrics.at("average accuracy")));

@@ -2,6 +2,7 @@
 // the pretrained backbone, and the run configs handed to the one trainer (train/trainer.h).
 #pragma once
 
+#include <chrono>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -64,6 +65,11 @@ ExperimentResult continual(const ExperimentOptions& o, const Progress& progress)
 ExperimentResult interference(const ExperimentOptions& o, const Progress& progress);
 ExperimentResult merging(const ExperimentOptions& o, const Progress& progress);
 ExperimentResult madx(const ExperimentOptions& o, const Progress& progress);
+
+// Wall seconds since t0 (each method's time in the table).
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
 
 inline MethodResult method_named(std::string name) {
   MethodResult m;

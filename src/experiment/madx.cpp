@@ -32,9 +32,13 @@ MadxData madx_data(const ExperimentOptions& o, const Sizes& z) {
   d.targets = o.quick ? std::vector<std::string>{"es", "ru"} : std::vector<std::string>{"es", "fr", "ru", "tr", "id"};
   const auto held_out = [](int64_t chapter) { return chapter % 4 == 3; };
   std::mt19937_64 rng(4321);
+  std::vector<std::string> langs = {kSource};
+  langs.insert(langs.end(), d.targets.begin(), d.targets.end());
+  std::map<std::string, std::vector<Verse>> verses_of;  // each translation read once
+  for (const auto& lang : langs) verses_of[lang] = read_quran(o.data, lang);
   // English train verses, balanced by type.
   std::map<std::string, std::vector<std::string>> by_type;
-  for (const auto& v : read_quran(o.data, kSource))
+  for (const auto& v : verses_of.at(kSource))
     if (!held_out(v.chapter)) by_type[v.type].push_back(v.text);
   for (auto& [type, texts] : by_type) {
     std::shuffle(texts.begin(), texts.end(), rng);
@@ -44,11 +48,9 @@ MadxData madx_data(const ExperimentOptions& o, const Sizes& z) {
   }
   std::shuffle(d.train.begin(), d.train.end(), rng);
   // The eval verses: chosen once (by position), then read in every language.
-  std::vector<std::string> langs = {kSource};
-  langs.insert(langs.end(), d.targets.begin(), d.targets.end());
   std::vector<size_t> picked;
   for (const auto& lang : langs) {
-    const auto verses = read_quran(o.data, lang);
+    const auto& verses = verses_of.at(lang);
     if (picked.empty()) {
       std::map<std::string, std::vector<size_t>> idx;
       for (size_t i = 0; i < verses.size(); ++i)
@@ -206,7 +208,7 @@ ExperimentResult madx(const ExperimentOptions& o, const Progress& progress) {
         }
         m.metrics["average target accuracy"].push_back(mean_of(targets));
         m.metrics["English accuracy"].push_back(m.task_accuracy[kSource].back());
-        m.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        m.seconds += seconds_since(t0);
       }
     }
   }

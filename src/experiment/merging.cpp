@@ -110,7 +110,7 @@ ExperimentResult merging(const ExperimentOptions& o, const Progress& progress) {
     std::map<std::string, double> own;
     for (size_t j = 0; j < tasks.size(); ++j) own[tasks[j].name] = sep.continual->accuracy.back()[j];
     add(alone, own);
-    alone.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    alone.seconds += seconds_since(t0);
     const std::string heads = fs::join(c.output, "heads.safetensors");
 
     // Merge on a loaded backbone, write each merged LoRA, evaluate it with the heads.
@@ -133,7 +133,7 @@ ExperimentResult merging(const ExperimentOptions& o, const Progress& progress) {
       auto& m = r.methods[1 + k];
       m.trainable_parameters = alone.trainable_parameters;
       add(m, evaluate(model, {out}, heads, tasks, z));
-      m.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      m.seconds += seconds_since(t0);
     }
     auto& bare = r.methods[1 + methods.size()];
     bare.trainable_parameters = 0;
@@ -148,7 +148,7 @@ ExperimentResult merging(const ExperimentOptions& o, const Progress& progress) {
     std::map<std::string, double> acc;
     for (const auto& t : tasks) acc[t.name] = joint.eval.at(t.name).at("accuracy");
     add(mt, acc);
-    mt.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    mt.seconds += seconds_since(t0);
   }
 
   auto avg = [&](const std::string& method) { return mean_of(r.method(method).metrics.at("average accuracy")); };
