@@ -13,11 +13,11 @@ namespace modula::cli {
 void add_experiment(CLI::App& app) {
   static experiment::ExperimentOptions o;
   static std::string spam;
-  auto* cmd = app.add_subcommand(
-      "experiment",
-      "Test one of the survey's claims on real text (continual, interference, merging, mad-x): every method on "
-      "the same data and budget over seeds; a table, result.json and report.html");
-  cmd->add_option("name", o.name, "continual | interference | merging | mad-x")
+  auto* cmd = app.add_subcommand("experiment",
+                                 "Test one of the survey's claims on real text (continual, interference, merging, "
+                                 "mad-x, generalisation, moe): every method on "
+                                 "the same data and budget over seeds; a table, result.json and report.html");
+  cmd->add_option("name", o.name, "continual | interference | merging | mad-x | generalisation | moe")
       ->required()
       ->check(CLI::IsMember(experiment::experiment_names()));
   cmd->add_flag("--quick", o.quick, "Tiny sizes: about a minute (the test suite's run)");

@@ -6,6 +6,7 @@
 // current FFNs; save writes every site's experts and router (PEFT layout, keys
 // "base_model.model.<site>.<MoeFfn parameter>"); load rebuilds the blocks from those
 // tensors (no clustering). Switched off, the sites run their dense FFNs again.
+#include <cmath>
 #include <functional>
 #include <map>
 #include <set>
@@ -27,14 +28,22 @@ using json = nlohmann::json;
 constexpr std::string_view kMoeFfnRowTag = "moe ffn";
 const std::string kType = "MODULA_MOE_FFN";
 
-// Keys that only one init reads; the other init rejects them.
-const std::vector<std::string> kMoefyOnly = {"router_distillation_coef", "kmeans_iterations", "seed"};
-const std::vector<std::string> kUpcycleOnly = {"noisy_gating", "dropless", "capacity_factor"};
+// Keys that only some inits read; the others reject them.
+const std::map<std::string, std::set<std::string>> kInitKeys = {{"router_distillation_coef", {"moefy"}},
+                                                                {"kmeans_iterations", {"moefy"}},
+                                                                {"seed", {"moefy"}},
+                                                                {"noisy_gating", {"upcycle", "random"}},
+                                                                {"dropless", {"upcycle", "random"}},
+                                                                {"capacity_factor", {"upcycle", "random"}},
+                                                                {"expert_size", {"random"}},
+                                                                {"init_std", {"random"}}};
 
 // The config with every default resolved (names like HF Mixtral's where it has them).
 struct MoeConfig {
-  std::string init;  // "upcycle" or "moefy"
+  std::string init;  // "upcycle", "moefy" or "random"
   int64_t num_experts = 0, k = 2;
+  int64_t expert_size = 0;      // random: neurons per expert (0 = the dense FFN's)
+  double init_std = 0.02;       // random: expert weights ~ N(0, init_std²) (HF _init_weights)
   std::vector<int64_t> layers;  // empty = every layer
   double aux = 0, z = 0, distillation = 1.0;
   int64_t kmeans_iterations = 20;
@@ -43,13 +52,15 @@ struct MoeConfig {
   double capacity_factor = 1.25;
 
   bool upcycle() const { return init == "upcycle"; }
+  bool random() const { return init == "random"; }
   json to_json() const {
     json c = {{"peft_type", kType},         {"init", init},
               {"num_experts", num_experts}, {"num_experts_per_tok", k},
               {"layers", layers},           {"router_aux_loss_coef", aux},
               {"router_z_loss_coef", z},    {"train_experts", train_experts}};
-    if (upcycle()) {
+    if (upcycle() || random()) {
       c["noisy_gating"] = noisy, c["dropless"] = dropless, c["capacity_factor"] = capacity_factor;
+      if (random()) c["expert_size"] = expert_size, c["init_std"] = init_std;
     } else {
       c["router_distillation_coef"] = distillation, c["kmeans_iterations"] = kmeans_iterations, c["seed"] = seed;
     }
@@ -63,14 +74,16 @@ MoeConfig parse_config(const json& c, const std::string& where) {
   auto field = [&](const char* key, auto fallback) { return io::config_field(c, key, fallback, tag); };
   MoeConfig o;
   o.init = field("init", std::string());
-  if (o.init != "upcycle" && o.init != "moefy")
-    throw_error<ConfigError>(kMoeFfnRowTag, where + ": 'init' must be \"upcycle\" or \"moefy\", got " +
+  if (o.init != "upcycle" && o.init != "moefy" && o.init != "random")
+    throw_error<ConfigError>(kMoeFfnRowTag, where + ": 'init' must be \"upcycle\", \"moefy\" or \"random\", got " +
                                                 (c.contains("init") ? c["init"].dump() : std::string("nothing")));
-  const bool up = o.upcycle();
-  for (const auto& key : up ? kMoefyOnly : kUpcycleOnly)
-    if (c.contains(key) && !c[key].is_null())
-      throw_error<ConfigError>(kMoeFfnRowTag,
-                               where + ": '" + key + "' applies to init: " + (up ? "moefy" : "upcycle") + " only");
+  const bool up = o.upcycle() || o.random();  // top-k routing with router losses, every expert trains
+  for (const auto& [key, inits] : kInitKeys)
+    if (c.contains(key) && !c[key].is_null() && !inits.count(o.init)) {
+      std::string list;
+      for (const auto& i : inits) list += (list.empty() ? "" : " or ") + i;
+      throw_error<ConfigError>(kMoeFfnRowTag, where + ": '" + key + "' applies to init: " + list + " only");
+    }
   o.num_experts = field("num_experts", int64_t{0});
   if (o.num_experts <= 0)
     throw_error<ConfigError>(kMoeFfnRowTag, where + ": 'num_experts' must be a positive integer (the experts per FFN)");
@@ -87,6 +100,14 @@ MoeConfig parse_config(const json& c, const std::string& where) {
   o.noisy = field("noisy_gating", false);
   o.dropless = field("dropless", true);
   o.capacity_factor = field("capacity_factor", 1.25);
+  o.expert_size = field("expert_size", int64_t{0});
+  o.init_std = field("init_std", 0.02);
+  if (o.expert_size < 0)
+    throw_error<ConfigError>(kMoeFfnRowTag, where + ": 'expert_size' must be positive (0 = the dense FFN's), got " +
+                                                std::to_string(o.expert_size));
+  if (!(o.init_std > 0) || !std::isfinite(o.init_std))
+    throw_error<ConfigError>(kMoeFfnRowTag,
+                             where + ": 'init_std' must be a positive number, got " + std::to_string(o.init_std));
   o.train_experts = field("train_experts", up);  // MoEfication trains only the routers
   return o;
 }
@@ -210,9 +231,11 @@ Adapter moe_handle(const MoeConfig& c, const std::string& name, std::shared_ptr<
 // load a folder into) MoE-fied shells without clustering.
 std::shared_ptr<MoeState> make_blocks(Backbone& m, const MoeConfig& c, const std::string& name,
                                       const std::shared_ptr<RoutingContext>& ctx, bool shells) {
-  if (c.upcycle()) {
+  if (c.upcycle() || c.random()) {
     auto o = upcycle_options(c, ctx, name);
     o.validate();
+    if (c.random())
+      return attach(m, c, name, [&](const DenseFfn& ffn) { return random_moe_ffn(ffn, o, c.expert_size, c.init_std); });
     return attach(m, c, name, [&](const DenseFfn& ffn) { return upcycle_ffn(ffn, o); });
   }
   auto o = moefy_options(c, ctx, name);

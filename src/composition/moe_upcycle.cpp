@@ -53,6 +53,36 @@ MoeFfn upcycle_ffn(const DenseFfn& ffn, const UpcycleOptions& options) {
   return moe;
 }
 
+MoeFfn random_moe_ffn(const DenseFfn& ffn, const UpcycleOptions& options, int64_t expert_size, double init_std) {
+  options.validate();
+  const int64_t E = options.num_experts(), H = ffn.features(), I = expert_size > 0 ? expert_size : ffn.intermediate();
+  auto router = TopKRouter(TopKRouterOptions(H, E)
+                               .k(options.k())
+                               .noisy(options.noisy())
+                               .normalize(true)
+                               .load_balance_coef(options.load_balance_coef())
+                               .z_loss_coef(options.z_loss_coef()),
+                           options.context());
+  const bool bias = ffn.b_up.defined() || ffn.b_gate.defined() || ffn.b_down.defined();
+  auto moe = MoeFfn(MoeFfnOptions(H, I, E)
+                        .activation(ffn.activation)
+                        .gated(ffn.gated)
+                        .bias(bias)
+                        .weighted(true)
+                        .dropless(options.dropless())
+                        .capacity_factor(options.capacity_factor()),
+                    router.ptr());
+  torch::NoGradGuard no_grad;
+  for (auto& p : moe->named_parameters()) {
+    if (p.key().rfind("router.", 0) == 0) continue;  // the router keeps its own init
+    if (p.key().rfind("w_", 0) == 0)
+      p.value().normal_(0.0, init_std);
+    else
+      p.value().zero_();
+  }
+  return moe;
+}
+
 std::vector<std::pair<std::string, MoeFfn>> upcycle(Backbone& model, const UpcycleOptions& options) {
   options.validate();
   return replace_ffns(model, options.layers(), options.name(),

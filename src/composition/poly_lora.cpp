@@ -32,6 +32,8 @@ void PolyLoraOptions::validate() const {
   if (r() <= 0) throw_error(kPolyLoraTag, "r must be positive (got " + std::to_string(r()) + ")");
   if (n_tasks() <= 0 || n_skills() <= 0 || n_splits() <= 0)
     throw_error(kPolyLoraTag, "n_tasks, n_skills and n_splits must be positive");
+  if (!(lora_alpha() > 0) || !std::isfinite(lora_alpha()))
+    throw_error(kPolyLoraTag, "lora_alpha must be a positive number (got " + std::to_string(lora_alpha()) + ")");
   if (in_features() % n_splits() || out_features() % n_splits())
     throw_error(kPolyLoraTag, "n_splits " + std::to_string(n_splits()) + " must divide in_features " +
                                   std::to_string(in_features()) + " and out_features " +
@@ -46,7 +48,8 @@ PolyLoraImpl::PolyLoraImpl(const PolyLoraOptions& options_, std::shared_ptr<Rout
   poly_lora_B = register_parameter("poly_lora_B", torch::zeros({q, s, r, options.out_features() / q}));
   poly_router = register_module(
       "poly_router",
-      PolyRouter(PolyRouterOptions(options.n_tasks(), s).n_splits(q).key(options.key()), std::move(context)));
+      PolyRouter(PolyRouterOptions(options.n_tasks(), s).n_splits(q).key(options.key()).noise(options.routing_noise()),
+                 std::move(context)));
   reset();
 }
 
@@ -75,7 +78,8 @@ torch::Tensor PolyLoraImpl::averaged(const SiteInput& in, const torch::Tensor& w
   const auto& x = in.x;
   auto [A, B] =
       combine_skills(w.view({x.size(0), options.n_splits(), options.n_skills()}).to(poly_lora_A.scalar_type()));
-  return torch::bmm(torch::bmm(x, A.to(x.scalar_type())), B.to(x.scalar_type())) / static_cast<double>(options.r());
+  return torch::bmm(torch::bmm(x, A.to(x.scalar_type())), B.to(x.scalar_type())) *
+         (options.lora_alpha() / static_cast<double>(options.r()));
 }
 
 torch::Tensor PolyLoraImpl::selected(const SiteInput&, const torch::Tensor&, const torch::Tensor&) {
@@ -83,7 +87,7 @@ torch::Tensor PolyLoraImpl::selected(const SiteInput&, const torch::Tensor&, con
 }
 torch::Tensor PolyLoraImpl::mixed(const SiteInput& in, const torch::Tensor& w) { return selected(in, w, w); }
 
-// Algorithm 1 with parameter aggregation (Ponti et al. 2022, eq. 5): y + x (Σ w A)(Σ w B) / r.
+// Algorithm 1 with parameter aggregation (Ponti et al. 2022, eq. 5): y + (α / r) x (Σ w A)(Σ w B).
 torch::Tensor PolyLoraImpl::transform_output(const torch::Tensor& x, const torch::Tensor& y, const LinearImpl& base) {
   auto x3 = as_rows(x, "poly");
   auto delta = algorithm1(*poly_router, *this, Aggregation::ParameterAverage, {x3, y, &base});
@@ -110,11 +114,23 @@ Adapter add_poly_adapter(Backbone& model, const json& config, std::shared_ptr<Ro
   if (!key.is_string() || key.get<std::string>().empty())
     throw_error(kPolyLoraTag,
                 "config key 'routing_key' must name a RoutingContext entry (default \"task\"), got " + key.dump());
+  // modula extension: routing_noise false routes training by σ(Z) (routing/poly.h); written
+  // only when false.
+  const json noise = config.contains("routing_noise") ? config["routing_noise"] : json(true);
+  if (!noise.is_boolean())
+    throw_error(kPolyLoraTag, "config key 'routing_noise' must be true or false, got " + noise.dump());
   Adapter a;
   a.name = name;
   a.peft_type = "POLY";
   a.config = config;
   if (key == "task") a.config.erase("routing_key");
+  if (noise.get<bool>()) a.config.erase("routing_noise");
+  // modula extension: lora_alpha (scaling α / r; PEFT POLY's is 1 / r); written only when not 1.
+  const json alpha = config.contains("lora_alpha") ? config["lora_alpha"] : json(1.0);
+  if (!alpha.is_number() || !(alpha.get<double>() > 0) || !std::isfinite(alpha.get<double>()))
+    throw_error(kPolyLoraTag, "config key 'lora_alpha' must be a positive number (default 1: PEFT POLY's 1 / r), got " +
+                                  alpha.dump());
+  if (alpha.get<double>() == 1.0) a.config.erase("lora_alpha");
   for (auto& [path, layer] : select_sites(model, config)) {
     auto o = PolyLoraOptions(layer->options.in_features(), layer->options.out_features())
                  .r(config_int(config, "r", 8))
@@ -122,7 +138,9 @@ Adapter add_poly_adapter(Backbone& model, const json& config, std::shared_ptr<Ro
                  .n_skills(config_int(config, "n_skills", 4))
                  .n_splits(config_int(config, "n_splits", 1))
                  .init_weights(config.value("init_weights", true))
-                 .key(key.get<std::string>());
+                 .key(key.get<std::string>())
+                 .routing_noise(noise.get<bool>())
+                 .lora_alpha(alpha.get<double>());
     if (layer->options.conv1d_layout())
       throw_error(kPolyLoraTag, "site " + path + " is a Conv1D layer; PEFT POLY supports nn.Linear only");
     try {
@@ -186,14 +204,15 @@ Adapter mhr_mu(Backbone& model, const Adapter& poly, const std::string& name) {
   if (poly.modules.empty()) throw_error(kPolyLoraTag, "mhr_mu: the Poly adapter has no modules");
   json targets = json::array();
   int64_t r = 0;
+  double alpha = 1;
   for (const auto& m : poly.modules) {
     auto p = std::dynamic_pointer_cast<PolyLoraImpl>(m.module);
     if (!p) throw_error(kPolyLoraTag, "mhr_mu: module at " + m.site + " is not a Poly module");
     targets.push_back(m.site);
-    r = p->options.r();
+    r = p->options.r(), alpha = p->options.lora_alpha();
   }
-  // x A B / r as LoRA: lora_A = A^T, lora_B = B^T, scaling alpha / r = 1 / r.
-  json config = {{"peft_type", "LORA"}, {"r", r}, {"lora_alpha", 1}, {"target_modules", targets}, {"bias", "none"}};
+  // (α / r) x A B as LoRA: lora_A = A^T, lora_B = B^T, the same scaling α / r.
+  json config = {{"peft_type", "LORA"}, {"r", r}, {"lora_alpha", alpha}, {"target_modules", targets}, {"bias", "none"}};
   auto lora = lora_adapter(model, config, name);
   torch::NoGradGuard no_grad;
   for (size_t i = 0; i < poly.modules.size(); ++i) {

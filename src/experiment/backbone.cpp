@@ -144,8 +144,9 @@ train::Datasets datasets(const std::vector<Task>& tasks) {
   return d;
 }
 
-json lora(int64_t r) {
-  return {{"peft_type", "LORA"}, {"r", r}, {"lora_alpha", 2 * r}, {"target_modules", "all-linear"}};
+json lora(int64_t r, double alpha) {
+  return {
+      {"peft_type", "LORA"}, {"r", r}, {"lora_alpha", alpha > 0 ? alpha : 2.0 * r}, {"target_modules", "all-linear"}};
 }
 
 train::TrainResult run(const train::TrainConfig& c, const train::Datasets& d, const Progress& progress,

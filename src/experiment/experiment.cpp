@@ -23,7 +23,7 @@ constexpr std::string_view kExperimentTag = "experiment";
 void ExperimentOptions::validate() const {
   const auto names = experiment_names();
   check(std::find(names.begin(), names.end(), name) != names.end(), kExperimentTag,
-        "unknown experiment '" + name + "' (known: continual, interference, merging, mad-x)");
+        "unknown experiment '" + name + "' (known: continual, interference, merging, mad-x, generalisation, moe)");
   check(seeds >= 0 && seeds <= 100, kExperimentTag,
         "seeds must be in [1, 100] (0: the default), got " + std::to_string(seeds));
   check(steps >= 0 && steps <= 1000000, kExperimentTag,
@@ -33,7 +33,9 @@ void ExperimentOptions::validate() const {
         "threads must be in [0, 1024], got " + std::to_string(threads));
 }
 
-std::vector<std::string> experiment_names() { return {"continual", "interference", "merging", "mad-x"}; }
+std::vector<std::string> experiment_names() {
+  return {"continual", "interference", "merging", "mad-x", "generalisation", "moe"};
+}
 
 double mean_of(const std::vector<double>& v) {
   double s = 0;
@@ -132,6 +134,11 @@ nlohmann::json ExperimentResult::to_json() const {
     if (!m.accuracy_matrix.empty()) mj["accuracy_matrix"] = m.accuracy_matrix;
     j["methods"].push_back(mj);
   }
+  for (const auto& c : charts) {
+    nlohmann::json cj = {{"title", c.title}, {"x", c.x_label}, {"y", c.y_label}};
+    for (const auto& s : c.series) cj["series"].push_back({{"name", s.name}, {"x", finite(s.x)}, {"y", finite(s.y)}});
+    j["charts"].push_back(cj);
+  }
   return j;
 }
 
@@ -144,6 +151,16 @@ train::Report ExperimentResult::report() const {
   for (const auto& t : tasks) rep.paragraph(t + ": " + task_notes.at(t));
   rep.heading("Results");
   rep.add(table());
+  for (const auto& c : charts) rep.add(c);
+  if (!tasks.empty()) add_matrices(rep);
+  rep.heading("What it shows");
+  for (const auto& f : findings) rep.paragraph(f);
+  rep.paragraph("Run: modula experiment " + name + (quick ? " --quick" : "") + " --seeds " + std::to_string(seeds) +
+                "; " + detail::fmt(seconds, 0) + " s.");
+  return rep;
+}
+
+void ExperimentResult::add_matrices(train::Report& rep) const {
   // Mean final accuracy per task and method.
   train::Matrix acc{"final accuracy by task (mean over seeds)", {}, tasks, {}, "", 0.0, 1.0, 3};
   for (const auto& m : methods) {
@@ -171,11 +188,6 @@ train::Report ExperimentResult::report() const {
     }
     rep.add(mm);
   }
-  rep.heading("What it shows");
-  for (const auto& f : findings) rep.paragraph(f);
-  rep.paragraph("Run: modula experiment " + name + (quick ? " --quick" : "") + " --seeds " + std::to_string(seeds) +
-                "; " + detail::fmt(seconds, 0) + " s.");
-  return rep;
 }
 
 ExperimentResult run_experiment(const ExperimentOptions& options, const Progress& progress) {
@@ -187,7 +199,9 @@ ExperimentResult run_experiment(const ExperimentOptions& options, const Progress
   ExperimentResult r = o.name == "continual"      ? detail::continual(o, progress)
                        : o.name == "interference" ? detail::interference(o, progress)
                        : o.name == "merging"      ? detail::merging(o, progress)
-                                                  : detail::madx(o, progress);
+                       : o.name == "mad-x"        ? detail::madx(o, progress)
+                       : o.name == "moe"          ? detail::moe(o, progress)
+                                                  : detail::generalisation(o, progress);
   r.seeds = o.seeds;
   r.quick = o.quick;
   r.seconds = detail::seconds_since(t0);

@@ -24,7 +24,7 @@ ExperimentResult interference(const ExperimentOptions& o, const Progress& progre
   std::vector<Method> methods = {
       {"shared LoRA (rank " + std::to_string(T * r0) + ")",
        [&](train::TrainConfig& c) {
-         c.modules = {{"shared", lora(T * r0), "", true}};
+         c.modules = {{"shared", lora(T * r0, 2.0 * r0), "", true}};
        }},
       {"per-task LoRA (" + Ts + " × rank " + rs + ")",
        [&](train::TrainConfig& c) {
@@ -50,6 +50,8 @@ ExperimentResult interference(const ExperimentOptions& o, const Progress& progre
                         {"n_tasks", T},
                         {"n_skills", T},
                         {"n_splits", 1},
+                        {"lora_alpha", 2 * r0},
+                        {"routing_noise", false},
                         {"target_modules", "all-linear"}},
                        "",
                        true}};
@@ -74,6 +76,9 @@ ExperimentResult interference(const ExperimentOptions& o, const Progress& progre
       "not forced by the design: a shared module can come out ahead (positive transfer) or behind.",
       "The soft router sees only the input (per example, per layer), not the task; per-task LoRA and Polytropon "
       "are told the task. Polytropon's routing logits train with lr 0.1 (the skills with the modules' lr).",
+      "Every module scales its update by α/r with one α = 2·" + rs +
+          " (α fixed across ranks, Hu et al. 2021), Polytropon included (POLY lora_alpha; PEFT's 1/r made it "
+          "learn 8× slower, see generalisation) and trained with σ routing (routing_noise false).",
   };
   for (const auto& t : tasks) {
     r.tasks.push_back(t.name);

@@ -54,7 +54,7 @@ std::string pretrained_backbone(const ExperimentOptions& o, const Sizes& z, cons
 train::TrainConfig run_config(const Sizes& z, const std::string& model, const std::vector<Task>& tasks,
                               const std::string& output, uint64_t seed, int64_t steps);
 train::Datasets datasets(const std::vector<Task>& tasks);
-json lora(int64_t r);  // LoRA r on every linear layer, alpha = 2r
+json lora(int64_t r, double alpha = 0);  // LoRA r on every linear layer, alpha (0 = 2r)
 
 // Runs the trainer, forwarding its phase changes as progress lines.
 train::TrainResult run(const train::TrainConfig& c, const train::Datasets& d, const Progress& progress,
@@ -65,6 +65,8 @@ ExperimentResult continual(const ExperimentOptions& o, const Progress& progress)
 ExperimentResult interference(const ExperimentOptions& o, const Progress& progress);
 ExperimentResult merging(const ExperimentOptions& o, const Progress& progress);
 ExperimentResult madx(const ExperimentOptions& o, const Progress& progress);
+ExperimentResult generalisation(const ExperimentOptions& o, const Progress& progress);
+ExperimentResult moe(const ExperimentOptions& o, const Progress& progress);
 
 // Wall seconds since t0 (each method's time in the table).
 inline double seconds_since(std::chrono::steady_clock::time_point t0) {

@@ -42,7 +42,7 @@ torch::Tensor PolyRouterImpl::skill_weights(const torch::Tensor& task_ids) {
   if (ids.numel() && ids.min().item<int64_t>() < 0)
     throw_error("routing", "poly router: metadata '" + options.key() + "' has a negative task id");
   auto z = module_logits.index_select(0, ids).view({-1, options.n_splits(), options.n_skills()});
-  auto w = is_training() ? relaxed_bernoulli(z) : torch::sigmoid(z);
+  auto w = is_training() && options.noise() ? relaxed_bernoulli(z) : torch::sigmoid(z);
   return w / (w.sum(-1, /*keepdim=*/true) + 1e-12);  // Ponti et al. 2022, eq. 4
 }
 

@@ -64,6 +64,102 @@ TEST(Poly, TrainModeSamplesEvalModeIsDeterministic) {
   EXPECT_FALSE(torch::allclose(model->forward(in).logits, model->forward(in).logits));
 }
 
+// routing_noise false (modula extension): training routes by σ(Z) as evaluation does, the
+// key survives save/load, and a PEFT-default module writes no such key.
+TEST(Poly, RoutingNoiseOffTrainsWithEvaluationRouting) {
+  PolyFixture f;
+  TempDir tmp;
+  auto model = llama();
+  auto ctx = std::make_shared<RoutingContext>();
+  json config = {{"peft_type", "POLY"},   {"r", 2}, {"n_tasks", 4}, {"n_skills", 3}, {"target_modules", {"q_proj"}},
+                 {"routing_noise", false}};
+  auto poly = add_poly_adapter(*model, config, ctx, "quiet");
+  for (auto& p : poly.parameters()) {
+    torch::NoGradGuard g;
+    p.normal_(0, 0.5);  // B != 0 and distinct logits, so routing changes the output
+  }
+  ctx->set("task", f.task_ids());
+  auto in = f.input();
+  torch::NoGradGuard no_grad;
+  model->eval();
+  auto eval_out = model->forward(in).logits;
+  model->train();
+  EXPECT_TRUE(torch::equal(model->forward(in).logits, eval_out));
+  save_adapter(poly, tmp / "quiet");
+  EXPECT_EQ(io::read_peft_folder(tmp / "quiet").config.at("routing_noise"), false);
+  poly.remove();
+  auto reloaded = load_poly_adapter(*model, tmp / "quiet", ctx, "again");
+  model->train();
+  EXPECT_TRUE(torch::equal(model->forward(in).logits, eval_out));
+  reloaded.remove();
+  config["routing_noise"] = true;
+  auto noisy = add_poly_adapter(*model, config, ctx, "noisy");
+  save_adapter(noisy, tmp / "noisy");
+  EXPECT_FALSE(io::read_peft_folder(tmp / "noisy").config.contains("routing_noise"));
+  noisy.remove();
+  config["routing_noise"] = "no";
+  try {
+    add_poly_adapter(*model, config, ctx, "bad");
+    FAIL() << "no exception";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("'routing_noise' must be true or false, got \"no\""), std::string::npos)
+        << e.what();
+  }
+}
+
+// lora_alpha (modula extension): the delta scales by α / r, survives save/load, and MHR-μ's
+// LoRA keeps the scaling (its output equals uniform routing's).
+TEST(Poly, LoraAlphaScalesTheDelta) {
+  PolyFixture f;
+  TempDir tmp;
+  auto in = f.input();
+  auto delta = [&](double alpha, bool reload) {
+    auto model = llama();
+    auto ctx = std::make_shared<RoutingContext>();
+    torch::manual_seed(3);
+    json config = {{"peft_type", "POLY"},  {"r", 2}, {"n_tasks", 4}, {"n_skills", 2}, {"target_modules", {"q_proj"}},
+                   {"init_weights", false}};
+    if (alpha != 1.0) config["lora_alpha"] = alpha;
+    auto poly = add_poly_adapter(*model, config, ctx, "p");
+    if (reload) {
+      save_adapter(poly, tmp / "alpha");
+      poly.remove();
+      poly = load_poly_adapter(*model, tmp / "alpha", ctx, "p");
+    }
+    ctx->set("task", f.task_ids());
+    model->eval();
+    torch::NoGradGuard no_grad;
+    auto with = model->forward(in).logits;
+    poly.set_enabled(false);
+    auto without = model->forward(in).logits;
+    poly.set_enabled(true);
+    auto mu = mhr_mu(*model, poly, "mu");
+    poly.set_enabled(false);
+    ctx->set("task", torch::zeros_like(f.task_ids()));  // routing rows ~uniform at init
+    auto mu_out = model->forward(in).logits - without;
+    mu.remove();
+    poly.set_enabled(true);
+    auto uniform_out = model->forward(in).logits - without;
+    EXPECT_TRUE(torch::allclose(mu_out, uniform_out, 1e-3, 1e-4)) << "alpha " << alpha;
+    return std::make_pair((with - without).abs().sum().item<double>(), uniform_out.abs().sum().item<double>());
+  };
+  auto one = delta(1.0, false);
+  auto eight = delta(8.0, true);
+  EXPECT_GT(one.first, 0);
+  // q_proj's delta is 8x larger; the logits respond almost linearly to a small change.
+  EXPECT_NEAR(eight.first / one.first, 8.0, 1.5);
+  EXPECT_EQ(io::read_peft_folder(tmp / "alpha").config.at("lora_alpha"), 8.0);
+  auto model = llama();
+  auto ctx = std::make_shared<RoutingContext>();
+  json bad = {{"peft_type", "POLY"}, {"r", 2}, {"n_tasks", 2}, {"target_modules", {"q_proj"}}, {"lora_alpha", -1}};
+  try {
+    add_poly_adapter(*model, bad, ctx, "bad");
+    FAIL() << "no exception";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("'lora_alpha' must be a positive number"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Poly, SaveLoadRoundTripInPeftLayout) {
   PolyFixture f;
   TempDir tmp;

@@ -31,6 +31,11 @@ struct UpcycleOptions {
 // E copies of `ffn` behind a fresh TopKRouter (renormalised top-k, weighted combination).
 MoeFfn upcycle_ffn(const DenseFfn& ffn, const UpcycleOptions& options);
 
+// A MoE FFN trained from scratch (Switch, Fedus et al. 2022): the dense FFN's architecture
+// (activation, gating, biases) with E fresh experts of `expert_size` neurons (0 = the dense
+// FFN's), weights ~ N(0, init_std²), biases 0, behind a fresh top-k router of `options`.
+MoeFfn random_moe_ffn(const DenseFfn& ffn, const UpcycleOptions& options, int64_t expert_size, double init_std);
+
 // Upcycles every selected feed-forward block (replace_ffns). Returns the layers by site path.
 std::vector<std::pair<std::string, MoeFfn>> upcycle(Backbone& model, const UpcycleOptions& options);
 

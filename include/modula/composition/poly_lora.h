@@ -4,7 +4,7 @@
 //
 //   A_n[q] = Σ_s w_n[q, s] A[q, s]    (A[q, s]: [in / n_splits, r], split q reads input block q)
 //   B_n[q] = Σ_s w_n[q, s] B[q, s]    (B[q, s]: [r, out / n_splits], split q writes output block q)
-//   y ← y + x A_n B_n / r
+//   y ← y + (α / r) x A_n B_n        (α = lora_alpha, default 1: PEFT POLY's 1 / r)
 //
 // Parameters keep PEFT's names and shapes: poly_lora_A [n_splits, n_skills, in/n_splits, r],
 // poly_lora_B [n_splits, n_skills, r, out/n_splits], poly_router.module_logits.
@@ -31,8 +31,13 @@ struct PolyLoraOptions {
   TORCH_ARG(int64_t, n_tasks) = 1;
   TORCH_ARG(int64_t, n_skills) = 4;
   TORCH_ARG(int64_t, n_splits) = 1;
-  TORCH_ARG(bool, init_weights) = true;  // B = 0 (identity at start); false: B kaiming-uniform
-  TORCH_ARG(std::string, key) = "task";  // RoutingContext entry with the task ids
+  TORCH_ARG(bool, init_weights) = true;   // B = 0 (identity at start); false: B kaiming-uniform
+  TORCH_ARG(std::string, key) = "task";   // RoutingContext entry with the task ids
+  TORCH_ARG(bool, routing_noise) = true;  // PolyRouterOptions::noise
+  // α of the scaling α / r (modula extension; PEFT POLY scales by 1 / r, i.e. α = 1). A LoRA
+  // with lora_alpha 2r scales by 2, 8× PEFT POLY's at r = 4: under Adam its update grows 8×
+  // faster, which is why Polytropon at α = 1 underfits beside such LoRAs (docs/experiments.md).
+  TORCH_ARG(double, lora_alpha) = 1.0;
 
  public:
   void validate() const;  // std::invalid_argument naming the bad field

@@ -19,6 +19,12 @@
 //                 arithmetic, TIES, DARE) vs each alone vs multi-task training.
 //   mad-x         zero-shot cross-lingual transfer: an English task adapter alone vs
 //                 stacked on a language adapter swapped for the target language's.
+//   generalisation  Polytropon skills trained on many topic-pair tasks, adapted to held-out
+//                 pairs from a few examples (MHR-z, MHR-μ) vs a shared LoRA fine-tuned and a
+//                 LoRA from scratch; PEFT's sampled routing vs σ routing in training.
+//   moe           causal-LM pretraining on English fortunes: dense FFN vs top-1/top-2 of 4/8
+//                 experts at equal active and at equal total parameters; held-out perplexity
+//                 by step and by wall time.
 #pragma once
 
 #include <cstdint>
@@ -62,7 +68,8 @@ struct ExperimentResult {
   std::map<std::string, std::string> task_notes;  // task -> source, classes, sizes, chance
   std::vector<std::string> metrics;               // columns, in order
   std::vector<MethodResult> methods;
-  std::vector<std::string> findings;  // computed from the numbers
+  std::vector<std::string> findings;     // computed from the numbers
+  std::vector<train::LineChart> charts;  // curves (moe: perplexity by step and by wall time)
   int64_t seeds = 0;
   bool quick = false;
   double seconds = 0;
@@ -73,6 +80,9 @@ struct ExperimentResult {
   train::Table table() const;
   nlohmann::json to_json() const;
   train::Report report() const;
+
+ private:
+  void add_matrices(train::Report& rep) const;  // per-task accuracy and continual matrices
 };
 
 using Progress = std::function<void(const std::string&)>;

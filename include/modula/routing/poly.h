@@ -3,6 +3,7 @@
 //
 //   Z = module_logits[task] ∈ R^{n_splits × n_skills}
 //   train: ŵ ~ RelaxedBernoulli(τ = 1, logits Z)  (Gumbel-sigmoid, reparameterised)
+//          or ŵ = σ(Z) with noise(false) (modula: training routes as evaluation does)
 //   eval:  ŵ = σ(Z)
 //   w[q, s] = ŵ[q, s] / (Σ_s' ŵ[q, s'] + 1e-12)
 //
@@ -20,6 +21,10 @@ struct PolyRouterOptions {
   TORCH_ARG(int64_t, n_skills);
   TORCH_ARG(int64_t, n_splits) = 1;      // MHR heads; 1 = Polytropon
   TORCH_ARG(std::string, key) = "task";  // RoutingContext entry with the task ids
+  // Training samples ŵ from RelaxedBernoulli (PEFT, Ponti et al. 2022); false: σ(Z) as at
+  // evaluation. The sampled allocation is a fresh random skill mixture each step (logistic
+  // noise of scale 1 on Z), which costs training-task accuracy (docs/experiments.md).
+  TORCH_ARG(bool, noise) = true;
 
  public:
   void validate() const;  // std::invalid_argument naming the bad field
