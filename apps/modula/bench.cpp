@@ -17,7 +17,7 @@ constexpr std::string_view kBenchCliTag = "bench";
 
 struct BenchArgs {
   bool quick = false;
-  std::string size = "cpu", json_out;
+  std::string size = "cpu", json_out, write_models;
   std::vector<std::string> workloads;
   int64_t iters = 0;
   int threads = 0;
@@ -45,10 +45,19 @@ void add_bench(CLI::App& app) {
       ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--seed", a.seed, "Seed of the models, adapters and inputs")->capture_default_str();
   cmd->add_option("--json", a.json_out, "Also write the JSON lines to this file");
+  cmd->add_option("--write-models", a.write_models,
+                  "Write the prefill/decode Llama, its 16 LoRA adapters and a greedy reference to this folder "
+                  "(for bench/llama_cpp) instead of timing");
   cmd->callback([] {
     bench::BenchOptions o;
     o.size = a.quick ? bench::Size::Quick : bench::parse_size(a.size);
     o.workloads = a.workloads, o.iters = a.iters, o.threads = a.threads, o.seed = a.seed;
+    if (!a.write_models.empty()) {
+      bench::write_models(o, a.write_models);
+      std::cout << "wrote " << a.write_models << "/model, " << a.write_models << "/adapters/a0..a15, " << a.write_models
+                << "/reference.json\n";
+      return;
+    }
     std::ofstream json;
     if (!a.json_out.empty()) {
       json.open(a.json_out);

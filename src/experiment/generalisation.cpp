@@ -17,7 +17,7 @@ namespace modula::experiment::detail {
 namespace {
 
 constexpr std::string_view kGenTag = "experiment";
-constexpr uint64_t kPairSeed = 4321;  // topic pools, held-out pairs, per-task samples: fixed
+constexpr uint64_t kPairSeed = 4321;      // topic pools, held-out pairs, per-task samples: fixed
 const char* const kRouteField = "ptask";  // each record's task name: Polytropon's routing row
 
 struct PairTasks {
@@ -31,8 +31,8 @@ struct PairTasks {
 PairTasks pair_tasks(const ExperimentOptions& o, const Sizes& z, int64_t shots) {
   PairTasks p;
   p.topics = o.quick ? std::vector<std::string>{"computers", "politics", "science", "men-women", "people"}
-                     : std::vector<std::string>{"computers",   "politics", "science", "men-women",
-                                                "people",      "definitions", "songs-poems", "work"};
+                     : std::vector<std::string>{"computers", "politics",    "science",     "men-women",
+                                                "people",    "definitions", "songs-poems", "work"};
   const size_t H = o.quick ? 3 : 6;
   std::mt19937_64 rng(kPairSeed);
   std::map<std::string, std::vector<std::string>> train_pool, eval_pool;
@@ -104,8 +104,8 @@ double routing_entropy(const std::string& folder, int64_t tasks) {
 
 // One classification task config per task; Polytropon reads the routing field.
 train::TrainConfig stage_config(const Sizes& z, const std::string& model, const std::vector<Task>& tasks,
-                                const std::vector<std::string>& route_values, const std::string& output,
-                                uint64_t seed, int64_t steps) {
+                                const std::vector<std::string>& route_values, const std::string& output, uint64_t seed,
+                                int64_t steps) {
   auto c = run_config(z, model, tasks, output, seed, steps);
   c.metadata = {{kRouteField, route_values}};
   c.optim.lr_routers = 0.1;  // Polytropon's task-to-skill logits (as in interference)
@@ -133,7 +133,9 @@ double average_accuracy(const train::TrainResult& res, const std::vector<Task>& 
 }
 
 std::string verdict(double gap, double noise, const std::string& better, const std::string& worse) {
-  return gap > 2 * noise && gap > 0.01 ? better : gap < -2 * noise && gap < -0.01 ? worse : "no difference beyond seed noise";
+  return gap > 2 * noise && gap > 0.01     ? better
+         : gap < -2 * noise && gap < -0.01 ? worse
+                                           : "no difference beyond seed noise";
 }
 
 }  // namespace
@@ -153,8 +155,9 @@ ExperimentResult generalisation(const ExperimentOptions& o, const Progress& prog
   // ranks): rank-r0 LoRAs and Polytropon by 2; PEFT's Polytropon by 1 / r0.
   const double alpha = 2.0 * static_cast<double>(r0);
   auto poly = [&](bool peft_scale, bool noise) {
-    json c = {{"peft_type", "POLY"}, {"r", r0}, {"n_tasks", K + H}, {"n_skills", skills}, {"n_splits", 1},
-              {"target_modules", "all-linear"}, {"routing_key", kRouteField}};
+    json c = {{"peft_type", "POLY"},       {"r", r0},       {"n_tasks", K + H},
+              {"n_skills", skills},        {"n_splits", 1}, {"target_modules", "all-linear"},
+              {"routing_key", kRouteField}};
     if (!peft_scale) c["lora_alpha"] = alpha;
     if (!noise) c["routing_noise"] = false;
     return c;
@@ -181,7 +184,8 @@ ExperimentResult generalisation(const ExperimentOptions& o, const Progress& prog
           std::to_string(skills * r0) + " (the same parameters); per-task LoRA: one rank-" + std::to_string(r0) +
           " LoRA per task (" + Ks + "× the parameters of one). Every module uses α = " + fmt(alpha, 0) +
           " (scale α/r; α fixed across ranks as Hu et al. 2021 do: with α = 2r the rank-" +
-          std::to_string(skills * r0) + " LoRA's update is 8× larger per step and it collapsed to chance in a trial "
+          std::to_string(skills * r0) +
+          " LoRA's update is 8× larger per step and it collapsed to chance in a trial "
           "run).",
       "Stage 2: each held-out task gets a new head and " + std::to_string(shots) +
           " examples per class, trained for about " + std::to_string(adapt_steps) +
@@ -193,8 +197,10 @@ ExperimentResult generalisation(const ExperimentOptions& o, const Progress& prog
       "α/r = 2 (8× at r = 4); under Adam a parameter moves by about the learning rate per step whatever the "
       "scale, so Polytropon's update grew 8× slower. Second, PEFT trains with routing weights sampled from a "
       "RelaxedBernoulli (temperature 1) around σ(Z) and evaluates with σ(Z). The Polytropon rows isolate each: "
-      "PEFT's defaults; the LoRAs' scale (POLY lora_alpha " + fmt(alpha, 0) + ", a modula key) with sampled routing; "
-      "and with σ routing in training too (routing_noise false). Training-task accuracy says what each costs.",
+      "PEFT's defaults; the LoRAs' scale (POLY lora_alpha " +
+          fmt(alpha, 0) +
+          ", a modula key) with sampled routing; "
+          "and with σ routing in training too (routing_noise false). Training-task accuracy says what each costs.",
       "The papers pretrain on 100+ real NLP tasks with T5 backbones; this is a 3-layer BERT pretrained here, " + Ks +
           " topic-pair tasks and a few hundred steps, so it tests the mechanism, not the papers' numbers.",
   };
@@ -222,8 +228,7 @@ ExperimentResult generalisation(const ExperimentOptions& o, const Progress& prog
       setup(c);
       return run(c, train_data, progress, tag + name);
     };
-    auto stage2 = [&](const std::string& name, const std::function<void(train::TrainConfig&)>& setup,
-                      MethodResult& m) {
+    auto stage2 = [&](const std::string& name, const std::function<void(train::TrainConfig&)>& setup, MethodResult& m) {
       auto c = stage_config(z, model, p.held, names, fs::join(dir, name), s, adapt_steps * H);
       setup(c);
       m.metrics["held-out accuracy"].push_back(average_accuracy(run(c, held_data, progress, tag + name), p.held, &m));
@@ -236,7 +241,8 @@ ExperimentResult generalisation(const ExperimentOptions& o, const Progress& prog
       m.metrics["training-task accuracy"].push_back(average_accuracy(res, p.train, nullptr));
       m.metrics["routing entropy"].push_back(NAN);
       const std::string folder = fs::join(res.output, "modules/shared");
-      stage2("shared-ft", [&](auto& c) { per_task_modules(c, p.held, {}, folder); }, m);
+      stage2(
+          "shared-ft", [&](auto& c) { per_task_modules(c, p.held, {}, folder); }, m);
       m.seconds += seconds_since(t0);
     }
     t0 = std::chrono::steady_clock::now();
@@ -246,7 +252,8 @@ ExperimentResult generalisation(const ExperimentOptions& o, const Progress& prog
       m.trainable_parameters = res.trainable_parameters;
       m.metrics["training-task accuracy"].push_back(average_accuracy(res, p.train, nullptr));
       m.metrics["routing entropy"].push_back(NAN);
-      stage2("fresh", [&](auto& c) { per_task_modules(c, p.held, lora(r0, alpha), ""); }, m);
+      stage2(
+          "fresh", [&](auto& c) { per_task_modules(c, p.held, lora(r0, alpha), ""); }, m);
       m.seconds += seconds_since(t0);
     }
     struct PolyRun {
@@ -255,8 +262,9 @@ ExperimentResult generalisation(const ExperimentOptions& o, const Progress& prog
       Row z;
       bool mu;
     };
-    for (const PolyRun& v : {PolyRun{"poly-peft", true, true, PeftZ, false}, PolyRun{"poly-scaled", false, true, ScaledZ, false},
-                             PolyRun{"poly-sigma", false, false, QuietZ, true}}) {
+    for (const PolyRun& v :
+         {PolyRun{"poly-peft", true, true, PeftZ, false}, PolyRun{"poly-scaled", false, true, ScaledZ, false},
+          PolyRun{"poly-sigma", false, false, QuietZ, true}}) {
       // Polytropon, then MHR-z (and MHR-μ) on its skills
       t0 = std::chrono::steady_clock::now();
       auto& mz = r.methods[v.z];
@@ -288,14 +296,16 @@ ExperimentResult generalisation(const ExperimentOptions& o, const Progress& prog
         auto loaded = load_poly_adapter(*backbone, folder, ctx, "poly");
         save_adapter(mhr_mu(*backbone, loaded, "mu"), mu_folder);
       }
-      stage2(name + "-mhr-mu", [&](auto& c) { per_task_modules(c, p.held, {}, mu_folder); }, mu);
+      stage2(
+          name + "-mhr-mu", [&](auto& c) { per_task_modules(c, p.held, {}, mu_folder); }, mu);
       mu.seconds += seconds_since(t0);
     }
     t0 = std::chrono::steady_clock::now();
     auto& head = r.methods[HeadOnly];
     head.metrics["training-task accuracy"].push_back(NAN);
     head.metrics["routing entropy"].push_back(NAN);
-    stage2("head-only", [](auto&) {}, head);
+    stage2(
+        "head-only", [](auto&) {}, head);
     head.seconds += seconds_since(t0);
   }
 
@@ -311,9 +321,9 @@ ExperimentResult generalisation(const ExperimentOptions& o, const Progress& prog
     };
     r.findings.push_back("Fit of the training tasks, Polytropon: " + step(PeftZ, ScaledZ, "the LoRAs' scale") + "; " +
                          step(ScaledZ, QuietZ, "σ routing in training") + ". Shared LoRA " + fmt(mean(Shared, fit)) +
-                         ", per-task LoRA " + fmt(mean(PerTask, fit)) + ". Routing entropy (1 = uniform): " +
-                         fmt(mean(PeftZ, "routing entropy")) + ", " + fmt(mean(ScaledZ, "routing entropy")) + ", " +
-                         fmt(mean(QuietZ, "routing entropy")) + ".");
+                         ", per-task LoRA " + fmt(mean(PerTask, fit)) +
+                         ". Routing entropy (1 = uniform): " + fmt(mean(PeftZ, "routing entropy")) + ", " +
+                         fmt(mean(ScaledZ, "routing entropy")) + ", " + fmt(mean(QuietZ, "routing entropy")) + ".");
   }
   Row best_poly = PeftZ;
   for (Row k : {ScaledZ, QuietZ, QuietMu})
@@ -321,13 +331,11 @@ ExperimentResult generalisation(const ExperimentOptions& o, const Progress& prog
   for (Row other : {Shared, PerTask}) {
     const double gap = mean(best_poly, held) - mean(other, held);
     const double noise = std::max(sd(best_poly, held), sd(other, held));
-    r.findings.push_back("Held-out tasks: best Polytropon adaptation (" + r.methods[best_poly].method + ") " +
-                         fmt(mean(best_poly, held)) + " vs " + r.methods[other].method + " " +
-                         fmt(mean(other, held)) + " (difference " + fmt(gap) + ", seed std up to " + fmt(noise) +
-                         "): " +
-                         verdict(gap, noise, "skills transfer better, as the papers report",
-                                 "against the claim at this scale") +
-                         ".");
+    r.findings.push_back(
+        "Held-out tasks: best Polytropon adaptation (" + r.methods[best_poly].method + ") " +
+        fmt(mean(best_poly, held)) + " vs " + r.methods[other].method + " " + fmt(mean(other, held)) + " (difference " +
+        fmt(gap) + ", seed std up to " + fmt(noise) + "): " +
+        verdict(gap, noise, "skills transfer better, as the papers report", "against the claim at this scale") + ".");
   }
   r.findings.push_back("MHR-z vs MHR-μ on the σ-routed skills: " + fmt(mean(QuietZ, held)) + " vs " +
                        fmt(mean(QuietMu, held)) + "; the head alone over the bare backbone " +

@@ -19,7 +19,7 @@ constexpr uint64_t kLmSeed = 777;  // the held-out split and the tokenizer: fixe
 
 struct LmSizes {
   int64_t vocab = 2000, hidden = 128, layers = 2, heads = 4, intermediate = 512;
-  int64_t max_length = 64, batch = 32, steps = 600, eval_every = 100, eval_texts = 400;
+  int64_t max_length = 64, batch = 16, steps = 500, eval_every = 50, eval_texts = 300;
   double lr = 3e-3;
   static LmSizes of(const ExperimentOptions& o) {
     LmSizes s;
@@ -45,16 +45,16 @@ std::vector<Variant> variants(const LmSizes& s) {
   for (int64_t E : {4, 8})
     for (int64_t k : {1, 2}) {
       const int64_t size = I / k;  // k experts of I/k neurons: the dense FFN's compute per token
-      v.push_back({"top-" + std::to_string(k) + " of " + std::to_string(E) + " × " + std::to_string(size) +
-                       " (equal active)",
-                   E, k, size, "equal active"});
+      v.push_back(
+          {"top-" + std::to_string(k) + " of " + std::to_string(E) + " × " + std::to_string(size) + " (equal active)",
+           E, k, size, "equal active"});
     }
   for (int64_t E : {4, 8})
     for (int64_t k : {1, 2}) {
       const int64_t size = I / E;  // E experts of I/E neurons: the dense FFN's parameters
-      v.push_back({"top-" + std::to_string(k) + " of " + std::to_string(E) + " × " + std::to_string(size) +
-                       " (equal total)",
-                   E, k, size, "equal total"});
+      v.push_back(
+          {"top-" + std::to_string(k) + " of " + std::to_string(E) + " × " + std::to_string(size) + " (equal total)", E,
+           k, size, "equal total"});
     }
   return v;
 }
@@ -72,13 +72,19 @@ std::pair<int64_t, int64_t> parameters(const LmSizes& s, int64_t vocab, const Va
 }
 
 nlohmann::json llama_config(const LmSizes& s, int64_t vocab) {
-  return {{"model_type", "llama"},         {"architectures", {"LlamaForCausalLM"}},
-          {"vocab_size", vocab},           {"hidden_size", s.hidden},
-          {"intermediate_size", s.intermediate}, {"num_hidden_layers", s.layers},
-          {"num_attention_heads", s.heads}, {"num_key_value_heads", s.heads},
+  return {{"model_type", "llama"},
+          {"architectures", {"LlamaForCausalLM"}},
+          {"vocab_size", vocab},
+          {"hidden_size", s.hidden},
+          {"intermediate_size", s.intermediate},
+          {"num_hidden_layers", s.layers},
+          {"num_attention_heads", s.heads},
+          {"num_key_value_heads", s.heads},
           {"max_position_embeddings", std::max<int64_t>(128, s.max_length)},
-          {"rms_norm_eps", 1e-6},          {"tie_word_embeddings", true},
-          {"hidden_act", "silu"},          {"pad_token_id", 0}};
+          {"rms_norm_eps", 1e-6},
+          {"tie_word_embeddings", true},
+          {"hidden_act", "silu"},
+          {"pad_token_id", 0}};
 }
 
 struct Curve {
@@ -138,9 +144,8 @@ ExperimentResult moe(const ExperimentOptions& o, const Progress& progress) {
           ", SwiGLU FFN of " + std::to_string(s.intermediate) + " neurons, WordPiece vocabulary " +
           std::to_string(tok.vocab_size) + ") pretrained from random init on " + std::to_string(lm.train.size()) +
           " English fortunes (Debian fortunes) for " + std::to_string(s.steps) + " steps of " +
-          std::to_string(s.batch) + " texts (≤ " + std::to_string(s.max_length) +
-          " tokens); held-out perplexity on " + std::to_string(lm.eval.size()) + " other fortunes every " +
-          std::to_string(s.eval_every) + " steps.",
+          std::to_string(s.batch) + " texts (≤ " + std::to_string(s.max_length) + " tokens); held-out perplexity on " +
+          std::to_string(lm.eval.size()) + " other fortunes every " + std::to_string(s.eval_every) + " steps.",
       "Every FFN of the model is the variant: dense, or E experts trained from scratch (MODULA_MOE_FFN init "
       "random: N(0, 0.02²) like the dense weights) behind a top-k router with the Switch load-balancing loss "
       "(0.01) and the router z-loss (0.001), dropless. Equal active: k experts of 1/k the dense size (the same "
@@ -200,7 +205,8 @@ ExperimentResult moe(const ExperimentOptions& o, const Progress& progress) {
       c.optim.max_grad_norm = 1.0;
       c.eval.every = s.eval_every;
       c.eval.batch_size = 64;
-      c.log_every = std::max<int64_t>(1, s.steps / 5);
+      c.log_every = 1;  // on_step every step: the clock below needs each step's time
+      const int64_t print_every = std::max<int64_t>(1, s.steps / 5);
       Curve curve;
       double eval_seconds = 0, last_elapsed = 0;
       auto last_step = std::chrono::steady_clock::now();
@@ -208,7 +214,7 @@ ExperimentResult moe(const ExperimentOptions& o, const Progress& progress) {
       cb.on_step = [&](const train::StepInfo& i) {
         last_elapsed = i.elapsed_s;
         last_step = std::chrono::steady_clock::now();
-        if (progress && (i.step % c.log_every == 0 || i.step == i.total_steps))
+        if (progress && (i.step % print_every == 0 || i.step == i.total_steps))
           progress("seed " + std::to_string(seed) + " " + v.label + " step " + std::to_string(i.step) + "/" +
                    std::to_string(i.total_steps) + " loss " + fmt(i.loss));
       };
@@ -233,8 +239,8 @@ ExperimentResult moe(const ExperimentOptions& o, const Progress& progress) {
 
   // Curves: mean over seeds at each evaluation.
   train::LineChart by_step{"held-out perplexity by step (mean over seeds)", "step", "perplexity", {}, true};
-  train::LineChart by_time{"held-out perplexity by training wall time (mean over seeds)", "seconds", "perplexity",
-                           {}, true};
+  train::LineChart by_time{
+      "held-out perplexity by training wall time (mean over seeds)", "seconds", "perplexity", {}, true};
   for (size_t k = 0; k < vs.size(); ++k) {
     train::LineSeries a{vs[k].label, {}, {}}, b{vs[k].label, {}, {}};
     const size_t n = curves[k].front().steps.size();
@@ -259,7 +265,7 @@ ExperimentResult moe(const ExperimentOptions& o, const Progress& progress) {
     for (size_t k = 1; k < vs.size(); ++k)
       if (vs[k].group == group && (best == 0 || mean(k) < mean(best))) best = k;
     const double gap = mean(0) - mean(best), noise = std::max(sd(0), sd(best));
-    const std::string verdict = gap > 2 * noise && gap > 0.01 * mean(0)    ? "the mixture is better"
+    const std::string verdict = gap > 2 * noise && gap > 0.01 * mean(0)     ? "the mixture is better"
                                 : gap < -2 * noise && gap < -0.01 * mean(0) ? "the dense FFN is better"
                                                                             : "no difference beyond seed noise";
     r.findings.push_back(std::string("At ") + group + " parameters the best mixture, " + vs[best].label + ", reaches " +

@@ -128,12 +128,57 @@ TEST(MoeFfnModule, UpcycledAtInitEqualsTheDenseModel) {
   }
 }
 
+TEST(RegistryMatrix, MoeFromScratchTrainsSavesReloads) {
+  auto c = moe("random", 4, 1);
+  c["expert_size"] = 24;
+  train_save_reload("llama", c, 3e-3);
+}
+
+// init random: E distinct experts of expert_size neurons, weights ~ N(0, init_std²) (not
+// copies of the dense FFN, which it does not read), saved shapes [E, expert_size, H].
+TEST(MoeFfnModule, FromScratchExpertsAreFreshAndSized) {
+  auto model = load_backbone(fixture("hf/models/llama"));
+  auto dense = logits(*model);
+  torch::manual_seed(0);
+  auto c = moe("random", 4, 2);
+  c["expert_size"] = 40;
+  c["init_std"] = 0.05;
+  auto a = build_module(*model, c);
+  EXPECT_EQ(a.config.at("train_experts"), true);
+  EXPECT_EQ(a.config.at("expert_size"), 40);
+  EXPECT_GT(max_diff(logits(*model), dense), 1e-3);  // the dense FFN no longer runs
+  TempDir d;
+  save_module(a, d / "scratch");
+  const auto t = io::read_peft_folder(d / "scratch").tensors;
+  const auto& up = t.at("base_model.model.model.layers.0.mlp.w_up");
+  const int64_t H = model->config().hidden_size;
+  EXPECT_EQ(up.sizes(), (std::vector<int64_t>{4, 40, H}));
+  EXPECT_FALSE(torch::equal(up[0], up[1]));  // not copies
+  EXPECT_NEAR(up.std().item<double>(), 0.05, 0.005);
+  a.remove();
+  EXPECT_TRUE(torch::equal(logits(*model), dense));
+  auto reloaded = load_module(*model, d / "scratch");
+  EXPECT_GT(max_diff(logits(*model), dense), 1e-3);
+}
+
 TEST(MoeFfnModule, ClearErrors) {
   auto model = load_backbone(fixture("hf/models/llama"));
   auto dense = logits(*model);
   auto build_error = [&](json c) { return error_of([&] { build_module(*model, c); }); };
   auto msg = build_error({{"peft_type", "MODULA_MOE_FFN"}, {"num_experts", 4}});
-  EXPECT_NE(msg.find("'init' must be \"upcycle\" or \"moefy\""), std::string::npos) << msg;
+  EXPECT_NE(msg.find("'init' must be \"upcycle\", \"moefy\" or \"random\""), std::string::npos) << msg;
+  auto sized = moe("upcycle", 4, 2);
+  sized["expert_size"] = 32;
+  msg = build_error(sized);
+  EXPECT_NE(msg.find("'expert_size' applies to init: random only"), std::string::npos) << msg;
+  auto negative = moe("random", 4, 2);
+  negative["expert_size"] = -3;
+  msg = build_error(negative);
+  EXPECT_NE(msg.find("'expert_size' must be positive"), std::string::npos) << msg;
+  negative["expert_size"] = 8;
+  negative["init_std"] = 0;
+  msg = build_error(negative);
+  EXPECT_NE(msg.find("'init_std' must be a positive number"), std::string::npos) << msg;
   auto bad = moe("upcycle", 4, 2);
   bad["kmeans_iterations"] = 3;
   msg = build_error(bad);

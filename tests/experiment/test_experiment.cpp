@@ -183,8 +183,12 @@ TEST(Experiment, MoeQuick) {
   for (size_t k = 1; k < r.methods.size(); ++k) {
     const auto& m = r.methods[k];
     // Equal total: within the routers' parameters of the dense model; equal active: more.
-    if (m.method.find("equal total") != std::string::npos) EXPECT_NEAR(m.trainable_parameters / dense_total, 1.0, 0.02);
-    if (m.method.find("equal active") != std::string::npos) EXPECT_GT(m.trainable_parameters, dense_total);
+    if (m.method.find("equal total") != std::string::npos) {
+      EXPECT_NEAR(m.trainable_parameters / dense_total, 1.0, 0.02) << m.method;
+    }
+    if (m.method.find("equal active") != std::string::npos) {
+      EXPECT_GT(m.trainable_parameters, dense_total) << m.method;
+    }
   }
   for (const auto& m : r.methods) {
     // Every variant learns: below the uniform model's perplexity (the vocabulary) and lower

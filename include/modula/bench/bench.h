@@ -76,6 +76,12 @@ struct Measurement {
 std::vector<Measurement> run_bench(const BenchOptions& options,
                                    const std::function<void(const Measurement&)>& on_result = {});
 
+// Writes the prefill / decode workloads' Llama (HF folder `dir`/model) and their 16 LoRA
+// adapters (`dir`/adapters/a0..a15, PEFT folders) for another engine, and
+// `dir`/reference.json: a 16-token prompt with modula's greedy 32-token continuation, with no
+// adapter and with a0 (bench/llama_cpp/run.sh checks llama.cpp reproduces them).
+void write_models(const BenchOptions& options, const std::string& dir);
+
 // One row per measurement: workload, variant, shape, median ms, spread, tokens/s, GFLOP per
 // call, GFLOP/s, × baseline, error.
 train::Table bench_table(const std::vector<Measurement>& results);
