@@ -7,7 +7,7 @@
 //   decode    mixed16: 16 requests, request i with adapter a<i>; llama.cpp applies a LoRA
 //             per context, so each runs on its adapter's context, one after another
 //   check     llama.cpp's greedy tokens against modula's (models/reference.json)
-// Usage: node bench.mjs DIR [--threads 2] [--iters 5]
+// Usage: node bench.mjs DIR [--threads 2] [--iters 10]   (median of iters rounds after one warm-up)
 import fs from "node:fs";
 import path from "node:path";
 import { getLlama, LlamaLogLevel } from "node-llama-cpp";
@@ -18,7 +18,7 @@ const flag = (name, fallback) => {
   const i = args.indexOf(name);
   return i >= 0 ? Number(args[i + 1]) : fallback;
 };
-const threads = flag("--threads", 2), iters = flag("--iters", 5);
+const threads = flag("--threads", 2), iters = flag("--iters", 10);
 if (!dir || !fs.existsSync(path.join(dir, "model.gguf"))) {
   console.error("usage: node bench.mjs DIR [--threads N] [--iters N]  (DIR from run.sh: model.gguf, a0..a15.gguf)");
   process.exit(2);
@@ -75,6 +75,11 @@ async function timed(fn) {
 }
 
 const long = Array.from({ length: 64 }, (_, i) => prompt[i % prompt.length]);
+{  // first touch of the weights (mapped from the file) outside every measurement
+  const ctx = await context(null, 1);
+  await generate([ctx.getSequence()]);
+  await ctx.dispose();
+}
 for (const adapter of [null, "a0"]) {
   const variant = adapter ? "single" : "none";
   for (const rows of [1, 16]) {

@@ -21,10 +21,13 @@ def lines(path):
     return out
 
 
-def rows_of(m):  # modula's shape "16x64 tokens ..." / "1x32 new tokens ..."
+def rows_of(m):  # modula's shapes: prefill "16x64 tokens", decode "batch 16, 32 steps ..."
+    shape = m.get("shape", "")
     try:
-        return int(m["shape"].split("x", 1)[0])
-    except (KeyError, ValueError):
+        if shape.startswith("batch "):
+            return int(shape[len("batch "):].split(",", 1)[0])
+        return int(shape.split("x", 1)[0])
+    except ValueError:
         return None
 
 

@@ -9,7 +9,10 @@
 #include <sstream>
 
 #include "bench/bench_internal.h"
+#include "modula/backbone/registry.h"
 #include "modula/bench/bench.h"
+#include "modula/composition/registry.h"
+#include "modula/util/fs.h"
 #include "support/process.h"
 #include "support/temp_dir.h"
 
@@ -156,3 +159,38 @@ TEST(BenchCli, QuickRunWritesJsonLines) {
   EXPECT_EQ(modula::testing::wait_exit(pid), 2) << modula::testing::slurp(d / "bad.log");
 }
 #endif
+
+// --write-models (bench/llama_cpp's input): the folders load back as the models the workloads
+// time, and reference.json's greedy tokens are what the reloaded model and adapter a0 give.
+TEST(Bench, WrittenModelsReloadToTheGreedyReference) {
+  modula::testing::TempDir tmp;
+  BenchOptions o;
+  o.size = Size::Quick;
+  write_models(o, tmp / "w");
+  const auto ref = json::parse(modula::fs::read_file(tmp / "w/reference.json"));
+  ASSERT_EQ(ref.at("adapters").size(), 16u);
+  auto model = load_backbone(tmp / "w/model");
+  auto prompt = torch::tensor(ref.at("prompt").get<std::vector<int64_t>>()).unsqueeze(0);
+  auto greedy = [&] {
+    torch::NoGradGuard no_grad;
+    model->eval();
+    KVCache cache;
+    BackboneInput in;
+    in.input_ids = prompt;
+    in.cache = &cache;
+    std::vector<int64_t> out;
+    auto next = model->forward(in).logits.select(1, -1).argmax(-1).unsqueeze(1);
+    for (size_t s = 0; s < ref.at("greedy").size(); ++s) {
+      out.push_back(next.item<int64_t>());
+      BackboneInput step;
+      step.input_ids = next;
+      step.cache = &cache;
+      next = model->forward(step).logits.select(1, -1).argmax(-1).unsqueeze(1);
+    }
+    return out;
+  };
+  EXPECT_EQ(greedy(), ref.at("greedy").get<std::vector<int64_t>>());
+  auto a0 = load_adapter(*model, tmp / "w/adapters/a0", "a0");
+  EXPECT_EQ(greedy(), ref.at("greedy_adapter_a0").get<std::vector<int64_t>>());
+  EXPECT_NE(ref.at("greedy"), ref.at("greedy_adapter_a0"));  // the adapter changes the model
+}
