@@ -167,7 +167,7 @@ ExperimentResult generalisation(const ExperimentOptions& o, const Progress& prog
   r.name = "generalisation";
   r.title = "Generalisation: skills from many tasks, recombined for held-out tasks from a few examples";
   r.claim =
-      "A inventory of skills with a learned task-to-skill allocation (Polytropon) trained on many tasks adapts to "
+      "An inventory of skills with a learned task-to-skill allocation (Polytropon) trained on many tasks adapts to "
       "a held-out task from a few examples better than a shared module or a module learned from scratch, because "
       "a new task is a new combination of known skills (Ponti et al. 2022; Caccia et al. 2023).";
   const std::string Ks = std::to_string(K), Hs = std::to_string(H), Ss = std::to_string(skills);
