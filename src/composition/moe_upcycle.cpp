@@ -16,9 +16,13 @@ void UpcycleOptions::validate() const {
       .validate();
 }
 
-MoeFfn upcycle_ffn(const DenseFfn& ffn, const UpcycleOptions& options) {
+namespace {
+
+// The dense FFN's architecture (activation, gating, biases) as E experts of I neurons behind a
+// fresh top-k router with renormalised weights; the experts' weights are left to the caller.
+MoeFfn top_k_block(const DenseFfn& ffn, const UpcycleOptions& options, int64_t I) {
   options.validate();
-  const int64_t E = options.num_experts(), H = ffn.features(), I = ffn.intermediate();
+  const int64_t E = options.num_experts(), H = ffn.features();
   auto router = TopKRouter(TopKRouterOptions(H, E)
                                .k(options.k())
                                .noisy(options.noisy())
@@ -26,15 +30,21 @@ MoeFfn upcycle_ffn(const DenseFfn& ffn, const UpcycleOptions& options) {
                                .load_balance_coef(options.load_balance_coef())
                                .z_loss_coef(options.z_loss_coef()),
                            options.context());
-  const bool bias = ffn.b_up.defined() || ffn.b_gate.defined() || ffn.b_down.defined();
-  auto moe = MoeFfn(MoeFfnOptions(H, I, E)
-                        .activation(ffn.activation)
-                        .gated(ffn.gated)
-                        .bias(bias)
-                        .weighted(true)
-                        .dropless(options.dropless())
-                        .capacity_factor(options.capacity_factor()),
-                    router.ptr());
+  return MoeFfn(MoeFfnOptions(H, I, E)
+                    .activation(ffn.activation)
+                    .gated(ffn.gated)
+                    .bias(ffn.b_up.defined() || ffn.b_gate.defined() || ffn.b_down.defined())
+                    .weighted(true)
+                    .dropless(options.dropless())
+                    .capacity_factor(options.capacity_factor()),
+                router.ptr());
+}
+
+}  // namespace
+
+MoeFfn upcycle_ffn(const DenseFfn& ffn, const UpcycleOptions& options) {
+  auto moe = top_k_block(ffn, options, ffn.intermediate());
+  const bool bias = moe->options.bias();
   torch::NoGradGuard no_grad;
   auto copy = [](torch::Tensor& dst, const torch::Tensor& src) {
     if (src.defined())
@@ -54,24 +64,7 @@ MoeFfn upcycle_ffn(const DenseFfn& ffn, const UpcycleOptions& options) {
 }
 
 MoeFfn random_moe_ffn(const DenseFfn& ffn, const UpcycleOptions& options, int64_t expert_size, double init_std) {
-  options.validate();
-  const int64_t E = options.num_experts(), H = ffn.features(), I = expert_size > 0 ? expert_size : ffn.intermediate();
-  auto router = TopKRouter(TopKRouterOptions(H, E)
-                               .k(options.k())
-                               .noisy(options.noisy())
-                               .normalize(true)
-                               .load_balance_coef(options.load_balance_coef())
-                               .z_loss_coef(options.z_loss_coef()),
-                           options.context());
-  const bool bias = ffn.b_up.defined() || ffn.b_gate.defined() || ffn.b_down.defined();
-  auto moe = MoeFfn(MoeFfnOptions(H, I, E)
-                        .activation(ffn.activation)
-                        .gated(ffn.gated)
-                        .bias(bias)
-                        .weighted(true)
-                        .dropless(options.dropless())
-                        .capacity_factor(options.capacity_factor()),
-                    router.ptr());
+  auto moe = top_k_block(ffn, options, expert_size > 0 ? expert_size : ffn.intermediate());
   torch::NoGradGuard no_grad;
   for (auto& p : moe->named_parameters()) {
     if (p.key().rfind("router.", 0) == 0) continue;  // the router keeps its own init

@@ -132,12 +132,6 @@ double average_accuracy(const train::TrainResult& res, const std::vector<Task>& 
   return mean_of(acc);
 }
 
-std::string verdict(double gap, double noise, const std::string& better, const std::string& worse) {
-  return gap > 2 * noise && gap > 0.01     ? better
-         : gap < -2 * noise && gap < -0.01 ? worse
-                                           : "no difference beyond seed noise";
-}
-
 }  // namespace
 
 ExperimentResult generalisation(const ExperimentOptions& o, const Progress& progress) {

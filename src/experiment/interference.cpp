@@ -112,9 +112,8 @@ ExperimentResult interference(const ExperimentOptions& o, const Progress& progre
   const double noise = std::max(sd(0), sd(1));
   r.findings.push_back("Per-task LoRA " + fmt(avg[1]) + " vs shared LoRA " + fmt(avg[0]) + " (difference " + fmt(gap) +
                        ", seed std up to " + fmt(noise) + "): " +
-                       (gap > 2 * noise && gap > 0.01     ? "the shared module shows negative interference here."
-                        : gap < -2 * noise && gap < -0.01 ? "sharing helps here (positive transfer), against the claim."
-                                                          : "no difference beyond seed noise at this budget."));
+                       verdict(gap, noise, "the shared module shows negative interference here.",
+                               "sharing helps here (positive transfer), against the claim.", 0.01, " at this budget."));
   r.findings.push_back("Learned soft routing " + fmt(avg[2]) + ", Polytropon " + fmt(avg[3]) +
                        " (best of the fixed ones " + fmt(std::max(avg[0], avg[1])) + ").");
   return r;

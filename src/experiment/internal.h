@@ -79,6 +79,15 @@ inline MethodResult method_named(std::string name) {
   return m;
 }
 
+// The findings' noise rule: `better` when gap > 2 × noise and > min_gap, `worse` for the
+// mirror image, otherwise "no difference beyond seed noise" (+ `suffix`).
+inline std::string verdict(double gap, double noise, const std::string& better, const std::string& worse,
+                           double min_gap = 0.01, const std::string& suffix = "") {
+  return gap > 2 * noise && gap > min_gap     ? better
+         : gap < -2 * noise && gap < -min_gap ? worse
+                                              : "no difference beyond seed noise" + suffix;
+}
+
 std::string fmt(double v, int precision = 3);        // "–" for NaN
 std::string mean_std(const std::vector<double>& v);  // "0.812 ± 0.013"
 

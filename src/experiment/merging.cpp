@@ -170,9 +170,8 @@ ExperimentResult merging(const ExperimentOptions& o, const Progress& progress) {
     const double gap = mean_of(v) - mean_of(plain), noise = std::max(std_of(v), std_of(plain));
     r.findings.push_back(methods[k].label + " " + fmt(mean_of(v)) + " vs plain averaging " + fmt(mean_of(plain)) +
                          " (difference " + fmt(gap) + ", seed std up to " + fmt(noise) + "): " +
-                         (gap > 2 * noise && gap > 0.01     ? "trimming helps here, as the papers report."
-                          : gap < -2 * noise && gap < -0.01 ? "trimming hurts here (untuned λ and density)."
-                                                            : "no difference beyond seed noise."));
+                         verdict(gap, noise, "trimming helps here, as the papers report.",
+                                 "trimming hurts here (untuned λ and density).", 0.01, "."));
   }
   return r;
 }

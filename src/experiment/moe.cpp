@@ -265,12 +265,10 @@ ExperimentResult moe(const ExperimentOptions& o, const Progress& progress) {
     for (size_t k = 1; k < vs.size(); ++k)
       if (vs[k].group == group && (best == 0 || mean(k) < mean(best))) best = k;
     const double gap = mean(0) - mean(best), noise = std::max(sd(0), sd(best));
-    const std::string verdict = gap > 2 * noise && gap > 0.01 * mean(0)     ? "the mixture is better"
-                                : gap < -2 * noise && gap < -0.01 * mean(0) ? "the dense FFN is better"
-                                                                            : "no difference beyond seed noise";
+    const std::string outcome = verdict(gap, noise, "the mixture is better", "the dense FFN is better", 0.01 * mean(0));
     r.findings.push_back(std::string("At ") + group + " parameters the best mixture, " + vs[best].label + ", reaches " +
                          fmt(mean(best), 2) + " vs the dense FFN's " + fmt(mean(0), 2) + " (seed std up to " +
-                         fmt(noise, 2) + "): " + verdict + "; it trains in " + fmt(seconds(best), 1) + " s vs " +
+                         fmt(noise, 2) + "): " + outcome + "; it trains in " + fmt(seconds(best), 1) + " s vs " +
                          fmt(seconds(0), 1) + " s for the dense model.");
   }
   // Equal wall time: each mixture's perplexity when the dense model finished.
