@@ -14,6 +14,11 @@ See docs/python.md.
 
 import os as _os
 
+# Before libgomp starts (it reads the variable once, when torch loads): idle OpenMP threads
+# sleep instead of spinning against OpenBLAS's threads (src/util/omp_wait_policy.cpp says why).
+# No effect if torch was imported first.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch as _torch  # noqa: F401  (loads libtorch and torch.Tensor before the extension)
 
 _shim = _os.path.join(_os.path.dirname(__file__), "libmodula_spm.so")
