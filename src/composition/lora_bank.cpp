@@ -1,65 +1,16 @@
 #include "modula/composition/lora_bank.h"
 
-#include <ATen/Parallel.h>
-
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 
+#include "composition/lora_bank_kernels.h"
 #include "modula/util/error.h"
 
 namespace modula {
 namespace {
 constexpr std::string_view kLoraBankTag = "lora bank";
 
-// Σ_i a[i] b[i] in 16 independent partial sums (vectorizable without reassociation).
-inline float lora_bank_dot(const float* a, const float* b, int64_t n) {
-  float part[16] = {};
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int j = 0; j < 16; ++j) part[j] += a[i + j] * b[i + j];
-  float sum = 0;
-  for (; i < n; ++i) sum += a[i] * b[i];
-  for (float p : part) sum += p;
-  return sum;
-}
-
-// One row: y = B (c A x) for A [r, in], B [out, r]; h: r floats of scratch. GCC also builds
-// an AVX2/FMA clone, picked at load time (the CPU build itself targets plain x86-64).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
-void lora_bank_row(const float* A, const float* B, const float* x, float c, float* h, float* y, int64_t r, int64_t in,
-                   int64_t out) {
-  for (int64_t j = 0; j < r; ++j) h[j] = c * lora_bank_dot(A + j * in, x, in);
-  for (int64_t o = 0; o < out; ++o) y[o] = lora_bank_dot(B + o * r, h, r);
-}
-
-// Decode (T = 1), one module per row, float on the CPU, no autograd: the BGMV formulation
-// (Punica, Chen et al. 2023), two mat-vecs per row read straight from the bank. Gathering
-// A_m, B_m per row first would copy the row's whole module (2 · r · in floats at r 64,
-// in 512: 256 KiB) to compute 2 · r · in multiply-adds.
-// x [N, 1, in], A [M, r, in], B [M, out, r], scaling [M]; per row ids (-1 = none) and weights w [N].
-torch::Tensor lora_bank_bgmv(const torch::Tensor& x, const torch::Tensor& A, const torch::Tensor& B,
-                             const torch::Tensor& scaling, const torch::Tensor& ids, const torch::Tensor& w) {
-  const int64_t N = x.size(0), r = A.size(1), in = A.size(2), out = B.size(1);
-  auto y = torch::zeros({N, 1, out}, x.options());
-  const float *xs = x.data_ptr<float>(), *As = A.data_ptr<float>(), *Bs = B.data_ptr<float>();
-  const float *s = scaling.data_ptr<float>(), *ws = w.data_ptr<float>();
-  const int64_t* id = ids.data_ptr<int64_t>();
-  float* ys = y.data_ptr<float>();
-  for (int64_t n = 0; n < N; ++n)
-    if (id[n] >= A.size(0))
-      throw_error(kLoraBankTag, "selected: row " + std::to_string(n) + " names module " + std::to_string(id[n]) +
-                                    " of " + std::to_string(A.size(0)));
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> h(static_cast<size_t>(r));
-    for (int64_t n = begin; n < end; ++n)
-      if (id[n] >= 0)
-        lora_bank_row(As + id[n] * r * in, Bs + id[n] * out * r, xs + n * in, ws[n] * s[id[n]], h.data(), ys + n * out,
-                      r, in, out);
-  });
-  return y;
-}
 }  // namespace
 
 void LoraBankOptions::validate() const {
@@ -111,8 +62,31 @@ std::shared_ptr<LoraBankImpl> LoraBankImpl::view(const std::vector<std::shared_p
   return bank;
 }
 
+// What a view bank's stacked copy was made from: each member's tensors, their in-place
+// versions and its scale. Equal stamps: the copy is current.
+std::vector<int64_t> LoraBankImpl::member_stamp() const {
+  std::vector<int64_t> stamp;
+  for (const auto& l : members_) {
+    if (!l) {
+      stamp.insert(stamp.end(), {0, 0, 0, 0, 0});
+      continue;
+    }
+    const double s = l->scale * l->options.scaling();
+    int64_t bits;
+    std::memcpy(&bits, &s, sizeof bits);
+    stamp.insert(stamp.end(), {reinterpret_cast<int64_t>(l->lora_A.unsafeGetTensorImpl()), l->lora_A._version(),
+                               reinterpret_cast<int64_t>(l->lora_B.unsafeGetTensorImpl()), l->lora_B._version(), bits});
+  }
+  return stamp;
+}
+
 void LoraBankImpl::sync() {
   if (members_.empty()) return;
+  bool grad = false;  // a graph must reach the members: stack anew
+  for (const auto& l : members_) grad = grad || (l && (l->lora_A.requires_grad() || l->lora_B.requires_grad()));
+  grad = grad && torch::GradMode::is_enabled();
+  auto stamp = grad ? std::vector<int64_t>{} : member_stamp();
+  if (!grad && lora_A.defined() && stamp == synced_) return;  // inference: the copy is current
   const LoraImpl* first = nullptr;
   for (const auto& l : members_)
     if (l && !first) first = l.get();
@@ -126,6 +100,10 @@ void LoraBankImpl::sync() {
     s.push_back(torch::full({1}, l ? l->scale * l->options.scaling() : 0.0, opts));
   }
   lora_A = torch::stack(A), lora_B = torch::stack(B), scaling = torch::cat(s);
+  synced_ = std::move(stamp);
+  synced_from_.clear();  // held, so that no new tensor can take a stamped address
+  for (const auto& l : members_)
+    if (l) synced_from_.insert(synced_from_.end(), {l->lora_A, l->lora_B});
 }
 
 std::shared_ptr<LoraBankImpl> LoraBankImpl::stack(const std::vector<std::shared_ptr<LoraImpl>>& modules) {
@@ -177,8 +155,8 @@ torch::Tensor LoraBankImpl::selected(const SiteInput& in, const torch::Tensor& i
     return true;
   };
   if (k == 1 && x.size(1) == 1 && !autograd && all_float({x, w, lora_A, lora_B, scaling}))  // decode
-    return lora_bank_bgmv(x.contiguous(), lora_A.contiguous(), lora_B.contiguous(), scaling.contiguous(),
-                          idx.reshape({N}).to(torch::kLong).contiguous(), w.reshape({N}).contiguous());
+    return detail::lora_bgmv(x.contiguous(), lora_A.contiguous(), lora_B.contiguous(), scaling.contiguous(),
+                             idx.reshape({N}).to(torch::kLong).contiguous(), w.reshape({N}).contiguous());
   auto flat = idx.clamp_min(0).reshape({-1});                                                     // [N·k]
   auto coef = (w * (idx >= 0) * scaling.index_select(0, flat).view({N, k})).to(x.scalar_type());  // [N, k]
   if (k == 1) {  // one module per row: no copies of B, the scale on the [N, T, r] activations

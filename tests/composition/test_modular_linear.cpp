@@ -192,3 +192,46 @@ TEST(LoraBank, OneModulePerRowEqualsEachRowAlone) {
   EXPECT_THROW(bank->selected({torch::randn({1, 1, in}), {}, nullptr}, torch::tensor({{M}}), torch::ones({1, 1})),
                std::invalid_argument);
 }
+
+// A view bank over attached LoRAs: without autograd it reuses its stacked copy until a
+// member changes, and then sees the change: an in-place update of lora_B (the optimizer's
+// way), a new scale, a replaced tensor. With autograd the gradient reaches the member.
+TEST(LoraBank, ViewBankFollowsItsMembers) {
+  torch::manual_seed(3);
+  const int64_t in = 6, out = 5, r = 3;
+  std::vector<std::shared_ptr<LoraImpl>> members;
+  for (int m = 0; m < 2; ++m) {
+    members.push_back(std::make_shared<LoraImpl>(LoraOptions(in, out).r(r).alpha(2.0 * r)));
+    torch::NoGradGuard no_grad;
+    members.back()->lora_B.normal_();
+  }
+  auto bank = LoraBankImpl::view(members);
+  auto x = torch::randn({2, 1, in});
+  auto idx = torch::tensor({{1}, {0}});
+  auto w = torch::ones({2, 1});
+  auto alone = [&](int m, const torch::Tensor& xn) {
+    const auto& l = *members[m];
+    return l.scale * l.options.scaling() * torch::matmul(torch::matmul(xn, l.lora_A.t()), l.lora_B.t());
+  };
+  auto check = [&](const char* what) {
+    torch::NoGradGuard no_grad;
+    auto y = bank->selected({x, {}, nullptr}, idx, w);
+    EXPECT_TRUE(torch::allclose(y[0], alone(1, x[0]), 1e-5, 1e-6)) << what;
+    EXPECT_TRUE(torch::allclose(y[1], alone(0, x[1]), 1e-5, 1e-6)) << what;
+  };
+  check("first call");
+  check("cached copy");
+  {
+    torch::NoGradGuard no_grad;
+    members[1]->lora_B.mul_(-2);
+  }
+  check("after an in-place update of lora_B");
+  members[0]->scale = 0.25;
+  check("after a new scale");
+  members[1]->lora_A = torch::randn({r, in}).requires_grad_();
+  check("after a replaced lora_A");
+  auto y = bank->selected({x, {}, nullptr}, idx, w);
+  y.sum().backward();
+  ASSERT_TRUE(members[1]->lora_A.grad().defined());
+  EXPECT_GT(members[1]->lora_A.grad().abs().sum().item<double>(), 0);
+}

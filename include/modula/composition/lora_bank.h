@@ -35,9 +35,9 @@ class LoraBankImpl : public torch::nn::Module, public ModuleBank {
   // Throws std::invalid_argument naming the module index for DoRA or a shape mismatch.
   static std::shared_ptr<LoraBankImpl> stack(const std::vector<std::shared_ptr<LoraImpl>>& modules);
   // A bank over modules that stay where they are (a route(...) over attached adapters):
-  // lora_A/lora_B/scaling are re-stacked from the members at every call, so gradients
-  // reach the members' own parameters and their scale is read live. The bank registers
-  // no parameters. Same checks as stack().
+  // lora_A/lora_B/scaling are re-stacked from the members at every call with autograd, so
+  // gradients reach the members' own parameters, and without autograd whenever a member's
+  // tensors or scale changed. The bank registers no parameters. Same checks as stack().
   static std::shared_ptr<LoraBankImpl> view(const std::vector<std::shared_ptr<LoraImpl>>& modules);
 
   // Hard routing: Σ_k w[n,k] s_i B_i A_i x_n with i = idx[n,k] (idx -1 = none, weight 0).
@@ -65,8 +65,11 @@ class LoraBankImpl : public torch::nn::Module, public ModuleBank {
 
  private:
   LoraBankImpl() = default;
-  void sync();  // view banks: re-stack from the members
+  void sync();  // view banks: re-stack from the members (without autograd: only when they changed)
+  std::vector<int64_t> member_stamp() const;
   std::vector<std::shared_ptr<LoraImpl>> members_;
+  std::vector<int64_t> synced_;
+  std::vector<torch::Tensor> synced_from_;
   int64_t view_rank_ = 0;
   void check_input(const torch::Tensor& x, const torch::Tensor& w, const char* what) const;
 };
