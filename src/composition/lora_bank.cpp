@@ -159,6 +159,8 @@ torch::Tensor LoraBankImpl::selected(const SiteInput& in, const torch::Tensor& i
                              idx.reshape({N}).to(torch::kLong).contiguous(), w.reshape({N}).contiguous());
   auto flat = idx.clamp_min(0).reshape({-1});                                                     // [N·k]
   auto coef = (w * (idx >= 0) * scaling.index_select(0, flat).view({N, k})).to(x.scalar_type());  // [N, k]
+  if (k == 1 && !autograd && x.is_cpu())  // prefill: two GEMMs per row on the bank's own A_m, B_m
+    return detail::lora_row_gemms(x, lora_A, lora_B, coef.reshape({N}), idx.reshape({N}));
   if (k == 1) {  // one module per row: no copies of B, the scale on the [N, T, r] activations
     auto h = torch::bmm(x, lora_A.index_select(0, flat).transpose(1, 2)) * coef.view({N, 1, 1});
     return torch::bmm(h, lora_B.index_select(0, flat).transpose(1, 2));

@@ -39,8 +39,8 @@ void bgmv_row(const float* A, const float* B, const float* x, float c, float* h,
 void check_ids(const int64_t* id, int64_t N, int64_t M) {
   for (int64_t n = 0; n < N; ++n)
     if (id[n] >= M)
-      throw_error("lora bank", "selected: row " + std::to_string(n) + " names module " + std::to_string(id[n]) + " of " +
-                                   std::to_string(M));
+      throw_error("lora bank", "selected: row " + std::to_string(n) + " names module " + std::to_string(id[n]) +
+                                   " of " + std::to_string(M));
 }
 
 }  // namespace
@@ -60,6 +60,28 @@ torch::Tensor lora_bgmv(const torch::Tensor& x, const torch::Tensor& A, const to
       if (id[n] >= 0)
         bgmv_row(As + id[n] * r * in, Bs + id[n] * out * r, xs + n * in, ws[n] * s[id[n]], h.data(), ys + n * out, r,
                  in, out);
+  });
+  return y;
+}
+
+torch::Tensor lora_row_gemms(const torch::Tensor& x, const torch::Tensor& A, const torch::Tensor& B,
+                             const torch::Tensor& c, const torch::Tensor& ids) {
+  const int64_t N = x.size(0), M = A.size(0);
+  auto y = torch::empty({N, x.size(1), B.size(1)}, x.options());
+  auto id_host = ids.to(torch::kLong).contiguous();
+  const int64_t* id = id_host.data_ptr<int64_t>();
+  check_ids(id, N, M);
+  auto scale = c.to(torch::kDouble).contiguous();
+  const double* cs = scale.data_ptr<double>();
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      auto yn = y[n];
+      if (id[n] < 0) {
+        yn.zero_();
+        continue;
+      }
+      at::mm_out(yn, at::mm(x[n], A[id[n]].t()).mul_(cs[n]), B[id[n]].t());
+    }
   });
   return y;
 }
