@@ -48,13 +48,22 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<ParamG
   throw_error(kLoopTag, "optimizer is not AdamW, Adam or SGD");
 }
 
-// ‖g‖₂ over the parameters that have a gradient, as torch's clip_grad_norm_ computes it.
-double grad_norm(const std::vector<torch::Tensor>& params) {
+// ‖g‖₂ over the parameters that have a gradient, as torch's clip_grad_norm_ computes it, as a
+// tensor on the gradients' device (undefined when none has a gradient).
+torch::Tensor grad_norm(const std::vector<torch::Tensor>& params) {
   std::vector<torch::Tensor> norms;
   for (const auto& p : params)
-    if (p.grad().defined()) norms.push_back(p.grad().detach().norm(2.0));
-  if (norms.empty()) return 0.0;
-  return (norms.size() == 1 ? norms[0] : torch::stack(norms).norm(2.0)).item<double>();
+    if (p.grad().defined()) norms.push_back(p.grad().detach().norm(2.0).to(torch::kFloat));
+  if (norms.empty()) return {};
+  return norms.size() == 1 ? norms[0] : torch::stack(norms).norm(2.0);
+}
+
+// clip_grad_norm_'s rule on the device: g · min(1, max_norm / (‖g‖ + 1e-6)), no host sync.
+void clip_gradients(const std::vector<torch::Tensor>& params, const torch::Tensor& norm, double max_norm) {
+  auto coef = (max_norm / (norm + 1e-6)).clamp_max(1.0);
+  torch::NoGradGuard no_grad;
+  for (const auto& p : params)
+    if (p.grad().defined()) p.grad().mul_(coef.to(p.grad().scalar_type()));
 }
 
 }  // namespace
@@ -81,8 +90,8 @@ struct TrainLoop::Impl {
   std::vector<RouterImpl*> routers;
   int64_t step = 0;
 
-  [[noreturn]] void fail(const std::string& what, const MicroLoss* m, double lr) const {
-    std::string src = m && !m->source.empty() ? " (" + m->source + ")" : "";
+  [[noreturn]] void fail(const std::string& what, const std::string& source, double lr) const {
+    std::string src = source.empty() ? "" : " (" + source + ")";
     throw TrainError(o.label + " step " + std::to_string(step + 1) + ": " + what + src + " at lr " + num(lr) +
                      ": lower the learning rate, clip gradients (max_grad_norm), or check the data");
   }
@@ -98,25 +107,49 @@ struct TrainLoop::Impl {
     for (auto* r : routers) r->aux_loss = torch::Tensor();
   }
 
-  // Forward and backward of one micro-batch; returns (loss, aux) values.
-  std::pair<double, double> micro(const LossFn& fn, int64_t index, double lr) {
+  // One micro-batch's loss and aux loss, still on the device: read once per step.
+  struct Pending {
+    torch::Tensor loss, aux;  // detached scalars; aux undefined when no router ran
+    std::string source;
+  };
+
+  // Forward and backward of one micro-batch, queued without waiting for the device.
+  Pending micro(const LossFn& fn, int64_t index, double lr) {
     clear_aux();
     MicroLoss m = fn(index);
-    if (!m.loss.defined() || m.loss.numel() != 1) fail("the loss function must return a scalar loss", &m, lr);
-    const double v = m.loss.item<double>();
-    if (!std::isfinite(v)) fail(std::string("loss is ") + (std::isnan(v) ? "NaN" : "infinite"), &m, lr);
+    if (!m.loss.defined() || m.loss.numel() != 1) fail("the loss function must return a scalar loss", m.source, lr);
     torch::Tensor total = m.loss.reshape({});
-    double a = 0;
-    if (auto x = aux(); x.defined()) {
-      a = x.item<double>();
-      if (!std::isfinite(a)) fail("router aux loss is not finite", &m, lr);
-      total = total + x;
-    }
+    auto x = aux();
+    if (x.defined()) total = total + x;
     if (!total.requires_grad())
-      fail("the loss does not depend on the trained parameters (does the loss function run the model?)", &m, lr);
+      fail("the loss does not depend on the trained parameters (does the loss function run the model?)", m.source, lr);
     (total * (m.weight / static_cast<double>(o.grad_accum))).backward();
     clear_aux();  // the graph is freed: no stale aux loss for the next forward
-    return {v, a};
+    return {m.loss.detach().reshape({}), x.defined() ? x.detach().reshape({}) : torch::Tensor(), m.source};
+  }
+
+  // The step's one host synchronisation, after its forward, backward and clipping are
+  // queued: every micro-batch's loss and aux loss and the gradient norm in one copy.
+  // Fails naming the first non-finite value; fills st.
+  void read_back(const std::vector<Pending>& ps, const torch::Tensor& norm, StepStats& st, double lr) const {
+    const auto device = ps.front().loss.device();
+    std::vector<torch::Tensor> scalars;
+    for (const auto& p : ps) scalars.push_back(p.loss.to(device, torch::kDouble));
+    for (const auto& p : ps)
+      scalars.push_back(p.aux.defined() ? p.aux.to(device, torch::kDouble)
+                                        : torch::zeros({}, device).to(torch::kDouble));
+    scalars.push_back(norm.defined() ? norm.to(device, torch::kDouble) : torch::zeros({}, device).to(torch::kDouble));
+    auto host = torch::stack(scalars).to(torch::kCPU);
+    const double* v = host.data_ptr<double>();
+    const size_t n = ps.size();
+    for (size_t i = 0; i < n; ++i) {
+      if (!std::isfinite(v[i]))
+        fail(std::string("loss is ") + (std::isnan(v[i]) ? "NaN" : "infinite"), ps[i].source, lr);
+      if (!std::isfinite(v[n + i])) fail("router aux loss is not finite", ps[i].source, lr);
+      st.loss += v[i], st.aux_loss += v[n + i];
+    }
+    st.grad_norm = v[2 * n];
+    if (!std::isfinite(st.grad_norm)) fail("gradient norm is not finite", "", lr);
   }
 };
 
@@ -155,17 +188,15 @@ StepStats TrainLoop::step(const LossFn& loss) {
   const double factor = lr_factor_at(s.step);
   const double lr0 = s.peaks[0] * factor;
   for (auto& p : s.params) p.mutable_grad() = torch::Tensor();
+  std::vector<Impl::Pending> pending;
+  for (int64_t m = 0; m < s.o.grad_accum; ++m) pending.push_back(s.micro(loss, m, lr0));
+  if (s.o.sync_gradients) s.o.sync_gradients(s.params);
+  auto norm = grad_norm(s.params);
+  if (s.o.max_grad_norm > 0 && norm.defined()) clip_gradients(s.params, norm, s.o.max_grad_norm);
   StepStats st;
-  for (int64_t m = 0; m < s.o.grad_accum; ++m) {
-    auto [v, a] = s.micro(loss, m, lr0);
-    st.loss += v, st.aux_loss += a;
-  }
+  s.read_back(pending, norm, st, lr0);
   st.loss /= static_cast<double>(s.o.grad_accum);
   st.aux_loss /= static_cast<double>(s.o.grad_accum);
-  if (s.o.sync_gradients) s.o.sync_gradients(s.params);
-  st.grad_norm =
-      s.o.max_grad_norm > 0 ? torch::nn::utils::clip_grad_norm_(s.params, s.o.max_grad_norm) : grad_norm(s.params);
-  if (!std::isfinite(st.grad_norm)) s.fail("gradient norm is not finite", nullptr, lr0);
   auto& groups = s.opt->param_groups();
   for (size_t g = 0; g < groups.size(); ++g) groups[g].options().set_lr(s.peaks[g] * factor);
   s.opt->step();
