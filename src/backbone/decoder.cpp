@@ -142,7 +142,12 @@ class Decoder : public Backbone {
     auto [cos, sin] = rotary_.cos_sin(position_ids, h.scalar_type());
     auto mask = attention_bias(in.attention_mask, B, T, past + T, /*causal=*/true, config_.sliding_window.value_or(0),
                                h.scalar_type(), h.device());
-    for (auto& layer : *model->layers) h = layer->as<LayerImpl>()->forward(h, cos, sin, mask, in.cache);
+    for (auto& layer : *model->layers) {
+      auto run = [l = layer->as<LayerImpl>(), c = cos, s = sin, mask, cache = in.cache](const torch::Tensor& x) {
+        return l->forward(x, c, s, mask, cache);
+      };
+      h = run_layer(run, h, in.cache != nullptr);
+    }
     BackboneOutput out;
     out.last_hidden_state = model->norm(h);
     if (head_ == Head::CausalLM)

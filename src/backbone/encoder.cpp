@@ -103,7 +103,10 @@ class Encoder : public Backbone {
     h = h + token_type->forward(token_types) + position->forward(positions(in, B, T, dev));
     h = embed_norm->forward(h);
     auto mask = attention_bias(in.attention_mask, B, T, T, /*causal=*/false, 0, h.scalar_type(), h.device());
-    for (auto& layer : *layers) h = layer->as<LayerImpl>()->forward(h, mask);
+    for (auto& layer : *layers) {
+      auto run = [l = layer->as<LayerImpl>(), mask](const torch::Tensor& x) { return l->forward(x, mask); };
+      h = run_layer(run, h, /*cached=*/false);
+    }
     BackboneOutput out;
     out.last_hidden_state = h;
     if (head_ == Head::MaskedLM) out.logits = mlm_logits(h);

@@ -135,7 +135,12 @@ class Gpt2 : public Backbone {
                               std::to_string(config_.max_position_embeddings));
     h = h + transformer->wpe(position_ids);
     auto mask = attention_bias(in.attention_mask, B, T, past + T, /*causal=*/true, 0, h.scalar_type(), h.device());
-    for (auto& block : *transformer->h) h = block->as<BlockImpl>()->forward(h, mask, in.cache);
+    for (auto& block : *transformer->h) {
+      auto run = [b = block->as<BlockImpl>(), mask, cache = in.cache](const torch::Tensor& x) {
+        return b->forward(x, mask, cache);
+      };
+      h = run_layer(run, h, in.cache != nullptr);
+    }
     BackboneOutput out;
     out.last_hidden_state = transformer->ln_f(h);
     if (head_ == Head::CausalLM)

@@ -1,5 +1,6 @@
 // train_lora: one LoRA r16 (alpha 32) all-linear training step, forward + causal-LM loss +
-// backward + AdamW, through modula's training loop and as a bare libtorch step.
+// backward + AdamW, through modula's training loop, as a bare libtorch step, and through the
+// loop with activation checkpointing.
 #include "bench/bench_internal.h"
 #include "modula/composition/registry.h"
 #include "modula/train/loop.h"
@@ -38,22 +39,30 @@ std::vector<Measurement> bench_train_lora(const BenchContext& ctx) {
 
   train::LoopOptions o;
   o.total_steps = ctx.warmup + ctx.iters;
-  train::TrainLoop loop({{params, 1e-4}}, o, model.get());
+  train::TrainLoop loop({{params, 1e-4}}, o, model.get()), recomputing({{params, 1e-4}}, o, model.get());
   torch::optim::AdamW bare(params, torch::optim::AdamWOptions(1e-4).weight_decay(0.0));
   std::vector<Variant> variants = {{"train_loop", [&] { loop.step([&](int64_t) { return loss_of_batch(); }); }},
-                                   {"bare_adamw", [&] {
+                                   {"bare_adamw",
+                                    [&] {
                                       bare.zero_grad();
                                       loss_of_batch().backward();
                                       bare.step();
+                                    }},
+                                   {"checkpointed", [&] {
+                                      model->set_activation_checkpointing(true);
+                                      recomputing.step([&](int64_t) { return loss_of_batch(); });
+                                      model->set_activation_checkpointing(false);
                                     }}};
   auto t = time_round_robin(variants, ctx);
 
   const std::string shape = dims(rows, tokens) + " tokens";
   const double flops = train_step_flops(s, rows, tokens, kTrainBenchRank);
-  const std::string note = "LoRA r16 alpha 32 on q/k/v/o/gate/up/down (" + std::to_string(lora.num_trainable()) +
-                           " trainable); FLOPs = forward + backward (frozen projections and LM head 1x forward, "
-                           "LoRA and attention 2x); train_loop = train::TrainLoop::step (grad norm, NaN checks), "
-                           "bare_adamw = forward, backward, torch AdamW";
+  const std::string note =
+      "LoRA r16 alpha 32 on q/k/v/o/gate/up/down (" + std::to_string(lora.num_trainable()) +
+      " trainable); FLOPs = forward + backward (frozen projections and LM head 1x forward, "
+      "LoRA and attention 2x); train_loop = train::TrainLoop::step (grad norm, NaN checks), "
+      "bare_adamw = forward, backward, torch AdamW; checkpointed = train_loop with activation checkpointing "
+      "(every layer's forward runs again in the backward: not counted in FLOPs)";
   std::vector<Measurement> out;
   for (size_t i = 0; i < variants.size(); ++i) {
     out.push_back(

@@ -227,6 +227,7 @@ void parse_optim(const json& j, OptimConfig& o, const std::string& source) {
   f.get("batch_size", o.batch_size);
   f.get("grad_accum", o.grad_accum);
   f.get("max_grad_norm", o.max_grad_norm);
+  f.get("activation_checkpointing", o.activation_checkpointing);
   if (f.has("bf16")) {
     const json& v = f.raw("bf16");
     if (v.is_boolean())

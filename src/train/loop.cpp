@@ -120,6 +120,11 @@ struct TrainLoop::Impl {
     if (!m.loss.defined() || m.loss.numel() != 1) fail("the loss function must return a scalar loss", m.source, lr);
     torch::Tensor total = m.loss.reshape({});
     auto x = aux();
+    if (x.defined() && !x.requires_grad() && total.requires_grad())
+      fail(
+          "a router's aux loss carries no gradient (activation checkpointing runs the layers without autograd in "
+          "the forward pass): turn optim.activation_checkpointing off for routers with aux losses",
+          m.source, lr);
     if (x.defined()) total = total + x;
     if (!total.requires_grad())
       fail("the loss does not depend on the trained parameters (does the loss function run the model?)", m.source, lr);

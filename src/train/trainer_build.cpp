@@ -82,6 +82,7 @@ void Trainer::State::build(bool train_backbone, const std::vector<ModuleSpec>& s
     o.dtype = torch::kFloat32;  // fp32 master weights; bf16 compute via autocast
     model = load_backbone(cfg.model, o);
   }
+  model->set_activation_checkpointing(cfg.optim.activation_checkpointing);
   backbone_trainable = train_backbone;
   if (train_backbone) {
     for (auto& p : model->parameters()) p.set_requires_grad(true);

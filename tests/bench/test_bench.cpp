@@ -33,12 +33,21 @@ const std::vector<Measurement>& quick_results() {
 }
 
 // Every (workload, variant) a quick run must produce, with how many shapes each has.
-const std::map<std::pair<std::string, std::string>, int> kExpected = {
-    {{"train_lora", "train_loop"}, 1}, {{"train_lora", "bare_adamw"}, 1}, {{"prefill", "none"}, 1},
-    {{"prefill", "single"}, 1},        {{"prefill", "mixed16"}, 1},       {{"lora_only", "base"}, 2},
-    {{"lora_only", "single"}, 2},      {{"lora_only", "mixed16"}, 2},     {{"decode", "none"}, 2},
-    {{"decode", "single"}, 2},         {{"decode", "mixed16"}, 2},        {{"moe", "dense"}, 1},
-    {{"moe", "top2of8"}, 1},           {{"moe", "top2of32"}, 1}};
+const std::map<std::pair<std::string, std::string>, int> kExpected = {{{"train_lora", "train_loop"}, 1},
+                                                                      {{"train_lora", "bare_adamw"}, 1},
+                                                                      {{"train_lora", "checkpointed"}, 1},
+                                                                      {{"prefill", "none"}, 1},
+                                                                      {{"prefill", "single"}, 1},
+                                                                      {{"prefill", "mixed16"}, 1},
+                                                                      {{"lora_only", "base"}, 2},
+                                                                      {{"lora_only", "single"}, 2},
+                                                                      {{"lora_only", "mixed16"}, 2},
+                                                                      {{"decode", "none"}, 2},
+                                                                      {{"decode", "single"}, 2},
+                                                                      {{"decode", "mixed16"}, 2},
+                                                                      {{"moe", "dense"}, 1},
+                                                                      {{"moe", "top2of8"}, 1},
+                                                                      {{"moe", "top2of32"}, 1}};
 
 }  // namespace
 

@@ -10,6 +10,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -63,8 +64,22 @@ class Backbone : public torch::nn::Module {
   virtual std::vector<std::pair<std::string, std::string>> tied_weights() const { return {}; }
   const io::ModelConfig& config() const { return config_; }
 
+  // Activation checkpointing (Chen et al. 2016): with autograd, each layer keeps only its
+  // input and recomputes its activations in the backward pass, trading one more forward
+  // per layer for the memory of all but one layer's activations. Gradients are the same
+  // (dropout replays its random numbers). Off by default; no effect without autograd or
+  // with a KV cache.
+  void set_activation_checkpointing(bool on) { checkpoint_layers_ = on; }
+  bool activation_checkpointing() const { return checkpoint_layers_; }
+
  protected:
+  // One layer of the stack: layer(h), checkpointed when that is switched on and applies.
+  torch::Tensor run_layer(const std::function<torch::Tensor(const torch::Tensor&)>& layer, const torch::Tensor& h,
+                          bool cached);
   io::ModelConfig config_;
+
+ private:
+  bool checkpoint_layers_ = false;
 };
 
 }  // namespace modula

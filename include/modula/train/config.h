@@ -100,6 +100,9 @@ struct OptimConfig {
   int64_t grad_accum = 1;
   double max_grad_norm = 0.0;  // 0 = no clipping
   std::string bf16 = "auto";   // auto (on for CUDA) | true | false: autocast compute dtype
+  // Recompute each layer's activations in the backward pass instead of keeping them
+  // (Backbone::set_activation_checkpointing): less memory, one more forward per step.
+  bool activation_checkpointing = false;
 };
 
 struct EvalConfig {
