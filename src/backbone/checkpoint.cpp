@@ -3,9 +3,9 @@
 // again with autograd, from the same random state, and backpropagates through that copy.
 // Gradients reach every leaf the layer's output depends on (its weights, its modules, a
 // router shared with other layers, a prefix computed upstream) exactly once.
-#include "modula/backbone/backbone.h"
-
 #include <mutex>
+
+#include "modula/backbone/backbone.h"
 
 namespace modula {
 namespace {
