@@ -4,8 +4,8 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "composition/lora_bank_kernels.h"
 #include "modula/util/error.h"
+#include "modules/lora_kernels.h"
 
 namespace modula {
 namespace {

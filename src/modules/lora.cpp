@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "modula/util/error.h"
+#include "modules/lora_kernels.h"
 
 namespace modula {
 
@@ -57,7 +58,27 @@ torch::Tensor LoraImpl::dora_weight_norm(const LinearImpl& base) const {
   return w.norm(2, /*dim=*/1).detach();
 }
 
+namespace {
+
+constexpr int64_t kFusedRows = 4;  // up to this many rows (decode at batch 1-4): lora_add_rows
+
+// Without autograd, on the CPU in float32, a few rows, no DoRA, no active dropout.
+bool fused_rows(const torch::Tensor& x, const torch::Tensor& y, const LoraOptions& o, bool training,
+                std::initializer_list<torch::Tensor> weights) {
+  if (o.use_dora() || (o.dropout() > 0 && training) || torch::GradMode::is_enabled()) return false;
+  for (const auto& t : {x, y})
+    if (!t.is_cpu() || t.scalar_type() != torch::kFloat) return false;
+  for (const auto& t : weights)
+    if (!t.is_cpu() || t.scalar_type() != torch::kFloat) return false;
+  const int64_t rows = x.numel() / o.in_features();
+  return rows <= kFusedRows && y.numel() == rows * o.out_features();
+}
+
+}  // namespace
+
 torch::Tensor LoraImpl::transform_output(const torch::Tensor& x, const torch::Tensor& y, const LinearImpl& base) {
+  if (fused_rows(x, y, options, is_training(), {lora_A, lora_B}))
+    return detail::lora_add_rows(x, lora_A, lora_B, scale * options.scaling(), y);
   auto h = options.dropout() > 0 ? torch::dropout(x, options.dropout(), is_training()) : x;
   auto lora = torch::nn::functional::linear(torch::nn::functional::linear(h, lora_A), lora_B);
   if (!options.use_dora()) return y + scale * options.scaling() * lora;

@@ -375,3 +375,28 @@ TEST(InputModules, KVCacheDecodingEqualsFullForward) {
 }
 
 }  // namespace
+
+// A LoRA on a few rows without autograd takes the fused CPU path (lora_add_rows): the same
+// output as with autograd (two linears, scale, add), for 1..5 rows (5: the plain path),
+// with a scale and an rsLoRA scaling, in eval mode with dropout configured.
+TEST(Adapters, FusedLoraRowsEqualThePlainPath) {
+  torch::manual_seed(5);
+  modula::LinearImpl base(modula::LinearOptions(37, 23));
+  modula::LoraImpl lora(modula::LoraOptions(37, 23).r(6).alpha(9).use_rslora(true).dropout(0.3));
+  {
+    torch::NoGradGuard no_grad;
+    lora.lora_B.normal_();
+  }
+  lora.scale = 0.7;
+  lora.eval();
+  for (int64_t rows : {1, 2, 4, 5}) {
+    auto x = torch::randn({rows, 1, 37});
+    auto y = base.forward(x);
+    auto plain = lora.transform_output(x, y, base).detach();  // autograd on: the plain path
+    torch::NoGradGuard no_grad;
+    auto fused = lora.transform_output(x, y, base);
+    EXPECT_EQ(fused.sizes(), plain.sizes());
+    EXPECT_TRUE(torch::allclose(fused, plain, 1e-5, 1e-6)) << rows << " rows";
+    EXPECT_FALSE(torch::equal(fused, y)) << "the delta is not zero";
+  }
+}

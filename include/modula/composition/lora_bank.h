@@ -44,7 +44,7 @@ class LoraBankImpl : public torch::nn::Module, public ModuleBank {
   // Per example (idx/w [N, k]) gathers only the k routed modules per row; per token
   // ([N, T, k]) runs `mixed` with the dense weights (one matmul over M·r ranks). One
   // module per row (k = 1) on the CPU without autograd reads A and B straight from the bank
-  // instead of gathering copies (lora_bank_kernels.h): a BGMV kernel for one token per row
+  // instead of gathering copies (modules/lora_kernels.h): a BGMV kernel for one token per row
   // (fp32), two GEMMs per row for longer rows.
   torch::Tensor selected(const SiteInput& in, const torch::Tensor& idx, const torch::Tensor& w) override;
   // Soft routing, weighted sum of module outputs: Σ_m w[..,m] s_m B_m A_m x, w [N, M] or

@@ -1,6 +1,7 @@
-// The LoRA bank's kernels for one module per row without autograd: every row reads its
-// module straight from the bank instead of a gathered copy (BGMV, Punica: Chen et al. 2023).
-// Internal to modula_composition.
+// LoRA kernels without autograd on the CPU. For a bank, one module per row: every row reads
+// its module straight from the bank instead of a gathered copy (BGMV, Punica: Chen et al.
+// 2023). For one module, a few rows (batch-1 decode): the delta and the add in one pass.
+// Internal to modula (modula_modules, modula_composition).
 
 #pragma once
 
@@ -23,5 +24,12 @@ torch::Tensor lora_bgmv(const torch::Tensor& x, const torch::Tensor& A, const to
 // 1.7 ms.
 torch::Tensor lora_row_gemms(const torch::Tensor& x, const torch::Tensor& A, const torch::Tensor& B,
                              const torch::Tensor& c, const torch::Tensor& ids);
+
+// y + c · B (A x) for x [.., in] with a few rows, A [r, in], B [out, r], y [.., out]; float32
+// on the CPU. One call where the plain path is two linears, a scale and an add, each an
+// operator dispatch and a temporary: at batch-1 decode the LoRA's 28 sites cost more in
+// dispatch than in arithmetic.
+torch::Tensor lora_add_rows(const torch::Tensor& x, const torch::Tensor& A, const torch::Tensor& B, double c,
+                            const torch::Tensor& y);
 
 }  // namespace modula::detail

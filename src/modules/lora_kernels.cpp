@@ -1,4 +1,4 @@
-#include "composition/lora_bank_kernels.h"
+#include "modules/lora_kernels.h"
 
 #include <ATen/Parallel.h>
 
@@ -21,7 +21,7 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return sum;
 }
 
-// One row: y = B (c A x) for A [r, in], B [out, r]; h: r floats of scratch. Both mat-vecs
+// One row: y = y0 + B (c A x) for A [r, in], B [out, r] (y0 null: 0); h: r floats of scratch. Both mat-vecs
 // stream their matrix once, front to back: from DRAM (16 adapters do not fit in the cache)
 // this runs at the read bandwidth; a transposed B read in blocks of 64 outputs was 20%
 // slower (strided streams), axpys over the whole of a transposed B no faster.
@@ -30,10 +30,10 @@ inline float dot(const float* a, const float* b, int64_t n) {
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
-void bgmv_row(const float* A, const float* B, const float* x, float c, float* h, float* y, int64_t r, int64_t in,
-              int64_t out) {
+void bgmv_row(const float* A, const float* B, const float* x, float c, float* h, const float* y0, float* y, int64_t r,
+              int64_t in, int64_t out) {
   for (int64_t j = 0; j < r; ++j) h[j] = c * dot(A + j * in, x, in);
-  for (int64_t o = 0; o < out; ++o) y[o] = dot(B + o * r, h, r);
+  for (int64_t o = 0; o < out; ++o) y[o] = (y0 ? y0[o] : 0.0f) + dot(B + o * r, h, r);
 }
 
 void check_ids(const int64_t* id, int64_t N, int64_t M) {
@@ -58,8 +58,8 @@ torch::Tensor lora_bgmv(const torch::Tensor& x, const torch::Tensor& A, const to
     std::vector<float> h(static_cast<size_t>(r));
     for (int64_t n = begin; n < end; ++n)
       if (id[n] >= 0)
-        bgmv_row(As + id[n] * r * in, Bs + id[n] * out * r, xs + n * in, ws[n] * s[id[n]], h.data(), ys + n * out, r,
-                 in, out);
+        bgmv_row(As + id[n] * r * in, Bs + id[n] * out * r, xs + n * in, ws[n] * s[id[n]], h.data(), nullptr,
+                 ys + n * out, r, in, out);
   });
   return y;
 }
@@ -84,6 +84,19 @@ torch::Tensor lora_row_gemms(const torch::Tensor& x, const torch::Tensor& A, con
     }
   });
   return y;
+}
+
+torch::Tensor lora_add_rows(const torch::Tensor& x, const torch::Tensor& A, const torch::Tensor& B, double c,
+                            const torch::Tensor& y) {
+  const int64_t r = A.size(0), in = A.size(1), out = B.size(0);
+  auto xs = x.reshape({-1, in}).contiguous(), y0 = y.reshape({-1, out}).contiguous();
+  auto A_ = A.contiguous(), B_ = B.contiguous();
+  auto result = torch::empty_like(y0);
+  std::vector<float> h(static_cast<size_t>(r));
+  for (int64_t n = 0; n < xs.size(0); ++n)
+    bgmv_row(A_.data_ptr<float>(), B_.data_ptr<float>(), xs.data_ptr<float>() + n * in, static_cast<float>(c), h.data(),
+             y0.data_ptr<float>() + n * out, result.data_ptr<float>() + n * out, r, in, out);
+  return result.view(y.sizes());
 }
 
 }  // namespace modula::detail
