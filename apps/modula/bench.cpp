@@ -3,6 +3,7 @@
 // measurement (docs/benchmarks.md).
 #include "modula/bench/bench.h"
 
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 
@@ -12,6 +13,13 @@
 
 namespace modula::cli {
 namespace {
+
+// What libgomp was started with (src/util/omp_wait_policy.cpp sets PASSIVE unless the user
+// set it): the timings depend on it (docs/benchmarks.md, Threads).
+std::string omp_wait_policy() {
+  const char* v = std::getenv("OMP_WAIT_POLICY");
+  return v ? (*v ? v : "(empty: libgomp's default)") : "unset (libgomp's default)";
+}
 
 constexpr std::string_view kBenchCliTag = "bench";
 
@@ -70,7 +78,8 @@ void add_bench(CLI::App& app) {
     if (!results.empty())
       std::cout << "modula bench: size " << (a.quick ? "quick" : a.size) << ", device " << results[0].device << ", "
                 << results[0].dtype << ", " << results[0].threads << " threads, " << results[0].iters
-                << " timed rounds per variant after " << results[0].warmup << " warm-up, variants round-robin\n";
+                << " timed rounds per variant after " << results[0].warmup
+                << " warm-up, variants round-robin, OMP_WAIT_POLICY " << omp_wait_policy() << "\n";
     std::cout << train::format_table(bench::bench_table(results));
     for (const auto& m : results) {
       const auto line = m.to_json().dump();
