@@ -1,7 +1,6 @@
 #include "modula/composition/lora_bank.h"
 
 #include <cmath>
-#include <cstring>
 #include <stdexcept>
 
 #include "modula/util/error.h"
@@ -62,22 +61,19 @@ std::shared_ptr<LoraBankImpl> LoraBankImpl::view(const std::vector<std::shared_p
   return bank;
 }
 
-// What a view bank's stacked copy was made from: each member's tensors, their in-place
-// versions and its scale. Equal stamps: the copy is current.
-std::vector<int64_t> LoraBankImpl::member_stamp() const {
-  std::vector<int64_t> stamp;
-  for (const auto& l : members_) {
-    if (!l) {
-      stamp.insert(stamp.end(), {0, 0, 0, 0, 0});
-      continue;
-    }
-    const double s = l->scale * l->options.scaling();
-    int64_t bits;
-    std::memcpy(&bits, &s, sizeof bits);
-    stamp.insert(stamp.end(), {reinterpret_cast<int64_t>(l->lora_A.unsafeGetTensorImpl()), l->lora_A._version(),
-                               reinterpret_cast<int64_t>(l->lora_B.unsafeGetTensorImpl()), l->lora_B._version(), bits});
+// Whether a view bank's stacked copy still reflects its members: the same tensors (held in
+// synced_, so no new tensor can take their place), unchanged in place, the same scale.
+bool LoraBankImpl::synced_current() const {
+  if (!lora_A.defined() || synced_.size() != members_.size()) return false;
+  for (size_t m = 0; m < members_.size(); ++m) {
+    const auto& l = members_[m];
+    const auto& s = synced_[m];
+    if (!l) continue;
+    if (!s.A.is_same(l->lora_A) || !s.B.is_same(l->lora_B) || s.A_version != l->lora_A._version() ||
+        s.B_version != l->lora_B._version() || s.scale != l->scale * l->options.scaling())
+      return false;
   }
-  return stamp;
+  return true;
 }
 
 void LoraBankImpl::sync() {
@@ -85,8 +81,7 @@ void LoraBankImpl::sync() {
   bool grad = false;  // a graph must reach the members: stack anew
   for (const auto& l : members_) grad = grad || (l && (l->lora_A.requires_grad() || l->lora_B.requires_grad()));
   grad = grad && torch::GradMode::is_enabled();
-  auto stamp = grad ? std::vector<int64_t>{} : member_stamp();
-  if (!grad && lora_A.defined() && stamp == synced_) return;  // inference: the copy is current
+  if (!grad && synced_current()) return;  // inference: the copy is current
   const LoraImpl* first = nullptr;
   for (const auto& l : members_)
     if (l && !first) first = l.get();
@@ -100,10 +95,11 @@ void LoraBankImpl::sync() {
     s.push_back(torch::full({1}, l ? l->scale * l->options.scaling() : 0.0, opts));
   }
   lora_A = torch::stack(A), lora_B = torch::stack(B), scaling = torch::cat(s);
-  synced_ = std::move(stamp);
-  synced_from_.clear();  // held, so that no new tensor can take a stamped address
+  synced_.clear();
   for (const auto& l : members_)
-    if (l) synced_from_.insert(synced_from_.end(), {l->lora_A, l->lora_B});
+    synced_.push_back(
+        l ? Synced{l->lora_A, l->lora_B, l->lora_A._version(), l->lora_B._version(), l->scale * l->options.scaling()}
+          : Synced{});
 }
 
 std::shared_ptr<LoraBankImpl> LoraBankImpl::stack(const std::vector<std::shared_ptr<LoraImpl>>& modules) {

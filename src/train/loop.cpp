@@ -137,13 +137,12 @@ struct TrainLoop::Impl {
   // queued: every micro-batch's loss and aux loss and the gradient norm in one copy.
   // Fails naming the first non-finite value; fills st.
   void read_back(const std::vector<Pending>& ps, const torch::Tensor& norm, StepStats& st, double lr) const {
-    const auto device = ps.front().loss.device();
+    const auto opts = torch::dtype(torch::kDouble).device(ps.front().loss.device());
+    auto scalar = [&](const torch::Tensor& t) { return t.defined() ? t.to(opts) : torch::zeros({}, opts); };
     std::vector<torch::Tensor> scalars;
-    for (const auto& p : ps) scalars.push_back(p.loss.to(device, torch::kDouble));
-    for (const auto& p : ps)
-      scalars.push_back(p.aux.defined() ? p.aux.to(device, torch::kDouble)
-                                        : torch::zeros({}, device).to(torch::kDouble));
-    scalars.push_back(norm.defined() ? norm.to(device, torch::kDouble) : torch::zeros({}, device).to(torch::kDouble));
+    for (const auto& p : ps) scalars.push_back(scalar(p.loss));
+    for (const auto& p : ps) scalars.push_back(scalar(p.aux));
+    scalars.push_back(scalar(norm));
     auto host = torch::stack(scalars).to(torch::kCPU);
     const double* v = host.data_ptr<double>();
     const size_t n = ps.size();

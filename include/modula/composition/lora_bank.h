@@ -67,10 +67,14 @@ class LoraBankImpl : public torch::nn::Module, public ModuleBank {
  private:
   LoraBankImpl() = default;
   void sync();  // view banks: re-stack from the members (without autograd: only when they changed)
-  std::vector<int64_t> member_stamp() const;
+  bool synced_current() const;
   std::vector<std::shared_ptr<LoraImpl>> members_;
-  std::vector<int64_t> synced_;
-  std::vector<torch::Tensor> synced_from_;
+  struct Synced {  // what the stacked copy was made from, per member
+    torch::Tensor A, B;
+    int64_t A_version = 0, B_version = 0;
+    double scale = 0;
+  };
+  std::vector<Synced> synced_;
   int64_t view_rank_ = 0;
   void check_input(const torch::Tensor& x, const torch::Tensor& w, const char* what) const;
 };
