@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "families.h"
+#include "modula/backbone/fused_linear.h"
 #include "modula/backbone/layers.h"
 #include "modula/util/compat.h"
 
@@ -31,9 +32,10 @@ class AttentionImpl : public BlockSite {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const torch::Tensor& mask, KVCache* cache) {
     const int64_t B = x.size(0), T = x.size(1);
-    auto q = q_proj(x).view({B, T, heads_, head_dim_}).transpose(1, 2);
-    auto k = k_proj(x).view({B, T, kv_heads_, head_dim_}).transpose(1, 2);
-    auto v = v_proj(x).view({B, T, kv_heads_, head_dim_}).transpose(1, 2);
+    auto qkv = project({q_proj.get(), k_proj.get(), v_proj.get()}, x);
+    auto q = qkv[0].view({B, T, heads_, head_dim_}).transpose(1, 2);
+    auto k = qkv[1].view({B, T, kv_heads_, head_dim_}).transpose(1, 2);
+    auto v = qkv[2].view({B, T, kv_heads_, head_dim_}).transpose(1, 2);
     q = Rotary::apply(q, cos, sin);
     k = Rotary::apply(k, cos, sin);
     if (cache) std::tie(k, v) = cache->append(layer_, k, v);
@@ -67,7 +69,10 @@ class MlpImpl : public BlockSite {
         register_module("down_proj", Linear(LinearOptions(c.intermediate_size, c.hidden_size).bias(c.mlp_bias)));
   }
   torch::Tensor forward(const torch::Tensor& x) {
-    return adapt(x, [&] { return down_proj(activation(act_, gate_proj(x)) * up_proj(x)); });
+    return adapt(x, [&] {
+      auto gate_up = project({gate_proj.get(), up_proj.get()}, x);
+      return down_proj(activation(act_, gate_up[0]) * gate_up[1]);
+    });
   }
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "families.h"
+#include "modula/backbone/fused_linear.h"
 #include "modula/backbone/layers.h"
 #include "modula/util/compat.h"
 #include "modula/util/error.h"
@@ -43,7 +44,8 @@ class LayerImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask) {
     const int64_t B = x.size(0), T = x.size(1), H = heads_ * head_dim_;
     auto heads = [&](const torch::Tensor& t) { return t.view({B, T, heads_, head_dim_}).transpose(1, 2); };
-    auto o = compat::attention(heads(query->forward(x)), heads(key->forward(x)), heads(value->forward(x)), mask,
+    auto qkv = project({query.get(), key.get(), value.get()}, x);
+    auto o = compat::attention(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]), mask,
                                1.0 / std::sqrt(static_cast<double>(head_dim_)));
     auto a = attn_norm->forward(x + attention->adapt(x, attn_out->forward(o.transpose(1, 2).reshape({B, T, H}))));
     auto f = ffn->adapt(a, [&] { return output->forward(activation(act_, intermediate->forward(a))); });

@@ -31,10 +31,19 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
   auto in = x;
   for (auto& m : site_modules())
     if (m->active()) in = m->transform_input(in);
-  auto y = base_forward(in);
+  return adapt_output(x, base_forward(in));
+}
+
+torch::Tensor LinearImpl::adapt_output(const torch::Tensor& x, torch::Tensor y) {
   for (auto& m : site_modules())
     if (m->active()) y = m->transform_output(x, y, *this);
   return y;
+}
+
+bool LinearImpl::transforms_input() const {
+  for (const auto& m : site_modules())
+    if (m->active() && m->transforms_input()) return true;
+  return false;
 }
 
 void LinearImpl::add_to_weight(const torch::Tensor& delta) {

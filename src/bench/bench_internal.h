@@ -117,6 +117,7 @@ std::vector<Measurement> bench_prefill(const BenchContext& ctx);
 std::vector<Measurement> bench_lora_only(const BenchContext& ctx);
 std::vector<Measurement> bench_decode(const BenchContext& ctx);
 std::vector<Measurement> bench_moe(const BenchContext& ctx);
+std::vector<Measurement> bench_projections(const BenchContext& ctx);
 
 // "16x64" style shape text.
 std::string dims(int64_t a, int64_t b);

@@ -18,11 +18,9 @@ constexpr std::string_view kBenchRunTag = "bench";
 using WorkloadFn = std::vector<Measurement> (*)(const BenchContext&);
 
 const std::vector<std::pair<std::string, WorkloadFn>>& bench_workload_table() {
-  static const std::vector<std::pair<std::string, WorkloadFn>> table = {{"train_lora", bench_train_lora},
-                                                                        {"prefill", bench_prefill},
-                                                                        {"lora_only", bench_lora_only},
-                                                                        {"decode", bench_decode},
-                                                                        {"moe", bench_moe}};
+  static const std::vector<std::pair<std::string, WorkloadFn>> table = {
+      {"train_lora", bench_train_lora}, {"prefill", bench_prefill}, {"lora_only", bench_lora_only},
+      {"decode", bench_decode},         {"moe", bench_moe},         {"projections", bench_projections}};
   return table;
 }
 

@@ -47,7 +47,9 @@ const std::map<std::pair<std::string, std::string>, int> kExpected = {{{"train_l
                                                                       {{"decode", "mixed16"}, 2},
                                                                       {{"moe", "dense"}, 1},
                                                                       {{"moe", "top2of8"}, 1},
-                                                                      {{"moe", "top2of32"}, 1}};
+                                                                      {{"moe", "top2of32"}, 1},
+                                                                      {{"projections", "separate"}, 3},
+                                                                      {{"projections", "fused"}, 3}};
 
 }  // namespace
 
@@ -89,7 +91,8 @@ TEST(Bench, MeasurementsAreSane) {
 TEST(Bench, MixedAndMoeMatchTheirReferences) {
   int checked = 0;
   for (const auto& m : quick_results()) {
-    const bool has_reference = (m.variant == "mixed16" && m.workload != "decode") || m.variant.rfind("top2of", 0) == 0;
+    const bool has_reference =
+        (m.variant == "mixed16" && m.workload != "decode") || m.variant.rfind("top2of", 0) == 0 || m.variant == "fused";
     SCOPED_TRACE(m.workload + "/" + m.variant + " " + m.shape);
     if (!has_reference) {
       EXPECT_TRUE(std::isnan(m.error));
@@ -100,7 +103,7 @@ TEST(Bench, MixedAndMoeMatchTheirReferences) {
     EXPECT_TRUE(std::isfinite(m.error));
     EXPECT_LT(m.error, 1e-4);
   }
-  EXPECT_EQ(checked, 5);  // prefill, lora_only x 2 shapes, moe x 2
+  EXPECT_EQ(checked, 8);  // prefill, lora_only x 2 shapes, moe x 2, projections x 3
 }
 
 TEST(Bench, FlopCountsFollowTheShapes) {

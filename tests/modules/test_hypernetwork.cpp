@@ -152,7 +152,8 @@ TEST(HyperLora, NoGradCacheFollowsParameterUpdates) {
   torch::GradMode::set_enabled(true);
   auto with_grad = model->forward(batch()).logits.detach();
   torch::GradMode::set_enabled(false);
-  EXPECT_LT((with_grad - after).abs().max().item<double>(), 1e-6);
+  // Float rounding only: without autograd q/k/v and gate/up run as one GEMM (fused_linear.h).
+  EXPECT_LT((with_grad - after).abs().max().item<double>(), 1e-5);
 }
 
 TEST(HyperLora, SaveLoadRoundTrip) {

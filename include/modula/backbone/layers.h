@@ -28,6 +28,10 @@ class LinearImpl : public torch::nn::Module, public SiteHost {
   void reset();
   // [.., in] -> [.., out]: the base projection with every attached module applied.
   torch::Tensor forward(const torch::Tensor& x);
+  // y ← out(x, y) for each active module: forward() after the base projection.
+  torch::Tensor adapt_output(const torch::Tensor& x, torch::Tensor y);
+  // Whether an active module transforms the input before the base projection.
+  bool transforms_input() const;
   // The base projection alone.
   torch::Tensor base_forward(const torch::Tensor& x) const;
   // The weight as [out, in] whatever the storage layout.

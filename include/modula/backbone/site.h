@@ -35,6 +35,8 @@ class SiteModule : public torch::nn::Module {
   virtual SiteKind site_kind() const { return SiteKind::Linear; }
   // Linear sites: applied to the layer input before the base weight (default: identity).
   virtual torch::Tensor transform_input(const torch::Tensor& x) { return x; }
+  // Whether transform_input is not the identity (sites that share one GEMM need the same input).
+  virtual bool transforms_input() const { return false; }
   // Linear sites: the new layer output given the original input x [..,in] and output y [..,out].
   virtual torch::Tensor transform_output(const torch::Tensor& x, const torch::Tensor& y, const LinearImpl& base) {
     return y;

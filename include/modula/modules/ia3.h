@@ -22,6 +22,7 @@ class Ia3Impl : public SiteModule {
   explicit Ia3Impl(const Ia3Options& options);
   void reset();
   torch::Tensor transform_input(const torch::Tensor& x) override;
+  bool transforms_input() const override { return options.feedforward(); }
   torch::Tensor transform_output(const torch::Tensor& x, const torch::Tensor& y, const LinearImpl& base) override;
   void merge(LinearImpl& base) override;
   void unmerge(LinearImpl& base) override;
