@@ -92,15 +92,16 @@ std::shared_ptr<Backbone> bench_llama(const LlamaShape& s, const BenchContext& c
 nlohmann::json lora_all_linear(int64_t r, double alpha);
 
 // The models prefill and decode compare, same base weights: `plain` (no adapter), `single`
-// (one LoRA), `multi` (num_adapters LoRAs mixed into one batch, mixed.h).
+// (one LoRA), `multi` (num_adapters LoRAs mixed into one batch, mixed.h), `multi_bf16` (the
+// same adapters mixed, their banks stored in bfloat16: store_banks_as).
 struct AdaptedModels {
   LlamaShape shape;
   int64_t r = 0, num_adapters = 0;
   nlohmann::json config;
-  std::shared_ptr<Backbone> plain, single, multi, reference;
-  Adapter mixed;
+  std::shared_ptr<Backbone> plain, single, multi, multi_bf16, reference;
+  Adapter mixed, mixed_bf16;
   std::vector<std::vector<torch::Tensor>> adapter_params;  // each adapter's parameters, kept for the reference
-  // Routes row i of the next `multi` forwards to adapter i % num_adapters.
+  // Routes row i of the next `multi` and `multi_bf16` forwards to adapter i % num_adapters.
   void route_rows(int64_t rows) const;
   // The logits of each row of ids [B, T] computed by a model carrying only that row's
   // adapter (row i: adapter i % num_adapters), concatenated [B, T, V].

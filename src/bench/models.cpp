@@ -79,6 +79,18 @@ AdaptedModels adapted_models(Size size, const BenchContext& ctx, int64_t num_ada
     m.adapter_params.push_back(std::move(copies));
   }
   m.mixed = mix_adapters(std::move(adapters));
+  // The same 16 adapters again, their banks stored in bfloat16 (serve --adapter-dtype).
+  m.multi_bf16 = bench_llama(m.shape, ctx);
+  std::vector<Adapter> copies;
+  for (int64_t i = 0; i < num_adapters; ++i) {
+    copies.push_back(add_adapter(*m.multi_bf16, m.config, "a" + std::to_string(i)));
+    auto params = copies.back().parameters();
+    const auto& saved = m.adapter_params[static_cast<size_t>(i)];
+    check(params.size() == saved.size(), kBenchModelsTag, "adapter copy has a different parameter count");
+    for (size_t k = 0; k < params.size(); ++k) params[k].copy_(saved[k]);
+  }
+  m.mixed_bf16 = mix_adapters(std::move(copies));
+  store_banks_as(m.mixed_bf16, torch::kBFloat16);
   return m;
 }
 
@@ -86,6 +98,7 @@ void AdaptedModels::route_rows(int64_t rows) const {
   std::vector<std::string> names;
   for (int64_t i = 0; i < rows; ++i) names.push_back("a" + std::to_string(i % num_adapters));
   set_row_modules(mixed, names);
+  set_row_modules(mixed_bf16, names);
 }
 
 torch::Tensor AdaptedModels::per_row_reference(const torch::Tensor& ids) {

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "modula/util/dtype.h"
 #include "bench/bench_internal.h"
 
 namespace modula::bench {
@@ -62,7 +63,7 @@ Measurement measurement(const BenchContext& ctx, const std::string& workload, co
   Measurement m;
   m.workload = workload, m.variant = variant, m.shape = shape;
   m.device = ctx.device.is_cuda() ? "cuda" : "cpu";
-  m.dtype = ctx.dtype == torch::kBFloat16 ? "bfloat16" : ctx.dtype == torch::kFloat16 ? "float16" : "float32";
+  m.dtype = dtype_name(ctx.dtype);
   m.threads = ctx.threads;
   m.iters = ctx.iters, m.warmup = ctx.warmup;
   m.median_s = t.median, m.min_s = t.min, m.max_s = t.max, m.p10_s = t.p10, m.p90_s = t.p90;

@@ -35,7 +35,10 @@ std::vector<Measurement> bench_decode(const BenchContext& ctx) {
     bool mixed;
   };
   const std::vector<Model> models = {
-      {"none", m.plain.get(), false}, {"single", m.single.get(), false}, {"mixed16", m.multi.get(), true}};
+      {"none", m.plain.get(), false},
+      {"single", m.single.get(), false},
+      {"mixed16", m.multi.get(), true},
+      {"mixed16_bf16", m.multi_bf16.get(), true}};
   std::vector<DecodeBenchState> states(batches.size() * models.size());
   std::vector<Variant> variants;
   std::vector<int64_t> batch_of;
@@ -77,9 +80,10 @@ std::vector<Measurement> bench_decode(const BenchContext& ctx) {
     out.push_back(measurement(ctx, "decode", variants[i].name, shape, t[i], static_cast<double>(rows * steps), flops));
     out.back().note = (adapted ? "LoRA r" + std::to_string(m.r) + " all-linear" : std::string("base model")) +
                       "; greedy, KV cache; FLOPs: projections, attention over the cache, LM head per step";
-    if (variants[i].name == "mixed16")
+    if (variants[i].name.rfind("mixed16", 0) == 0)
       out.back().note += rows == 1 ? "; the one row uses adapter a0 of the 16-adapter bank"
                                    : "; row i uses adapter i % 16 (mixed.h banks)";
+    if (variants[i].name == "mixed16_bf16") out.back().note += ", stored in bfloat16 (store_banks_as)";
   }
   compare_to(out, "single");
   return out;

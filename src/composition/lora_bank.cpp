@@ -3,6 +3,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "modula/util/dtype.h"
 #include "modula/util/error.h"
 #include "modules/lora_kernels.h"
 
@@ -95,6 +96,7 @@ void LoraBankImpl::sync() {
     s.push_back(torch::full({1}, l ? l->scale * l->options.scaling() : 0.0, opts));
   }
   lora_A = torch::stack(A), lora_B = torch::stack(B), scaling = torch::cat(s);
+  if (storage_) lora_A = lora_A.to(*storage_), lora_B = lora_B.to(*storage_);
   synced_.clear();
   for (const auto& l : members_)
     synced_.push_back(
@@ -128,6 +130,19 @@ std::shared_ptr<LoraBankImpl> LoraBankImpl::stack(const std::vector<std::shared_
   return bank;
 }
 
+void LoraBankImpl::store_as(torch::ScalarType dtype) {
+  if (dtype != torch::kFloat32 && dtype != torch::kBFloat16 && dtype != torch::kHalf)
+    throw_error(kLoraBankTag, "store_as: " + dtype_name(dtype) + " is not a storage dtype (float32, bfloat16, float16)");
+  storage_ = dtype;
+  if (!members_.empty()) {  // a view: the next sync stacks in dtype
+    synced_.clear();
+    return;
+  }
+  torch::NoGradGuard no_grad;
+  lora_A.set_data(lora_A.to(dtype));
+  lora_B.set_data(lora_B.to(dtype));
+}
+
 void LoraBankImpl::check_input(const torch::Tensor& x, const torch::Tensor& w, const char* what) const {
   if (x.dim() != 3 || x.size(2) != in_features())
     throw_error(kLoraBankTag, std::string(what) + ": input " + c10::str(x.sizes()) + ", expected [N, T, " +
@@ -150,19 +165,21 @@ torch::Tensor LoraBankImpl::selected(const SiteInput& in, const torch::Tensor& i
       if (!t.is_cpu() || t.scalar_type() != torch::kFloat) return false;
     return true;
   };
-  if (k == 1 && x.size(1) == 1 && !autograd && all_float({x, w, lora_A, lora_B, scaling}))  // decode
+  const bool kernel_bank = detail::kernel_weights(lora_A) && lora_B.scalar_type() == lora_A.scalar_type();
+  if (k == 1 && x.size(1) == 1 && !autograd && kernel_bank && all_float({x, w, scaling}))  // decode
     return detail::lora_bgmv(x.contiguous(), lora_A.contiguous(), lora_B.contiguous(), scaling.contiguous(),
                              idx.reshape({N}).to(torch::kLong).contiguous(), w.reshape({N}).contiguous());
   auto flat = idx.clamp_min(0).reshape({-1});                                                     // [N·k]
   auto coef = (w * (idx >= 0) * scaling.index_select(0, flat).view({N, k})).to(x.scalar_type());  // [N, k]
   if (k == 1 && !autograd && x.is_cpu())  // prefill: two GEMMs per row on the bank's own A_m, B_m
     return detail::lora_row_gemms(x, lora_A, lora_B, coef.reshape({N}), idx.reshape({N}));
+  const auto dtype = x.scalar_type();  // a bank stored in another dtype (bf16) computes in x's
   if (k == 1) {  // one module per row: no copies of B, the scale on the [N, T, r] activations
-    auto h = torch::bmm(x, lora_A.index_select(0, flat).transpose(1, 2)) * coef.view({N, 1, 1});
-    return torch::bmm(h, lora_B.index_select(0, flat).transpose(1, 2));
+    auto h = torch::bmm(x, lora_A.index_select(0, flat).to(dtype).transpose(1, 2)) * coef.view({N, 1, 1});
+    return torch::bmm(h, lora_B.index_select(0, flat).to(dtype).transpose(1, 2));
   }
-  auto A = lora_A.index_select(0, flat).view({N, k * r, in_features()});  // [N, k·r, in]
-  auto B = lora_B.index_select(0, flat).view({N, k, out_features(), r});  // [N, k, out, r]
+  auto A = lora_A.index_select(0, flat).to(dtype).view({N, k * r, in_features()});  // [N, k·r, in]
+  auto B = lora_B.index_select(0, flat).to(dtype).view({N, k, out_features(), r});  // [N, k, out, r]
   auto h = torch::bmm(x, A.transpose(1, 2)).view({N, -1, k, r}) * coef.view({N, 1, k, 1});
   return torch::bmm(h.view({N, -1, k * r}), B.permute({0, 1, 3, 2}).reshape({N, k * r, out_features()}));
 }
@@ -177,17 +194,20 @@ torch::Tensor LoraBankImpl::mixed(const SiteInput& in, const torch::Tensor& w) {
                                   "] or [N, " + std::to_string(T) + ", " + std::to_string(M) + "]");
   auto coef = (w * scaling).to(x.scalar_type());
   coef = w.dim() == 2 ? coef.view({N, 1, M, 1}) : coef.view({N, T, M, 1});
-  auto h = torch::matmul(x, lora_A.reshape({M * r, in_features()}).t()).view({N, T, M, r}) * coef;  // [N, T, M, r]
-  return torch::matmul(h.view({N, T, M * r}), lora_B.permute({0, 2, 1}).reshape({M * r, out_features()}));
+  const auto dtype = x.scalar_type();
+  auto h = torch::matmul(x, lora_A.reshape({M * r, in_features()}).t().to(dtype)).view({N, T, M, r}) * coef;
+  return torch::matmul(h.view({N, T, M * r}), lora_B.permute({0, 2, 1}).reshape({M * r, out_features()}).to(dtype));
 }
 
 std::pair<torch::Tensor, torch::Tensor> LoraBankImpl::averaged_module(const torch::Tensor& w) const {
   if (w.dim() != 2 || w.size(1) != num_modules())
     throw_error(kLoraBankTag, "parameter averaging needs per-example weights [N, " + std::to_string(num_modules()) +
                                   "], got " + c10::str(w.sizes()));
-  auto wA = w.to(lora_A.scalar_type()).unsqueeze(1);                          // [N, 1, M]: one group
-  auto A = average_parameters(wA, lora_A.unsqueeze(0)).squeeze(1);            // Σ_m w_m A_m
-  auto B = average_parameters(wA * scaling, lora_B.unsqueeze(0)).squeeze(1);  // Σ_m w_m s_m B_m
+  // In the wider of the weights' and the bank's dtypes (a bf16 bank averages in float32).
+  const auto dtype = torch::promote_types(w.scalar_type(), lora_A.scalar_type());
+  auto wA = w.to(dtype).unsqueeze(1);                                                    // [N, 1, M]: one group
+  auto A = average_parameters(wA, lora_A.to(dtype).unsqueeze(0)).squeeze(1);            // Σ_m w_m A_m
+  auto B = average_parameters(wA * scaling, lora_B.to(dtype).unsqueeze(0)).squeeze(1);  // Σ_m w_m s_m B_m
   return {A, B};
 }
 

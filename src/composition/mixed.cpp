@@ -330,6 +330,14 @@ torch::Tensor row_ids(const Adapter& mixed, const std::vector<std::string>& name
   return torch::tensor(ids, torch::kLong);
 }
 
+void store_banks_as(const Adapter& mixed, torch::ScalarType dtype) {
+  if (mixed.peft_type != kMixedType)
+    throw_error(kMixedTag, "store_banks_as: '" + mixed.name + "' is a " + mixed.peft_type + ", not a mixed handle");
+  for (const auto& am : mixed.modules)
+    for (const auto& m : am.module->modules())
+      if (auto* bank = dynamic_cast<LoraBankImpl*>(m.get())) bank->store_as(dtype);
+}
+
 void set_row_modules(const Adapter& mixed, const std::vector<std::string>& name_per_row) {
   auto ids = row_ids(mixed, name_per_row);
   const auto key = mixed.config.at("key").get<std::string>();

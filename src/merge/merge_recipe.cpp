@@ -15,6 +15,7 @@
 #include "modula/io/hf_config.h"
 #include "modula/io/yaml.h"
 #include "modula/merge/task_vectors.h"
+#include "modula/util/dtype.h"
 #include "modula/util/error.h"
 #include "modula/util/fs.h"
 #include "modula/util/json.h"
@@ -134,9 +135,7 @@ std::string real_path(const std::string& p) {
 }
 
 torch::ScalarType dtype_from_name(const std::string& name) {
-  if (name == "float32") return torch::kFloat32;
-  if (name == "float16") return torch::kHalf;
-  if (name == "bfloat16") return torch::kBFloat16;
+  if (auto t = float_dtype(name)) return *t;
   throw_error(kMergeRecipeTag, "dtype: '" + name + "' is not known (float32, float16, bfloat16)");
 }
 

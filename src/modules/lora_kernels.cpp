@@ -2,6 +2,9 @@
 
 #include <ATen/Parallel.h>
 
+#include <cstdint>
+#include <cstring>
+
 #include <string>
 
 #include "modula/util/error.h"
@@ -9,14 +12,25 @@
 namespace modula::detail {
 namespace {
 
+// Module weights are read as stored: float, or bfloat16 widened to float as they are read
+// (the high half of a float's bits), so a bf16 bank moves half the bytes.
+inline __attribute__((always_inline)) float widen(float v) { return v; }
+inline __attribute__((always_inline)) float widen(uint16_t bf16) {
+  const uint32_t bits = static_cast<uint32_t>(bf16) << 16;
+  float v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
 // Σ_i a[i] b[i] in 16 independent partial sums (vectorizable without reassociation).
-inline float dot(const float* a, const float* b, int64_t n) {
+template <typename W>
+inline __attribute__((always_inline)) float dot(const W* a, const float* b, int64_t n) {
   float part[16] = {};
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)
-    for (int j = 0; j < 16; ++j) part[j] += a[i + j] * b[i + j];
+    for (int j = 0; j < 16; ++j) part[j] += widen(a[i + j]) * b[i + j];
   float sum = 0;
-  for (; i < n; ++i) sum += a[i] * b[i];
+  for (; i < n; ++i) sum += widen(a[i]) * b[i];
   for (float p : part) sum += p;
   return sum;
 }
@@ -25,16 +39,30 @@ inline float dot(const float* a, const float* b, int64_t n) {
 // stream their matrix once, front to back: from DRAM (16 adapters do not fit in the cache)
 // this runs at the read bandwidth; a transposed B read in blocks of 64 outputs was 20%
 // slower (strided streams), axpys over the whole of a transposed B no faster.
-// GCC also builds an AVX2/FMA clone, picked at load time (the CPU build itself targets
-// plain x86-64).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
-void bgmv_row(const float* A, const float* B, const float* x, float c, float* h, const float* y0, float* y, int64_t r,
-              int64_t in, int64_t out) {
+template <typename W>
+inline __attribute__((always_inline)) void bgmv_row_body(const W* A, const W* B, const float* x, float c, float* h,
+                                                         const float* y0, float* y, int64_t r, int64_t in,
+                                                         int64_t out) {
   for (int64_t j = 0; j < r; ++j) h[j] = c * dot(A + j * in, x, in);
   for (int64_t o = 0; o < out; ++o) y[o] = (y0 ? y0[o] : 0.0f) + dot(B + o * r, h, r);
 }
+
+// GCC also builds an AVX2/FMA clone of each, picked at load time (the CPU build itself
+// targets plain x86-64).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define MODULA_KERNEL_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define MODULA_KERNEL_CLONES
+#endif
+MODULA_KERNEL_CLONES void bgmv_row(const float* A, const float* B, const float* x, float c, float* h, const float* y0,
+                                   float* y, int64_t r, int64_t in, int64_t out) {
+  bgmv_row_body(A, B, x, c, h, y0, y, r, in, out);
+}
+MODULA_KERNEL_CLONES void bgmv_row(const uint16_t* A, const uint16_t* B, const float* x, float c, float* h,
+                                   const float* y0, float* y, int64_t r, int64_t in, int64_t out) {
+  bgmv_row_body(A, B, x, c, h, y0, y, r, in, out);
+}
+#undef MODULA_KERNEL_CLONES
 
 void check_ids(const int64_t* id, int64_t N, int64_t M) {
   for (int64_t n = 0; n < N; ++n)
@@ -43,17 +71,13 @@ void check_ids(const int64_t* id, int64_t N, int64_t M) {
                                    " of " + std::to_string(M));
 }
 
-}  // namespace
-
-torch::Tensor lora_bgmv(const torch::Tensor& x, const torch::Tensor& A, const torch::Tensor& B,
-                        const torch::Tensor& scaling, const torch::Tensor& ids, const torch::Tensor& w) {
-  const int64_t N = x.size(0), M = A.size(0), r = A.size(1), in = A.size(2), out = B.size(1);
-  auto y = torch::zeros({N, 1, out}, x.options());
-  const float *xs = x.data_ptr<float>(), *As = A.data_ptr<float>(), *Bs = B.data_ptr<float>();
-  const float *s = scaling.data_ptr<float>(), *ws = w.data_ptr<float>();
+template <typename W>
+void bgmv(const torch::Tensor& x, const W* As, const W* Bs, const torch::Tensor& scaling, const torch::Tensor& ids,
+          const torch::Tensor& w, int64_t r, torch::Tensor& y) {
+  const int64_t N = x.size(0), in = x.size(2), out = y.size(2);
+  const float *xs = x.data_ptr<float>(), *s = scaling.data_ptr<float>(), *ws = w.data_ptr<float>();
   const int64_t* id = ids.data_ptr<int64_t>();
   float* ys = y.data_ptr<float>();
-  check_ids(id, N, M);
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> h(static_cast<size_t>(r));
     for (int64_t n = begin; n < end; ++n)
@@ -61,6 +85,28 @@ torch::Tensor lora_bgmv(const torch::Tensor& x, const torch::Tensor& A, const to
         bgmv_row(As + id[n] * r * in, Bs + id[n] * out * r, xs + n * in, ws[n] * s[id[n]], h.data(), nullptr,
                  ys + n * out, r, in, out);
   });
+}
+
+// Module weights as stored: float or bfloat16 (raw bits).
+template <typename Fn>
+auto with_weights(const torch::Tensor& A, const torch::Tensor& B, Fn&& fn) {
+  if (A.scalar_type() == torch::kBFloat16)
+    return fn(reinterpret_cast<const uint16_t*>(A.data_ptr()), reinterpret_cast<const uint16_t*>(B.data_ptr()));
+  return fn(A.data_ptr<float>(), B.data_ptr<float>());
+}
+
+}  // namespace
+
+bool kernel_weights(const torch::Tensor& t) {
+  return t.is_cpu() && (t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16);
+}
+
+torch::Tensor lora_bgmv(const torch::Tensor& x, const torch::Tensor& A, const torch::Tensor& B,
+                        const torch::Tensor& scaling, const torch::Tensor& ids, const torch::Tensor& w) {
+  const int64_t N = x.size(0), M = A.size(0), r = A.size(1);
+  auto y = torch::zeros({N, 1, B.size(1)}, x.options());
+  check_ids(ids.data_ptr<int64_t>(), N, M);
+  with_weights(A, B, [&](auto As, auto Bs) { bgmv(x, As, Bs, scaling, ids, w, r, y); });
   return y;
 }
 
@@ -80,7 +126,8 @@ torch::Tensor lora_row_gemms(const torch::Tensor& x, const torch::Tensor& A, con
         yn.zero_();
         continue;
       }
-      at::mm_out(yn, at::mm(x[n], A[id[n]].t()).mul_(cs[n]), B[id[n]].t());
+      // A bf16 bank: this row's module widened to x's dtype (r·(in + out) values against the GEMMs' T·r·(in + out)).
+      at::mm_out(yn, at::mm(x[n], A[id[n]].to(x.scalar_type()).t()).mul_(cs[n]), B[id[n]].to(x.scalar_type()).t());
     }
   });
   return y;
@@ -93,9 +140,11 @@ torch::Tensor lora_add_rows(const torch::Tensor& x, const torch::Tensor& A, cons
   auto A_ = A.contiguous(), B_ = B.contiguous();
   auto result = torch::empty_like(y0);
   std::vector<float> h(static_cast<size_t>(r));
-  for (int64_t n = 0; n < xs.size(0); ++n)
-    bgmv_row(A_.data_ptr<float>(), B_.data_ptr<float>(), xs.data_ptr<float>() + n * in, static_cast<float>(c), h.data(),
-             y0.data_ptr<float>() + n * out, result.data_ptr<float>() + n * out, r, in, out);
+  with_weights(A_, B_, [&](auto As, auto Bs) {
+    for (int64_t n = 0; n < xs.size(0); ++n)
+      bgmv_row(As, Bs, xs.data_ptr<float>() + n * in, static_cast<float>(c), h.data(), y0.data_ptr<float>() + n * out,
+               result.data_ptr<float>() + n * out, r, in, out);
+  });
   return result.view(y.sizes());
 }
 

@@ -8,6 +8,7 @@
 
 #include "modula/composition/mixed.h"
 #include "modula/composition/registry.h"
+#include "modula/util/dtype.h"
 #include "modula/util/error.h"
 #include "modula/util/fs.h"
 #include "modula/util/json.h"
@@ -54,6 +55,8 @@ int64_t folder_virtual_tokens(const std::string& dir) {
 
 void PoolOptions::validate() const {
   check(max_resident >= 1, kModulePoolTag, "max_resident must be >= 1 (got " + std::to_string(max_resident) + ")");
+  check(adapter_dtype.empty() || float_dtype(adapter_dtype), kModulePoolTag,
+        "adapter_dtype '" + adapter_dtype + "' is not float32, bfloat16 or float16");
   for (const auto& d : adapter_dirs) check(fs::is_dir(d), kModulePoolTag, "adapter dir '" + d + "' is not a folder");
 }
 
@@ -195,6 +198,7 @@ void ModulePool::rebuild(const std::vector<std::string>& sets) {
     throw;
   }
   if (!loaded.empty()) mixed_ = std::make_unique<Adapter>(mix_adapters(std::move(loaded), "serve"));
+  if (mixed_ && !options_.adapter_dtype.empty()) store_banks_as(*mixed_, *float_dtype(options_.adapter_dtype));
   resident_ = sets;
   {
     std::lock_guard<std::mutex> lk(mu_);

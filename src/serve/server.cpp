@@ -116,6 +116,7 @@ void ServeOptions::validate() const {
   s.validate();
   PoolOptions p;
   p.max_resident = max_resident;
+  p.adapter_dtype = adapter_dtype;
   p.validate();
 }
 
@@ -130,6 +131,7 @@ void Server::Impl::load() {
   PoolOptions po;
   po.adapter_dirs = o.adapter_dirs;
   po.max_resident = o.max_resident;
+  po.adapter_dtype = o.adapter_dtype;
   pool = std::make_unique<ModulePool>(*model, po);
   for (const auto& spec : o.adapters) {
     const auto eq = spec.find('=');

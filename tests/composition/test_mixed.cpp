@@ -293,3 +293,42 @@ TEST(MixedLora, ErrorsAreClear) {
   EXPECT_THROW(load_mixed(*model, {{"x", fixture("hf/adapters/llama-mixed/missing")}}), std::exception);
   for (const auto& p : model->named_parameters()) EXPECT_EQ(p.key().find(".adapters."), std::string::npos) << p.key();
 }
+
+// store_banks_as: the served LoRA banks in bfloat16 — every bank converted, half the bytes,
+// and each row equal to the float32 mixed batch with its adapter weights rounded to bf16 (a
+// decode step: the BGMV kernel reading bf16; a prompt: the GEMMs per row). The rounding
+// itself is not small on these random fixtures: the adapters move the logits by up to 4.1,
+// the rounding by up to 0.05.
+TEST(MixedLora, BanksStoredInBfloat16) {
+  auto model = llama(), rounded_model = llama();
+  auto mixed = load_mixed(*model, fixture_adapters()), rounded = load_mixed(*rounded_model, fixture_adapters());
+  const std::vector<std::string> rows = {"a2", "a0", kBaseAdapter, "a1"};
+  set_row_modules(mixed, rows);
+  set_row_modules(rounded, rows);
+  torch::NoGradGuard no_grad;
+  for (auto& p : rounded.parameters()) p.copy_(p.to(torch::kBFloat16));
+  BackboneInput prompt = batch(4), step;
+  step.input_ids = prompt.input_ids.slice(1, 0, 1);
+  std::vector<torch::Tensor> exact;
+  for (const auto& in : {prompt, step}) exact.push_back(model->forward(in).logits);
+  int64_t bytes32 = 0, bytes16 = 0;
+  for (const auto& p : mixed.parameters()) bytes32 += static_cast<int64_t>(p.nbytes());
+  store_banks_as(mixed, torch::kBFloat16);
+  for (const auto& s : mixed.modules) {
+    auto bank = std::dynamic_pointer_cast<ModularLinearImpl>(s.module)->lora_bank();
+    EXPECT_EQ(bank->lora_A.scalar_type(), torch::kBFloat16) << s.site;
+    EXPECT_EQ(bank->lora_B.scalar_type(), torch::kBFloat16) << s.site;
+  }
+  for (const auto& p : mixed.parameters()) bytes16 += static_cast<int64_t>(p.nbytes());
+  EXPECT_EQ(2 * bytes16, bytes32);
+  size_t k = 0;
+  for (const auto& in : {prompt, step}) {
+    auto got = model->forward(in).logits;
+    EXPECT_TRUE(torch::allclose(got, rounded_model->forward(in).logits, 1e-4, 1e-5)) << "T " << in.input_ids.size(1);
+    EXPECT_GT((got - exact[k++]).abs().max().item<double>(), 1e-4);  // the rounding shows
+  }
+  EXPECT_THROW(store_banks_as(mixed, torch::kInt64), std::invalid_argument);
+  mixed.remove();
+  auto plain = add_adapter(*model, lora(), "plain");
+  EXPECT_THROW(store_banks_as(plain, torch::kBFloat16), std::invalid_argument);
+}

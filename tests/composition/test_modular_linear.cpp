@@ -235,3 +235,71 @@ TEST(LoraBank, ViewBankFollowsItsMembers) {
   ASSERT_TRUE(members[1]->lora_A.grad().defined());
   EXPECT_GT(members[1]->lora_A.grad().abs().sum().item<double>(), 0);
 }
+
+// A bank stored in bfloat16 (store_as) computes in the input's dtype: every path equals a
+// float32 bank holding the same rounded weights — the decode kernel widening as it reads
+// (T = 1), the GEMMs per row (T = 4), the gathered bmm with autograd, two modules per row,
+// soft mixing, SMEAR averaging — and differs from the unrounded bank by the rounding only.
+TEST(LoraBank, StoredInBfloat16ComputesInTheInputDtype) {
+  torch::manual_seed(8);
+  const int64_t in = 37, out = 29, M = 4, r = 19;
+  auto exact = random_bank(in, out, M, r), rounded = random_bank(in, out, M, r), bf16 = random_bank(in, out, M, r);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto* b : {&rounded, &bf16}) {
+      (*b)->lora_A.copy_(exact->lora_A.to(torch::kBFloat16));
+      (*b)->lora_B.copy_(exact->lora_B.to(torch::kBFloat16));
+      (*b)->scaling.copy_(exact->scaling);
+    }
+  }
+  bf16->store_as(torch::kBFloat16);
+  EXPECT_EQ(bf16->lora_A.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(bf16->lora_B.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(bf16->scaling.scalar_type(), torch::kFloat32);
+  EXPECT_EQ(bf16->named_parameters().size(), 2u);  // still the bank's two parameters
+  const std::vector<int64_t> ids = {3, -1, 0, 3, 2, 1};
+  const auto N = static_cast<int64_t>(ids.size());
+  auto idx = torch::tensor(ids).unsqueeze(1);
+  auto w = torch::rand({N, 1}) + 0.5;
+  auto idx2 = torch::stack({torch::tensor(ids), torch::tensor({0, 1, 2, 3, 0, 1})}, 1);
+  auto w2 = torch::rand({N, 2});
+  auto soft = torch::softmax(torch::randn({N, M}), -1);
+  for (int64_t T : {1, 4})
+    for (bool grad : {false, true}) {
+      auto x = torch::randn({N, T, in});
+      torch::AutoGradMode mode(grad);
+      auto same = [&](auto&& fn, const char* what) {
+        auto y = fn(*bf16);
+        EXPECT_EQ(y.scalar_type(), torch::kFloat32) << what;
+        EXPECT_TRUE(torch::allclose(y, fn(*rounded), 1e-5, 1e-5)) << what << " T " << T << " grad " << grad;
+        EXPECT_FALSE(torch::allclose(y, fn(*exact), 1e-6, 1e-7)) << what << ": not rounded?";
+      };
+      same([&](LoraBankImpl& b) { return b.selected({x, {}, nullptr}, idx, w); }, "one module per row");
+      same([&](LoraBankImpl& b) { return b.selected({x, {}, nullptr}, idx2, w2); }, "two modules per row");
+      same([&](LoraBankImpl& b) { return b.mixed({x, {}, nullptr}, soft); }, "soft mixing");
+      same([&](LoraBankImpl& b) { return b.averaged({x, {}, nullptr}, soft); }, "SMEAR");
+    }
+  EXPECT_THROW(bf16->store_as(torch::kInt32), std::invalid_argument);
+}
+
+// A view bank stored in bfloat16 re-stacks its members in that dtype; the members keep theirs.
+TEST(LoraBank, ViewBankStoredInBfloat16) {
+  torch::manual_seed(9);
+  std::vector<std::shared_ptr<LoraImpl>> members;
+  for (int m = 0; m < 2; ++m) {
+    members.push_back(std::make_shared<LoraImpl>(LoraOptions(6, 5).r(3).alpha(6)));
+    torch::NoGradGuard no_grad;
+    members.back()->lora_B.normal_();
+  }
+  auto bank = LoraBankImpl::view(members);
+  bank->store_as(torch::kBFloat16);
+  torch::NoGradGuard no_grad;
+  auto x = torch::randn({2, 1, 6});
+  auto y = bank->selected({x, {}, nullptr}, torch::tensor({{1}, {0}}), torch::ones({2, 1}));
+  EXPECT_EQ(bank->lora_A.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(members[0]->lora_A.scalar_type(), torch::kFloat32);
+  const auto& l = *members[1];
+  auto want = l.options.scaling() * torch::matmul(torch::matmul(x[0], l.lora_A.to(torch::kBFloat16).to(torch::kFloat).t()),
+                                                  l.lora_B.to(torch::kBFloat16).to(torch::kFloat).t());
+  EXPECT_TRUE(torch::allclose(y[0], want, 1e-5, 1e-6));
+}

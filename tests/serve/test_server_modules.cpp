@@ -214,6 +214,45 @@ TEST(ServerModules, ChoicesAndLogprobs) {
   post(c, "/v1/chat/completions", chat.dump(), 400);  // the fixture tokenizer has no chat template
 }
 
+// --adapter-dtype bfloat16: the served LoRA banks stored in bf16. Each answer's first-token
+// log-probability equals the log-softmax at the prompt's end of the model carrying the
+// adapter with its weights rounded to bf16, and differs from the unrounded one's.
+TEST(ServerModules, AdapterDtypeBfloat16) {
+  auto bad = options();
+  bad.adapter_dtype = "bf16";
+  try {
+    bad.validate();
+    ADD_FAILURE() << "no exception";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("adapter_dtype 'bf16'"), std::string::npos) << e.what();
+  }
+  auto o = options();
+  o.adapters = {"lora=" + kFolders.at("lora"), "a0=" + kFolders.at("a0"), "a2=" + kFolders.at("a2")};
+  o.adapter_dtype = "bfloat16";
+  Running r(o);
+  auto c = r.client();
+  const std::vector<int64_t> prompt = {6, 7, 8};
+  double largest = 0;
+  for (std::string m : {"lora", "a0", "a2"}) {
+    json g = body(m, prompt, 3);
+    g["logprobs"] = 1;
+    auto lp = post(c, "/v1/completions", g.dump(), 200)["choices"][0]["logprobs"];
+    ASSERT_EQ(lp["tokens"].size(), 3u) << m;
+    const auto got = lp["token_logprobs"][0].get<double>();
+    auto model = load_backbone(fixture("hf/models/llama"));
+    auto a = load_module(*model, kFolders.at(m));
+    BackboneInput in;
+    in.input_ids = torch::tensor(prompt).view({1, -1});
+    torch::NoGradGuard no_grad;
+    auto best = [&] { return torch::log_softmax(model->forward(in).logits[0][-1], 0).max().item<double>(); };
+    const double exact = best();
+    for (auto& p : a.parameters()) p.copy_(p.to(torch::kBFloat16));
+    EXPECT_NEAR(got, best(), 1e-5) << m;
+    largest = std::max(largest, std::abs(got - exact));
+  }
+  EXPECT_GT(largest, 1e-4);
+}
+
 TEST(ServerModules, HealthMetricsQueueLimitAndDrain) {
   auto o = options();
   o.max_batch = 1;

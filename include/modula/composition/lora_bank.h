@@ -9,6 +9,8 @@
 
 #include <torch/torch.h>
 
+#include <optional>
+
 #include "modula/modules/lora.h"
 #include "modula/routing/algorithm1.h"
 
@@ -57,6 +59,14 @@ class LoraBankImpl : public torch::nn::Module, public ModuleBank {
   std::pair<torch::Tensor, torch::Tensor> averaged_module(const torch::Tensor& w) const;
   std::string kind() const override { return "lora bank"; }
 
+  // Keeps lora_A and lora_B in `dtype` (float32, bfloat16 or float16) whatever the
+  // activations' dtype: bfloat16 halves the memory and what each decode step reads per row's
+  // module. Every path computes in the input's dtype (the CPU decode kernel widens bf16 as it
+  // reads; the others convert what they select); scaling stays as it is. View banks store
+  // each re-stacked copy so. A later to(dtype) of the bank converts it like any parameter.
+  // Throws std::invalid_argument for other dtypes.
+  void store_as(torch::ScalarType dtype);
+
   int64_t num_modules() const override { return lora_A.size(0); }
   int64_t rank() const { return lora_A.size(1); }
   int64_t in_features() const { return lora_A.size(2); }
@@ -76,6 +86,7 @@ class LoraBankImpl : public torch::nn::Module, public ModuleBank {
   };
   std::vector<Synced> synced_;
   int64_t view_rank_ = 0;
+  std::optional<torch::ScalarType> storage_;  // store_as: the dtype of lora_A / lora_B
   void check_input(const torch::Tensor& x, const torch::Tensor& w, const char* what) const;
 };
 TORCH_MODULE(LoraBank);

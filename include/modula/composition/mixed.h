@@ -52,6 +52,12 @@ void check_composition_set(const SpecNode& spec);
 Adapter composition_set(Backbone& model, const SpecNode& spec, const std::map<std::string, std::string>& folders,
                         const std::string& name, const std::string& id);
 
+// Stores the mixed handle's LoRA banks in `dtype` (LoraBankImpl::store_as): bfloat16 halves
+// the adapter memory and what a decode step reads per row's adapter (`modula serve
+// --adapter-dtype bfloat16`). Outputs change by that rounding of the adapter weights only.
+// Throws std::invalid_argument for a handle that is not mixed or a dtype store_as refuses.
+void store_banks_as(const Adapter& mixed, torch::ScalarType dtype);
+
 // Row ids for module-set names ("__base__" -> -1); std::invalid_argument naming an unknown
 // name and the known ones.
 torch::Tensor row_ids(const Adapter& mixed, const std::vector<std::string>& name_per_row);
