@@ -5,8 +5,8 @@
 #include <chrono>
 #include <cmath>
 
-#include "modula/util/dtype.h"
 #include "bench/bench_internal.h"
+#include "modula/util/dtype.h"
 
 namespace modula::bench {
 namespace {

@@ -34,11 +34,10 @@ std::vector<Measurement> bench_decode(const BenchContext& ctx) {
     Backbone* model;
     bool mixed;
   };
-  const std::vector<Model> models = {
-      {"none", m.plain.get(), false},
-      {"single", m.single.get(), false},
-      {"mixed16", m.multi.get(), true},
-      {"mixed16_bf16", m.multi_bf16.get(), true}};
+  const std::vector<Model> models = {{"none", m.plain.get(), false},
+                                     {"single", m.single.get(), false},
+                                     {"mixed16", m.multi.get(), true},
+                                     {"mixed16_bf16", m.multi_bf16.get(), true}};
   std::vector<DecodeBenchState> states(batches.size() * models.size());
   std::vector<Variant> variants;
   std::vector<int64_t> batch_of;

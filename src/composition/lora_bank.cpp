@@ -132,7 +132,8 @@ std::shared_ptr<LoraBankImpl> LoraBankImpl::stack(const std::vector<std::shared_
 
 void LoraBankImpl::store_as(torch::ScalarType dtype) {
   if (dtype != torch::kFloat32 && dtype != torch::kBFloat16 && dtype != torch::kHalf)
-    throw_error(kLoraBankTag, "store_as: " + dtype_name(dtype) + " is not a storage dtype (float32, bfloat16, float16)");
+    throw_error(kLoraBankTag,
+                "store_as: " + dtype_name(dtype) + " is not a storage dtype (float32, bfloat16, float16)");
   storage_ = dtype;
   if (!members_.empty()) {  // a view: the next sync stacks in dtype
     synced_.clear();
@@ -174,7 +175,7 @@ torch::Tensor LoraBankImpl::selected(const SiteInput& in, const torch::Tensor& i
   if (k == 1 && !autograd && x.is_cpu())  // prefill: two GEMMs per row on the bank's own A_m, B_m
     return detail::lora_row_gemms(x, lora_A, lora_B, coef.reshape({N}), idx.reshape({N}));
   const auto dtype = x.scalar_type();  // a bank stored in another dtype (bf16) computes in x's
-  if (k == 1) {  // one module per row: no copies of B, the scale on the [N, T, r] activations
+  if (k == 1) {                        // one module per row: no copies of B, the scale on the [N, T, r] activations
     auto h = torch::bmm(x, lora_A.index_select(0, flat).to(dtype).transpose(1, 2)) * coef.view({N, 1, 1});
     return torch::bmm(h, lora_B.index_select(0, flat).to(dtype).transpose(1, 2));
   }
@@ -205,7 +206,7 @@ std::pair<torch::Tensor, torch::Tensor> LoraBankImpl::averaged_module(const torc
                                   "], got " + c10::str(w.sizes()));
   // In the wider of the weights' and the bank's dtypes (a bf16 bank averages in float32).
   const auto dtype = torch::promote_types(w.scalar_type(), lora_A.scalar_type());
-  auto wA = w.to(dtype).unsqueeze(1);                                                    // [N, 1, M]: one group
+  auto wA = w.to(dtype).unsqueeze(1);                                                   // [N, 1, M]: one group
   auto A = average_parameters(wA, lora_A.to(dtype).unsqueeze(0)).squeeze(1);            // Σ_m w_m A_m
   auto B = average_parameters(wA * scaling, lora_B.to(dtype).unsqueeze(0)).squeeze(1);  // Σ_m w_m s_m B_m
   return {A, B};

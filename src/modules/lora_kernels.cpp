@@ -4,7 +4,6 @@
 
 #include <cstdint>
 #include <cstring>
-
 #include <string>
 
 #include "modula/util/error.h"

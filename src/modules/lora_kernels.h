@@ -22,18 +22,16 @@ torch::Tensor lora_bgmv(const torch::Tensor& x, const torch::Tensor& A, const to
 
 // Longer rows on the CPU: y[n] = c[n] x[n] A_mᵀ B_mᵀ for x [N, T, in], m = ids[n] (-1: zeros),
 // c [N] the rows' scale (routing weight × s_m): two GEMMs per row on the bank's own A_m and
-// B_m (widened to x's dtype first when stored in another), rows spread over the intra-op threads. Against gathering A and B per row into one
-// bmm: no copies of the modules, and the GEMMs run side by side instead of one after
-// another (16 x 64 tokens, r 64, 512 x 512 on 2 cores: 1.28-1.33 ms against 1.40-1.46).
-// Grouping rows by module first (one GEMM per module, OpenBLAS threading each) was slower:
-// 1.7 ms.
+// B_m (widened to x's dtype first when stored in another), rows spread over the intra-op threads. Against gathering A
+// and B per row into one bmm: no copies of the modules, and the GEMMs run side by side instead of one after another (16
+// x 64 tokens, r 64, 512 x 512 on 2 cores: 1.28-1.33 ms against 1.40-1.46). Grouping rows by module first (one GEMM per
+// module, OpenBLAS threading each) was slower: 1.7 ms.
 torch::Tensor lora_row_gemms(const torch::Tensor& x, const torch::Tensor& A, const torch::Tensor& B,
                              const torch::Tensor& c, const torch::Tensor& ids);
 
 // y + c · B (A x) for x [.., in] with a few rows, A [r, in], B [out, r] (kernel_weights, one
-// dtype), y [.., out]; x, y float32 on the CPU. One call where the plain path is two linears, a scale and an add, each an
-// operator dispatch and a temporary: at batch-1 decode the LoRA's 28 sites cost more in
-// dispatch than in arithmetic.
+// dtype), y [.., out]; x, y float32 on the CPU. One call where the plain path is two linears, a scale and an add, each
+// an operator dispatch and a temporary: at batch-1 decode the LoRA's 28 sites cost more in dispatch than in arithmetic.
 torch::Tensor lora_add_rows(const torch::Tensor& x, const torch::Tensor& A, const torch::Tensor& B, double c,
                             const torch::Tensor& y);
 

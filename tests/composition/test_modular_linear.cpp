@@ -299,7 +299,8 @@ TEST(LoraBank, ViewBankStoredInBfloat16) {
   EXPECT_EQ(bank->lora_A.scalar_type(), torch::kBFloat16);
   EXPECT_EQ(members[0]->lora_A.scalar_type(), torch::kFloat32);
   const auto& l = *members[1];
-  auto want = l.options.scaling() * torch::matmul(torch::matmul(x[0], l.lora_A.to(torch::kBFloat16).to(torch::kFloat).t()),
-                                                  l.lora_B.to(torch::kBFloat16).to(torch::kFloat).t());
+  auto want =
+      l.options.scaling() * torch::matmul(torch::matmul(x[0], l.lora_A.to(torch::kBFloat16).to(torch::kFloat).t()),
+                                          l.lora_B.to(torch::kBFloat16).to(torch::kFloat).t());
   EXPECT_TRUE(torch::allclose(y[0], want, 1e-5, 1e-6));
 }

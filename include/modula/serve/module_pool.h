@@ -36,7 +36,7 @@ struct PoolOptions {
   // LoRA weights of the resident sets stored in this dtype (store_banks_as, mixed.h):
   // "" = the model's; "bfloat16" halves their memory and what a decode step reads.
   std::string adapter_dtype;
-  void validate() const;                  // std::invalid_argument naming the bad field
+  void validate() const;  // std::invalid_argument naming the bad field
 };
 
 // What a name or path cannot be: status 404 (unknown), 400 (malformed, not allowed).

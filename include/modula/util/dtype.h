@@ -17,8 +17,10 @@ inline std::optional<torch::ScalarType> float_dtype(const std::string& name) {
 }
 
 inline std::string dtype_name(torch::ScalarType t) {
-  return t == torch::kBFloat16 ? "bfloat16" : t == torch::kHalf ? "float16" : t == torch::kFloat32 ? "float32"
-                                                                                                    : c10::toString(t);
+  return t == torch::kBFloat16  ? "bfloat16"
+         : t == torch::kHalf    ? "float16"
+         : t == torch::kFloat32 ? "float32"
+                                : c10::toString(t);
 }
 
 }  // namespace modula
