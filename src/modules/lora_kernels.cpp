@@ -94,8 +94,9 @@ auto with_weights(const torch::Tensor& A, const torch::Tensor& B, Fn&& fn) {
   return fn(A.data_ptr<float>(), B.data_ptr<float>());
 }
 
-// t in `dtype`; bf16 -> float32 by widening each value's bits (a plain loop the compiler
-// vectorizes: 3x faster here than the generic dtype conversion).
+// t in `dtype`; bf16 -> float32 by widening each value's bits, a plain loop the compiler
+// vectorizes (lora_only 16 x 64 with a bf16 bank: +0.36 ms over a float32 bank, against
+// +1 ms with the generic dtype conversion).
 torch::Tensor in_dtype(const torch::Tensor& t, torch::ScalarType dtype) {
   if (t.scalar_type() == dtype) return t;
   if (t.scalar_type() != torch::kBFloat16 || dtype != torch::kFloat) return t.to(dtype);
