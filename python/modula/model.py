@@ -185,10 +185,12 @@ class Model:
         self._core.remove(name)
         self._mixed = {k: v for k, v in self._mixed.items() if v != name}
 
-    def mix(self, names, name="mixed", key="adapter"):
+    def mix(self, names, name="mixed", key="adapter", lora_dtype=None):
         """Serve attached sets in one batch, each row routed by name: the sets are consumed
-        into one mixed set; then model(ids, adapter=["a", "__base__", "b"]) (or [B] ids)."""
-        self._core.mix(list(names), name, key)
+        into one mixed set; then model(ids, adapter=["a", "__base__", "b"]) (or [B] ids).
+        lora_dtype="bfloat16" stores the LoRA weights in bf16 (half the memory and the bytes a
+        decode step reads; outputs move by that rounding of the adapter weights)."""
+        self._core.mix(list(names), name, key, lora_dtype or "")
         self._mixed[key] = name
         return Module(self, name)
 

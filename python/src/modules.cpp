@@ -6,6 +6,7 @@
 #include "modula/composition/composition_module.h"
 #include "modula/composition/mixed.h"
 #include "modula/composition/registry.h"
+#include "modula/util/dtype.h"
 #include "modula/util/error.h"
 
 namespace modula::python {
@@ -98,8 +99,13 @@ std::vector<std::pair<std::string, torch::Tensor>> module_parameters(const Model
 }
 
 // Mixes attached sets into one set `name` whose rows are routed by metadata `key` (row ids
-// from row_ids); the sets are consumed.
-void mix(Model& m, const std::vector<std::string>& names, const std::string& name, const std::string& key) {
+// from row_ids); the sets are consumed. `lora_dtype`: the LoRA banks stored in that dtype
+// (store_banks_as; "" = the model's).
+void mix(Model& m, const std::vector<std::string>& names, const std::string& name, const std::string& key,
+         const std::string& lora_dtype) {
+  const auto dtype = float_dtype(lora_dtype);
+  if (!lora_dtype.empty() && !dtype)
+    throw_error("mix", "lora_dtype '" + lora_dtype + "' is not float32, bfloat16 or float16");
   std::vector<Adapter> sets;
   for (const auto& n : names) m.get(n);  // all present before any is consumed
   for (const auto& n : names) {
@@ -108,6 +114,7 @@ void mix(Model& m, const std::vector<std::string>& names, const std::string& nam
   }
   py::gil_scoped_release release;
   m.add(mix_adapters(std::move(sets), name, m.context, key));
+  if (dtype) store_banks_as(m.get(name), *dtype);
 }
 
 torch::Tensor rows(const Model& m, const std::string& mixed, const std::vector<std::string>& per_row) {
@@ -141,7 +148,8 @@ void init_modules(ModelClass& cls, py::module_& m) {
       .def("module_names", [](const Model& self) { return self.order; })
       .def("module_info", &info)
       .def("module_parameters", &module_parameters)
-      .def("mix", &mix, py::arg("names"), py::arg("name") = "mixed", py::arg("key") = "adapter")
+      .def("mix", &mix, py::arg("names"), py::arg("name") = "mixed", py::arg("key") = "adapter",
+           py::arg("lora_dtype") = "")
       .def("row_ids", &rows, py::arg("mixed"), py::arg("per_row"))
       .def("compose", &compose, py::arg("spec"), py::arg("name") = "compose", py::arg("fusion") = py::none());
   m.def("supported_module_types", &supported_peft_types);

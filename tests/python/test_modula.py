@@ -152,6 +152,23 @@ def test_mixed_batch_routing_metadata(llama):
     assert_close_masked(base_row[:1], plain, ref["attention_mask"][:1])
 
 
+def test_mixed_batch_with_bf16_lora_banks(llama):
+    ref = read_safetensors(os.path.join(MIXED, "expected.safetensors"))
+    rows = json.load(open(os.path.join(MIXED, "case.json")))["adapter_per_row"]
+    for name in ("a0", "a1", "a2"):
+        llama.attach(name, os.path.join(MIXED, name))
+    with pytest.raises(ValueError, match="lora_dtype 'bf16'"):
+        llama.mix(["a0", "a1", "a2"], lora_dtype="bf16")
+    llama.mix(["a0", "a1", "a2"], lora_dtype="bfloat16")
+    params = dict(llama._core.module_parameters("mixed"))
+    assert params and all(p.dtype == torch.bfloat16 for p in params.values())
+    out = llama(ref["input_ids"], ref["attention_mask"], adapter=rows).logits
+    assert out.dtype == torch.float32
+    keep = ref["attention_mask"].bool()
+    diff = (out - ref["logits"])[keep].abs().max().item()
+    assert 0 < diff < 0.1  # the rounding of the adapter weights, not float32 rounding
+
+
 def test_poly_task_ids_as_tensor(llama):
     ref = read_safetensors(os.path.join(ADAPTERS, "llama-poly", "expected.safetensors"))
     llama.attach("poly", os.path.join(ADAPTERS, "llama-poly"))
