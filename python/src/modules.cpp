@@ -103,9 +103,9 @@ std::vector<std::pair<std::string, torch::Tensor>> module_parameters(const Model
 // (store_banks_as; "" = the model's).
 void mix(Model& m, const std::vector<std::string>& names, const std::string& name, const std::string& key,
          const std::string& lora_dtype) {
-  const auto dtype = float_dtype(lora_dtype);
-  if (!lora_dtype.empty() && !dtype)
-    throw_error("mix", "lora_dtype '" + lora_dtype + "' is not float32, bfloat16 or float16");
+  const auto dtype = lora_dtype.empty()
+                         ? std::nullopt
+                         : std::optional<torch::ScalarType>(float_dtype(lora_dtype, "mix", "lora_dtype"));
   std::vector<Adapter> sets;
   for (const auto& n : names) m.get(n);  // all present before any is consumed
   for (const auto& n : names) {

@@ -101,6 +101,8 @@ struct AdaptedModels {
   std::shared_ptr<Backbone> plain, single, multi, multi_bf16, reference;
   Adapter mixed, mixed_bf16;
   std::vector<std::vector<torch::Tensor>> adapter_params;  // each adapter's parameters, kept for the reference
+  // Adapter a (its saved parameters) added to `model` as `name`.
+  Adapter copy_adapter(Backbone& model, int64_t a, const std::string& name) const;
   // Routes row i of the next `multi` and `multi_bf16` forwards to adapter i % num_adapters.
   void route_rows(int64_t rows) const;
   // The logits of each row of ids [B, T] computed by a model carrying only that row's

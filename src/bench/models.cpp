@@ -82,13 +82,8 @@ AdaptedModels adapted_models(Size size, const BenchContext& ctx, int64_t num_ada
   // The same 16 adapters again, their banks stored in bfloat16 (serve --adapter-dtype).
   m.multi_bf16 = bench_llama(m.shape, ctx);
   std::vector<Adapter> copies;
-  for (int64_t i = 0; i < num_adapters; ++i) {
-    copies.push_back(add_adapter(*m.multi_bf16, m.config, "a" + std::to_string(i)));
-    auto params = copies.back().parameters();
-    const auto& saved = m.adapter_params[static_cast<size_t>(i)];
-    check(params.size() == saved.size(), kBenchModelsTag, "adapter copy has a different parameter count");
-    for (size_t k = 0; k < params.size(); ++k) params[k].copy_(saved[k]);
-  }
+  for (int64_t i = 0; i < num_adapters; ++i)
+    copies.push_back(m.copy_adapter(*m.multi_bf16, i, "a" + std::to_string(i)));
   m.mixed_bf16 = mix_adapters(std::move(copies));
   store_banks_as(m.mixed_bf16, torch::kBFloat16);
   return m;
@@ -101,16 +96,22 @@ void AdaptedModels::route_rows(int64_t rows) const {
   set_row_modules(mixed_bf16, names);
 }
 
+Adapter AdaptedModels::copy_adapter(Backbone& model, int64_t a, const std::string& name) const {
+  auto adapter = add_adapter(model, config, name);
+  auto params = adapter.parameters();
+  const auto& saved = adapter_params[static_cast<size_t>(a)];
+  check(params.size() == saved.size(), kBenchModelsTag, "adapter copy has a different parameter count");
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < params.size(); ++i) params[i].copy_(saved[i]);
+  return adapter;
+}
+
 torch::Tensor AdaptedModels::per_row_reference(const torch::Tensor& ids) {
   torch::NoGradGuard no_grad;
   const int64_t rows = ids.size(0);
   std::vector<torch::Tensor> logits(static_cast<size_t>(rows));
   for (int64_t a = 0; a < num_adapters && a < rows; ++a) {
-    auto adapter = add_adapter(*reference, config, "reference");
-    auto params = adapter.parameters();
-    const auto& saved = adapter_params[static_cast<size_t>(a)];
-    check(params.size() == saved.size(), kBenchModelsTag, "reference adapter has a different parameter count");
-    for (size_t i = 0; i < params.size(); ++i) params[i].copy_(saved[i]);
+    auto adapter = copy_adapter(*reference, a, "reference");
     for (int64_t row = a; row < rows; row += num_adapters) {
       BackboneInput in;
       in.input_ids = ids.slice(0, row, row + 1);

@@ -161,13 +161,8 @@ torch::Tensor LoraBankImpl::selected(const SiteInput& in, const torch::Tensor& i
   int64_t N = x.size(0), k = idx.size(1), r = rank();
   const bool autograd = torch::GradMode::is_enabled() &&
                         (x.requires_grad() || w.requires_grad() || lora_A.requires_grad() || lora_B.requires_grad());
-  auto all_float = [](std::initializer_list<torch::Tensor> ts) {
-    for (const auto& t : ts)
-      if (!t.is_cpu() || t.scalar_type() != torch::kFloat) return false;
-    return true;
-  };
   const bool kernel_bank = detail::kernel_weights(lora_A) && lora_B.scalar_type() == lora_A.scalar_type();
-  if (k == 1 && x.size(1) == 1 && !autograd && kernel_bank && all_float({x, w, scaling}))  // decode
+  if (k == 1 && x.size(1) == 1 && !autograd && kernel_bank && detail::cpu_float32({x, w, scaling}))  // decode
     return detail::lora_bgmv(x.contiguous(), lora_A.contiguous(), lora_B.contiguous(), scaling.contiguous(),
                              idx.reshape({N}).to(torch::kLong).contiguous(), w.reshape({N}).contiguous());
   auto flat = idx.clamp_min(0).reshape({-1});                                                     // [N·k]

@@ -134,11 +134,6 @@ std::string real_path(const std::string& p) {
   return ::realpath(p.c_str(), buf) ? std::string(buf) : p;
 }
 
-torch::ScalarType dtype_from_name(const std::string& name) {
-  if (auto t = float_dtype(name)) return *t;
-  throw_error(kMergeRecipeTag, "dtype: '" + name + "' is not known (float32, float16, bfloat16)");
-}
-
 const std::vector<std::string>& tokenizer_files() {
   static const std::vector<std::string> files = {"tokenizer.json",
                                                  "tokenizer_config.json",
@@ -318,7 +313,7 @@ MergeRecipe parse_recipe(const json& j, const std::string& base_dir) {
 
   if (j.contains("dtype")) {
     r.dtype = get_as<std::string>(j["dtype"], "dtype", "a string");
-    dtype_from_name(r.dtype);
+    float_dtype(r.dtype, kMergeRecipeTag, "dtype");
   }
   r.tokenizer_source = r.base_model.empty() ? r.models[0].path : r.base_model;
   if (j.contains("tokenizer_source")) {
@@ -435,7 +430,7 @@ MergeReport run_merge(const MergeRecipe& r, const std::string& output_override) 
   } catch (const std::exception& e) {
     throw_error(kMergeRecipeTag, method + ": " + e.what());
   }
-  model->to(dtype_from_name(r.dtype));
+  model->to(float_dtype(r.dtype, kMergeRecipeTag, "dtype"));
   // Large weights or lambda (1e308) overflow: refuse to write a checkpoint of inf/NaN.
   for (const auto& named : {model->named_parameters(), model->named_buffers()})
     for (const auto& p : named)

@@ -64,12 +64,9 @@ constexpr int64_t kFusedRows = 4;  // up to this many rows (decode at batch 1-4)
 
 // Without autograd, on the CPU in float32, a few rows, no DoRA, no active dropout.
 bool fused_rows(const torch::Tensor& x, const torch::Tensor& y, const LoraOptions& o, bool training,
-                std::initializer_list<torch::Tensor> weights) {
+                const torch::Tensor& A, const torch::Tensor& B) {
   if (o.use_dora() || (o.dropout() > 0 && training) || torch::GradMode::is_enabled()) return false;
-  for (const auto& t : {x, y})
-    if (!t.is_cpu() || t.scalar_type() != torch::kFloat) return false;
-  for (const auto& t : weights)
-    if (!t.is_cpu() || t.scalar_type() != torch::kFloat) return false;
+  if (!detail::cpu_float32({x, y, A, B})) return false;
   const int64_t rows = x.numel() / o.in_features();
   return rows <= kFusedRows && y.numel() == rows * o.out_features();
 }
@@ -77,7 +74,7 @@ bool fused_rows(const torch::Tensor& x, const torch::Tensor& y, const LoraOption
 }  // namespace
 
 torch::Tensor LoraImpl::transform_output(const torch::Tensor& x, const torch::Tensor& y, const LinearImpl& base) {
-  if (fused_rows(x, y, options, is_training(), {lora_A, lora_B}))
+  if (fused_rows(x, y, options, is_training(), lora_A, lora_B))
     return detail::lora_add_rows(x, lora_A, lora_B, scale * options.scaling(), y);
   auto h = options.dropout() > 0 ? torch::dropout(x, options.dropout(), is_training()) : x;
   auto lora = torch::nn::functional::linear(torch::nn::functional::linear(h, lora_A), lora_B);

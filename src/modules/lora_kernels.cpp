@@ -110,6 +110,12 @@ torch::Tensor in_dtype(const torch::Tensor& t, torch::ScalarType dtype) {
 
 }  // namespace
 
+bool cpu_float32(std::initializer_list<torch::Tensor> ts) {
+  for (const auto& t : ts)
+    if (!t.is_cpu() || t.scalar_type() != torch::kFloat) return false;
+  return true;
+}
+
 bool kernel_weights(const torch::Tensor& t) {
   return t.is_cpu() && (t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16);
 }

@@ -9,6 +9,9 @@
 
 namespace modula::detail {
 
+// Whether every tensor is float32 on the CPU (what the kernels take as activations).
+bool cpu_float32(std::initializer_list<torch::Tensor> ts);
+
 // Whether the kernels read t as module weights: on the CPU, float32 or bfloat16 (widened to
 // float32 as it is read; activations stay float32).
 bool kernel_weights(const torch::Tensor& t);

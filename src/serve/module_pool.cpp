@@ -55,8 +55,7 @@ int64_t folder_virtual_tokens(const std::string& dir) {
 
 void PoolOptions::validate() const {
   check(max_resident >= 1, kModulePoolTag, "max_resident must be >= 1 (got " + std::to_string(max_resident) + ")");
-  check(adapter_dtype.empty() || float_dtype(adapter_dtype), kModulePoolTag,
-        "adapter_dtype '" + adapter_dtype + "' is not float32, bfloat16 or float16");
+  if (!adapter_dtype.empty()) float_dtype(adapter_dtype, kModulePoolTag, "adapter_dtype");
   for (const auto& d : adapter_dirs) check(fs::is_dir(d), kModulePoolTag, "adapter dir '" + d + "' is not a folder");
 }
 
@@ -198,7 +197,8 @@ void ModulePool::rebuild(const std::vector<std::string>& sets) {
     throw;
   }
   if (!loaded.empty()) mixed_ = std::make_unique<Adapter>(mix_adapters(std::move(loaded), "serve"));
-  if (mixed_ && !options_.adapter_dtype.empty()) store_banks_as(*mixed_, *float_dtype(options_.adapter_dtype));
+  if (mixed_ && !options_.adapter_dtype.empty())
+    store_banks_as(*mixed_, float_dtype(options_.adapter_dtype, kModulePoolTag, "adapter_dtype"));
   resident_ = sets;
   {
     std::lock_guard<std::mutex> lk(mu_);

@@ -126,7 +126,7 @@ TEST(MergeRecipe, ErrorsNameTheField) {
   EXPECT_ERROR(j, "consensus 'median' is not known");
   j = ties_recipe();
   j["dtype"] = "float8";
-  EXPECT_ERROR(j, "dtype: 'float8' is not known");
+  EXPECT_ERROR(j, "dtype: 'float8' is not float32, bfloat16 or float16");
   j = ties_recipe();
   j["models"][0]["parameters"]["weigth"] = 1;
   EXPECT_ERROR(j, "models[0].parameters.weigth: unknown parameter");

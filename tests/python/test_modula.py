@@ -157,7 +157,7 @@ def test_mixed_batch_with_bf16_lora_banks(llama):
     rows = json.load(open(os.path.join(MIXED, "case.json")))["adapter_per_row"]
     for name in ("a0", "a1", "a2"):
         llama.attach(name, os.path.join(MIXED, name))
-    with pytest.raises(ValueError, match="lora_dtype 'bf16'"):
+    with pytest.raises(ValueError, match="lora_dtype: 'bf16' is not float32, bfloat16 or float16"):
         llama.mix(["a0", "a1", "a2"], lora_dtype="bf16")
     llama.mix(["a0", "a1", "a2"], lora_dtype="bfloat16")
     params = dict(llama._core.module_parameters("mixed"))

@@ -3,17 +3,20 @@
 
 #include <torch/torch.h>
 
-#include <optional>
 #include <string>
+#include <string_view>
+
+#include "modula/util/error.h"
 
 namespace modula {
 
-// nullopt for any other name (callers throw naming their key and these three).
-inline std::optional<torch::ScalarType> float_dtype(const std::string& name) {
+// The dtype `name` names; for any other name std::invalid_argument
+// "[tag] key: 'name' is not float32, bfloat16 or float16".
+inline torch::ScalarType float_dtype(const std::string& name, std::string_view tag, const std::string& key) {
   if (name == "float32") return torch::kFloat32;
   if (name == "bfloat16") return torch::kBFloat16;
   if (name == "float16") return torch::kHalf;
-  return std::nullopt;
+  throw_error(tag, key + ": '" + name + "' is not float32, bfloat16 or float16");
 }
 
 inline std::string dtype_name(torch::ScalarType t) {
