@@ -5,6 +5,7 @@
 
 #include "modula/util/dtype.h"
 #include "modula/util/error.h"
+#include "modula/util/huge_pages.h"
 #include "modules/lora_kernels.h"
 
 namespace modula {
@@ -82,7 +83,9 @@ void LoraBankImpl::sync() {
   bool grad = false;  // a graph must reach the members: stack anew
   for (const auto& l : members_) grad = grad || (l && (l->lora_A.requires_grad() || l->lora_B.requires_grad()));
   grad = grad && torch::GradMode::is_enabled();
-  if (!grad && synced_current()) return;  // inference: the copy is current
+  // Inference: the copy is current (and not one stacked in a graph, which is re-stacked once
+  // as a plain copy on huge pages).
+  if (!grad && synced_current() && !lora_A.requires_grad()) return;
   const LoraImpl* first = nullptr;
   for (const auto& l : members_)
     if (l && !first) first = l.get();
@@ -97,6 +100,7 @@ void LoraBankImpl::sync() {
   }
   lora_A = torch::stack(A), lora_B = torch::stack(B), scaling = torch::cat(s);
   if (storage_) lora_A = lora_A.to(*storage_), lora_B = lora_B.to(*storage_);
+  if (!grad) lora_A = on_huge_pages(lora_A), lora_B = on_huge_pages(lora_B);
   synced_.clear();
   for (const auto& l : members_)
     synced_.push_back(
@@ -124,8 +128,8 @@ std::shared_ptr<LoraBankImpl> LoraBankImpl::stack(const std::vector<std::shared_
     B[m].narrow(1, 0, rm).copy_(lora->lora_B);
     s[m] = lora->scale * lora->options.scaling();
   }
-  bank->lora_A = bank->register_parameter("lora_A", A);
-  bank->lora_B = bank->register_parameter("lora_B", B);
+  bank->lora_A = bank->register_parameter("lora_A", on_huge_pages(A));
+  bank->lora_B = bank->register_parameter("lora_B", on_huge_pages(B));
   bank->scaling = bank->register_buffer("scaling", s);
   return bank;
 }
@@ -140,8 +144,8 @@ void LoraBankImpl::store_as(torch::ScalarType dtype) {
     return;
   }
   torch::NoGradGuard no_grad;
-  lora_A.set_data(lora_A.to(dtype));
-  lora_B.set_data(lora_B.to(dtype));
+  lora_A.set_data(on_huge_pages(lora_A.to(dtype)));
+  lora_B.set_data(on_huge_pages(lora_B.to(dtype)));
 }
 
 void LoraBankImpl::check_input(const torch::Tensor& x, const torch::Tensor& w, const char* what) const {

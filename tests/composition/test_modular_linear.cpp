@@ -304,3 +304,39 @@ TEST(LoraBank, ViewBankStoredInBfloat16) {
                                           l.lora_B.to(torch::kBFloat16).to(torch::kFloat).t());
   EXPECT_TRUE(torch::allclose(y[0], want, 1e-5, 1e-6));
 }
+
+// Banks of at least kHugePageMinBytes per tensor (what a decode step streams from DRAM) live
+// in huge-page memory (util/huge_pages.h): stacked, view copies without autograd, and after
+// store_as; with autograd the view's copy stays in the graph. Values are unchanged.
+TEST(LoraBank, LargeBanksLiveOnHugePages) {
+  torch::manual_seed(10);
+  const int64_t in = 1024, out = 1024, r = 64;
+  std::vector<std::shared_ptr<LoraImpl>> members;
+  for (int m = 0; m < 4; ++m) {  // 4 x 64 x 1024 floats = 1 MiB per bank tensor
+    members.push_back(std::make_shared<LoraImpl>(LoraOptions(in, out).r(r).alpha(r)));
+    torch::NoGradGuard no_grad;
+    members.back()->lora_B.normal_();
+  }
+  auto aligned = [](const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % (2u << 20) == 0; };
+  auto stacked = LoraBankImpl::stack(members);
+  EXPECT_TRUE(aligned(stacked->lora_A) && aligned(stacked->lora_B));
+  EXPECT_TRUE(stacked->lora_A.requires_grad());  // still a trainable parameter
+  EXPECT_TRUE(torch::equal(stacked->lora_A[2], members[2]->lora_A));
+  auto view = LoraBankImpl::view(members);
+  auto x = torch::randn({4, 1, in});
+  auto idx = torch::tensor({{3}, {0}, {1}, {2}});
+  auto w = torch::ones({4, 1});
+  {
+    torch::NoGradGuard no_grad;
+    auto y = view->selected({x, {}, nullptr}, idx, w);
+    EXPECT_TRUE(aligned(view->lora_A) && aligned(view->lora_B));
+    EXPECT_TRUE(torch::allclose(y, stacked->selected({x, {}, nullptr}, idx, w), 1e-5, 1e-5));
+  }
+  auto y = view->selected({x, {}, nullptr}, idx, w);  // with autograd: re-stacked in the graph
+  EXPECT_TRUE(view->lora_A.requires_grad());
+  y.sum().backward();
+  EXPECT_TRUE(members[3]->lora_A.grad().defined());
+  stacked->store_as(torch::kBFloat16);
+  EXPECT_FALSE(aligned(stacked->lora_A));  // 512 KiB in bf16: below the threshold, plain memory
+  EXPECT_TRUE(torch::equal(stacked->lora_A[2], members[2]->lora_A.to(torch::kBFloat16)));
+}
