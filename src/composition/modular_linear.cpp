@@ -28,7 +28,7 @@ torch::Tensor ModularLinearImpl::transform_output(const torch::Tensor& x, const 
   auto x3 = as_rows(x, "modular linear");  // [N, T, in]
   auto delta = algorithm1(*router, *bank_, options.aggregation(), {x3, y.reshape({x3.size(0), x3.size(1), -1}), &base},
                           &last_routing);
-  return y + scale * delta.reshape(y.sizes());
+  return y.add(delta.reshape(y.sizes()), scale);  // y + scale · delta in one op
 }
 
 void ModularLinearImpl::merge(LinearImpl&) {

@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -80,7 +81,9 @@ void bgmv(const torch::Tensor& x, const W* As, const W* Bs, const torch::Tensor&
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> h(static_cast<size_t>(r));
     for (int64_t n = begin; n < end; ++n)
-      if (id[n] >= 0)
+      if (id[n] < 0)
+        std::fill_n(ys + n * out, out, 0.0f);
+      else
         bgmv_row(As + id[n] * r * in, Bs + id[n] * out * r, xs + n * in, ws[n] * s[id[n]], h.data(), nullptr,
                  ys + n * out, r, in, out);
   });
@@ -123,7 +126,7 @@ bool kernel_weights(const torch::Tensor& t) {
 torch::Tensor lora_bgmv(const torch::Tensor& x, const torch::Tensor& A, const torch::Tensor& B,
                         const torch::Tensor& scaling, const torch::Tensor& ids, const torch::Tensor& w) {
   const int64_t N = x.size(0), M = A.size(0), r = A.size(1);
-  auto y = torch::zeros({N, 1, B.size(1)}, x.options());
+  auto y = torch::empty({N, 1, B.size(1)}, x.options());  // every row written (id −1: zeros)
   check_ids(ids.data_ptr<int64_t>(), N, M);
   with_weights(A, B, [&](auto As, auto Bs) { bgmv(x, As, Bs, scaling, ids, w, r, y); });
   return y;
