@@ -2,7 +2,7 @@
 
 #include <stdexcept>
 
-#include "modula/modules/bottleneck.h"
+#include "aggregation/bottleneck_batch.h"
 #include "modula/util/error.h"
 
 namespace modula {
@@ -39,50 +39,14 @@ std::vector<std::shared_ptr<SiteModule>> CompositeImpl::leaves() const {
   return out;
 }
 
-namespace {
-
-// Children that are residual bottleneck adapters of one shape and kind, without a
-// LayerNorm: their contributions come from one batched kernel. Empty otherwise.
-std::vector<std::shared_ptr<BottleneckImpl>> uniform_bottlenecks(
-    const std::vector<std::shared_ptr<SiteModule>>& children) {
-  std::vector<std::shared_ptr<BottleneckImpl>> out;
-  for (const auto& c : children) {
-    auto b = std::dynamic_pointer_cast<BottleneckImpl>(c);
-    if (!b || b->adapter_norm_before || !b->options.residual()) return {};
-    const auto &o = b->options, &first = out.empty() ? o : out.front()->options;
-    if (o.bottleneck_size() != first.bottleneck_size() || o.non_linearity() != first.non_linearity() ||
-        o.mode() != first.mode())
-      return {};
-    out.push_back(b);
-  }
-  return out;
+const detail::BottleneckStack* CompositeImpl::bottleneck_stack() {
+  if (!stacker_) stacker_ = std::make_shared<detail::BottleneckStacker>();
+  return stacker_->stack(children_);
 }
-
-// d_c = s_c · (W_up,c act(W_down,c h + b_down,c) + b_up,c) for all c at once: [.., C, H].
-torch::Tensor batched_bottlenecks(const std::vector<std::shared_ptr<BottleneckImpl>>& bs, const torch::Tensor& x,
-                                  const torch::Tensor& y) {
-  std::vector<torch::Tensor> wd, bd, wu, bu;
-  std::vector<double> s;
-  for (const auto& b : bs) {
-    wd.push_back(b->adapter_down->weight);
-    bd.push_back(b->adapter_down->bias);
-    wu.push_back(b->adapter_up->weight);
-    bu.push_back(b->adapter_up->bias);
-    s.push_back(b->scale * b->options.scaling());
-  }
-  const auto& h = bs.front()->options.mode() == "parallel" ? x : y;
-  auto z = torch::einsum("...h,cmh->...cm", {h, torch::stack(wd)}) + torch::stack(bd);
-  auto f = torch::einsum("...cm,chm->...ch", {activation(bs.front()->options.non_linearity(), z), torch::stack(wu)}) +
-           torch::stack(bu);
-  return f * torch::tensor(s, torch::kFloat64).to(f.device(), f.scalar_type()).unsqueeze(-1);
-}
-
-}  // namespace
 
 torch::Tensor CompositeImpl::contributions(const torch::Tensor& x, const torch::Tensor& y) {
   if (children_.size() > 1) {
-    auto bs = uniform_bottlenecks(children_);
-    if (!bs.empty()) return batched_bottlenecks(bs, x, y);
+    if (const auto* st = bottleneck_stack()) return detail::all_contributions(*st, x, y);
   }
   std::vector<torch::Tensor> d;
   d.reserve(children_.size());

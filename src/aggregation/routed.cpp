@@ -2,6 +2,7 @@
 
 #include <stdexcept>
 
+#include "aggregation/bottleneck_batch.h"
 #include "modula/util/error.h"
 
 namespace modula {
@@ -28,10 +29,12 @@ torch::Tensor RoutedImpl::mixed(const SiteInput& in, const torch::Tensor& r) {  
 
 torch::Tensor RoutedImpl::selected(const SiteInput& in, const torch::Tensor& idx, const torch::Tensor& w) {
   if (idx.dim() != 2 || idx.size(1) != 1) return mixed(in, dense_weights(idx, w, num_modules()));
-  // One module per row: each child on its own rows, scaled by its routing weight.
   const auto& x = in.x;
   const auto& y = in.y;
   auto rows_of = idx.squeeze(1);
+  // Bottleneck adapters: every row reads its child's weights (gathered matmuls).
+  if (const auto* st = bottleneck_stack()) return detail::row_contributions(*st, x, y, rows_of, w.squeeze(1));
+  // Other children: each on its own rows, scaled by its routing weight.
   auto weight = (w.squeeze(1) * (rows_of >= 0)).to(y.scalar_type());  // [N]; id −1 rows get nothing
   auto out = torch::zeros_like(y);
   for (int64_t c = 0; c < num_modules(); ++c) {

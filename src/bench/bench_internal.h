@@ -91,9 +91,10 @@ std::shared_ptr<Backbone> bench_llama(const LlamaShape& s, const BenchContext& c
 // false) so that adapters differ and the delta is not zero.
 nlohmann::json lora_all_linear(int64_t r, double alpha);
 
-// The models prefill and decode compare, same base weights: `plain` (no adapter), `single`
-// (one LoRA), `multi` (num_adapters LoRAs mixed into one batch, mixed.h), `multi_bf16` (the
-// same adapters mixed, their banks stored in bfloat16: store_banks_as).
+// The models prefill, decode and bottleneck compare, same base weights: `plain` (no
+// adapter), `single` (one adapter), `multi` (num_adapters adapters mixed into one batch,
+// mixed.h), for LoRA `multi_bf16` (the same adapters mixed, their banks stored in bfloat16:
+// store_banks_as; null for other adapters).
 struct AdaptedModels {
   LlamaShape shape;
   int64_t r = 0, num_adapters = 0;
@@ -103,13 +104,17 @@ struct AdaptedModels {
   std::vector<std::vector<torch::Tensor>> adapter_params;  // each adapter's parameters, kept for the reference
   // Adapter a (its saved parameters) added to `model` as `name`.
   Adapter copy_adapter(Backbone& model, int64_t a, const std::string& name) const;
-  // Routes row i of the next `multi` and `multi_bf16` forwards to adapter i % num_adapters.
+  // Routes row i of the next `multi` (and `multi_bf16`) forwards to adapter i % num_adapters.
   void route_rows(int64_t rows) const;
   // The logits of each row of ids [B, T] computed by a model carrying only that row's
   // adapter (row i: adapter i % num_adapters), concatenated [B, T, V].
   torch::Tensor per_row_reference(const torch::Tensor& ids);
 };
-AdaptedModels adapted_models(Size size, const BenchContext& ctx, int64_t num_adapters);
+// config null: LoRA r adapter_rank(size), alpha 2r, all-linear (lora_all_linear). Another
+// config: every adapter parameter drawn from N(0, 0.02²) (a fresh bottleneck adapter's
+// up-projection is zero: every adapter would be the identity).
+AdaptedModels adapted_models(Size size, const BenchContext& ctx, int64_t num_adapters,
+                             const nlohmann::json& config = nullptr);
 // LoRA rank of the prefill / decode / lora_only adapters (cpu: 64, the issue's "LoRA ≥ 10%
 // of the work" size; gpu: 16 as peft_bench.py; quick: 8).
 int64_t adapter_rank(Size size);
@@ -121,6 +126,12 @@ std::vector<Measurement> bench_lora_only(const BenchContext& ctx);
 std::vector<Measurement> bench_decode(const BenchContext& ctx);
 std::vector<Measurement> bench_moe(const BenchContext& ctx);
 std::vector<Measurement> bench_projections(const BenchContext& ctx);
+std::vector<Measurement> bench_bottleneck(const BenchContext& ctx);
+
+// workloads_decode.cpp: a greedy decode of `steps` steps on `model` as a Variant; its setup
+// runs `before` (e.g. the rows' routing), then prefills `prompt` [B, T] into a fresh KV cache.
+Variant decode_variant(const std::string& name, Backbone& model, const torch::Tensor& prompt, int64_t steps,
+                       std::function<void()> before = {});
 
 // "16x64" style shape text.
 std::string dims(int64_t a, int64_t b);

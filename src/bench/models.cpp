@@ -59,26 +59,34 @@ nlohmann::json lora_all_linear(int64_t r, double alpha) {
           {"target_modules", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}}};
 }
 
-AdaptedModels adapted_models(Size size, const BenchContext& ctx, int64_t num_adapters) {
+AdaptedModels adapted_models(Size size, const BenchContext& ctx, int64_t num_adapters, const nlohmann::json& config) {
   AdaptedModels m;
   m.shape = model_shape(size);
   m.r = adapter_rank(size);
   m.num_adapters = num_adapters;
-  m.config = lora_all_linear(m.r, 2.0 * static_cast<double>(m.r));
-  // Same seed: the four models have the same base weights.
+  const bool lora = config.is_null();
+  m.config = lora ? lora_all_linear(m.r, 2.0 * static_cast<double>(m.r)) : config;
+  // Same seed: the models have the same base weights.
   m.plain = bench_llama(m.shape, ctx), m.single = bench_llama(m.shape, ctx);
   m.multi = bench_llama(m.shape, ctx), m.reference = bench_llama(m.shape, ctx);
   torch::manual_seed(ctx.seed + 1);
   torch::NoGradGuard no_grad;
-  add_adapter(*m.single, m.config, "single");
+  auto added = [&](Backbone& model, const std::string& name) {
+    auto a = add_adapter(model, m.config, name);
+    if (!lora)
+      for (auto& p : a.parameters()) p.normal_(0, 0.02);
+    return a;
+  };
+  added(*m.single, "single");
   std::vector<Adapter> adapters;
   for (int64_t i = 0; i < num_adapters; ++i) {
-    adapters.push_back(add_adapter(*m.multi, m.config, "a" + std::to_string(i)));
+    adapters.push_back(added(*m.multi, "a" + std::to_string(i)));
     std::vector<torch::Tensor> copies;
     for (const auto& p : adapters.back().parameters()) copies.push_back(p.detach().clone());
     m.adapter_params.push_back(std::move(copies));
   }
   m.mixed = mix_adapters(std::move(adapters));
+  if (!lora) return m;
   // The same 16 adapters again, their banks stored in bfloat16 (serve --adapter-dtype).
   m.multi_bf16 = bench_llama(m.shape, ctx);
   std::vector<Adapter> copies;
@@ -93,7 +101,7 @@ void AdaptedModels::route_rows(int64_t rows) const {
   std::vector<std::string> names;
   for (int64_t i = 0; i < rows; ++i) names.push_back("a" + std::to_string(i % num_adapters));
   set_row_modules(mixed, names);
-  set_row_modules(mixed_bf16, names);
+  if (multi_bf16) set_row_modules(mixed_bf16, names);
 }
 
 Adapter AdaptedModels::copy_adapter(Backbone& model, int64_t a, const std::string& name) const {

@@ -20,7 +20,8 @@ using WorkloadFn = std::vector<Measurement> (*)(const BenchContext&);
 const std::vector<std::pair<std::string, WorkloadFn>>& bench_workload_table() {
   static const std::vector<std::pair<std::string, WorkloadFn>> table = {
       {"train_lora", bench_train_lora}, {"prefill", bench_prefill}, {"lora_only", bench_lora_only},
-      {"decode", bench_decode},         {"moe", bench_moe},         {"projections", bench_projections}};
+      {"decode", bench_decode},         {"moe", bench_moe},         {"projections", bench_projections},
+      {"bottleneck", bench_bottleneck}};
   return table;
 }
 

@@ -19,6 +19,28 @@ torch::Tensor decode_bench_greedy(const BackboneOutput& out) {
 
 }  // namespace
 
+Variant decode_variant(const std::string& name, Backbone& model, const torch::Tensor& prompt, int64_t steps,
+                       std::function<void()> before) {
+  auto state = std::make_shared<DecodeBenchState>();
+  auto setup = [state, &model, prompt, before] {
+    if (before) before();
+    state->cache = KVCache();
+    BackboneInput in;
+    in.input_ids = prompt;
+    in.cache = &state->cache;
+    state->next = decode_bench_greedy(model.forward(in));
+  };
+  auto call = [state, &model, steps] {
+    for (int64_t s = 0; s < steps; ++s) {
+      BackboneInput in;
+      in.input_ids = state->next;
+      in.cache = &state->cache;
+      state->next = decode_bench_greedy(model.forward(in));
+    }
+  };
+  return {name, call, setup};
+}
+
 std::vector<Measurement> bench_decode(const BenchContext& ctx) {
   auto m = adapted_models(ctx.size, ctx, kDecodeBenchAdapters);
   // peft_bench.py: 32-token prompts, 64 new tokens, batch 32 on the GPU.
@@ -38,32 +60,14 @@ std::vector<Measurement> bench_decode(const BenchContext& ctx) {
                                      {"single", m.single.get(), false},
                                      {"mixed16", m.multi.get(), true},
                                      {"mixed16_bf16", m.multi_bf16.get(), true}};
-  std::vector<DecodeBenchState> states(batches.size() * models.size());
   std::vector<Variant> variants;
   std::vector<int64_t> batch_of;
   for (size_t b = 0; b < batches.size(); ++b)
-    for (size_t k = 0; k < models.size(); ++k) {
-      auto& state = states[b * models.size() + k];
-      const auto& ids = prompts[b];
-      const auto& model = models[k];
+    for (const auto& model : models) {
       const int64_t rows = batches[b];
-      auto setup = [&state, &ids, &m, model, rows] {
-        if (model.mixed) m.route_rows(rows);
-        state.cache = KVCache();
-        BackboneInput in;
-        in.input_ids = ids;
-        in.cache = &state.cache;
-        state.next = decode_bench_greedy(model.model->forward(in));
-      };
-      auto call = [&state, model, steps] {
-        for (int64_t s = 0; s < steps; ++s) {
-          BackboneInput in;
-          in.input_ids = state.next;
-          in.cache = &state.cache;
-          state.next = decode_bench_greedy(model.model->forward(in));
-        }
-      };
-      variants.push_back({model.name, call, setup});
+      std::function<void()> route;
+      if (model.mixed) route = [&m, rows] { m.route_rows(rows); };
+      variants.push_back(decode_variant(model.name, *model.model, prompts[b], steps, route));
       batch_of.push_back(rows);
     }
   auto t = time_round_robin(variants, ctx);

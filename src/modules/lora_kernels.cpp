@@ -62,6 +62,12 @@ MODULA_KERNEL_CLONES void bgmv_row(const uint16_t* A, const uint16_t* B, const f
                                    const float* y0, float* y, int64_t r, int64_t in, int64_t out) {
   bgmv_row_body(A, B, x, c, h, y0, y, r, in, out);
 }
+MODULA_KERNEL_CLONES void matvec_row(const float* W, const float* x, float* y, int64_t out, int64_t in) {
+  for (int64_t o = 0; o < out; ++o) y[o] = dot(W + o * in, x, in);
+}
+MODULA_KERNEL_CLONES void matvec_row(const uint16_t* W, const float* x, float* y, int64_t out, int64_t in) {
+  for (int64_t o = 0; o < out; ++o) y[o] = dot(W + o * in, x, in);
+}
 #undef MODULA_KERNEL_CLONES
 
 void check_ids(const int64_t* id, int64_t N, int64_t M) {
@@ -129,6 +135,28 @@ torch::Tensor lora_bgmv(const torch::Tensor& x, const torch::Tensor& A, const to
   auto y = torch::empty({N, 1, B.size(1)}, x.options());  // every row written (id −1: zeros)
   check_ids(ids.data_ptr<int64_t>(), N, M);
   with_weights(A, B, [&](auto As, auto Bs) { bgmv(x, As, Bs, scaling, ids, w, r, y); });
+  return y;
+}
+
+torch::Tensor gathered_matvec(const torch::Tensor& W, const torch::Tensor& x, const torch::Tensor& ids) {
+  const int64_t N = x.size(0), M = W.size(0), out = W.size(1), in = W.size(2);
+  auto y = torch::empty({N, out}, x.options());
+  auto id_host = ids.to(torch::kLong).contiguous();
+  const int64_t* id = id_host.data_ptr<int64_t>();
+  check_ids(id, N, M);
+  auto xs = x.contiguous();
+  auto Ws = W.contiguous();
+  const float* xp = xs.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  with_weights(Ws, Ws, [&](auto Wp, auto) {
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n)
+        if (id[n] < 0)
+          std::fill_n(yp + n * out, out, 0.0f);
+        else
+          matvec_row(Wp + id[n] * out * in, xp + n * in, yp + n * out, out, in);
+    });
+  });
   return y;
 }
 

@@ -1,7 +1,7 @@
-// LoRA kernels without autograd on the CPU. For a bank, one module per row: every row reads
-// its module straight from the bank instead of a gathered copy (BGMV, Punica: Chen et al.
-// 2023). For one module, a few rows (batch-1 decode): the delta and the add in one pass.
-// Internal to modula (modula_modules, modula_composition).
+// LoRA kernels (and the gathered mat-vec that other banks share) without autograd on the
+// CPU. For a bank, one module per row: every row reads its module straight from the bank
+// instead of a gathered copy (BGMV, Punica: Chen et al. 2023). For one module, a few rows (batch-1 decode): the delta
+// and the add in one pass. Internal to modula (modula_modules, modula_composition).
 
 #pragma once
 
@@ -22,6 +22,11 @@ bool kernel_weights(const torch::Tensor& t);
 // Returns [N, 1, out]; throws naming a row whose id is out of range.
 torch::Tensor lora_bgmv(const torch::Tensor& x, const torch::Tensor& A, const torch::Tensor& B,
                         const torch::Tensor& scaling, const torch::Tensor& ids, const torch::Tensor& w);
+
+// The BGMV primitive: y[n] = W_m x[n] with m = ids[n] (−1: zeros) for W [M, out, in]
+// (kernel_weights), x [N, in] float32 on the CPU, ids [N]; each row reads its matrix
+// straight from W. Returns [N, out]; throws naming a row whose id is out of range.
+torch::Tensor gathered_matvec(const torch::Tensor& W, const torch::Tensor& x, const torch::Tensor& ids);
 
 // Longer rows on the CPU: y[n] = c[n] x[n] A_mᵀ B_mᵀ for x [N, T, in], m = ids[n] (-1: zeros),
 // c [N] the rows' scale (routing weight × s_m): two GEMMs per row on the bank's own A_m and

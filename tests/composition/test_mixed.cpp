@@ -3,12 +3,14 @@
 // with its own module (saved, then loaded onto a fresh model).
 #include <gtest/gtest.h>
 
+#include "modula/aggregation/routed.h"
 #include "modula/backbone/registry.h"
 #include "modula/composition/ia3_bank.h"
 #include "modula/composition/input_bank.h"
 #include "modula/composition/mixed.h"
 #include "modula/composition/modular_linear.h"
 #include "modula/composition/registry.h"
+#include "modula/modules/bottleneck.h"
 #include "support/temp_dir.h"
 
 using namespace modula;
@@ -141,6 +143,80 @@ TEST(MixedBatch, BertIa3HoulsbyAndLora) {
                                  {"houlsby", bottleneck("houlsby")},
                                  {"lora", {{"peft_type", "LORA"}, {"r", 2}, {"target_modules", {"query", "value"}}}}});
   expect_each_row_alone("bert", sets, {"houlsby", "lora", "ia3", kBaseAdapter});
+}
+
+// Several bottleneck adapters of one shape at a block site run as gathered matmuls (each row
+// reads its own adapter's weights, aggregation/bottleneck_batch.h); adapters of different
+// kinds (relu pfeiffer, silu houlsby) run each on its own rows. Rows equal each row alone;
+// training reaches only the routed adapters.
+TEST(MixedBatch, BottleneckAdaptersPerRowGatheredAndTrainedOnlyWhereRouted) {
+  auto sets = make_sets("llama", {{"b0", bottleneck("pfeiffer")},
+                                  {"b1", bottleneck("pfeiffer")},
+                                  {"b2", bottleneck("pfeiffer")},
+                                  {"h", bottleneck("houlsby")}});
+  expect_each_row_alone("llama", sets, {"b2", "b0", kBaseAdapter, "b1", "b2"});
+  expect_each_row_alone("llama", sets, {"h", "b0", "b1", kBaseAdapter});
+  auto m = model_of("llama");
+  freeze_backbone(*m);
+  std::vector<std::pair<std::string, std::string>> pfeiffer(sets.named_dirs.begin(), sets.named_dirs.begin() + 3);
+  auto mixed = load_mixed(*m, pfeiffer);
+  set_row_modules(mixed, {"b2", "b0", "b2"});
+  m->train();
+  m->forward(batch(3)).logits.pow(2).mean().backward();
+  int sites = 0;
+  for (const auto& s : mixed.modules) {
+    auto routed = std::dynamic_pointer_cast<RoutedImpl>(s.module);
+    if (!routed) continue;
+    ++sites;
+    auto grad_of = [&](size_t c) {
+      auto g = std::dynamic_pointer_cast<BottleneckImpl>(routed->children()[c])->adapter_up->weight.grad();
+      return g.defined() ? g.abs().sum().item<double>() : 0.0;
+    };
+    EXPECT_GT(grad_of(0), 0) << s.site;
+    EXPECT_EQ(grad_of(1), 0) << s.site;  // b1 is not in the batch
+    EXPECT_GT(grad_of(2), 0) << s.site;
+  }
+  EXPECT_GT(sites, 0);
+}
+
+// One token per row (a decode step) takes the BGMV path of the bottleneck stack: each row
+// equals that row alone; the kept stack follows an in-place update of one adapter.
+TEST(MixedBatch, BottleneckDecodeShapedRowsAndInPlaceUpdates) {
+  auto sets =
+      make_sets("llama", {{"b0", bottleneck("houlsby")}, {"b1", bottleneck("houlsby")}, {"b2", bottleneck("houlsby")}});
+  const std::vector<std::string> per_row = {"b2", kBaseAdapter, "b0", "b1", "b0"};
+  const auto B = static_cast<int64_t>(per_row.size());
+  BackboneInput in;
+  in.input_ids = torch::tensor({7, 19, 3, 42, 11}).view({B, 1});
+  auto m = model_of("llama");
+  auto mixed = load_mixed(*m, sets.named_dirs);
+  set_row_modules(mixed, per_row);
+  torch::NoGradGuard no_grad;
+  auto alone = [&](int64_t n) {
+    auto one = model_of("llama");
+    BackboneInput r;
+    r.input_ids = in.input_ids.slice(0, n, n + 1);
+    if (per_row[n] == kBaseAdapter) return one->forward(r).logits;
+    auto a = load_adapter(*one, sets.named_dirs[std::stoi(per_row[n].substr(1))].second, per_row[n]);
+    return forward_adapted(*one, a, r).logits;
+  };
+  auto got = m->forward(in).logits;
+  for (int64_t n = 0; n < B; ++n)
+    EXPECT_LE((got[n] - alone(n)[0]).abs().max().item<double>(), 1e-5) << "row " << n << " " << per_row[n];
+  std::shared_ptr<BottleneckImpl> b0;
+  for (const auto& s : mixed.modules)
+    if (auto routed = std::dynamic_pointer_cast<RoutedImpl>(s.module))
+      b0 = std::dynamic_pointer_cast<BottleneckImpl>(routed->children()[0]);
+  ASSERT_TRUE(b0);
+  b0->adapter_up->weight.mul_(3);  // the last block site's b0: rows 2 and 4 change, the others do not
+  auto after = m->forward(in).logits;
+  for (int64_t n = 0; n < B; ++n) {
+    const double change = (after[n] - got[n]).abs().max().item<double>();
+    if (per_row[n] == "b0")
+      EXPECT_GT(change, 1e-4) << "row " << n << ": a stale stack";
+    else
+      EXPECT_EQ(change, 0) << "row " << n;
+  }
 }
 
 TEST(MixedBatch, Ia3BankRoutesPerRowInOneKernelAndTrainsOnlyUsedRows) {

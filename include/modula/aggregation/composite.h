@@ -30,6 +30,10 @@
 #include "modula/backbone/layers.h"
 
 namespace modula {
+namespace detail {
+struct BottleneckStack;
+class BottleneckStacker;
+}  // namespace detail
 
 class CompositeImpl : public SiteModule {
  public:
@@ -52,13 +56,17 @@ class CompositeImpl : public SiteModule {
 
  protected:
   // d_c(x, y) for every child, stacked on a new dimension before the features: [.., C, H].
-  // Residual bottleneck adapters of one shape and kind run as one batched kernel (einsum
-  // over stacked weights); other children one by one.
+  // Residual bottleneck adapters of one shape and kind (identity placeholders as zeros) run
+  // as one batched kernel (einsum over stacked weights); other children one by one.
   torch::Tensor contributions(const torch::Tensor& x, const torch::Tensor& y);
+  // The children's weights stacked when they are all bottleneck adapters of one shape (and
+  // identity placeholders), kept between calls without autograd; null otherwise.
+  const detail::BottleneckStack* bottleneck_stack();
 
  private:
   std::string op_;
   std::vector<std::shared_ptr<SiteModule>> children_;
+  std::shared_ptr<detail::BottleneckStacker> stacker_;
 };
 
 // The identity y ← y: stands in for a member that has no module at this site (e.g. a

@@ -4,8 +4,10 @@
 //   y_n ← y_n + Σ_c r_{n,c} d_c(x_n, y_n)        (r [N, C] or [N, T, C])
 //
 // Hard routing with one module per example (fixed routing by task/language id, top-1;
-// routing/fixed.h) runs each child on its own rows only (id −1: no module for that row) (index_select / index_copy per
-// child), so the cost is one adapter per row, not C.
+// routing/fixed.h; id −1: no module for that row) costs one adapter per row, not C:
+// residual bottleneck adapters of one shape as gathered matmuls over their stacked weights
+// (each row reads its child's, one batched call for all rows), other children each on its
+// own rows (index_select / index_add per child).
 #pragma once
 
 #include "modula/aggregation/composite.h"
