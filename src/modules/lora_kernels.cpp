@@ -1,7 +1,5 @@
 #include "modules/lora_kernels.h"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -84,15 +82,13 @@ void bgmv(const torch::Tensor& x, const W* As, const W* Bs, const torch::Tensor&
   const float *xs = x.data_ptr<float>(), *s = scaling.data_ptr<float>(), *ws = w.data_ptr<float>();
   const int64_t* id = ids.data_ptr<int64_t>();
   float* ys = y.data_ptr<float>();
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> h(static_cast<size_t>(r));
-    for (int64_t n = begin; n < end; ++n)
-      if (id[n] < 0)
-        std::fill_n(ys + n * out, out, 0.0f);
-      else
-        bgmv_row(As + id[n] * r * in, Bs + id[n] * out * r, xs + n * in, ws[n] * s[id[n]], h.data(), nullptr,
-                 ys + n * out, r, in, out);
-  });
+  std::vector<float> h(static_cast<size_t>(r));
+  for (int64_t n = 0; n < N; ++n)
+    if (id[n] < 0)
+      std::fill_n(ys + n * out, out, 0.0f);
+    else
+      bgmv_row(As + id[n] * r * in, Bs + id[n] * out * r, xs + n * in, ws[n] * s[id[n]], h.data(), nullptr,
+               ys + n * out, r, in, out);
 }
 
 // Module weights as stored: float or bfloat16 (raw bits).
@@ -149,13 +145,11 @@ torch::Tensor gathered_matvec(const torch::Tensor& W, const torch::Tensor& x, co
   const float* xp = xs.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   with_weights(Ws, Ws, [&](auto Wp, auto) {
-    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n)
-        if (id[n] < 0)
-          std::fill_n(yp + n * out, out, 0.0f);
-        else
-          matvec_row(Wp + id[n] * out * in, xp + n * in, yp + n * out, out, in);
-    });
+    for (int64_t n = 0; n < N; ++n)
+      if (id[n] < 0)
+        std::fill_n(yp + n * out, out, 0.0f);
+      else
+        matvec_row(Wp + id[n] * out * in, xp + n * in, yp + n * out, out, in);
   });
   return y;
 }
@@ -169,18 +163,16 @@ torch::Tensor lora_row_gemms(const torch::Tensor& x, const torch::Tensor& A, con
   check_ids(id, N, M);
   auto scale = c.to(torch::kDouble).contiguous();
   const double* cs = scale.data_ptr<double>();
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      auto yn = y[n];
-      if (id[n] < 0) {
-        yn.zero_();
-        continue;
-      }
-      // A bf16 bank: this row's module widened to x's dtype (r·(in + out) values against the GEMMs' T·r·(in + out)).
-      const auto dtype = x.scalar_type();
-      at::mm_out(yn, at::mm(x[n], in_dtype(A[id[n]], dtype).t()).mul_(cs[n]), in_dtype(B[id[n]], dtype).t());
+  for (int64_t n = 0; n < N; ++n) {
+    auto yn = y[n];
+    if (id[n] < 0) {
+      yn.zero_();
+      continue;
     }
-  });
+    // A bf16 bank: this row's module widened to x's dtype (r·(in + out) values against the GEMMs' T·r·(in + out)).
+    const auto dtype = x.scalar_type();
+    at::mm_out(yn, at::mm(x[n], in_dtype(A[id[n]], dtype).t()).mul_(cs[n]), in_dtype(B[id[n]], dtype).t());
+  }
   return y;
 }
 

@@ -30,10 +30,16 @@ torch::Tensor gathered_matvec(const torch::Tensor& W, const torch::Tensor& x, co
 
 // Longer rows on the CPU: y[n] = c[n] x[n] A_mᵀ B_mᵀ for x [N, T, in], m = ids[n] (-1: zeros),
 // c [N] the rows' scale (routing weight × s_m): two GEMMs per row on the bank's own A_m and
-// B_m (widened to x's dtype first when stored in another), rows spread over the intra-op threads. Against gathering A
-// and B per row into one bmm: no copies of the modules, and the GEMMs run side by side instead of one after another (16
-// x 64 tokens, r 64, 512 x 512 on 2 cores: 1.28-1.33 ms against 1.40-1.46). Grouping rows by module first (one GEMM per
-// module, OpenBLAS threading each) was slower: 1.7 ms.
+// B_m (widened to x's dtype first when stored in another), one row after another (each GEMM
+// threaded by OpenBLAS). Against gathering A and B per row into one bmm: no copies of the
+// modules (16 x 64 tokens, r 64, 512 x 512 on 2 cores: 1.28-1.33 ms against 1.40-1.46).
+// Grouping rows by module first (one GEMM per module) was slower: 1.7 ms.
+//
+// Every kernel here runs its rows in one thread. The earlier at::parallel_for compiled to a
+// serial loop (its OpenMP pragma sits in ATen's headers and modula is built without
+// -fopenmp); built with OpenMP, rows over 2 threads were slower on the 2-core machine
+// (lora_only 16x64 2.2-3.2 ms against 1.9, 16x1 0.22-0.24 against 0.17-0.18: the OpenMP
+// threads contend with OpenBLAS's and the decode rows are bound by DRAM, not by a core).
 torch::Tensor lora_row_gemms(const torch::Tensor& x, const torch::Tensor& A, const torch::Tensor& B,
                              const torch::Tensor& c, const torch::Tensor& ids);
 
