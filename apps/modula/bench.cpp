@@ -36,10 +36,10 @@ struct BenchArgs {
 
 void add_bench(CLI::App& app) {
   static BenchArgs a;
-  auto* cmd = app.add_subcommand(
-      "bench",
-      "Time training, prefill, decode, the LoRA delta and MoE layers: median and spread, tokens/s, FLOPs, "
-      "GFLOP/s, error against a reference; a table, then JSON lines");
+  auto* cmd = app.add_subcommand("bench",
+                                 "Time training, prefill, decode, the LoRA delta, MoE layers, projections and "
+                                 "bottleneck adapters: median and spread, tokens/s, FLOPs, "
+                                 "GFLOP/s, error against a reference; a table, then JSON lines");
   cmd->add_flag("--quick", a.quick, "Tiny sizes and 2 iterations: seconds in all (a smoke test)");
   cmd->add_option("--size", a.size, "cpu (hidden 512, fp32) or gpu (peft_bench.py's 271M Llama, bf16 on CUDA)")
       ->check(CLI::IsMember({"cpu", "gpu"}))

@@ -34,7 +34,8 @@ enum class Size { Quick, Cpu, Gpu };
 Size parse_size(const std::string& name);
 std::string to_string(Size size);
 
-// The workloads in the order they run: train_lora, prefill, lora_only, decode, moe.
+// The workloads in the order they run: train_lora, prefill, lora_only, decode, moe,
+// projections, bottleneck.
 const std::vector<std::string>& workload_names();
 
 struct BenchOptions {
