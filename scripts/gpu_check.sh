@@ -4,6 +4,7 @@
 # folder modula writes loads in HF transformers with the same greedy continuation.
 # ICU and yaml-cpp headers are missing on that image: pass MODULA_ICU_ROOT / MODULA_YAML_ROOT
 # (static copies, see CMakeLists; kept in the git-ignored .device/ and carried there).
+#   scripts/gpu_check.sh [--build-only]     (--build-only: configure and build build-cuda, no checks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_PREFIX=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
@@ -13,6 +14,7 @@ if [ -n "${MODULA_ICU_ROOT:-}" ]; then ICU_ARGS=(-DMODULA_ICU_ROOT="$MODULA_ICU_
 if [ -n "${MODULA_YAML_ROOT:-}" ]; then ICU_ARGS+=(-DMODULA_YAML_ROOT="$MODULA_YAML_ROOT"); fi
 cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" "${ICU_ARGS[@]}"
 time cmake --build build-cuda -j "$(nproc)"
+if [ "${1:-}" = "--build-only" ]; then exit 0; fi
 (cd build-cuda && ctest --output-on-failure -j 8)
 build-cuda/apps/modula/modula conformance tests/fixtures | grep -v SKIP
 build-cuda/apps/modula/modula quickstart --tiny --out build-cuda/quickstart
