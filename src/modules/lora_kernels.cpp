@@ -2,71 +2,19 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <string>
 
 #include "modula/util/error.h"
+#include "modules/matvec.h"
 
 namespace modula::detail {
 namespace {
 
-// Module weights are read as stored: float, or bfloat16 widened to float as they are read
-// (the high half of a float's bits), so a bf16 bank moves half the bytes.
-inline __attribute__((always_inline)) float widen(float v) { return v; }
-inline __attribute__((always_inline)) float widen(uint16_t bf16) {
-  const uint32_t bits = static_cast<uint32_t>(bf16) << 16;
-  float v;
-  std::memcpy(&v, &bits, sizeof v);
-  return v;
-}
-
-// Σ_i a[i] b[i] in 16 independent partial sums (vectorizable without reassociation).
-template <typename W>
-inline __attribute__((always_inline)) float dot(const W* a, const float* b, int64_t n) {
-  float part[16] = {};
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int j = 0; j < 16; ++j) part[j] += widen(a[i + j]) * b[i + j];
-  float sum = 0;
-  for (; i < n; ++i) sum += widen(a[i]) * b[i];
-  for (float p : part) sum += p;
-  return sum;
-}
-
-// One row: y = y0 + B (c A x) for A [r, in], B [out, r] (y0 null: 0); h: r floats of scratch. Both mat-vecs
-// stream their matrix once, front to back: from DRAM (16 adapters do not fit in the cache)
-// this runs at the read bandwidth; a transposed B read in blocks of 64 outputs was 20%
-// slower (strided streams), axpys over the whole of a transposed B no faster.
-template <typename W>
-inline __attribute__((always_inline)) void bgmv_row_body(const W* A, const W* B, const float* x, float c, float* h,
-                                                         const float* y0, float* y, int64_t r, int64_t in,
-                                                         int64_t out) {
-  for (int64_t j = 0; j < r; ++j) h[j] = c * dot(A + j * in, x, in);
-  for (int64_t o = 0; o < out; ++o) y[o] = (y0 ? y0[o] : 0.0f) + dot(B + o * r, h, r);
-}
-
-// GCC also builds an AVX2/FMA clone of each, picked at load time (the CPU build itself
-// targets plain x86-64).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define MODULA_KERNEL_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define MODULA_KERNEL_CLONES
-#endif
-MODULA_KERNEL_CLONES void bgmv_row(const float* A, const float* B, const float* x, float c, float* h, const float* y0,
-                                   float* y, int64_t r, int64_t in, int64_t out) {
-  bgmv_row_body(A, B, x, c, h, y0, y, r, in, out);
-}
-MODULA_KERNEL_CLONES void bgmv_row(const uint16_t* A, const uint16_t* B, const float* x, float c, float* h,
-                                   const float* y0, float* y, int64_t r, int64_t in, int64_t out) {
-  bgmv_row_body(A, B, x, c, h, y0, y, r, in, out);
-}
-MODULA_KERNEL_CLONES void matvec_row(const float* W, const float* x, float* y, int64_t out, int64_t in) {
-  for (int64_t o = 0; o < out; ++o) y[o] = dot(W + o * in, x, in);
-}
-MODULA_KERNEL_CLONES void matvec_row(const uint16_t* W, const float* x, float* y, int64_t out, int64_t in) {
-  for (int64_t o = 0; o < out; ++o) y[o] = dot(W + o * in, x, in);
-}
-#undef MODULA_KERNEL_CLONES
+// bgmv_row (matvec.h): one row's y = y0 + B (c A x), both matrices streamed once, front to
+// back: from DRAM (16 adapters do not fit in the cache) this runs at the read bandwidth; a
+// transposed B read in blocks of 64 outputs was 20% slower (strided streams), axpys over
+// the whole of a transposed B no faster, and eight rows of a matrix at a time (one
+// reduction per eight outputs) slower cold (eight streams: 11-14 GB/s against 22-25).
 
 void check_ids(const int64_t* id, int64_t N, int64_t M) {
   for (int64_t n = 0; n < N; ++n)
@@ -107,9 +55,7 @@ torch::Tensor in_dtype(const torch::Tensor& t, torch::ScalarType dtype) {
   if (t.scalar_type() != torch::kBFloat16 || dtype != torch::kFloat) return t.to(dtype);
   auto src = t.contiguous();
   auto out = torch::empty(src.sizes(), src.options().dtype(torch::kFloat));
-  const auto* s = reinterpret_cast<const uint16_t*>(src.data_ptr());
-  float* d = out.data_ptr<float>();
-  for (int64_t i = 0, n = src.numel(); i < n; ++i) d[i] = widen(s[i]);
+  widen_bf16(reinterpret_cast<const uint16_t*>(src.data_ptr()), out.data_ptr<float>(), src.numel());
   return out;
 }
 
@@ -149,7 +95,7 @@ torch::Tensor gathered_matvec(const torch::Tensor& W, const torch::Tensor& x, co
       if (id[n] < 0)
         std::fill_n(yp + n * out, out, 0.0f);
       else
-        matvec_row(Wp + id[n] * out * in, xp + n * in, yp + n * out, out, in);
+        matvec(Wp + id[n] * out * in, xp + n * in, yp + n * out, out, in);
   });
   return y;
 }
