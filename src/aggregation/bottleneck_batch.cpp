@@ -19,10 +19,13 @@ std::optional<std::vector<const BottleneckImpl*>> stackable(const std::vector<st
       bs.push_back(nullptr);
       continue;
     }
-    if (b->adapter_norm_before || !b->options.residual()) return std::nullopt;
+    if (!b->options.residual()) return std::nullopt;
     const auto &o = b->options, &f = first ? first->options : o;
     if (o.features() != f.features() || o.bottleneck_size() != f.bottleneck_size() ||
-        o.non_linearity() != f.non_linearity() || o.mode() != f.mode())
+        o.non_linearity() != f.non_linearity() || o.mode() != f.mode() || o.ln_before() != f.ln_before())
+      return std::nullopt;
+    if (o.ln_before() &&
+        b->adapter_norm_before->options.eps() != (first ? first : b)->adapter_norm_before->options.eps())
       return std::nullopt;
     if (!first) first = b;
     bs.push_back(b);
@@ -32,16 +35,20 @@ std::optional<std::vector<const BottleneckImpl*>> stackable(const std::vector<st
 }
 
 std::vector<torch::Tensor> tensors_of(const BottleneckImpl& b) {
-  return {b.adapter_down->weight, b.adapter_down->bias, b.adapter_up->weight, b.adapter_up->bias};
+  std::vector<torch::Tensor> t = {b.adapter_down->weight, b.adapter_down->bias, b.adapter_up->weight,
+                                  b.adapter_up->bias};
+  if (b.adapter_norm_before) t.push_back(b.adapter_norm_before->weight), t.push_back(b.adapter_norm_before->bias);
+  return t;
 }
 
 BottleneckStack build(const std::vector<const BottleneckImpl*>& bs, bool keep) {
   const BottleneckImpl* first = nullptr;
   for (const auto* b : bs)
     if (b && !first) first = b;
-  std::vector<torch::Tensor> wd, bd, wu, bu;
+  std::vector<torch::Tensor> wd, bd, wu, bu, lw, lb;
   std::vector<double> s;
   const auto opts = first->adapter_down->weight.options();
+  const bool ln = first->options.ln_before();
   const int64_t H = first->options.features(), m = first->options.bottleneck_size();
   for (const auto* b : bs) {
     wd.push_back(b ? b->adapter_down->weight : torch::zeros({m, H}, opts));
@@ -49,8 +56,11 @@ BottleneckStack build(const std::vector<const BottleneckImpl*>& bs, bool keep) {
     wu.push_back(b ? b->adapter_up->weight : torch::zeros({H, m}, opts));
     bu.push_back(b ? b->adapter_up->bias : torch::zeros({H}, opts));
     s.push_back(b ? b->scale * b->options.scaling() : 0.0);
+    if (ln) lw.push_back(b ? b->adapter_norm_before->weight : torch::ones({H}, opts));
+    if (ln) lb.push_back(b ? b->adapter_norm_before->bias : torch::zeros({H}, opts));
   }
   BottleneckStack st;
+  if (ln) st.ln_w = torch::stack(lw), st.ln_b = torch::stack(lb), st.ln_eps = first->adapter_norm_before->options.eps();
   st.down_w = torch::stack(wd), st.down_b = torch::stack(bd), st.up_w = torch::stack(wu), st.up_b = torch::stack(bu);
   if (keep) st.down_w = on_huge_pages(st.down_w), st.up_w = on_huge_pages(st.up_w);  // read at every decode step
   st.s = torch::tensor(s, torch::kFloat64).to(opts.device(), opts.dtype().toScalarType());
@@ -87,20 +97,29 @@ const BottleneckStack* BottleneckStacker::stack(const std::vector<std::shared_pt
   return &*stack_;
 }
 
+// LayerNorm without its affine part (each child applies its own).
+torch::Tensor normalized(const BottleneckStack& st, const torch::Tensor& h) {
+  return torch::layer_norm(h, {h.size(-1)}, {}, {}, st.ln_eps);
+}
+
 torch::Tensor all_contributions(const BottleneckStack& st, const torch::Tensor& x, const torch::Tensor& y) {
   const auto& h = st.parallel ? x : y;
-  auto z = torch::einsum("...h,cmh->...cm", {h, st.down_w}) + st.down_b;
+  auto z = st.ln_w.defined()  // child c reads LN_c(h) = norm(h) γ_c + β_c
+               ? torch::einsum("...ch,cmh->...cm", {normalized(st, h).unsqueeze(-2) * st.ln_w + st.ln_b, st.down_w})
+               : torch::einsum("...h,cmh->...cm", {h, st.down_w});
+  z = z + st.down_b;
   auto f = torch::einsum("...cm,chm->...ch", {activation(st.non_linearity, z), st.up_w}) + st.up_b;
   return f * st.s.unsqueeze(-1);
 }
 
 torch::Tensor row_contributions(const BottleneckStack& st, const torch::Tensor& x, const torch::Tensor& y,
                                 const torch::Tensor& idx, const torch::Tensor& w) {
-  const auto& h = st.parallel ? x : y;  // [N, T, H]
-  const int64_t N = h.size(0), T = h.size(1);
+  const int64_t N = x.size(0), T = x.size(1);
   auto id = idx.clamp_min(0).to(torch::kLong);
   auto pick = [&](const torch::Tensor& t) { return t.index_select(0, id); };  // row n: its child's
-  auto coef = (w * (idx >= 0)).to(h.scalar_type()) * pick(st.s);              // [N]
+  auto h = st.parallel ? x : y;                                               // [N, T, H]
+  if (st.ln_w.defined()) h = normalized(st, h) * pick(st.ln_w).unsqueeze(1) + pick(st.ln_b).unsqueeze(1);
+  auto coef = (w * (idx >= 0)).to(h.scalar_type()) * pick(st.s);  // [N]
   const bool autograd = torch::GradMode::is_enabled() && (h.requires_grad() || st.down_w.requires_grad() ||
                                                           st.up_w.requires_grad() || w.requires_grad());
   if (T == 1 && !autograd && cpu_float32({h, st.down_w, st.up_w})) {  // decode: each row reads its weights

@@ -15,13 +15,15 @@ namespace modula::detail {
 // up [C, H, m] + [C, H], scale s [C]. An identity placeholder stacks zeros (s = 0: d = 0).
 struct BottleneckStack {
   torch::Tensor down_w, down_b, up_w, up_b, s;
+  torch::Tensor ln_w, ln_b;  // [C, H] with ln_before (identity placeholders: 1 and 0), else undefined
+  double ln_eps = 1e-5;
   std::string non_linearity;
   bool parallel = false;  // reads the block input x (else the block output y)
 };
 
 // The stack of a composite's children when each is an identity placeholder or a residual
-// bottleneck adapter without LayerNorm, all of one size, non-linearity and mode, at least one
-// of them an adapter. Without autograd the stack is kept between calls (re-stacked when a
+// bottleneck adapter, all of one size, non-linearity, mode and LayerNorm setting (and eps),
+// at least one of them an adapter. Without autograd the stack is kept between calls (re-stacked when a
 // child's tensor is replaced or written in place, or its scale changes); with autograd it is
 // stacked in the graph at every call (gradients reach the children's parameters).
 class BottleneckStacker {

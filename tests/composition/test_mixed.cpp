@@ -181,7 +181,16 @@ TEST(MixedBatch, BottleneckAdaptersPerRowGatheredAndTrainedOnlyWhereRouted) {
 
 // One token per row (a decode step) takes the BGMV path of the bottleneck stack: each row
 // equals that row alone; the kept stack follows an in-place update of one adapter.
+// Adapters with a LayerNorm on their input (ln_before) batch too, each row its own γ, β.
+json bottleneck_ln() {
+  auto c = bottleneck("pfeiffer");
+  c["ln_before"] = true;
+  return c;
+}
+
 TEST(MixedBatch, BottleneckDecodeShapedRowsAndInPlaceUpdates) {
+  auto ln_sets = make_sets("llama", {{"b0", bottleneck_ln()}, {"b1", bottleneck_ln()}});
+  expect_each_row_alone("llama", ln_sets, {"b1", "b0", kBaseAdapter});
   auto sets =
       make_sets("llama", {{"b0", bottleneck("houlsby")}, {"b1", bottleneck("houlsby")}, {"b2", bottleneck("houlsby")}});
   const std::vector<std::string> per_row = {"b2", kBaseAdapter, "b0", "b1", "b0"};
@@ -203,6 +212,19 @@ TEST(MixedBatch, BottleneckDecodeShapedRowsAndInPlaceUpdates) {
   auto got = m->forward(in).logits;
   for (int64_t n = 0; n < B; ++n)
     EXPECT_LE((got[n] - alone(n)[0]).abs().max().item<double>(), 1e-5) << "row " << n << " " << per_row[n];
+  {  // the same one-token rows over the LayerNorm adapters
+    auto ln = model_of("llama");
+    auto ln_mixed = load_mixed(*ln, ln_sets.named_dirs);
+    set_row_modules(ln_mixed, {"b1", "b0", kBaseAdapter, "b0", "b1"});
+    auto ln_got = ln->forward(in).logits;
+    for (int64_t n : {0, 1}) {
+      auto one = model_of("llama");
+      BackboneInput r;
+      r.input_ids = in.input_ids.slice(0, n, n + 1);
+      auto a = load_adapter(*one, ln_sets.named_dirs[1 - n].second, n == 0 ? "b1" : "b0");
+      EXPECT_LE((ln_got[n] - forward_adapted(*one, a, r).logits[0]).abs().max().item<double>(), 1e-5) << "ln row " << n;
+    }
+  }
   std::shared_ptr<BottleneckImpl> b0;
   for (const auto& s : mixed.modules)
     if (auto routed = std::dynamic_pointer_cast<RoutedImpl>(s.module))
