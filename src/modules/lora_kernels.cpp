@@ -16,11 +16,11 @@ namespace {
 // the whole of a transposed B no faster, and eight rows of a matrix at a time (one
 // reduction per eight outputs) slower cold (eight streams: 11-14 GB/s against 22-25).
 
-void check_ids(const int64_t* id, int64_t N, int64_t M) {
+void check_ids(const int64_t* id, int64_t N, int64_t M, const char* tag = "lora bank") {
   for (int64_t n = 0; n < N; ++n)
     if (id[n] >= M)
-      throw_error("lora bank", "selected: row " + std::to_string(n) + " names module " + std::to_string(id[n]) +
-                                   " of " + std::to_string(M));
+      throw_error(tag, "selected: row " + std::to_string(n) + " names module " + std::to_string(id[n]) + " of " +
+                           std::to_string(M));
 }
 
 template <typename W>
@@ -40,6 +40,11 @@ void bgmv(const torch::Tensor& x, const W* As, const W* Bs, const torch::Tensor&
 }
 
 // Module weights as stored: float or bfloat16 (raw bits).
+template <typename Fn>
+auto with_weight(const torch::Tensor& W, Fn&& fn) {
+  if (W.scalar_type() == torch::kBFloat16) return fn(reinterpret_cast<const uint16_t*>(W.data_ptr()));
+  return fn(W.data_ptr<float>());
+}
 template <typename Fn>
 auto with_weights(const torch::Tensor& A, const torch::Tensor& B, Fn&& fn) {
   if (A.scalar_type() == torch::kBFloat16)
@@ -85,12 +90,12 @@ torch::Tensor gathered_matvec(const torch::Tensor& W, const torch::Tensor& x, co
   auto y = torch::empty({N, out}, x.options());
   auto id_host = ids.to(torch::kLong).contiguous();
   const int64_t* id = id_host.data_ptr<int64_t>();
-  check_ids(id, N, M);
+  check_ids(id, N, M, "gathered mat-vec");
   auto xs = x.contiguous();
   auto Ws = W.contiguous();
   const float* xp = xs.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  with_weights(Ws, Ws, [&](auto Wp, auto) {
+  with_weight(Ws, [&](auto Wp) {
     for (int64_t n = 0; n < N; ++n)
       if (id[n] < 0)
         std::fill_n(yp + n * out, out, 0.0f);

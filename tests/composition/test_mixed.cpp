@@ -111,6 +111,22 @@ void expect_each_row_alone(const std::string& model, const Sets& sets, const std
   }
 }
 
+// A frozen `model` with the sets of `dirs` mixed, rows routed to `per_row`, after one training
+// backward of a batch of those rows: the gradients show which modules the routing reached.
+struct Trained {
+  std::shared_ptr<Backbone> model;
+  Adapter mixed;
+};
+Trained after_one_backward(const std::string& model, const std::vector<std::pair<std::string, std::string>>& dirs,
+                           const std::vector<std::string>& per_row) {
+  Trained t{model_of(model), {}};
+  freeze_backbone(*t.model);
+  t.mixed = load_mixed(*t.model, dirs);
+  set_row_modules(t.mixed, per_row);
+  t.model->train();
+  t.model->forward(batch(static_cast<int64_t>(per_row.size()))).logits.pow(2).mean().backward();
+  return t;
+}
 json lora() { return {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"target_modules", "all-linear"}}; }
 json ia3(const json& targets, const json& ff) {
   return {{"peft_type", "IA3"}, {"target_modules", targets}, {"feedforward_modules", ff}};
@@ -156,15 +172,10 @@ TEST(MixedBatch, BottleneckAdaptersPerRowGatheredAndTrainedOnlyWhereRouted) {
                                   {"h", bottleneck("houlsby")}});
   expect_each_row_alone("llama", sets, {"b2", "b0", kBaseAdapter, "b1", "b2"});
   expect_each_row_alone("llama", sets, {"h", "b0", "b1", kBaseAdapter});
-  auto m = model_of("llama");
-  freeze_backbone(*m);
   std::vector<std::pair<std::string, std::string>> pfeiffer(sets.named_dirs.begin(), sets.named_dirs.begin() + 3);
-  auto mixed = load_mixed(*m, pfeiffer);
-  set_row_modules(mixed, {"b2", "b0", "b2"});
-  m->train();
-  m->forward(batch(3)).logits.pow(2).mean().backward();
+  auto trained = after_one_backward("llama", pfeiffer, {"b2", "b0", "b2"});
   int sites = 0;
-  for (const auto& s : mixed.modules) {
+  for (const auto& s : trained.mixed.modules) {
     auto routed = std::dynamic_pointer_cast<RoutedImpl>(s.module);
     if (!routed) continue;
     ++sites;
@@ -246,14 +257,9 @@ TEST(MixedBatch, Ia3BankRoutesPerRowInOneKernelAndTrainsOnlyUsedRows) {
                                   {"b", ia3({"q_proj", "down_proj"}, {"down_proj"})},
                                   {"c", ia3({"up_proj"}, json::array())}});
   expect_each_row_alone("qwen2", sets, {"b", "a", "c", kBaseAdapter});
-  auto m = model_of("qwen2");
-  freeze_backbone(*m);
-  auto mixed = load_mixed(*m, sets.named_dirs);
-  set_row_modules(mixed, {"a", "a", "c"});
-  m->train();
-  m->forward(batch(3)).logits.pow(2).mean().backward();
+  auto trained = after_one_backward("qwen2", sets.named_dirs, {"a", "a", "c"});
   int banks = 0;
-  for (const auto& s : mixed.modules) {
+  for (const auto& s : trained.mixed.modules) {
     auto layer = std::dynamic_pointer_cast<ModularLinearImpl>(s.module);
     ASSERT_TRUE(layer) << s.site;
     auto bank = dynamic_cast<Ia3BankImpl*>(&layer->bank());
@@ -345,12 +351,9 @@ TEST(MixedLora, DifferentRanksAlphasAndTargets) {
 }
 
 TEST(MixedLora, TrainingAMultiTaskBatchUpdatesOnlyTheRoutedAdapters) {
-  auto model = llama();
-  freeze_backbone(*model);
-  auto mixed = load_mixed(*model, fixture_adapters());
-  set_row_modules(mixed, {"a2", "a0", "a2"});
-  model->train();
-  model->forward(batch(3)).logits.pow(2).mean().backward();
+  auto trained = after_one_backward("llama", fixture_adapters(), {"a2", "a0", "a2"});
+  auto& model = trained.model;
+  auto& mixed = trained.mixed;
   for (const auto& s : mixed.modules) {
     auto bank = std::dynamic_pointer_cast<ModularLinearImpl>(s.module)->lora_bank();
     auto g = bank->lora_B.grad();
@@ -360,7 +363,9 @@ TEST(MixedLora, TrainingAMultiTaskBatchUpdatesOnlyTheRoutedAdapters) {
     EXPECT_EQ(g[1].abs().sum().item<double>(), 0) << s.site;  // a1 is not in the batch
   }
   for (const auto& p : model->named_parameters())
-    if (p.key().find(".adapters.") == std::string::npos) EXPECT_FALSE(p.value().grad().defined()) << p.key();
+    if (p.key().find(".adapters.") == std::string::npos) {
+      EXPECT_FALSE(p.value().grad().defined()) << p.key();
+    }
 }
 
 TEST(MixedLora, ErrorsAreClear) {
