@@ -29,8 +29,16 @@ struct BenchArgs {
   std::vector<std::string> workloads;
   int64_t iters = 0;
   int threads = 0;
+  bool no_pin = false;
   uint64_t seed = 0;
 };
+
+std::string pinning(const std::vector<int>& cpus) {
+  if (cpus.empty()) return "threads not pinned";
+  std::string out = "threads pinned to CPU";
+  for (size_t i = 0; i < cpus.size(); ++i) out += (i ? "," : " ") + std::to_string(cpus[i]);
+  return out;
+}
 
 }  // namespace
 
@@ -51,6 +59,9 @@ void add_bench(CLI::App& app) {
       ->check(CLI::Range(1, 100000));
   cmd->add_option("--threads", a.threads, "Intra-op CPU threads, at least 1 (default: every core)")
       ->check(CLI::Range(1, 1 << 16));
+  cmd->add_flag("--no-pin", a.no_pin,
+                "Leave threads unpinned (default: the main thread on the first CPU, the pools' threads on the "
+                "others)");
   cmd->add_option("--seed", a.seed, "Seed of the models, adapters and inputs")->capture_default_str();
   cmd->add_option("--json", a.json_out, "Also write the JSON lines to this file");
   cmd->add_option("--write-models", a.write_models,
@@ -60,6 +71,7 @@ void add_bench(CLI::App& app) {
     bench::BenchOptions o;
     o.size = a.quick ? bench::Size::Quick : bench::parse_size(a.size);
     o.workloads = a.workloads, o.iters = a.iters, o.threads = a.threads, o.seed = a.seed;
+    o.pin_threads = !a.no_pin;
     if (!a.write_models.empty()) {
       bench::write_models(o, a.write_models);
       std::cout << "wrote " << a.write_models << "/model, " << a.write_models << "/adapters/a0..a15, " << a.write_models
@@ -77,8 +89,8 @@ void add_bench(CLI::App& app) {
     });
     if (!results.empty())
       std::cout << "modula bench: size " << (a.quick ? "quick" : a.size) << ", device " << results[0].device << ", "
-                << results[0].dtype << ", " << results[0].threads << " threads, " << results[0].iters
-                << " timed rounds per variant after " << results[0].warmup
+                << results[0].dtype << ", " << results[0].threads << " threads (" << pinning(results[0].pinned_cpus)
+                << "), " << results[0].iters << " timed rounds per variant after " << results[0].warmup
                 << " warm-up, variants round-robin, OMP_WAIT_POLICY " << omp_wait_policy() << "\n";
     std::cout << train::format_table(bench::bench_table(results));
     for (const auto& m : results) {

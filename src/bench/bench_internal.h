@@ -12,6 +12,7 @@
 #include "modula/backbone/backbone.h"
 #include "modula/bench/bench.h"
 #include "modula/modules/adapter.h"
+#include "modula/util/threads.h"
 
 namespace modula::bench {
 
@@ -22,6 +23,7 @@ struct BenchContext {
   torch::ScalarType dtype = torch::kFloat32;
   int64_t iters = 10, warmup = 2;
   int threads = 1;
+  std::shared_ptr<PinnedThreads> pinned;  // null: threads not pinned; applied after every warm-up
   uint64_t seed = 0;
   bool quick() const { return size == Size::Quick; }
   bool gpu() const { return size == Size::Gpu; }

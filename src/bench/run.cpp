@@ -70,6 +70,7 @@ nlohmann::json Measurement::to_json() const {
           {"device", device},
           {"dtype", dtype},
           {"threads", threads},
+          {"pinned_cpus", pinned_cpus},
           {"iters", iters},
           {"warmup", warmup},
           {"median_s", median_s},
@@ -105,6 +106,7 @@ std::vector<Measurement> run_bench(const BenchOptions& options,
   const int threads = options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency());
   torch::set_num_threads(std::max(threads, 1));
   ctx.threads = torch::get_num_threads();
+  if (options.pin_threads) ctx.pinned = std::make_shared<PinnedThreads>(cpus_for_threads(ctx.threads));
 
   std::vector<Measurement> all;
   for (const auto& [name, fn] : bench_workload_table()) {

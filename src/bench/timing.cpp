@@ -43,6 +43,7 @@ std::vector<Timing> time_round_robin(const std::vector<Variant>& variants, const
       if (v.setup) v.setup();
       v.call();
     }
+  if (ctx.pinned) ctx.pinned->apply();  // the pools exist now; threads started since get pinned too
   std::vector<std::vector<double>> seconds(variants.size());
   for (int64_t round = 0; round < ctx.iters; ++round)
     for (size_t i = 0; i < variants.size(); ++i) {
@@ -65,6 +66,7 @@ Measurement measurement(const BenchContext& ctx, const std::string& workload, co
   m.device = ctx.device.is_cuda() ? "cuda" : "cpu";
   m.dtype = dtype_name(ctx.dtype);
   m.threads = ctx.threads;
+  if (ctx.pinned) m.pinned_cpus = ctx.pinned->cpus();
   m.iters = ctx.iters, m.warmup = ctx.warmup;
   m.median_s = t.median, m.min_s = t.min, m.max_s = t.max, m.p10_s = t.p10, m.p90_s = t.p90;
   m.tokens = tokens, m.flops = flops;

@@ -2,17 +2,25 @@
 // well-formed and sane, the mixed paths match their per-row references, and the CLI writes
 // one JSON line per measurement.
 #include <gtest/gtest.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <map>
+#include <mutex>
+#include <optional>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "bench/bench_internal.h"
 #include "modula/backbone/registry.h"
 #include "modula/bench/bench.h"
 #include "modula/composition/registry.h"
 #include "modula/util/fs.h"
+#include "modula/util/threads.h"
 #include "support/process.h"
 #include "support/temp_dir.h"
 
@@ -154,11 +162,69 @@ TEST(Bench, OptionsAndJson) {
   EXPECT_EQ(parse_size("gpu"), Size::Gpu);
   auto j = quick_results().front().to_json();
   for (const char* key : {"workload", "variant", "shape", "median_s", "min_s", "max_s", "p10_s", "p90_s",
-                          "tokens_per_s", "flops", "gflops_per_s", "error", "threads"})
+                          "tokens_per_s", "flops", "gflops_per_s", "error", "threads", "pinned_cpus"})
     EXPECT_TRUE(j.contains(key)) << key;
-  EXPECT_TRUE(j["error"].is_null());  // train_lora has no reference
+  EXPECT_EQ(j["pinned_cpus"].get<std::vector<int>>(), cpus_for_threads(1));  // pinned by default
+  EXPECT_TRUE(j["error"].is_null());                                         // train_lora has no reference
   auto table = bench_table(quick_results());
   EXPECT_EQ(table.rows.size(), quick_results().size());
+}
+
+// A thread that parks until told to exit, reporting its task id.
+struct ParkedThread {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::atomic<int> tid{0};
+  std::thread thread{[this] {
+    tid = static_cast<int>(syscall(SYS_gettid));
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [this] { return done; });
+  }};
+  ParkedThread() {
+    while (tid == 0) std::this_thread::yield();
+  }
+  ~ParkedThread() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      done = true;
+    }
+    cv.notify_all();
+    thread.join();
+  }
+};
+
+// The bench's pinning: the calling thread on the first CPU, the others on the rest; threads
+// started while pinned inherit the pin and are re-pinned by the next apply; the destructor
+// gives every thread its mask back.
+TEST(Threads, PinnedThreadsPinThenRestore) {
+  const auto all = thread_cpus();
+  ASSERT_FALSE(all.empty());
+  EXPECT_EQ(cpus_for_threads(1), std::vector<int>{all[0]});
+  EXPECT_EQ(cpus_for_threads(1 << 20), all);  // more threads than CPUs: every CPU
+  const auto cpus = cpus_for_threads(2);
+  const std::vector<int> workers = cpus.size() > 1 ? std::vector<int>(cpus.begin() + 1, cpus.end()) : cpus;
+  ParkedThread before;
+  EXPECT_EQ(thread_cpus(before.tid), all);
+  std::optional<PinnedThreads> pin(std::in_place, cpus);
+  EXPECT_GE(pin->apply(), 2);
+  EXPECT_EQ(thread_cpus(), std::vector<int>{cpus[0]});
+  EXPECT_EQ(thread_cpus(before.tid), workers);
+  ParkedThread during;  // inherits the caller's pin
+  EXPECT_EQ(thread_cpus(during.tid), std::vector<int>{cpus[0]});
+  pin->apply();
+  EXPECT_EQ(thread_cpus(during.tid), workers);
+  ParkedThread after_apply;
+  {
+    PinnedThreads nothing({});  // no CPUs: pins and restores nothing
+    EXPECT_EQ(nothing.apply(), 0);
+  }
+  EXPECT_EQ(thread_cpus(), std::vector<int>{cpus[0]});
+  pin.reset();  // the threads it saw get their masks back, `after_apply` the caller's
+  EXPECT_EQ(thread_cpus(before.tid), all);
+  EXPECT_EQ(thread_cpus(during.tid), all);
+  EXPECT_EQ(thread_cpus(after_apply.tid), all);
+  EXPECT_EQ(thread_cpus(), all);
 }
 
 #ifdef MODULA_CLI
@@ -179,6 +245,12 @@ TEST(BenchCli, QuickRunWritesJsonLines) {
   EXPECT_EQ(n, 11);  // lora_only: 4 variants x 2 shapes; moe: 3
   EXPECT_EQ(variants.size(), 7u);
   EXPECT_NE(modula::testing::slurp(d / "log").find("GFLOP/s"), std::string::npos);  // the table
+  EXPECT_NE(modula::testing::slurp(d / "log").find("threads pinned to CPU"), std::string::npos);
+  pid = modula::testing::spawn({MODULA_CLI, "bench", "--quick", "--threads", "1", "--workloads", "moe", "--no-pin"},
+                               d / "unpinned.log");
+  ASSERT_EQ(modula::testing::wait_exit(pid), 0) << modula::testing::slurp(d / "unpinned.log");
+  EXPECT_NE(modula::testing::slurp(d / "unpinned.log").find("threads not pinned"), std::string::npos);
+  EXPECT_NE(modula::testing::slurp(d / "unpinned.log").find("\"pinned_cpus\":[]"), std::string::npos);
   pid = modula::testing::spawn({MODULA_CLI, "bench", "--quick", "--workloads", "nope"}, d / "bad.log");
   EXPECT_EQ(modula::testing::wait_exit(pid), 2) << modula::testing::slurp(d / "bad.log");
 }

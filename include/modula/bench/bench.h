@@ -44,6 +44,9 @@ struct BenchOptions {
   int64_t iters = 0;                   // timed rounds per variant; 0 = the size's default (quick 2, else 10)
   int64_t warmup = -1;                 // untimed rounds per variant first; -1 = default (quick 1, else 2)
   int threads = 0;                     // torch::set_num_threads; 0 = every core (hardware_concurrency)
+  bool pin_threads = true;             // after each workload's warm-up: the calling thread on the first of
+                                       // `threads` CPUs, every other thread on the rest (util/threads.h);
+                                       // every thread's mask is restored when run_bench returns
   uint64_t seed = 0;                   // model, adapter and input initialisation
 
   // Throws std::invalid_argument naming the bad field (an unknown workload lists the known).
@@ -55,6 +58,7 @@ struct Measurement {
   std::string shape;              // what one call processes, e.g. "16x64 tokens, LoRA r64 all-linear"
   std::string device, dtype;      // "cpu" / "cuda", "float32" / "bfloat16"
   int threads = 0;                // intra-op threads while timing
+  std::vector<int> pinned_cpus;   // the CPUs the threads were pinned to (empty: not pinned)
   int64_t iters = 0, warmup = 0;
   double median_s = 0, min_s = 0, max_s = 0, p10_s = 0, p90_s = 0;  // seconds per call
   double tokens = 0;                                                // tokens per call
