@@ -23,8 +23,9 @@ void add_serve(CLI::App& app) {
   cmd->add_option("--max-resident", o.max_resident, "Module sets in the model at once (least recently used leave)")
       ->capture_default_str();
   cmd->add_option("--adapter-dtype", o.adapter_dtype,
-                  "Store the served LoRA weights as float32, bfloat16 or float16 (default: the model's dtype); "
-                  "bfloat16 halves their memory and what each decode step reads");
+                  "Store the served LoRA weights as float32, bfloat16, float16 or int8 (default: the model's dtype); "
+                  "bfloat16 halves their memory and what each decode step reads, int8 (one scale per row) "
+                  "quarters it");
   cmd->add_option("--max-batch-tokens", o.max_batch_tokens,
                   "Cache slots the running rows may reserve together (0 = max-batch x context)")
       ->capture_default_str();

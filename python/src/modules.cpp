@@ -105,7 +105,7 @@ void mix(Model& m, const std::vector<std::string>& names, const std::string& nam
          const std::string& lora_dtype) {
   const auto dtype = lora_dtype.empty()
                          ? std::nullopt
-                         : std::optional<torch::ScalarType>(float_dtype(lora_dtype, "mix", "lora_dtype"));
+                         : std::optional<torch::ScalarType>(storage_dtype(lora_dtype, "mix", "lora_dtype"));
   std::vector<Adapter> sets;
   for (const auto& n : names) m.get(n);  // all present before any is consumed
   for (const auto& n : names) {

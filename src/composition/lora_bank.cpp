@@ -12,6 +12,21 @@ namespace modula {
 namespace {
 constexpr std::string_view kLoraBankTag = "lora bank";
 
+// Symmetric int8 per row of the last dimension: W ≈ scale · q, scale = max|W_row| / 127
+// (1 for an all-zero row, e.g. rank padding). Refuses NaN/Inf, which would poison a whole row.
+std::pair<torch::Tensor, torch::Tensor> quantize_rows(const torch::Tensor& W, const char* name) {
+  auto w = W.detach().to(torch::kFloat);
+  if (!torch::isfinite(w).all().item<bool>())
+    throw_error(kLoraBankTag, std::string("store_as(int8): ") + name + " has NaN or Inf values");
+  auto scale = w.abs().amax(-1) / 127.0;
+  scale = torch::where(scale > 0, scale, torch::ones_like(scale));
+  return {torch::round(w / scale.unsqueeze(-1)).clamp(-127, 127).to(torch::kChar), scale};
+}
+
+torch::Tensor dequantize(const torch::Tensor& q, const torch::Tensor& scale, torch::ScalarType dtype) {
+  return (q.to(torch::kFloat) * scale.to(q.device(), torch::kFloat).unsqueeze(-1)).to(dtype);
+}
+
 }  // namespace
 
 void LoraBankOptions::validate() const {
@@ -99,7 +114,10 @@ void LoraBankImpl::sync() {
     s.push_back(torch::full({1}, l ? l->scale * l->options.scaling() : 0.0, opts));
   }
   lora_A = torch::stack(A), lora_B = torch::stack(B), scaling = torch::cat(s);
-  if (storage_) lora_A = lora_A.to(*storage_), lora_B = lora_B.to(*storage_);
+  if (storage_ == torch::kChar && !grad)
+    set_int8(lora_A, lora_B);  // (with autograd: unquantized, in the graph)
+  else if (storage_ && storage_ != torch::kChar)
+    lora_A = lora_A.to(*storage_), lora_B = lora_B.to(*storage_);
   if (!grad) lora_A = on_huge_pages(lora_A), lora_B = on_huge_pages(lora_B);
   synced_.clear();
   for (const auto& l : members_)
@@ -134,18 +152,63 @@ std::shared_ptr<LoraBankImpl> LoraBankImpl::stack(const std::vector<std::shared_
   return bank;
 }
 
+void LoraBankImpl::set_int8(const torch::Tensor& A, const torch::Tensor& B) {
+  auto [qA, sA] = quantize_rows(A, "lora_A");
+  auto [qB, sB] = quantize_rows(B, "lora_B");
+  if (!members_.empty()) {  // a view: plain tensors, nothing registered
+    lora_A = qA, lora_B = qB, lora_A_scale = sA, lora_B_scale = sB;
+    return;
+  }
+  lora_A.set_requires_grad(false), lora_B.set_requires_grad(false);
+  lora_A.set_data(on_huge_pages(qA)), lora_B.set_data(on_huge_pages(qB));
+  if (named_buffers(false).contains("lora_A_scale")) {
+    lora_A_scale.set_data(sA), lora_B_scale.set_data(sB);
+  } else {
+    lora_A_scale = register_buffer("lora_A_scale", sA);
+    lora_B_scale = register_buffer("lora_B_scale", sB);
+  }
+}
+
 void LoraBankImpl::store_as(torch::ScalarType dtype) {
-  if (dtype != torch::kFloat32 && dtype != torch::kBFloat16 && dtype != torch::kHalf)
+  if (dtype != torch::kFloat32 && dtype != torch::kBFloat16 && dtype != torch::kHalf && dtype != torch::kChar)
     throw_error(kLoraBankTag,
-                "store_as: " + dtype_name(dtype) + " is not a storage dtype (float32, bfloat16, float16)");
-  storage_ = dtype;
+                "store_as: " + dtype_name(dtype) + " is not a storage dtype (float32, bfloat16, float16, int8)");
   if (!members_.empty()) {  // a view: the next sync stacks in dtype
+    storage_ = dtype;
     synced_.clear();
     return;
   }
   torch::NoGradGuard no_grad;
-  lora_A.set_data(on_huge_pages(lora_A.to(dtype)));
-  lora_B.set_data(on_huge_pages(lora_B.to(dtype)));
+  auto A = int8() ? A_as(torch::kFloat) : lora_A.detach(), B = int8() ? B_as(torch::kFloat) : lora_B.detach();
+  if (dtype == torch::kChar) {
+    set_int8(A, B);
+  } else {
+    const bool was_int8 = int8();
+    lora_A.set_data(on_huge_pages(A.to(dtype)));
+    lora_B.set_data(on_huge_pages(B.to(dtype)));
+    if (was_int8) lora_A.set_requires_grad(true), lora_B.set_requires_grad(true);
+  }
+  storage_ = dtype;
+}
+
+void LoraBankImpl::check_storage() const {
+  if (members_.empty() && storage_ == torch::kChar && !int8())
+    throw_error(kLoraBankTag,
+                "stored as int8 (store_as) and converted since by to(dtype): its values are no longer "
+                "the weights; rebuild the bank from its modules");
+}
+
+torch::Tensor LoraBankImpl::A_as(torch::ScalarType dtype, const torch::Tensor& rows) const {
+  check_storage();
+  auto q = rows.defined() ? lora_A.index_select(0, rows) : lora_A;
+  if (!int8()) return q.to(dtype);
+  return dequantize(q, rows.defined() ? lora_A_scale.index_select(0, rows) : lora_A_scale, dtype);
+}
+
+torch::Tensor LoraBankImpl::B_as(torch::ScalarType dtype, const torch::Tensor& rows) const {
+  auto q = rows.defined() ? lora_B.index_select(0, rows) : lora_B;
+  if (!int8()) return q.to(dtype);
+  return dequantize(q, rows.defined() ? lora_B_scale.index_select(0, rows) : lora_B_scale, dtype);
 }
 
 void LoraBankImpl::check_input(const torch::Tensor& x, const torch::Tensor& w, const char* what) const {
@@ -165,21 +228,25 @@ torch::Tensor LoraBankImpl::selected(const SiteInput& in, const torch::Tensor& i
   int64_t N = x.size(0), k = idx.size(1), r = rank();
   const bool autograd = torch::GradMode::is_enabled() &&
                         (x.requires_grad() || w.requires_grad() || lora_A.requires_grad() || lora_B.requires_grad());
+  check_storage();
   const bool kernel_bank = detail::kernel_weights(lora_A) && lora_B.scalar_type() == lora_A.scalar_type();
+  const detail::BankWeights weights{lora_A.contiguous(), lora_B.contiguous(),
+                                    int8() ? lora_A_scale.to(torch::kFloat).contiguous() : torch::Tensor(),
+                                    int8() ? lora_B_scale.to(torch::kFloat).contiguous() : torch::Tensor()};
   if (k == 1 && x.size(1) == 1 && !autograd && kernel_bank && detail::cpu_float32({x, w, scaling}))  // decode
-    return detail::lora_bgmv(x.contiguous(), lora_A.contiguous(), lora_B.contiguous(), scaling.contiguous(),
+    return detail::lora_bgmv(x.contiguous(), weights, scaling.contiguous(),
                              idx.reshape({N}).to(torch::kLong).contiguous(), w.reshape({N}).contiguous());
   auto flat = idx.clamp_min(0).reshape({-1});                                                     // [N·k]
   auto coef = (w * (idx >= 0) * scaling.index_select(0, flat).view({N, k})).to(x.scalar_type());  // [N, k]
-  if (k == 1 && !autograd && x.is_cpu())  // prefill: two GEMMs per row on the bank's own A_m, B_m
-    return detail::lora_row_gemms(x, lora_A, lora_B, coef.reshape({N}), idx.reshape({N}));
-  const auto dtype = x.scalar_type();  // a bank stored in another dtype (bf16) computes in x's
+  if (k == 1 && !autograd && x.is_cpu() && lora_A.is_cpu())  // prefill: two GEMMs per row on the bank's own A_m, B_m
+    return detail::lora_row_gemms(x, weights, coef.reshape({N}), idx.reshape({N}));
+  const auto dtype = x.scalar_type();  // a bank stored in another dtype (bf16, int8) computes in x's
   if (k == 1) {                        // one module per row: no copies of B, the scale on the [N, T, r] activations
-    auto h = torch::bmm(x, lora_A.index_select(0, flat).to(dtype).transpose(1, 2)) * coef.view({N, 1, 1});
-    return torch::bmm(h, lora_B.index_select(0, flat).to(dtype).transpose(1, 2));
+    auto h = torch::bmm(x, A_as(dtype, flat).transpose(1, 2)) * coef.view({N, 1, 1});
+    return torch::bmm(h, B_as(dtype, flat).transpose(1, 2));
   }
-  auto A = lora_A.index_select(0, flat).to(dtype).view({N, k * r, in_features()});  // [N, k·r, in]
-  auto B = lora_B.index_select(0, flat).to(dtype).view({N, k, out_features(), r});  // [N, k, out, r]
+  auto A = A_as(dtype, flat).view({N, k * r, in_features()});  // [N, k·r, in]
+  auto B = B_as(dtype, flat).view({N, k, out_features(), r});  // [N, k, out, r]
   auto h = torch::bmm(x, A.transpose(1, 2)).view({N, -1, k, r}) * coef.view({N, 1, k, 1});
   return torch::bmm(h.view({N, -1, k * r}), B.permute({0, 1, 3, 2}).reshape({N, k * r, out_features()}));
 }
@@ -195,19 +262,20 @@ torch::Tensor LoraBankImpl::mixed(const SiteInput& in, const torch::Tensor& w) {
   auto coef = (w * scaling).to(x.scalar_type());
   coef = w.dim() == 2 ? coef.view({N, 1, M, 1}) : coef.view({N, T, M, 1});
   const auto dtype = x.scalar_type();
-  auto h = torch::matmul(x, lora_A.reshape({M * r, in_features()}).t().to(dtype)).view({N, T, M, r}) * coef;
-  return torch::matmul(h.view({N, T, M * r}), lora_B.permute({0, 2, 1}).reshape({M * r, out_features()}).to(dtype));
+  auto h = torch::matmul(x, A_as(dtype).reshape({M * r, in_features()}).t()).view({N, T, M, r}) * coef;
+  return torch::matmul(h.view({N, T, M * r}), B_as(dtype).permute({0, 2, 1}).reshape({M * r, out_features()}));
 }
 
 std::pair<torch::Tensor, torch::Tensor> LoraBankImpl::averaged_module(const torch::Tensor& w) const {
   if (w.dim() != 2 || w.size(1) != num_modules())
     throw_error(kLoraBankTag, "parameter averaging needs per-example weights [N, " + std::to_string(num_modules()) +
                                   "], got " + c10::str(w.sizes()));
-  // In the wider of the weights' and the bank's dtypes (a bf16 bank averages in float32).
-  const auto dtype = torch::promote_types(w.scalar_type(), lora_A.scalar_type());
-  auto wA = w.to(dtype).unsqueeze(1);                                                   // [N, 1, M]: one group
-  auto A = average_parameters(wA, lora_A.to(dtype).unsqueeze(0)).squeeze(1);            // Σ_m w_m A_m
-  auto B = average_parameters(wA * scaling, lora_B.to(dtype).unsqueeze(0)).squeeze(1);  // Σ_m w_m s_m B_m
+  // In the wider of the weights' and the bank's dtypes (a bf16 or int8 bank averages in float32).
+  const auto dtype = int8() ? torch::promote_types(w.scalar_type(), torch::kFloat)
+                            : torch::promote_types(w.scalar_type(), lora_A.scalar_type());
+  auto wA = w.to(dtype).unsqueeze(1);                                              // [N, 1, M]: one group
+  auto A = average_parameters(wA, A_as(dtype).unsqueeze(0)).squeeze(1);            // Σ_m w_m A_m
+  auto B = average_parameters(wA * scaling, B_as(dtype).unsqueeze(0)).squeeze(1);  // Σ_m w_m s_m B_m
   return {A, B};
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "modula/util/error.h"
 #include "modules/matvec.h"
@@ -24,19 +25,24 @@ void check_ids(const int64_t* id, int64_t N, int64_t M, const char* tag = "lora 
 }
 
 template <typename W>
-void bgmv(const torch::Tensor& x, const W* As, const W* Bs, const torch::Tensor& scaling, const torch::Tensor& ids,
-          const torch::Tensor& w, int64_t r, torch::Tensor& y) {
+void bgmv(const torch::Tensor& x, const W* As, const W* Bs, const float* sA, const float* sB,
+          const torch::Tensor& scaling, const torch::Tensor& ids, const torch::Tensor& w, int64_t r, torch::Tensor& y) {
   const int64_t N = x.size(0), in = x.size(2), out = y.size(2);
   const float *xs = x.data_ptr<float>(), *s = scaling.data_ptr<float>(), *ws = w.data_ptr<float>();
   const int64_t* id = ids.data_ptr<int64_t>();
   float* ys = y.data_ptr<float>();
   std::vector<float> h(static_cast<size_t>(r));
-  for (int64_t n = 0; n < N; ++n)
-    if (id[n] < 0)
-      std::fill_n(ys + n * out, out, 0.0f);
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t m = id[n];
+    float* yn = ys + n * out;
+    const float c = m < 0 ? 0.0f : ws[n] * s[m];
+    if (m < 0)
+      std::fill_n(yn, out, 0.0f);
+    else if constexpr (std::is_same_v<W, int8_t>)
+      bgmv_row(As + m * r * in, sA + m * r, Bs + m * out * r, sB + m * out, xs + n * in, c, h.data(), yn, r, in, out);
     else
-      bgmv_row(As + id[n] * r * in, Bs + id[n] * out * r, xs + n * in, ws[n] * s[id[n]], h.data(), nullptr,
-               ys + n * out, r, in, out);
+      bgmv_row(As + m * r * in, Bs + m * out * r, xs + n * in, c, h.data(), nullptr, yn, r, in, out);
+  }
 }
 
 // Module weights as stored: float or bfloat16 (raw bits).
@@ -46,10 +52,15 @@ auto with_weight(const torch::Tensor& W, Fn&& fn) {
   return fn(W.data_ptr<float>());
 }
 template <typename Fn>
-auto with_weights(const torch::Tensor& A, const torch::Tensor& B, Fn&& fn) {
+auto with_float_weights(const torch::Tensor& A, const torch::Tensor& B, Fn&& fn) {
   if (A.scalar_type() == torch::kBFloat16)
     return fn(reinterpret_cast<const uint16_t*>(A.data_ptr()), reinterpret_cast<const uint16_t*>(B.data_ptr()));
   return fn(A.data_ptr<float>(), B.data_ptr<float>());
+}
+template <typename Fn>
+auto with_weights(const torch::Tensor& A, const torch::Tensor& B, Fn&& fn) {  // int8 too
+  if (A.scalar_type() == torch::kChar) return fn(A.data_ptr<int8_t>(), B.data_ptr<int8_t>());
+  return with_float_weights(A, B, fn);
 }
 
 // t in `dtype`; bf16 -> float32 by widening each value's bits, a plain loop the compiler
@@ -64,6 +75,17 @@ torch::Tensor in_dtype(const torch::Tensor& t, torch::ScalarType dtype) {
   return out;
 }
 
+// One module's matrix W [rows, n] in `dtype`: int8 with its row scales dequantized (into
+// float32 by one loop, then converted), other storage as in_dtype.
+torch::Tensor module_in(const torch::Tensor& W, const torch::Tensor& row_scale, torch::ScalarType dtype) {
+  if (W.scalar_type() != torch::kChar) return in_dtype(W, dtype);
+  auto src = W.contiguous();
+  auto out = torch::empty(src.sizes(), src.options().dtype(torch::kFloat));
+  auto scale = row_scale.to(torch::kFloat).contiguous();
+  dequantize_rows(src.data_ptr<int8_t>(), scale.data_ptr<float>(), out.data_ptr<float>(), src.size(0), src.size(1));
+  return out.to(dtype);
+}
+
 }  // namespace
 
 bool cpu_float32(std::initializer_list<torch::Tensor> ts) {
@@ -73,15 +95,19 @@ bool cpu_float32(std::initializer_list<torch::Tensor> ts) {
 }
 
 bool kernel_weights(const torch::Tensor& t) {
-  return t.is_cpu() && (t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16);
+  const auto d = t.scalar_type();
+  return t.is_cpu() && (d == torch::kFloat || d == torch::kBFloat16 || d == torch::kChar);
 }
 
-torch::Tensor lora_bgmv(const torch::Tensor& x, const torch::Tensor& A, const torch::Tensor& B,
-                        const torch::Tensor& scaling, const torch::Tensor& ids, const torch::Tensor& w) {
-  const int64_t N = x.size(0), M = A.size(0), r = A.size(1);
-  auto y = torch::empty({N, 1, B.size(1)}, x.options());  // every row written (id −1: zeros)
+torch::Tensor lora_bgmv(const torch::Tensor& x, const BankWeights& bank, const torch::Tensor& scaling,
+                        const torch::Tensor& ids, const torch::Tensor& w) {
+  const int64_t N = x.size(0), M = bank.A.size(0), r = bank.A.size(1);
+  auto y = torch::empty({N, 1, bank.B.size(1)}, x.options());  // every row written (id −1: zeros)
   check_ids(ids.data_ptr<int64_t>(), N, M);
-  with_weights(A, B, [&](auto As, auto Bs) { bgmv(x, As, Bs, scaling, ids, w, r, y); });
+  const bool int8 = bank.A.scalar_type() == torch::kChar;
+  const float* sA = int8 ? bank.A_scale.data_ptr<float>() : nullptr;
+  const float* sB = int8 ? bank.B_scale.data_ptr<float>() : nullptr;
+  with_weights(bank.A, bank.B, [&](auto As, auto Bs) { bgmv(x, As, Bs, sA, sB, scaling, ids, w, r, y); });
   return y;
 }
 
@@ -105,24 +131,28 @@ torch::Tensor gathered_matvec(const torch::Tensor& W, const torch::Tensor& x, co
   return y;
 }
 
-torch::Tensor lora_row_gemms(const torch::Tensor& x, const torch::Tensor& A, const torch::Tensor& B,
-                             const torch::Tensor& c, const torch::Tensor& ids) {
-  const int64_t N = x.size(0), M = A.size(0);
-  auto y = torch::empty({N, x.size(1), B.size(1)}, x.options());
+torch::Tensor lora_row_gemms(const torch::Tensor& x, const BankWeights& bank, const torch::Tensor& c,
+                             const torch::Tensor& ids) {
+  const int64_t N = x.size(0), M = bank.A.size(0);
+  auto y = torch::empty({N, x.size(1), bank.B.size(1)}, x.options());
   auto id_host = ids.to(torch::kLong).contiguous();
   const int64_t* id = id_host.data_ptr<int64_t>();
   check_ids(id, N, M);
   auto scale = c.to(torch::kDouble).contiguous();
   const double* cs = scale.data_ptr<double>();
+  const bool int8 = bank.A.scalar_type() == torch::kChar;
   for (int64_t n = 0; n < N; ++n) {
     auto yn = y[n];
-    if (id[n] < 0) {
+    const int64_t m = id[n];
+    if (m < 0) {
       yn.zero_();
       continue;
     }
-    // A bf16 bank: this row's module widened to x's dtype (r·(in + out) values against the GEMMs' T·r·(in + out)).
+    // A bank stored in another dtype: this row's module in x's (r·(in + out) values against the GEMMs' T·r·(in + out)).
     const auto dtype = x.scalar_type();
-    at::mm_out(yn, at::mm(x[n], in_dtype(A[id[n]], dtype).t()).mul_(cs[n]), in_dtype(B[id[n]], dtype).t());
+    auto A = module_in(bank.A[m], int8 ? bank.A_scale[m] : torch::Tensor(), dtype);
+    auto B = module_in(bank.B[m], int8 ? bank.B_scale[m] : torch::Tensor(), dtype);
+    at::mm_out(yn, at::mm(x[n], A.t()).mul_(cs[n]), B.t());
   }
   return y;
 }
@@ -134,7 +164,7 @@ torch::Tensor lora_add_rows(const torch::Tensor& x, const torch::Tensor& A, cons
   auto A_ = A.contiguous(), B_ = B.contiguous();
   auto result = torch::empty_like(y0);
   std::vector<float> h(static_cast<size_t>(r));
-  with_weights(A_, B_, [&](auto As, auto Bs) {
+  with_float_weights(A_, B_, [&](auto As, auto Bs) {
     for (int64_t n = 0; n < xs.size(0); ++n)
       bgmv_row(As, Bs, xs.data_ptr<float>() + n * in, static_cast<float>(c), h.data(), y0.data_ptr<float>() + n * out,
                result.data_ptr<float>() + n * out, r, in, out);

@@ -12,16 +12,22 @@ namespace modula::detail {
 // Whether every tensor is float32 on the CPU (what the kernels take as activations).
 bool cpu_float32(std::initializer_list<torch::Tensor> ts);
 
-// Whether the kernels read t as module weights: on the CPU, float32 or bfloat16 (widened to
-// float32 as it is read; activations stay float32).
+// Whether the kernels read t as module weights: on the CPU, float32, bfloat16 or int8
+// (widened to float32 as it is read; activations stay float32).
 bool kernel_weights(const torch::Tensor& t);
 
-// y[n] = w[n] s_m B_m (A_m x[n]) with m = ids[n] (-1: y[n] = 0). x [N, 1, in], A [M, r, in],
-// B [M, out, r] (kernel_weights, one dtype), scaling [M], ids [N] int64, w [N]; float32 on
-// the CPU, contiguous.
+// A bank's weights as the kernels read them: A [M, r, in], B [M, out, r] in one dtype
+// (kernel_weights); for int8 also the row scales A_scale [M, r], B_scale [M, out] (float32,
+// W[m, o, i] = scale[m, o] · q[m, o, i]), undefined otherwise. Contiguous.
+struct BankWeights {
+  torch::Tensor A, B, A_scale, B_scale;
+};
+
+// y[n] = w[n] s_m B_m (A_m x[n]) with m = ids[n] (-1: y[n] = 0). x [N, 1, in], scaling [M],
+// ids [N] int64, w [N]; float32 on the CPU, contiguous.
 // Returns [N, 1, out]; throws naming a row whose id is out of range.
-torch::Tensor lora_bgmv(const torch::Tensor& x, const torch::Tensor& A, const torch::Tensor& B,
-                        const torch::Tensor& scaling, const torch::Tensor& ids, const torch::Tensor& w);
+torch::Tensor lora_bgmv(const torch::Tensor& x, const BankWeights& bank, const torch::Tensor& scaling,
+                        const torch::Tensor& ids, const torch::Tensor& w);
 
 // The BGMV primitive: y[n] = W_m x[n] with m = ids[n] (−1: zeros) for W [M, out, in]
 // (kernel_weights), x [N, in] float32 on the CPU, ids [N]; each row reads its matrix
@@ -30,7 +36,7 @@ torch::Tensor gathered_matvec(const torch::Tensor& W, const torch::Tensor& x, co
 
 // Longer rows on the CPU: y[n] = c[n] x[n] A_mᵀ B_mᵀ for x [N, T, in], m = ids[n] (-1: zeros),
 // c [N] the rows' scale (routing weight × s_m): two GEMMs per row on the bank's own A_m and
-// B_m (widened to x's dtype first when stored in another), one row after another (each GEMM
+// B_m (widened or dequantized to x's dtype first when stored in another), one row after another (each GEMM
 // threaded by OpenBLAS). Against gathering A and B per row into one bmm: no copies of the
 // modules (16 x 64 tokens, r 64, 512 x 512 on 2 cores: 1.28-1.33 ms against 1.40-1.46).
 // Grouping rows by module first (one GEMM per module) was slower: 1.7 ms.
@@ -40,10 +46,10 @@ torch::Tensor gathered_matvec(const torch::Tensor& W, const torch::Tensor& x, co
 // -fopenmp); built with OpenMP, rows over 2 threads were slower on the 2-core machine
 // (lora_only 16x64 2.2-3.2 ms against 1.9, 16x1 0.22-0.24 against 0.17-0.18: the OpenMP
 // threads contend with OpenBLAS's and the decode rows are bound by DRAM, not by a core).
-torch::Tensor lora_row_gemms(const torch::Tensor& x, const torch::Tensor& A, const torch::Tensor& B,
-                             const torch::Tensor& c, const torch::Tensor& ids);
+torch::Tensor lora_row_gemms(const torch::Tensor& x, const BankWeights& bank, const torch::Tensor& c,
+                             const torch::Tensor& ids);
 
-// y + c · B (A x) for x [.., in] with a few rows, A [r, in], B [out, r] (kernel_weights, one
+// y + c · B (A x) for x [.., in] with a few rows, A [r, in], B [out, r] (float32 or bfloat16, one
 // dtype), y [.., out]; x, y float32 on the CPU. One call where the plain path is two linears, a scale and an add, each
 // an operator dispatch and a temporary: at batch-1 decode the LoRA's 28 sites cost more in dispatch than in arithmetic.
 torch::Tensor lora_add_rows(const torch::Tensor& x, const torch::Tensor& A, const torch::Tensor& B, double c,

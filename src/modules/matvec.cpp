@@ -12,6 +12,7 @@ namespace {
 
 // bfloat16 is the high half of a float's bits.
 inline float widen(float v) { return v; }
+inline float widen(int8_t q) { return static_cast<float>(q); }
 inline float widen(uint16_t bf16) {
   const uint32_t bits = static_cast<uint32_t>(bf16) << 16;
   float v;
@@ -44,6 +45,10 @@ MODULA_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 MODULA_AVX2 inline __m256 load8(const uint16_t* p) {  // 8 bf16 -> 8 floats: zero-extend, shift into the high half
   const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+MODULA_AVX2 inline __m256 load8(const int8_t* p) {  // 8 int8 -> 8 floats: sign-extend, convert
+  const __m128i bits = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bits));
 }
 
 // Two 8-lane FMA chains. GCC's vectorization of the portable loop over bf16 weights ran at
@@ -86,6 +91,12 @@ void matvec_any(const W* w, const float* x, float* y, int64_t out, int64_t in) {
   matvec_portable(w, x, y, out, in);
 }
 
+// int8 rows: the dot with the integers widened as they are read, then one multiply by the row's scale.
+void matvec_int8(const int8_t* w, const float* row_scale, const float* x, float* y, int64_t out, int64_t in) {
+  matvec_any(w, x, y, out, in);
+  for (int64_t o = 0; o < out; ++o) y[o] *= row_scale[o];
+}
+
 template <typename W>
 void bgmv_row_any(const W* A, const W* B, const float* x, float c, float* h, const float* y0, float* y, int64_t r,
                   int64_t in, int64_t out) {
@@ -108,6 +119,22 @@ void bgmv_row(const float* A, const float* B, const float* x, float c, float* h,
 void bgmv_row(const uint16_t* A, const uint16_t* B, const float* x, float c, float* h, const float* y0, float* y,
               int64_t r, int64_t in, int64_t out) {
   bgmv_row_any(A, B, x, c, h, y0, y, r, in, out);
+}
+
+void matvec(const int8_t* W, const float* row_scale, const float* x, float* y, int64_t out, int64_t in) {
+  matvec_int8(W, row_scale, x, y, out, in);
+}
+
+void bgmv_row(const int8_t* A, const float* sA, const int8_t* B, const float* sB, const float* x, float c, float* h,
+              float* y, int64_t r, int64_t in, int64_t out) {
+  matvec_int8(A, sA, x, h, r, in);
+  for (int64_t j = 0; j < r; ++j) h[j] *= c;
+  matvec_int8(B, sB, h, y, out, r);
+}
+
+void dequantize_rows(const int8_t* src, const float* scale, float* dst, int64_t rows, int64_t n) {
+  for (int64_t o = 0; o < rows; ++o)
+    for (int64_t i = 0; i < n; ++i) dst[o * n + i] = scale[o] * static_cast<float>(src[o * n + i]);
 }
 
 void widen_bf16(const uint16_t* src, float* dst, int64_t n) {

@@ -55,7 +55,7 @@ int64_t folder_virtual_tokens(const std::string& dir) {
 
 void PoolOptions::validate() const {
   check(max_resident >= 1, kModulePoolTag, "max_resident must be >= 1 (got " + std::to_string(max_resident) + ")");
-  if (!adapter_dtype.empty()) float_dtype(adapter_dtype, kModulePoolTag, "adapter_dtype");
+  if (!adapter_dtype.empty()) storage_dtype(adapter_dtype, kModulePoolTag, "adapter_dtype");
   for (const auto& d : adapter_dirs) check(fs::is_dir(d), kModulePoolTag, "adapter dir '" + d + "' is not a folder");
 }
 
@@ -198,7 +198,7 @@ void ModulePool::rebuild(const std::vector<std::string>& sets) {
   }
   if (!loaded.empty()) mixed_ = std::make_unique<Adapter>(mix_adapters(std::move(loaded), "serve"));
   if (mixed_ && !options_.adapter_dtype.empty())
-    store_banks_as(*mixed_, float_dtype(options_.adapter_dtype, kModulePoolTag, "adapter_dtype"));
+    store_banks_as(*mixed_, storage_dtype(options_.adapter_dtype, kModulePoolTag, "adapter_dtype"));
   resident_ = sets;
   {
     std::lock_guard<std::mutex> lk(mu_);

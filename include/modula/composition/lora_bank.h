@@ -59,12 +59,16 @@ class LoraBankImpl : public torch::nn::Module, public ModuleBank {
   std::pair<torch::Tensor, torch::Tensor> averaged_module(const torch::Tensor& w) const;
   std::string kind() const override { return "lora bank"; }
 
-  // Keeps lora_A and lora_B in `dtype` (float32, bfloat16 or float16) whatever the
+  // Keeps lora_A and lora_B in `dtype` (float32, bfloat16, float16 or int8) whatever the
   // activations' dtype: bfloat16 halves the memory and what each decode step reads per row's
-  // module. Every path computes in the input's dtype (the CPU decode kernel widens bf16 as it
-  // reads; the others convert what they select); scaling stays as it is. View banks store
-  // each re-stacked copy so. A later to(dtype) of the bank converts it like any parameter.
-  // Throws std::invalid_argument for other dtypes.
+  // module, int8 quarters it (symmetric, one scale per matrix row: lora_A_scale [M, r],
+  // lora_B_scale [M, out], W ≈ scale · q). Every path computes in the input's dtype (the CPU
+  // decode kernel widens as it reads; the others convert or dequantize what they select);
+  // scaling stays as it is. int8 is for inference: its weights stop training (a later
+  // store_as(float) gives back trainable, rounded weights); with autograd a view bank stacks
+  // its members unquantized. View banks store each re-stacked copy so. A later to(dtype) of
+  // the bank converts it like any parameter (an int8 bank converted so refuses to run).
+  // Throws std::invalid_argument for other dtypes or (int8) for NaN/Inf weights.
   void store_as(torch::ScalarType dtype);
 
   int64_t num_modules() const override { return lora_A.size(0); }
@@ -72,7 +76,8 @@ class LoraBankImpl : public torch::nn::Module, public ModuleBank {
   int64_t in_features() const { return lora_A.size(2); }
   int64_t out_features() const { return lora_B.size(1); }
 
-  torch::Tensor lora_A, lora_B, scaling;  // scaling is a buffer (not trained)
+  torch::Tensor lora_A, lora_B, scaling;     // scaling is a buffer (not trained)
+  torch::Tensor lora_A_scale, lora_B_scale;  // stored as int8: the row scales (buffers), undefined otherwise
 
  private:
   LoraBankImpl() = default;
@@ -88,6 +93,12 @@ class LoraBankImpl : public torch::nn::Module, public ModuleBank {
   int64_t view_rank_ = 0;
   std::optional<torch::ScalarType> storage_;  // store_as: the dtype of lora_A / lora_B
   void check_input(const torch::Tensor& x, const torch::Tensor& w, const char* what) const;
+  bool int8() const { return lora_A.scalar_type() == torch::kChar; }
+  void check_storage() const;  // refuses an int8 bank that to(dtype) converted since
+  // lora_A / lora_B (the modules `rows`, or all) in `dtype`, dequantized when stored as int8.
+  torch::Tensor A_as(torch::ScalarType dtype, const torch::Tensor& rows = {}) const;
+  torch::Tensor B_as(torch::ScalarType dtype, const torch::Tensor& rows = {}) const;
+  void set_int8(const torch::Tensor& A, const torch::Tensor& B);  // quantizes into lora_A/B and their scales
 };
 TORCH_MODULE(LoraBank);
 

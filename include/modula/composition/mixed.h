@@ -54,7 +54,8 @@ Adapter composition_set(Backbone& model, const SpecNode& spec, const std::map<st
 
 // Stores the mixed handle's LoRA banks in `dtype` (LoraBankImpl::store_as): bfloat16 halves
 // the adapter memory and what a decode step reads per row's adapter (`modula serve
-// --adapter-dtype bfloat16`). Outputs change by that rounding of the adapter weights only.
+// --adapter-dtype bfloat16`), int8 quarters it. Outputs change by that rounding of the
+// adapter weights only.
 // Throws std::invalid_argument for a handle that is not mixed or a dtype store_as refuses.
 void store_banks_as(const Adapter& mixed, torch::ScalarType dtype);
 

@@ -34,7 +34,8 @@ struct PoolOptions {
   std::vector<std::string> adapter_dirs;  // module folders served by their folder name; load paths must lie inside
   int64_t max_resident = 32;              // module sets in the model at once
   // LoRA weights of the resident sets stored in this dtype (store_banks_as, mixed.h):
-  // "" = the model's; "bfloat16" halves their memory and what a decode step reads.
+  // "" = the model's; "bfloat16" halves their memory and what a decode step reads, "int8"
+  // (one scale per matrix row) quarters it.
   std::string adapter_dtype;
   void validate() const;  // std::invalid_argument naming the bad field
 };

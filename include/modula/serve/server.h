@@ -29,7 +29,7 @@ struct ServeOptions {
   std::vector<std::string> adapters;      // "NAME=DIR" module folders of any mixable type
   std::vector<std::string> adapter_dirs;  // folders whose subfolders are served by name on first use
   int64_t max_resident = 32;              // module sets in the model at once (LRU beyond)
-  std::string adapter_dtype;              // LoRA weights stored so ("" = the model's dtype; "bfloat16")
+  std::string adapter_dtype;              // LoRA weights stored so ("" = the model's dtype; "bfloat16", "int8")
   std::string host = "127.0.0.1";         // loopback unless asked otherwise
   int port = 8000;                        // 0 = ephemeral (bind() returns it)
   std::string api_key;                    // non-empty: requests need "Authorization: Bearer KEY"
