@@ -93,20 +93,30 @@ std::shared_ptr<Backbone> bench_llama(const LlamaShape& s, const BenchContext& c
 // false) so that adapters differ and the delta is not zero.
 nlohmann::json lora_all_linear(int64_t r, double alpha);
 
+// The same adapters mixed in another model whose LoRA banks are stored in `dtype`
+// (store_banks_as: serve --adapter-dtype), timed as variant `name`.
+struct StoredMix {
+  std::string name;  // "mixed16_bf16", "mixed16_int8"
+  torch::ScalarType dtype;
+  std::shared_ptr<Backbone> model;
+  Adapter mixed;
+};
+
 // The models prefill, decode and bottleneck compare, same base weights: `plain` (no
 // adapter), `single` (one adapter), `multi` (num_adapters adapters mixed into one batch,
-// mixed.h), for LoRA `multi_bf16` (the same adapters mixed, their banks stored in bfloat16:
-// store_banks_as; null for other adapters).
+// mixed.h), for LoRA `stored`: the same adapters mixed with banks stored in bfloat16 and
+// (CPU sizes: the int8 kernels are CPU code) int8; empty for other adapters.
 struct AdaptedModels {
   LlamaShape shape;
   int64_t r = 0, num_adapters = 0;
   nlohmann::json config;
-  std::shared_ptr<Backbone> plain, single, multi, multi_bf16, reference;
-  Adapter mixed, mixed_bf16;
+  std::shared_ptr<Backbone> plain, single, multi, reference;
+  Adapter mixed;
+  std::vector<StoredMix> stored;
   std::vector<std::vector<torch::Tensor>> adapter_params;  // each adapter's parameters, kept for the reference
   // Adapter a (its saved parameters) added to `model` as `name`.
   Adapter copy_adapter(Backbone& model, int64_t a, const std::string& name) const;
-  // Routes row i of the next `multi` (and `multi_bf16`) forwards to adapter i % num_adapters.
+  // Routes row i of the next `multi` (and `stored` models') forwards to adapter i % num_adapters.
   void route_rows(int64_t rows) const;
   // The logits of each row of ids [B, T] computed by a model carrying only that row's
   // adapter (row i: adapter i % num_adapters), concatenated [B, T, V].

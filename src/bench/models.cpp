@@ -87,13 +87,17 @@ AdaptedModels adapted_models(Size size, const BenchContext& ctx, int64_t num_ada
   }
   m.mixed = mix_adapters(std::move(adapters));
   if (!lora) return m;
-  // The same 16 adapters again, their banks stored in bfloat16 (serve --adapter-dtype).
-  m.multi_bf16 = bench_llama(m.shape, ctx);
-  std::vector<Adapter> copies;
-  for (int64_t i = 0; i < num_adapters; ++i)
-    copies.push_back(m.copy_adapter(*m.multi_bf16, i, "a" + std::to_string(i)));
-  m.mixed_bf16 = mix_adapters(std::move(copies));
-  store_banks_as(m.mixed_bf16, torch::kBFloat16);
+  // The same 16 adapters again, their banks stored in bfloat16 / int8 (serve --adapter-dtype).
+  std::vector<std::pair<std::string, torch::ScalarType>> dtypes = {{"mixed16_bf16", torch::kBFloat16}};
+  if (!ctx.gpu()) dtypes.emplace_back("mixed16_int8", torch::kChar);
+  for (const auto& [name, dtype] : dtypes) {
+    StoredMix s{name, dtype, bench_llama(m.shape, ctx), {}};
+    std::vector<Adapter> copies;
+    for (int64_t i = 0; i < num_adapters; ++i) copies.push_back(m.copy_adapter(*s.model, i, "a" + std::to_string(i)));
+    s.mixed = mix_adapters(std::move(copies));
+    store_banks_as(s.mixed, dtype);
+    m.stored.push_back(std::move(s));
+  }
   return m;
 }
 
@@ -101,7 +105,7 @@ void AdaptedModels::route_rows(int64_t rows) const {
   std::vector<std::string> names;
   for (int64_t i = 0; i < rows; ++i) names.push_back("a" + std::to_string(i % num_adapters));
   set_row_modules(mixed, names);
-  if (multi_bf16) set_row_modules(mixed_bf16, names);
+  for (const auto& s : stored) set_row_modules(s.mixed, names);
 }
 
 Adapter AdaptedModels::copy_adapter(Backbone& model, int64_t a, const std::string& name) const {

@@ -1,6 +1,7 @@
 // decode: greedy steps with the KV cache (the prompt's prefill untimed, before each call),
 // batch 1 and a server-sized batch, with no adapter, one LoRA adapter, and 16 mixed.
 #include "bench/bench_internal.h"
+#include "modula/util/dtype.h"
 
 namespace modula::bench {
 namespace {
@@ -56,10 +57,9 @@ std::vector<Measurement> bench_decode(const BenchContext& ctx) {
     Backbone* model;
     bool mixed;
   };
-  const std::vector<Model> models = {{"none", m.plain.get(), false},
-                                     {"single", m.single.get(), false},
-                                     {"mixed16", m.multi.get(), true},
-                                     {"mixed16_bf16", m.multi_bf16.get(), true}};
+  std::vector<Model> models = {
+      {"none", m.plain.get(), false}, {"single", m.single.get(), false}, {"mixed16", m.multi.get(), true}};
+  for (const auto& s : m.stored) models.push_back({s.name, s.model.get(), true});
   std::vector<Variant> variants;
   std::vector<int64_t> batch_of;
   for (size_t b = 0; b < batches.size(); ++b)
@@ -86,7 +86,8 @@ std::vector<Measurement> bench_decode(const BenchContext& ctx) {
     if (variants[i].name.rfind("mixed16", 0) == 0)
       out.back().note += rows == 1 ? "; the one row uses adapter a0 of the 16-adapter bank"
                                    : "; row i uses adapter i % 16 (mixed.h banks)";
-    if (variants[i].name == "mixed16_bf16") out.back().note += ", stored in bfloat16 (store_banks_as)";
+    for (const auto& s : m.stored)
+      if (variants[i].name == s.name) out.back().note += ", stored in " + dtype_name(s.dtype) + " (store_banks_as)";
   }
   compare_to(out, "single");
   return out;

@@ -1,15 +1,15 @@
 // lora_only: the LoRA delta at one Linear site without the base matmul, s · B (A x): one
 // adapter against 16 adapters in one batch through the LoRA bank (LoraBankImpl::selected),
-// the bank in the activations' dtype and stored in bfloat16, prefill-shaped and
-// decode-shaped; the base matmul x Wᵀ beside them for scale.
+// the bank in the activations' dtype and stored in bfloat16 and (CPU sizes) int8,
+// prefill-shaped and decode-shaped; the base matmul x Wᵀ beside them for scale.
 #include "bench/bench_internal.h"
 #include "modula/composition/lora_bank.h"
+#include "modula/util/dtype.h"
 
 namespace modula::bench {
 namespace {
 
 constexpr int64_t kLoraOnlyBenchAdapters = 16;
-constexpr size_t kVariants = 4;  // per shape: base, single, mixed16, mixed16_bf16
 
 }  // namespace
 
@@ -22,11 +22,22 @@ std::vector<Measurement> bench_lora_only(const BenchContext& ctx) {
   auto bank = LoraBank(LoraBankOptions(features, features, kLoraOnlyBenchAdapters).r(r).alpha(2.0 * r));
   bank->to(ctx.device, ctx.dtype);
   bank->lora_B.normal_(0, 0.02);  // PEFT init has B = 0: a zero delta would hide errors
-  // The same modules stored in bfloat16 (LoraBankImpl::store_as).
-  auto bank16 = LoraBank(LoraBankOptions(features, features, kLoraOnlyBenchAdapters).r(r).alpha(2.0 * r));
-  bank16->to(ctx.device, ctx.dtype);
-  bank16->lora_A.copy_(bank->lora_A), bank16->lora_B.copy_(bank->lora_B), bank16->scaling.copy_(bank->scaling);
-  bank16->store_as(torch::kBFloat16);
+  // The same modules stored in bfloat16 and int8 (LoraBankImpl::store_as).
+  struct Stored {
+    std::string name;
+    torch::ScalarType dtype;
+    LoraBank bank;
+  };
+  std::vector<Stored> stored;
+  for (auto dtype : {torch::kBFloat16, torch::kChar}) {
+    if (dtype == torch::kChar && ctx.gpu()) continue;  // the int8 kernels are CPU code
+    auto copy = LoraBank(LoraBankOptions(features, features, kLoraOnlyBenchAdapters).r(r).alpha(2.0 * r));
+    copy->to(ctx.device, ctx.dtype);
+    copy->lora_A.copy_(bank->lora_A), copy->lora_B.copy_(bank->lora_B), copy->scaling.copy_(bank->scaling);
+    copy->store_as(dtype);
+    stored.push_back({dtype == torch::kChar ? "mixed16_int8" : "mixed16_bf16", dtype, copy});
+  }
+  const size_t per_shape = 3 + stored.size();  // base, single, mixed16, the stored banks
   auto weight = torch::randn({features, features}, ctx.float_options()) / std::sqrt(static_cast<double>(features));
   auto A0 = bank->lora_A[0], B0 = bank->lora_B[0];
   const double s0 = bank->scaling[0].item<double>();
@@ -41,13 +52,14 @@ std::vector<Measurement> bench_lora_only(const BenchContext& ctx) {
     variants.push_back({"base", [&x, &weight] { F::linear(x, weight); }});
     variants.push_back({"single", [&x, &A0, &B0, s0] { s0* F::linear(F::linear(x, A0), B0); }});
     variants.push_back({"mixed16", [&x, &bank, &idx, &w] { bank->selected({x, {}, nullptr}, idx, w); }});
-    variants.push_back({"mixed16_bf16", [&x, &bank16, &idx, &w] { bank16->selected({x, {}, nullptr}, idx, w); }});
+    for (auto& st : stored)
+      variants.push_back({st.name, [&x, &b = st.bank, &idx, &w] { b->selected({x, {}, nullptr}, idx, w); }});
   }
   auto t = time_round_robin(variants, ctx);
 
   std::vector<Measurement> out;
   for (size_t i = 0; i < variants.size(); ++i) {
-    const int64_t tokens = shapes[i / kVariants];
+    const int64_t tokens = shapes[i / per_shape];
     const auto n = static_cast<double>(rows * tokens), f = static_cast<double>(features);
     const bool base = variants[i].name == "base";
     const double flops = base ? 2 * n * f * f : 2 * n * static_cast<double>(r) * 2 * f;
@@ -65,15 +77,16 @@ std::vector<Measurement> bench_lora_only(const BenchContext& ctx) {
       reference.push_back(bank->scaling[a].item<double>() *
                           F::linear(F::linear(x[n], bank->lora_A[a]), bank->lora_B[a]));
     }
-    for (size_t v : {2, 3}) {
-      auto mixed = (v == 2 ? bank : bank16)->selected({x, {}, nullptr}, idx, w).to(torch::kFloat32);
-      auto& m = out[k * kVariants + v];
+    for (size_t v = 2; v < per_shape; ++v) {
+      auto& b = v == 2 ? bank : stored[v - 3].bank;
+      auto mixed = b->selected({x, {}, nullptr}, idx, w).to(torch::kFloat32);
+      auto& m = out[k * per_shape + v];
       m.error = (mixed - torch::stack(reference).to(torch::kFloat32)).abs().max().item<double>();
       m.reference = "each row's delta with its own adapter alone (max abs diff)";
       m.note += std::string("; row i uses adapter i % 16 (LoraBankImpl::selected: ") +
                 (x.size(1) == 1 ? "the BGMV decode kernel reads each row's A and B from the bank)"
                                 : "two GEMMs per row on the bank's A_m and B_m)");
-      if (v == 3) m.note += "; the bank stored in bfloat16 (error: its rounding)";
+      if (v > 2) m.note += "; the bank stored in " + dtype_name(stored[v - 3].dtype) + " (error: its rounding)";
     }
   }
   compare_to(out, "single");

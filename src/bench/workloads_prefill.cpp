@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "bench/bench_internal.h"
+#include "modula/util/dtype.h"
 
 namespace modula::bench {
 namespace {
@@ -28,8 +29,8 @@ std::vector<Measurement> bench_prefill(const BenchContext& ctx) {
   m.route_rows(rows);
   std::vector<Variant> variants = {{"none", [&] { m.plain->forward(in); }},
                                    {"single", [&] { m.single->forward(in); }},
-                                   {"mixed16", [&] { m.multi->forward(in); }},
-                                   {"mixed16_bf16", [&] { m.multi_bf16->forward(in); }}};
+                                   {"mixed16", [&] { m.multi->forward(in); }}};
+  for (const auto& s : m.stored) variants.push_back({s.name, [&s, &in] { s.model->forward(in); }});
   auto t = time_round_robin(variants, ctx);
 
   const std::string shape = dims(rows, tokens) + " tokens";
@@ -46,12 +47,14 @@ std::vector<Measurement> bench_prefill(const BenchContext& ctx) {
                       "; FLOPs: projections, full T x T attention, LM head at every position";
   }
   out[2].note += "; row i uses adapter i % 16 (mixed.h banks)";
-  out[3].note += "; row i uses adapter i % 16, the banks stored in bfloat16 (store_banks_as)";
+  for (size_t i = 0; i < m.stored.size(); ++i)
+    out[3 + i].note +=
+        "; row i uses adapter i % 16, the banks stored in " + dtype_name(m.stored[i].dtype) + " (store_banks_as)";
   // The mixed batches against each row run alone with its own adapter (in the model's dtype).
   auto reference = m.per_row_reference(in.input_ids).to(torch::kFloat32);
-  for (size_t i : {2, 3}) {
-    auto mixed = (i == 2 ? m.multi : m.multi_bf16)->forward(in).logits.to(torch::kFloat32);
-    out[i].error = (mixed - reference).abs().max().item<double>();
+  for (size_t i = 2; i < out.size(); ++i) {
+    auto& model = i == 2 ? m.multi : m.stored[i - 3].model;
+    out[i].error = (model->forward(in).logits.to(torch::kFloat32) - reference).abs().max().item<double>();
     out[i].reference = "each row alone with its own adapter (max abs diff of logits)";
   }
   compare_to(out, "single");

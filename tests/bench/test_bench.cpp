@@ -48,14 +48,17 @@ const std::map<std::pair<std::string, std::string>, int> kExpected = {{{"train_l
                                                                       {{"prefill", "single"}, 1},
                                                                       {{"prefill", "mixed16"}, 1},
                                                                       {{"prefill", "mixed16_bf16"}, 1},
+                                                                      {{"prefill", "mixed16_int8"}, 1},
                                                                       {{"lora_only", "base"}, 2},
                                                                       {{"lora_only", "single"}, 2},
                                                                       {{"lora_only", "mixed16"}, 2},
                                                                       {{"lora_only", "mixed16_bf16"}, 2},
+                                                                      {{"lora_only", "mixed16_int8"}, 2},
                                                                       {{"decode", "none"}, 2},
                                                                       {{"decode", "single"}, 2},
                                                                       {{"decode", "mixed16"}, 2},
                                                                       {{"decode", "mixed16_bf16"}, 2},
+                                                                      {{"decode", "mixed16_int8"}, 2},
                                                                       {{"moe", "dense"}, 1},
                                                                       {{"moe", "top2of8"}, 1},
                                                                       {{"moe", "top2of32"}, 1},
@@ -102,14 +105,15 @@ TEST(Bench, MeasurementsAreSane) {
 }
 
 // The mixed batches and the MoE dispatch against their references, in fp32; the banks
-// stored in bfloat16 off by that rounding: more than float rounding, far less than the delta.
+// stored in bfloat16 or int8 off by that rounding: more than float rounding, far less than
+// the delta.
 TEST(Bench, MixedAndMoeMatchTheirReferences) {
   int checked = 0;
   for (const auto& m : quick_results()) {
-    const bool bf16 = m.variant == "mixed16_bf16";
+    const bool bf16 = m.variant == "mixed16_bf16", int8 = m.variant == "mixed16_int8";
     const bool decode = m.shape.rfind("batch ", 0) == 0;  // decode shapes: the prefill checks the same path
-    const bool has_reference =
-        ((m.variant == "mixed16" || bf16) && !decode) || m.variant.rfind("top2of", 0) == 0 || m.variant == "fused";
+    const bool has_reference = ((m.variant == "mixed16" || bf16 || int8) && !decode) ||
+                               m.variant.rfind("top2of", 0) == 0 || m.variant == "fused";
     SCOPED_TRACE(m.workload + "/" + m.variant + " " + m.shape);
     if (!has_reference) {
       EXPECT_TRUE(std::isnan(m.error));
@@ -118,12 +122,12 @@ TEST(Bench, MixedAndMoeMatchTheirReferences) {
     ++checked;
     EXPECT_FALSE(m.reference.empty());
     EXPECT_TRUE(std::isfinite(m.error));
-    EXPECT_LT(m.error, bf16 ? 1e-2 : 1e-4);
-    if (bf16) {
+    EXPECT_LT(m.error, bf16 || int8 ? 1e-2 : 1e-4);
+    if (bf16 || int8) {
       EXPECT_GT(m.error, 1e-6);
     }
   }
-  EXPECT_EQ(checked, 12);  // prefill, lora_only x 2 shapes (each also bf16), moe x 2, projections x 3, bottleneck
+  EXPECT_EQ(checked, 15);  // prefill, lora_only x 2 shapes (each also bf16, int8), moe x 2, projections x 3, bottleneck
 }
 
 TEST(Bench, FlopCountsFollowTheShapes) {
@@ -242,8 +246,8 @@ TEST(BenchCli, QuickRunWritesJsonLines) {
     EXPECT_GT(j["median_s"].get<double>(), 0);
     variants.insert(j["workload"].get<std::string>() + "/" + j["variant"].get<std::string>());
   }
-  EXPECT_EQ(n, 11);  // lora_only: 4 variants x 2 shapes; moe: 3
-  EXPECT_EQ(variants.size(), 7u);
+  EXPECT_EQ(n, 13);  // lora_only: 5 variants x 2 shapes; moe: 3
+  EXPECT_EQ(variants.size(), 8u);
   EXPECT_NE(modula::testing::slurp(d / "log").find("GFLOP/s"), std::string::npos);  // the table
   EXPECT_NE(modula::testing::slurp(d / "log").find("threads pinned to CPU"), std::string::npos);
   pid = modula::testing::spawn({MODULA_CLI, "bench", "--quick", "--threads", "1", "--workloads", "moe", "--no-pin"},

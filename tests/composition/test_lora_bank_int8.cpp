@@ -42,7 +42,8 @@ TEST(LoraBank, StoredInInt8ComputesInTheInputDtype) {
   q->store_as(torch::kChar);
   EXPECT_EQ(q->lora_A.scalar_type(), torch::kChar);
   EXPECT_EQ(q->lora_B.scalar_type(), torch::kChar);
-  EXPECT_FALSE(q->lora_A.requires_grad());  // int8 is for inference
+  EXPECT_EQ(4 * q->lora_B.nbytes(), exact->lora_B.nbytes());  // a quarter of float32
+  EXPECT_FALSE(q->lora_A.requires_grad());                    // int8 is for inference
   EXPECT_EQ(q->lora_A_scale.sizes(), (std::vector<int64_t>{M, r}));
   EXPECT_EQ(q->lora_B_scale.sizes(), (std::vector<int64_t>{M, out}));
   EXPECT_EQ(q->named_parameters().size(), 2u);

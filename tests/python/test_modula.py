@@ -157,7 +157,7 @@ def test_mixed_batch_with_bf16_lora_banks(llama):
     rows = json.load(open(os.path.join(MIXED, "case.json")))["adapter_per_row"]
     for name in ("a0", "a1", "a2"):
         llama.attach(name, os.path.join(MIXED, name))
-    with pytest.raises(ValueError, match="lora_dtype: 'bf16' is not float32, bfloat16 or float16"):
+    with pytest.raises(ValueError, match="lora_dtype: 'bf16' is not float32, bfloat16, float16 or int8"):
         llama.mix(["a0", "a1", "a2"], lora_dtype="bf16")
     llama.mix(["a0", "a1", "a2"], lora_dtype="bfloat16")
     params = dict(llama._core.module_parameters("mixed"))
@@ -167,6 +167,23 @@ def test_mixed_batch_with_bf16_lora_banks(llama):
     keep = ref["attention_mask"].bool()
     diff = (out - ref["logits"])[keep].abs().max().item()
     assert 0 < diff < 0.1  # the rounding of the adapter weights, not float32 rounding
+
+
+def test_mixed_batch_with_int8_lora_banks(llama):
+    ref = read_safetensors(os.path.join(MIXED, "expected.safetensors"))
+    rows = json.load(open(os.path.join(MIXED, "case.json")))["adapter_per_row"]
+    for name in ("a0", "a1", "a2"):
+        llama.attach(name, os.path.join(MIXED, name))
+    llama.mix(["a0", "a1", "a2"], lora_dtype="int8")
+    params = dict(llama._core.module_parameters("mixed"))
+    assert params and all(p.dtype == torch.int8 for p in params.values())
+    out = llama(ref["input_ids"], ref["attention_mask"], adapter=rows).logits
+    assert out.dtype == torch.float32
+    keep = ref["attention_mask"].bool()
+    diff = (out - ref["logits"])[keep].abs().max().item()
+    # The rounding of the adapter weights to 255 levels per row: on these random fixtures the
+    # adapters move logits by up to 4.1, bf16 rounding by < 0.1, int8 by 0.39 (measured).
+    assert 0 < diff < 0.5
 
 
 def test_poly_task_ids_as_tensor(llama):
