@@ -189,8 +189,9 @@ class Model:
         """Serve attached sets in one batch, each row routed by name: the sets are consumed
         into one mixed set; then model(ids, adapter=["a", "__base__", "b"]) (or [B] ids).
         lora_dtype="bfloat16" stores the LoRA weights in bf16 (half the memory and the bytes a
-        decode step reads), "int8" in int8 with one scale per row (a quarter); outputs move by
-        that rounding of the adapter weights."""
+        decode step reads), "int8" in int8 with one scale per row (a quarter; the set's
+        parameters are then those int8 values, their scales are not parameters); outputs move
+        by that rounding of the adapter weights."""
         self._core.mix(list(names), name, key, lora_dtype or "")
         self._mixed[key] = name
         return Module(self, name)

@@ -66,7 +66,7 @@ Measurement measurement(const BenchContext& ctx, const std::string& workload, co
   m.device = ctx.device.is_cuda() ? "cuda" : "cpu";
   m.dtype = dtype_name(ctx.dtype);
   m.threads = ctx.threads;
-  if (ctx.pinned) m.pinned_cpus = ctx.pinned->cpus();
+  if (ctx.pinned && ctx.pinned->pinned()) m.pinned_cpus = ctx.pinned->cpus();  // what was done, not asked
   m.iters = ctx.iters, m.warmup = ctx.warmup;
   m.median_s = t.median, m.min_s = t.min, m.max_s = t.max, m.p10_s = t.p10, m.p90_s = t.p90;
   m.tokens = tokens, m.flops = flops;

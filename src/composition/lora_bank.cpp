@@ -159,7 +159,9 @@ void LoraBankImpl::set_int8(const torch::Tensor& A, const torch::Tensor& B) {
     lora_A = qA, lora_B = qB, lora_A_scale = sA, lora_B_scale = sB;
     return;
   }
+  if (!int8()) trainable_ = lora_A.requires_grad();  // given back by a store_as to a float dtype
   lora_A.set_requires_grad(false), lora_B.set_requires_grad(false);
+  lora_A.mutable_grad() = torch::Tensor(), lora_B.mutable_grad() = torch::Tensor();  // float grads of no use now
   lora_A.set_data(on_huge_pages(qA)), lora_B.set_data(on_huge_pages(qB));
   if (named_buffers(false).contains("lora_A_scale")) {
     lora_A_scale.set_data(sA), lora_B_scale.set_data(sB);
@@ -178,6 +180,7 @@ void LoraBankImpl::store_as(torch::ScalarType dtype) {
     synced_.clear();
     return;
   }
+  check_storage();  // an int8 bank converted by to(dtype) holds bare integers: nothing to store
   torch::NoGradGuard no_grad;
   auto A = int8() ? A_as(torch::kFloat) : lora_A.detach(), B = int8() ? B_as(torch::kFloat) : lora_B.detach();
   if (dtype == torch::kChar) {
@@ -186,7 +189,10 @@ void LoraBankImpl::store_as(torch::ScalarType dtype) {
     const bool was_int8 = int8();
     lora_A.set_data(on_huge_pages(A.to(dtype)));
     lora_B.set_data(on_huge_pages(B.to(dtype)));
-    if (was_int8) lora_A.set_requires_grad(true), lora_B.set_requires_grad(true);
+    if (was_int8) {
+      lora_A.set_requires_grad(trainable_), lora_B.set_requires_grad(trainable_);
+      lora_A_scale.set_data(torch::empty({0})), lora_B_scale.set_data(torch::empty({0}));
+    }
   }
   storage_ = dtype;
 }

@@ -30,7 +30,7 @@ torch::Tensor lora_bgmv(const torch::Tensor& x, const BankWeights& bank, const t
                         const torch::Tensor& ids, const torch::Tensor& w);
 
 // The BGMV primitive: y[n] = W_m x[n] with m = ids[n] (−1: zeros) for W [M, out, in]
-// (kernel_weights), x [N, in] float32 on the CPU, ids [N]; each row reads its matrix
+// (float32 or bfloat16), x [N, in] float32 on the CPU, ids [N]; each row reads its matrix
 // straight from W. Returns [N, out]; throws naming a row whose id is out of range.
 torch::Tensor gathered_matvec(const torch::Tensor& W, const torch::Tensor& x, const torch::Tensor& ids);
 

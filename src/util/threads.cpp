@@ -73,6 +73,7 @@ PinnedThreads::PinnedThreads(std::vector<int> cpus) : cpus_(std::move(cpus)) {
 
 int PinnedThreads::apply() {
 #ifdef __linux__
+  pinned_ = false;
   if (cpus_.empty()) return 0;
   const int self = this_tid();
   const std::vector<int> main_cpu = {cpus_[0]};
@@ -85,7 +86,9 @@ int PinnedThreads::apply() {
     // A thread started since the first call inherited a pinned mask: it gets the creator's.
     if (!first && !before_.count(tid) && before_.count(creator_)) old = before_.at(creator_);
     before_.emplace(tid, std::move(old));
-    pinned += set_cpus(tid, tid == self ? main_cpu : workers) ? 1 : 0;
+    const bool ok = set_cpus(tid, tid == self ? main_cpu : workers);
+    pinned += ok ? 1 : 0;
+    if (tid == self) pinned_ = ok;
   }
   return pinned;
 #else

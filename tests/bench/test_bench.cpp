@@ -212,6 +212,7 @@ TEST(Threads, PinnedThreadsPinThenRestore) {
   EXPECT_EQ(thread_cpus(before.tid), all);
   std::optional<PinnedThreads> pin(std::in_place, cpus);
   EXPECT_GE(pin->apply(), 2);
+  EXPECT_TRUE(pin->pinned());
   EXPECT_EQ(thread_cpus(), std::vector<int>{cpus[0]});
   EXPECT_EQ(thread_cpus(before.tid), workers);
   ParkedThread during;  // inherits the caller's pin
@@ -222,6 +223,7 @@ TEST(Threads, PinnedThreadsPinThenRestore) {
   {
     PinnedThreads nothing({});  // no CPUs: pins and restores nothing
     EXPECT_EQ(nothing.apply(), 0);
+    EXPECT_FALSE(nothing.pinned());
   }
   EXPECT_EQ(thread_cpus(), std::vector<int>{cpus[0]});
   pin.reset();  // the threads it saw get their masks back, `after_apply` the caller's

@@ -78,10 +78,29 @@ TEST(LoraBank, StoredInInt8ComputesInTheInputDtype) {
       same([&](LoraBankImpl& b) { return b.mixed({x, {}, nullptr}, soft); }, "soft mixing");
       same([&](LoraBankImpl& b) { return b.averaged({x, {}, nullptr}, soft); }, "SMEAR");
     }
-  // Back to float32: the dequantized weights, trainable again.
+  {  // bfloat16 activations: computed in bf16 from the dequantized weights
+    torch::NoGradGuard no_grad;
+    auto x = torch::randn({N, 4, in}).to(torch::kBFloat16);
+    auto y = q->selected({x, {}, nullptr}, idx, w);
+    EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+    EXPECT_TRUE(torch::allclose(y.to(torch::kFloat), rounded->selected({x, {}, nullptr}, idx, w).to(torch::kFloat),
+                                2e-2, 2e-2));
+  }
+  // int8 again: the same integers (the rounded weights are their own rounding); back to
+  // float32: the dequantized weights, trainable again, the row scales emptied.
+  auto before = q->lora_A.clone();
+  q->store_as(torch::kChar);
+  EXPECT_TRUE(torch::equal(q->lora_A, before));
   q->store_as(torch::kFloat32);
   EXPECT_TRUE(q->lora_A.requires_grad());
+  EXPECT_EQ(q->lora_A_scale.numel(), 0);
   EXPECT_TRUE(torch::allclose(q->lora_B, rounded->lora_B, 1e-6, 1e-7));
+  // From bfloat16: quantized from the bf16 values.
+  q->store_as(torch::kBFloat16);
+  q->store_as(torch::kChar);
+  EXPECT_EQ(q->lora_A.scalar_type(), torch::kChar);
+  EXPECT_TRUE(
+      torch::allclose(q->lora_A.to(torch::kFloat) * q->lora_A_scale.unsqueeze(-1), rounded->lora_A, 1e-2, 1e-3));
 }
 
 TEST(LoraBank, Int8StorageRefusesNaNAndLaterConversions) {
@@ -115,6 +134,8 @@ TEST(LoraBank, Int8StorageRefusesNaNAndLaterConversions) {
     EXPECT_NE(std::string(e.what()).find("converted since by to(dtype)"), std::string::npos) << e.what();
   }
   EXPECT_THROW(bank->mixed({x, {}, nullptr}, torch::ones({2, 2})), std::invalid_argument);
+  EXPECT_THROW(bank->store_as(torch::kFloat32), std::invalid_argument);  // nothing to store from bare integers
+  EXPECT_THROW(bank->store_as(torch::kChar), std::invalid_argument);
 }
 
 // A view bank stored in int8 quantizes each re-stacked copy without autograd (members of

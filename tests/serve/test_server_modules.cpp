@@ -221,10 +221,9 @@ TEST(ServerModules, ChoicesAndLogprobs) {
   post(c, "/v1/chat/completions", chat.dump(), 400);  // the fixture tokenizer has no chat template
 }
 
-// --adapter-dtype bfloat16 / int8: the served LoRA banks stored so. Each answer's first-token
-// log-probability equals the log-softmax at the prompt's end of the model carrying the
-// adapter with its weights rounded to bf16 (to int8 steps of max|row| / 127), and differs from
-// the unrounded one's.
+// --adapter-dtype bfloat16 / int8: the served LoRA banks stored so. Each generated token's
+// log-probability equals the model's carrying the adapter with its weights rounded to bf16
+// (to int8 steps of max|row| / 127), and the first differs from the unrounded model's.
 TEST(ServerModules, AdapterDtypeBfloat16AndInt8) {
   auto bad = options();
   bad.adapter_dtype = "bf16";
@@ -247,19 +246,28 @@ TEST(ServerModules, AdapterDtypeBfloat16AndInt8) {
     for (std::string m : {"lora", "a0", "a2"}) {
       json g = body(m, prompt, 3);
       g["logprobs"] = 1;
-      auto lp = post(c, "/v1/completions", g.dump(), 200)["choices"][0]["logprobs"];
-      ASSERT_EQ(lp["tokens"].size(), 3u) << m;
-      const auto got = lp["token_logprobs"][0].get<double>();
+      auto res = post(c, "/v1/completions", g.dump(), 200);
+      auto lp = res["choices"][0]["logprobs"];
+      const auto ids = ids_of(res);
+      ASSERT_EQ(ids.size(), 3u) << m;
+      // Every token's log-probability (the prompt's GEMMs, then two decode steps' BGMV kernel)
+      // against one forward over prompt + the generated tokens.
       auto model = load_backbone(fixture("hf/models/llama"));
       auto a = load_module(*model, kFolders.at(m));
+      std::vector<int64_t> seq = prompt;
+      seq.insert(seq.end(), ids.begin(), ids.end() - 1);
       BackboneInput in;
-      in.input_ids = torch::tensor(prompt).view({1, -1});
+      in.input_ids = torch::tensor(seq).view({1, -1});
       torch::NoGradGuard no_grad;
-      auto best = [&] { return torch::log_softmax(model->forward(in).logits[0][-1], 0).max().item<double>(); };
-      const double exact = best();
+      auto logprob = [&](size_t t) {
+        const auto at = static_cast<int64_t>(prompt.size() + t) - 1;
+        return torch::log_softmax(model->forward(in).logits[0][at], 0)[ids[t]].item<double>();
+      };
+      const double exact = logprob(0);
       for (auto& p : a.parameters()) p.copy_(dtype == "int8" ? int8_steps(p) : p.to(torch::kBFloat16));
-      EXPECT_NEAR(got, best(), 1e-5) << m << " " << dtype;
-      largest = std::max(largest, std::abs(got - exact));
+      for (size_t t = 0; t < ids.size(); ++t)
+        EXPECT_NEAR(lp["token_logprobs"][t].get<double>(), logprob(t), 1e-4) << m << " " << dtype << " token " << t;
+      largest = std::max(largest, std::abs(lp["token_logprobs"][0].get<double>() - exact));
     }
     EXPECT_GT(largest, 1e-4) << dtype;
   }

@@ -65,7 +65,7 @@ class LoraBankImpl : public torch::nn::Module, public ModuleBank {
   // lora_B_scale [M, out], W ≈ scale · q). Every path computes in the input's dtype (the CPU
   // decode kernel widens as it reads; the others convert or dequantize what they select);
   // scaling stays as it is. int8 is for inference: its weights stop training (a later
-  // store_as(float) gives back trainable, rounded weights); with autograd a view bank stacks
+  // store_as(float) gives back the rounded weights, trainable as before); with autograd a view bank stacks
   // its members unquantized. View banks store each re-stacked copy so. A later to(dtype) of
   // the bank converts it like any parameter (an int8 bank converted so refuses to run).
   // Throws std::invalid_argument for other dtypes or (int8) for NaN/Inf weights.
@@ -76,8 +76,9 @@ class LoraBankImpl : public torch::nn::Module, public ModuleBank {
   int64_t in_features() const { return lora_A.size(2); }
   int64_t out_features() const { return lora_B.size(1); }
 
-  torch::Tensor lora_A, lora_B, scaling;     // scaling is a buffer (not trained)
-  torch::Tensor lora_A_scale, lora_B_scale;  // stored as int8: the row scales (buffers), undefined otherwise
+  torch::Tensor lora_A, lora_B, scaling;  // scaling is a buffer (not trained)
+  // Stored as int8: the row scales (buffers); undefined before, empty after a store_as back to float.
+  torch::Tensor lora_A_scale, lora_B_scale;
 
  private:
   LoraBankImpl() = default;
@@ -92,6 +93,7 @@ class LoraBankImpl : public torch::nn::Module, public ModuleBank {
   std::vector<Synced> synced_;
   int64_t view_rank_ = 0;
   std::optional<torch::ScalarType> storage_;  // store_as: the dtype of lora_A / lora_B
+  bool trainable_ = true;                     // lora_A.requires_grad() before store_as(int8)
   void check_input(const torch::Tensor& x, const torch::Tensor& w, const char* what) const;
   bool int8() const { return lora_A.scalar_type() == torch::kChar; }
   void check_storage() const;  // refuses an int8 bank that to(dtype) converted since

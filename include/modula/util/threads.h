@@ -32,10 +32,12 @@ class PinnedThreads {
   // Pins the threads as above; returns how many were pinned (0 where not supported).
   int apply();
   const std::vector<int>& cpus() const { return cpus_; }
+  bool pinned() const { return pinned_; }  // whether the last apply pinned the calling thread
 
  private:
   std::vector<int> cpus_;
-  int creator_ = 0;                         // task id of the thread that made this
+  int creator_ = 0;  // task id of the thread that made this
+  bool pinned_ = false;
   std::map<int, std::vector<int>> before_;  // task id -> its mask when first pinned
 };
 
