@@ -77,8 +77,15 @@ torch::Tensor LoraImpl::transform_output(const torch::Tensor& x, const torch::Te
   if (fused_rows(x, y, options, is_training(), lora_A, lora_B))
     return detail::lora_add_rows(x, lora_A, lora_B, scale * options.scaling(), y);
   auto h = options.dropout() > 0 ? torch::dropout(x, options.dropout(), is_training()) : x;
-  auto lora = torch::nn::functional::linear(torch::nn::functional::linear(h, lora_A), lora_B);
-  if (!options.use_dora()) return y + scale * options.scaling() * lora;
+  auto hA = torch::nn::functional::linear(h, lora_A);  // [.., r]
+  if (!options.use_dora()) {
+    const double s = scale * options.scaling();
+    if (torch::GradMode::is_enabled()) return y + torch::nn::functional::linear(hA * s, lora_B);  // s on [.., r]
+    // y + s · (A h) Bᵀ as one GEMM that accumulates into a copy of y: no [.., out] temporaries.
+    const int64_t r = lora_A.size(0);
+    return torch::addmm(y.reshape({-1, y.size(-1)}), hA.reshape({-1, r}), lora_B.t(), 1, s).view(y.sizes());
+  }
+  auto lora = torch::nn::functional::linear(hA, lora_B);
   // PEFT DoraLinearLayer: (m/||W'|| - 1) · W h + m/||W'|| · s · B A h, bias untouched.
   auto mag = lora_magnitude_vector / dora_weight_norm(base);  // m / ||W + s B A||
   auto base_out = torch::nn::functional::linear(h, base.weight_out_in());
