@@ -56,7 +56,9 @@ static int64_t check_members(const std::vector<std::shared_ptr<LoraImpl>>& modul
     if (!lora) continue;
     if (lora->options.use_dora())
       throw_error(kLoraBankTag,
-                  "module " + std::to_string(m) + " is DoRA, which is not linear in its inputs; cannot route over it");
+                  "module " + std::to_string(m) +
+                      " is DoRA, which also rescales the base layer's output (m / ||W + s B A||), not a delta a "
+                      "bank can add; cannot route over it");
     if (!first) first = lora.get();
     if (lora->options.in_features() != first->options.in_features() ||
         lora->options.out_features() != first->options.out_features())

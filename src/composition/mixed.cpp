@@ -112,7 +112,10 @@ void collect(const std::vector<Adapter>& sets, std::map<std::string, LinearSlots
         order.push_back(mod.site);
       if (auto lora = std::dynamic_pointer_cast<LoraImpl>(mod.module)) {
         if (lora->options.use_dora())
-          throw_error(kMixedTag, what + " uses DoRA (not linear in x); it cannot be mixed per row");
+          throw_error(kMixedTag,
+                      what +
+                          " uses DoRA (it rescales the base layer's output per adapter, not only adds a delta); it "
+                          "cannot be mixed per row");
         slot.lora[m] = slot.lora[m] ? concat_lora(*slot.lora[m], *lora) : lora;
       } else if (auto ia3 = std::dynamic_pointer_cast<Ia3Impl>(mod.module)) {
         slot.ia3[m] = slot.ia3[m] ? multiply_ia3(*slot.ia3[m], *ia3, what) : ia3;
