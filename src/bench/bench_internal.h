@@ -93,6 +93,11 @@ std::shared_ptr<Backbone> bench_llama(const LlamaShape& s, const BenchContext& c
 // false) so that adapters differ and the delta is not zero.
 nlohmann::json lora_all_linear(int64_t r, double alpha);
 
+// The storage dtypes the mixed variants are also timed in (store_as / store_banks_as), with
+// their variant names: "mixed16_bf16", and at CPU sizes "mixed16_int8" (the int8 kernels are
+// CPU code).
+std::vector<std::pair<std::string, torch::ScalarType>> stored_variants(const BenchContext& ctx);
+
 // The same adapters mixed in another model whose LoRA banks are stored in `dtype`
 // (store_banks_as: serve --adapter-dtype), timed as variant `name`.
 struct StoredMix {

@@ -59,6 +59,12 @@ nlohmann::json lora_all_linear(int64_t r, double alpha) {
           {"target_modules", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}}};
 }
 
+std::vector<std::pair<std::string, torch::ScalarType>> stored_variants(const BenchContext& ctx) {
+  std::vector<std::pair<std::string, torch::ScalarType>> out = {{"mixed16_bf16", torch::kBFloat16}};
+  if (!ctx.gpu()) out.emplace_back("mixed16_int8", torch::kChar);
+  return out;
+}
+
 AdaptedModels adapted_models(Size size, const BenchContext& ctx, int64_t num_adapters, const nlohmann::json& config) {
   AdaptedModels m;
   m.shape = model_shape(size);
@@ -88,9 +94,7 @@ AdaptedModels adapted_models(Size size, const BenchContext& ctx, int64_t num_ada
   m.mixed = mix_adapters(std::move(adapters));
   if (!lora) return m;
   // The same 16 adapters again, their banks stored in bfloat16 / int8 (serve --adapter-dtype).
-  std::vector<std::pair<std::string, torch::ScalarType>> dtypes = {{"mixed16_bf16", torch::kBFloat16}};
-  if (!ctx.gpu()) dtypes.emplace_back("mixed16_int8", torch::kChar);
-  for (const auto& [name, dtype] : dtypes) {
+  for (const auto& [name, dtype] : stored_variants(ctx)) {
     StoredMix s{name, dtype, bench_llama(m.shape, ctx), {}};
     std::vector<Adapter> copies;
     for (int64_t i = 0; i < num_adapters; ++i) copies.push_back(m.copy_adapter(*s.model, i, "a" + std::to_string(i)));

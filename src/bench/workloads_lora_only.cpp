@@ -29,13 +29,12 @@ std::vector<Measurement> bench_lora_only(const BenchContext& ctx) {
     LoraBank bank;
   };
   std::vector<Stored> stored;
-  for (auto dtype : {torch::kBFloat16, torch::kChar}) {
-    if (dtype == torch::kChar && ctx.gpu()) continue;  // the int8 kernels are CPU code
+  for (const auto& [name, dtype] : stored_variants(ctx)) {
     auto copy = LoraBank(LoraBankOptions(features, features, kLoraOnlyBenchAdapters).r(r).alpha(2.0 * r));
     copy->to(ctx.device, ctx.dtype);
     copy->lora_A.copy_(bank->lora_A), copy->lora_B.copy_(bank->lora_B), copy->scaling.copy_(bank->scaling);
     copy->store_as(dtype);
-    stored.push_back({dtype == torch::kChar ? "mixed16_int8" : "mixed16_bf16", dtype, copy});
+    stored.push_back({name, dtype, copy});
   }
   const size_t per_shape = 3 + stored.size();  // base, single, mixed16, the stored banks
   auto weight = torch::randn({features, features}, ctx.float_options()) / std::sqrt(static_cast<double>(features));

@@ -238,16 +238,18 @@ torch::Tensor LoraBankImpl::selected(const SiteInput& in, const torch::Tensor& i
                         (x.requires_grad() || w.requires_grad() || lora_A.requires_grad() || lora_B.requires_grad());
   check_storage();
   const bool kernel_bank = detail::kernel_weights(lora_A) && lora_B.scalar_type() == lora_A.scalar_type();
-  const detail::BankWeights weights{lora_A.contiguous(), lora_B.contiguous(),
-                                    int8() ? lora_A_scale.to(torch::kFloat).contiguous() : torch::Tensor(),
-                                    int8() ? lora_B_scale.to(torch::kFloat).contiguous() : torch::Tensor()};
+  auto weights = [&] {  // what the CPU kernels read
+    return detail::BankWeights{lora_A.contiguous(), lora_B.contiguous(),
+                               int8() ? lora_A_scale.to(torch::kFloat).contiguous() : torch::Tensor(),
+                               int8() ? lora_B_scale.to(torch::kFloat).contiguous() : torch::Tensor()};
+  };
   if (k == 1 && x.size(1) == 1 && !autograd && kernel_bank && detail::cpu_float32({x, w, scaling}))  // decode
-    return detail::lora_bgmv(x.contiguous(), weights, scaling.contiguous(),
+    return detail::lora_bgmv(x.contiguous(), weights(), scaling.contiguous(),
                              idx.reshape({N}).to(torch::kLong).contiguous(), w.reshape({N}).contiguous());
   auto flat = idx.clamp_min(0).reshape({-1});                                                     // [N·k]
   auto coef = (w * (idx >= 0) * scaling.index_select(0, flat).view({N, k})).to(x.scalar_type());  // [N, k]
   if (k == 1 && !autograd && x.is_cpu() && lora_A.is_cpu())  // prefill: two GEMMs per row on the bank's own A_m, B_m
-    return detail::lora_row_gemms(x, weights, coef.reshape({N}), idx.reshape({N}));
+    return detail::lora_row_gemms(x, weights(), coef.reshape({N}), idx.reshape({N}));
   const auto dtype = x.scalar_type();  // a bank stored in another dtype (bf16, int8) computes in x's
   if (k == 1) {                        // one module per row: no copies of B, the scale on the [N, T, r] activations
     auto h = torch::bmm(x, A_as(dtype, flat).transpose(1, 2)) * coef.view({N, 1, 1});
@@ -279,8 +281,7 @@ std::pair<torch::Tensor, torch::Tensor> LoraBankImpl::averaged_module(const torc
     throw_error(kLoraBankTag, "parameter averaging needs per-example weights [N, " + std::to_string(num_modules()) +
                                   "], got " + c10::str(w.sizes()));
   // In the wider of the weights' and the bank's dtypes (a bf16 or int8 bank averages in float32).
-  const auto dtype = int8() ? torch::promote_types(w.scalar_type(), torch::kFloat)
-                            : torch::promote_types(w.scalar_type(), lora_A.scalar_type());
+  const auto dtype = torch::promote_types(w.scalar_type(), int8() ? torch::kFloat : lora_A.scalar_type());
   auto wA = w.to(dtype).unsqueeze(1);                                              // [N, 1, M]: one group
   auto A = average_parameters(wA, A_as(dtype).unsqueeze(0)).squeeze(1);            // Σ_m w_m A_m
   auto B = average_parameters(wA * scaling, B_as(dtype).unsqueeze(0)).squeeze(1);  // Σ_m w_m s_m B_m

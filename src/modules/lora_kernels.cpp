@@ -35,10 +35,12 @@ void bgmv(const torch::Tensor& x, const W* As, const W* Bs, const float* sA, con
   for (int64_t n = 0; n < N; ++n) {
     const int64_t m = id[n];
     float* yn = ys + n * out;
-    const float c = m < 0 ? 0.0f : ws[n] * s[m];
-    if (m < 0)
+    if (m < 0) {
       std::fill_n(yn, out, 0.0f);
-    else if constexpr (std::is_same_v<W, int8_t>)
+      continue;
+    }
+    const float c = ws[n] * s[m];
+    if constexpr (std::is_same_v<W, int8_t>)
       bgmv_row(As + m * r * in, sA + m * r, Bs + m * out * r, sB + m * out, xs + n * in, c, h.data(), yn, r, in, out);
     else
       bgmv_row(As + m * r * in, Bs + m * out * r, xs + n * in, c, h.data(), nullptr, yn, r, in, out);
@@ -75,15 +77,12 @@ torch::Tensor in_dtype(const torch::Tensor& t, torch::ScalarType dtype) {
   return out;
 }
 
-// One module's matrix W [rows, n] in `dtype`: int8 with its row scales dequantized (into
-// float32 by one loop, then converted), other storage as in_dtype.
+// One module's matrix W [rows, n] in `dtype`: int8 times its row scales (two torch ops: a
+// loop of our own measured no faster, lora_only 16 x 64 int8 2.01-4.63 against 2.13-4.86 ms),
+// other storage as in_dtype.
 torch::Tensor module_in(const torch::Tensor& W, const torch::Tensor& row_scale, torch::ScalarType dtype) {
   if (W.scalar_type() != torch::kChar) return in_dtype(W, dtype);
-  auto src = W.contiguous();
-  auto out = torch::empty(src.sizes(), src.options().dtype(torch::kFloat));
-  auto scale = row_scale.to(torch::kFloat).contiguous();
-  dequantize_rows(src.data_ptr<int8_t>(), scale.data_ptr<float>(), out.data_ptr<float>(), src.size(0), src.size(1));
-  return out.to(dtype);
+  return (W.to(torch::kFloat) * row_scale.unsqueeze(-1)).to(dtype);
 }
 
 }  // namespace

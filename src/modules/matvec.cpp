@@ -132,11 +132,6 @@ void bgmv_row(const int8_t* A, const float* sA, const int8_t* B, const float* sB
   matvec_int8(B, sB, h, y, out, r);
 }
 
-void dequantize_rows(const int8_t* src, const float* scale, float* dst, int64_t rows, int64_t n) {
-  for (int64_t o = 0; o < rows; ++o)
-    for (int64_t i = 0; i < n; ++i) dst[o * n + i] = scale[o] * static_cast<float>(src[o * n + i]);
-}
-
 void widen_bf16(const uint16_t* src, float* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = widen(src[i]);
 }

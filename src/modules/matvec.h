@@ -25,7 +25,5 @@ void bgmv_row(const int8_t* A, const float* sA, const int8_t* B, const float* sB
 
 // dst[i] = src[i] widened from bfloat16 bits to float.
 void widen_bf16(const uint16_t* src, float* dst, int64_t n);
-// dst[o, i] = scale[o] · src[o, i] for `rows` rows of n int8 values.
-void dequantize_rows(const int8_t* src, const float* scale, float* dst, int64_t rows, int64_t n);
 
 }  // namespace modula::detail

@@ -3,6 +3,7 @@
 // half a step, and the misuses (NaN weights, a later to(dtype)) refused with a message.
 #include <gtest/gtest.h>
 
+#include "composition/stored_bank_paths.h"
 #include "modula/composition/lora_bank.h"
 #include "modula/modules/lora.h"
 
@@ -55,29 +56,11 @@ TEST(LoraBank, StoredInInt8ComputesInTheInputDtype) {
   EXPECT_TRUE(torch::allclose(deq_A, rounded->lora_A, 1e-6, 1e-7));
   EXPECT_LE((deq_A - exact->lora_A).abs().div(q->lora_A_scale.unsqueeze(-1)).max().item<double>(), 0.5 + 1e-4);
 
+  modula::testing::expect_stored_bank_paths(*q, *rounded, *exact);
   const std::vector<int64_t> ids = {3, -1, 0, 2, 3, 1};
   const auto N = static_cast<int64_t>(ids.size());
   auto idx = torch::tensor(ids).unsqueeze(1);
   auto w = torch::rand({N, 1}) + 0.5;
-  auto idx2 = torch::stack({torch::tensor(ids), torch::tensor({0, 1, 2, 3, 0, 1})}, 1);
-  auto w2 = torch::rand({N, 2});
-  auto soft = torch::softmax(torch::randn({N, M}), -1);
-  for (int64_t T : {1, 4})
-    for (bool grad : {false, true}) {
-      auto x = torch::randn({N, T, in}, torch::requires_grad(grad));
-      torch::AutoGradMode mode(grad);
-      auto same = [&](auto&& fn, const char* what) {
-        auto y = fn(*q);
-        EXPECT_EQ(y.scalar_type(), torch::kFloat32) << what;
-        EXPECT_TRUE(torch::allclose(y, fn(*rounded), 1e-5, 1e-5)) << what << " T " << T << " grad " << grad;
-        EXPECT_FALSE(torch::allclose(y, fn(*exact), 1e-6, 1e-7)) << what << ": not rounded?";
-        if (grad) EXPECT_TRUE(y.requires_grad()) << what << ": gradients reach the input";
-      };
-      same([&](LoraBankImpl& b) { return b.selected({x, {}, nullptr}, idx, w); }, "one module per row");
-      same([&](LoraBankImpl& b) { return b.selected({x, {}, nullptr}, idx2, w2); }, "two modules per row");
-      same([&](LoraBankImpl& b) { return b.mixed({x, {}, nullptr}, soft); }, "soft mixing");
-      same([&](LoraBankImpl& b) { return b.averaged({x, {}, nullptr}, soft); }, "SMEAR");
-    }
   {  // bfloat16 activations: computed in bf16 from the dequantized weights
     torch::NoGradGuard no_grad;
     auto x = torch::randn({N, 4, in}).to(torch::kBFloat16);

@@ -3,6 +3,7 @@
 // the routed modules.
 #include <gtest/gtest.h>
 
+#include "composition/stored_bank_paths.h"
 #include "modula/composition/modular_linear.h"
 #include "modula/routing/fixed.h"
 #include "modula/routing/softmax.h"
@@ -257,28 +258,7 @@ TEST(LoraBank, StoredInBfloat16ComputesInTheInputDtype) {
   EXPECT_EQ(bf16->lora_B.scalar_type(), torch::kBFloat16);
   EXPECT_EQ(bf16->scaling.scalar_type(), torch::kFloat32);
   EXPECT_EQ(bf16->named_parameters().size(), 2u);  // still the bank's two parameters
-  const std::vector<int64_t> ids = {3, -1, 0, 3, 2, 1};
-  const auto N = static_cast<int64_t>(ids.size());
-  auto idx = torch::tensor(ids).unsqueeze(1);
-  auto w = torch::rand({N, 1}) + 0.5;
-  auto idx2 = torch::stack({torch::tensor(ids), torch::tensor({0, 1, 2, 3, 0, 1})}, 1);
-  auto w2 = torch::rand({N, 2});
-  auto soft = torch::softmax(torch::randn({N, M}), -1);
-  for (int64_t T : {1, 4})
-    for (bool grad : {false, true}) {
-      auto x = torch::randn({N, T, in});
-      torch::AutoGradMode mode(grad);
-      auto same = [&](auto&& fn, const char* what) {
-        auto y = fn(*bf16);
-        EXPECT_EQ(y.scalar_type(), torch::kFloat32) << what;
-        EXPECT_TRUE(torch::allclose(y, fn(*rounded), 1e-5, 1e-5)) << what << " T " << T << " grad " << grad;
-        EXPECT_FALSE(torch::allclose(y, fn(*exact), 1e-6, 1e-7)) << what << ": not rounded?";
-      };
-      same([&](LoraBankImpl& b) { return b.selected({x, {}, nullptr}, idx, w); }, "one module per row");
-      same([&](LoraBankImpl& b) { return b.selected({x, {}, nullptr}, idx2, w2); }, "two modules per row");
-      same([&](LoraBankImpl& b) { return b.mixed({x, {}, nullptr}, soft); }, "soft mixing");
-      same([&](LoraBankImpl& b) { return b.averaged({x, {}, nullptr}, soft); }, "SMEAR");
-    }
+  modula::testing::expect_stored_bank_paths(*bf16, *rounded, *exact);
   EXPECT_THROW(bf16->store_as(torch::kInt32), std::invalid_argument);
 }
 

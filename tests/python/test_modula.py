@@ -152,35 +152,31 @@ def test_mixed_batch_routing_metadata(llama):
     assert_close_masked(base_row[:1], plain, ref["attention_mask"][:1])
 
 
-def test_mixed_batch_with_bf16_lora_banks(llama):
+def mixed_with_stored_banks(llama, lora_dtype, stored_as):
+    """The mixed fixture's sets mixed with their LoRA banks stored in lora_dtype: checks the
+    stored parameters' dtype and returns the largest logit difference from the fp32 reference."""
     ref = read_safetensors(os.path.join(MIXED, "expected.safetensors"))
     rows = json.load(open(os.path.join(MIXED, "case.json")))["adapter_per_row"]
     for name in ("a0", "a1", "a2"):
         llama.attach(name, os.path.join(MIXED, name))
-    with pytest.raises(ValueError, match="lora_dtype: 'bf16' is not float32, bfloat16, float16 or int8"):
-        llama.mix(["a0", "a1", "a2"], lora_dtype="bf16")
-    llama.mix(["a0", "a1", "a2"], lora_dtype="bfloat16")
+    llama.mix(["a0", "a1", "a2"], lora_dtype=lora_dtype)
     params = dict(llama._core.module_parameters("mixed"))
-    assert params and all(p.dtype == torch.bfloat16 for p in params.values())
+    assert params and all(p.dtype == stored_as for p in params.values())
     out = llama(ref["input_ids"], ref["attention_mask"], adapter=rows).logits
     assert out.dtype == torch.float32
     keep = ref["attention_mask"].bool()
-    diff = (out - ref["logits"])[keep].abs().max().item()
+    return (out - ref["logits"])[keep].abs().max().item()
+
+
+def test_mixed_batch_with_bf16_lora_banks(llama):
+    diff = mixed_with_stored_banks(llama, "bfloat16", torch.bfloat16)
     assert 0 < diff < 0.1  # the rounding of the adapter weights, not float32 rounding
+    with pytest.raises(ValueError, match="lora_dtype: 'bf16' is not float32, bfloat16, float16 or int8"):
+        llama.mix(["mixed"], lora_dtype="bf16")  # the dtype is checked before the names
 
 
 def test_mixed_batch_with_int8_lora_banks(llama):
-    ref = read_safetensors(os.path.join(MIXED, "expected.safetensors"))
-    rows = json.load(open(os.path.join(MIXED, "case.json")))["adapter_per_row"]
-    for name in ("a0", "a1", "a2"):
-        llama.attach(name, os.path.join(MIXED, name))
-    llama.mix(["a0", "a1", "a2"], lora_dtype="int8")
-    params = dict(llama._core.module_parameters("mixed"))
-    assert params and all(p.dtype == torch.int8 for p in params.values())
-    out = llama(ref["input_ids"], ref["attention_mask"], adapter=rows).logits
-    assert out.dtype == torch.float32
-    keep = ref["attention_mask"].bool()
-    diff = (out - ref["logits"])[keep].abs().max().item()
+    diff = mixed_with_stored_banks(llama, "int8", torch.int8)
     # The rounding of the adapter weights to 255 levels per row: on these random fixtures the
     # adapters move logits by up to 4.1, bf16 rounding by < 0.1, int8 by 0.39 (measured).
     assert 0 < diff < 0.5
