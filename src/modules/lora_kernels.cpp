@@ -1,9 +1,12 @@
 #include "modules/lora_kernels.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "modula/util/error.h"
 #include "modules/matvec.h"
@@ -85,6 +88,41 @@ torch::Tensor module_in(const torch::Tensor& W, const torch::Tensor& row_scale, 
   return (W.to(torch::kFloat) * row_scale.unsqueeze(-1)).to(dtype);
 }
 
+// Float32 rows on the CPU: y[n, t] = c[n] · B_m (A_m x[n, t]) by gemm_nt (matvec.h) on the bank's
+// A_m and B_m as stored (bf16 and int8 widened as they are read), in blocks of up to
+// kTokenBlock tokens of one row: the blocks are independent, spread over the threads.
+constexpr int64_t kTokenBlock = 64;
+
+torch::Tensor lora_row_tiles(const torch::Tensor& x, const BankWeights& bank, const torch::Tensor& c,
+                             const int64_t* id) {
+  const int64_t N = x.size(0), T = x.size(1), in = x.size(2), r = bank.A.size(1), out = bank.B.size(1);
+  auto y = torch::empty({N, T, out}, x.options());
+  const int64_t blocks = (T + kTokenBlock - 1) / kTokenBlock;
+  const int64_t tb = (T + blocks - 1) / blocks;  // equal blocks
+  auto coef = c.to(torch::kFloat).contiguous();
+  const float *xs = x.data_ptr<float>(), *cs = coef.data_ptr<float>();
+  const float* sA = bank.A_scale.defined() ? bank.A_scale.data_ptr<float>() : nullptr;
+  const float* sB = bank.B_scale.defined() ? bank.B_scale.data_ptr<float>() : nullptr;
+  float* ys = y.data_ptr<float>();
+  with_weights(bank.A, bank.B, [&](auto As, auto Bs) {
+    at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> h(static_cast<size_t>(tb * r));
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / blocks, t0 = item % blocks * tb, t = std::min(tb, T - t0), m = id[n];
+        if (t <= 0) continue;
+        float* yn = ys + (n * T + t0) * out;
+        if (m < 0) {
+          std::fill_n(yn, t * out, 0.0f);
+          continue;
+        }
+        gemm_nt(xs + (n * T + t0) * in, in, As + m * r * in, sA ? sA + m * r : nullptr, cs[n], h.data(), r, t, r, in);
+        gemm_nt(h.data(), r, Bs + m * out * r, sB ? sB + m * out : nullptr, 1.0f, yn, out, t, out, r);
+      }
+    });
+  });
+  return y;
+}
+
 }  // namespace
 
 bool cpu_float32(std::initializer_list<torch::Tensor> ts) {
@@ -133,10 +171,11 @@ torch::Tensor gathered_matvec(const torch::Tensor& W, const torch::Tensor& x, co
 torch::Tensor lora_row_gemms(const torch::Tensor& x, const BankWeights& bank, const torch::Tensor& c,
                              const torch::Tensor& ids) {
   const int64_t N = x.size(0), M = bank.A.size(0);
-  auto y = torch::empty({N, x.size(1), bank.B.size(1)}, x.options());
   auto id_host = ids.to(torch::kLong).contiguous();
   const int64_t* id = id_host.data_ptr<int64_t>();
   check_ids(id, N, M);
+  if (cpu_float32({x}) && kernel_weights(bank.A)) return lora_row_tiles(x.contiguous(), bank, c, id);
+  auto y = torch::empty({N, x.size(1), bank.B.size(1)}, x.options());
   auto scale = c.to(torch::kDouble).contiguous();
   const double* cs = scale.data_ptr<double>();
   const bool int8 = bank.A.scalar_type() == torch::kChar;

@@ -35,17 +35,18 @@ torch::Tensor lora_bgmv(const torch::Tensor& x, const BankWeights& bank, const t
 torch::Tensor gathered_matvec(const torch::Tensor& W, const torch::Tensor& x, const torch::Tensor& ids);
 
 // Longer rows on the CPU: y[n] = c[n] x[n] A_mᵀ B_mᵀ for x [N, T, in], m = ids[n] (-1: zeros),
-// c [N] the rows' scale (routing weight × s_m): two GEMMs per row on the bank's own A_m and
-// B_m (widened or dequantized to x's dtype first when stored in another), one row after another (each GEMM
-// threaded by OpenBLAS). Against gathering A and B per row into one bmm: no copies of the
-// modules (16 x 64 tokens, r 64, 512 x 512 on 2 cores: 1.28-1.33 ms against 1.40-1.46).
-// Grouping rows by module first (one GEMM per module) was slower: 1.7 ms.
-//
-// Every kernel here runs its rows in one thread. The earlier at::parallel_for compiled to a
-// serial loop (its OpenMP pragma sits in ATen's headers and modula is built without
-// -fopenmp); built with OpenMP, rows over 2 threads were slower on the 2-core machine
-// (lora_only 16x64 2.2-3.2 ms against 1.9, 16x1 0.22-0.24 against 0.17-0.18: the OpenMP
-// threads contend with OpenBLAS's and the decode rows are bound by DRAM, not by a core).
+// c [N] the rows' scale (routing weight × s_m). Float32 x: two GEMMs of our own per row
+// (gemm_nt, matvec.h) on the bank's own A_m and B_m as stored (bf16 and int8 widened, int8
+// scaled, as they are packed), in blocks of up to 64 tokens spread over ATen's threads (this
+// file is compiled with OpenMP; the GEMMs call no BLAS, so no thread pool contends with
+// OpenBLAS's). lora_only 16 x 64, r 64, 512 x 512, 2 threads: 0.92-1.25 ms against
+// 1.92-2.18 for two OpenBLAS GEMMs per row one row after another (bf16 and int8 banks 0.83-1.15
+// against 2.33-2.84: no dequantized copy per row); one adapter's two OpenBLAS GEMMs over all
+// 1024 tokens 0.90-1.45. Other dtypes (bf16 activations): two torch GEMMs per row on the
+// module converted to x's dtype.
+// Earlier, measured and dropped: gathering A and B per row into one bmm (copies of the
+// modules), grouping rows by module (1.7 ms against 1.3), rows over OpenMP threads each
+// calling OpenBLAS (slower: the OpenMP threads contended with OpenBLAS's).
 torch::Tensor lora_row_gemms(const torch::Tensor& x, const BankWeights& bank, const torch::Tensor& c,
                              const torch::Tensor& ids);
 

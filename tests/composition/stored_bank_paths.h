@@ -1,6 +1,7 @@
 // A LoRA bank stored in another dtype (LoraBankImpl::store_as) against a float32 bank that
 // holds the same rounded weights and one that holds the unrounded ones: every routing path
-// (one module per row at T = 1 — the CPU decode kernel — and T = 4 — the GEMMs per row —,
+// (one module per row at T = 1 — the CPU decode kernel — and T = 4 and 7 — the tiled GEMMs
+// per row, reading the stored weights —,
 // the gathered bmm with autograd, two modules per row, soft mixing, SMEAR) equals the
 // rounded bank, differs from the exact one, computes in the input's float32, and with
 // autograd passes gradients to the input.
@@ -22,7 +23,7 @@ inline void expect_stored_bank_paths(LoraBankImpl& stored, LoraBankImpl& rounded
   auto idx2 = torch::stack({torch::tensor(ids), torch::tensor({0, 1, 2, 3, 0, 1})}, 1);
   auto w2 = torch::rand({N, 2});
   auto soft = torch::softmax(torch::randn({N, M}), -1);
-  for (int64_t T : {1, 4})
+  for (int64_t T : {1, 4, 7})
     for (bool grad : {false, true}) {
       auto x = torch::randn({N, T, in}, torch::requires_grad(grad));
       torch::AutoGradMode mode(grad);
@@ -31,7 +32,9 @@ inline void expect_stored_bank_paths(LoraBankImpl& stored, LoraBankImpl& rounded
         EXPECT_EQ(y.scalar_type(), torch::kFloat32) << what;
         EXPECT_TRUE(torch::allclose(y, fn(rounded), 1e-5, 1e-5)) << what << " T " << T << " grad " << grad;
         EXPECT_FALSE(torch::allclose(y, fn(exact), 1e-6, 1e-7)) << what << ": not rounded?";
-        if (grad) EXPECT_TRUE(y.requires_grad()) << what << ": gradients reach the input";
+        if (grad) {
+          EXPECT_TRUE(y.requires_grad()) << what << ": gradients reach the input";
+        }
       };
       same([&](LoraBankImpl& b) { return b.selected({x, {}, nullptr}, idx, w); }, "one module per row");
       same([&](LoraBankImpl& b) { return b.selected({x, {}, nullptr}, idx2, w2); }, "two modules per row");

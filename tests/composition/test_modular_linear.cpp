@@ -164,9 +164,10 @@ TEST(ModularLinear, ErrorsAreClear) {
 }
 
 // One module per row (k = 1) in every path of LoraBankImpl::selected: the decode kernel
-// (T = 1, no autograd), the gathered bmm (T > 1, or autograd) against each row alone with
-// its module: rows in arbitrary module order, a repeated module, a row with id -1; in, out
-// and r not multiples of the kernel's 16-wide steps.
+// (T = 1, no autograd), the tiled GEMMs per row (T > 1: 7 tokens, one block with an edge tile;
+// 130, three blocks of tokens spread over the threads), the gathered bmm (autograd) against
+// each row alone with its module: rows in arbitrary module order, a repeated module, a row
+// with id -1; in, out and r not multiples of the kernels' 8- and 16-wide steps or 4 x 3 tiles.
 TEST(LoraBank, OneModulePerRowEqualsEachRowAlone) {
   torch::manual_seed(7);
   const int64_t in = 37, out = 29, M = 5, r = 19;
@@ -175,7 +176,7 @@ TEST(LoraBank, OneModulePerRowEqualsEachRowAlone) {
   const auto N = static_cast<int64_t>(ids.size());
   auto idx = torch::tensor(ids).unsqueeze(1);  // [N, 1]
   auto w = torch::rand({N, 1}) + 0.5;
-  for (int64_t T : {1, 4})
+  for (int64_t T : {1, 4, 7, 130})
     for (bool grad : {false, true}) {
       auto x = torch::randn({N, T, in});
       torch::Tensor y;
