@@ -24,7 +24,7 @@ struct BankWeights {
 };
 
 // y[n] = w[n] s_m B_m (A_m x[n]) with m = ids[n] (-1: y[n] = 0). x [N, 1, in], scaling [M],
-// ids [N] int64, w [N]; float32 on the CPU, contiguous.
+// ids [N] int64, w [N]; float32 on the CPU, contiguous. Rows spread over ATen's threads.
 // Returns [N, 1, out]; throws naming a row whose id is out of range.
 torch::Tensor lora_bgmv(const torch::Tensor& x, const BankWeights& bank, const torch::Tensor& scaling,
                         const torch::Tensor& ids, const torch::Tensor& w);
