@@ -103,6 +103,7 @@ torch::Tensor lora_row_tiles(const torch::Tensor& x, const BankWeights& bank, co
                              const int64_t* id) {
   const int64_t N = x.size(0), T = x.size(1), in = x.size(2), r = bank.A.size(1), out = bank.B.size(1);
   auto y = torch::empty({N, T, out}, x.options());
+  if (N == 0 || T == 0) return y;
   const int64_t blocks = (T + kTokenBlock - 1) / kTokenBlock;
   const int64_t tb = (T + blocks - 1) / blocks;  // equal blocks
   auto coef = c.to(torch::kFloat).contiguous();
@@ -180,7 +181,8 @@ torch::Tensor lora_row_gemms(const torch::Tensor& x, const BankWeights& bank, co
   auto id_host = ids.to(torch::kLong).contiguous();
   const int64_t* id = id_host.data_ptr<int64_t>();
   check_ids(id, N, M);
-  if (cpu_float32({x}) && kernel_weights(bank.A)) return lora_row_tiles(x.contiguous(), bank, c, id);
+  if (cpu_float32({x}) && kernel_weights(bank.A) && bank.B.scalar_type() == bank.A.scalar_type())
+    return lora_row_tiles(x.contiguous(), bank, c, id);
   auto y = torch::empty({N, x.size(1), bank.B.size(1)}, x.options());
   auto scale = c.to(torch::kDouble).contiguous();
   const double* cs = scale.data_ptr<double>();

@@ -1,7 +1,9 @@
 #include "modules/matvec.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -38,6 +40,11 @@ float dot(const W* a, const float* b, int64_t n) {
 template <typename W>
 void matvec_portable(const W* w, const float* x, float* y, int64_t out, int64_t in) {
   for (int64_t o = 0; o < out; ++o) y[o] = dot(w + o * in, x, in);
+}
+
+[[maybe_unused]] bool portable_requested() {
+  const char* v = std::getenv("MODULA_KERNELS");
+  return v && std::string(v) == "portable";
 }
 
 template <typename W>
@@ -195,8 +202,10 @@ MODULA_AVX2 void gemm_nt_avx2(const float* X, int64_t ldx, const W* w, const flo
   }
 }
 
+// MODULA_KERNELS=portable takes the portable loops on any CPU (CTest runs the kernels' tests
+// so: test_lora_kernels_portable).
 bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !portable_requested();
   return yes;
 }
 #undef MODULA_AVX2

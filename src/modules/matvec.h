@@ -26,7 +26,7 @@ void bgmv_row(const int8_t* A, const float* sA, const int8_t* B, const float* sB
 // C[m, n] = c · s[n] · Σ_k X[m, k] W[n, k]: X [M, K] with row stride ldx, W [N, K] row-major
 // (float32, bfloat16 bits or int8), C [M, N] with row stride ldc, s [N] the int8 rows' scales
 // (null: 1). One thread; 16 rows of W at a time packed (widened, scaled) into a panel that
-// tiles of 6 rows of X read.
+// tiles of 6 rows of X read. C must not overlap X.
 void gemm_nt(const float* X, int64_t ldx, const float* W, const float* s, float c, float* C, int64_t ldc, int64_t M,
              int64_t N, int64_t K);
 void gemm_nt(const float* X, int64_t ldx, const uint16_t* W, const float* s, float c, float* C, int64_t ldc, int64_t M,

@@ -1,7 +1,7 @@
 // A LoRA bank stored in another dtype (LoraBankImpl::store_as) against a float32 bank that
 // holds the same rounded weights and one that holds the unrounded ones: every routing path
-// (one module per row at T = 1 — the CPU decode kernel — and T = 4 and 7 — the tiled GEMMs
-// per row, reading the stored weights —,
+// (one module per row at T = 1 — the CPU decode kernel — and T = 4, 7 and 130 — the packed
+// GEMMs per row, reading the stored weights, 130 in three token blocks —,
 // the gathered bmm with autograd, two modules per row, soft mixing, SMEAR) equals the
 // rounded bank, differs from the exact one, computes in the input's float32, and with
 // autograd passes gradients to the input.
@@ -23,7 +23,7 @@ inline void expect_stored_bank_paths(LoraBankImpl& stored, LoraBankImpl& rounded
   auto idx2 = torch::stack({torch::tensor(ids), torch::tensor({0, 1, 2, 3, 0, 1})}, 1);
   auto w2 = torch::rand({N, 2});
   auto soft = torch::softmax(torch::randn({N, M}), -1);
-  for (int64_t T : {1, 4, 7})
+  for (int64_t T : {1, 4, 7, 130})
     for (bool grad : {false, true}) {
       auto x = torch::randn({N, T, in}, torch::requires_grad(grad));
       torch::AutoGradMode mode(grad);

@@ -164,19 +164,20 @@ TEST(ModularLinear, ErrorsAreClear) {
 }
 
 // One module per row (k = 1) in every path of LoraBankImpl::selected: the decode kernel
-// (T = 1, no autograd), the tiled GEMMs per row (T > 1: 7 tokens, one block with an edge tile;
-// 130, three blocks of tokens spread over the threads), the gathered bmm (autograd) against
+// (T = 1, no autograd), the packed GEMMs per row (T > 1: 4, 7, 9, 11 tokens, every remainder
+// of the 6-row tiles; 130, three blocks of tokens spread over the threads; out 45, two whole
+// 16-row panels and an edge panel; r 19, one of each), the gathered bmm (autograd) against
 // each row alone with its module: rows in arbitrary module order, a repeated module, a row
-// with id -1; in, out and r not multiples of the kernels' 8- and 16-wide steps or 4 x 3 tiles.
+// with id -1; in, out and r not multiples of the kernels' 8- and 16-wide steps. T = 0: empty.
 TEST(LoraBank, OneModulePerRowEqualsEachRowAlone) {
   torch::manual_seed(7);
-  const int64_t in = 37, out = 29, M = 5, r = 19;
+  const int64_t in = 37, out = 45, M = 5, r = 19;
   auto bank = random_bank(in, out, M, r);
   const std::vector<int64_t> ids = {3, -1, 0, 3, 4, 1, 2};
   const auto N = static_cast<int64_t>(ids.size());
   auto idx = torch::tensor(ids).unsqueeze(1);  // [N, 1]
   auto w = torch::rand({N, 1}) + 0.5;
-  for (int64_t T : {1, 4, 7, 130})
+  for (int64_t T : {0, 1, 4, 7, 9, 11, 130})
     for (bool grad : {false, true}) {
       auto x = torch::randn({N, T, in});
       torch::Tensor y;
@@ -240,7 +241,8 @@ TEST(LoraBank, ViewBankFollowsItsMembers) {
 
 // A bank stored in bfloat16 (store_as) computes in the input's dtype: every path equals a
 // float32 bank holding the same rounded weights — the decode kernel widening as it reads
-// (T = 1), the GEMMs per row (T = 4), the gathered bmm with autograd, two modules per row,
+// (T = 1), the packed GEMMs per row widening as they pack (T = 4, 7, 130), the gathered bmm
+// with autograd, two modules per row,
 // soft mixing, SMEAR averaging — and differs from the unrounded bank by the rounding only.
 TEST(LoraBank, StoredInBfloat16ComputesInTheInputDtype) {
   torch::manual_seed(8);
