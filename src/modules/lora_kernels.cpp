@@ -95,7 +95,7 @@ torch::Tensor module_in(const torch::Tensor& W, const torch::Tensor& row_scale, 
 }
 
 // Float32 rows on the CPU: y[n, t] = c[n] · B_m (A_m x[n, t]) by gemm_nt (matvec.h) on the bank's
-// A_m and B_m as stored (bf16 and int8 widened as they are read), in blocks of up to
+// A_m and B_m as stored (bf16 and int8 widened as they are packed), in blocks of up to
 // kTokenBlock tokens of one row: the blocks are independent, spread over the threads.
 constexpr int64_t kTokenBlock = 64;
 
@@ -116,7 +116,6 @@ torch::Tensor lora_row_tiles(const torch::Tensor& x, const BankWeights& bank, co
       std::vector<float> h(static_cast<size_t>(tb * r));
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / blocks, t0 = item % blocks * tb, t = std::min(tb, T - t0), m = id[n];
-        if (t <= 0) continue;
         float* yn = ys + (n * T + t0) * out;
         if (m < 0) {
           std::fill_n(yn, t * out, 0.0f);

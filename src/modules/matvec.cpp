@@ -96,12 +96,13 @@ MODULA_AVX2 void matvec_avx2(const W* w, const float* x, float* y, int64_t out, 
 // s[n0 + j] · W[n0 + j, k] (zeros past N), one panel in L1 (K = 512: 32 KB) for every row of X.
 constexpr int64_t kPanel = 16;
 
+// Columns k0..K of the panel of rows n0..n0+16 (rows past N: zeros).
 template <typename W>
-void pack_panel(const W* w, const float* s, int64_t n0, int64_t N, int64_t K, float* panel) {
+void pack_panel(const W* w, const float* s, int64_t n0, int64_t N, int64_t k0, int64_t K, float* panel) {
   for (int64_t j = 0; j < kPanel; ++j) {
     const int64_t n = n0 + j;
     const float sn = n < N && s ? s[n] : 1.0f;
-    for (int64_t k = 0; k < K; ++k) panel[k * kPanel + j] = n < N ? sn * widen(w[n * K + k]) : 0.0f;
+    for (int64_t k = k0; k < K; ++k) panel[k * kPanel + j] = n < N ? sn * widen(w[n * K + k]) : 0.0f;
   }
 }
 
@@ -176,10 +177,7 @@ MODULA_AVX2 void pack_panel_avx2(const W* w, const float* s, int64_t n0, int64_t
 #pragma GCC unroll 8
       for (int i = 0; i < 8; ++i) _mm256_storeu_ps(panel + (k0 + i) * kPanel + j0, r[i]);
     }
-  for (int64_t j = 0; j < kPanel; ++j) {
-    const float sn = s ? s[n0 + j] : 1.0f;
-    for (int64_t k = k0; k < K; ++k) panel[k * kPanel + j] = sn * widen(w[(n0 + j) * K + k]);
-  }
+  pack_panel(w, s, n0, n0 + kPanel, k0, K, panel);  // the last K % 8 columns
 }
 
 template <typename W>
@@ -195,7 +193,7 @@ MODULA_AVX2 void gemm_nt_avx2(const float* X, int64_t ldx, const W* w, const flo
     if (cols == kPanel)
       pack_panel_avx2(w, s, n0, K, panel.data());
     else
-      pack_panel(w, s, n0, N, K, panel.data());
+      pack_panel(w, s, n0, N, 0, K, panel.data());
     int64_t m0 = 0;
     for (; m0 + 6 <= M; m0 += 6) panel_tile<6>(X + m0 * ldx, ldx, panel.data(), K, c, C + m0 * ldc + n0, ldc, cols);
     if (m0 < M) edge[M - m0 - 1](X + m0 * ldx, ldx, panel.data(), K, c, C + m0 * ldc + n0, ldc, cols);

@@ -1,7 +1,8 @@
-// The mat-vec primitives of the CPU kernels (lora_kernels.h): module weights stored as
+// The mat-vec and GEMM primitives of the CPU kernels (lora_kernels.h): module weights stored as
 // float32, as bfloat16 bits (widened to float as they are read) or as int8 with one scale
 // per matrix row (W[o, i] = scale[o] · q[o, i]), activations float32.
-// An AVX2/FMA path picked at run time, a portable loop otherwise. Internal to modula.
+// An AVX2/FMA path picked at run time (MODULA_KERNELS=portable: never), a portable loop
+// otherwise. Internal to modula.
 #pragma once
 
 #include <cstdint>
