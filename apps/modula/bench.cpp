@@ -91,7 +91,8 @@ void add_bench(CLI::App& app) {
       std::cout << "modula bench: size " << (a.quick ? "quick" : a.size) << ", device " << results[0].device << ", "
                 << results[0].dtype << ", " << results[0].threads << " threads (" << pinning(results[0].pinned_cpus)
                 << "), " << results[0].iters << " timed rounds per variant after " << results[0].warmup
-                << " warm-up, variants round-robin, OMP_WAIT_POLICY " << omp_wait_policy() << "\n";
+                << " warm-up, variants round-robin (a call under " << 1e3 * bench::kMinSampleSeconds
+                << " ms repeated within its sample), OMP_WAIT_POLICY " << omp_wait_policy() << "\n";
     std::cout << train::format_table(bench::bench_table(results));
     for (const auto& m : results) {
       const auto line = m.to_json().dump();

@@ -32,23 +32,28 @@ struct BenchContext {
 };
 
 // ---- timing.cpp
-// One variant of a workload: `setup` (optional, untimed) runs before every call of `call`
+// One variant of a workload: `setup` (optional, untimed) runs before every sample of `call`
 // (the timed work), e.g. a decode's prefill into a fresh cache.
 struct Variant {
   std::string name;
   std::function<void()> call;
-  std::function<void()> setup = {};
+  std::function<void()> setup = {};  // a variant with one is timed one call per sample
 };
 
 struct Timing {
-  std::vector<double> seconds;  // per timed call, in the order run
+  std::vector<double> seconds;  // per call, one entry per timed sample, in the order run
   double median = 0, min = 0, max = 0, p10 = 0, p90 = 0;
+  int64_t calls_per_sample = 1;
 };
 
 // Order statistics of samples (linear interpolation between ranks); empty -> zeros.
 Timing summarize(std::vector<double> seconds);
-// warmup untimed rounds, then iters timed rounds, each round every variant once in order
-// (round-robin); CUDA synchronised before and after each timed call.
+// warmup untimed rounds, then iters timed rounds, each round one sample of every variant in
+// order (round-robin); CUDA synchronised before and after each sample. A sample of a variant
+// without setup repeats its call until the sample spans kMinSampleSeconds (the count from its
+// fastest warm-up call): sub-millisecond calls are timed in the steady state, not in the
+// hand-off from the variant before (another thread pool waking or spinning down).
+std::vector<Timing> time_round_robin(const std::vector<Variant>& variants, const BenchContext& ctx);
 std::vector<Timing> time_round_robin(const std::vector<Variant>& variants, const BenchContext& ctx);
 
 // A measurement from its timing: tokens/s and GFLOP/s from the median.

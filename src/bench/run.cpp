@@ -73,6 +73,7 @@ nlohmann::json Measurement::to_json() const {
           {"pinned_cpus", pinned_cpus},
           {"iters", iters},
           {"warmup", warmup},
+          {"calls_per_sample", calls_per_sample},
           {"median_s", median_s},
           {"min_s", min_s},
           {"p10_s", p10_s},

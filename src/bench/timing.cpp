@@ -37,12 +37,27 @@ Timing summarize(std::vector<double> seconds) {
   return t;
 }
 
+// Calls per sample: enough that one sample spans kMinSampleSeconds at the fastest warm-up speed.
+int64_t calls_per_sample(const Variant& v, double fastest_call) {
+  constexpr int64_t kMaxCalls = 10000;
+  if (v.setup || !(fastest_call > 0)) return 1;
+  return std::clamp<int64_t>(static_cast<int64_t>(std::ceil(kMinSampleSeconds / fastest_call)), 1, kMaxCalls);
+}
+
 std::vector<Timing> time_round_robin(const std::vector<Variant>& variants, const BenchContext& ctx) {
+  std::vector<double> fastest(variants.size(), 0);
   for (int64_t round = 0; round < ctx.warmup; ++round)
-    for (const auto& v : variants) {
-      if (v.setup) v.setup();
-      v.call();
+    for (size_t i = 0; i < variants.size(); ++i) {
+      if (variants[i].setup) variants[i].setup();
+      timing_sync(ctx);
+      const auto start = std::chrono::steady_clock::now();
+      variants[i].call();
+      timing_sync(ctx);
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      fastest[i] = round == 0 ? s : std::min(fastest[i], s);
     }
+  std::vector<int64_t> calls(variants.size());
+  for (size_t i = 0; i < variants.size(); ++i) calls[i] = calls_per_sample(variants[i], fastest[i]);
   if (ctx.pinned) ctx.pinned->apply();  // the pools exist now; threads started since get pinned too
   std::vector<std::vector<double>> seconds(variants.size());
   for (int64_t round = 0; round < ctx.iters; ++round)
@@ -50,12 +65,16 @@ std::vector<Timing> time_round_robin(const std::vector<Variant>& variants, const
       if (variants[i].setup) variants[i].setup();
       timing_sync(ctx);
       const auto start = std::chrono::steady_clock::now();
-      variants[i].call();
+      for (int64_t c = 0; c < calls[i]; ++c) variants[i].call();
       timing_sync(ctx);
-      seconds[i].push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      seconds[i].push_back(s / static_cast<double>(calls[i]));
     }
   std::vector<Timing> out;
-  for (auto& s : seconds) out.push_back(summarize(std::move(s)));
+  for (size_t i = 0; i < variants.size(); ++i) {
+    out.push_back(summarize(std::move(seconds[i])));
+    out.back().calls_per_sample = calls[i];
+  }
   return out;
 }
 
@@ -69,6 +88,7 @@ Measurement measurement(const BenchContext& ctx, const std::string& workload, co
   if (ctx.pinned && ctx.pinned->pinned()) m.pinned_cpus = ctx.pinned->cpus();  // what was done, not asked
   m.iters = ctx.iters, m.warmup = ctx.warmup;
   m.median_s = t.median, m.min_s = t.min, m.max_s = t.max, m.p10_s = t.p10, m.p90_s = t.p90;
+  m.calls_per_sample = t.calls_per_sample;
   m.tokens = tokens, m.flops = flops;
   if (t.median > 0) m.tokens_per_s = tokens / t.median, m.gflops_per_s = flops / t.median / 1e9;
   return m;

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <map>
@@ -91,6 +92,10 @@ TEST(Bench, MeasurementsAreSane) {
     EXPECT_LE(m.p10_s, m.median_s);
     EXPECT_LE(m.median_s, m.p90_s);
     EXPECT_LE(m.p90_s, m.max_s);
+    EXPECT_GE(m.calls_per_sample, 1);
+    if (m.workload == "decode") {
+      EXPECT_EQ(m.calls_per_sample, 1);  // a fresh cache (setup) before every sample
+    }
     EXPECT_GT(m.tokens, 0);
     EXPECT_NEAR(m.tokens_per_s, m.tokens / m.median_s, 1e-9 * m.tokens_per_s);
     EXPECT_GT(m.flops, 0);
@@ -152,6 +157,38 @@ TEST(Bench, SummarizeInterpolatesRanks) {
   EXPECT_DOUBLE_EQ(summarize({1, 2}).median, 1.5);
 }
 
+// Sub-millisecond calls are repeated within a sample until it spans kMinSampleSeconds; a
+// variant with a setup is timed one call per sample, after its setup.
+TEST(Bench, ShortCallsAreRepeatedPerSample) {
+  auto spin = [](double seconds) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (std::chrono::steady_clock::now() < end) {
+    }
+  };
+  int short_calls = 0, long_calls = 0, setups = 0, setup_calls = 0;
+  std::vector<Variant> variants = {
+      {"short", [&] { ++short_calls, spin(kMinSampleSeconds / 20); }},
+      {"long", [&] { ++long_calls, spin(2 * kMinSampleSeconds); }},
+      {"with_setup", [&] { ++setup_calls, spin(kMinSampleSeconds / 20); }, [&] { ++setups; }}};
+  BenchContext ctx;
+  ctx.iters = 3, ctx.warmup = 2;
+  auto t = time_round_robin(variants, ctx);
+  ASSERT_EQ(t.size(), 3u);
+  EXPECT_GE(t[0].calls_per_sample, 2);
+  EXPECT_LE(t[0].calls_per_sample, 21);
+  EXPECT_EQ(short_calls, ctx.warmup + ctx.iters * t[0].calls_per_sample);
+  EXPECT_EQ(t[1].calls_per_sample, 1);
+  EXPECT_EQ(long_calls, ctx.warmup + ctx.iters);
+  EXPECT_EQ(t[2].calls_per_sample, 1);
+  EXPECT_EQ(setups, ctx.warmup + ctx.iters);
+  EXPECT_EQ(setup_calls, ctx.warmup + ctx.iters);
+  for (const auto& s : t[0].seconds) {  // per call, not per sample
+    EXPECT_GE(s, 0.9 * kMinSampleSeconds / 20);
+    EXPECT_LT(s, kMinSampleSeconds / 2);
+  }
+  EXPECT_EQ(t[0].seconds.size(), 3u);
+}
+
 TEST(Bench, OptionsAndJson) {
   BenchOptions o;
   o.workloads = {"decode", "nope"};
@@ -165,8 +202,9 @@ TEST(Bench, OptionsAndJson) {
   EXPECT_THROW(parse_size("huge"), std::invalid_argument);
   EXPECT_EQ(parse_size("gpu"), Size::Gpu);
   auto j = quick_results().front().to_json();
-  for (const char* key : {"workload", "variant", "shape", "median_s", "min_s", "max_s", "p10_s", "p90_s",
-                          "tokens_per_s", "flops", "gflops_per_s", "error", "threads", "pinned_cpus"})
+  for (const char* key :
+       {"workload", "variant", "shape", "median_s", "min_s", "max_s", "p10_s", "p90_s", "tokens_per_s", "flops",
+        "gflops_per_s", "error", "threads", "pinned_cpus", "calls_per_sample"})
     EXPECT_TRUE(j.contains(key)) << key;
   EXPECT_EQ(j["pinned_cpus"].get<std::vector<int>>(), cpus_for_threads(1));  // pinned by default
   EXPECT_TRUE(j["error"].is_null());                                         // train_lora has no reference

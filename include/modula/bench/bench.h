@@ -53,6 +53,10 @@ struct BenchOptions {
   void validate() const;
 };
 
+// A timed sample of a call without setup spans at least this long: shorter calls are
+// repeated within it (Measurement::calls_per_sample) and timed per call.
+constexpr double kMinSampleSeconds = 0.005;
+
 struct Measurement {
   std::string workload, variant;  // e.g. "prefill", "mixed16"
   std::string shape;              // what one call processes, e.g. "16x64 tokens, LoRA r64 all-linear"
@@ -60,7 +64,8 @@ struct Measurement {
   int threads = 0;                // intra-op threads while timing
   std::vector<int> pinned_cpus;   // the CPUs the threads were pinned to (empty: not pinned)
   int64_t iters = 0, warmup = 0;
-  double median_s = 0, min_s = 0, max_s = 0, p10_s = 0, p90_s = 0;  // seconds per call
+  int64_t calls_per_sample = 1;  // calls timed together per sample (sub-millisecond calls: several)
+  double median_s = 0, min_s = 0, max_s = 0, p10_s = 0, p90_s = 0;  // seconds per call, over the samples
   double tokens = 0;                                                // tokens per call
   double tokens_per_s = 0;                                          // tokens / median_s
   double flops = 0;                                                 // analytic FLOPs per call
