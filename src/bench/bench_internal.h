@@ -54,7 +54,6 @@ Timing summarize(std::vector<double> seconds);
 // fastest warm-up call): sub-millisecond calls are timed in the steady state, not in the
 // hand-off from the variant before (another thread pool waking or spinning down).
 std::vector<Timing> time_round_robin(const std::vector<Variant>& variants, const BenchContext& ctx);
-std::vector<Timing> time_round_robin(const std::vector<Variant>& variants, const BenchContext& ctx);
 
 // A measurement from its timing: tokens/s and GFLOP/s from the median.
 Measurement measurement(const BenchContext& ctx, const std::string& workload, const std::string& variant,

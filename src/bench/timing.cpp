@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 
 #include "bench/bench_internal.h"
 #include "modula/util/dtype.h"
@@ -40,36 +41,30 @@ Timing summarize(std::vector<double> seconds) {
 // Calls per sample: enough that one sample spans kMinSampleSeconds at the fastest warm-up speed.
 int64_t calls_per_sample(const Variant& v, double fastest_call) {
   constexpr int64_t kMaxCalls = 10000;
-  if (v.setup || !(fastest_call > 0)) return 1;
+  if (v.setup || !(fastest_call > 0)) return 1;  // no warm-up (infinite): the clamp below gives 1 too
   return std::clamp<int64_t>(static_cast<int64_t>(std::ceil(kMinSampleSeconds / fastest_call)), 1, kMaxCalls);
 }
 
+// Seconds per call over one sample: `calls` calls after the variant's setup.
+double time_sample(const Variant& v, int64_t calls, const BenchContext& ctx) {
+  if (v.setup) v.setup();
+  timing_sync(ctx);
+  const auto start = std::chrono::steady_clock::now();
+  for (int64_t c = 0; c < calls; ++c) v.call();
+  timing_sync(ctx);
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / static_cast<double>(calls);
+}
+
 std::vector<Timing> time_round_robin(const std::vector<Variant>& variants, const BenchContext& ctx) {
-  std::vector<double> fastest(variants.size(), 0);
+  std::vector<double> fastest(variants.size(), std::numeric_limits<double>::infinity());  // no warm-up: 1 call
   for (int64_t round = 0; round < ctx.warmup; ++round)
-    for (size_t i = 0; i < variants.size(); ++i) {
-      if (variants[i].setup) variants[i].setup();
-      timing_sync(ctx);
-      const auto start = std::chrono::steady_clock::now();
-      variants[i].call();
-      timing_sync(ctx);
-      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      fastest[i] = round == 0 ? s : std::min(fastest[i], s);
-    }
+    for (size_t i = 0; i < variants.size(); ++i) fastest[i] = std::min(fastest[i], time_sample(variants[i], 1, ctx));
   std::vector<int64_t> calls(variants.size());
   for (size_t i = 0; i < variants.size(); ++i) calls[i] = calls_per_sample(variants[i], fastest[i]);
   if (ctx.pinned) ctx.pinned->apply();  // the pools exist now; threads started since get pinned too
   std::vector<std::vector<double>> seconds(variants.size());
   for (int64_t round = 0; round < ctx.iters; ++round)
-    for (size_t i = 0; i < variants.size(); ++i) {
-      if (variants[i].setup) variants[i].setup();
-      timing_sync(ctx);
-      const auto start = std::chrono::steady_clock::now();
-      for (int64_t c = 0; c < calls[i]; ++c) variants[i].call();
-      timing_sync(ctx);
-      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      seconds[i].push_back(s / static_cast<double>(calls[i]));
-    }
+    for (size_t i = 0; i < variants.size(); ++i) seconds[i].push_back(time_sample(variants[i], calls[i], ctx));
   std::vector<Timing> out;
   for (size_t i = 0; i < variants.size(); ++i) {
     out.push_back(summarize(std::move(seconds[i])));
